@@ -1,0 +1,44 @@
+// The pyllm._C module: common entries (TensorView, CPU features, threads) and every family's.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "bind_families.h"
+#include "common/cpu_features.h"
+#include "common/tensor_view.h"
+#include "common/threads.h"
+
+namespace py = pybind11;
+using namespace pyllm;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pyllm kernels (C++/CUDA on raw tensor views; see pyllm/ops for the checked entry points)";
+
+  py::class_<TensorView>(m, "TensorView")
+      .def(py::init<uintptr_t, int, const std::vector<int64_t>&, const std::vector<int64_t>&, int>(),
+           py::arg("ptr"), py::arg("dtype"), py::arg("shape"), py::arg("strides"), py::arg("device") = 0)
+      .def_property_readonly("ndim", [](const TensorView& v) { return v.ndim; })
+      .def_property_readonly("shape", [](const TensorView& v) {
+        return std::vector<int64_t>(v.shape, v.shape + v.ndim);
+      });
+
+  m.def("detected_isa", [] { return std::string(isa_name(detected_isa())); },
+        "The widest instruction set this CPU supports: baseline, avx2 or avx512.");
+  m.def("cpu_isa", [] { return std::string(isa_name(cpu_isa())); },
+        "The instruction set the CPU kernels use now.");
+  m.def("set_cpu_isa", [](const std::string& name) { set_cpu_isa(isa_from_name(name)); },
+        "Cap the CPU kernels' instruction set (baseline, avx2, avx512); capped at what the CPU has.");
+  m.def("set_num_threads", &set_num_threads, "Threads used by the CPU kernels.");
+  m.def("get_num_threads", &get_num_threads);
+
+#ifdef PYLLM_WITH_CUDA
+  m.attr("has_cuda") = true;
+#else
+  m.attr("has_cuda") = false;
+#endif
+
+  bind_norm_rope(m);
+  bind_attention(m);
+  bind_kv_cache(m);
+  bind_sampling(m);
+  bind_quant(m);
+}

@@ -1,0 +1,112 @@
+"""The machinery every op family uses: one torch.library namespace, kernel selection, views.
+
+Each op is declared once with a schema (`define`), gets a fake (meta) implementation so
+`torch.compile` and CUDA graphs can trace it, a `_ref` reference in plain PyTorch that defines
+what it means, and a kernel per device. `PYLLM_KERNELS=reference` registers the references as the
+CPU/CUDA implementations instead (a debugging aid, chosen explicitly; never a silent fallback).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+
+from pyllm.errors import KernelUnavailableError
+
+LIB = torch.library.Library("pyllm", "DEF")
+
+_DTYPE_CODES = {
+    torch.float32: 0,
+    torch.float16: 1,
+    torch.bfloat16: 2,
+    torch.int32: 3,
+    torch.int64: 4,
+    torch.uint8: 5,
+    torch.int8: 6,
+}
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def kernel_mode() -> str:
+    """'native' (the compiled kernels, the default) or 'reference' (plain-PyTorch references)."""
+    mode = os.environ.get("PYLLM_KERNELS", "native").strip().lower() or "native"
+    if mode not in ("native", "reference"):
+        raise ValueError(f"PYLLM_KERNELS must be 'native' or 'reference', not {mode!r}")
+    return mode
+
+
+def _load_extension():
+    try:
+        from pyllm import _C
+    except ImportError as exc:  # pragma: no cover - only on a broken install
+        if kernel_mode() == "reference":
+            return None
+        raise KernelUnavailableError(
+            f"pyllm's compiled kernels (pyllm._C) could not be imported: {exc}. "
+            "Reinstall pyllm (pip install .) or set PYLLM_KERNELS=reference to run the slow "
+            "plain-PyTorch reference ops."
+        ) from exc
+    return _C
+
+
+_C = _load_extension()
+
+
+def native() -> bool:
+    """True when ops dispatch to the compiled kernels."""
+    return kernel_mode() == "native" and _C is not None
+
+
+def cuda_built() -> bool:
+    return _C is not None and bool(getattr(_C, "has_cuda", False))
+
+
+def view(t: torch.Tensor):
+    """A pyllm._C.TensorView over a tensor's memory (the caller keeps `t` alive)."""
+    return _C.TensorView(
+        t.data_ptr(), _DTYPE_CODES[t.dtype], list(t.shape), list(t.stride()), 1 if t.is_cuda else 0
+    )
+
+
+def define(schema: str) -> str:
+    """Declare `pyllm::<name>` from a schema string; returns the qualified name."""
+    LIB.define(schema)
+    return "pyllm::" + schema.split("(", 1)[0].strip()
+
+
+def register(
+    qualname: str,
+    *,
+    reference: Callable,
+    fake: Callable,
+    cpu: Callable | None = None,
+    cuda: Callable | None = None,
+) -> None:
+    """Register the fake impl and the per-device kernels of one op.
+
+    With PYLLM_KERNELS=reference (or a device whose kernel is not built) the reference serves
+    that device; with native kernels a missing CPU kernel is a programming error.
+    """
+    name = qualname.split("::", 1)[1]
+    torch.library.register_fake(qualname, fake, lib=LIB)
+    use_native = native()
+    LIB.impl(name, cpu if (use_native and cpu is not None) else reference, "CPU")
+    LIB.impl(name, cuda if (use_native and cuda is not None and cuda_built()) else reference, "CUDA")
+
+
+def check(cond: bool, message: str) -> None:
+    """Raise a ValueError with `message` when `cond` is false (the op boundary's checks)."""
+    if not cond:
+        raise ValueError(message)
+
+
+def check_float(name: str, t: torch.Tensor) -> None:
+    check(t.dtype in FLOAT_DTYPES, f"{name} must be float32, float16 or bfloat16, not {t.dtype}")
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    devices = {n: t.device for n, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"tensors must be on one device, got {devices}")
