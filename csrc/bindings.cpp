@@ -4,6 +4,9 @@
 
 #include "bind_families.h"
 #include "common/cpu_features.h"
+#ifdef PYLLM_WITH_CUDA
+#include "common/cuda_device.h"
+#endif
 #include "common/tensor_view.h"
 #include "common/threads.h"
 
@@ -32,8 +35,10 @@ PYBIND11_MODULE(_C, m) {
 
 #ifdef PYLLM_WITH_CUDA
   m.attr("has_cuda") = true;
+  m.def("cuda_device_count", &cuda_device_count, "Usable CUDA devices (0 without a GPU or driver).");
 #else
   m.attr("has_cuda") = false;
+  m.def("cuda_device_count", [] { return 0; }, "Always 0: this build has no CUDA kernels.");
 #endif
 
   bind_norm_rope(m);

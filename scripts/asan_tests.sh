@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Build pyllm._C with AddressSanitizer + UndefinedBehaviorSanitizer (CPU kernels only) and run the
+# kernel tests against it. Needs an environment where pyllm's dependencies are installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=build/asan
+stage=build/asan-stage
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYLLM_SANITIZE=ON -DPYLLM_CUDA=OFF \
+  -DPython_EXECUTABLE="$(command -v python)" -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" >/dev/null
+cmake --build "$build" -j "$(nproc)"
+rm -rf "$stage" && mkdir -p "$stage"
+cp -r pyllm "$stage/"
+for p in plugins/pyllm_*; do cp -r "$p" "$stage/"; done
+cp "$build"/_C*.so "$stage/pyllm/"
+asan_rt=$(gcc -print-file-name=libasan.so)
+ubsan_rt=$(gcc -print-file-name=libubsan.so)
+# Leak checking is off: CPython and torch keep allocations alive until exit by design.
+LD_PRELOAD="$asan_rt:$ubsan_rt" \
+ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+PYTHONPATH="$stage" PYLLM_SANITIZED=1 \
+  python -m pytest -q -p no:cacheprovider tests/ops -x --hypothesis-profile=sanitizer "$@"
