@@ -1,0 +1,269 @@
+"""Quantized linear: `x @ dequant(W).T + bias` computed on GGUF blocks.
+
+The weight stays as GGUF stores it (Q4_0 / Q4_1 / Q8_0 blocks of 32, or an F32 / F16 / BF16
+matrix); the kernels dequantize each block in registers and multiply it with float32
+activations, so the result is the float32 product with the dequantized weight up to the order of
+float32 additions (the "exact" path the model's parity with transformers relies on). The weight is
+never expanded to float32 in memory.
+
+Block layouts (32 weights a block, see docs/kernels.md):
+    q8_0: fp16 d, 32 x int8 q                  -> q * d                         (34 bytes)
+    q4_0: fp16 d, 16 bytes (j low, j+16 high)  -> (q - 8) * d                   (18 bytes)
+    q4_1: fp16 d, fp16 m, 16 bytes as q4_0     -> q * d + m                     (20 bytes)
+
+Non-finite fp16 scales (NaN / Inf in raw bytes) are not rejected: they propagate as IEEE
+arithmetic does in the reference (NaN or Inf in the output rows that use them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from pyllm.ops import _library as L
+
+QTYPE_CODES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 8, "bf16": 30}
+QTYPE_NAMES = {code: name for name, code in QTYPE_CODES.items()}
+BLOCK_BYTES = {"q4_0": 18, "q4_1": 20, "q8_0": 34}
+FLOAT_QTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+BLOCK = 32
+
+
+def _row_bytes(qtype: str, cols: int) -> int:
+    if qtype in BLOCK_BYTES:
+        return cols // BLOCK * BLOCK_BYTES[qtype]
+    return cols * FLOAT_QTYPES[qtype].itemsize
+
+
+@dataclass(frozen=True)
+class QWeight:
+    """A weight matrix [out_features, in_features] in its GGUF storage.
+
+    data: uint8 [out_features, row_bytes] of blocks (q4_0, q4_1, q8_0) or a float tensor
+    [out_features, in_features] whose dtype matches qtype (f32, f16, bf16).
+    """
+
+    data: torch.Tensor
+    qtype: str
+    out_features: int
+    in_features: int
+
+    def __post_init__(self) -> None:
+        if self.qtype not in QTYPE_CODES:
+            raise ValueError(f"qtype must be one of {sorted(QTYPE_CODES)}, not {self.qtype!r}")
+        _check_weight(self.data, QTYPE_CODES[self.qtype], self.out_features, self.in_features)
+
+    @property
+    def code(self) -> int:
+        """The GGML type id the op takes."""
+        return QTYPE_CODES[self.qtype]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 matrix [out_features, in_features] (for references and tests only)."""
+        return dequantize_weight(self.data, self.code, self.in_features)
+
+    def to(self, device: torch.device | str) -> "QWeight":
+        return QWeight(self.data.to(device), self.qtype, self.out_features, self.in_features)
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def _check_weight(weight: torch.Tensor, qtype: int, out_features: int, in_features: int) -> None:
+    # Plain `if`s rather than L.check(cond, f"..."): the messages are built only on failure,
+    # since linear() runs these checks on every decode call.
+    name = QTYPE_NAMES.get(qtype)
+    if name is None:
+        _fail(f"qtype must be one of {sorted(QTYPE_NAMES)} (GGML ids), not {qtype}")
+    if out_features < 0 or in_features < 0:
+        _fail(f"out_features and in_features must be >= 0, got {out_features}, {in_features}")
+    if name in BLOCK_BYTES:
+        if in_features % BLOCK:
+            _fail(f"in_features (x's last dim) must be a multiple of {BLOCK} for {name}, got {in_features}")
+        if weight.dtype != torch.uint8:
+            _fail(f"weight must be uint8 blocks for {name}, not {weight.dtype}")
+        cols = in_features // BLOCK * BLOCK_BYTES[name]
+    else:
+        if weight.dtype != FLOAT_QTYPES[name]:
+            _fail(f"weight must be {FLOAT_QTYPES[name]} for {name}, not {weight.dtype}")
+        cols = in_features
+    if weight.dim() != 2 or weight.shape[0] != out_features or weight.shape[1] != cols:
+        _fail(f"weight must be [{out_features}, {cols}] for {name} with in_features {in_features}, "
+              f"got {list(weight.shape)}")
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features: int,
+           bias: torch.Tensor | None) -> None:
+    if x.dtype != torch.float32:
+        _fail(f"x must be float32, not {x.dtype}")
+    if x.dim() != 2:
+        _fail(f"x must be [T, K], got {list(x.shape)}")
+    _check_weight(weight, qtype, out_features, x.shape[1])
+    if bias is not None:
+        if bias.dtype != torch.float32:
+            _fail(f"bias must be float32, not {bias.dtype}")
+        if bias.dim() != 1 or bias.shape[0] != out_features:
+            _fail(f"bias must be [{out_features}], got {list(bias.shape)}")
+        if bias.device != x.device:
+            L.check_same_device(x=x, bias=bias)
+    if weight.device != x.device:
+        L.check_same_device(x=x, weight=weight)
+
+
+# --------------------------------------------------------------- reference
+
+
+def _dequantize_local(raw: torch.Tensor, name: str, cols: int) -> torch.Tensor:
+    """Plain-PyTorch dequantizer for the three block types (kept beside the op so the reference
+    never depends on the kernels it checks)."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, cols // BLOCK, BLOCK_BYTES[name])
+    d = blocks[..., 0:2].contiguous().view(torch.float16).float()  # [rows, nb, 1]
+    if name == "q8_0":
+        q = blocks[..., 2:].contiguous().view(torch.int8).float()
+        w = q * d
+    else:
+        packed = blocks[..., -16:].to(torch.int16)
+        q = torch.cat([packed & 0x0F, packed >> 4], dim=-1).float()  # element j, then j + 16
+        if name == "q4_0":
+            w = (q - 8.0) * d
+        else:
+            m = blocks[..., 2:4].contiguous().view(torch.float16).float()
+            w = q * d + m
+    return w.reshape(rows, cols)
+
+
+def dequantize_weight(weight: torch.Tensor, qtype: int, in_features: int) -> torch.Tensor:
+    """float32 [N, K] from the stored weight (blocks or a float matrix)."""
+    name = QTYPE_NAMES[qtype]
+    if name in FLOAT_QTYPES:
+        return weight.float()
+    try:
+        from pyllm.weights.quant import dequantize
+    except ImportError:
+        return _dequantize_local(weight, name, in_features)
+    return dequantize(weight, name, in_features)
+
+
+def qlinear_ref(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features: int,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The meaning of the op: float32 matmul with the dequantized weight (+ bias)."""
+    w = dequantize_weight(weight, qtype, x.shape[-1])
+    out = x.float() @ w.T
+    if bias is not None:
+        out = out + bias.float()
+    return out
+
+
+# ------------------------------------------------------------------ the op
+
+QLINEAR = L.define("qlinear(Tensor x, Tensor weight, int qtype, int out_features, Tensor? bias) -> Tensor")
+
+
+def _fake(x, weight, qtype, out_features, bias):
+    _check(x, weight, qtype, out_features, bias)
+    return x.new_empty((x.shape[0], out_features))
+
+
+def _reference(x, weight, qtype, out_features, bias):
+    _check(x, weight, qtype, out_features, bias)
+    return qlinear_ref(x, weight, qtype, out_features, bias).contiguous()
+
+
+def _cpu(x, weight, qtype, out_features, bias):
+    _check(x, weight, qtype, out_features, bias)
+    x = x.contiguous()
+    weight = weight.contiguous()
+    out = x.new_empty((x.shape[0], out_features))
+    if out.numel():
+        if bias is not None:
+            bias = bias.contiguous()
+        L._C.qlinear_cpu(L.view(x), L.view(weight), int(qtype),
+                         None if bias is None else L.view(bias), L.view(out))
+    return out
+
+
+def _cuda(x, weight, qtype, out_features, bias):
+    _check(x, weight, qtype, out_features, bias)
+    x = x.contiguous()
+    weight = weight.contiguous()
+    out = x.new_empty((x.shape[0], out_features))
+    if out.numel():
+        if bias is not None:
+            bias = bias.contiguous()
+        L._C.qlinear_cuda(L.view(x), L.view(weight), int(qtype),
+                          None if bias is None else L.view(bias), L.view(out),
+                          torch.cuda.current_stream().cuda_stream)
+    return out
+
+
+_HAVE_CPU = L._C is not None and hasattr(L._C, "qlinear_cpu")
+L.register(QLINEAR, reference=_reference, fake=_fake, cpu=_cpu if _HAVE_CPU else None,
+           cuda=_cuda if L.cuda_built() and hasattr(L._C, "qlinear_cuda") else None)
+
+
+def qlinear(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features: int,
+            bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [T, K] float32 @ dequant(weight).T (+ bias) -> [T, out_features] float32."""
+    return torch.ops.pyllm.qlinear(x, weight, qtype, out_features, bias)
+
+
+# ------------------------------------------------------- the model's entry
+
+# The decode hot path skips the dispatcher (a few µs a call, hundreds of calls a token) when the
+# call is plain eager CPU work; the registered op runs the same kernel and stays the tested entry.
+_FAST = _HAVE_CPU and L.native() and os.environ.get("PYLLM_QLINEAR_FAST", "1") != "0"
+
+
+def linear(x: torch.Tensor, w: QWeight | torch.Tensor, bias: torch.Tensor | None = None,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ W.T + bias over the last dim of x [..., in] -> [..., out].
+
+    `w` is a QWeight or a float tensor [out, in]. `out`, when given, is a float32 contiguous
+    tensor of the result's shape that receives it (no allocation in the decode loop).
+    """
+    if not isinstance(w, QWeight):
+        L.check(isinstance(w, torch.Tensor) and w.dim() == 2,
+                "w must be a QWeight or a float tensor [out, in]")
+        name = {v: k for k, v in FLOAT_QTYPES.items()}.get(w.dtype)
+        L.check(name is not None, f"w must be float32, float16 or bfloat16, not {w.dtype}")
+        w = QWeight(w.contiguous(), name, w.shape[0], w.shape[1])
+    L.check(x.shape[-1] == w.in_features,
+            f"x's last dim must be in_features {w.in_features}, got {list(x.shape)}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, w.in_features)
+    if x2.dtype != torch.float32:
+        x2 = x2.float()
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+        bias = bias.float().contiguous()
+    if (_FAST and type(x2) is torch.Tensor and x2.device.type == "cpu" and x2.is_contiguous()
+            and not x2.requires_grad and w.data.is_contiguous() and not torch.compiler.is_compiling()):
+        _check(x2, w.data, w.code, w.out_features, bias)
+        if out is None:
+            y = x2.new_empty((x2.shape[0], w.out_features))
+        else:
+            if not (out.dtype == torch.float32 and out.is_contiguous() and out.device == x2.device
+                    and out.numel() == x2.shape[0] * w.out_features):
+                _fail(f"out must be a contiguous float32 tensor of {x2.shape[0] * w.out_features} "
+                      f"elements on {x2.device}")
+            y = out.view(x2.shape[0], w.out_features)
+        if y.numel():
+            L._C.qlinear_cpu_ptr(x2.data_ptr(), w.data.data_ptr(), w.code,
+                                 0 if bias is None else bias.data_ptr(), y.data_ptr(),
+                                 x2.shape[0], w.in_features, w.out_features)
+        return y.view(*lead, w.out_features)
+    y = torch.ops.pyllm.qlinear(x2, w.data, w.code, w.out_features, bias)
+    if out is not None:
+        out.view(y.shape).copy_(y)
+        y = out.view(y.shape)
+    return y.view(*lead, w.out_features)
