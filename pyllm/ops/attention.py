@@ -1,0 +1,222 @@
+"""Varlen paged attention: one op for prefill and decode over the paged KV-cache.
+
+q `[T, Hq, D]` holds the new query rows of B sequences back to back; sequence b owns rows
+`query_start[b]:query_start[b+1]` (q_len rows) and has `context_lens[b]` tokens in the cache (its
+new ones included, already written). Its keys/values live in the blocks
+`block_tables[b, :ceil(context_len / block_size)]` of the pools `[num_blocks, block_size, Hkv, D]`.
+Query i of the sequence sits at position `context_len - q_len + i` and attends to cache positions
+`<= pos` (and `> pos - sliding_window` when sliding_window > 0). GQA/MQA: query head h reads KV
+head `h // (Hq // Hkv)`. Cache slots beyond a sequence's context (NaN included) never reach the
+output. Returns `[T, Hq, D]` in q's dtype; the kernels accumulate in float32.
+
+Two entries:
+- `paged_attention(...)` — the registered op `torch.ops.pyllm.paged_attention`: checks dtypes,
+  shapes, devices and the metadata values (every block-table entry a sequence uses lies in
+  `[0, num_blocks)`, `context_len >= q_len`, offsets consistent), so the kernel never reads out
+  of bounds. The value checks cost a handful of small tensor ops and one host read.
+- `paged_attention(..., validated=True, out=None)` — the trusted hot path: the metadata is shared
+  by every layer of a step, so the engine calls `check_attention_metadata` once per step and
+  then each layer goes straight to the kernel (no dispatcher, no re-validation; `out` lets a
+  decode loop reuse its output buffer). Same kernel as the op.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pyllm.ops import _library as L
+
+PAGED_ATTENTION = L.define(
+    "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor query_start, "
+    "Tensor context_lens, Tensor block_tables, float scale, int sliding_window) -> Tensor"
+)
+
+
+def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        query_start: torch.Tensor, context_lens: torch.Tensor,
+                        block_tables: torch.Tensor, scale: float, sliding_window: int) -> torch.Tensor:
+    """The meaning of the op in plain PyTorch: gather each sequence's context, masked softmax."""
+    T, Hq, D = q.shape
+    block_size, Hkv = k_cache.shape[1], k_cache.shape[2]
+    group = Hq // Hkv
+    out = torch.zeros(T, Hq, D, dtype=torch.float32, device=q.device)
+    starts = query_start.tolist()
+    for b, ctx in enumerate(context_lens.tolist()):
+        s, e = starts[b], starts[b + 1]
+        if e == s:
+            continue
+        blocks = block_tables[b, : (ctx + block_size - 1) // block_size].long()
+        k = k_cache[blocks].reshape(-1, Hkv, D)[:ctx].float().repeat_interleave(group, dim=1)
+        v = v_cache[blocks].reshape(-1, Hkv, D)[:ctx].float().repeat_interleave(group, dim=1)
+        qb = q[s:e].float()                                                  # (q_len, Hq, D)
+        scores = torch.einsum("qhd,khd->hqk", qb, k) * scale                 # (Hq, q_len, ctx)
+        pos = torch.arange(ctx - (e - s), ctx, device=q.device)[:, None]    # (q_len, 1)
+        kpos = torch.arange(ctx, device=q.device)[None, :]                  # (1, ctx)
+        allowed = kpos <= pos
+        if sliding_window > 0:
+            allowed &= kpos > pos - sliding_window
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[s:e] = torch.einsum("hqk,khd->qhd", probs, v)
+    return out.to(q.dtype)
+
+
+def _check_shapes(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
+                  sliding_window) -> None:
+    L.check_float("q", q)
+    L.check_float("k_cache", k_cache)
+    L.check_float("v_cache", v_cache)
+    L.check(q.dim() == 3, f"q must be [T, Hq, D], got {list(q.shape)}")
+    L.check(k_cache.dim() == 4, f"k_cache must be [num_blocks, block_size, Hkv, D], got {list(k_cache.shape)}")
+    L.check(v_cache.shape == k_cache.shape,
+            f"v_cache must match k_cache's shape {list(k_cache.shape)}, got {list(v_cache.shape)}")
+    L.check(v_cache.dtype == k_cache.dtype, f"v_cache must have k_cache's dtype {k_cache.dtype}, got {v_cache.dtype}")
+    L.check(k_cache.is_contiguous(), "k_cache must be contiguous")
+    L.check(v_cache.is_contiguous(), "v_cache must be contiguous")
+    hq, d = q.shape[1], q.shape[2]
+    hkv = k_cache.shape[2]
+    L.check(k_cache.shape[3] == d, f"k_cache's head dim {k_cache.shape[3]} must equal q's {d}")
+    L.check(k_cache.shape[1] > 0, "k_cache's block_size must be positive")
+    L.check(hkv > 0 and hq % hkv == 0,
+            f"q's {hq} heads must be a multiple of k_cache's {hkv} KV heads")
+    for name, t, rank in (("query_start", query_start, 1), ("context_lens", context_lens, 1),
+                          ("block_tables", block_tables, 2)):
+        L.check(t.dtype == torch.int32, f"{name} must be int32, not {t.dtype}")
+        L.check(t.dim() == rank, f"{name} must have {rank} dimension(s), got {list(t.shape)}")
+    b = context_lens.shape[0]
+    L.check(query_start.shape[0] == b + 1,
+            f"query_start must be [{b + 1}] (context_lens has {b} sequences), got {list(query_start.shape)}")
+    L.check(block_tables.shape[0] == b,
+            f"block_tables must have {b} rows (one per sequence), got {list(block_tables.shape)}")
+    L.check(math.isfinite(scale), f"scale must be finite, got {scale}")
+    L.check(sliding_window >= 0, f"sliding_window must be >= 0 (0 = off), got {sliding_window}")
+    L.check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, query_start=query_start,
+                        context_lens=context_lens, block_tables=block_tables)
+
+
+def check_attention_metadata(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                             query_start: torch.Tensor, context_lens: torch.Tensor,
+                             block_tables: torch.Tensor, scale: float = 1.0,
+                             sliding_window: int = 0) -> None:
+    """Every check the op makes (ValueError naming the argument), shapes and values.
+
+    Values: query_start starts at 0, never decreases and ends at T; context_len >= q_len for
+    each sequence; a sequence's blocks fit its block_tables row; every block-table entry it uses
+    lies in [0, num_blocks). Vectorised, with a single host read (a sync on CUDA). Run it once a
+    step and pass `validated=True` to the per-layer calls.
+    """
+    _check_shapes(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window)
+    b = context_lens.shape[0]
+    if b == 0:
+        L.check(q.shape[0] == 0, f"q has {q.shape[0]} rows but there are no sequences")
+        return
+    num_blocks, block_size = k_cache.shape[0], k_cache.shape[1]
+    max_blocks = block_tables.shape[1]
+    qs = query_start.long()
+    ctx = context_lens.long()
+    q_len = qs[1:] - qs[:-1]
+    used_blocks = (ctx + (block_size - 1)).div(block_size, rounding_mode="floor")
+    used = torch.arange(max_blocks, device=ctx.device)[None, :] < used_blocks[:, None]
+    bad_entry = used & ((block_tables < 0) | (block_tables >= num_blocks))
+    flags = torch.stack([
+        qs[0] != 0,
+        qs[-1] != q.shape[0],
+        (q_len < 0).any(),
+        (ctx < q_len).any(),
+        (used_blocks > max_blocks).any(),
+        bad_entry.any(),
+    ]).tolist()
+    L.check(not flags[0], "query_start must start at 0")
+    L.check(not flags[1], f"query_start must end at T = {q.shape[0]} (q's rows)")
+    L.check(not flags[2], "query_start must not decrease")
+    L.check(not flags[3], "context_lens must be >= each sequence's query length "
+                          "(query_start[b+1] - query_start[b]): the new tokens are in the cache")
+    L.check(not flags[4], f"context_lens needs more blocks than block_tables' {max_blocks} columns "
+                          f"of {block_size}-token blocks")
+    L.check(not flags[5], f"block_tables holds an entry outside [0, {num_blocks}) among the blocks "
+                          "a sequence uses")
+
+
+def _run_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
+                sliding_window, out=None) -> torch.Tensor:
+    """Call the compiled kernel on already-checked arguments."""
+    q = q.contiguous()
+    if out is None:
+        out = torch.empty_like(q)
+    if not q.numel():
+        return out
+    query_start, context_lens = query_start.contiguous(), context_lens.contiguous()
+    block_tables = block_tables.contiguous()
+    args = (L.view(q), L.view(k_cache), L.view(v_cache), L.view(query_start), L.view(context_lens),
+            L.view(block_tables), L.view(out), float(scale), int(sliding_window))
+    if q.is_cuda:
+        T, Hq, D = q.shape
+        n = L._C.paged_attention_cuda_workspace(T, Hq, D, block_tables.shape[1] * k_cache.shape[1])
+        workspace = torch.empty(max(n, 1), dtype=torch.float32, device=q.device)
+        L._C.paged_attention_cuda(*args, L.view(workspace), torch.cuda.current_stream().cuda_stream)
+    else:
+        L._C.paged_attention_cpu(*args)
+    return out
+
+
+def _checked_ref(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window):
+    check_attention_metadata(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
+                             sliding_window)
+    return paged_attention_ref(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
+                               sliding_window)
+
+
+def _checked_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window):
+    check_attention_metadata(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
+                             sliding_window)
+    return _run_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
+                       sliding_window)
+
+
+def _fake(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window):
+    _check_shapes(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window)
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def _has(name: str) -> bool:
+    return L._C is not None and hasattr(L._C, name)
+
+
+_HAS_CPU = _has("paged_attention_cpu")
+_HAS_CUDA = L.cuda_built() and _has("paged_attention_cuda")
+
+L.register(PAGED_ATTENTION, reference=_checked_ref, fake=_fake,
+           cpu=_checked_kernel if _HAS_CPU else None,
+           cuda=_checked_kernel if _HAS_CUDA else None)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    query_start: torch.Tensor, context_lens: torch.Tensor, block_tables: torch.Tensor,
+                    scale: float, sliding_window: int = 0, *, validated: bool = False,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal varlen attention of q `[T, Hq, D]` over the paged cache; returns `[T, Hq, D]`.
+
+    `validated=True` is the trusted hot path (see the module docstring): the caller has run
+    `check_attention_metadata` on this step's metadata; the kernel is called directly and may
+    write into `out` (contiguous, q's shape and dtype). Unchecked metadata this way can read
+    out of bounds.
+    """
+    if not validated:
+        result = torch.ops.pyllm.paged_attention(q, k_cache, v_cache, query_start, context_lens,
+                                                 block_tables, scale, sliding_window)
+        if out is not None:
+            out.copy_(result)
+            return out
+        return result
+    native_here = _HAS_CUDA if q.is_cuda else _HAS_CPU
+    if L.native() and native_here:
+        return _run_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
+                           sliding_window, out)
+    result = paged_attention_ref(q, k_cache, v_cache, query_start, context_lens, block_tables,
+                                 scale, sliding_window)
+    if out is not None:
+        out.copy_(result)
+        return out
+    return result

@@ -1,0 +1,128 @@
+"""Paged KV-cache write: scatter new K/V rows into the per-layer block pools by slot.
+
+Pools are `[num_blocks, block_size, Hkv, D]` (one for K, one for V, per layer). Token row t of
+`k`/`v` goes to slot `slot_mapping[t]`, i.e. block `slot // block_size`, offset
+`slot % block_size`; a negative slot is padding and is skipped. The caches may be float32,
+float16 or bfloat16 whatever `k`/`v` are (rows are converted, round-to-nearest-even).
+
+Two entries:
+- `write_kv_cache_(...)` — the registered op `torch.ops.pyllm.write_kv_cache_`: checks dtypes,
+  shapes, devices and that every slot lies inside the pool (ValueError naming the argument).
+- `write_kv_cache_(..., validated=True)` — the trusted hot path: the caller has already run
+  `check_write_kv_cache` (or built the slot mapping itself from a block manager it trusts) and
+  the kernel is called directly, skipping the dispatcher and the value checks. Same kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pyllm.ops import _library as L
+
+WRITE_KV_CACHE = L.define(
+    "write_kv_cache_(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+    "Tensor slot_mapping) -> ()"
+)
+
+
+def write_kv_cache_ref_(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                        v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """The meaning of the op, in plain PyTorch (writes into k_cache and v_cache in place)."""
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    k_cache.view(-1, *k_cache.shape[2:])[slots] = k[keep].to(k_cache.dtype)
+    v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)
+
+
+def _check_shapes(k, v, k_cache, v_cache, slot_mapping) -> None:
+    L.check_float("k", k)
+    L.check_float("v", v)
+    L.check_float("k_cache", k_cache)
+    L.check_float("v_cache", v_cache)
+    L.check(k_cache.dim() == 4, f"k_cache must be [num_blocks, block_size, Hkv, D], got {list(k_cache.shape)}")
+    L.check(v_cache.shape == k_cache.shape,
+            f"v_cache must match k_cache's shape {list(k_cache.shape)}, got {list(v_cache.shape)}")
+    L.check(v_cache.dtype == k_cache.dtype, f"v_cache must have k_cache's dtype {k_cache.dtype}, got {v_cache.dtype}")
+    L.check(k_cache.is_contiguous(), "k_cache must be contiguous (it is written in place)")
+    L.check(v_cache.is_contiguous(), "v_cache must be contiguous (it is written in place)")
+    hkv, d = k_cache.shape[2], k_cache.shape[3]
+    L.check(k.dim() == 3 and k.shape[1:] == (hkv, d), f"k must be [T, {hkv}, {d}], got {list(k.shape)}")
+    L.check(v.shape == k.shape, f"v must match k's shape {list(k.shape)}, got {list(v.shape)}")
+    L.check(slot_mapping.dtype == torch.int64, f"slot_mapping must be int64, not {slot_mapping.dtype}")
+    L.check(slot_mapping.dim() == 1 and slot_mapping.shape[0] == k.shape[0],
+            f"slot_mapping must be [{k.shape[0]}], got {list(slot_mapping.shape)}")
+    L.check_same_device(k=k, v=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
+
+
+def check_write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                         v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Every check the op makes: shapes, dtypes, devices, and slots < num_blocks * block_size.
+
+    The value check reads one number (the largest slot); on CUDA it synchronises.
+    """
+    _check_shapes(k, v, k_cache, v_cache, slot_mapping)
+    if slot_mapping.numel():
+        capacity = k_cache.shape[0] * k_cache.shape[1]
+        top = int(slot_mapping.max())
+        L.check(top < capacity,
+                f"slot_mapping holds slot {top}, beyond the cache's {capacity} slots "
+                f"({k_cache.shape[0]} blocks of {k_cache.shape[1]})")
+
+
+def _kernel(k, v, k_cache, v_cache, slot_mapping) -> None:
+    """Call the compiled kernel on already-checked arguments."""
+    if not k.shape[0] or not k_cache.numel():
+        return
+    k, v, slot_mapping = k.contiguous(), v.contiguous(), slot_mapping.contiguous()
+    if k_cache.is_cuda:
+        L._C.write_kv_cache_cuda(L.view(k), L.view(v), L.view(k_cache), L.view(v_cache),
+                                 L.view(slot_mapping), torch.cuda.current_stream().cuda_stream)
+    else:
+        L._C.write_kv_cache_cpu(L.view(k), L.view(v), L.view(k_cache), L.view(v_cache),
+                                L.view(slot_mapping))
+
+
+def _checked_ref(k, v, k_cache, v_cache, slot_mapping) -> None:
+    check_write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+    write_kv_cache_ref_(k, v, k_cache, v_cache, slot_mapping)
+
+
+def _checked_kernel(k, v, k_cache, v_cache, slot_mapping) -> None:
+    check_write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+    _kernel(k, v, k_cache, v_cache, slot_mapping)
+
+
+def _fake(k, v, k_cache, v_cache, slot_mapping) -> None:
+    _check_shapes(k, v, k_cache, v_cache, slot_mapping)  # values are unknown while tracing
+    return None
+
+
+def _has(name: str) -> bool:
+    return L._C is not None and hasattr(L._C, name)
+
+
+_HAS_CPU = _has("write_kv_cache_cpu")
+_HAS_CUDA = L.cuda_built() and _has("write_kv_cache_cuda")
+
+L.register(WRITE_KV_CACHE, reference=_checked_ref, fake=_fake,
+           cpu=_checked_kernel if _HAS_CPU else None,
+           cuda=_checked_kernel if _HAS_CUDA else None)
+
+
+def write_kv_cache_(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor, *, validated: bool = False) -> None:
+    """Write k, v `[T, Hkv, D]` into the caches at `slot_mapping` `[T]` (int64; < 0 skipped).
+
+    `validated=True` is for a trusted hot path that has already checked these arguments (with
+    `check_write_kv_cache`, or by construction): it calls the kernel directly, skipping the
+    dispatcher (about 2 µs) and the value check (a reduction and a host read). Passing unchecked
+    slots this way can write out of bounds.
+    """
+    if not validated:
+        torch.ops.pyllm.write_kv_cache_(k, v, k_cache, v_cache, slot_mapping)
+        return
+    native_here = _HAS_CUDA if k_cache.is_cuda else _HAS_CPU
+    if L.native() and native_here:
+        _kernel(k, v, k_cache, v_cache, slot_mapping)
+    else:
+        write_kv_cache_ref_(k, v, k_cache, v_cache, slot_mapping)
