@@ -1,10 +1,19 @@
 """pyllm.ops: every kernel as a torch.library op (`torch.ops.pyllm.*`) with a `_ref` beside it.
 
 Import this package to register the ops. See docs/kernels.md for the contract each op follows.
+One import line per op family below; keep it a plain list.
 """
 
 from pyllm.ops._library import cuda_built, kernel_mode, native
-from pyllm.ops.norm import fused_add_rms_norm, rms_norm
-from pyllm.ops.qlinear import QWeight, linear, qlinear  # noqa: F401
+from pyllm.ops.activation import gelu_tanh, gelu_tanh_ref, silu_mul, silu_mul_ref
+from pyllm.ops.norm import (fused_add_rms_norm, fused_add_rms_norm_ref, layer_norm, layer_norm_ref,
+                            rms_norm, rms_norm_ref)
+from pyllm.ops.rope import rope, rope_cos_sin, rope_ref
 
-__all__ = ["cuda_built", "kernel_mode", "native", "rms_norm", "fused_add_rms_norm"]
+__all__ = [
+    "cuda_built", "kernel_mode", "native",
+    "rms_norm", "rms_norm_ref", "fused_add_rms_norm", "fused_add_rms_norm_ref",
+    "layer_norm", "layer_norm_ref",
+    "rope", "rope_ref", "rope_cos_sin",
+    "silu_mul", "silu_mul_ref", "gelu_tanh", "gelu_tanh_ref",
+]

@@ -1,4 +1,8 @@
-"""RMSNorm (optionally fused with the residual add) and LayerNorm."""
+"""RMSNorm (optionally fused with the residual add) and LayerNorm, over the last dimension.
+
+Inputs may be float32, float16 or bfloat16 (x, residual and weight each on their own); the
+kernels compute in float32 and round once when they store, as the references do.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +10,58 @@ import torch
 
 from pyllm.ops import _library as L
 
+
+def _cuda_entry(name: str):
+    """The CUDA kernel wrapper for `name` when this build has it, else None (reference serves)."""
+    return L.cuda_built() and hasattr(L._C, name)
+
+
+def _stream() -> int:
+    return torch.cuda.current_stream().cuda_stream
+
+
+def _check_norm_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    L.check_float("x", x)
+    L.check_float("weight", weight)
+    L.check(x.dim() >= 1, "x must have at least one dimension")
+    L.check(weight.dim() == 1 and weight.shape[0] == x.shape[-1],
+            f"weight must have shape [{x.shape[-1]}] (x's last dimension), got {list(weight.shape)}")
+    L.check(weight.device == x.device, f"weight must be on x's device {x.device}, got {weight.device}")
+    if bias is not None:
+        L.check_float("bias", bias)
+        L.check(bias.dim() == 1 and bias.shape[0] == x.shape[-1],
+                f"bias must have shape [{x.shape[-1]}] (x's last dimension), got {list(bias.shape)}")
+        L.check(bias.device == x.device, f"bias must be on x's device {x.device}, got {bias.device}")
+
+
 # ---------------------------------------------------------------- rms_norm
 
 RMS_NORM = L.define("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor")
 
 
+def _rms(xf: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of a float32 tensor, float32 out."""
+    return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+
+
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
-    return out.to(x.dtype)
+    """The meaning of rms_norm: computed in float32, rounded to x's dtype."""
+    return _rms(x.float(), weight, eps).to(x.dtype)
 
 
-def _check_rms(x: torch.Tensor, weight: torch.Tensor) -> None:
-    L.check_float("x", x)
-    L.check_float("weight", weight)
-    L.check(x.dim() >= 1, "x must have at least one dimension")
-    L.check(weight.dim() == 1 and weight.shape[0] == x.shape[-1],
-            f"weight must be [{x.shape[-1]}], got {list(weight.shape)}")
-    L.check_same_device(x=x, weight=weight)
+def _rms_norm_reference(x, weight, eps):
+    _check_norm_args(x, weight)
+    return rms_norm_ref(x, weight, eps)
 
 
 def _rms_norm_fake(x, weight, eps):
-    _check_rms(x, weight)
-    return torch.empty_like(x)
+    _check_norm_args(x, weight)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _rms_norm_cpu(x, weight, eps):
-    _check_rms(x, weight)
-    x = x.contiguous()
-    weight = weight.contiguous()
+    _check_norm_args(x, weight)
+    x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty_like(x)
     if x.numel():
         L._C.rms_norm_cpu(L.view(x), L.view(weight), L.view(out), float(eps))
@@ -42,22 +69,21 @@ def _rms_norm_cpu(x, weight, eps):
 
 
 def _rms_norm_cuda(x, weight, eps):
-    _check_rms(x, weight)
-    x = x.contiguous()
-    weight = weight.contiguous()
+    _check_norm_args(x, weight)
+    x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty_like(x)
     if x.numel():
-        L._C.rms_norm_cuda(L.view(x), L.view(weight), L.view(out), float(eps),
-                           torch.cuda.current_stream().cuda_stream)
+        L._C.rms_norm_cuda(L.view(x), L.view(weight), L.view(out), float(eps), _stream())
     return out
 
 
-L.register(RMS_NORM, reference=rms_norm_ref, fake=_rms_norm_fake, cpu=_rms_norm_cpu,
-           cuda=_rms_norm_cuda if L.cuda_built() and hasattr(L._C, "rms_norm_cuda") else None)
+L.register(RMS_NORM, reference=_rms_norm_reference, fake=_rms_norm_fake,
+           cpu=_rms_norm_cpu if hasattr(L._C, "rms_norm_cpu") else None,
+           cuda=_rms_norm_cuda if _cuda_entry("rms_norm_cuda") else None)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x / sqrt(mean(x**2) + eps) * weight over the last dimension."""
+    """x / sqrt(mean(x**2) + eps) * weight over the last dimension; same shape and dtype as x."""
     return torch.ops.pyllm.rms_norm(x, weight, eps)
 
 
@@ -68,25 +94,38 @@ FUSED_ADD_RMS_NORM = L.define(
 )
 
 
-def fused_add_rms_norm_ref(x, residual, weight, eps):
+def fused_add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """s = x + residual (rounded to residual's dtype); returns (rms_norm(s) in x's dtype, s).
+
+    The norm reads the rounded sum, so the next layer's residual and this layer's norm input
+    are the same numbers.
+    """
     summed = (x.float() + residual.float()).to(residual.dtype)
-    return rms_norm_ref(summed, weight, eps).to(x.dtype), summed
+    return _rms(summed.float(), weight, eps).to(x.dtype), summed
 
 
-def _check_fused(x, residual, weight):
-    _check_rms(x, weight)
+def _check_fused_args(x, residual, weight):
+    _check_norm_args(x, weight)
     L.check_float("residual", residual)
-    L.check(residual.shape == x.shape, f"residual must match x's shape {list(x.shape)}, got {list(residual.shape)}")
-    L.check_same_device(x=x, residual=residual)
+    L.check(residual.shape == x.shape,
+            f"residual must have x's shape {list(x.shape)}, got {list(residual.shape)}")
+    L.check(residual.device == x.device, f"residual must be on x's device {x.device}, got {residual.device}")
+
+
+def _fused_reference(x, residual, weight, eps):
+    _check_fused_args(x, residual, weight)
+    return fused_add_rms_norm_ref(x, residual, weight, eps)
 
 
 def _fused_fake(x, residual, weight, eps):
-    _check_fused(x, residual, weight)
-    return torch.empty_like(x), torch.empty_like(residual)
+    _check_fused_args(x, residual, weight)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(residual, memory_format=torch.contiguous_format))
 
 
 def _fused_cpu(x, residual, weight, eps):
-    _check_fused(x, residual, weight)
+    _check_fused_args(x, residual, weight)
     x, residual, weight = x.contiguous(), residual.contiguous(), weight.contiguous()
     out, residual_out = torch.empty_like(x), torch.empty_like(residual)
     if x.numel():
@@ -95,10 +134,82 @@ def _fused_cpu(x, residual, weight, eps):
     return out, residual_out
 
 
-L.register(FUSED_ADD_RMS_NORM, reference=fused_add_rms_norm_ref, fake=_fused_fake, cpu=_fused_cpu)
+def _fused_cuda(x, residual, weight, eps):
+    _check_fused_args(x, residual, weight)
+    x, residual, weight = x.contiguous(), residual.contiguous(), weight.contiguous()
+    out, residual_out = torch.empty_like(x), torch.empty_like(residual)
+    if x.numel():
+        L._C.fused_add_rms_norm_cuda(L.view(x), L.view(residual), L.view(weight), L.view(out),
+                                     L.view(residual_out), float(eps), _stream())
+    return out, residual_out
+
+
+L.register(FUSED_ADD_RMS_NORM, reference=_fused_reference, fake=_fused_fake,
+           cpu=_fused_cpu if hasattr(L._C, "fused_add_rms_norm_cpu") else None,
+           cuda=_fused_cuda if _cuda_entry("fused_add_rms_norm_cuda") else None)
 
 
 def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                        eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (rms_norm(x + residual) * weight, x + residual): the pre-norm block's two outputs."""
+    """Returns (rms_norm(x + residual) * weight, x + residual): a pre-norm block's two outputs.
+
+    The first output has x's dtype, the second residual's.
+    """
     return torch.ops.pyllm.fused_add_rms_norm(x, residual, weight, eps)
+
+
+# -------------------------------------------------------------- layer_norm
+
+LAYER_NORM = L.define("layer_norm(Tensor x, Tensor weight, Tensor? bias, float eps) -> Tensor")
+
+
+def layer_norm_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   eps: float) -> torch.Tensor:
+    """The meaning of layer_norm: (x - mean) / sqrt(var + eps) * weight + bias, in float32."""
+    xf = x.float()
+    mean = xf.mean(-1, keepdim=True)
+    var = (xf - mean).pow(2).mean(-1, keepdim=True)  # biased, as torch.nn.LayerNorm
+    out = (xf - mean) * torch.rsqrt(var + eps) * weight.float()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)
+
+
+def _layer_norm_reference(x, weight, bias, eps):
+    _check_norm_args(x, weight, bias)
+    return layer_norm_ref(x, weight, bias, eps)
+
+
+def _layer_norm_fake(x, weight, bias, eps):
+    _check_norm_args(x, weight, bias)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _layer_norm_kernel(entry: str, x, weight, bias, eps, *stream):
+    _check_norm_args(x, weight, bias)
+    x, weight = x.contiguous(), weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None  # alive until the kernel returns
+    out = torch.empty_like(x)
+    if x.numel():
+        getattr(L._C, entry)(L.view(x), L.view(weight), L.view(bias) if bias is not None else None,
+                             L.view(out), float(eps), *stream)
+    return out
+
+
+def _layer_norm_cpu(x, weight, bias, eps):
+    return _layer_norm_kernel("layer_norm_cpu", x, weight, bias, eps)
+
+
+def _layer_norm_cuda(x, weight, bias, eps):
+    return _layer_norm_kernel("layer_norm_cuda", x, weight, bias, eps, _stream())
+
+
+L.register(LAYER_NORM, reference=_layer_norm_reference, fake=_layer_norm_fake,
+           cpu=_layer_norm_cpu if hasattr(L._C, "layer_norm_cpu") else None,
+           cuda=_layer_norm_cuda if _cuda_entry("layer_norm_cuda") else None)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               eps: float) -> torch.Tensor:
+    """LayerNorm over the last dimension (biased variance, as torch.nn.LayerNorm)."""
+    return torch.ops.pyllm.layer_norm(x, weight, bias, eps)
