@@ -9,6 +9,9 @@ from pyllm.ops.activation import gelu_tanh, gelu_tanh_ref, silu_mul, silu_mul_re
 from pyllm.ops.norm import (fused_add_rms_norm, fused_add_rms_norm_ref, layer_norm, layer_norm_ref,
                             rms_norm, rms_norm_ref)
 from pyllm.ops.rope import rope, rope_cos_sin, rope_ref
+from pyllm.ops.qlinear import QWeight, linear, qlinear  # noqa: F401
+from pyllm.ops.kv_cache import write_kv_cache_  # noqa: F401
+from pyllm.ops.attention import paged_attention  # noqa: F401
 
 __all__ = [
     "cuda_built", "kernel_mode", "native",
@@ -16,4 +19,5 @@ __all__ = [
     "layer_norm", "layer_norm_ref",
     "rope", "rope_ref", "rope_cos_sin",
     "silu_mul", "silu_mul_ref", "gelu_tanh", "gelu_tanh_ref",
+    "QWeight", "linear", "qlinear", "write_kv_cache_", "paged_attention",
 ]
