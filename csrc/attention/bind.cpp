@@ -1,5 +1,23 @@
+#include "attention/attention.h"
 #include "bind_families.h"
 
+namespace py = pybind11;
+
 namespace pyllm {
-void bind_attention(pybind11::module_& m) {}
+
+void bind_attention(py::module_& m) {
+  m.def("paged_attention_cpu", &paged_attention_cpu, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
+        py::arg("query_start"), py::arg("context_lens"), py::arg("block_tables"), py::arg("out"),
+        py::arg("scale"), py::arg("sliding_window"),
+        "Varlen paged attention into out [T, Hq, D]. Unchecked: call pyllm.ops.paged_attention "
+        "unless the metadata was validated (pyllm.ops.attention.check_attention_metadata).");
+#ifdef PYLLM_WITH_CUDA
+  m.def("paged_attention_cuda_workspace", &paged_attention_cuda_workspace, py::arg("T"), py::arg("Hq"),
+        py::arg("D"), py::arg("max_context"));
+  m.def("paged_attention_cuda", &paged_attention_cuda, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
+        py::arg("query_start"), py::arg("context_lens"), py::arg("block_tables"), py::arg("out"),
+        py::arg("scale"), py::arg("sliding_window"), py::arg("workspace"), py::arg("stream"));
+#endif
+}
+
 }  // namespace pyllm

@@ -1,0 +1,77 @@
+// Varlen paged attention (prefill and decode in one op) over the paged KV-cache.
+//
+// q [T, Hq, D]; k_cache, v_cache [num_blocks, block_size, Hkv, D] (f32/f16/bf16, contiguous);
+// query_start [B+1], context_lens [B], block_tables [B, max_blocks] (int32); out [T, Hq, D] in
+// q's dtype. Query i of sequence b (q_len rows) sits at position context_len - q_len + i and sees
+// cache positions <= pos (and > pos - sliding_window when sliding_window > 0). Query head h reads
+// KV head h / (Hq / Hkv). The metadata was validated in pyllm/ops/attention.py: every position
+// the kernels touch lies inside its sequence's context, so unused cache slots are never read.
+#pragma once
+
+#include <cstdint>
+
+#include "common/tensor_view.h"
+
+namespace pyllm {
+
+void paged_attention_cpu(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                         const TensorView& query_start, const TensorView& context_lens,
+                         const TensorView& block_tables, const TensorView& out, float scale,
+                         int64_t sliding_window);
+
+#ifdef PYLLM_WITH_CUDA
+// Floats of scratch the CUDA kernel needs for its split-K partial results (0 when it splits
+// nothing); the caller allocates them on the device. `max_context` bounds any context length
+// (block_tables' columns times block_size), so the grid depends on shapes only (graph-safe).
+int64_t paged_attention_cuda_workspace(int64_t T, int64_t Hq, int64_t D, int64_t max_context);
+void paged_attention_cuda(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                          const TensorView& query_start, const TensorView& context_lens,
+                          const TensorView& block_tables, const TensorView& out, float scale,
+                          int64_t sliding_window, const TensorView& workspace, uintptr_t stream);
+#endif
+
+// ---- internals shared by the CPU driver and its per-ISA inner loops -------------------------
+
+// One unit of CPU work: queries [i0, i1) of sequence b (indices within the sequence), KV head g,
+// cache positions [c0, c1). Rows are r = (i - i0) * group + (h - g * group).
+struct AttnTask {
+  int64_t b = 0, g = 0, i0 = 0, i1 = 0, c0 = 0, c1 = 0;
+  int64_t partial = -1;  // slot in the split-K partial buffer, or -1: write the output directly
+};
+
+struct AttnShape {
+  const void* k_cache = nullptr;
+  const void* v_cache = nullptr;
+  int cache_dtype = 0;  // DType code: 0 f32, 1 f16, 2 bf16
+  const int32_t* block_tables = nullptr;
+  int64_t max_blocks = 0, block_size = 0, hkv = 0, d = 0, group = 0;
+  int64_t sliding_window = 0;
+};
+
+// Per-thread scratch the inner loop works in (sizes in elements; rows = queries * group).
+struct AttnScratch {
+  const float* q = nullptr;  // [rows, d], already multiplied by the scale
+  float* acc = nullptr;      // [rows, d] unnormalised output (out = acc / l)
+  float* m = nullptr;        // [rows] running max
+  float* l = nullptr;        // [rows] running sum of exp(s - m)
+  float* s = nullptr;        // [rows, kTile] scores, then probabilities, of one tile
+  float* kt = nullptr;       // [kTile, d] a K tile converted to float (f16/bf16 caches)
+  float* vt = nullptr;       // [kTile, d] a V tile converted to float
+  int64_t* lo = nullptr;     // [rows] first visible position of each row
+  int64_t* hi = nullptr;     // [rows] one past the last visible position
+};
+
+constexpr int64_t kAttnTile = 32;  // keys per tile (never crossing a cache block)
+
+// The online-softmax loop over one task's keys; leaves acc, m, l in the scratch.
+// `pos0` is the position of query i0; row r's query sits at pos0 + r / group.
+using AttnTaskFn = void (*)(const AttnShape& sh, const AttnTask& task, int64_t pos0,
+                            const AttnScratch& sc);
+void attention_task_baseline(const AttnShape& sh, const AttnTask& task, int64_t pos0,
+                             const AttnScratch& sc);
+void attention_task_avx2(const AttnShape& sh, const AttnTask& task, int64_t pos0,
+                         const AttnScratch& sc);
+void attention_task_avx512(const AttnShape& sh, const AttnTask& task, int64_t pos0,
+                           const AttnScratch& sc);
+
+}  // namespace pyllm

@@ -1,0 +1,23 @@
+// Paged KV-cache write: scatter new K/V rows into the per-layer block pools by slot.
+//
+// k, v [T, Hkv, D] (f32/f16/bf16, contiguous); k_cache, v_cache [num_blocks, block_size, Hkv, D]
+// (f32/f16/bf16, contiguous, one dtype); slot_mapping [T] int64. Row t goes to flat slot
+// slot_mapping[t] (block slot / block_size, offset slot % block_size); a negative slot is skipped.
+// pyllm/ops/kv_cache.py checked that every slot is below num_blocks * block_size.
+#pragma once
+
+#include <cstdint>
+
+#include "common/tensor_view.h"
+
+namespace pyllm {
+
+void write_kv_cache_cpu(const TensorView& k, const TensorView& v, const TensorView& k_cache,
+                        const TensorView& v_cache, const TensorView& slot_mapping);
+
+#ifdef PYLLM_WITH_CUDA
+void write_kv_cache_cuda(const TensorView& k, const TensorView& v, const TensorView& k_cache,
+                         const TensorView& v_cache, const TensorView& slot_mapping, uintptr_t stream);
+#endif
+
+}  // namespace pyllm
