@@ -1,0 +1,193 @@
+"""Chat templates: a conversation (list of messages) -> the prompt text the model was trained on.
+
+Templates come from the model (GGUF `tokenizer.chat_template`, or a Hugging Face folder's
+`chat_template.jinja` / `tokenizer_config.json`) and are untrusted code, so they render in Jinja2's
+`ImmutableSandboxedEnvironment`, hardened twice:
+
+- before anything runs, the template's syntax tree is scanned and a template that names a private
+  attribute (`__class__`, `__mro__`, `__subclasses__`, `_anything`, `mro`, `gi_frame`, ...) is
+  refused with `ChatTemplateError` — it is never executed;
+- at render time any unsafe attribute reached dynamically (e.g. `x[name]` with a computed name)
+  raises at once instead of becoming a silently-false Undefined.
+
+A model without a template gets ChatML (`<|im_start|>role\\ncontent<|im_end|>\\n`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import nodes
+from jinja2.exceptions import SecurityError, TemplateError
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from pyllm.errors import PyllmError
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Names a template may never touch, whatever the object (besides every name starting with "_").
+_FORBIDDEN_NAMES = frozenset({
+    "mro", "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_code", "ag_frame", "f_globals",
+    "f_locals", "f_builtins", "func_globals", "func_code", "tb_frame",
+})
+
+
+class ChatTemplateError(PyllmError, ValueError):
+    """A chat template is unsafe, malformed, or failed while rendering."""
+
+
+class _Env(ImmutableSandboxedEnvironment):
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
+        raise SecurityError(
+            f"chat template tried to reach {attribute!r} of a {type(obj).__name__}: refused"
+        )
+
+
+def _raise_exception(message: str) -> None:
+    raise ChatTemplateError(f"chat template raised: {message}")
+
+
+def _tojson(value: Any, indent: int | None = None) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _check_tree(tree: nodes.Template) -> None:
+    """Refuse a template whose source names a private or frame-reaching attribute."""
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):
+        if isinstance(node, nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, nodes.Getitem):
+            if not isinstance(node.arg, nodes.Const) or not isinstance(node.arg.value, str):
+                continue  # dynamic keys are checked at render time by the sandbox
+            name = node.arg.value
+        else:
+            name = node.name
+        if name.startswith("_") or name in _FORBIDDEN_NAMES:
+            raise ChatTemplateError(
+                f"chat template refused: it reaches for {name!r} (line {node.lineno}), which "
+                "could escape the sandbox; the template was not executed"
+            )
+    # Strings handed to attribute-fetching filters (`x|attr('__class__')`) count too.
+    for node in tree.find_all(nodes.Const):
+        if isinstance(node.value, str) and node.value.startswith("__") and node.value.endswith("__"):
+            raise ChatTemplateError(
+                f"chat template refused: it names {node.value!r} (line {node.lineno}), which "
+                "could escape the sandbox; the template was not executed"
+            )
+
+
+class ChatTemplate:
+    """A compiled, sandboxed chat template.
+
+    `render(messages, add_generation_prompt=True)` returns the prompt text; the model's special
+    tokens appear in it as text (tokenize it with `parse_special=True`).
+    """
+
+    def __init__(self, source: str | None = None, *, bos_token: str = "", eos_token: str = "",
+                 default: bool = False) -> None:
+        self.source = source if source else CHATML_TEMPLATE
+        self.is_fallback = not source or default
+        self.bos_token, self.eos_token = bos_token, eos_token
+        env = _Env(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        env.filters["tojson"] = _tojson
+        env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = _strftime_now
+        try:
+            _check_tree(env.parse(self.source))
+            self._template = env.from_string(self.source)
+        except TemplateError as exc:
+            raise ChatTemplateError(f"chat template does not compile: {exc}") from exc
+
+    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
+               **extra: Any) -> str:
+        msgs = validate_messages(messages)
+        try:
+            return self._template.render(
+                messages=msgs, add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token, eos_token=self.eos_token, **extra,
+            )
+        except ChatTemplateError:
+            raise
+        except SecurityError as exc:
+            raise ChatTemplateError(f"chat template refused: {exc}") from exc
+        except TemplateError as exc:
+            raise ChatTemplateError(f"chat template failed: {exc}") from exc
+
+    # ---------------------------------------------------------------- where templates come from
+
+    @classmethod
+    def from_gguf_metadata(cls, metadata: Mapping[str, Any], *, bos_token: str = "",
+                           eos_token: str = "") -> ChatTemplate:
+        source = metadata.get("tokenizer.chat_template")
+        if source is not None and not isinstance(source, str):
+            raise ChatTemplateError("tokenizer.chat_template must be a string")
+        return cls(source or None, bos_token=bos_token, eos_token=eos_token)
+
+    @classmethod
+    def from_hf_folder(cls, folder: Path, *, bos_token: str = "",
+                       eos_token: str = "") -> ChatTemplate:
+        folder = Path(folder)
+        source: str | None = None
+        jinja_file = folder / "chat_template.jinja"
+        if jinja_file.is_file():
+            source = jinja_file.read_text(encoding="utf-8")
+        else:
+            source = _template_from_config(folder)
+        return cls(source, bos_token=bos_token, eos_token=eos_token)
+
+
+def _template_from_config(folder: Path) -> str | None:
+    for name in ("tokenizer_config.json", "chat_template.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ChatTemplateError(f"{path}: not valid JSON ({exc})") from exc
+        tpl = data.get("chat_template") if isinstance(data, dict) else None
+        if isinstance(tpl, list):  # [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in tpl if isinstance(t, dict)}
+            tpl = named.get("default") or next(iter(named.values()), None)
+        if tpl is not None and not isinstance(tpl, str):
+            raise ChatTemplateError(f"{path}: chat_template must be a string")
+        if tpl:
+            return tpl
+    return None
+
+
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
+    """Copy `messages` into plain dicts, checking each has a string role and content."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content'")
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not role:
+            raise ValueError(f"messages[{i}]['role'] must be a non-empty string")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{i}]['content'] must be a string")
+        out.append(dict(m))
+    return out
+
+
+def is_messages(prompt: Any) -> bool:
+    """True when `prompt` looks like a conversation (a list of dicts) rather than text/ids."""
+    return (isinstance(prompt, Sequence) and not isinstance(prompt, (str, bytes))
+            and len(prompt) > 0 and all(isinstance(m, Mapping) for m in prompt))

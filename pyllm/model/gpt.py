@@ -1,0 +1,171 @@
+"""The GPT: one decoder-only transformer for the GPT-2 and Llama families (nanoGPT-shaped).
+
+The forward pass runs on a flattened batch (vLLM style): `input_ids [T]` are the new tokens of B
+sequences back to back, `AttentionMetadata` says which rows belong to which sequence and where
+their K/V go in the paged cache. Prefill (many tokens a sequence) and decode (one) are the same
+call. Every computation goes through `pyllm.ops`, so the compiled kernels (or the references,
+with PYLLM_KERNELS=reference) run the whole model.
+
+Shape legend: T tokens in the step, C = n_embd, Hq / Hkv heads, D head dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pyllm import ops
+from pyllm.model.batch import AttentionMetadata, KVCaches
+from pyllm.model.config import ModelConfig
+from pyllm.model.layers import Embedding, Linear, Norm
+from pyllm.ops.attention import check_attention_metadata
+from pyllm.ops.kv_cache import check_write_kv_cache
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, qkv: nn.Module, o: Linear) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.qkv = qkv  # fused [Wq; Wk; Wv]: C -> (Hq + 2 Hkv) D
+        self.o = o  # Hq D -> C
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self.window = cfg.window(layer)
+        self.rope = cfg.position == "rope"
+        self.neox = cfg.rope_layout == "neox"
+
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata,
+                kv_cache: tuple[torch.Tensor, torch.Tensor], cos_sin: torch.Tensor | None,
+                validated: bool) -> torch.Tensor:
+        T = x.shape[0]
+        Hq, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        qkv = self.qkv(x)  # (T, (Hq + 2 Hkv) D)
+        q, k, v = qkv.split([Hq * D, Hkv * D, Hkv * D], dim=-1)
+        q, k, v = q.view(T, Hq, D), k.view(T, Hkv, D), v.view(T, Hkv, D)
+        if self.rope:
+            q, k = ops.rope(q, k, meta.positions, cos_sin, self.neox)  # (T, Hq, D), (T, Hkv, D)
+        k_cache, v_cache = kv_cache  # (num_blocks, block_size, Hkv, D)
+        ops.write_kv_cache_(k, v.contiguous(), k_cache, v_cache, meta.slot_mapping,
+                            validated=validated)
+        y = ops.paged_attention(q, k_cache, v_cache, meta.query_start, meta.context_lens,
+                                meta.block_tables, self.scale, self.window,
+                                validated=validated)  # (T, Hq, D)
+        return self.o(y.view(T, Hq * D))  # (T, C)
+
+
+class MLP(nn.Module):
+    """SwiGLU (Llama: down(silu(gate x) * up x)) or GELU (GPT-2: proj(gelu(fc x)))."""
+
+    def __init__(self, activation: str, up: nn.Module, down: Linear) -> None:
+        super().__init__()
+        self.activation = activation
+        self.up = up  # swiglu: fused [W_gate; W_up] C -> 2F; gelu: C -> F
+        self.down = down  # F -> C
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)  # (T, 2F) or (T, F)
+        h = ops.silu_mul(h) if self.activation == "swiglu" else ops.gelu_tanh(h)  # (T, F)
+        return self.down(h)  # (T, C)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; the residual stream is carried separately so each norm can
+    fuse the residual add (`x + residual` then normalize, in one op)."""
+
+    def __init__(self, attn_norm: Norm, attn: CausalSelfAttention, mlp_norm: Norm,
+                 mlp: MLP) -> None:
+        super().__init__()
+        self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata,
+                kv_cache: tuple[torch.Tensor, torch.Tensor], cos_sin: torch.Tensor | None,
+                validated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: the previous block's output (the embeddings for block 0, with residual None)
+        if residual is None:
+            h, residual = self.attn_norm(x), x
+        else:
+            h, residual = self.attn_norm.add_forward(x, residual)  # (T, C), (T, C)
+        h = self.attn(h, meta, kv_cache, cos_sin, validated)
+        h, residual = self.mlp_norm.add_forward(h, residual)
+        return self.mlp(h), residual
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig, wte: Embedding, wpe: Embedding | None,
+                 blocks: list[Block], norm_f: Norm, lm_head: Linear,
+                 cos_sin: torch.Tensor | None) -> None:
+        super().__init__()
+        self.config = cfg
+        self.wte, self.wpe = wte, wpe
+        self.blocks = nn.ModuleList(blocks)
+        self.norm_f = norm_f
+        self.lm_head = lm_head  # C -> V (may share the embedding's storage)
+        self.register_buffer("cos_sin", cos_sin, persistent=False)  # (max_position, R) or None
+
+    @property
+    def device(self) -> torch.device:
+        return self.norm_f.weight.device
+
+    def hidden_states(self, input_ids: torch.Tensor, meta: AttentionMetadata,
+                      kv_caches: KVCaches) -> torch.Tensor:
+        """The final-layer residual stream [T, C], before the last norm."""
+        if len(kv_caches) != len(self.blocks):
+            raise ValueError(f"need one KV cache per layer ({len(self.blocks)}), "
+                             f"got {len(kv_caches)}")
+        self._check_step(input_ids, meta, kv_caches)
+        x = self.wte(input_ids)  # (T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(meta.positions)  # (T, C)
+        residual = None
+        for block, kv_cache in zip(self.blocks, kv_caches):
+            x, residual = block(x, residual, meta, kv_cache, self.cos_sin, True)
+        return x + residual  # (T, C)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[R, C] final-layer states -> [R, V] logits (float32)."""
+        return self.lm_head(self.norm_f(hidden))  # (R, V)
+
+    def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches,
+                logits_at: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [R, V] at the rows `logits_at` (int64 indices into the T tokens; every row
+        when None). `meta.last_token_rows()` gives each sequence's next-token row."""
+        h = self.hidden_states(input_ids, meta, kv_caches)  # (T, C)
+        if logits_at is not None:
+            h = h.index_select(0, logits_at)  # (R, C)
+        return self.logits(h)  # (R, V)
+
+    def _check_step(self, input_ids: torch.Tensor, meta: AttentionMetadata,
+                    kv_caches: KVCaches) -> None:
+        """Validate this step's ids and metadata once, so every layer can take the ops' trusted
+        path (the metadata is the same for all layers)."""
+        cfg = self.config
+        T = input_ids.shape[0]
+        if input_ids.dim() != 1 or input_ids.dtype != torch.int64:
+            raise ValueError(f"input_ids must be int64 [T], got {input_ids.dtype} "
+                             f"{list(input_ids.shape)}")
+        if meta.positions.shape != (T,) or meta.slot_mapping.shape != (T,):
+            raise ValueError(f"metadata positions/slot_mapping must have one entry per token ({T})")
+        if T:
+            lo_id, hi_id, lo_pos, hi_pos = torch.stack([
+                input_ids.min(), input_ids.max(), meta.positions.min(), meta.positions.max(),
+            ]).tolist()
+            if lo_id < 0 or hi_id >= cfg.vocab_size:
+                raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}), got "
+                                 f"[{lo_id}, {hi_id}]")
+            if lo_pos < 0 or hi_pos >= cfg.max_position:
+                raise ValueError(f"positions must lie in [0, {cfg.max_position}) (the context "
+                                 f"length), got [{lo_pos}, {hi_pos}]")
+        # The op checks run on stand-ins of the right shapes: what is checked is the metadata.
+        k_cache, v_cache = kv_caches[0]
+        kv_rows = torch.empty((T, cfg.n_kv_head, cfg.head_dim), dtype=k_cache.dtype,
+                              device=k_cache.device)
+        check_write_kv_cache(kv_rows, kv_rows, k_cache, v_cache, meta.slot_mapping)
+        q_rows = torch.empty((T, cfg.n_head, cfg.head_dim), device=k_cache.device)
+        check_attention_metadata(q_rows, k_cache, v_cache, meta.query_start, meta.context_lens,
+                                 meta.block_tables)
+        for k, v in kv_caches[1:]:
+            if k.shape != k_cache.shape or v.shape != k_cache.shape or k.dtype != k_cache.dtype \
+                    or k.device != k_cache.device or not (k.is_contiguous() and v.is_contiguous()):
+                raise ValueError("every layer's KV cache must match layer 0's shape, dtype "
+                                 "and device")

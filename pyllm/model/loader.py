@@ -1,0 +1,287 @@
+"""Build a GPT from a GGUF file or a Hugging Face folder.
+
+GGUF weights stay in their blocks (`QWeight` views of the memory-mapped file); only the fused
+QKV and gate/up matrices are copied once (row concatenation, exact). Every tensor's shape is
+checked against the config before use: a mismatch is a `ModelFormatError` naming the tensor.
+
+RoPE and GGUF Llama weights: llama.cpp's converter permutes the rows of Q and K so that its
+"normal" RoPE (rotating adjacent pairs 2i, 2i+1) computes what Hugging Face's NeoX-style RoPE
+(pairs i, i+D/2) computes on the original weights. We keep the stored rows and rotate with
+`rope_layout="normal"` instead of un-permuting: the weights stay a zero-copy view of the file
+(un-permuting would copy every Q/K matrix), we compute exactly what llama.cpp computes on the
+same file, and the `rope` op supports both layouts at the same cost. FACTS.md: a float64
+reference applying adjacent-pair RoPE to the stored weights agrees with transformers to 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyllm import ops
+from pyllm.errors import ModelFormatError
+from pyllm.model.config import ModelConfig
+from pyllm.model.gpt import GPT, MLP, Block, CausalSelfAttention
+from pyllm.model.layers import Embedding, Linear, Norm, as_qweight, fused_linear
+from pyllm.ops.qlinear import QWeight
+
+
+@dataclass
+class LoadedModel:
+    model: GPT
+    config: ModelConfig
+    path: Path
+    kind: str  # "gguf" | "hf"
+    metadata: dict[str, Any] = field(default_factory=dict)  # GGUF metadata ({} for HF)
+    gguf: Any = None  # the GGUFFile (keeps the memory map alive)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """A GGUF file or a Hugging Face folder (config.json + *.safetensors) -> LoadedModel."""
+    path = Path(path)
+    if path.is_dir():
+        loaded = load_hf(path)
+    elif path.is_file():
+        loaded = load_gguf_model(path)
+    else:
+        raise FileNotFoundError(f"no model at {path}")
+    if torch.device(device) != torch.device("cpu"):
+        loaded.model.to(device)
+    return loaded
+
+
+# ---------------------------------------------------------------------- weight access
+
+
+class _Weights:
+    """Checked access to a file's tensors by name: `matrix(name, out, in)`, `vector(name, n)`."""
+
+    def __init__(self, where: str, names: set[str],
+                 shape: Callable[[str], tuple[int, ...]],
+                 fetch: Callable[[str], tuple[torch.Tensor, str]],
+                 transposed: Callable[[str], bool] = lambda name: False) -> None:
+        self.where, self.names, self._shape, self._fetch = where, names, shape, fetch
+        self._transposed = transposed
+
+    def has(self, name: str) -> bool:
+        return name in self.names
+
+    def _require(self, name: str) -> None:
+        if name not in self.names:
+            raise ModelFormatError(f"{self.where}: tensor {name!r} is missing")
+
+    def matrix(self, name: str, out_features: int, in_features: int) -> QWeight:
+        self._require(name)
+        want = (in_features, out_features) if self._transposed(name) else (out_features,
+                                                                           in_features)
+        shape = tuple(self._shape(name))
+        if shape != want:
+            raise ModelFormatError(f"{self.where}: tensor {name!r} has shape {list(shape)}, "
+                                   f"expected {list(want)}")
+        data, qtype = self._fetch(name)
+        if self._transposed(name):
+            data = data.t()
+        if qtype in ("f32", "f16", "bf16"):
+            return as_qweight(data)
+        try:
+            return QWeight(data, qtype, out_features, in_features)
+        except ValueError as exc:
+            raise ModelFormatError(f"{self.where}: tensor {name!r}: {exc}") from exc
+
+    def vector(self, name: str, n: int) -> torch.Tensor:
+        self._require(name)
+        shape = tuple(self._shape(name))
+        if shape != (n,):
+            raise ModelFormatError(f"{self.where}: tensor {name!r} has shape {list(shape)}, "
+                                   f"expected [{n}]")
+        data, qtype = self._fetch(name)
+        if qtype not in ("f32", "f16", "bf16"):
+            raise ModelFormatError(f"{self.where}: tensor {name!r} must be a float vector, "
+                                   f"got {qtype}")
+        return data.float()
+
+    def optional_vector(self, name: str | None, n: int) -> torch.Tensor | None:
+        return self.vector(name, n) if name is not None and self.has(name) else None
+
+
+@dataclass
+class _Names:
+    """Where each weight lives in a file; `{i}` is the layer index."""
+
+    embed: str
+    norm_f: str
+    lm_head: str
+    attn_norm: str
+    mlp_norm: str
+    o: str
+    down: str
+    q: str = ""
+    k: str = ""
+    v: str = ""
+    qkv: str = ""  # a fused [q; k; v] matrix in the file (GPT-2)
+    gate: str = ""
+    up: str = ""
+    pos_embed: str = ""
+    bias: Callable[[str], str] = lambda w: w.replace(".weight", ".bias")
+
+
+GGUF_NAMES = _Names(
+    embed="token_embd.weight", norm_f="output_norm.weight", lm_head="output.weight",
+    attn_norm="blk.{i}.attn_norm.weight", mlp_norm="blk.{i}.ffn_norm.weight",
+    q="blk.{i}.attn_q.weight", k="blk.{i}.attn_k.weight", v="blk.{i}.attn_v.weight",
+    o="blk.{i}.attn_output.weight", gate="blk.{i}.ffn_gate.weight", up="blk.{i}.ffn_up.weight",
+    down="blk.{i}.ffn_down.weight",
+)
+GGUF_GPT2_NAMES = _Names(
+    embed="token_embd.weight", pos_embed="position_embd.weight", norm_f="output_norm.weight",
+    lm_head="output.weight", attn_norm="blk.{i}.attn_norm.weight",
+    mlp_norm="blk.{i}.ffn_norm.weight", qkv="blk.{i}.attn_qkv.weight",
+    o="blk.{i}.attn_output.weight", up="blk.{i}.ffn_up.weight", down="blk.{i}.ffn_down.weight",
+)
+HF_LLAMA_NAMES = _Names(
+    embed="model.embed_tokens.weight", norm_f="model.norm.weight", lm_head="lm_head.weight",
+    attn_norm="model.layers.{i}.input_layernorm.weight",
+    mlp_norm="model.layers.{i}.post_attention_layernorm.weight",
+    q="model.layers.{i}.self_attn.q_proj.weight", k="model.layers.{i}.self_attn.k_proj.weight",
+    v="model.layers.{i}.self_attn.v_proj.weight", o="model.layers.{i}.self_attn.o_proj.weight",
+    gate="model.layers.{i}.mlp.gate_proj.weight", up="model.layers.{i}.mlp.up_proj.weight",
+    down="model.layers.{i}.mlp.down_proj.weight",
+)
+
+
+def _hf_gpt2_names(prefix: str) -> _Names:
+    p = prefix
+    return _Names(
+        embed=f"{p}wte.weight", pos_embed=f"{p}wpe.weight", norm_f=f"{p}ln_f.weight",
+        lm_head="lm_head.weight", attn_norm=f"{p}h.{{i}}.ln_1.weight",
+        mlp_norm=f"{p}h.{{i}}.ln_2.weight", qkv=f"{p}h.{{i}}.attn.c_attn.weight",
+        o=f"{p}h.{{i}}.attn.c_proj.weight", up=f"{p}h.{{i}}.mlp.c_fc.weight",
+        down=f"{p}h.{{i}}.mlp.c_proj.weight",
+    )
+
+
+# ---------------------------------------------------------------------- building
+
+
+def build_gpt(cfg: ModelConfig, w: _Weights, names: _Names,
+              rope_scaling: dict[str, Any] | None = None) -> GPT:
+    """Assemble the GPT from checked weights (`rope_scaling`: the dict for ops.rope_cos_sin)."""
+    C, D, F = cfg.n_embd, cfg.head_dim, cfg.n_ff
+    Q, KV = cfg.q_size, cfg.kv_size
+    layer_norm = cfg.norm == "layer"
+
+    def norm(name: str, n: int = C) -> Norm:
+        bias = w.optional_vector(names.bias(name), n) if layer_norm else None
+        if layer_norm and bias is None:
+            raise ModelFormatError(f"{w.where}: tensor {names.bias(name)!r} is missing")
+        return Norm(cfg.norm, w.vector(name, n), bias, cfg.norm_eps)
+
+    def bias(name: str, n: int, wanted: bool) -> torch.Tensor | None:
+        return w.vector(names.bias(name), n) if wanted else None
+
+    blocks = []
+    for i in range(cfg.n_layer):
+        n = {k: getattr(names, k).format(i=i) for k in
+             ("attn_norm", "mlp_norm", "q", "k", "v", "qkv", "o", "gate", "up", "down")}
+        if names.qkv:
+            qkv = Linear(w.matrix(n["qkv"], Q + 2 * KV, C), bias(n["qkv"], Q + 2 * KV,
+                                                                  cfg.qkv_bias))
+        else:
+            qkv = fused_linear(
+                [w.matrix(n["q"], Q, C), w.matrix(n["k"], KV, C), w.matrix(n["v"], KV, C)],
+                [bias(n["q"], Q, cfg.qkv_bias), bias(n["k"], KV, cfg.qkv_bias),
+                 bias(n["v"], KV, cfg.qkv_bias)])
+        o = Linear(w.matrix(n["o"], C, Q), bias(n["o"], C, cfg.o_bias))
+        if cfg.activation == "swiglu":
+            up = fused_linear([w.matrix(n["gate"], F, C), w.matrix(n["up"], F, C)],
+                              [bias(n["gate"], F, cfg.mlp_bias), bias(n["up"], F, cfg.mlp_bias)])
+        else:
+            up = Linear(w.matrix(n["up"], F, C), bias(n["up"], F, cfg.mlp_bias))
+        down = Linear(w.matrix(n["down"], C, F), bias(n["down"], C, cfg.mlp_bias))
+        blocks.append(Block(norm(n["attn_norm"]), CausalSelfAttention(cfg, i, qkv, o),
+                            norm(n["mlp_norm"]), MLP(cfg.activation, up, down)))
+
+    embed = w.matrix(names.embed, cfg.vocab_size, C)
+    wpe = None
+    if cfg.position == "learned":
+        wpe = Embedding(w.matrix(names.pos_embed, cfg.max_position, C))
+    if cfg.tied_embeddings or not w.has(names.lm_head):
+        if not cfg.tied_embeddings:
+            raise ModelFormatError(f"{w.where}: tensor {names.lm_head!r} is missing")
+        lm_head = Linear(embed)
+    else:
+        lm_head = Linear(w.matrix(names.lm_head, cfg.vocab_size, C))
+    cos_sin = None
+    if cfg.position == "rope":
+        cos_sin = ops.rope_cos_sin(cfg.max_position, cfg.rotary_dim, cfg.rope_theta,
+                                   rope_scaling if rope_scaling is not None else cfg.rope_scaling)
+    return GPT(cfg, Embedding(embed), wpe, blocks, norm(names.norm_f), lm_head, cos_sin)
+
+
+# ---------------------------------------------------------------------- GGUF
+
+
+def load_gguf_model(path: str | Path) -> LoadedModel:
+    from pyllm.weights.gguf import load_gguf
+
+    g = load_gguf(path)
+    cfg = ModelConfig.from_gguf(g)
+    w = _Weights(str(g.path), set(g.tensors), lambda n: g.tensors[n].shape, g.weight)
+    names = GGUF_GPT2_NAMES if cfg.family == "gpt2" else GGUF_NAMES
+    scaling = cfg.rope_scaling
+    if scaling is not None and scaling.get("type") == "freq_factors":
+        # Llama 3.x GGUFs carry the per-frequency divisors as a tensor instead of the formula.
+        scaling = {"type": "none",
+                   "freq_factors": w.vector("rope_freqs.weight", cfg.rotary_dim // 2)}
+    model = build_gpt(cfg, w, names, scaling)
+    return LoadedModel(model, cfg, Path(path), "gguf", dict(g.metadata), g)
+
+
+# ---------------------------------------------------------------------- Hugging Face
+
+
+def read_hf_config(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFormatError(f"{folder}: no config.json (not a Hugging Face model folder)")
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ModelFormatError(f"{path}: must hold a JSON object")
+    return config
+
+
+def load_hf(folder: str | Path) -> LoadedModel:
+    from pyllm.weights.safetensors import load_folder
+
+    folder = Path(folder)
+    cfg = ModelConfig.from_hf(read_hf_config(folder), where=str(folder / "config.json"))
+    tensors: dict[str, torch.Tensor] = load_folder(folder)
+
+    def fetch(name: str) -> tuple[torch.Tensor, str]:
+        t = tensors[name]
+        qtype = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}.get(t.dtype)
+        if qtype is None:
+            raise ModelFormatError(f"{folder}: tensor {name!r} has dtype {t.dtype}; "
+                                   "expected float32, float16 or bfloat16")
+        return t, qtype
+
+    if cfg.family == "gpt2":
+        prefix = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
+        names = _hf_gpt2_names(prefix)
+        # GPT-2 checkpoints store Conv1D weights as [in, out].
+        conv1d = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight",
+                  ".mlp.c_proj.weight")
+        transposed = lambda name: name.endswith(conv1d)  # noqa: E731
+    else:
+        names, transposed = HF_LLAMA_NAMES, (lambda name: False)
+    w = _Weights(str(folder), set(tensors), lambda n: tuple(tensors[n].shape), fetch, transposed)
+    model = build_gpt(cfg, w, names)
+    return LoadedModel(model, cfg, folder, "hf")
