@@ -1,23 +1,20 @@
+// RMSNorm and RMSNorm fused with the residual add. The float32 inner loops come from
+// row_kernels() (baseline / AVX2 / AVX-512, chosen by cpu_isa()); other dtypes go through a
+// per-thread float32 row buffer.
 #include <cmath>
 
-#include "common/half.h"
 #include "norm_rope/norm_rope.h"
+#include "norm_rope/row_kernels.h"
+#include "norm_rope/rows.h"
 
 namespace pyllm {
 
+using namespace norm_rope;
+
 namespace {
 
-// One row: accumulate the sum of squares in double for stability on long rows, scale in float.
-template <class Load, class Store>
-inline void norm_row(int64_t hidden, Load load, const TensorView& weight, Store store, float eps) {
-  double ss = 0.0;
-  for (int64_t j = 0; j < hidden; ++j) {
-    float v = load(j);
-    ss += static_cast<double>(v) * v;
-  }
-  const float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(hidden) + eps));
-  const int wd = static_cast<int>(weight.dtype);
-  for (int64_t j = 0; j < hidden; ++j) store(j, load(j) * inv * load_as_float(weight.data, wd, j));
+inline float inv_rms(double sumsq, int64_t hidden, float eps) {
+  return static_cast<float>(1.0 / std::sqrt(sumsq / static_cast<double>(hidden) + eps));
 }
 
 }  // namespace
@@ -25,14 +22,20 @@ inline void norm_row(int64_t hidden, Load load, const TensorView& weight, Store 
 void rms_norm_cpu(const TensorView& x, const TensorView& weight, const TensorView& out, float eps) {
   const int64_t hidden = x.size(-1);
   const int64_t rows = hidden ? x.numel() / hidden : 0;
-  const int xd = static_cast<int>(x.dtype);
-  const int od = static_cast<int>(out.dtype);
-#pragma omp parallel for schedule(static) if (rows > 4)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t base = r * hidden;
-    norm_row(
-        hidden, [&](int64_t j) { return load_as_float(x.data, xd, base + j); }, weight,
-        [&](int64_t j, float v) { store_from_float(out.data, od, base + j, v); }, eps);
+  const RowKernels& kern = row_kernels();
+  const VecIn w(weight, hidden);
+#pragma omp parallel if (worth_threads(rows, hidden))
+  {
+    RowIn xin;
+    RowOut o;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t off = r * hidden;
+      const float* xr = xin.load(x, off, hidden);
+      float* orow = o.begin(out, off, hidden);
+      kern.scale_mul(xr, inv_rms(kern.sumsq(xr, hidden), hidden, eps), w.data(), orow, hidden);
+      o.commit(out, off, hidden);
+    }
   }
 }
 
@@ -40,20 +43,28 @@ void fused_add_rms_norm_cpu(const TensorView& x, const TensorView& residual, con
                             const TensorView& out, const TensorView& residual_out, float eps) {
   const int64_t hidden = x.size(-1);
   const int64_t rows = hidden ? x.numel() / hidden : 0;
-  const int xd = static_cast<int>(x.dtype);
-  const int rd = static_cast<int>(residual.dtype);
-  const int od = static_cast<int>(out.dtype);
-  const int rod = static_cast<int>(residual_out.dtype);
-#pragma omp parallel for schedule(static) if (rows > 4)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t base = r * hidden;
-    for (int64_t j = 0; j < hidden; ++j) {
-      float s = load_as_float(x.data, xd, base + j) + load_as_float(residual.data, rd, base + j);
-      store_from_float(residual_out.data, rod, base + j, s);
+  const RowKernels& kern = row_kernels();
+  const VecIn w(weight, hidden);
+#pragma omp parallel if (worth_threads(rows, hidden))
+  {
+    RowIn xin, rin;
+    RowOut s, o;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t off = r * hidden;
+      const float* xr = xin.load(x, off, hidden);
+      const float* rr = rin.load(residual, off, hidden);
+      float* srow = s.begin(residual_out, off, hidden);
+      double ss = kern.add_sumsq(xr, rr, srow, hidden);
+      s.commit(residual_out, off, hidden);
+      if (residual_out.dtype != DType::F32) {  // normalise the sum as stored (rounded)
+        s.round_trip(residual_out, off, hidden);
+        ss = kern.sumsq(srow, hidden);
+      }
+      float* orow = o.begin(out, off, hidden);
+      kern.scale_mul(srow, inv_rms(ss, hidden, eps), w.data(), orow, hidden);
+      o.commit(out, off, hidden);
     }
-    norm_row(
-        hidden, [&](int64_t j) { return load_as_float(residual_out.data, rod, base + j); }, weight,
-        [&](int64_t j, float v) { store_from_float(out.data, od, base + j, v); }, eps);
   }
 }
 
