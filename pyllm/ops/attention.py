@@ -41,16 +41,17 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     T, Hq, D = q.shape
     block_size, Hkv = k_cache.shape[1], k_cache.shape[2]
     group = Hq // Hkv
-    out = torch.zeros(T, Hq, D, dtype=torch.float32, device=q.device)
+    compute = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for a float64 q
+    out = torch.zeros(T, Hq, D, dtype=compute, device=q.device)
     starts = query_start.tolist()
     for b, ctx in enumerate(context_lens.tolist()):
         s, e = starts[b], starts[b + 1]
         if e == s:
             continue
         blocks = block_tables[b, : (ctx + block_size - 1) // block_size].long()
-        k = k_cache[blocks].reshape(-1, Hkv, D)[:ctx].float().repeat_interleave(group, dim=1)
-        v = v_cache[blocks].reshape(-1, Hkv, D)[:ctx].float().repeat_interleave(group, dim=1)
-        qb = q[s:e].float()                                                  # (q_len, Hq, D)
+        k = k_cache[blocks].reshape(-1, Hkv, D)[:ctx].to(compute).repeat_interleave(group, dim=1)
+        v = v_cache[blocks].reshape(-1, Hkv, D)[:ctx].to(compute).repeat_interleave(group, dim=1)
+        qb = q[s:e].to(compute)                                              # (q_len, Hq, D)
         scores = torch.einsum("qhd,khd->hqk", qb, k) * scale                 # (Hq, q_len, ctx)
         pos = torch.arange(ctx - (e - s), ctx, device=q.device)[:, None]    # (q_len, 1)
         kpos = torch.arange(ctx, device=q.device)[None, :]                  # (1, ctx)

@@ -1,0 +1,125 @@
+"""write_kv_cache_: the kernel against the reference, bit for bit, for every dtype pairing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyllm.ops import kv_cache as K
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def make(T, hkv, d, num_blocks, block_size, src_dtype, cache_dtype, n_padding, seed, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    k = (torch.randn(T, hkv, d, generator=g) * 3).to(src_dtype)
+    v = (torch.randn(T, hkv, d, generator=g) * 3).to(src_dtype)
+    k_cache = torch.full((num_blocks, block_size, hkv, d), float("nan"), dtype=cache_dtype)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    slots = torch.randperm(num_blocks * block_size, generator=g)[:T]
+    pad = torch.randperm(T, generator=g)[:n_padding]
+    slots[pad] = -torch.randint(1, 100, (len(pad),), generator=g)
+    args = [k, v, k_cache, v_cache, slots]
+    return [a.to(device) for a in args]
+
+
+@st.composite
+def cases(draw):
+    block_size = draw(st.sampled_from([1, 4, 16, 32]))
+    num_blocks = draw(st.integers(1, 40))
+    T = draw(st.integers(0, min(num_blocks * block_size, 300)))
+    return dict(T=T, hkv=draw(st.sampled_from([1, 2, 3, 8])), d=draw(st.sampled_from([4, 17, 64, 128])),
+                num_blocks=num_blocks, block_size=block_size, src_dtype=draw(st.sampled_from(DTYPES)),
+                cache_dtype=draw(st.sampled_from(DTYPES)), n_padding=draw(st.integers(0, T)),
+                seed=draw(st.integers(0, 2**31 - 1)))
+
+
+def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases())
+def test_matches_reference(params):
+    k, v, k_cache, v_cache, slots = make(**params)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    K.write_kv_cache_ref_(k, v, k_ref, v_ref, slots)
+    K.write_kv_cache_(k, v, k_cache, v_cache, slots)
+    assert_same(k_cache, k_ref)
+    assert_same(v_cache, v_ref)
+
+
+def test_negative_slots_skipped_and_rest_untouched():
+    k, v, k_cache, v_cache, slots = make(10, 2, 8, 4, 4, torch.float32, torch.float32, 0, 1)
+    slots[:] = -1
+    slots[3] = 5
+    K.write_kv_cache_(k, v, k_cache, v_cache, slots)
+    flat = k_cache.view(-1, 2, 8)
+    assert torch.equal(flat[5], k[3])
+    assert flat[torch.arange(16) != 5].isnan().all()
+
+
+def test_validated_path_matches_op():
+    k, v, k_cache, v_cache, slots = make(50, 3, 64, 8, 16, torch.float32, torch.bfloat16, 5, 2)
+    a, b = k_cache.clone(), v_cache.clone()
+    K.check_write_kv_cache(k, v, a, b, slots)
+    K.write_kv_cache_(k, v, a, b, slots, validated=True)
+    K.write_kv_cache_(k, v, k_cache, v_cache, slots)
+    assert_same(a, k_cache)
+    assert_same(b, v_cache)
+
+
+def test_opcheck():
+    for src, cache in ((torch.float32, torch.float32), (torch.float32, torch.float16), (torch.bfloat16, torch.float32)):
+        args = make(12, 2, 8, 4, 4, src, cache, 2, 3)
+        torch.library.opcheck(torch.ops.pyllm.write_kv_cache_.default, args)
+
+
+def _bad_inputs():
+    def mutate(index, fn):
+        def build():
+            args = make(6, 2, 8, 4, 4, torch.float32, torch.float32, 1, 4)
+            args[index] = fn(args)
+            return args
+        return build
+
+    return [
+        ("slot_mapping", mutate(4, lambda a: torch.tensor([0, 1, 2, 3, 4, 16]))),  # pool holds 16
+        ("slot_mapping", mutate(4, lambda a: a[4].int())),
+        ("slot_mapping", mutate(4, lambda a: a[4][:-1])),
+        ("k", mutate(0, lambda a: a[0].int())),
+        ("k", mutate(0, lambda a: a[0][:, :1])),
+        ("v", mutate(1, lambda a: a[1][:-1])),
+        ("k_cache", mutate(2, lambda a: a[2][..., :4])),
+        ("v_cache", mutate(3, lambda a: a[3].half())),
+        ("v_cache", mutate(3, lambda a: a[3][:2])),
+        ("k_cache", mutate(2, lambda a: a[2].transpose(0, 1).contiguous().transpose(0, 1))),
+        ("k_cache", mutate(2, lambda a: a[2][0])),
+        ("device", mutate(4, lambda a: a[4].to("meta"))),
+    ]
+
+
+@pytest.mark.parametrize("name,build", _bad_inputs(), ids=[f"{i}-{n}" for i, (n, _) in enumerate(_bad_inputs())])
+def test_bad_input_raises_value_error(name, build):
+    args = build()
+    with pytest.raises(ValueError, match=name):
+        K.write_kv_cache_(*args)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@settings(max_examples=40, deadline=None)
+@given(cases())
+def test_cuda_matches_reference(params):
+    from pyllm import _C
+
+    if not getattr(_C, "has_cuda", False):
+        pytest.skip("pyllm was built without CUDA kernels")
+    k, v, k_cache, v_cache, slots = make(**params)
+    K.write_kv_cache_ref_(k, v, k_cache, v_cache, slots)
+    args = make(**params, device="cuda")
+    K.write_kv_cache_(*args)
+    assert_same(args[2].cpu(), k_cache)
+    assert_same(args[3].cpu(), v_cache)
