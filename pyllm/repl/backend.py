@@ -1,0 +1,243 @@
+"""What the REPL needs from a model, and two things that provide it.
+
+:class:`ChatBackend` is the whole contract between the REPL and a model: a name, a context length,
+token counting of a conversation as the model will see it, tokenizing a text for ``/tokens``, a
+streamed reply, the last reply's figures and the chat template's text. :class:`LLMBackend` adapts
+``pyllm.api.LLM`` to it; :class:`FakeBackend` streams deterministic words so that the REPL can be
+tested without a model.
+
+Each turn sends the whole conversation: re-using the key/value cache of the turns before is the
+engine's job (prefix caching), so the REPL stays stateless about the model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pyllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyllm.types import Message
+
+__all__ = ["ReplyStats", "ChatBackend", "LLMBackend", "FakeBackend"]
+
+
+@dataclass(frozen=True)
+class ReplyStats:
+    """Figures for one reply.
+
+    ``ttft`` is the time from the request to the first streamed text (the prefill, mostly);
+    ``seconds`` is the whole reply. ``tokens_per_s`` is the decode rate: the tokens after the first
+    over the time after the first (the prefill would otherwise dominate short replies).
+    """
+
+    prompt_tokens: int
+    tokens: int
+    seconds: float
+    ttft: float | None
+    finish_reason: str | None = None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self.ttft is not None and self.tokens > 1 and self.seconds > self.ttft:
+            return (self.tokens - 1) / (self.seconds - self.ttft)
+        if self.tokens and self.seconds > 0:
+            return self.tokens / self.seconds
+        return None
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """A model as the REPL sees it.
+
+    Attributes:
+        model_name: shown in the toolbar and ``/show``.
+        context_length: the most tokens a conversation plus its reply may hold.
+        chat_template: the template's source text (``/show template``).
+        last_stats: the figures of the last reply (None before the first).
+    """
+
+    model_name: str
+    context_length: int
+    chat_template: str
+    last_stats: ReplyStats | None
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens of ``messages`` rendered by the chat template, generation prompt included."""
+        ...
+
+    def tokenize(self, text: str) -> tuple[list[int], list[str]]:
+        """Token ids of ``text`` (as plain text, no special tokens) and each id's piece."""
+        ...
+
+    def stream_reply(self, messages: Sequence[Message], params: SamplingParams) -> Iterator[str]:
+        """Stream the assistant's reply to ``messages`` as text deltas.
+
+        The REPL calls ``close()`` on the iterator when the user interrupts it (Ctrl-C): a
+        generator's ``finally`` must then cancel the request. ``last_stats`` is set when the
+        iterator ends, normally or not.
+        """
+        ...
+
+
+# ------------------------------------------------------------------------------------------------
+# The real model
+# ------------------------------------------------------------------------------------------------
+
+
+class LLMBackend:
+    """:class:`ChatBackend` over a loaded ``pyllm.api.LLM``.
+
+    The REPL's figures are measured here, around ``llm.stream``: time to the first delta and the
+    number of reply tokens (the reply text tokenized again: the stream yields text, not ids).
+    """
+
+    def __init__(self, llm: Any, *, name: str | None = None) -> None:
+        self.llm = llm
+        self.model_name = name or _model_name(llm)
+        self.context_length = int(_context_length(llm))
+        self.last_stats: ReplyStats | None = None
+
+    @property
+    def chat_template(self) -> str:
+        template = getattr(self.llm, "chat_template", None)
+        return getattr(template, "source", None) or str(template or "")
+
+    def render(self, messages: Sequence[Message]) -> str:
+        """The prompt text the model sees for ``messages`` (generation prompt included)."""
+        return self.llm.chat_template.render(list(messages), add_generation_prompt=True)
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        tokenizer = self.llm.tokenizer
+        return len(tokenizer.encode(self.render(messages), parse_special=True))
+
+    def tokenize(self, text: str) -> tuple[list[int], list[str]]:
+        tokenizer = self.llm.tokenizer
+        ids = tokenizer.encode(text, add_bos=False)
+        return ids, [tokenizer.id_to_piece(i) for i in ids]
+
+    def stream_reply(self, messages: Sequence[Message], params: SamplingParams) -> Iterator[str]:
+        messages = list(messages)
+        prompt_tokens = self.count_tokens(messages)
+        parts: list[str] = []
+        start = time.perf_counter()
+        first: float | None = None
+        stream = self.llm.stream(messages, params)
+        try:
+            for delta in stream:
+                if not delta:
+                    continue
+                if first is None:
+                    first = time.perf_counter() - start
+                parts.append(delta)
+                yield delta
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # cancels the engine's request when we stop early
+            seconds = time.perf_counter() - start
+            text = "".join(parts)
+            tokens = len(self.llm.tokenizer.encode(text, add_bos=False)) if text else 0
+            self.last_stats = ReplyStats(prompt_tokens, tokens, seconds, first)
+
+
+def _model_name(llm: Any) -> str:
+    for attr in ("model_name", "name"):
+        value = getattr(llm, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    path = getattr(llm, "path", None)
+    return getattr(path, "name", None) or type(llm).__name__
+
+
+def _context_length(llm: Any) -> int:
+    for attr in ("context_length", "max_model_len"):
+        value = getattr(llm, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    config = getattr(llm, "config", None)
+    for attr in ("context_length", "max_seq_len", "n_ctx"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(f"cannot tell the context length of {type(llm).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------
+# A fake model for tests
+# ------------------------------------------------------------------------------------------------
+
+_CHAT_OVERHEAD = 3  # tokens a message costs besides its words in the fake (role, start, end)
+
+FAKE_TEMPLATE = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant] "
+
+
+def echo_reply(messages: Sequence[Message]) -> str:
+    """The fake model's answer: it repeats the last user message, with a little Markdown."""
+    last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return f"You said: **{last}**. That is all I know."
+
+
+class FakeBackend:
+    """A deterministic :class:`ChatBackend`: words are tokens.
+
+    :param context_length: the context it claims to have.
+    :param delay: seconds to sleep before each streamed word (exercise the toolbar/ttft).
+    :param reply: ``reply(messages) -> str``, the full answer (default :func:`echo_reply`);
+        it is streamed word by word and cut at ``params.max_tokens`` words.
+    :param interrupt_after: raise ``KeyboardInterrupt`` after this many deltas, as a Ctrl-C in
+        the middle of a reply would.
+
+    ``calls`` records ``(messages, params)`` per request; ``closed`` counts iterators closed early.
+    """
+
+    def __init__(self, *, context_length: int = 512, delay: float = 0.0,
+                 reply: Callable[[Sequence[Message]], str] = echo_reply,
+                 interrupt_after: int | None = None, model_name: str = "fake-model") -> None:
+        self.model_name = model_name
+        self.context_length = context_length
+        self.chat_template = FAKE_TEMPLATE
+        self.delay = delay
+        self.reply = reply
+        self.interrupt_after = interrupt_after
+        self.last_stats: ReplyStats | None = None
+        self.calls: list[tuple[list[dict[str, str]], SamplingParams]] = []
+        self.closed = 0
+        self._vocab: dict[str, int] = {}
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return sum(len(m["content"].split()) + _CHAT_OVERHEAD for m in messages) + 1
+
+    def tokenize(self, text: str) -> tuple[list[int], list[str]]:
+        pieces = text.split()
+        return [self._vocab.setdefault(p, len(self._vocab)) for p in pieces], pieces
+
+    def stream_reply(self, messages: Sequence[Message], params: SamplingParams) -> Iterator[str]:
+        messages = [dict(m) for m in messages]
+        self.calls.append((messages, params))
+        words = self.reply(messages).split(" ")[: params.max_tokens]
+        start = time.perf_counter()
+        first: float | None = None
+        sent = 0
+        finished = False
+        try:
+            for i, word in enumerate(words):
+                if self.interrupt_after is not None and sent >= self.interrupt_after:
+                    raise KeyboardInterrupt
+                if self.delay:
+                    time.sleep(self.delay)
+                if first is None:
+                    first = time.perf_counter() - start
+                sent += 1
+                yield word if i == 0 else " " + word
+            finished = True
+        finally:
+            if not finished:
+                self.closed += 1
+            reason = "length" if len(words) == params.max_tokens else "stop"
+            self.last_stats = ReplyStats(self.count_tokens(messages), sent,
+                                         time.perf_counter() - start, first,
+                                         reason if finished else "cancelled")
