@@ -27,6 +27,7 @@ from pyllm import __version__
 
 # name -> ("module:attribute", "one-line help"). One module per command; add one line per command.
 BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
+    "chat": ("pyllm.cli.chat:chat", "Chat with a model in the terminal (streamed replies, /help)."),
     "plugins": ("pyllm.cli.plugins_cmd:plugins", "List installed plugins and what they registered."),
     "tokenize": ("pyllm.cli.tokenize:tokenize", "Show the token ids and pieces of a text."),
 }
