@@ -4,8 +4,11 @@ Each model family splits text into words with its own regular expression before 
 word; getting it wrong changes the ids. The patterns below are the ones the families' upstream
 tokenizers use (and llama.cpp reproduces):
 
-- ``default`` / ``gpt2``: GPT-2's pattern (contractions, optional space + letters, optional
+- ``gpt2`` (``gpt-2``): GPT-2's pattern (contractions, optional space + letters, optional
   space + digits, optional space + other symbols, whitespace runs).
+- ``default`` (what llama.cpp uses when a byte-level GGUF names no pre-tokenizer): runs of
+  punctuation and ``$+<=>^~|`` split off first, then GPT-2's pattern, then digit runs, then
+  groups of three ASCII digits; each pattern splits the pieces the previous one left.
 - ``llama3`` (``llama-bpe``, ``llama-v3``): case-insensitive contractions, letters with one
   leading non-letter, digits in groups of at most three, symbols with trailing newlines,
   newline runs.
@@ -46,6 +49,16 @@ def _gpt2() -> pre_tokenizers.PreTokenizer:
     return pre_tokenizers.Sequence([_split(GPT2_PATTERN), _bytes_only()])
 
 
+def _default() -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Sequence([
+        _split(r"[\p{P}\$\+<=>\^~\|]+"),
+        _split(GPT2_PATTERN),
+        _split(r"\p{N}+"),
+        _split(r"[0-9][0-9][0-9]"),
+        _bytes_only(),
+    ])
+
+
 def _smollm() -> pre_tokenizers.PreTokenizer:
     return pre_tokenizers.Sequence([_split(r"\p{N}"), _split(GPT2_PATTERN), _bytes_only()])
 
@@ -61,7 +74,7 @@ def _qwen2() -> pre_tokenizers.PreTokenizer:
 # name in tokenizer.ggml.pre -> (builder, whether BPE may take a whole word found in the vocab
 # before merging: Llama 3's tokenizer does, the others always merge)
 PRE_TOKENIZERS: dict[str, tuple[Callable[[], pre_tokenizers.PreTokenizer], bool]] = {
-    "default": (_gpt2, False),
+    "default": (_default, False),
     "gpt2": (_gpt2, False),
     "gpt-2": (_gpt2, False),
     "smollm": (_smollm, False),
