@@ -29,6 +29,8 @@ from pyllm import __version__
 BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("pyllm.cli.chat:chat", "Chat with a model in the terminal (streamed replies, /help)."),
     "plugins": ("pyllm.cli.plugins_cmd:plugins", "List installed plugins and what they registered."),
+    "pull": ("pyllm.cli.pull:pull", "Download a model into the cache (default: smollm2)."),
+    "models": ("pyllm.cli.models:models", "List the models in the cache with size, type and path."),
     "tokenize": ("pyllm.cli.tokenize:tokenize", "Show the token ids and pieces of a text."),
 }
 

