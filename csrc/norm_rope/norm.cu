@@ -39,9 +39,11 @@ __global__ void fused_add_rms_norm_kernel(const void* x, int xd, const void* r, 
 __global__ void layer_norm_kernel(const void* x, int xd, const void* w, int wd, const void* b, int bd,
                                   void* out, int od, int64_t hidden, float eps) {
   const int64_t base = static_cast<int64_t>(blockIdx.x) * hidden;
+  // Sum around the row's first element: a row far from zero keeps its digits in float32.
+  const float shift = load(x, xd, base);
   float sum = 0.0f;
-  for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) sum += load(x, xd, base + j);
-  const float mean = block_sum(sum) / static_cast<float>(hidden);
+  for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) sum += load(x, xd, base + j) - shift;
+  const float mean = shift + block_sum(sum) / static_cast<float>(hidden);
   float var = 0.0f;
   for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
     const float d = load(x, xd, base + j) - mean;
