@@ -1,0 +1,213 @@
+"""The engine: requests in, streamed text out, many sequences sharing one paged KV-cache.
+
+`add_request` queues a prompt; each `step()` asks the scheduler for a batch (decode tokens and
+prefill chunks side by side), runs the model once over the flattened tokens, samples the next
+token of every sequence whose tokens are all in the cache, and returns what changed as
+`StreamEvent`s. The engine holds no global state: two engines (one per worker, one per device)
+never interfere, which is what lets a batch job be sharded across processes or machines.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from pyllm.engine.block_manager import BlockManager
+from pyllm.engine.scheduler import Scheduler, SchedulerConfig
+from pyllm.engine.sequence import Sequence
+from pyllm.errors import ContextLengthError
+from pyllm.generation import StreamEvent
+from pyllm.model.batch import allocate_kv_caches, build_metadata
+from pyllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyllm.model.gpt import GPT
+    from pyllm.types import Tokenizer
+
+
+@dataclass
+class EngineConfig:
+    block_size: int = 16
+    # KV-cache size: `kv_cache_tokens` tokens if given, else as many as fit `kv_cache_mb`
+    # (PYLLM_KV_CACHE_MB, default 1024), and never less than one full context. Pages are touched
+    # only as they fill, so an idle cache costs address space, not memory.
+    kv_cache_tokens: int | None = None
+    kv_cache_mb: int = int(os.environ.get("PYLLM_KV_CACHE_MB", "1024"))
+    kv_dtype: torch.dtype = torch.float32
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    enable_prefix_caching: bool = True
+
+
+class CannotFitError(ContextLengthError):
+    """A request that could never fit in the KV-cache or the context window."""
+
+
+class LLMEngine:
+    def __init__(self, model: GPT, tokenizer: Tokenizer, config: EngineConfig | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config = config or EngineConfig()
+        cfg = model.config
+        self.context_length = cfg.max_position
+        bs = config.block_size
+        bytes_per_token = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * torch.empty(
+            0, dtype=config.kv_dtype).element_size()
+        if config.kv_cache_tokens is not None:
+            tokens = config.kv_cache_tokens
+        else:
+            tokens = max((config.kv_cache_mb << 20) // bytes_per_token, self.context_length)
+        self.num_blocks = max(1, -(-tokens // bs))
+        self.kv_caches = allocate_kv_caches(cfg.n_layer, self.num_blocks, bs, cfg.n_kv_head,
+                                            cfg.head_dim, config.kv_dtype, model.device)
+        self.blocks = BlockManager(self.num_blocks, bs,
+                                   enable_prefix_caching=config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, SchedulerConfig(config.max_num_seqs,
+                                                                config.max_num_batched_tokens))
+        self._ids = itertools.count()
+        self._requests: dict[Hashable, list[Sequence]] = {}
+        self.stats = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "computed_tokens": 0,
+                      "generated_tokens": 0, "steps": 0}
+
+    # ------------------------------------------------------------------ requests
+
+    def add_request(self, request_id: Hashable, prompt_ids: list[int],
+                    params: SamplingParams) -> None:
+        """Queue a tokenized prompt. Raises CannotFitError for a request that can never run."""
+        if request_id in self._requests:
+            raise ValueError(f"request {request_id!r} is already running")
+        if not prompt_ids:
+            raise ValueError("the prompt is empty: a request needs at least one token")
+        if len(prompt_ids) >= self.context_length:
+            raise CannotFitError(f"the prompt has {len(prompt_ids)} tokens; the context length is "
+                                 f"{self.context_length} (room is needed for at least one new token)")
+        longest = min(len(prompt_ids) + params.max_tokens, self.context_length)
+        need = -(-longest // self.config.block_size)
+        if need > self.num_blocks:
+            raise CannotFitError(f"{longest} tokens need {need} cache blocks; the cache has "
+                                 f"{self.num_blocks} (raise kv_cache_tokens / PYLLM_KV_CACHE_MB)")
+        seqs = []
+        for index in range(params.n):
+            p = params
+            if params.n > 1 and params.seed is not None:
+                p = params.replace(seed=(params.seed + index) % 2**64)  # n different draws
+            seqs.append(Sequence(next(self._ids), request_id, index, list(prompt_ids), p,
+                                 self.tokenizer, self.context_length))
+        parent, parent.children = seqs[0], seqs[1:]  # siblings fork once the prompt is cached
+        self._requests[request_id] = seqs
+        self.scheduler.add(parent)
+        self.stats["prompt_tokens"] += len(prompt_ids)
+
+    def abort(self, request_id: Hashable) -> None:
+        """Stop a request now (its blocks are freed; its cached prefix stays reusable)."""
+        for seq in self._requests.pop(request_id, []):
+            if not seq.done:
+                seq.finish_reason = "abort"
+            self.scheduler.finish(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
+
+    # ------------------------------------------------------------------ the step
+
+    @torch.inference_mode()
+    def step(self) -> list[StreamEvent]:
+        batch = self.scheduler.schedule()
+        if not batch.items:
+            if self.scheduler.has_work():
+                raise RuntimeError("the scheduler could not place any sequence in the KV-cache")
+            return []
+        self.stats["steps"] += 1
+        for src, dst in batch.copies:  # copy-on-write of shared partial blocks
+            for k_cache, v_cache in self.kv_caches:
+                k_cache[dst].copy_(k_cache[src])
+                v_cache[dst].copy_(v_cache[src])
+        seqs = [s for s, _ in batch.items]
+        counts = [n for _, n in batch.items]
+        ids = [t for s, n in batch.items for t in s.tokens[s.cached:s.cached + n]]
+        meta = build_metadata([s.cached for s in seqs], counts,
+                              [self.blocks.block_table(s.seq_id) for s in seqs],
+                              self.config.block_size, self.model.device)
+        ready = [i for i, (s, n) in enumerate(batch.items) if s.cached + n == s.num_tokens]
+        rows = meta.last_token_rows()[ready] if ready else None
+        device = self.model.device
+        if ready:
+            logits = self.model(torch.tensor(ids, dtype=torch.int64, device=device), meta,
+                                self.kv_caches, rows.to(device)).float()
+        else:
+            self.model.hidden_states(torch.tensor(ids, dtype=torch.int64, device=device), meta,
+                                     self.kv_caches)
+            logits = None
+        self.stats["computed_tokens"] += len(ids)
+        for s, n in batch.items:
+            s.cached += n
+            self.blocks.mark_computed(s.seq_id, s.cached)
+        if logits is None:
+            return []
+        sampled: list[Sequence] = []
+        row_of: list[int] = []
+        for r, i in enumerate(ready):
+            s = seqs[i]
+            sampled.append(s)
+            row_of.append(r)
+            for child in s.children:  # n > 1: siblings share the prompt's blocks
+                self.blocks.fork(s.seq_id, child.seq_id)
+                child.cached = s.cached
+                self.scheduler.add_running(child)
+                sampled.append(child)
+                row_of.append(r)
+            s.children = []
+        if len(row_of) != logits.shape[0]:
+            logits = logits[torch.tensor(row_of, device=logits.device)]
+        return self._sample_and_append(logits, sampled)
+
+    def _sample_and_append(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[StreamEvent]:
+        from pyllm.generation import sample
+
+        token_ids, logprobs = sample(logits, seqs)
+        events = []
+        for s, tok, lp in zip(seqs, token_ids, logprobs):
+            delta = s.append(tok, lp)
+            self.stats["generated_tokens"] += 1
+            if s.done:
+                self.scheduler.finish(s)
+            if delta or s.done:
+                events.append(StreamEvent(s.request_id, s.index, delta, s.done, s.completion()))
+        for s in seqs:
+            if s.done:
+                group = self._requests.get(s.request_id)
+                if group is not None and all(x.done for x in group):
+                    del self._requests[s.request_id]
+        return events
+
+    # ------------------------------------------------------------------ convenience
+
+    def run(self, requests: Iterable[tuple[Hashable, list[int], SamplingParams]],
+            lookahead: int | None = None) -> Iterator[StreamEvent]:
+        """Feed requests lazily (keeping about `lookahead` queued) and yield every event until
+        all are finished. Closing the iterator aborts whatever is still running."""
+        pending = iter(requests)
+        lookahead = lookahead or 2 * self.config.max_num_seqs
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(self._requests) < lookahead:
+                    try:
+                        rid, prompt, params = next(pending)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    self.add_request(rid, prompt, params)
+                if not self.has_unfinished():
+                    if exhausted:
+                        return
+                    continue
+                yield from self.step()
+        finally:
+            for rid in list(self._requests):
+                self.abort(rid)

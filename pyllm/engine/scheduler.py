@@ -1,0 +1,120 @@
+"""Continuous batching: which sequences run in the next step, and how many tokens each.
+
+Every step has a token budget. Running sequences go first, oldest first: a decoding sequence
+needs one token, a sequence part-way through a long prompt gets the next chunk (chunked
+prefill). What budget is left admits waiting sequences, oldest first, each taking whatever its
+prompt prefix already has in the cache (prefix sharing through the block manager) and a chunk of
+the rest. Finished sequences leave at once, so new ones join at every step. When the cache is full,
+the newest running sequence is preempted: its blocks are freed and it goes back to the front of
+the queue, to be recomputed (prompt and output so far) when there is room again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from pyllm.engine.block_manager import BlockManager
+from pyllm.engine.sequence import SeqStatus, Sequence
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int = 64            # sequences running at once
+    max_num_batched_tokens: int = 512  # tokens computed per step (the prefill chunk bound)
+
+
+@dataclass
+class ScheduledBatch:
+    """One step's work: `(sequence, number of its tokens to compute)` in order, plus the
+    copy-on-write block copies to make in the cache before the step runs."""
+
+    items: list[tuple[Sequence, int]] = field(default_factory=list)
+    copies: list[tuple[int, int]] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.items)
+
+
+class Scheduler:
+    def __init__(self, blocks: BlockManager, config: SchedulerConfig | None = None) -> None:
+        self.blocks = blocks
+        self.config = config or SchedulerConfig()
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SeqStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.config.max_num_batched_tokens
+        for seq in list(self.running):
+            if budget == 0:
+                break
+            if seq.status is not SeqStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            if not self._make_room(seq, batch):
+                continue
+            n = min(seq.num_tokens - seq.cached, budget)
+            if n > 0:
+                batch.items.append((seq, n))
+                budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            if not self.blocks.can_allocate(seq.tokens):
+                break  # wait for running sequences to finish and free their blocks
+            self.waiting.popleft()
+            seq.cached = self.blocks.allocate(seq.seq_id, seq.tokens)
+            seq.status = SeqStatus.RUNNING
+            self.running.append(seq)
+            n = min(seq.num_tokens - seq.cached, budget)
+            batch.items.append((seq, n))
+            budget -= n
+        return batch
+
+    def _make_room(self, seq: Sequence, batch: ScheduledBatch) -> bool:
+        """Give `seq` slots for its tokens (the one sampled last step), preempting the newest
+        running sequences while the cache is full. False when `seq` itself was preempted."""
+        missing = seq.tokens[self.blocks.num_tokens(seq.seq_id):]
+        if not missing:
+            return True
+        while not self.blocks.can_append(seq.seq_id, len(missing)):
+            victim = self.running[-1]
+            self.preempt(victim)
+            batch.preempted.append(victim)
+            if victim is seq:
+                return False
+        batch.copies.extend(self.blocks.append(seq.seq_id, missing))
+        return True
+
+    def preempt(self, seq: Sequence) -> None:
+        """Free a running sequence's blocks and queue it (first) for recomputation."""
+        self.blocks.free(seq.seq_id)
+        self.running.remove(seq)
+        seq.cached = 0
+        seq.status = SeqStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def finish(self, seq: Sequence) -> None:
+        """A sequence is done (or aborted): it leaves the batch and frees its blocks; its full
+        blocks stay in the prefix cache until they are needed for something else."""
+        self.blocks.free(seq.seq_id)
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        seq.status = SeqStatus.FINISHED
+
+    def add_running(self, seq: Sequence) -> None:
+        """A forked sibling joins the batch directly (its blocks are already shared)."""
+        seq.status = SeqStatus.RUNNING
+        self.running.append(seq)

@@ -1,0 +1,96 @@
+"""One sequence being generated: its tokens, how many are in the KV cache, and when it stops."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from pyllm.engine.detokenize import IncrementalDetokenizer
+from pyllm.engine.stops import StopStringChecker
+from pyllm.generation import Completion, TokenLogprob
+from pyllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyllm.types import Tokenizer
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    """A prompt plus the tokens generated so far.
+
+    `cached` counts the leading tokens whose K/V are in the cache; the scheduler runs the rest
+    (a prefill chunk, or the one token sampled last step). After preemption `cached` drops to 0
+    and the whole sequence — prompt and output — is recomputed when it is admitted again.
+    """
+
+    def __init__(self, seq_id: int, request_id: Hashable, index: int, prompt: list[int],
+                 params: SamplingParams, tokenizer: Tokenizer, context_length: int) -> None:
+        self.seq_id = seq_id
+        self.request_id = request_id
+        self.index = index  # which of the request's n completions
+        self.prompt = prompt
+        self.params = params
+        self.context_length = context_length
+        self.out: list[int] = []
+        self.cached = 0
+        self.status = SeqStatus.WAITING
+        self.finish_reason: str | None = None
+        self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
+        self.state: dict[str, Any] = {}  # per-sequence sampler state (mirostat's mu, ...)
+        self.children: list[Sequence] = []  # n > 1: siblings forked once the prompt is cached
+        self.detok = IncrementalDetokenizer(tokenizer, skip_special=True)
+        self.stops = StopStringChecker(params.stop)
+        self.stop_ids = frozenset(params.stop_token_ids) | (
+            frozenset() if params.ignore_eos else frozenset(tokenizer.eos_ids))
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.out
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt) + len(self.out)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def completion(self) -> Completion:
+        return Completion(self.stops.text, list(self.out), self.finish_reason, self.logprobs)
+
+    # ------------------------------------------------------------------ growth
+
+    def append(self, token: int, logprob: TokenLogprob) -> str:
+        """Record a sampled token; returns the newly visible text and sets `finish_reason`
+        when a stop condition is met (EOS / stop ids, stop strings, max tokens, context)."""
+        self.out.append(token)
+        if self.logprobs is not None:
+            self.logprobs.append(logprob)
+        delta = ""
+        if token in self.stop_ids:  # (the sampler masks them until min_tokens)
+            self.finish_reason = "stop"
+        else:
+            delta = self.stops.add(self.detok.add(token))
+            if self.stops.stopped:
+                self.finish_reason = "stop"
+            elif len(self.out) >= self.params.max_tokens or self.num_tokens > self.context_length:
+                self.finish_reason = "length"
+        if self.done and not self.stops.stopped:
+            delta += self.stops.add(self.detok.flush()) + self.stops.flush()
+        return delta
+
+    def fork(self, seq_id: int, index: int, params: SamplingParams) -> Sequence:
+        """A sibling that shares this sequence's prompt (and, through the block manager, its
+        cached blocks); used for the n > 1 completions of one request."""
+        child = Sequence(seq_id, self.request_id, index, list(self.prompt), params,
+                         self.detok.tokenizer, self.context_length)
+        child.cached = self.cached
+        return child
