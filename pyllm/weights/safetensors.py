@@ -185,3 +185,7 @@ def load_safetensors_folder(folder: str | Path) -> dict[str, torch.Tensor]:
             raise ModelFormatError(f"{index}: weight_map does not list tensors "
                                    f"{', '.join(extra[:5])}")
     return tensors
+
+
+# The name the model loader imports.
+load_folder = load_safetensors_folder
