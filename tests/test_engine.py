@@ -1,0 +1,134 @@
+"""The engine against the simple generation loop, on a tiny random Llama with SmolLM2's
+tokenizer: continuous batching, chunked prefill, preemption and prefix sharing must not change a
+single greedy token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyllm.engine.llm_engine import CannotFitError, EngineConfig, LLMEngine
+from pyllm.generation import generate_stream
+from pyllm.sampling_params import SamplingParams
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, smollm2_path):
+    from pyllm.model.loader import load_hf
+    from pyllm.tokenizer import load_tokenizer
+    from pyllm.weights.gguf import load_gguf
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=256,
+                                   tie_word_embeddings=True)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+    model = load_hf(folder).model
+    tokenizer = load_tokenizer(load_gguf(smollm2_path).metadata)
+    return model, tokenizer
+
+
+PROMPTS = ["The quick brown fox", "Once upon a time in a land far away, there lived",
+           "def fib(n):", "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20", "Hi"]
+
+
+def _reference(model, tokenizer, prompts, params):
+    out = {}
+    for ev in generate_stream(model, tokenizer, prompts, params):
+        if ev.finished:
+            out[(ev.request, ev.output)] = ev.completion.token_ids
+    return out
+
+
+def _engine(model, tokenizer, prompts, params, **config):
+    engine = LLMEngine(model, tokenizer, EngineConfig(**config))
+    out = {}
+    for ev in engine.run((i, p, sp) for i, (p, sp) in enumerate(zip(prompts, params))):
+        if ev.finished:
+            out[(ev.request, ev.output)] = ev.completion.token_ids
+    return out, engine
+
+
+def _ids(tokenizer):
+    return [tokenizer.encode(p) for p in PROMPTS]
+
+
+@pytest.mark.parametrize("config", [
+    dict(kv_cache_tokens=2048),                               # everything fits, one batch
+    dict(kv_cache_tokens=2048, max_num_batched_tokens=7),     # chunked prefill
+    dict(kv_cache_tokens=2048, max_num_seqs=2),               # sequences join as others leave
+    dict(kv_cache_tokens=96, block_size=4),                   # preemption by recompute
+])
+def test_engine_matches_simple_loop(tiny, config):
+    model, tok = tiny
+    prompts = _ids(tok)
+    params = [SamplingParams(max_tokens=24, temperature=0, ignore_eos=True) for _ in prompts]
+    want = _reference(model, tok, prompts, params)
+    got, engine = _engine(model, tok, prompts, params, **config)
+    assert got == want
+    if config.get("kv_cache_tokens") == 96:
+        assert engine.scheduler.num_preemptions > 0
+    assert engine.blocks.num_free_blocks == engine.num_blocks  # every block came back
+
+
+def test_prefix_sharing_prefills_common_prefix_once(tiny):
+    model, tok = tiny
+    shared = tok.encode("A long shared system prompt that every request starts with. " * 4)
+    prompts = [shared + tok.encode(f" Question {i}?") for i in range(4)]
+    params = [SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)] * 4
+    engine = LLMEngine(model, tok, EngineConfig(kv_cache_tokens=2048, max_num_seqs=1))
+    results = {}
+    for ev in engine.run((i, p, sp) for i, (p, sp) in enumerate(zip(prompts, params))):
+        if ev.finished:
+            results[ev.request] = ev.completion.token_ids
+    full = sum(len(p) for p in prompts) + 4 * 3  # every prompt, plus fed-back decode tokens
+    shared_blocks = len(shared) // 16
+    assert engine.stats["computed_tokens"] <= full - 3 * shared_blocks * 16
+    assert results == {k: v for (k, _), v in _reference(model, tok, prompts, params).items()}
+
+
+def test_n_completions_share_the_prompt_and_differ_by_seed(tiny):
+    model, tok = tiny
+    prompt = tok.encode("Tell me a story about a robot")
+    params = SamplingParams(max_tokens=6, temperature=0, n=3, ignore_eos=True)
+    got, engine = _engine(model, tok, [prompt], [params], kv_cache_tokens=512)
+    assert sorted(got) == [(0, 0), (0, 1), (0, 2)]
+    assert got[(0, 0)] == got[(0, 1)] == got[(0, 2)]  # greedy: identical
+    assert engine.stats["computed_tokens"] == len(prompt) + 3 * 5  # the prompt ran once
+
+
+def test_stop_strings_and_abort(tiny):
+    model, tok = tiny
+    prompt = tok.encode("The quick brown fox")
+    free_run = _reference(model, tok, [prompt], [SamplingParams(max_tokens=12, temperature=0,
+                                                                ignore_eos=True)])
+    text = tok.decode(free_run[(0, 0)])
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    engine = LLMEngine(model, tok, EngineConfig(kv_cache_tokens=512))
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, stop=[stop])
+    events = list(engine.run([(0, prompt, params)]))
+    final = events[-1].completion
+    assert final.finish_reason == "stop"
+    assert stop not in final.text and text.startswith(final.text)
+    assert "".join(e.delta for e in events) == final.text
+
+    engine.add_request("x", prompt, SamplingParams(max_tokens=50, temperature=0))
+    engine.step()
+    engine.abort("x")
+    assert not engine.has_unfinished()
+    assert engine.blocks.num_free_blocks == engine.num_blocks
+
+
+def test_requests_that_can_never_fit_are_refused(tiny):
+    model, tok = tiny
+    engine = LLMEngine(model, tok, EngineConfig(kv_cache_tokens=64, block_size=16))
+    with pytest.raises(CannotFitError, match="cache blocks"):
+        engine.add_request(0, list(range(10, 60)), SamplingParams(max_tokens=100))
+    with pytest.raises(CannotFitError, match="context length"):
+        engine.add_request(1, [5] * 300, SamplingParams(max_tokens=1))
+    with pytest.raises(ValueError, match="empty"):
+        engine.add_request(2, [], SamplingParams())
