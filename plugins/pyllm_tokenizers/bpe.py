@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import AddedToken, Tokenizer
+from tokenizers import decoders as tk_decoders
 from tokenizers import models as tk_models
 
 from pyllm.errors import ModelFormatError
@@ -68,6 +69,7 @@ def from_gguf(metadata: Mapping[str, Any], path: Path | None = None) -> Tokenize
         tk_models.BPE(vocab=token_to_id, merges=vocab.merges, ignore_merges=ignore_merges)
     )
     backend.pre_tokenizer = pre
+    backend.decoder = tk_decoders.ByteLevel()  # unused by us; makes backend.to_str() complete
     special_ids = [i for i, t in enumerate(vocab.token_types) if t in (CONTROL, UNKNOWN)]
     for i in (vocab.bos_id, vocab.eos_id):
         if i is not None and i not in special_ids and vocab.token_types[i] != USER_DEFINED:

@@ -73,18 +73,25 @@ CORPUS: list[str] = [
 ]
 
 
+# Texts tokenized with special=True (special-token strings become their ids).
+SPECIAL_CORPUS: list[str] = [
+    "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n",
+    "<|endoftext|>text<file_sep>more<|im_end|><|im_end|>",
+    "no specials here 123",
+]
+
 # Other byte-level BPE families' pre-tokenizers, checked on the same vocabulary: a copy of the
 # model's metadata (no tensors) with tokenizer.ggml.pre replaced. The ids differ from the real
 # families' (the vocabulary is SmolLM2's) but the word splitting is theirs.
 PRE_VARIANTS = ["default", "gpt-2", "llama-bpe", "qwen2"]
 
 
-def llama_cpp_ids(model: Path, texts: list[str]) -> list[list[int]]:
+def llama_cpp_ids(model: Path, texts: list[str], *, special: bool = False) -> list[list[int]]:
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False)
     return [
-        [int(i) for i in llm.tokenize(t.encode("utf-8"), add_bos=False, special=False)]
+        [int(i) for i in llm.tokenize(t.encode("utf-8"), add_bos=False, special=special)]
         for t in texts
     ]
 
@@ -120,6 +127,8 @@ def record(model: Path) -> dict:
     import llama_cpp
 
     cases = [{"text": t, "ids": ids} for t, ids in zip(CORPUS, llama_cpp_ids(model, CORPUS))]
+    special_ids = llama_cpp_ids(model, SPECIAL_CORPUS, special=True)
+    special_cases = [{"text": t, "ids": ids} for t, ids in zip(SPECIAL_CORPUS, special_ids)]
     variants = {}
     with tempfile.TemporaryDirectory() as tmp:
         for pre in PRE_VARIANTS:
@@ -133,6 +142,7 @@ def record(model: Path) -> dict:
         "reference": f"llama-cpp-python {llama_cpp.__version__}: "
                      "Llama(vocab_only=True).tokenize(text, add_bos=False, special=False)",
         "cases": cases,
+        "special_cases": special_cases,
         "pre_variants": variants,
     }
 
