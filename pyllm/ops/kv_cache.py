@@ -34,24 +34,37 @@ def write_kv_cache_ref_(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
     v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)
 
 
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
 def _check_shapes(k, v, k_cache, v_cache, slot_mapping) -> None:
-    L.check_float("k", k)
-    L.check_float("v", v)
-    L.check_float("k_cache", k_cache)
-    L.check_float("v_cache", v_cache)
-    L.check(k_cache.dim() == 4, f"k_cache must be [num_blocks, block_size, Hkv, D], got {list(k_cache.shape)}")
-    L.check(v_cache.shape == k_cache.shape,
-            f"v_cache must match k_cache's shape {list(k_cache.shape)}, got {list(v_cache.shape)}")
-    L.check(v_cache.dtype == k_cache.dtype, f"v_cache must have k_cache's dtype {k_cache.dtype}, got {v_cache.dtype}")
-    L.check(k_cache.is_contiguous(), "k_cache must be contiguous (it is written in place)")
-    L.check(v_cache.is_contiguous(), "v_cache must be contiguous (it is written in place)")
+    # Plain ifs with the message built only on failure: this runs every step.
+    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.dtype not in L.FLOAT_DTYPES:
+            _fail(f"{name} must be float32, float16 or bfloat16, not {t.dtype}")
+    if k_cache.dim() != 4:
+        _fail(f"k_cache must be [num_blocks, block_size, Hkv, D], got {list(k_cache.shape)}")
+    if v_cache.shape != k_cache.shape:
+        _fail(f"v_cache must match k_cache's shape {list(k_cache.shape)}, got {list(v_cache.shape)}")
+    if v_cache.dtype != k_cache.dtype:
+        _fail(f"v_cache must have k_cache's dtype {k_cache.dtype}, got {v_cache.dtype}")
+    if not k_cache.is_contiguous():
+        _fail("k_cache must be contiguous (it is written in place)")
+    if not v_cache.is_contiguous():
+        _fail("v_cache must be contiguous (it is written in place)")
     hkv, d = k_cache.shape[2], k_cache.shape[3]
-    L.check(k.dim() == 3 and k.shape[1:] == (hkv, d), f"k must be [T, {hkv}, {d}], got {list(k.shape)}")
-    L.check(v.shape == k.shape, f"v must match k's shape {list(k.shape)}, got {list(v.shape)}")
-    L.check(slot_mapping.dtype == torch.int64, f"slot_mapping must be int64, not {slot_mapping.dtype}")
-    L.check(slot_mapping.dim() == 1 and slot_mapping.shape[0] == k.shape[0],
-            f"slot_mapping must be [{k.shape[0]}], got {list(slot_mapping.shape)}")
-    L.check_same_device(k=k, v=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
+    if k.dim() != 3 or k.shape[1] != hkv or k.shape[2] != d:
+        _fail(f"k must be [T, {hkv}, {d}], got {list(k.shape)}")
+    if v.shape != k.shape:
+        _fail(f"v must match k's shape {list(k.shape)}, got {list(v.shape)}")
+    if slot_mapping.dtype != torch.int64:
+        _fail(f"slot_mapping must be int64, not {slot_mapping.dtype}")
+    if slot_mapping.dim() != 1 or slot_mapping.shape[0] != k.shape[0]:
+        _fail(f"slot_mapping must be [{k.shape[0]}], got {list(slot_mapping.shape)}")
+    device = k.device
+    if not (v.device == k_cache.device == v_cache.device == slot_mapping.device == device):
+        L.check_same_device(k=k, v=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
 
 
 def check_write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
