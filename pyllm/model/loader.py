@@ -15,7 +15,6 @@ reference applying adjacent-pair RoPE to the stored weights agrees with transfor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,24 +244,11 @@ def load_gguf_model(path: str | Path) -> LoadedModel:
 # ---------------------------------------------------------------------- Hugging Face
 
 
-def read_hf_config(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelFormatError(f"{folder}: no config.json (not a Hugging Face model folder)")
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise ModelFormatError(f"{path}: must hold a JSON object")
-    return config
-
-
 def load_hf(folder: str | Path) -> LoadedModel:
-    from pyllm.weights.safetensors import load_folder
+    from pyllm.weights.safetensors import load_folder, load_hf_config
 
     folder = Path(folder)
-    cfg = ModelConfig.from_hf(read_hf_config(folder), where=str(folder / "config.json"))
+    cfg = ModelConfig.from_hf(load_hf_config(folder), where=str(folder / "config.json"))
     tensors: dict[str, torch.Tensor] = load_folder(folder)
 
     def fetch(name: str) -> tuple[torch.Tensor, str]:

@@ -1,0 +1,222 @@
+"""The Python API: `pyllm.load()` -> `LLM` with generate / stream / chat / score.
+
+    llm = pyllm.load("smollm2")                     # or a .gguf path, or a Hugging Face folder
+    out = llm.generate(["Once upon a time"], pyllm.SamplingParams(max_tokens=32))
+    print(out[0].text, out[0].finish_reason)
+    for delta in llm.stream([{"role": "user", "content": "Hi!"}]):
+        print(delta, end="")
+
+A prompt is a string, a list of chat messages (`{"role", "content"}`, rendered with the model's
+chat template), or a list of token ids. Prompts longer than the context length are refused with
+`pyllm.ContextLengthError` (both lengths in the message) unless the caller passes
+`truncate="left"`, which keeps the prompt's end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from pyllm.chat import ChatTemplate, is_messages
+from pyllm.errors import ContextLengthError
+from pyllm.generation import (GenerationResult, ScoredToken, generate_stream, score_ids)
+from pyllm.model.loader import LoadedModel, load_model
+from pyllm.sampling_params import SamplingParams
+from pyllm.types import Message, Tokenizer
+
+Prompt = Union[str, Sequence[Message], Sequence[int]]
+
+TRUNCATE_POLICIES = (None, "left")
+
+
+def load(name_or_path: str | Path | None = None, device: str = "cpu", *,
+         progress: bool = True) -> LLM:
+    """Load a model by name (`smollm2`, the default when None), `.gguf` path or Hugging Face
+    folder; the default model is pulled (and hash-checked) on first use."""
+    from pyllm.weights.resolve import resolve_model
+
+    path = resolve_model(None if name_or_path is None else str(name_or_path), progress=progress)
+    return LLM.from_path(path, device=device)
+
+
+class LLM:
+    """A loaded model with its tokenizer and chat template."""
+
+    def __init__(self, loaded: LoadedModel, tokenizer: Tokenizer, chat_template: ChatTemplate,
+                 name: str | None = None) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.config = loaded.config
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.name = name or loaded.path.name
+
+    @classmethod
+    def from_path(cls, path: str | Path, device: str = "cpu") -> LLM:
+        from pyllm.tokenizer import load_tokenizer
+
+        loaded = load_model(path, device=device)
+        if loaded.kind == "gguf":
+            tok = load_tokenizer(loaded.metadata, origin=loaded.path)
+        else:
+            tok = load_tokenizer({}, loaded.path, origin=loaded.path)
+        if tok.vocab_size > loaded.config.vocab_size:
+            from pyllm.errors import ModelFormatError
+
+            raise ModelFormatError(f"{loaded.path}: the tokenizer has {tok.vocab_size} tokens but "
+                                   f"the model only {loaded.config.vocab_size}")
+        special = {"bos_token": _piece(tok, tok.bos_id), "eos_token": _piece(tok, tok.eos_id)}
+        if loaded.kind == "gguf":
+            template = ChatTemplate.from_gguf_metadata(loaded.metadata, **special)
+        else:
+            template = ChatTemplate.from_hf_folder(loaded.path, **special)
+        return cls(loaded, tok, template)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def context_length(self) -> int:
+        """Most tokens (prompt and generated) one sequence may hold."""
+        return self.config.max_position
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ------------------------------------------------------------------ prompts
+
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True
+                    ) -> str:
+        """The prompt text the chat template makes of `messages`."""
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: text (the tokenizer's BOS default; special-token strings are
+        plain text), chat messages (rendered, then tokenized with special tokens recognized and
+        no extra BOS: templates write their own), or token ids (checked against the vocabulary).
+        """
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if is_messages(prompt):
+            return self.tokenizer.encode(self.render_chat(prompt), add_bos=False,
+                                         parse_special=True)
+        if isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                for t in prompt):
+            ids = [int(t) for t in prompt]
+            bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
+            if bad:
+                raise ValueError(f"token id {bad[0]} is outside the vocabulary "
+                                 f"[0, {self.config.vocab_size})")
+            return ids
+        raise TypeError("a prompt must be a string, a list of {'role', 'content'} messages, or "
+                        f"a list of token ids; got {type(prompt).__name__}")
+
+    def _fit(self, ids: list[int], room: int, truncate: str | None, what: str) -> list[int]:
+        """Apply the context-length policy: `ids` plus `room` tokens must fit the context."""
+        if truncate not in TRUNCATE_POLICIES:
+            raise ValueError(f"truncate must be None or 'left', got {truncate!r}")
+        if not ids:
+            raise ValueError(f"the {what} is empty (0 tokens)")
+        limit = self.context_length
+        if len(ids) + room <= limit:
+            return ids
+        if truncate == "left":
+            keep = max(1, limit - room)
+            return ids[len(ids) - keep:]
+        extra = f" and {room} more for generation" if room else ""
+        raise ContextLengthError(
+            f"the {what} has {len(ids)} tokens{extra}, more than the context length of "
+            f"{limit} tokens (pass truncate='left' to keep the end of the {what})")
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, prompts: Prompt | Sequence[Prompt],
+                 params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+                 truncate: str | None = None, max_batch: int = 16) -> list[GenerationResult]:
+        """One GenerationResult per prompt (a single prompt is a batch of one).
+
+        `params`: one SamplingParams for every prompt or one per prompt (default:
+        SamplingParams()). Results carry text, token_ids, finish_reason ("stop" | "length") and
+        log-probs when params.logprobs is set.
+        """
+        batch = _as_batch(prompts)
+        plist = self._params_list(params, len(batch))
+        ids = [self._fit(self.encode_prompt(p), 1, truncate, "prompt") for p in batch]
+        results = [GenerationResult(i, [None] * p.n) for i, p in zip(ids, plist)]  # type: ignore
+        for ev in generate_stream(self.model, self.tokenizer, ids, plist, max_batch=max_batch):
+            if ev.finished:
+                results[ev.request].outputs[ev.output] = ev.completion
+        return results
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None, *,
+               truncate: str | None = None) -> Iterator[str]:
+        """Text deltas of one completion as they are generated (stop strings never shown)."""
+        params = params or SamplingParams()
+        if params.n != 1:
+            raise ValueError("stream() makes one completion; use generate() for n > 1")
+        ids = self._fit(self.encode_prompt(prompt), 1, truncate, "prompt")
+        for ev in generate_stream(self.model, self.tokenizer, [ids], [params]):
+            if ev.delta:
+                yield ev.delta
+
+    def chat(self, messages: Sequence[Message], params: SamplingParams | None = None, *,
+             truncate: str | None = None) -> GenerationResult:
+        """The assistant's reply to a conversation (rendered with the model's chat template)."""
+        if not is_messages(messages):
+            raise ValueError("chat() takes a non-empty list of {'role', 'content'} messages")
+        return self.generate([list(messages)], params, truncate=truncate)[0]
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, texts: Prompt | Sequence[Prompt], top_n: int = 10, *,
+              truncate: str | None = None) -> list[list[ScoredToken]]:
+        """Per text, per position: the token id, its log-prob given what precedes it (None for
+        the first token) and the top-n alternatives the model predicted there."""
+        if not isinstance(top_n, int) or not 0 <= top_n <= self.config.vocab_size:
+            raise ValueError(f"top_n must be an integer in [0, vocab size], got {top_n!r}")
+        out = []
+        for t in _as_batch(texts):
+            ids = self._fit(self.encode_prompt(t), 0, truncate, "text")
+            out.append(score_ids(self.model, ids, top_n))
+        return out
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _params_list(params: SamplingParams | Sequence[SamplingParams] | None,
+                     n: int) -> list[SamplingParams]:
+        if params is None:
+            return [SamplingParams()] * n
+        if isinstance(params, SamplingParams):
+            return [params] * n
+        plist = list(params)
+        if len(plist) != n or not all(isinstance(p, SamplingParams) for p in plist):
+            raise ValueError(f"params must be one SamplingParams or a list of {n} (one per "
+                             f"prompt), got {len(plist)} items")
+        return plist
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"LLM({self.name!r}, {c.family}, {c.n_layer} layers, n_embd {c.n_embd}, "
+                f"context {c.max_position}, device {self.device})")
+
+
+def _as_batch(prompts: Any) -> list[Prompt]:
+    """A single prompt (text, messages, token ids) -> [it]; a list of prompts stays a list."""
+    if isinstance(prompts, str) or is_messages(prompts):
+        return [prompts]
+    if isinstance(prompts, Sequence) and prompts and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in prompts):
+        return [prompts]  # one prompt given as token ids
+    if isinstance(prompts, Sequence) and not isinstance(prompts, (bytes, Mapping)):
+        if not prompts:
+            raise ValueError("no prompts given")
+        return list(prompts)
+    raise TypeError(f"prompts must be a prompt or a list of prompts, got {type(prompts).__name__}")
+
+
+def _piece(tok: Tokenizer, i: int | None) -> str:
+    return "" if i is None else tok.id_to_piece(i)
