@@ -175,3 +175,124 @@ class JsonlWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------- running a job
+
+
+@dataclass
+class JobSummary:
+    total: int = 0
+    skipped: int = 0      # already in the output from an earlier run
+    completed: int = 0
+    errors: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def describe(self) -> str:
+        rate = self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+        state = "interrupted (re-run the same command to resume)" if self.interrupted else "done"
+        return (f"{state}: {self.completed} completed, {self.errors} errors, {self.skipped} "
+                f"already done, of {self.total} records; {self.generated_tokens} tokens in "
+                f"{self.seconds:.1f} s ({rate:.1f} tokens/s)")
+
+
+def result_line(key: str, prompt_ids: list[int], completions: list[Any]) -> dict[str, Any]:
+    first = completions[0]
+    line: dict[str, Any] = {
+        "id": key, "text": first.text, "token_ids": first.token_ids,
+        "finish_reason": first.finish_reason,
+        "usage": {"prompt_tokens": len(prompt_ids),
+                  "completion_tokens": sum(len(c.token_ids) for c in completions)},
+    }
+    if len(completions) > 1:
+        line["outputs"] = [{"text": c.text, "token_ids": c.token_ids,
+                            "finish_reason": c.finish_reason} for c in completions]
+    return line
+
+
+def run_job(input_path: Path, output_path: Path, *, model: Any, base_params: Any,
+            max_num_seqs: int = 64, progress: bool = False) -> JobSummary:
+    """Run (or resume) a JSONL job. `model` is a name/path or a loaded `pyllm.LLM`."""
+    import signal
+
+    from tqdm import tqdm
+
+    from pyllm.engine.llm_engine import EngineConfig, LLMEngine
+    from pyllm.errors import ContextLengthError
+    from pyllm.sampling_params import SamplingParams
+
+    summary = JobSummary()
+    done = repair_and_scan(output_path)
+    summary.total = sum(1 for _ in read_records(input_path))
+    if isinstance(model, (str, Path)) or model is None:
+        import pyllm
+
+        llm = pyllm.load(model)
+    else:
+        llm = model
+    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(max_num_seqs=max_num_seqs))
+    interrupted = {"flag": False}
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted["flag"] = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    start = time.monotonic()
+    prompts: dict[str, list[int]] = {}
+    partial: dict[str, dict[int, Any]] = {}
+    n_of: dict[str, int] = {}
+    bar = tqdm(total=summary.total, unit="rec", disable=not progress, dynamic_ncols=True,
+               desc="generate")
+    try:
+        with JsonlWriter(output_path) as writer:
+
+            def requests() -> Iterator[tuple[str, list[int], Any]]:
+                for rec in read_records(input_path):
+                    if interrupted["flag"]:
+                        return
+                    if rec.key in done:
+                        summary.skipped += 1
+                        bar.update(1)
+                        continue
+                    if isinstance(rec, BadRecord):
+                        writer.write(rec.to_json())
+                        summary.errors += 1
+                        bar.update(1)
+                        continue
+                    try:
+                        params = SamplingParams.from_mapping(rec.overrides, base=base_params)
+                        ids = llm.encode_prompt(rec.prompt)
+                        engine.check_request(ids, params)
+                    except (ValueError, TypeError, ContextLengthError) as exc:
+                        kind = "context_length" if isinstance(exc, ContextLengthError) else "invalid_record"
+                        writer.write(error_line(rec.key, rec.line, kind, str(exc)))
+                        summary.errors += 1
+                        bar.update(1)
+                        continue
+                    prompts[rec.key], n_of[rec.key] = ids, params.n
+                    yield rec.key, ids, params
+
+            for event in engine.run(requests(), lookahead=2 * max_num_seqs):
+                if event.finished:
+                    summary.generated_tokens += len(event.completion.token_ids)
+                    got = partial.setdefault(event.request, {})
+                    got[event.output] = event.completion
+                    if len(got) == n_of[event.request]:
+                        key = event.request
+                        writer.write(result_line(key, prompts.pop(key),
+                                                 [got[i] for i in sorted(got)]))
+                        del partial[key]
+                        summary.completed += 1
+                        bar.update(1)
+                        elapsed = time.monotonic() - start
+                        bar.set_postfix_str(f"{summary.generated_tokens / max(elapsed, 1e-9):.1f} tok/s")
+                if interrupted["flag"]:
+                    break
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        bar.close()
+    summary.interrupted = interrupted["flag"]
+    summary.seconds = time.monotonic() - start
+    return summary

@@ -28,6 +28,7 @@ from pyllm import __version__
 # name -> ("module:attribute", "one-line help"). One module per command; add one line per command.
 BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("pyllm.cli.chat:chat", "Chat with a model in the terminal (streamed replies, /help)."),
+    "generate": ("pyllm.cli.generate:generate", "Batch generation over a JSONL file (resumable)."),
     "plugins": ("pyllm.cli.plugins_cmd:plugins", "List installed plugins and what they registered."),
     "pull": ("pyllm.cli.pull:pull", "Download a model into the cache (default: smollm2)."),
     "models": ("pyllm.cli.models:models", "List the models in the cache with size, type and path."),

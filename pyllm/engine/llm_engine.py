@@ -76,11 +76,8 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ requests
 
-    def add_request(self, request_id: Hashable, prompt_ids: list[int],
-                    params: SamplingParams) -> None:
-        """Queue a tokenized prompt. Raises CannotFitError for a request that can never run."""
-        if request_id in self._requests:
-            raise ValueError(f"request {request_id!r} is already running")
+    def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Raise CannotFitError (a ContextLengthError) for a request that could never run."""
         if not prompt_ids:
             raise ValueError("the prompt is empty: a request needs at least one token")
         if len(prompt_ids) >= self.context_length:
@@ -91,6 +88,13 @@ class LLMEngine:
         if need > self.num_blocks:
             raise CannotFitError(f"{longest} tokens need {need} cache blocks; the cache has "
                                  f"{self.num_blocks} (raise kv_cache_tokens / PYLLM_KV_CACHE_MB)")
+
+    def add_request(self, request_id: Hashable, prompt_ids: list[int],
+                    params: SamplingParams) -> None:
+        """Queue a tokenized prompt (see `check_request` for what is refused)."""
+        if request_id in self._requests:
+            raise ValueError(f"request {request_id!r} is already running")
+        self.check_request(prompt_ids, params)
         seqs = []
         for index in range(params.n):
             p = params

@@ -1,0 +1,62 @@
+"""Sampling options shared by every command that generates: the SamplingParams field names as
+flags (`--top-k` sets `top_k`), plus `--stop` (repeatable) and `--set NAME=VALUE` for any field."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import click
+
+# SamplingParams field -> (flag, type, help)
+SAMPLING_OPTIONS: dict[str, tuple[str, type, str]] = {
+    "max_tokens": ("--max-tokens", int, "most tokens to generate"),
+    "temperature": ("--temperature", float, "0 = greedy"),
+    "top_k": ("--top-k", int, "0 = off"),
+    "top_p": ("--top-p", float, "1 = off"),
+    "min_p": ("--min-p", float, "0 = off"),
+    "typical_p": ("--typical-p", float, "1 = off"),
+    "repetition_penalty": ("--repetition-penalty", float, "1 = off"),
+    "frequency_penalty": ("--frequency-penalty", float, "0 = off"),
+    "presence_penalty": ("--presence-penalty", float, "0 = off"),
+    "seed": ("--seed", int, "fixed random stream (same tokens alone or in any batch)"),
+    "samplers": ("--samplers", str, 'chain, e.g. "penalties;top_k;top_p;min_p;temperature"'),
+}
+
+
+def sampling_options(defaults: Mapping[str, Any] | None = None) -> Callable[[Any], Any]:
+    """Decorate a click command with the sampling flags, `--stop` and `--set`."""
+    defaults = defaults or {}
+
+    def decorate(f: Any) -> Any:
+        f = click.option("--set", "extra_params", multiple=True, metavar="NAME=VALUE",
+                         help="Any SamplingParams field, e.g. --set penalty_last_n=128.")(f)
+        f = click.option("--stop", "stop", multiple=True,
+                         help="A string that ends generation (repeatable; not included).")(f)
+        for name, (flag, type_, help_) in reversed(SAMPLING_OPTIONS.items()):
+            shown = f" [default: {defaults[name]}]" if name in defaults else ""
+            f = click.option(flag, name, type=type_, default=None, help=f"{help_}{shown}")(f)
+        return f
+
+    return decorate
+
+
+def pop_sampling_params(kwargs: dict[str, Any], defaults: Mapping[str, Any] | None = None) -> Any:
+    """Remove the sampling flags from a command's kwargs and build SamplingParams from the
+    defaults, then the flags given, then `--set` pairs (a bad one names the field)."""
+    from pyllm.sampling_params import SamplingParams
+
+    values: dict[str, Any] = dict(defaults or {})
+    for name in SAMPLING_OPTIONS:
+        value = kwargs.pop(name, None)
+        if value is not None:
+            values[name] = value
+    stop = kwargs.pop("stop", ())
+    if stop:
+        values["stop"] = tuple(stop)
+    for item in kwargs.pop("extra_params", ()):
+        name, eq, value = item.partition("=")
+        if not eq:
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--set")
+        values[name.strip().replace("-", "_")] = value
+    return SamplingParams.from_mapping(values)
