@@ -132,3 +132,39 @@ def test_requests_that_can_never_fit_are_refused(tiny):
         engine.add_request(1, [5] * 300, SamplingParams(max_tokens=1))
     with pytest.raises(ValueError, match="empty"):
         engine.add_request(2, [], SamplingParams())
+
+
+def test_concurrent_streams_through_one_engine(tiny):
+    from pyllm.engine.frontend import EngineFrontend
+
+    model, tok = tiny
+    prompts = _ids(tok)[:3]
+    params = [SamplingParams(max_tokens=10, temperature=0, ignore_eos=True) for _ in prompts]
+    want = _reference(model, tok, prompts, params)
+    front = EngineFrontend(LLMEngine(model, tok, EngineConfig(kv_cache_tokens=1024)))
+    streams = [front.stream(p, sp) for p, sp in zip(prompts, params)]
+    texts = ["", "", ""]
+    finals = [None, None, None]
+    live = set(range(3))
+    while live:  # round-robin: each consumer pulls one event at a time
+        for i in sorted(live):
+            try:
+                ev = next(streams[i])
+            except StopIteration:
+                live.discard(i)
+                continue
+            texts[i] += ev.delta
+            if ev.finished:
+                finals[i] = ev.completion
+    for i in range(3):
+        assert finals[i].token_ids == want[(i, 0)]
+        assert texts[i] == finals[i].text
+
+    stream = front.stream(prompts[0], SamplingParams(max_tokens=50, temperature=0, ignore_eos=True))
+    next(stream)
+    stream.close()  # closing a stream aborts its request
+    assert not front.engine.has_unfinished()
+    assert front.engine.blocks.num_free_blocks == front.engine.num_blocks
+
+    outs = front.run_all(prompts, params)
+    assert [o[0].token_ids for o in outs] == [want[(i, 0)] for i in range(3)]
