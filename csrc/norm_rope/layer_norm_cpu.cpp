@@ -33,13 +33,13 @@ void layer_norm_cpu(const TensorView& x, const TensorView& weight, const TensorV
         var += d * d;
       }
       const float rstd = static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(hidden) + eps));
-      const float m = static_cast<float>(mean);
+      // x - mean in double: a float32 mean of a row far from zero would lose its low bits.
       float* orow = o.begin(out, off, hidden);
       const float* wp = w.data();
       if (bp) {
-        for (int64_t j = 0; j < hidden; ++j) orow[j] = (xr[j] - m) * rstd * wp[j] + bp[j];
+        for (int64_t j = 0; j < hidden; ++j) orow[j] = static_cast<float>(xr[j] - mean) * rstd * wp[j] + bp[j];
       } else {
-        for (int64_t j = 0; j < hidden; ++j) orow[j] = (xr[j] - m) * rstd * wp[j];
+        for (int64_t j = 0; j < hidden; ++j) orow[j] = static_cast<float>(xr[j] - mean) * rstd * wp[j];
       }
       o.commit(out, off, hidden);
     }

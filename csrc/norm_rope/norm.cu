@@ -39,19 +39,20 @@ __global__ void fused_add_rms_norm_kernel(const void* x, int xd, const void* r, 
 __global__ void layer_norm_kernel(const void* x, int xd, const void* w, int wd, const void* b, int bd,
                                   void* out, int od, int64_t hidden, float eps) {
   const int64_t base = static_cast<int64_t>(blockIdx.x) * hidden;
-  // Sum around the row's first element: a row far from zero keeps its digits in float32.
+  // Work relative to the row's first element: for a row far from zero, x - shift keeps the
+  // digits a float32 mean would lose.
   const float shift = load(x, xd, base);
   float sum = 0.0f;
   for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) sum += load(x, xd, base + j) - shift;
-  const float mean = shift + block_sum(sum) / static_cast<float>(hidden);
+  const float mean = block_sum(sum) / static_cast<float>(hidden);  // of x - shift
   float var = 0.0f;
   for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
-    const float d = load(x, xd, base + j) - mean;
+    const float d = (load(x, xd, base + j) - shift) - mean;
     var += d * d;
   }
   const float rstd = rsqrtf(block_sum(var) / static_cast<float>(hidden) + eps);
   for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
-    float v = (load(x, xd, base + j) - mean) * rstd * load(w, wd, j);
+    float v = ((load(x, xd, base + j) - shift) - mean) * rstd * load(w, wd, j);
     if (b) v += load(b, bd, j);
     store(out, od, base + j, v);
   }
