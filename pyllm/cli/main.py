@@ -165,7 +165,8 @@ def _plugin_commands() -> dict[str, click.Command]:
     return {n: c for n, c in plugins.commands().items() if n not in BUILTIN_COMMANDS}
 
 
-@click.group(cls=PyllmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="pyllm", cls=PyllmGroup,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="pyllm",
                       message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs (also PYLLM_DEBUG=1).")
