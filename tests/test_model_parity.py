@@ -1,0 +1,269 @@
+"""pyllm's GPT against Hugging Face transformers on tiny random models of every family.
+
+Each model is made with transformers (random init, then every weight — norms and biases
+included — redrawn so nothing is a trivial 0 or 1), saved as safetensors, loaded by pyllm from the
+folder, and run on the same token ids: logits must agree to 1e-4. Decoding token by token with the
+KV cache, and batching sequences of different lengths into one flattened forward, must give the
+full forward's logits. The config readers are tested for the errors they promise.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from pyllm.errors import ModelFormatError  # noqa: E402
+from pyllm.model.batch import ContiguousKVCache, build_metadata  # noqa: E402
+from pyllm.model.config import ModelConfig  # noqa: E402
+from pyllm.model.loader import load_model  # noqa: E402
+
+VOCAB = 160
+TOL = 1e-4
+
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, max_position_embeddings=64, rms_norm_eps=1e-5)
+
+CASES = {
+    # GPT-2: learned positions, LayerNorm with bias, GELU (tanh), Conv1D weights, tied head.
+    "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4,
+                                            n_positions=64, n_inner=96),
+    # Llama with GQA (4 query heads, 2 KV heads), separate head, RoPE theta 10000.
+    "llama-gqa": lambda: transformers.LlamaConfig(**COMMON, num_key_value_heads=2,
+                                                  tie_word_embeddings=False),
+    # Llama, MQA, tied head, head_dim != hidden/heads, llama3 RoPE scaling, bias everywhere.
+    "llama-mqa-llama3": lambda: transformers.LlamaConfig(
+        **{**COMMON, "max_position_embeddings": 128}, num_key_value_heads=1, head_dim=32,
+        tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 16}),
+    # Llama with linear RoPE scaling.
+    "llama-linear": lambda: transformers.LlamaConfig(
+        **COMMON, num_key_value_heads=4,
+        rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
+    # Qwen2: QKV bias (no output bias), GQA, tied head, theta 1e6.
+    "qwen2": lambda: transformers.Qwen2Config(
+        **COMMON, num_key_value_heads=2, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    # Mistral: GQA and a sliding window shorter than the test sequence.
+    "mistral-window": lambda: transformers.MistralConfig(**COMMON, num_key_value_heads=2,
+                                                         head_dim=16, sliding_window=7),
+}
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    """Redraw every parameter: matrices ~ N(0, 0.15), norm weights ~ U(0.5, 1.5), biases
+    ~ N(0, 0.2) — logits of order 1-10, where a wrong op would show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+            elif name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+            else:
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+
+
+def _make(case: str, folder: Path, dtype: torch.dtype = torch.float32):
+    """A random transformers model saved to `folder`; returns it in float32, eval mode."""
+    cfg = CASES[case]()
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    _randomize(model, seed=sum(map(ord, case)))
+    if dtype != torch.float32:
+        # Reload rather than cast back: casting would also round buffers such as RoPE's inv_freq.
+        model.to(dtype).save_pretrained(folder, safe_serialization=True)
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, attn_implementation="eager").eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """case -> (transformers model, pyllm LoadedModel), built once per module."""
+    out = {}
+    for case in CASES:
+        folder = tmp_path_factory.mktemp(case)
+        out[case] = (_make(case, folder), load_model(folder))
+    return out
+
+
+def _ids(n: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def _hf_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids[None]).logits[0].float()
+
+
+def _full_forward(loaded, ids: torch.Tensor) -> torch.Tensor:
+    cfg = loaded.config
+    cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 1, len(ids), block_size=8)
+    with torch.inference_mode():
+        return loaded.model(ids, cache.metadata([0], [0], [len(ids)]), cache.kv_caches)
+
+
+# ---------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_logits_match_transformers(models, case):
+    hf, loaded = models[case]
+    ids = _ids(23, seed=1)
+    ref = _hf_logits(hf, ids)
+    ours = _full_forward(loaded, ids)
+    assert ref.abs().max() > 1.0, "the random model's logits are too small to test anything"
+    assert (ours - ref).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_decode_with_cache_equals_full_forward(models, case):
+    """Prefill 9 tokens, then feed the rest one at a time through the cache."""
+    hf, loaded = models[case]
+    cfg = loaded.config
+    ids = _ids(21, seed=2)
+    full = _full_forward(loaded, ids)
+    cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 1, len(ids), block_size=4)
+    rows = []
+    with torch.inference_mode():
+        rows.append(loaded.model(ids[:9], cache.metadata([0], [0], [9]), cache.kv_caches))
+        for t in range(9, len(ids)):
+            rows.append(loaded.model(ids[t:t + 1], cache.metadata([0], [t], [1]),
+                                     cache.kv_caches))
+    stepped = torch.cat(rows)
+    assert (stepped - full).abs().max().item() <= TOL
+    assert (stepped - _hf_logits(hf, ids)).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("case", ["llama-gqa", "gpt2", "mistral-window"])
+def test_flattened_batch_equals_separate_sequences(models, case):
+    """Three sequences of different lengths in one forward (shuffled, non-contiguous blocks),
+    with logits only at each sequence's last token, equal each sequence run alone."""
+    _, loaded = models[case]
+    cfg = loaded.config
+    seqs = [_ids(n, seed=10 + n) for n in (5, 17, 1)]
+    block = 4
+    tables = [[7, 2], [0, 5, 3, 9, 1], [4]]  # blocks scattered through the pool
+    caches = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 1, 10 * block,
+                               block_size=block).kv_caches
+    meta = build_metadata([0, 0, 0], [len(s) for s in seqs], tables, block)
+    with torch.inference_mode():
+        batched = loaded.model(torch.cat(seqs), meta, caches, meta.last_token_rows())
+    for i, s in enumerate(seqs):
+        alone = _full_forward(loaded, s)[-1]
+        assert (batched[i] - alone).abs().max().item() <= TOL
+
+
+def test_bf16_checkpoint_matches_transformers(tmp_path):
+    """Weights kept in bfloat16 (computed on by ops.linear) give transformers' float32 result
+    on the same bf16-rounded weights."""
+    hf = _make("llama-gqa", tmp_path, dtype=torch.bfloat16)
+    loaded = load_model(tmp_path)
+    assert loaded.model.blocks[0].attn.qkv.weight.qtype == "bf16"
+    ids = _ids(19, seed=3)
+    assert (_full_forward(loaded, ids) - _hf_logits(hf, ids)).abs().max().item() <= TOL
+
+
+def test_missing_tensor_and_bad_shape_are_named(tmp_path, models):
+    from safetensors.torch import load_file, save_file
+
+    _make("llama-gqa", tmp_path)
+    (st,) = tmp_path.glob("*.safetensors")
+    tensors = load_file(st)
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, st, metadata={"format": "pt"})
+    with pytest.raises(ModelFormatError, match="model.layers.1.mlp.up_proj.weight"):
+        load_model(tmp_path)
+    tensors["model.layers.1.mlp.up_proj.weight"] = torch.zeros(96, 60)
+    save_file(tensors, st, metadata={"format": "pt"})
+    with pytest.raises(ModelFormatError, match=r"up_proj.weight.*\[96, 60\]"):
+        load_model(tmp_path)
+
+
+# ---------------------------------------------------------------------- config validation
+
+
+def _gguf(**overrides):
+    """A stand-in GGUFFile (metadata + tensor names) for a small llama."""
+    md = {"general.architecture": "llama", "llama.block_count": 2, "llama.context_length": 64,
+          "llama.embedding_length": 64, "llama.feed_forward_length": 96,
+          "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
+          "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.vocab_size": VOCAB}
+    for k, v in overrides.items():
+        if v is None:
+            md.pop(k, None)
+        else:
+            md[k] = v
+    return SimpleNamespace(path="x.gguf", metadata=md,
+                           tensors={"token_embd.weight": SimpleNamespace(shape=(VOCAB, 64))})
+
+
+def test_config_from_gguf_reads_llama():
+    cfg = ModelConfig.from_gguf(_gguf())
+    assert (cfg.n_layer, cfg.n_head, cfg.n_kv_head, cfg.head_dim) == (2, 4, 2, 16)
+    assert cfg.rope_layout == "normal" and cfg.tied_embeddings and cfg.rope_theta == 10000.0
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("llama.block_count", None, "llama.block_count is missing"),
+    ("llama.block_count", 2**40, "llama.block_count must be an integer in"),
+    ("llama.block_count", "2", "llama.block_count must be an integer"),
+    ("llama.embedding_length", 0, "llama.embedding_length"),
+    ("llama.attention.head_count", 5, "head_count \\(5\\) does not divide"),
+    ("llama.attention.head_count", 0, "head_count must be >= 1"),
+    ("llama.attention.head_count_kv", 3, "head_count_kv \\(3\\) must divide"),
+    ("llama.attention.layer_norm_rms_epsilon", float("nan"), "layer_norm_rms_epsilon"),
+    ("llama.attention.layer_norm_rms_epsilon", 5.0, "layer_norm_rms_epsilon must be in"),
+    ("llama.rope.freq_base", -1.0, "llama.rope.freq_base"),
+    ("llama.rope.dimension_count", 7, "llama.rope.dimension_count must be even"),
+    ("llama.rope.dimension_count", 64, "llama.rope.dimension_count must be even"),
+    ("llama.rope.scaling.type", "yarn", "yarn"),
+    ("llama.context_length", -5, "llama.context_length"),
+    ("llama.vocab_size", 2**40, "llama.vocab_size"),
+    ("general.architecture", "bert", "'bert' is not supported"),
+])
+def test_config_from_gguf_names_the_bad_key(key, value, match):
+    with pytest.raises(ModelFormatError, match=match):
+        ModelConfig.from_gguf(_gguf(**{key: value}))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_config_from_hf_families(case):
+    d = CASES[case]().to_dict()
+    cfg = ModelConfig.from_hf(d)
+    assert cfg.family == d["model_type"] and cfg.vocab_size == VOCAB
+    assert cfg.rope_layout == "neox"
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("num_attention_heads", 5, "num_attention_heads \\(5\\) does not divide hidden_size"),
+    ("num_key_value_heads", 3, "num_key_value_heads \\(3\\) must divide"),
+    ("hidden_act", "relu", "hidden_act 'relu'"),
+    ("rope_parameters", {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}, "'yarn'"),
+    ("num_hidden_layers", "two", "num_hidden_layers must be an integer"),
+    ("model_type", "t5", "'t5' is not supported"),
+])
+def test_config_from_hf_names_the_bad_key(key, value, match):
+    d = CASES["llama-gqa"]().to_dict()
+    d.pop("head_dim")  # derived from hidden_size / num_attention_heads, so it must divide
+    d[key] = value
+    with pytest.raises(ModelFormatError, match=match):
+        ModelConfig.from_hf(d)
+
+
+def test_config_old_style_rope_keys():
+    """transformers 4.x configs: top-level rope_theta and rope_scaling."""
+    d = {"model_type": "llama", **COMMON, "num_key_value_heads": 2, "rope_theta": 5e5,
+         "rope_scaling": {"type": "linear", "factor": 4.0}}
+    cfg = ModelConfig.from_hf(d)
+    assert cfg.rope_theta == 5e5 and cfg.rope_scaling == {"type": "linear", "factor": 4.0}
+    assert math.isclose(cfg.norm_eps, 1e-5)
