@@ -1,5 +1,38 @@
+#include <pybind11/stl.h>
+
 #include "bind_families.h"
+#include "sampling/sample_math.h"
+#include "sampling/sampling.h"
+
+namespace py = pybind11;
 
 namespace pyllm {
-void bind_sampling(pybind11::module_& m) {}
+
+void bind_sampling(py::module_& m) {
+  m.def("sample_tokens_cpu", &sample_tokens_cpu, py::arg("logits"), py::arg("fparams"),
+        py::arg("iparams"), py::arg("recent_ids"), py::arg("bias_rows"), py::arg("bias_ids"),
+        py::arg("bias_values"), py::arg("token_ids"), py::arg("logprobs"), py::arg("top_ids"),
+        py::arg("top_logprobs"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "philox4x32_10",
+      [](const std::vector<uint32_t>& counter, const std::vector<uint32_t>& key) {
+        if (counter.size() != 4 || key.size() != 2)
+          throw std::invalid_argument("philox4x32_10 takes 4 counter words and 2 key words");
+        philox::U32x4 ctr = {{counter[0], counter[1], counter[2], counter[3]}};
+        const philox::U32x4 r = philox::philox4x32_10(ctr, key[0], key[1]);
+        return std::vector<uint32_t>(r.v, r.v + 4);
+      },
+      py::arg("counter"), py::arg("key"),
+      "Philox4x32-10 of a 4-word counter under a 2-word key, as the sampler kernels compute it.");
+  m.def(
+      "sampling_exp_nonpos", [](double x) { return sampling::exp_nonpos(x); }, py::arg("x"),
+      "The sampler's exp(x) for x <= 0 (exposed for accuracy tests).");
+#ifdef PYLLM_WITH_CUDA
+  m.def("sample_tokens_cuda", &sample_tokens_cuda, py::arg("logits"), py::arg("fparams"),
+        py::arg("iparams"), py::arg("recent_ids"), py::arg("bias_rows"), py::arg("bias_ids"),
+        py::arg("bias_values"), py::arg("workspace"), py::arg("token_ids"), py::arg("logprobs"),
+        py::arg("top_ids"), py::arg("top_logprobs"), py::arg("stream"));
+#endif
+}
+
 }  // namespace pyllm

@@ -12,6 +12,7 @@ from pyllm.ops.rope import rope, rope_cos_sin, rope_ref
 from pyllm.ops.qlinear import QWeight, linear, qlinear  # noqa: F401
 from pyllm.ops.kv_cache import write_kv_cache_  # noqa: F401
 from pyllm.ops.attention import paged_attention  # noqa: F401
+from pyllm.ops.sampling import sample_tokens, sample_tokens_ref  # noqa: F401
 
 __all__ = [
     "cuda_built", "kernel_mode", "native",
