@@ -252,7 +252,7 @@ def test_error_names_the_model_file() -> None:
 
 def test_hf_json_matches_gguf_tokenizer(tok, tmp_path: Path) -> None:
     """A tokenizer.json of the same vocabulary gives llama.cpp's ids too."""
-    (tmp_path / "tokenizer.json").write_text(tok._special.to_str(), encoding="utf-8")
+    (tmp_path / "tokenizer.json").write_text(tok._backend.to_str(), encoding="utf-8")
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(
         {"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"},
          "add_bos_token": False}))

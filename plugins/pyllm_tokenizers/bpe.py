@@ -23,33 +23,21 @@ from .pretokenizers import pre_tokenizer_for
 class TokenizersBPE(BaseTokenizer):
     """Encoding by a `tokenizers.Tokenizer`; decoding by the shared byte table.
 
-    Two copies of the tokenizer are kept: in the one used for user text, special (control)
-    tokens are not matched (``encode_special_tokens``), so ``"<|im_end|>"`` typed by a user is
-    split into ordinary tokens; user-defined tokens are matched in both, as in llama.cpp.
+    The backend never matches special (control) tokens in text (``encode_special_tokens``), so
+    ``"<|im_end|>"`` typed by a user is split into ordinary tokens; with ``parse_special=True``
+    the text is first cut at special-token strings and each piece encoded on its own (as
+    llama.cpp does). User-defined tokens are matched in both cases, as in llama.cpp.
     """
 
     kind = "gpt2"
 
     def __init__(self, backend: Tokenizer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._special = backend
-        self._plain = Tokenizer.from_str(backend.to_str())
-        self._plain.encode_special_tokens = True
+        backend.encode_special_tokens = True
+        self._backend = backend
 
     def _encode_text(self, text: str) -> list[int]:
-        return self._plain.encode(text, add_special_tokens=False).ids
-
-    def encode(
-        self, text: str, *, add_bos: bool | None = None, parse_special: bool = False
-    ) -> list[int]:
-        if not parse_special:
-            return super().encode(text, add_bos=add_bos)
-        if not isinstance(text, str):
-            raise TypeError(f"encode() needs a str, got {type(text).__name__}")
-        ids = self._special.encode(text, add_special_tokens=False).ids if text else []
-        if add_bos if add_bos is not None else self.add_bos:
-            return super().encode("", add_bos=True) + ids
-        return ids
+        return self._backend.encode(text, add_special_tokens=False).ids
 
 
 def from_gguf(metadata: Mapping[str, Any], path: Path | None = None) -> TokenizersBPE:

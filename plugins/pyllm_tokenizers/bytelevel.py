@@ -28,9 +28,18 @@ def char_to_byte() -> dict[str, int]:
     return {c: b for b, c in byte_to_char().items()}
 
 
+@lru_cache(maxsize=1)
+def _translation() -> tuple[frozenset[str], dict[int, str]]:
+    """The alphabet, and a str.translate table sending each of its characters to chr(byte)."""
+    return frozenset(char_to_byte()), {ord(c): chr(b) for c, b in char_to_byte().items()}
+
+
 def piece_to_bytes(piece: str) -> bytes:
     """The bytes a byte-level piece stands for. A character outside the alphabet (seen in some
     hand-edited vocabularies) is taken as its own UTF-8 bytes."""
+    alphabet, translation = _translation()
+    if alphabet.issuperset(piece):  # the common case, done in C
+        return piece.translate(translation).encode("latin-1")
     table = char_to_byte()
     out = bytearray()
     for ch in piece:
