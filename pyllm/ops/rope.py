@@ -134,6 +134,15 @@ def rope_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin:
 
 
 def _check_rope_args(q, k, positions, cos_sin) -> None:
+    # One cheap test on the hot path; the messages are only built when something is wrong.
+    floats, dev = L.FLOAT_DTYPES, q.device
+    if (q.dtype in floats and k.dtype in floats and q.dim() == 3 and k.dim() == 3
+            and k.shape[0] == q.shape[0] and k.shape[2] == q.shape[2]
+            and positions.dtype == torch.int64 and positions.dim() == 1 and positions.shape[0] == q.shape[0]
+            and cos_sin.dtype == torch.float32 and cos_sin.dim() == 2
+            and 2 <= cos_sin.shape[1] <= q.shape[2] and cos_sin.shape[1] % 2 == 0
+            and k.device == dev and positions.device == dev and cos_sin.device == dev):
+        return
     L.check_float("q", q)
     L.check_float("k", k)
     L.check(q.dim() == 3, f"q must be [T, Hq, D], got shape {list(q.shape)}")
@@ -149,7 +158,8 @@ def _check_rope_args(q, k, positions, cos_sin) -> None:
     L.check(rotary >= 2 and rotary % 2 == 0 and rotary <= q.shape[2],
             f"cos_sin's rotary dims R={rotary} must be even, >= 2 and <= the head dim {q.shape[2]}")
     for name, t in (("k", k), ("positions", positions), ("cos_sin", cos_sin)):
-        L.check(t.device == q.device, f"{name} must be on q's device {q.device}, got {t.device}")
+        L.check(t.device == dev, f"{name} must be on q's device {dev}, got {t.device}")
+    raise AssertionError("unreachable: the fast check and the detailed checks disagree")
 
 
 def _check_positions(positions: torch.Tensor, max_pos: int) -> None:
@@ -162,7 +172,7 @@ def _check_positions(positions: torch.Tensor, max_pos: int) -> None:
         return
     if positions.is_cuda and torch.cuda.is_current_stream_capturing():
         return
-    lo, hi = int(positions.min()), int(positions.max())
+    lo, hi = (int(v) for v in torch.aminmax(positions))
     L.check(lo >= 0 and hi < max_pos,
             f"positions must lie in [0, {max_pos}) (cos_sin has {max_pos} rows), got [{lo}, {hi}]")
 
