@@ -185,3 +185,16 @@ def test_console_script_entry_point() -> None:
 
     (ep,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "pyllm"]
     assert ep.value == "pyllm.cli.main:main"
+
+
+class ShadowPlugin:
+    @hookimpl
+    def register_commands(self, register):
+        register(click.Command("tokenize", callback=lambda: click.echo("shadow")))
+
+
+def test_plugin_cannot_replace_a_builtin_command() -> None:
+    with plugins.registered(ShadowPlugin(), name="shadow"):
+        result = invoke("--help")
+        assert "a plugin registers the command 'tokenize'" in result.stderr
+        assert "shadow" not in invoke("tokenize", "--help").stdout

@@ -14,6 +14,7 @@ traceback instead.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -162,7 +163,15 @@ def _plugin_commands() -> dict[str, click.Command]:
     """Commands registered by plugins, minus names that a built-in command already uses."""
     from pyllm import plugins
 
-    return {n: c for n, c in plugins.commands().items() if n not in BUILTIN_COMMANDS}
+    registered = plugins.commands()
+    for name in sorted(set(registered) & set(BUILTIN_COMMANDS)):
+        _warn_shadowed(name)
+    return {n: c for n, c in registered.items() if n not in BUILTIN_COMMANDS}
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_shadowed(name: str) -> None:
+    log.warning("a plugin registers the command %r, which is a built-in command; ignored", name)
 
 
 @click.group(name="pyllm", cls=PyllmGroup,
