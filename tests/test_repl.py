@@ -249,10 +249,12 @@ def test_ctrl_c_at_prompt_clears_line_and_twice_quits() -> None:
     assert "press Ctrl-C again to quit" in text
 
 
-def test_ctrl_c_then_typing_does_not_quit() -> None:
+@pytest.mark.parametrize("between", ["x\x7f", ENTER, "hi" + ENTER])
+def test_ctrl_c_not_twice_in_a_row_does_not_quit(between: str) -> None:
+    # typing (even if erased again) or accepting a line between two Ctrl-C keeps the REPL
     backend = FakeBackend()
-    run(f"{CTRL_C}hi{ENTER}/exit{ENTER}", backend)
-    assert backend.calls[0][0][-1]["content"] == "hi"
+    run(f"{CTRL_C}{between}{CTRL_C}after{ENTER}/exit{ENTER}", backend)
+    assert backend.calls[-1][0][-1]["content"] == "after"
 
 
 def test_ctrl_d_quits() -> None:

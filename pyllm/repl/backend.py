@@ -111,13 +111,22 @@ class LLMBackend:
         return self.llm.chat_template.render(list(messages), add_generation_prompt=True)
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
-        tokenizer = self.llm.tokenizer
-        return len(tokenizer.encode(self.render(messages), parse_special=True))
+        if not messages:  # nothing to prefill (and the API refuses an empty conversation)
+            return 0
+        return len(self.llm.encode_prompt(list(messages)))  # exactly what stream() will prefill
 
     def tokenize(self, text: str) -> tuple[list[int], list[str]]:
+        """Ids and, per id, the text it stands for (its vocabulary piece when the bytes are only
+        part of a UTF-8 character)."""
         tokenizer = self.llm.tokenizer
         ids = tokenizer.encode(text, add_bos=False)
-        return ids, [tokenizer.id_to_piece(i) for i in ids]
+        pieces = []
+        for i in ids:
+            try:
+                pieces.append(tokenizer.token_bytes(i).decode("utf-8"))
+            except UnicodeDecodeError:
+                pieces.append(tokenizer.id_to_piece(i))
+        return ids, pieces
 
     def stream_reply(self, messages: Sequence[Message], params: SamplingParams) -> Iterator[str]:
         messages = list(messages)

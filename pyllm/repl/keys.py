@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
@@ -33,10 +34,37 @@ def strip_block(text: str) -> str:
     return text
 
 
-def make_key_bindings(on_first_interrupt: Callable[[], None]) -> KeyBindings:
-    """The REPL's bindings; ``on_first_interrupt`` prints the "press Ctrl-C again" hint."""
+class QuitArming:
+    """A Ctrl-C on an empty line arms quitting; typing (any change of the text) or accepting a
+    line disarms it. (prompt-toolkit's ``event.is_repeat`` cannot tell: in a real terminal the
+    cursor-position report that follows a redraw arrives as a key in between.)"""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self._buffer: Buffer | None = None
+
+    def arm(self, buffer: Buffer) -> None:
+        self.disarm()
+        self.armed, self._buffer = True, buffer
+        buffer.on_text_changed += self._on_change
+
+    def disarm(self) -> None:
+        if self._buffer is not None:
+            self._buffer.on_text_changed -= self._on_change
+        self.armed, self._buffer = False, None
+
+    def _on_change(self, _buffer: Buffer) -> None:
+        self.disarm()
+
+
+def make_key_bindings(on_first_interrupt: Callable[[], None],
+                      arming: QuitArming | None = None) -> KeyBindings:
+    """The REPL's bindings; ``on_first_interrupt`` prints the "press Ctrl-C again" hint.
+
+    The session calls ``arming.disarm()`` after each accepted line.
+    """
     kb = KeyBindings()
-    armed = [False]  # the last key was a Ctrl-C on an empty line
+    arming = arming if arming is not None else QuitArming()
 
     @Condition
     def block_open() -> bool:
@@ -56,13 +84,13 @@ def make_key_bindings(on_first_interrupt: Callable[[], None]) -> KeyBindings:
     def _interrupt(event: KeyPressEvent) -> None:
         buffer = event.current_buffer
         if buffer.text:
+            arming.disarm()
             buffer.reset()
-            armed[0] = False
-        elif armed[0] and event.is_repeat:
-            armed[0] = False
+        elif arming.armed:
+            arming.disarm()
             event.app.exit(exception=EOFError(), style="class:exiting")
         else:
-            armed[0] = True
+            arming.arm(buffer)
             from prompt_toolkit.application import run_in_terminal
 
             run_in_terminal(on_first_interrupt)

@@ -29,7 +29,7 @@ from pyllm.repl.backend import ChatBackend
 from pyllm.repl.commands import SETTINGS, CommandRegistry, build_registry
 from pyllm.repl.completion import ReplCompleter
 from pyllm.repl.conversation import Conversation, MessageTooLong, make_room
-from pyllm.repl.keys import in_open_block, make_key_bindings, strip_block
+from pyllm.repl.keys import QuitArming, in_open_block, make_key_bindings, strip_block
 from pyllm.repl.render import Renderer
 from pyllm.repl.toolbar import make_toolbar
 from pyllm.sampling_params import SamplingParams
@@ -85,6 +85,7 @@ class ChatSession:
         self._history = history if history is not None else InMemoryHistory()
         self._input, self._output = input, output
         self._prompt: PromptSession[str] | None = None
+        self._arming = QuitArming()
         self.apply_settings()
         self.refresh_context()
 
@@ -109,7 +110,8 @@ class ChatSession:
 
     def refresh_context(self) -> None:
         """Count the tokens the conversation takes now (for the toolbar, /show, /stats)."""
-        self.context_used = self.backend.count_tokens(self.conversation.for_model())
+        messages = self.conversation.for_model()
+        self.context_used = self.backend.count_tokens(messages) if messages else 0
 
     def reply_reserve(self) -> int:
         """Tokens kept free for the reply when fitting a turn: max_tokens, at most half the
@@ -145,6 +147,8 @@ class ChatSession:
                 continue
             except EOFError:
                 break
+            finally:
+                self._arming.disarm()
             self.handle(text)
 
     def run_script(self, lines: Iterable[str]) -> None:
@@ -170,7 +174,7 @@ class ChatSession:
                 auto_suggest=AutoSuggestFromHistory(),
                 completer=ReplCompleter(lambda: self.registry),
                 complete_while_typing=True,
-                key_bindings=make_key_bindings(self._quit_hint),
+                key_bindings=make_key_bindings(self._quit_hint, self._arming),
                 bottom_toolbar=make_toolbar(self),
                 prompt_continuation=CONTINUATION,
                 input=self._input,
