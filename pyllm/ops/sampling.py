@@ -282,7 +282,7 @@ def launch_sample_tokens(logits, fparams, iparams, recent_ids, bias_rows, bias_i
     views = [L.view(t) for t in args]
     if logits.is_cuda:
         B, V = logits.shape
-        workspace = torch.empty(B, 2 * V, dtype=torch.float64, device=logits.device)
+        workspace = torch.empty(B, V, dtype=torch.float64, device=logits.device)
         L._C.sample_tokens_cuda(*views, L.view(workspace), *(L.view(o) for o in outs),
                                 torch.cuda.current_stream(logits.device).cuda_stream)
     else:
