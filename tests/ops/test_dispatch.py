@@ -104,37 +104,20 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-ISA_PROBE = """
+# One probe script per process: it reports the ISA in use and the ops' error against their
+# references, then replaces the compiled entries with ones that fail loudly, so an op can only
+# still work if it never reaches pyllm._C (the reference is what is registered).
+PROBE = """
     import json, torch, pyllm.ops as ops
     from pyllm import _C
+
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(5, 300, generator=gen), torch.randn(300, generator=gen)
     gu = torch.randn(5, 600, generator=gen) * 5
-    err = max((ops.rms_norm(x, w, 1e-5) - ops.rms_norm_ref(x, w, 1e-5)).abs().max().item(),
-              (ops.silu_mul(gu) - ops.silu_mul_ref(gu)).abs().max().item())
-    print(json.dumps({"cpu_isa": _C.cpu_isa(), "norm_rope_isa": _C.norm_rope_isa(), "err": err}))
-"""
-
-
-def test_env_forces_baseline_isa():
-    proc = run_python(ISA_PROBE, PYLLM_CPU_ISA="baseline")
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
-    assert report["cpu_isa"] == "baseline" and report["norm_rope_isa"] == "baseline"
-    assert report["err"] < 1e-4
-
-
-def test_without_env_the_widest_isa_is_used():
-    proc = run_python(ISA_PROBE)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["cpu_isa"] == DETECTED
-
-
-# The probe replaces the compiled entries with ones that fail loudly, so the op can only work if
-# it never reaches pyllm._C: the reference is what is registered.
-KERNEL_PROBE = """
-    import json, torch, pyllm.ops as ops
-    from pyllm import _C
+    report = {"cpu_isa": _C.cpu_isa(), "norm_rope_isa": _C.norm_rope_isa(),
+              "mode": ops.kernel_mode(), "native": ops.native()}
+    report["err"] = max((ops.rms_norm(x, w, 1e-5) - ops.rms_norm_ref(x, w, 1e-5)).abs().max().item(),
+                        (ops.silu_mul(gu) - ops.silu_mul_ref(gu)).abs().max().item())
 
     def boom(*args, **kwargs):
         raise RuntimeError("compiled kernel called")
@@ -145,7 +128,6 @@ KERNEL_PROBE = """
     x, w = torch.randn(3, 16), torch.randn(16)
     q, k = torch.randn(2, 2, 16), torch.randn(2, 1, 16)
     pos, cs = torch.tensor([0, 3]), ops.rope_cos_sin(4, 16, 1e4)
-    report = {"mode": ops.kernel_mode(), "native": ops.native()}
     calls = {
         "rms_norm": lambda: (torch.ops.pyllm.rms_norm(x, w, 1e-5), ops.rms_norm_ref(x, w, 1e-5)),
         "fused_add_rms_norm": lambda: (torch.ops.pyllm.fused_add_rms_norm(x, x, w, 1e-5)[0],
@@ -161,7 +143,7 @@ KERNEL_PROBE = """
             report[name] = "identical" if torch.equal(got, ref) else "different"
         except RuntimeError as exc:
             report[name] = str(exc)
-    try:  # the boundary still checks its input in reference mode
+    try:  # the boundary checks its input in either mode
         ops.rms_norm(x, torch.randn(15), 1e-5)
         report["bad_input"] = "accepted"
     except ValueError as exc:
@@ -171,27 +153,38 @@ KERNEL_PROBE = """
 PROBED_OPS = ["rms_norm", "fused_add_rms_norm", "layer_norm", "rope", "silu_mul", "gelu_tanh"]
 
 
-def test_reference_mode_registers_the_references():
-    proc = run_python(KERNEL_PROBE, PYLLM_KERNELS="reference")
+def probe(**env: str) -> dict:
+    proc = run_python(PROBE, **env)
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def test_env_forces_baseline_isa():
+    report = probe(PYLLM_CPU_ISA="baseline")
+    assert report["cpu_isa"] == "baseline" and report["norm_rope_isa"] == "baseline"
+    assert report["err"] < 1e-4
+    assert all(report[name] == "compiled kernel called" for name in PROBED_OPS)
+
+
+def test_native_mode_runs_the_compiled_kernels_on_the_widest_isa():
+    """The control for the reference-mode test: without the switches every op reaches pyllm._C."""
+    report = probe()
+    assert report["mode"] == "native" and report["native"] is True
+    assert report["cpu_isa"] == DETECTED and report["err"] < 1e-4
+    for name in PROBED_OPS:
+        assert report[name] == "compiled kernel called", (name, report[name])
+    assert "weight" in report["bad_input"]
+
+
+def test_reference_mode_registers_the_references():
+    report = probe(PYLLM_KERNELS="reference")
     assert report["mode"] == "reference" and report["native"] is False
     for name in PROBED_OPS:
         assert report[name] == "identical", (name, report[name])
     assert "weight" in report["bad_input"]
 
 
-def test_native_mode_runs_the_compiled_kernels():
-    """The control for the test above: without the switch every op reaches pyllm._C."""
-    proc = run_python(KERNEL_PROBE)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
-    assert report["mode"] == "native" and report["native"] is True
-    for name in PROBED_OPS:
-        assert report[name] == "compiled kernel called", (name, report[name])
-
-
-def test_unknown_kernel_mode_is_refused():
-    proc = run_python("import pyllm.ops", PYLLM_KERNELS="fastest")
-    assert proc.returncode != 0
-    assert "PYLLM_KERNELS" in proc.stderr
+def test_unknown_kernel_mode_is_refused(monkeypatch):
+    monkeypatch.setenv("PYLLM_KERNELS", "fastest")
+    with pytest.raises(ValueError, match="PYLLM_KERNELS"):
+        ops.kernel_mode()
