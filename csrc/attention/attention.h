@@ -18,6 +18,14 @@ void paged_attention_cpu(const TensorView& q, const TensorView& k_cache, const T
                          const TensorView& query_start, const TensorView& context_lens,
                          const TensorView& block_tables, const TensorView& out, float scale,
                          int64_t sliding_window);
+// The same on raw addresses of contiguous tensors, for the decode hot path (building seven
+// TensorViews costs more than a short decode's whole kernel). out has q's dtype. dtype codes as
+// TensorView's: 0 f32, 1 f16, 2 bf16.
+void paged_attention_cpu_ptr(uintptr_t q, uintptr_t k_cache, uintptr_t v_cache, uintptr_t query_start,
+                             uintptr_t context_lens, uintptr_t block_tables, uintptr_t out, int64_t T,
+                             int64_t hq, int64_t hkv, int64_t d, int64_t block_size, int64_t B,
+                             int64_t max_blocks, int q_dtype, int cache_dtype, float scale,
+                             int64_t sliding_window);
 
 #ifdef PYLLM_WITH_CUDA
 // Floats of scratch the CUDA kernel needs for its split-K partial results (0 when it splits

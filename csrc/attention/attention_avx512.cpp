@@ -1,5 +1,7 @@
 // AVX-512 inner loop of CPU paged attention. Compiled everywhere, chosen by cpu_isa() only on
 // CPUs that have AVX-512 (F/BW/VL); elsewhere it is never called.
+// GCC 12's AVX-512 intrinsic headers trip -Wmaybe-uninitialized (their _mm512_undefined_*).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "attention/attention.h"
@@ -9,7 +11,7 @@ namespace {
 
 inline __mmask16 tail_mask(int64_t k) { return static_cast<__mmask16>((1u << k) - 1u); }
 
-struct Avx512Ops {
+struct Avx512Vec {
   static inline float dot(const float* a, const float* b, int64_t n) {
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
     int64_t i = 0;
@@ -76,6 +78,8 @@ struct Avx512Ops {
 };
 
 #include "attention/attention_task_impl.h"
+
+using Avx512Ops = RowOps<Avx512Vec>;
 
 }  // namespace
 

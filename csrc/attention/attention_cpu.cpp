@@ -19,7 +19,7 @@ namespace pyllm {
 
 namespace {
 
-struct BaselineOps {
+struct BaselineVec {
   static inline float dot(const float* a, const float* b, int64_t n) {
     float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
     int64_t i = 0;
@@ -50,6 +50,8 @@ struct BaselineOps {
 
 #include "attention/attention_task_impl.h"
 
+using BaselineOps = RowOps<BaselineVec>;
+
 constexpr int64_t kRowsTarget = 48;     // query rows (queries x group heads) per task
 constexpr int64_t kMinSplitKeys = 256;  // the fewest keys worth a task of their own
 constexpr int64_t kParallelWork = 1 << 15;  // below this many multiply-adds, stay on one thread
@@ -68,6 +70,22 @@ void attention_task_baseline(const AttnShape& sh, const AttnTask& task, int64_t 
   attention_task<BaselineOps>(sh, task, pos0, sc);
 }
 
+namespace {
+
+struct AttnCall {
+  const void* q = nullptr;
+  void* out = nullptr;
+  int q_dtype = 0;  // out has the same dtype
+  const int32_t* query_start = nullptr;
+  const int32_t* context_lens = nullptr;
+  int64_t T = 0, hq = 0, B = 0;
+  float scale = 1.0f;
+};
+
+void run(const AttnCall& c, const AttnShape& sh);
+
+}  // namespace
+
 void paged_attention_cpu(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                          const TensorView& query_start, const TensorView& context_lens,
                          const TensorView& block_tables, const TensorView& out, float scale,
@@ -78,15 +96,21 @@ void paged_attention_cpu(const TensorView& q, const TensorView& k_cache, const T
               block_tables.is_contiguous(),
           "paged_attention: contiguity");
   require(query_start.dtype == DType::I32 && context_lens.dtype == DType::I32 &&
-              block_tables.dtype == DType::I32 && k_cache.dtype == v_cache.dtype,
+              block_tables.dtype == DType::I32 && k_cache.dtype == v_cache.dtype && out.dtype == q.dtype,
           "paged_attention: dtypes");
-  const int64_t T = q.shape[0], hq = q.shape[1], d = q.shape[2];
-  const int64_t hkv = k_cache.shape[2];
+  const int64_t hq = q.shape[1], d = q.shape[2], hkv = k_cache.shape[2];
   require(hkv > 0 && hq % hkv == 0 && k_cache.shape[3] == d && out.numel() == q.numel(),
           "paged_attention: shapes");
-  const int64_t B = context_lens.shape[0];
-  if (T == 0 || B == 0) return;
-
+  AttnCall c;
+  c.q = q.data;
+  c.out = out.data;
+  c.q_dtype = static_cast<int>(q.dtype);
+  c.query_start = query_start.ptr<int32_t>();
+  c.context_lens = context_lens.ptr<int32_t>();
+  c.T = q.shape[0];
+  c.hq = hq;
+  c.B = context_lens.shape[0];
+  c.scale = scale;
   AttnShape sh;
   sh.k_cache = k_cache.data;
   sh.v_cache = v_cache.data;
@@ -98,16 +122,60 @@ void paged_attention_cpu(const TensorView& q, const TensorView& k_cache, const T
   sh.d = d;
   sh.group = hq / hkv;
   sh.sliding_window = sliding_window;
-  const int32_t* qstart = query_start.ptr<int32_t>();
-  const int32_t* ctxs = context_lens.ptr<int32_t>();
+  run(c, sh);
+}
+
+void paged_attention_cpu_ptr(uintptr_t q, uintptr_t k_cache, uintptr_t v_cache, uintptr_t query_start,
+                             uintptr_t context_lens, uintptr_t block_tables, uintptr_t out, int64_t T,
+                             int64_t hq, int64_t hkv, int64_t d, int64_t block_size, int64_t B,
+                             int64_t max_blocks, int q_dtype, int cache_dtype, float scale,
+                             int64_t sliding_window) {
+  require(hkv > 0 && hq % hkv == 0 && block_size > 0 && q_dtype >= 0 && q_dtype <= 2 && cache_dtype >= 0 &&
+              cache_dtype <= 2,
+          "paged_attention: shapes or dtypes");
+  AttnCall c;
+  c.q = reinterpret_cast<const void*>(q);
+  c.out = reinterpret_cast<void*>(out);
+  c.q_dtype = q_dtype;
+  c.query_start = reinterpret_cast<const int32_t*>(query_start);
+  c.context_lens = reinterpret_cast<const int32_t*>(context_lens);
+  c.T = T;
+  c.hq = hq;
+  c.B = B;
+  c.scale = scale;
+  AttnShape sh;
+  sh.k_cache = reinterpret_cast<const void*>(k_cache);
+  sh.v_cache = reinterpret_cast<const void*>(v_cache);
+  sh.cache_dtype = cache_dtype;
+  sh.block_tables = reinterpret_cast<const int32_t*>(block_tables);
+  sh.max_blocks = max_blocks;
+  sh.block_size = block_size;
+  sh.hkv = hkv;
+  sh.d = d;
+  sh.group = hq / hkv;
+  sh.sliding_window = sliding_window;
+  run(c, sh);
+}
+
+namespace {
+
+void run(const AttnCall& c, const AttnShape& sh) {
+  const int64_t T = c.T, B = c.B, hq = c.hq, hkv = sh.hkv, d = sh.d;
+  const int64_t sliding_window = sh.sliding_window;
+  const float scale = c.scale;
+  if (T == 0 || B == 0) return;
+  const int32_t* qstart = c.query_start;
+  const int32_t* ctxs = c.context_lens;
 
   // Base tasks: (sequence, KV head, chunk of queries) over the keys the chunk can see.
   const int64_t chunk = std::max<int64_t>(1, kRowsTarget / sh.group);
   std::vector<AttnTask> base;
+  int64_t max_chunk = 0;  // the most queries in one task
   for (int64_t b = 0; b < B; ++b) {
     const int64_t q_len = qstart[b + 1] - qstart[b], ctx = ctxs[b];
     for (int64_t i0 = 0; i0 < q_len; i0 += chunk) {
       const int64_t i1 = std::min(q_len, i0 + chunk);
+      max_chunk = std::max(max_chunk, i1 - i0);
       const int64_t first = ctx - q_len + i0;
       AttnTask t;
       t.b = b;
@@ -151,32 +219,40 @@ void paged_attention_cpu(const TensorView& q, const TensorView& k_cache, const T
     groups.emplace_back(first, static_cast<int64_t>(tasks.size()) - first);
   }
 
-  const int64_t rows_max = chunk * sh.group;
+  const int64_t rows_max = max_chunk * sh.group;
   const int64_t part_stride = rows_max * (d + 2);  // per split task: m[rows], l[rows], acc[rows, d]
-  std::vector<float> partial(static_cast<size_t>(n_partial * part_stride));
+  std::vector<float> partial(static_cast<size_t>(n_partial * part_stride));  // small: split tasks only
   int64_t work = 0;
   for (const AttnTask& t : tasks) work += (t.i1 - t.i0) * sh.group * (t.c1 - t.c0) * d;
   const AttnTaskFn task_fn = pick_task_fn();
   const int64_t n_tasks = static_cast<int64_t>(tasks.size());
   const int64_t n_groups = static_cast<int64_t>(groups.size());
-  const int out_dtype = static_cast<int>(out.dtype);
-  const int q_dtype = static_cast<int>(q.dtype);
+  const int q_dtype = c.q_dtype, out_dtype = c.q_dtype;
 
 #pragma omp parallel if (n_tasks > 1 && work >= kParallelWork)
   {
-    std::vector<float> qbuf(rows_max * d), acc(rows_max * d), m(rows_max), l(rows_max);
-    std::vector<float> s(rows_max * kAttnTile), kt(kAttnTile * d), vt(kAttnTile * d);
-    std::vector<int64_t> lo(rows_max), hi(rows_max);
+    // Per-thread scratch, kept between calls (OpenMP's threads persist): no allocation and no
+    // zero-filling on the decode path once warmed up.
+    static thread_local std::vector<float> fbuf;
+    static thread_local std::vector<int64_t> ibuf;
+    const size_t kv_tile = sh.cache_dtype == 0 ? 0 : static_cast<size_t>(kAttnTile * d);
+    const size_t need = static_cast<size_t>(rows_max * (2 * d + 2 + kAttnTile)) + 2 * kv_tile;
+    if (fbuf.size() < need) fbuf.resize(need);
+    if (ibuf.size() < static_cast<size_t>(2 * rows_max)) ibuf.resize(2 * rows_max);
+    float* const qbuf = fbuf.data();
+    float* const acc = qbuf + rows_max * d;
+    float* const m = acc + rows_max * d;
+    float* const l = m + rows_max;
     AttnScratch sc;
-    sc.q = qbuf.data();
-    sc.acc = acc.data();
-    sc.m = m.data();
-    sc.l = l.data();
-    sc.s = s.data();
-    sc.kt = kt.data();
-    sc.vt = vt.data();
-    sc.lo = lo.data();
-    sc.hi = hi.data();
+    sc.q = qbuf;
+    sc.acc = acc;
+    sc.m = m;
+    sc.l = l;
+    sc.s = l + rows_max;
+    sc.kt = sc.s + rows_max * kAttnTile;
+    sc.vt = sc.kt + kv_tile;
+    sc.lo = ibuf.data();
+    sc.hi = ibuf.data() + rows_max;
 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < n_tasks; ++k) {
@@ -188,20 +264,31 @@ void paged_attention_cpu(const TensorView& q, const TensorView& k_cache, const T
       // Query rows of the group, scaled, as float: row r = (i - i0) * group + head-in-group.
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t src = ((row0 + r / sh.group) * hq + t.g * sh.group + r % sh.group) * d;
-        for (int64_t j = 0; j < d; ++j) qbuf[r * d + j] = load_as_float(q.data, q_dtype, src + j) * scale;
+        float* qr = qbuf + r * d;
+        if (q_dtype == 0) {
+          const float* qs = static_cast<const float*>(c.q) + src;
+          for (int64_t j = 0; j < d; ++j) qr[j] = qs[j] * scale;
+        } else {
+          for (int64_t j = 0; j < d; ++j) qr[j] = load_as_float(c.q, q_dtype, src + j) * scale;
+        }
       }
       task_fn(sh, t, pos0, sc);
       if (t.partial < 0) {
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t dst = ((row0 + r / sh.group) * hq + t.g * sh.group + r % sh.group) * d;
           const float inv = 1.0f / l[r];
-          for (int64_t j = 0; j < d; ++j) store_from_float(out.data, out_dtype, dst + j, acc[r * d + j] * inv);
+          if (out_dtype == 0) {
+            float* o = static_cast<float*>(c.out) + dst;
+            for (int64_t j = 0; j < d; ++j) o[j] = acc[r * d + j] * inv;
+          } else {
+            for (int64_t j = 0; j < d; ++j) store_from_float(c.out, out_dtype, dst + j, acc[r * d + j] * inv);
+          }
         }
       } else {
         float* part = partial.data() + t.partial * part_stride;
-        std::memcpy(part, m.data(), rows * sizeof(float));
-        std::memcpy(part + rows_max, l.data(), rows * sizeof(float));
-        std::memcpy(part + 2 * rows_max, acc.data(), rows * d * sizeof(float));
+        std::memcpy(part, m, rows * sizeof(float));
+        std::memcpy(part + rows_max, l, rows * sizeof(float));
+        std::memcpy(part + 2 * rows_max, acc, rows * d * sizeof(float));
       }
     }
 
@@ -217,7 +304,7 @@ void paged_attention_cpu(const TensorView& q, const TensorView& k_cache, const T
         for (int64_t k = 0; k < count; ++k)
           mx = std::max(mx, partial[tasks[first + k].partial * part_stride + r]);
         float total = 0.f;
-        float* a = acc.data();
+        float* a = acc;
         std::fill(a, a + d, 0.f);
         for (int64_t k = 0; k < count; ++k) {
           const float* part = partial.data() + tasks[first + k].partial * part_stride;
@@ -229,10 +316,12 @@ void paged_attention_cpu(const TensorView& q, const TensorView& k_cache, const T
         }
         const int64_t dst = ((row0 + r / sh.group) * hq + t.g * sh.group + r % sh.group) * d;
         const float inv = 1.0f / total;
-        for (int64_t j = 0; j < d; ++j) store_from_float(out.data, out_dtype, dst + j, a[j] * inv);
+        for (int64_t j = 0; j < d; ++j) store_from_float(c.out, out_dtype, dst + j, a[j] * inv);
       }
     }
   }
 }
+
+}  // namespace
 
 }  // namespace pyllm

@@ -1,20 +1,52 @@
 // The inner loop of CPU paged attention for one task (see attention.h), written once and
 // instantiated per instruction set: each *_cpu.cpp / *_avx2.cpp / *_avx512.cpp file includes this
-// inside an anonymous namespace, after defining an `Ops` struct with
-//   float dot(const float* a, const float* b, int64_t n)
-//   void axpy(float alpha, const float* x, float* y, int64_t n)     // y += alpha * x
-//   void scal(float* y, float s, int64_t n)                         // y *= s
+// inside an anonymous namespace, after defining an `Ops` struct with (j ranges over [a, e),
+// row j of a tile at rows + j * stride):
+//   void scores_row(const float* q, const float* krows, int64_t kstride, int64_t a, int64_t e,
+//                   int64_t d, float* s)                    // s[j] = q . k_j
+//   float max_row(const float* s, int64_t a, int64_t e)     // max of s[j]
+//   float exp_row(float* s, int64_t a, int64_t e, float m)  // s[j] = exp(s[j] - m); returns the sum
+//   void pv_row(const float* s, const float* vrows, int64_t vstride, int64_t a, int64_t e,
+//               int64_t d, float* acc)                      // acc += sum of s[j] * v_j
+//   void scal(float* y, float s, int64_t n)                 // y *= s
 //   void f16_rows(const uint16_t* src, int64_t src_stride, float* dst, int64_t rows, int64_t n)
 //   void bf16_rows(const uint16_t* src, int64_t src_stride, float* dst, int64_t rows, int64_t n)
 // Nothing here has external linkage and nothing uses the standard library, so code compiled with
 // AVX2/AVX-512 flags can never be picked by the linker for a baseline caller.
 //
 // Online softmax (flash-attention style): keys are walked in tiles of at most kAttnTile positions
-// that never cross a cache block. Per tile, each K row is loaded (converted once for f16/bf16
-// caches) and dotted with every query row of the GQA group that may see it; each row's running
-// max m and sum l are updated, its accumulator rescaled when the max grows; then each V row is
-// added into every row that sees it. Positions a row may not see are skipped, never multiplied
-// by zero (0 * NaN is NaN), and no position outside [task.c0, task.c1) is read.
+// that never cross a cache block. A tile's K and V rows are converted once (f16/bf16 caches) for
+// every query row of the GQA group. Row by row: scores over the positions the row sees, its
+// running max m and sum l updated, its accumulator rescaled when the max grows; then the V rows
+// it sees are added in. Positions a row may not see are skipped, never multiplied by zero
+// (0 * NaN is NaN), and no position outside [task.c0, task.c1) is read.
+
+// Row operations built from a vector struct's dot / axpy (scalar exp): enough for the baseline
+// and the AVX-512 paths; the AVX2 path has hand-blocked versions.
+template <class Vec>
+struct RowOps : Vec {
+  static inline void scores_row(const float* q, const float* krows, int64_t kstride, int64_t a,
+                                int64_t e, int64_t d, float* s) {
+    for (int64_t j = a; j < e; ++j) s[j] = Vec::dot(q, krows + j * kstride, d);
+  }
+  static inline float max_row(const float* s, int64_t a, int64_t e) {
+    float m = s[a];
+    for (int64_t j = a + 1; j < e; ++j) m = s[j] > m ? s[j] : m;
+    return m;
+  }
+  static inline float exp_row(float* s, int64_t a, int64_t e, float m) {
+    float sum = 0.0f;
+    for (int64_t j = a; j < e; ++j) {
+      s[j] = __builtin_expf(s[j] - m);
+      sum += s[j];
+    }
+    return sum;
+  }
+  static inline void pv_row(const float* s, const float* vrows, int64_t vstride, int64_t a, int64_t e,
+                            int64_t d, float* acc) {
+    for (int64_t j = a; j < e; ++j) Vec::axpy(s[j], vrows + j * vstride, acc, d);
+  }
+};
 
 template <class Ops>
 void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, const AttnScratch& sc) {
@@ -50,7 +82,7 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
     while (rb > ra && sc.lo[rb - 1] >= p1) --rb;
     if (ra >= rb) { p = p1; continue; }
 
-    // Scores s[r, j] = q_r . k_j for the positions row r sees.
+    // Row r sees tile positions [a, e) (relative to p); nothing outside them is read.
     const float* krows;
     int64_t kstride;
     if (sh.cache_dtype == 0) {
@@ -63,23 +95,15 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
       krows = sc.kt;
       kstride = d;
     }
-    for (int64_t j = 0; j < n; ++j) {
-      const float* krow = krows + j * kstride;
-      const int64_t pj = p + j;
-      for (int64_t r = ra; r < rb; ++r) {
-        if (pj < sc.lo[r] || pj >= sc.hi[r]) continue;
-        sc.s[r * kAttnTile + j] = Ops::dot(sc.q + r * d, krow, d);
-      }
-    }
 
-    // Online softmax update, row by row; s becomes exp(s - m).
+    // Scores, then the online softmax update; s becomes exp(s - m).
     for (int64_t r = ra; r < rb; ++r) {
       const int64_t a = (sc.lo[r] > p ? sc.lo[r] : p) - p;
       const int64_t e = (sc.hi[r] < p1 ? sc.hi[r] : p1) - p;
       if (a >= e) continue;
       float* s = sc.s + r * kAttnTile;
-      float mt = s[a];
-      for (int64_t j = a + 1; j < e; ++j) mt = s[j] > mt ? s[j] : mt;
+      Ops::scores_row(sc.q + r * d, krows, kstride, a, e, d, s);
+      const float mt = Ops::max_row(s, a, e);
       if (mt > sc.m[r]) {
         if (sc.m[r] != -__builtin_inff()) {
           const float corr = __builtin_expf(sc.m[r] - mt);
@@ -88,17 +112,10 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
         }
         sc.m[r] = mt;
       }
-      const float m = sc.m[r];
-      float sum = 0.0f;
-      for (int64_t j = a; j < e; ++j) {
-        const float pr = __builtin_expf(s[j] - m);
-        s[j] = pr;
-        sum += pr;
-      }
-      sc.l[r] += sum;
+      sc.l[r] += Ops::exp_row(s, a, e, sc.m[r]);
     }
 
-    // acc_r += p[r, j] * v_j for the positions row r sees.
+    // acc_r += sum over the positions row r sees of p[r, j] * v_j.
     const float* vrows;
     int64_t vstride;
     if (sh.cache_dtype == 0) {
@@ -111,13 +128,11 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
       vrows = sc.vt;
       vstride = d;
     }
-    for (int64_t j = 0; j < n; ++j) {
-      const float* vrow = vrows + j * vstride;
-      const int64_t pj = p + j;
-      for (int64_t r = ra; r < rb; ++r) {
-        if (pj < sc.lo[r] || pj >= sc.hi[r]) continue;
-        Ops::axpy(sc.s[r * kAttnTile + j], vrow, sc.acc + r * d, d);
-      }
+    for (int64_t r = ra; r < rb; ++r) {
+      const int64_t a = (sc.lo[r] > p ? sc.lo[r] : p) - p;
+      const int64_t e = (sc.hi[r] < p1 ? sc.hi[r] : p1) - p;
+      if (a >= e) continue;
+      Ops::pv_row(sc.s + r * kAttnTile, vrows, vstride, a, e, d, sc.acc + r * d);
     }
     p = p1;
   }

@@ -10,6 +10,9 @@ void bind_kv_cache(py::module_& m) {
         py::arg("v_cache"), py::arg("slot_mapping"),
         "Scatter k, v [T, Hkv, D] into the caches by slot (negative slots skipped). Unchecked: "
         "call pyllm.ops.write_kv_cache_ unless the slots were validated.");
+  m.def("write_kv_cache_cpu_ptr", &write_kv_cache_cpu_ptr, py::arg("k"), py::arg("v"), py::arg("k_cache"),
+        py::arg("v_cache"), py::arg("slot_mapping"), py::arg("T"), py::arg("row"), py::arg("src_dtype"),
+        py::arg("cache_dtype"), "write_kv_cache_cpu on raw addresses (the validated hot path).");
 #ifdef PYLLM_WITH_CUDA
   m.def("write_kv_cache_cuda", &write_kv_cache_cuda, py::arg("k"), py::arg("v"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("slot_mapping"), py::arg("stream"));

@@ -21,26 +21,42 @@ void copy_row(const void* src, int sd, int64_t src_off, void* dst, int dd, int64
 
 }  // namespace
 
+namespace {
+
+void write_rows(const void* k, const void* v, int src_dtype, void* k_cache, void* v_cache, int cache_dtype,
+                const int64_t* slots, int64_t T, int64_t row) {
+#pragma omp parallel for schedule(static) if (T * row >= (1 << 16))
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t slot = slots[t];
+    if (slot < 0) continue;
+    copy_row(k, src_dtype, t * row, k_cache, cache_dtype, slot * row, row);
+    copy_row(v, src_dtype, t * row, v_cache, cache_dtype, slot * row, row);
+  }
+}
+
+}  // namespace
+
 void write_kv_cache_cpu(const TensorView& k, const TensorView& v, const TensorView& k_cache,
                         const TensorView& v_cache, const TensorView& slot_mapping) {
   require(k.ndim == 3 && v.ndim == 3 && k_cache.ndim == 4 && v_cache.ndim == 4, "write_kv_cache: ranks");
   require(k.is_contiguous() && v.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous() &&
               slot_mapping.is_contiguous() && slot_mapping.dtype == DType::I64,
           "write_kv_cache: layout");
+  require(k.dtype == v.dtype && k_cache.dtype == v_cache.dtype, "write_kv_cache: dtypes");
   const int64_t T = k.shape[0];
   const int64_t row = k.shape[1] * k.shape[2];
   require(k_cache.shape[2] * k_cache.shape[3] == row && v.numel() == k.numel() && slot_mapping.numel() == T,
           "write_kv_cache: shapes");
-  const int64_t* slots = slot_mapping.ptr<int64_t>();
-  const int kd = static_cast<int>(k.dtype), vd = static_cast<int>(v.dtype);
-  const int cd = static_cast<int>(k_cache.dtype), vcd = static_cast<int>(v_cache.dtype);
-#pragma omp parallel for schedule(static) if (T * row >= (1 << 16))
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t slot = slots[t];
-    if (slot < 0) continue;
-    copy_row(k.data, kd, t * row, k_cache.data, cd, slot * row, row);
-    copy_row(v.data, vd, t * row, v_cache.data, vcd, slot * row, row);
-  }
+  write_rows(k.data, v.data, static_cast<int>(k.dtype), k_cache.data, v_cache.data,
+             static_cast<int>(k_cache.dtype), slot_mapping.ptr<int64_t>(), T, row);
+}
+
+void write_kv_cache_cpu_ptr(uintptr_t k, uintptr_t v, uintptr_t k_cache, uintptr_t v_cache,
+                            uintptr_t slot_mapping, int64_t T, int64_t row, int src_dtype, int cache_dtype) {
+  require(src_dtype >= 0 && src_dtype <= 2 && cache_dtype >= 0 && cache_dtype <= 2, "write_kv_cache: dtypes");
+  write_rows(reinterpret_cast<const void*>(k), reinterpret_cast<const void*>(v), src_dtype,
+             reinterpret_cast<void*>(k_cache), reinterpret_cast<void*>(v_cache), cache_dtype,
+             reinterpret_cast<const int64_t*>(slot_mapping), T, row);
 }
 
 }  // namespace pyllm

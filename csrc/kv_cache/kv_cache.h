@@ -14,6 +14,10 @@ namespace pyllm {
 
 void write_kv_cache_cpu(const TensorView& k, const TensorView& v, const TensorView& k_cache,
                         const TensorView& v_cache, const TensorView& slot_mapping);
+// The same on raw addresses of contiguous tensors (the decode hot path): `row` = Hkv * D
+// elements per token; dtype codes as TensorView's (0 f32, 1 f16, 2 bf16).
+void write_kv_cache_cpu_ptr(uintptr_t k, uintptr_t v, uintptr_t k_cache, uintptr_t v_cache,
+                            uintptr_t slot_mapping, int64_t T, int64_t row, int src_dtype, int cache_dtype);
 
 #ifdef PYLLM_WITH_CUDA
 void write_kv_cache_cuda(const TensorView& k, const TensorView& v, const TensorView& k_cache,

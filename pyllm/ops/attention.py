@@ -202,19 +202,26 @@ def _run_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, sc
     q = q.contiguous()
     if out is None:
         out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or not out.is_contiguous():
+        _fail(f"out must be a contiguous {q.dtype} tensor of q's shape {list(q.shape)} on {q.device}")
     if not q.numel():
         return out
     query_start, context_lens = query_start.contiguous(), context_lens.contiguous()
     block_tables = block_tables.contiguous()
-    args = (L.view(q), L.view(k_cache), L.view(v_cache), L.view(query_start), L.view(context_lens),
-            L.view(block_tables), L.view(out), float(scale), int(sliding_window))
+    T, Hq, D = q.shape
     if q.is_cuda:
-        T, Hq, D = q.shape
+        args = (L.view(q), L.view(k_cache), L.view(v_cache), L.view(query_start), L.view(context_lens),
+                L.view(block_tables), L.view(out), float(scale), int(sliding_window))
         n = L._C.paged_attention_cuda_workspace(T, Hq, D, block_tables.shape[1] * k_cache.shape[1])
         workspace = torch.empty(max(n, 1), dtype=torch.float32, device=q.device)
         L._C.paged_attention_cuda(*args, L.view(workspace), torch.cuda.current_stream().cuda_stream)
-    else:
-        L._C.paged_attention_cpu(*args)
+    else:  # raw addresses: seven TensorViews would cost more than a short decode's kernel
+        codes = L._DTYPE_CODES
+        L._C.paged_attention_cpu_ptr(
+            q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), query_start.data_ptr(),
+            context_lens.data_ptr(), block_tables.data_ptr(), out.data_ptr(), T, Hq, k_cache.shape[2], D,
+            k_cache.shape[1], context_lens.shape[0], block_tables.shape[1], codes[q.dtype],
+            codes[k_cache.dtype], float(scale), int(sliding_window))
     return out
 
 

@@ -58,6 +58,8 @@ def _check_shapes(k, v, k_cache, v_cache, slot_mapping) -> None:
         _fail(f"k must be [T, {hkv}, {d}], got {list(k.shape)}")
     if v.shape != k.shape:
         _fail(f"v must match k's shape {list(k.shape)}, got {list(v.shape)}")
+    if v.dtype != k.dtype:
+        _fail(f"v must have k's dtype {k.dtype}, got {v.dtype}")
     if slot_mapping.dtype != torch.int64:
         _fail(f"slot_mapping must be int64, not {slot_mapping.dtype}")
     if slot_mapping.dim() != 1 or slot_mapping.shape[0] != k.shape[0]:
@@ -90,9 +92,11 @@ def _kernel(k, v, k_cache, v_cache, slot_mapping) -> None:
     if k_cache.is_cuda:
         L._C.write_kv_cache_cuda(L.view(k), L.view(v), L.view(k_cache), L.view(v_cache),
                                  L.view(slot_mapping), torch.cuda.current_stream().cuda_stream)
-    else:
-        L._C.write_kv_cache_cpu(L.view(k), L.view(v), L.view(k_cache), L.view(v_cache),
-                                L.view(slot_mapping))
+    else:  # raw addresses: building five TensorViews would cost more than the copy
+        codes = L._DTYPE_CODES
+        L._C.write_kv_cache_cpu_ptr(k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                                    slot_mapping.data_ptr(), k.shape[0], k.shape[1] * k.shape[2],
+                                    codes[k.dtype], codes[k_cache.dtype])
 
 
 def _checked_ref(k, v, k_cache, v_cache, slot_mapping) -> None:

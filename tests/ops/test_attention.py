@@ -182,6 +182,10 @@ def test_validated_path_and_out_buffer():
     got = A.paged_attention(*case.args(), validated=True, out=out)
     assert got is out
     torch.testing.assert_close(out, A.paged_attention(*case.args()), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="out"):
+        A.paged_attention(*case.args(), validated=True, out=torch.empty_like(case.q).double())
+    with pytest.raises(ValueError, match="out"):
+        A.paged_attention(*case.args(), validated=True, out=out[:-1])
 
 
 def test_opcheck():

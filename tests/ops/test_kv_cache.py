@@ -92,6 +92,7 @@ def _bad_inputs():
         ("k", mutate(0, lambda a: a[0].int())),
         ("k", mutate(0, lambda a: a[0][:, :1])),
         ("v", mutate(1, lambda a: a[1][:-1])),
+        ("v", mutate(1, lambda a: a[1].half())),
         ("k_cache", mutate(2, lambda a: a[2][..., :4])),
         ("v_cache", mutate(3, lambda a: a[3].half())),
         ("v_cache", mutate(3, lambda a: a[3][:2])),
