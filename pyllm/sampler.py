@@ -47,12 +47,15 @@ class SampleResult:
 
     ``top_ids`` / ``top_logprobs`` are ``[B, n]`` for n = the largest ``logprobs`` asked for in
     the batch (rows that asked for fewer use the first columns), or None when no row asked.
+    ``probs`` is each token's probability under the filtered, tempered distribution it was drawn
+    from.
     """
 
     token_ids: torch.Tensor  # [B] int64
     logprobs: torch.Tensor  # [B] float32
     top_ids: torch.Tensor | None = None  # [B, n] int64
     top_logprobs: torch.Tensor | None = None  # [B, n] float32
+    probs: torch.Tensor | None = None  # [B] float32: under the sampling distribution (1 = greedy)
 
 
 def parse_chain(chain: str | None, registry: Mapping[str, Any]) -> tuple[str, ...]:
@@ -194,13 +197,15 @@ class Sampler:
         return SampleResult(torch.zeros(B, dtype=torch.int64, device=device),
                             torch.zeros(B, dtype=torch.float32, device=device),
                             torch.zeros(B, n_top, dtype=torch.int64, device=device),
-                            torch.zeros(B, n_top, dtype=torch.float32, device=device))
+                            torch.zeros(B, n_top, dtype=torch.float32, device=device),
+                            torch.zeros(B, dtype=torch.float32, device=device))
 
     @staticmethod
     def _scatter(result: SampleResult, rows: list[int], part: SampleResult) -> None:
         idx = torch.tensor(rows, dtype=torch.int64, device=result.token_ids.device)
         result.token_ids[idx] = part.token_ids
         result.logprobs[idx] = part.logprobs
+        result.probs[idx] = part.probs
         if part.top_ids is not None and part.top_ids.shape[1]:
             result.top_ids[idx] = part.top_ids
             result.top_logprobs[idx] = part.top_logprobs
@@ -243,8 +248,8 @@ class Sampler:
                    torch.tensor(bias_ids, dtype=torch.int64), torch.tensor(bias_values, dtype=torch.float32)]
         tensors = [t.to(dev, non_blocking=True) for t in tensors]
         # Everything was built here from validated SamplingParams: call the kernel directly.
-        tok, lp, top_ids, top_lp = sampling_ops.launch_sample_tokens(logits, *tensors, n_top)
-        return SampleResult(tok, lp, top_ids, top_lp)
+        tok, lp, top_ids, top_lp, probs = sampling_ops.launch_sample_tokens(logits, *tensors, n_top)
+        return SampleResult(tok, lp, top_ids, top_lp, probs)
 
     # ------------------------------------------------------------------------ step-by-step path
 
@@ -261,12 +266,12 @@ class Sampler:
         irows = torch.tensor([[0, _signed64(s), pos] for s, pos in zip(seeds, positions)],
                              dtype=torch.int64).reshape(B, 3)
         empty = torch.empty(0, dtype=torch.int64, device=z.device)
-        tok, _, _, _ = sampling_ops.launch_sample_tokens(
+        tok, _, _, _, probs = sampling_ops.launch_sample_tokens(
             z.float().contiguous(), neutral.to(z.device), irows.to(z.device),
             torch.empty(B, 0, dtype=torch.int64, device=z.device), empty, empty,
             torch.empty(0, dtype=torch.float32, device=z.device), 0)
         lp, top_ids, top_lp = model_logprobs(raw, tok, n_top)
-        return SampleResult(tok, lp, top_ids, top_lp)
+        return SampleResult(tok, lp, top_ids, top_lp, probs)
 
 
 def model_logprobs(logits: torch.Tensor, tokens: torch.Tensor, n_top: int):

@@ -12,7 +12,7 @@ void bind_sampling(py::module_& m) {
   m.def("sample_tokens_cpu", &sample_tokens_cpu, py::arg("logits"), py::arg("fparams"),
         py::arg("iparams"), py::arg("recent_ids"), py::arg("bias_rows"), py::arg("bias_ids"),
         py::arg("bias_values"), py::arg("token_ids"), py::arg("logprobs"), py::arg("top_ids"),
-        py::arg("top_logprobs"), py::call_guard<py::gil_scoped_release>());
+        py::arg("top_logprobs"), py::arg("probs"), py::call_guard<py::gil_scoped_release>());
   m.def(
       "philox4x32_10",
       [](const std::vector<uint32_t>& counter, const std::vector<uint32_t>& key) {
@@ -31,7 +31,7 @@ void bind_sampling(py::module_& m) {
   m.def("sample_tokens_cuda", &sample_tokens_cuda, py::arg("logits"), py::arg("fparams"),
         py::arg("iparams"), py::arg("recent_ids"), py::arg("bias_rows"), py::arg("bias_ids"),
         py::arg("bias_values"), py::arg("workspace"), py::arg("token_ids"), py::arg("logprobs"),
-        py::arg("top_ids"), py::arg("top_logprobs"), py::arg("stream"));
+        py::arg("top_ids"), py::arg("top_logprobs"), py::arg("probs"), py::arg("stream"));
 #endif
 }
 

@@ -49,6 +49,7 @@ struct Args {
   float* logprobs;
   int64_t* top_ids;
   float* top_logprobs;
+  float* probs;
   int64_t V, N, K, n_top, ws_row;  // ws_row: workspace doubles per row
 };
 
@@ -299,7 +300,9 @@ __global__ void __launch_bounds__(kThreads) sample_rows(Args a) {
   int64_t n = static_cast<int64_t>(block_sum(c, sh));
 
   int32_t token = 0;
+  double prob = 0.0;  // of the token under the distribution it was drawn from
   if (n > 0) {
+    prob = 1.0;
     const bool greedy = temperature == 0.0f;
     if (greedy && !(typical_p < 1.0f)) {
       token = best_kept(r, sh);
@@ -379,7 +382,12 @@ __global__ void __launch_bounds__(kThreads) sample_rows(Args a) {
             found = block_min(hit ? static_cast<unsigned long long>(base + tid) : ~0ull, sh);
             carry += chunk_total;
           }
-          token = found != ~0ull ? static_cast<int32_t>(found) : best_kept(r, sh);
+          if (found != ~0ull) {
+            token = static_cast<int32_t>(found);
+            prob = weight_at(token) / total;
+          } else {
+            token = best_kept(r, sh);
+          }
         }
       }
     }
@@ -388,6 +396,7 @@ __global__ void __launch_bounds__(kThreads) sample_rows(Args a) {
   if (tid == 0) {
     a.token_ids[b] = token;
     a.logprobs[b] = static_cast<float>(static_cast<double>(r.x[token]) - lse);
+    a.probs[b] = static_cast<float>(prob);
   }
   // Top-n alternatives of the model's distribution: n rounds of "the best key below the last".
   unsigned long long below = ~0ull;
@@ -414,7 +423,7 @@ void sample_tokens_cuda(const TensorView& logits, const TensorView& fparams, con
                         const TensorView& bias_ids, const TensorView& bias_values,
                         const TensorView& workspace, const TensorView& token_ids,
                         const TensorView& logprobs, const TensorView& top_ids,
-                        const TensorView& top_logprobs, uintptr_t stream) {
+                        const TensorView& top_logprobs, const TensorView& probs, uintptr_t stream) {
   using namespace sampling;
   require(logits.device == Device::CUDA && logits.dtype == DType::F32 && logits.ndim == 2,
           "logits f32 [B, V] on CUDA");
@@ -433,6 +442,7 @@ void sample_tokens_cuda(const TensorView& logits, const TensorView& fparams, con
   a.logprobs = logprobs.ptr<float>();
   a.top_ids = top_ids.ptr<int64_t>();
   a.top_logprobs = top_logprobs.ptr<float>();
+  a.probs = probs.ptr<float>();
   a.V = V;
   a.N = recent_ids.size(1);
   a.K = bias_rows.size(0);

@@ -8,7 +8,8 @@
 //   otherwise     -> y = z / T over K, weights exp(y - max y), cumulative sums in id order,
 //                    the first token whose cumulative weight exceeds u * total,
 //                    u = Philox4x32-10(seed, position) as a 53-bit uniform
-//   log-probs from log-softmax of the ORIGINAL logits (the model's distribution).
+//   log-probs from log-softmax of the ORIGINAL logits (the model's distribution); also the
+//   chosen token's probability under the distribution it was drawn from (1 when greedy).
 //
 // No sort of the vocabulary. top-k keeps a small sorted buffer (k <= 64) or uses nth_element.
 // top-p and typical-p ("the fewest tokens, in some order, whose mass reaches a target") use a
@@ -356,7 +357,7 @@ void sort_ids(Kept& k, int64_t V, Scratch& s) {
 
 // The first j whose cumulative weight (in index order) exceeds u * total, or -1. Sums blocks
 // of 64 first (vectorizable), walks the block sums, then scans inside one block.
-int64_t find_draw(const double* v, int64_t n, double u, Scratch& s, const VecKernels& vk) {
+int64_t find_draw(const double* v, int64_t n, double u, Scratch& s, const VecKernels& vk, double& total_out) {
   constexpr int64_t kBlock = 64;
   const int64_t nb = (n + kBlock - 1) / kBlock;
   s.block.resize(static_cast<size_t>(nb));
@@ -364,6 +365,7 @@ int64_t find_draw(const double* v, int64_t n, double u, Scratch& s, const VecKer
   double total = 0.0;
   for (int64_t b = 0; b < nb; ++b) total += s.block[b];
   if (!(total > 0.0) || !std::isfinite(total)) return -1;  // z / T overflowed
+  total_out = total;
   const double target = u * total;
   double cum = 0.0;
   for (int64_t b = 0; b < nb; ++b) {
@@ -383,9 +385,15 @@ int64_t find_draw(const double* v, int64_t n, double u, Scratch& s, const VecKer
   return -1;
 }
 
+// A chosen token and its probability under the distribution it was drawn from.
+struct Choice {
+  int32_t token;
+  double prob;
+};
+
 // Temperature and the draw over the kept ids.
-int32_t draw(const float* z, Kept& k, bool raw, const RowParams& p, int64_t V, Scratch& s,
-             const VecKernels& vk) {
+Choice draw(const float* z, Kept& k, bool raw, const RowParams& p, int64_t V, Scratch& s,
+            const VecKernels& vk) {
   sort_ids(k, V, s);
   const int64_t n = static_cast<int64_t>(k.ids.size());
   const double* v;
@@ -400,24 +408,26 @@ int32_t draw(const float* z, Kept& k, bool raw, const RowParams& p, int64_t V, S
     v = s.w.data();
   }
   const double u = philox::uniform(p.seed, p.position, philox::kStreamDraw);
-  const int64_t j = find_draw(v, n, u, s, vk);
-  return j >= 0 ? k.ids[j] : best_by_rank(z, V, k, s, vk);
+  double total = 0.0;
+  const int64_t j = find_draw(v, n, u, s, vk, total);
+  if (j < 0) return {best_by_rank(z, V, k, s, vk), 1.0};  // z / T overflowed: the argmax
+  return {k.ids[j], v[j] / total};
 }
 
-int32_t choose_token(const float* z, int64_t V, bool raw, const RowParams& p, Scratch& s,
-                     const VecKernels& vk) {
+Choice choose_token(const float* z, int64_t V, bool raw, const RowParams& p, Scratch& s,
+                    const VecKernels& vk) {
   s.ids.resize(static_cast<size_t>(V));
   s.ids.resize(static_cast<size_t>(vk.finite_ids(z, V, s.ids.data())));
-  if (s.ids.empty()) return 0;
+  if (s.ids.empty()) return {0, 0.0};
   Kept k{s.ids, true, static_cast<int64_t>(s.ids.size()) == V, true};
   const bool greedy = p.temperature == 0.0f;
   // Only typical-p can remove the best token; otherwise greedy needs no filtering.
-  if (greedy && !(p.typical_p < 1.0f)) return best_by_rank(z, V, k, s, vk);
+  if (greedy && !(p.typical_p < 1.0f)) return {best_by_rank(z, V, k, s, vk), 1.0};
   top_k_stage(z, V, k, p.top_k, s, vk);
   typical_stage(z, k, raw, p.typical_p, s, vk);
   top_p_stage(z, k, raw, p.top_p, s, vk);
   min_p_stage(z, k, raw, p.min_p, s, vk);
-  if (greedy) return best_by_rank(z, V, k, s, vk);
+  if (greedy) return {best_by_rank(z, V, k, s, vk), 1.0};
   return draw(z, k, raw, p, V, s, vk);
 }
 
@@ -428,7 +438,8 @@ void sample_tokens_cpu(const TensorView& logits, const TensorView& fparams, cons
                        const TensorView& recent_ids, const TensorView& bias_rows,
                        const TensorView& bias_ids, const TensorView& bias_values,
                        const TensorView& token_ids, const TensorView& logprobs,
-                       const TensorView& top_ids, const TensorView& top_logprobs) {
+                       const TensorView& top_ids, const TensorView& top_logprobs,
+                       const TensorView& probs) {
   using namespace sampling;
   require(logits.dtype == DType::F32 && logits.ndim == 2 && logits.is_contiguous(), "logits f32 [B, V]");
   const int64_t B = logits.size(0), V = logits.size(1);
@@ -468,9 +479,11 @@ void sample_tokens_cpu(const TensorView& logits, const TensorView& fparams, cons
         raw = false;
       }
     }
-    const int32_t token = choose_token(z, V, raw, p, s, vk);
+    const Choice choice = choose_token(z, V, raw, p, s, vk);
+    const int32_t token = choice.token;
 
     token_ids.ptr<int64_t>()[b] = token;
+    probs.ptr<float>()[b] = static_cast<float>(choice.prob);
     logprobs.ptr<float>()[b] = static_cast<float>(static_cast<double>(x[token]) - lse);
     if (n_top > 0) {
       top_candidates(x, V, n_top, false, s, vk, s.keys);

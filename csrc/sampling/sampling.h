@@ -11,12 +11,14 @@ namespace pyllm {
 
 // logits [B, V] f32; fparams [B, 7] f32 and iparams [B, 3] i64 (columns in sample_math.h);
 // recent_ids [B, N] i64 (-1 = padding); bias_rows / bias_ids [K] i64, bias_values [K] f32;
-// outputs token_ids [B] i64, logprobs [B] f32, top_ids [B, n] i64, top_logprobs [B, n] f32.
+// outputs token_ids [B] i64, logprobs [B] f32, top_ids [B, n] i64, top_logprobs [B, n] f32,
+// probs [B] f32 (the chosen token's probability under the filtered, tempered distribution).
 void sample_tokens_cpu(const TensorView& logits, const TensorView& fparams, const TensorView& iparams,
                        const TensorView& recent_ids, const TensorView& bias_rows,
                        const TensorView& bias_ids, const TensorView& bias_values,
                        const TensorView& token_ids, const TensorView& logprobs,
-                       const TensorView& top_ids, const TensorView& top_logprobs);
+                       const TensorView& top_ids, const TensorView& top_logprobs,
+                       const TensorView& probs);
 
 #ifdef PYLLM_WITH_CUDA
 // Same contract on device memory; `workspace` is [B, W] float64 scratch with 8 W >= 5 V bytes
@@ -26,7 +28,7 @@ void sample_tokens_cuda(const TensorView& logits, const TensorView& fparams, con
                         const TensorView& bias_ids, const TensorView& bias_values,
                         const TensorView& workspace, const TensorView& token_ids,
                         const TensorView& logprobs, const TensorView& top_ids,
-                        const TensorView& top_logprobs, uintptr_t stream);
+                        const TensorView& top_logprobs, const TensorView& probs, uintptr_t stream);
 #endif
 
 namespace sampling {

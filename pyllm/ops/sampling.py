@@ -4,7 +4,7 @@ Schema::
 
     sample_tokens(Tensor logits, Tensor fparams, Tensor iparams, Tensor recent_ids,
                   Tensor bias_rows, Tensor bias_ids, Tensor bias_values, int num_logprobs)
-        -> (Tensor token_ids, Tensor logprobs, Tensor top_ids, Tensor top_logprobs)
+        -> (Tensor token_ids, Tensor logprobs, Tensor top_ids, Tensor top_logprobs, Tensor probs)
 
 Inputs (B rows, V vocabulary):
     logits       float32 [B, V]
@@ -14,7 +14,9 @@ Inputs (B rows, V vocabulary):
     recent_ids   int64 [B, N]: the penalty window (the last N tokens), -1 = padding; N may be 0
     bias_rows, bias_ids  int64 [K]; bias_values float32 [K]: logit bias as sparse (row, id, bias)
     num_logprobs the number of top alternatives to return per row (0..V)
-Outputs: token_ids int64 [B], logprobs float32 [B], top_ids int64 [B, n], top_logprobs float32 [B, n].
+Outputs: token_ids int64 [B], logprobs float32 [B], top_ids int64 [B, n], top_logprobs float32
+[B, n], probs float32 [B] (the chosen token's probability under the distribution it was drawn
+from: after every filter and the temperature; 1 when greedy, 0 for a row with no finite logit).
 
 What one row computes (the CPU and CUDA kernels and ``sample_tokens_ref`` all follow this):
 
@@ -40,7 +42,8 @@ What one row computes (the CPU and CUDA kernels and ``sample_tokens_ref`` all fo
 5. Log-probs are those of the model's own distribution: ``log_softmax(logits)`` of the logits as
    given (before penalties, bias, filters and temperature), like vLLM's default and OpenAI's
    ``logprobs``. Comparable across requests whatever their sampling settings; the top-n
-   alternatives are the first n ids in rank order of the given logits.
+   alternatives are the first n ids in rank order of the given logits. ``probs`` reports the
+   sampling distribution instead: ``v[token] / total`` from step 4.
 
 The kernels select without sorting the vocabulary: a small sorted buffer or nth_element for
 top-k, a mass-weighted quickselect (CPU) or a bisection over float keys (CUDA) for top-p and
@@ -114,14 +117,16 @@ def _fewest_reaching(weights_in_order: torch.Tensor, target: float) -> int:
     return min(int((cum < target).sum()) + 1, weights_in_order.numel())
 
 
-def _choose_ref(z: torch.Tensor, f: list[float], top_k: int, seed: int, position: int) -> int:
+def _choose_ref(z: torch.Tensor, f: list[float], top_k: int, seed: int, position: int
+                ) -> tuple[int, float]:
+    """The chosen token and its probability under the distribution it was drawn from."""
     temperature, top_p, min_p, typical_p = f[0], f[1], f[2], f[3]
     ids = torch.nonzero(z > float("-inf")).flatten()  # ascending; NaN is not > -inf
     if ids.numel() == 0:
-        return 0
+        return 0, 0.0
 
-    def best() -> int:
-        return int(ids[_rank_order(z[ids])[0]])
+    def best() -> tuple[int, float]:
+        return int(ids[_rank_order(z[ids])[0]]), 1.0
 
     def weights():
         zk = z[ids].double()
@@ -158,7 +163,7 @@ def _choose_ref(z: torch.Tensor, f: list[float], top_k: int, seed: int, position
         return best()
     u = philox_uniform(seed, position, STREAM_DRAW)
     j = int(torch.searchsorted(cum, torch.tensor([u * total], dtype=torch.float64), right=True)[0])
-    return int(ids[j]) if j < ids.numel() else best()
+    return (int(ids[j]), float(v[j]) / total) if j < ids.numel() else best()
 
 
 def sample_tokens_ref(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values,
@@ -170,6 +175,7 @@ def sample_tokens_ref(logits, fparams, iparams, recent_ids, bias_rows, bias_ids,
     bias_values = bias_values.float().cpu()
     B, V = logits.shape
     tokens = torch.zeros(B, dtype=torch.int64)
+    probs = torch.zeros(B, dtype=torch.float32)
     for b in range(B):
         z = logits[b].clone()
         f = fparams[b]
@@ -185,12 +191,13 @@ def sample_tokens_ref(logits, fparams, iparams, recent_ids, bias_rows, bias_ids,
         if bool(mine.any()):
             z.index_put_((bias_ids[mine],), bias_values[mine], accumulate=True)
         top_k, seed, position = (int(v) for v in iparams[b])
-        tokens[b] = _choose_ref(z, [float(v) for v in f[:4]], top_k, seed, position)
+        tokens[b], probs[b] = _choose_ref(z, [float(v) for v in f[:4]], top_k, seed, position)
     lse = torch.logsumexp(logits.double(), dim=-1)
     logprobs = (logits.double().gather(1, tokens[:, None])[:, 0] - lse).float()
     order = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :num_logprobs]
     top_logprobs = (logits.double().gather(1, order) - lse[:, None]).float()
-    return tokens.to(device), logprobs.to(device), order.to(device), top_logprobs.to(device)
+    return (tokens.to(device), logprobs.to(device), order.to(device), top_logprobs.to(device),
+            probs.to(device))
 
 
 # ------------------------------------------------------------------------------ checks
@@ -252,7 +259,7 @@ def _check_values(logits, fparams, iparams, recent_ids, bias_rows, bias_ids) -> 
 SAMPLE_TOKENS = L.define(
     "sample_tokens(Tensor logits, Tensor fparams, Tensor iparams, Tensor recent_ids, "
     "Tensor bias_rows, Tensor bias_ids, Tensor bias_values, int num_logprobs) "
-    "-> (Tensor, Tensor, Tensor, Tensor)"
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
 
@@ -260,7 +267,8 @@ def _outputs(logits: torch.Tensor, num_logprobs: int):
     B, dev = logits.shape[0], logits.device
     return (torch.empty(B, dtype=torch.int64, device=dev), torch.empty(B, dtype=torch.float32, device=dev),
             torch.empty(B, num_logprobs, dtype=torch.int64, device=dev),
-            torch.empty(B, num_logprobs, dtype=torch.float32, device=dev))
+            torch.empty(B, num_logprobs, dtype=torch.float32, device=dev),
+            torch.empty(B, dtype=torch.float32, device=dev))
 
 
 def _fake(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs):
@@ -314,7 +322,8 @@ def sample_tokens(logits: torch.Tensor, fparams: torch.Tensor, iparams: torch.Te
                   num_logprobs: int = 0):
     """Sample one token per row (see the module docstring); absent penalty/bias inputs are empty.
 
-    Returns (token_ids [B] int64, logprobs [B] float32, top_ids [B, n], top_logprobs [B, n]).
+    Returns (token_ids [B] int64, logprobs [B] float32, top_ids [B, n], top_logprobs [B, n],
+    probs [B] float32).
     """
     B, dev = logits.shape[0], logits.device
     if recent_ids is None:
