@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0
-python -m pip install -q ".[test]"
+# Editable, so the tests import the installed build even when run from the source tree.
+python -m pip install -q -e ".[test]"
 python -m pytest -q -p no:cacheprovider "$@"
