@@ -1,5 +1,30 @@
+#include <pybind11/pybind11.h>
+
 #include "bind_families.h"
+#include "quant/qlinear.h"
+
+namespace py = pybind11;
 
 namespace pyllm {
-void bind_quant(pybind11::module_& m) {}
+
+void bind_quant(py::module_& m) {
+  m.def(
+      "qlinear_cpu",
+      [](const TensorView& x, const TensorView& w, int qtype, const TensorView* bias, const TensorView& out) {
+        py::gil_scoped_release release;
+        qlinear_cpu(x, w, qtype, bias, out);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("qtype"), py::arg("bias").none(true), py::arg("out"),
+      "out[T, N] = x[T, K] @ dequant(weight).T + bias (CPU; shapes checked in pyllm.ops.qlinear).");
+  m.def(
+      "qlinear_cpu_ptr",
+      [](uintptr_t x, uintptr_t w, int qtype, uintptr_t bias, uintptr_t out, int64_t T, int64_t K, int64_t N) {
+        py::gil_scoped_release release;
+        qlinear_cpu_ptr(x, w, qtype, bias, out, T, K, N);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("qtype"), py::arg("bias"), py::arg("out"), py::arg("T"),
+      py::arg("K"), py::arg("N"),
+      "Raw-pointer qlinear for the validated decode hot path (contiguous tensors; bias 0 = none).");
+}
+
 }  // namespace pyllm

@@ -148,6 +148,8 @@ def dequantize_weight(weight: torch.Tensor, qtype: int, in_features: int) -> tor
     name = QTYPE_NAMES[qtype]
     if name in FLOAT_QTYPES:
         return weight.float()
+    if in_features == 0:
+        return torch.zeros(weight.shape[0], 0, dtype=torch.float32, device=weight.device)
     try:
         from pyllm.weights.quant import dequantize
     except ImportError:
@@ -241,7 +243,7 @@ def linear(x: torch.Tensor, w: QWeight | torch.Tensor, bias: torch.Tensor | None
     L.check(x.shape[-1] == w.in_features,
             f"x's last dim must be in_features {w.in_features}, got {list(x.shape)}")
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, w.in_features)
+    x2 = x if x.dim() == 2 else x.reshape(lead.numel(), w.in_features)
     if x2.dtype != torch.float32:
         x2 = x2.float()
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):

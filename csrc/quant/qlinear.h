@@ -1,0 +1,53 @@
+// Quantized linear: out[T, N] = x[T, K] (float32) @ dequant(W[N, K]).T + bias, computed on the
+// GGUF blocks. Each block is dequantized in registers and multiplied with float32 activations;
+// the weight is never expanded to float32 in memory.
+//
+// Dequantized weights are bit-identical to the reference's (q*d, (q-8)*d and q*d+m are exact
+// products / single roundings in float32), so the kernels differ from `x @ dequant(W).T` only in
+// the order of float32 additions.
+#pragma once
+
+#include <cstdint>
+
+#include "common/tensor_view.h"
+
+namespace pyllm {
+
+// GGML type ids (the `qtype` argument).
+enum QType : int { kQF32 = 0, kQF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQBF16 = 30 };
+
+constexpr int kQBlock = 32;  // weights per block (float types are walked in the same chunks)
+
+// Bytes of one weight row of `k` elements (k % 32 == 0 for the block types).
+int64_t qlinear_row_bytes(int qtype, int64_t k);
+bool qlinear_qtype_known(int qtype);
+
+struct QLinearArgs {
+  const float* x = nullptr;   // [T, K], row stride ldx floats
+  const uint8_t* w = nullptr; // [N] rows of ldw bytes
+  const float* bias = nullptr;  // [N] or null
+  float* out = nullptr;       // [T, N], row stride ldo floats
+  int64_t ldx = 0, ldw = 0, ldo = 0;
+  int64_t T = 0, K = 0, N = 0;
+  int qtype = kQF32;
+};
+
+// One ISA's kernel: computes out[t0:t1, n0:n1] (single-threaded; the driver splits the work).
+using QLinearTileFn = void (*)(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
+void qlinear_tile_baseline(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
+void qlinear_tile_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
+void qlinear_tile_avx512(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
+
+// The driver: picks the kernel for cpu_isa() and splits rows/tokens over the OpenMP threads.
+void qlinear_run(const QLinearArgs& a);
+
+// Entry points bound to Python. Shapes were checked in pyllm/ops/qlinear.py; these re-check the
+// few facts a kernel relies on to stay in bounds.
+void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const TensorView* bias,
+                 const TensorView& out);
+// Raw-pointer form for the decode hot path (contiguous x [T, K], w [N, row_bytes], out [T, N];
+// bias may be 0); the caller has validated shapes once.
+void qlinear_cpu_ptr(uintptr_t x, uintptr_t w, int qtype, uintptr_t bias, uintptr_t out, int64_t T,
+                     int64_t K, int64_t N);
+
+}  // namespace pyllm

@@ -1,0 +1,74 @@
+// Portable decoding of one 32-weight chunk of a weight row into float32 (baseline paths and
+// the K tails of the vector paths). Shared by the ISA files; no intrinsics here.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "common/half.h"
+#include "quant/qlinear.h"
+
+namespace pyllm {
+
+inline float load_f16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return fp16_to_float(h);
+}
+
+// Bytes one chunk of 32 weights takes in a row.
+inline int64_t qchunk_bytes(int qtype) {
+  switch (qtype) {
+    case kQ4_0: return 18;
+    case kQ4_1: return 20;
+    case kQ8_0: return 34;
+    case kQF16: case kQBF16: return 64;
+    default: return 128;
+  }
+}
+
+// Weight i (0 <= i < 32) of the chunk starting at `p`... decoded all at once into out[32].
+inline void dequant_chunk(int qtype, const uint8_t* p, float* out) {
+  switch (qtype) {
+    case kQ8_0: {
+      const float d = load_f16(p);
+      for (int i = 0; i < 32; ++i) out[i] = static_cast<float>(static_cast<int8_t>(p[2 + i])) * d;
+      break;
+    }
+    case kQ4_0: {
+      const float d = load_f16(p);
+      for (int j = 0; j < 16; ++j) {
+        out[j] = static_cast<float>((p[2 + j] & 0x0F) - 8) * d;
+        out[j + 16] = static_cast<float>((p[2 + j] >> 4) - 8) * d;
+      }
+      break;
+    }
+    case kQ4_1: {
+      const float d = load_f16(p), m = load_f16(p + 2);
+      for (int j = 0; j < 16; ++j) {
+        out[j] = static_cast<float>(p[4 + j] & 0x0F) * d + m;
+        out[j + 16] = static_cast<float>(p[4 + j] >> 4) * d + m;
+      }
+      break;
+    }
+    case kQF16:
+      for (int i = 0; i < 32; ++i) out[i] = load_as_float(p, 1, i);
+      break;
+    case kQBF16:
+      for (int i = 0; i < 32; ++i) out[i] = load_as_float(p, 2, i);
+      break;
+    default:
+      std::memcpy(out, p, 32 * sizeof(float));
+  }
+}
+
+// Element i of a float-typed row (the tails past the last whole chunk).
+inline float float_row_elem(int qtype, const uint8_t* row, int64_t i) {
+  switch (qtype) {
+    case kQF16: return load_as_float(row, 1, i);
+    case kQBF16: return load_as_float(row, 2, i);
+    default: return load_as_float(row, 0, i);
+  }
+}
+
+}  // namespace pyllm

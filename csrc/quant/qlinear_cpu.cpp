@@ -1,0 +1,156 @@
+// The qlinear driver (ISA choice, OpenMP split) and the portable baseline kernel.
+#include <omp.h>
+
+#include <algorithm>
+
+#include "common/cpu_features.h"
+#include "quant/qlinear.h"
+#include "quant/qlinear_blocks.h"
+
+namespace pyllm {
+
+bool qlinear_qtype_known(int qtype) {
+  return qtype == kQF32 || qtype == kQF16 || qtype == kQBF16 || qtype == kQ4_0 || qtype == kQ4_1 ||
+         qtype == kQ8_0;
+}
+
+int64_t qlinear_row_bytes(int qtype, int64_t k) {
+  switch (qtype) {
+    case kQ4_0: case kQ4_1: case kQ8_0: return k / kQBlock * qchunk_bytes(qtype);
+    case kQF16: case kQBF16: return k * 2;
+    default: return k * 4;
+  }
+}
+
+// ------------------------------------------------------------------ baseline
+
+namespace {
+constexpr int kBaseTokens = 4;  // tokens per pass over a row's blocks
+}
+
+void qlinear_tile_baseline(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+  const int64_t chunks = a.K / kQBlock;
+  const int64_t cbytes = qchunk_bytes(a.qtype);
+  const bool is_float = a.qtype == kQF32 || a.qtype == kQF16 || a.qtype == kQBF16;
+  float w[kQBlock];
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = a.w + n * a.ldw;
+    for (int64_t tb = t0; tb < t1; tb += kBaseTokens) {
+      const int tt = static_cast<int>(std::min<int64_t>(kBaseTokens, t1 - tb));
+      float acc[kBaseTokens][kQBlock] = {};
+      for (int64_t c = 0; c < chunks; ++c) {
+        dequant_chunk(a.qtype, row + c * cbytes, w);
+        for (int t = 0; t < tt; ++t) {
+          const float* xp = a.x + (tb + t) * a.ldx + c * kQBlock;
+          for (int i = 0; i < kQBlock; ++i) acc[t][i] += w[i] * xp[i];
+        }
+      }
+      for (int t = 0; t < tt; ++t) {
+        float s = 0.f;
+        for (int i = 0; i < kQBlock; ++i) s += acc[t][i];
+        if (is_float) {
+          const float* xp = a.x + (tb + t) * a.ldx;
+          for (int64_t k = chunks * kQBlock; k < a.K; ++k) s += float_row_elem(a.qtype, row, k) * xp[k];
+        }
+        if (a.bias) s += a.bias[n];
+        a.out[(tb + t) * a.ldo + n] = s;
+      }
+    }
+  }
+}
+
+// -------------------------------------------------------------------- driver
+
+namespace {
+
+QLinearTileFn pick_kernel() {
+  switch (cpu_isa()) {
+    case Isa::Avx512: return qlinear_tile_avx512;
+    case Isa::Avx2: return qlinear_tile_avx2;
+    default: return qlinear_tile_baseline;
+  }
+}
+
+}  // namespace
+
+void qlinear_run(const QLinearArgs& a) {
+  if (a.T <= 0 || a.N <= 0) return;
+  const QLinearTileFn fn = pick_kernel();
+  // Below ~64k multiply-adds a parallel region costs more than it saves.
+  const double work = static_cast<double>(a.T) * static_cast<double>(a.N) * static_cast<double>(a.K);
+  const int threads = work < 65536.0 ? 1 : std::max(1, omp_get_max_threads());
+  if (threads == 1) {
+    fn(a, 0, a.T, 0, a.N);
+    return;
+  }
+  // Each thread streams a contiguous range of weight rows (row chunks rounded to 8 so the vector
+  // kernels' row tiles stay whole); when there are too few rows to share, split the tokens too.
+  int row_parts = threads, tok_parts = 1;
+  if (a.N < 16 * threads && a.T >= 2 * threads) {
+    row_parts = 1;
+    tok_parts = threads;
+  }
+  const int64_t row_chunk = ((a.N + row_parts - 1) / row_parts + 7) / 8 * 8;
+  const int64_t tok_chunk = (a.T + tok_parts - 1) / tok_parts;
+  const int tasks = row_parts * tok_parts;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int task = 0; task < tasks; ++task) {
+    const int64_t n0 = std::min(a.N, (task % row_parts) * row_chunk);
+    const int64_t n1 = std::min(a.N, n0 + row_chunk);
+    const int64_t t0 = std::min(a.T, (task / row_parts) * tok_chunk);
+    const int64_t t1 = std::min(a.T, t0 + tok_chunk);
+    if (n0 < n1 && t0 < t1) fn(a, t0, t1, n0, n1);
+  }
+}
+
+void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const TensorView* bias,
+                 const TensorView& out) {
+  require(qlinear_qtype_known(qtype), "qlinear: unknown qtype");
+  require(x.ndim == 2 && w.ndim == 2 && out.ndim == 2, "qlinear: x, weight, out must be 2-D");
+  require(x.dtype == DType::F32 && out.dtype == DType::F32, "qlinear: x and out must be float32");
+  require((x.numel() == 0 || x.is_contiguous()) && (w.numel() == 0 || w.is_contiguous()) &&
+              (out.numel() == 0 || out.is_contiguous()),
+          "qlinear: contiguous tensors");
+  QLinearArgs a;
+  a.T = x.shape[0];
+  a.K = x.shape[1];
+  a.N = w.shape[0];
+  a.qtype = qtype;
+  const bool blocks = qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0;
+  require(!blocks || a.K % kQBlock == 0, "qlinear: K must be a multiple of 32 for block types");
+  const int64_t elem = w.dtype == DType::F32 ? 4 : (w.dtype == DType::U8 || w.dtype == DType::I8) ? 1 : 2;
+  require(w.shape[1] * elem == qlinear_row_bytes(qtype, a.K), "qlinear: weight row bytes");
+  require(out.shape[0] == a.T && out.shape[1] == a.N, "qlinear: out shape");
+  if (bias) require(bias->ndim == 1 && bias->shape[0] == a.N && bias->dtype == DType::F32, "qlinear: bias");
+  a.x = x.ptr<const float>();
+  a.w = static_cast<const uint8_t*>(w.data);
+  a.bias = bias ? bias->ptr<const float>() : nullptr;
+  a.out = out.ptr<float>();
+  a.ldx = a.K;
+  a.ldw = qlinear_row_bytes(qtype, a.K);
+  a.ldo = a.N;
+  qlinear_run(a);
+}
+
+void qlinear_cpu_ptr(uintptr_t x, uintptr_t w, int qtype, uintptr_t bias, uintptr_t out, int64_t T,
+                     int64_t K, int64_t N) {
+  require(qlinear_qtype_known(qtype), "qlinear: unknown qtype");
+  require(T >= 0 && K >= 0 && N >= 0, "qlinear: negative size");
+  require(!(qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0) || K % kQBlock == 0,
+          "qlinear: K must be a multiple of 32 for block types");
+  QLinearArgs a;
+  a.x = reinterpret_cast<const float*>(x);
+  a.w = reinterpret_cast<const uint8_t*>(w);
+  a.bias = reinterpret_cast<const float*>(bias);
+  a.out = reinterpret_cast<float*>(out);
+  a.T = T;
+  a.K = K;
+  a.N = N;
+  a.qtype = qtype;
+  a.ldx = K;
+  a.ldw = qlinear_row_bytes(qtype, K);
+  a.ldo = N;
+  qlinear_run(a);
+}
+
+}  // namespace pyllm

@@ -1,0 +1,271 @@
+"""qlinear: every weight type on every CPU instruction-set path against the reference.
+
+The kernels dequantize blocks in registers; the dequantized weights are bit-identical to
+pyllm.weights.quant.dequantize, so kernel and reference differ only in the order of float32
+additions. The bound used: |kernel - ref| <= 1e-5 * (|x| @ |W|.T + max|x| * max|W|) per output.
+
+Non-finite fp16 scales (possible in random raw bytes) make the outputs that use them non-finite
+in both (NaN or +-inf, which one is not specified: the kernels factor the scale out of a chunk's
+dot product, so q=0 * inf gives NaN in the reference and inf*sum in the kernel); the finite ones
+must still agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pyllm.ops as ops
+from pyllm.ops import _library as L
+from pyllm.ops.qlinear import QTYPE_CODES, QWeight, qlinear_ref
+from pyllm.weights.quant import quantize, row_bytes
+
+BLOCK_QTYPES = ["q4_0", "q4_1", "q8_0"]
+QTYPES = BLOCK_QTYPES + ["f16", "bf16", "f32"]
+FLOAT_DTYPE = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}
+ISA_ORDER = ["baseline", "avx2", "avx512"]
+
+native = pytest.mark.skipif(not L.native(), reason="compiled kernels not in use (PYLLM_KERNELS=reference)")
+
+
+def _isa_param(name: str):
+    marks = []
+    if L._C is not None and ISA_ORDER.index(L._C.detected_isa()) < ISA_ORDER.index(name):
+        marks.append(pytest.mark.skip(reason=f"this CPU lacks {name.upper()} (has {L._C.detected_isa()})"))
+    return pytest.param(name, marks=marks, id=name)
+
+
+ISAS = [_isa_param(n) for n in ISA_ORDER]
+
+
+@contextlib.contextmanager
+def cpu_isa(name: str):
+    """Cap the kernels' instruction set to `name` for the block, then restore."""
+    before = L._C.cpu_isa()
+    L._C.set_cpu_isa(name)
+    try:
+        assert L._C.cpu_isa() == name
+        yield
+    finally:
+        L._C.set_cpu_isa(before)
+
+
+def make_weight(qtype: str, n: int, k: int, gen: torch.Generator, raw_bytes: bool) -> torch.Tensor:
+    """Weight storage for `qtype`: quantized from random floats, or (raw_bytes) any bit pattern."""
+    if raw_bytes:
+        if qtype in BLOCK_QTYPES:
+            return torch.randint(0, 256, (n, row_bytes(qtype, k)), dtype=torch.uint8, generator=gen)
+        # f16 bit patterns (values up to 65504, NaN and inf included); bf16/f32 random bits would
+        # overflow float32 sums in an order-dependent way, so they get random floats below.
+        if qtype == "f16":
+            return torch.randint(0, 2**16, (n, k), dtype=torch.int32, generator=gen).to(torch.int16).view(torch.float16)
+    w = torch.randn(n, k, generator=gen) * 0.5
+    return quantize(w, qtype)
+
+
+def check_close(y: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, wf: torch.Tensor) -> None:
+    assert y.shape == ref.shape and y.dtype == torch.float32
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(y), finite), "non-finite outputs differ from the reference"
+    if not finite.any():
+        return
+    wabs = torch.nan_to_num(wf.abs(), nan=0.0, posinf=0.0)
+    xabs = x.abs()
+    scale = xabs @ wabs.T + xabs.amax(1, keepdim=True) * wabs.amax(1)[None, :] if x.numel() and wf.numel() else torch.zeros_like(ref)
+    err = (y - ref).abs()
+    tol = 1e-5 * scale + 1e-30
+    bad = finite & (err > tol)
+    assert not bad.any(), f"max error {err[finite].max().item():.3g}, worst ratio {(err / tol)[finite].max().item():.3g}"
+
+
+@functools.lru_cache(maxsize=8)
+def case_data(qtype: str, t: int, k: int, n: int, with_bias: bool, seed: int, raw_bytes: bool):
+    """Inputs and the reference output for one case (cached: the ISA paths share them)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = make_weight(qtype, n, k, gen, raw_bytes)
+    x = torch.randn(t, k, generator=gen)
+    bias = torch.randn(n, generator=gen) if with_bias else None
+    ref = qlinear_ref(x, w, QTYPE_CODES[qtype], n, bias)
+    return w, x, bias, ref, QWeight(w, qtype, n, k).dequantize()
+
+
+def run_case(qtype: str, isa: str, t: int, k: int, n: int, with_bias: bool, seed: int, raw_bytes: bool) -> None:
+    w, x, bias, ref, wf = case_data(qtype, t, k, n, with_bias, seed, raw_bytes)
+    code = QTYPE_CODES[qtype]
+    with cpu_isa(isa):
+        y = ops.qlinear(x, w, code, n, bias)
+        check_close(y, ref, x, wf)
+        # The model's entry (raw-pointer hot path) runs the same kernel.
+        y2 = ops.linear(x, QWeight(w, qtype, n, k), bias)
+        torch.testing.assert_close(y, y2, rtol=0, atol=0, equal_nan=True)
+
+
+def k_strategy(qtype: str):
+    if qtype in BLOCK_QTYPES:
+        return st.integers(0, 64).map(lambda b: 32 * b)
+    return st.integers(0, 2048)
+
+
+SMALL_SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", QTYPES)
+@SMALL_SETTINGS
+@given(data=st.data())
+def test_qlinear_matches_reference(qtype, isa, data):
+    k = data.draw(k_strategy(qtype), label="K")
+    t = data.draw(st.integers(1, 70), label="T")
+    # Large K or large N, not both (test_qlinear_model_shapes covers big matrices).
+    n = data.draw(st.integers(1, max(1, min(300, 150_000 // max(k, 1)))), label="N")
+    run_case(qtype, isa, t, k, n, data.draw(st.booleans(), label="bias"),
+             data.draw(st.integers(0, 2**31 - 1), label="seed"), raw_bytes=False)
+
+
+@native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", BLOCK_QTYPES + ["f16"])
+@settings(max_examples=15, deadline=None)
+@given(t=st.integers(1, 9), kb=st.integers(1, 24), n=st.integers(1, 80), seed=st.integers(0, 2**31 - 1))
+def test_qlinear_random_raw_bytes(qtype, isa, t, kb, n, seed):
+    """Any bit pattern (subnormal, NaN and infinite fp16 scales included) behaves as the reference."""
+    run_case(qtype, isa, t, 32 * kb, n, True, seed, raw_bytes=True)
+
+
+@native
+@pytest.mark.parametrize("qtype", ["q4_1", "q8_0"])
+@pytest.mark.parametrize("shape", [(1, 576, 1536), (7, 1536, 576), (33, 576, 192), (64, 2048, 300), (40, 512, 5)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("isa", ISAS)
+def test_qlinear_model_shapes(qtype, isa, shape):
+    """SmolLM2-like shapes: whole row tiles, token tiles, row blocks and both thread splits."""
+    t, k, n = shape
+    run_case(qtype, isa, t, k, n, False, 1234, raw_bytes=False)
+
+
+@native
+@pytest.mark.parametrize("threads", [1, 2])
+def test_qlinear_thread_counts_agree(threads):
+    gen = torch.Generator().manual_seed(0)
+    w = quantize(torch.randn(300, 1024, generator=gen), "q4_1")
+    x = torch.randn(37, 1024, generator=gen)
+    before = L._C.get_num_threads()
+    try:
+        L._C.set_num_threads(1)
+        y1 = ops.qlinear(x, w, QTYPE_CODES["q4_1"], 300, None)
+        L._C.set_num_threads(threads)
+        y2 = ops.qlinear(x, w, QTYPE_CODES["q4_1"], 300, None)
+    finally:
+        L._C.set_num_threads(before)
+    assert torch.equal(y1, y2)  # each output is computed by one thread in a fixed order
+
+
+@pytest.mark.parametrize("t,k,n", [(0, 64, 5), (3, 64, 0), (2, 0, 4)])
+def test_qlinear_empty(t, k, n):
+    w = quantize(torch.randn(n, k), "q8_0")
+    bias = torch.randn(n)
+    y = ops.qlinear(torch.randn(t, k), w, QTYPE_CODES["q8_0"], n, bias)
+    assert y.shape == (t, n)
+    if t and n and k == 0:
+        assert torch.equal(y, bias.expand(t, n))
+
+
+def test_linear_entry_shapes_and_out():
+    gen = torch.Generator().manual_seed(3)
+    wf = torch.randn(48, 64, generator=gen)
+    qw = QWeight(quantize(wf, "q4_1"), "q4_1", 48, 64)
+    x = torch.randn(2, 3, 64, generator=gen)
+    y = ops.linear(x, qw)
+    assert y.shape == (2, 3, 48)
+    ref = qlinear_ref(x.reshape(6, 64), qw.data, qw.code, 48).reshape(2, 3, 48)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    out = torch.empty(2, 3, 48)
+    y2 = ops.linear(x, qw, out=out)
+    assert y2.data_ptr() == out.data_ptr() and torch.equal(y2, y)
+    # A float tensor [out, in] is accepted as is (any of the three float dtypes).
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        w = wf.to(dtype)
+        torch.testing.assert_close(ops.linear(x, w), x @ w.float().T, rtol=1e-5, atol=1e-4)
+    # A non-contiguous activation goes through the op path and gives the same numbers.
+    xt = torch.randn(64, 5, generator=gen).T
+    torch.testing.assert_close(ops.linear(xt, qw), ops.linear(xt.contiguous(), qw), rtol=0, atol=0)
+
+
+def test_opcheck():
+    gen = torch.Generator().manual_seed(5)
+    for qtype in ("q4_1", "f16"):
+        k = 64
+        w = quantize(torch.randn(9, k, generator=gen), qtype)
+        x = torch.randn(3, k, generator=gen)
+        for bias in (None, torch.randn(9, generator=gen)):
+            torch.library.opcheck(torch.ops.pyllm.qlinear.default, (x, w, QTYPE_CODES[qtype], 9, bias))
+
+
+def test_fake_tensor_shape():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(5, 64)
+        w = torch.empty(7, row_bytes("q4_0", 64), dtype=torch.uint8)
+        y = torch.ops.pyllm.qlinear(x, w, QTYPE_CODES["q4_0"], 7, None)
+    assert y.shape == (5, 7)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(x=torch.randn(2, 64, dtype=torch.float16)), "x must be float32"),
+        (dict(x=torch.randn(2, 3, 64)), r"x must be \[T, K\]"),
+        (dict(x=torch.randn(2, 96)), "weight must be"),
+        (dict(x=torch.randn(2, 48), weight=torch.zeros(4, 30, dtype=torch.uint8)), "multiple of 32"),
+        (dict(weight=torch.zeros(4, 36)), "weight must be uint8"),
+        (dict(weight=torch.zeros(5, 68, dtype=torch.uint8)), r"weight must be \[4, 68\]"),
+        (dict(qtype=5), "qtype must be one of"),
+        (dict(bias=torch.zeros(5)), r"bias must be \[4\]"),
+        (dict(bias=torch.zeros(4, dtype=torch.float64)), "bias must be float32"),
+        (dict(qtype=QTYPE_CODES["f16"], weight=torch.zeros(4, 64)), "weight must be torch.float16"),
+    ],
+)
+def test_bad_inputs_name_the_argument(kwargs, match):
+    args = dict(x=torch.randn(2, 64), weight=torch.zeros(4, row_bytes("q8_0", 64), dtype=torch.uint8),
+                qtype=QTYPE_CODES["q8_0"], out_features=4, bias=None)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        ops.qlinear(args["x"], args["weight"], args["qtype"], args["out_features"], args["bias"])
+
+
+def test_qweight_validates():
+    with pytest.raises(ValueError, match="qtype must be one of"):
+        QWeight(torch.zeros(2, 18, dtype=torch.uint8), "q5_0", 2, 32)
+    with pytest.raises(ValueError, match=r"weight must be \[2, 18\]"):
+        QWeight(torch.zeros(2, 20, dtype=torch.uint8), "q4_0", 2, 32)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        QWeight(torch.zeros(2, 18, dtype=torch.uint8), "q4_0", 2, 33)
+    qw = QWeight(torch.zeros(2, 18, dtype=torch.uint8), "q4_0", 2, 32)
+    with pytest.raises(ValueError, match="in_features 32"):
+        ops.linear(torch.randn(3, 64), qw)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.skipif(not L.cuda_built(), reason="pyllm built without CUDA")
+@pytest.mark.parametrize("qtype", QTYPES)
+@settings(max_examples=20, deadline=None)
+@given(t=st.integers(1, 70), kb=st.integers(1, 40), n=st.integers(1, 300), with_bias=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_qlinear_cuda_matches_reference(qtype, t, kb, n, with_bias, seed):
+    gen = torch.Generator().manual_seed(seed)
+    k = 32 * kb
+    w = make_weight(qtype, n, k, gen, raw_bytes=False)
+    x = torch.randn(t, k, generator=gen)
+    bias = torch.randn(n, generator=gen) if with_bias else None
+    code = QTYPE_CODES[qtype]
+    ref = qlinear_ref(x, w, code, n, bias)
+    y = ops.qlinear(x.cuda(), w.cuda(), code, n, None if bias is None else bias.cuda()).cpu()
+    check_close(y, ref, x, QWeight(w, qtype, n, k).dequantize())
