@@ -31,7 +31,7 @@ void paged_attention_cpu_ptr(uintptr_t q, uintptr_t k_cache, uintptr_t v_cache, 
 // Floats of scratch the CUDA kernel needs for its split-K partial results (0 when it splits
 // nothing); the caller allocates them on the device. `max_context` bounds any context length
 // (block_tables' columns times block_size), so the grid depends on shapes only (graph-safe).
-int64_t paged_attention_cuda_workspace(int64_t T, int64_t Hq, int64_t D, int64_t max_context);
+int64_t paged_attention_cuda_workspace(int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t max_context);
 void paged_attention_cuda(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                           const TensorView& query_start, const TensorView& context_lens,
                           const TensorView& block_tables, const TensorView& out, float scale,

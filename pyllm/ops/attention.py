@@ -212,7 +212,8 @@ def _run_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, sc
     if q.is_cuda:
         args = (L.view(q), L.view(k_cache), L.view(v_cache), L.view(query_start), L.view(context_lens),
                 L.view(block_tables), L.view(out), float(scale), int(sliding_window))
-        n = L._C.paged_attention_cuda_workspace(T, Hq, D, block_tables.shape[1] * k_cache.shape[1])
+        n = L._C.paged_attention_cuda_workspace(T, Hq, k_cache.shape[2], D,
+                                                block_tables.shape[1] * k_cache.shape[1])
         workspace = torch.empty(max(n, 1), dtype=torch.float32, device=q.device)
         L._C.paged_attention_cuda(*args, L.view(workspace), torch.cuda.current_stream().cuda_stream)
     else:  # raw addresses: seven TensorViews would cost more than a short decode's kernel

@@ -1,0 +1,321 @@
+// Varlen paged attention on the GPU (see attention.h for the contract).
+//
+// One thread block per (query token, KV head, context split): it holds the token's G = Hq / Hkv
+// query heads, so every K/V row is read once for the whole GQA group. Keys are walked in chunks
+// of kChunk: thread j dots key j with the G query rows (scores to shared memory), one warp per
+// head does the online-softmax update (running max m, sum l, rescale factor), then threads over
+// (head, dim) accumulate p * V with coalesced reads of V rows. Only positions inside the token's
+// causal window (and the block's split) are read, so cache slots beyond a sequence's context,
+// NaN or not, never reach the output.
+//
+// Split-K (flash-decoding): when tokens x KV heads cannot fill the GPU (decode of few sequences),
+// the context is cut into splits handled by separate blocks; each writes its (m, l, acc) to a
+// workspace and a second kernel merges them. The number of splits depends on shapes only (T,
+// Hkv, block_tables' width), so a captured CUDA graph stays valid for its batch-size bucket.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "attention/attention.h"
+
+namespace pyllm {
+
+namespace {
+
+constexpr int kChunk = 128;    // keys per chunk = threads per block
+constexpr int kMinSplit = 512; // the fewest keys worth a split of their own
+constexpr int kMaxSplits = 64;
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <class T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+struct Params {
+  const int32_t* query_start;
+  const int32_t* context_lens;
+  const int32_t* block_tables;
+  float* ws_ml;   // [T, Hq, splits, 2] (m, l) per split, when splits > 1
+  float* ws_acc;  // [T, Hq, splits, D]
+  int B, Hq, Hkv, D, block_size, max_blocks, sliding_window, splits, split_len;
+  float scale;
+};
+
+// Shared memory: row offsets [kChunk] (int64), q [G, D], acc [G, D], p [G, kChunk], m, l, corr [G].
+size_t smem_bytes(int G, int D) {
+  return sizeof(long long) * kChunk + sizeof(float) * (2 * static_cast<size_t>(G) * D +
+                                                       static_cast<size_t>(G) * kChunk + 3 * G);
+}
+
+template <class QT, class CT>
+__global__ void __launch_bounds__(kChunk)
+paged_attention_kernel(const QT* __restrict__ q, const CT* __restrict__ kc, const CT* __restrict__ vc,
+                       QT* __restrict__ out, Params P) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int G = P.Hq / P.Hkv, D = P.D;
+  long long* rowoff = reinterpret_cast<long long*>(smem_raw);
+  float* q_s = reinterpret_cast<float*>(rowoff + kChunk);
+  float* acc = q_s + G * D;
+  float* p_s = acc + G * D;
+  float* m_s = p_s + G * kChunk;
+  float* l_s = m_s + G;
+  float* corr_s = l_s + G;
+
+  const int t = blockIdx.x, g = blockIdx.y, split = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+
+  // The sequence owning row t (binary search; empty sequences are skipped by taking the last b).
+  int lo_b = 0, hi_b = P.B;  // answer in [0, B)
+  while (hi_b - lo_b > 1) {
+    const int mid = (lo_b + hi_b) >> 1;
+    if (P.query_start[mid] <= t) lo_b = mid; else hi_b = mid;
+  }
+  const int b = lo_b;  // the largest b with query_start[b] <= t, so query_start[b + 1] > t
+  const int q_len = P.query_start[b + 1] - P.query_start[b];
+  const int ctx = P.context_lens[b];
+  const int pos = ctx - q_len + (t - P.query_start[b]);
+  int k_lo = P.sliding_window > 0 ? max(0, pos - P.sliding_window + 1) : 0;
+  int k_hi = pos + 1;
+  k_lo = max(k_lo, split * P.split_len);
+  k_hi = min(k_hi, (split + 1) * P.split_len);
+  const long long head0 = static_cast<long long>(t) * P.Hq + static_cast<long long>(g) * G;
+
+  if (k_lo >= k_hi) {  // this split holds none of the token's keys
+    if (P.splits > 1)
+      for (int h = tid; h < G; h += blockDim.x) {
+        float* ml = P.ws_ml + ((head0 + h) * P.splits + split) * 2;
+        ml[0] = -INFINITY;
+        ml[1] = 0.0f;
+      }
+    return;
+  }
+
+  for (int i = tid; i < G * D; i += blockDim.x) {
+    q_s[i] = to_f(q[head0 * D + i]) * P.scale;
+    acc[i] = 0.0f;
+  }
+  for (int h = tid; h < G; h += blockDim.x) {
+    m_s[h] = -INFINITY;
+    l_s[h] = 0.0f;
+  }
+  const int32_t* table = P.block_tables + static_cast<long long>(b) * P.max_blocks;
+  const long long head_stride = static_cast<long long>(P.Hkv) * D;
+  __syncthreads();
+
+  for (int c0 = k_lo; c0 < k_hi; c0 += kChunk) {
+    const int n = min(kChunk, k_hi - c0);
+    // Scores: thread j takes key c0 + j.
+    if (tid < n) {
+      const int j = c0 + tid;
+      const long long off = (static_cast<long long>(table[j / P.block_size]) * P.block_size + j % P.block_size) *
+                                head_stride + static_cast<long long>(g) * D;
+      rowoff[tid] = off;
+      const CT* krow = kc + off;
+      for (int h = 0; h < G; ++h) {
+        const float* qh = q_s + h * D;
+        float s = 0.0f;
+        for (int d = 0; d < D; ++d) s = fmaf(qh[d], to_f(krow[d]), s);
+        p_s[h * kChunk + tid] = s;
+      }
+    }
+    __syncthreads();
+    // Online softmax update, one warp per head.
+    for (int h = warp; h < G; h += nwarps) {
+      float* ph = p_s + h * kChunk;
+      float mx = -INFINITY;
+      for (int j = lane; j < n; j += 32) mx = fmaxf(mx, ph[j]);
+      mx = warp_max(mx);
+      const float m_old = m_s[h];
+      const float m_new = fmaxf(m_old, mx);
+      float sum = 0.0f;
+      for (int j = lane; j < n; j += 32) {
+        const float pj = __expf(ph[j] - m_new);
+        ph[j] = pj;
+        sum += pj;
+      }
+      sum = warp_sum(sum);
+      if (lane == 0) {
+        const float corr = m_old == -INFINITY ? 0.0f : __expf(m_old - m_new);
+        corr_s[h] = corr;
+        l_s[h] = l_s[h] * corr + sum;
+        m_s[h] = m_new;
+      }
+    }
+    __syncthreads();
+    // acc[h, d] = acc[h, d] * corr[h] + sum_j p[h, j] * v_j[d].
+    for (int i = tid; i < G * D; i += blockDim.x) {
+      const int h = i / D, d = i - h * D;
+      const float* ph = p_s + h * kChunk;
+      float a = acc[i] * corr_s[h];
+      for (int j = 0; j < n; ++j) a = fmaf(ph[j], to_f(vc[rowoff[j] + d]), a);
+      acc[i] = a;
+    }
+    __syncthreads();
+  }
+
+  if (P.splits == 1) {
+    for (int i = tid; i < G * D; i += blockDim.x) out[head0 * D + i] = from_f<QT>(acc[i] / l_s[i / D]);
+  } else {
+    for (int i = tid; i < G * D; i += blockDim.x) {
+      const int h = i / D, d = i - h * D;
+      P.ws_acc[((head0 + h) * P.splits + split) * D + d] = acc[i];
+    }
+    for (int h = tid; h < G; h += blockDim.x) {
+      float* ml = P.ws_ml + ((head0 + h) * P.splits + split) * 2;
+      ml[0] = m_s[h];
+      ml[1] = l_s[h];
+    }
+  }
+}
+
+// out[t, h] = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M) over the splits that saw keys.
+template <class QT>
+__global__ void merge_splits_kernel(QT* __restrict__ out, const float* __restrict__ ws_ml,
+                                    const float* __restrict__ ws_acc, int Hq, int D, int splits) {
+  const long long head = static_cast<long long>(blockIdx.x) * Hq + blockIdx.y;
+  const float* ml = ws_ml + head * splits * 2;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s)
+    if (ml[2 * s + 1] > 0.0f) M = fmaxf(M, ml[2 * s]);
+  float L = 0.0f;
+  for (int s = 0; s < splits; ++s)
+    if (ml[2 * s + 1] > 0.0f) L += ml[2 * s + 1] * __expf(ml[2 * s] - M);
+  const float inv = 1.0f / L;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float a = 0.0f;
+    for (int s = 0; s < splits; ++s)
+      if (ml[2 * s + 1] > 0.0f) a += ws_acc[(head * splits + s) * D + d] * __expf(ml[2 * s] - M);
+    out[head * D + d] = from_f<QT>(a * inv);
+  }
+}
+
+int sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+    cudaGetLastError();
+    return 1;
+  }
+  return n;
+}
+
+// Splits per (token, KV head): enough blocks for about two waves, at least kMinSplit keys each.
+int num_splits(int64_t T, int64_t hkv, int64_t max_context) {
+  const int64_t blocks = T * hkv;
+  const int64_t target = 2 * static_cast<int64_t>(sm_count());
+  if (blocks <= 0 || blocks >= target) return 1;
+  int64_t splits = (target + blocks - 1) / blocks;
+  const int64_t by_len = (max_context + kMinSplit - 1) / kMinSplit;
+  if (splits > by_len) splits = by_len;
+  if (splits > kMaxSplits) splits = kMaxSplits;
+  return splits < 1 ? 1 : static_cast<int>(splits);
+}
+
+template <class QT, class CT>
+void launch(const TensorView& q, const TensorView& kc, const TensorView& vc, const TensorView& out,
+            const Params& P, int64_t T, cudaStream_t stream) {
+  const int G = P.Hq / P.Hkv;
+  const size_t smem = smem_bytes(G, P.D);
+  auto kernel = paged_attention_kernel<QT, CT>;
+  if (smem > 48 * 1024) {
+    int dev = 0, limit = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (smem > static_cast<size_t>(limit))
+      throw std::invalid_argument("paged_attention on CUDA: " + std::to_string(G) + " query heads per KV head x head dim " +
+                                  std::to_string(P.D) + " need " + std::to_string(smem) +
+                                  " bytes of shared memory, more than the device's " + std::to_string(limit));
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  }
+  const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(P.Hkv), static_cast<unsigned>(P.splits));
+  kernel<<<grid, kChunk, smem, stream>>>(q.ptr<const QT>(), kc.ptr<const CT>(), vc.ptr<const CT>(), out.ptr<QT>(), P);
+  if (P.splits > 1) {
+    const dim3 mgrid(static_cast<unsigned>(T), static_cast<unsigned>(P.Hq));
+    const int threads = P.D >= 128 ? 128 : (P.D >= 64 ? 64 : 32);
+    merge_splits_kernel<QT><<<mgrid, threads, 0, stream>>>(out.ptr<QT>(), P.ws_ml, P.ws_acc, P.Hq, P.D, P.splits);
+  }
+}
+
+template <class QT>
+void launch_cache(const TensorView& q, const TensorView& kc, const TensorView& vc, const TensorView& out,
+                  const Params& P, int64_t T, cudaStream_t stream) {
+  switch (kc.dtype) {
+    case DType::F16: launch<QT, __half>(q, kc, vc, out, P, T, stream); break;
+    case DType::BF16: launch<QT, __nv_bfloat16>(q, kc, vc, out, P, T, stream); break;
+    default: launch<QT, float>(q, kc, vc, out, P, T, stream);
+  }
+}
+
+}  // namespace
+
+int64_t paged_attention_cuda_workspace(int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t max_context) {
+  const int splits = num_splits(T, Hkv, max_context);
+  return splits == 1 ? 0 : T * Hq * splits * (D + 2);
+}
+
+void paged_attention_cuda(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                          const TensorView& query_start, const TensorView& context_lens,
+                          const TensorView& block_tables, const TensorView& out, float scale,
+                          int64_t sliding_window, const TensorView& workspace, uintptr_t stream_handle) {
+  require(q.ndim == 3 && k_cache.ndim == 4 && block_tables.ndim == 2 && q.is_contiguous() && out.is_contiguous() &&
+              k_cache.is_contiguous() && v_cache.is_contiguous() && block_tables.is_contiguous(),
+          "paged_attention_cuda: layout");
+  require(query_start.dtype == DType::I32 && context_lens.dtype == DType::I32 && block_tables.dtype == DType::I32 &&
+              k_cache.dtype == v_cache.dtype && out.dtype == q.dtype && workspace.dtype == DType::F32,
+          "paged_attention_cuda: dtypes");
+  const int64_t T = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hkv = k_cache.shape[2];
+  require(Hkv > 0 && Hq % Hkv == 0 && k_cache.shape[3] == D && out.numel() == q.numel(), "paged_attention_cuda: shapes");
+  const int64_t B = context_lens.shape[0];
+  if (T == 0 || B == 0) return;
+  const int64_t max_context = block_tables.shape[1] * k_cache.shape[1];
+  require(max_context < (int64_t{1} << 31) && T < (int64_t{1} << 31), "paged_attention_cuda: sizes beyond int32");
+
+  Params P;
+  P.query_start = query_start.ptr<const int32_t>();
+  P.context_lens = context_lens.ptr<const int32_t>();
+  P.block_tables = block_tables.ptr<const int32_t>();
+  P.B = static_cast<int>(B);
+  P.Hq = static_cast<int>(Hq);
+  P.Hkv = static_cast<int>(Hkv);
+  P.D = static_cast<int>(D);
+  P.block_size = static_cast<int>(k_cache.shape[1]);
+  P.max_blocks = static_cast<int>(block_tables.shape[1]);
+  P.sliding_window = static_cast<int>(sliding_window);
+  P.scale = scale;
+  P.splits = num_splits(T, Hkv, max_context);
+  P.split_len = static_cast<int>((max_context + P.splits - 1) / P.splits);
+  if (P.splits > 1) {
+    require(workspace.numel() >= T * Hq * P.splits * (D + 2), "paged_attention_cuda: workspace too small");
+    P.ws_ml = workspace.ptr<float>();
+    P.ws_acc = P.ws_ml + T * Hq * P.splits * 2;
+  } else {
+    P.ws_ml = nullptr;
+    P.ws_acc = nullptr;
+  }
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  switch (q.dtype) {
+    case DType::F16: launch_cache<__half>(q, k_cache, v_cache, out, P, T, stream); break;
+    case DType::BF16: launch_cache<__nv_bfloat16>(q, k_cache, v_cache, out, P, T, stream); break;
+    default: launch_cache<float>(q, k_cache, v_cache, out, P, T, stream);
+  }
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string("paged_attention_cuda: ") + cudaGetErrorString(err));
+}
+
+}  // namespace pyllm
