@@ -24,6 +24,11 @@ DETECTED = _C.detected_isa()
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2)}
 
 
+def examples(n: int) -> settings:
+    """At most n examples, fewer when the active hypothesis profile asks (the sanitizer run)."""
+    return settings(max_examples=min(n, settings.default.max_examples), deadline=None)
+
+
 def isa_param(isa: str):
     lacking = ISAS.index(isa) > ISAS.index(DETECTED)
     return pytest.param(isa, marks=pytest.mark.skipif(
@@ -55,7 +60,7 @@ def _check_ops(x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, gate_up
 
 
 @pytest.mark.parametrize("isa", AVAILABLE)
-@settings(max_examples=30, deadline=None)
+@examples(30)
 @given(rows=st.integers(1, 6), hidden=st.integers(1, 70) | st.sampled_from([576, 1536, 4097]),
        dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2**31 - 1))
 def test_every_isa_path_matches_reference(isa, rows, hidden, dtype, seed):

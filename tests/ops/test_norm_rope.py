@@ -27,6 +27,12 @@ TOL = {
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device"))]
 
+
+def examples(n: int) -> settings:
+    """At most n examples, fewer when the active hypothesis profile asks (the sanitizer run)."""
+    return settings(max_examples=min(n, settings.default.max_examples), deadline=None)
+
+
 dtypes = st.sampled_from(DTYPES)
 seeds = st.integers(0, 2**31 - 1)
 hidden_sizes = st.one_of(st.integers(1, 130), st.sampled_from([255, 576, 1025, 2048, 4099]))
@@ -45,7 +51,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 # ------------------------------------------------------------------ norms
 
 @pytest.mark.parametrize("device", DEVICES)
-@settings(max_examples=40, deadline=None)
+@examples(40)
 @given(lead=leading_dims, hidden=hidden_sizes, xd=dtypes, wd=dtypes, eps=st.sampled_from([1e-5, 1e-6]),
        seed=seeds)
 def test_rms_norm_matches_reference(device, lead, hidden, xd, wd, eps, seed):
@@ -56,7 +62,7 @@ def test_rms_norm_matches_reference(device, lead, hidden, xd, wd, eps, seed):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@settings(max_examples=40, deadline=None)
+@examples(40)
 @given(lead=leading_dims, hidden=hidden_sizes, xd=dtypes, rd=dtypes, wd=dtypes, seed=seeds)
 def test_fused_add_rms_norm_matches_reference(device, lead, hidden, xd, rd, wd, seed):
     gen = torch.Generator().manual_seed(seed)
@@ -70,7 +76,7 @@ def test_fused_add_rms_norm_matches_reference(device, lead, hidden, xd, rd, wd, 
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@settings(max_examples=40, deadline=None)
+@examples(40)
 @given(lead=leading_dims, hidden=hidden_sizes, xd=dtypes, wd=dtypes, with_bias=st.booleans(),
        offset=st.sampled_from([0.0, 5.0, -100.0]), seed=seeds)
 def test_layer_norm_matches_reference(device, lead, hidden, xd, wd, with_bias, offset, seed):
@@ -136,7 +142,7 @@ def make_rope_inputs(case, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@settings(max_examples=50, deadline=None)
+@examples(50)
 @given(case=rope_cases())
 def test_rope_matches_reference(device, case):
     q, k, positions, cos_sin = make_rope_inputs(case, device)
@@ -153,7 +159,7 @@ def _rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-@settings(max_examples=25, deadline=None)
+@examples(25)
 @given(case=rope_cases())
 def test_rope_reference_layouts(case):
     """NeoX = Hugging Face's `x * cos + rotate_half(x) * sin`; the normal layout is NeoX applied
@@ -195,7 +201,7 @@ def test_rope_accepts_strided_q_k():
 
 # --------------------------------------------------------------- rope table
 
-@settings(max_examples=25, deadline=None)
+@examples(25)
 @given(max_pos=st.integers(1, 300), rotary=st.integers(1, 64).map(lambda h: 2 * h),
        theta=st.floats(2.0, 1e6))
 def test_rope_cos_sin_table(max_pos, rotary, theta):
@@ -262,7 +268,7 @@ def test_rope_cos_sin_rejects_bad_arguments(call, match):
 # ------------------------------------------------------------- activations
 
 @pytest.mark.parametrize("device", DEVICES)
-@settings(max_examples=40, deadline=None)
+@examples(40)
 @given(lead=leading_dims, half=hidden_sizes, dtype=dtypes, scale=st.sampled_from([1.0, 6.0, 40.0]), seed=seeds)
 def test_silu_mul_matches_reference(device, lead, half, dtype, scale, seed):
     gen = torch.Generator().manual_seed(seed)
@@ -273,7 +279,7 @@ def test_silu_mul_matches_reference(device, lead, half, dtype, scale, seed):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@settings(max_examples=40, deadline=None)
+@examples(40)
 @given(lead=leading_dims, hidden=hidden_sizes, dtype=dtypes, scale=st.sampled_from([1.0, 6.0]), seed=seeds)
 def test_gelu_tanh_matches_reference(device, lead, hidden, dtype, scale, seed):
     gen = torch.Generator().manual_seed(seed)
