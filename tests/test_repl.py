@@ -464,3 +464,104 @@ def test_conversation_turns_and_plain_list_files(tmp_path: Path) -> None:
     conversation, _ = Conversation.read_file(path)
     assert conversation.system == "s"
     assert conversation.for_model() == json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------------
+# LLMBackend and `pyllm chat` over a stub LLM (the real model is in test_repl_e2e.py)
+# ------------------------------------------------------------------------------------------------
+
+
+class StubTokenizer:
+    """One token per character (its code point)."""
+
+    def encode(self, text: str, *, add_bos: bool | None = None,
+               parse_special: bool = False) -> list[int]:
+        return [ord(c) for c in text]
+
+    def token_bytes(self, i: int) -> bytes:
+        return chr(i).encode("utf-8")
+
+    def id_to_piece(self, i: int) -> str:
+        return chr(i)
+
+
+class StubLLM:
+    """What LLMBackend uses of pyllm.api.LLM: name, context_length, tokenizer, chat_template,
+    encode_prompt, stream."""
+
+    name = "stub-llm"
+    context_length = 4096
+
+    def __init__(self) -> None:
+        from pyllm.chat import ChatTemplate
+
+        self.tokenizer = StubTokenizer()
+        self.chat_template = ChatTemplate(None)
+        self.closed = False
+        self.seen: list[tuple[list[dict[str, str]], SamplingParams]] = []
+
+    def encode_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.tokenizer.encode(self.chat_template.render(messages))
+
+    def stream(self, messages: list[dict[str, str]], params: SamplingParams):  # type: ignore
+        self.seen.append((messages, params))
+        try:
+            yield from ["Hel", "", "lo", " wor", "ld"]
+        finally:
+            self.closed = True
+
+
+def test_llm_backend_adapts_the_api() -> None:
+    from pyllm.repl.backend import LLMBackend
+
+    llm = StubLLM()
+    backend = LLMBackend(llm)
+    assert isinstance(backend, ChatBackend)
+    assert (backend.model_name, backend.context_length) == ("stub-llm", 4096)
+    assert backend.chat_template == llm.chat_template.source
+    messages = [{"role": "user", "content": "hi"}]
+    assert backend.count_tokens(messages) == len(llm.chat_template.render(messages))
+    assert backend.tokenize("ab") == ([97, 98], ["a", "b"])
+    deltas = list(backend.stream_reply(messages, SamplingParams()))
+    assert deltas == ["Hel", "lo", " wor", "ld"]  # empty deltas are skipped
+    stats = backend.last_stats
+    assert stats.tokens == len("Hello world") and stats.ttft is not None
+    assert stats.prompt_tokens == backend.count_tokens(messages)
+    # stopping early closes the API's stream (the engine cancels the request there)
+    llm.closed = False
+    stream = backend.stream_reply(messages, SamplingParams())
+    assert next(stream) == "Hel"
+    stream.close()
+    assert llm.closed and backend.last_stats.tokens == len("Hel")
+
+
+def test_pyllm_chat_command_reads_a_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pyllm.api")
+    from click.testing import CliRunner
+
+    from pyllm.cli.main import cli
+
+    llm = StubLLM()
+    loaded: list[tuple[str, dict[str, object]]] = []
+    monkeypatch.setattr("pyllm.api.load", lambda model, **kw: loaded.append((model, kw)) or llm)
+    result = CliRunner().invoke(
+        cli, ["chat", "some-model", "--system", "be nice", "--temperature", "0.5", "--seed", "7",
+              "--set", "typical_p=0.9", "-c", "2048"],
+        input="hi there\n/show\n", standalone_mode=False)
+    assert result.exception is None, result.output
+    assert loaded == [("some-model", {"context_length": 2048})]
+    messages, params = llm.seen[0]
+    assert messages == [{"role": "system", "content": "be nice"},
+                        {"role": "user", "content": "hi there"}]
+    assert (params.temperature, params.seed, params.typical_p) == (0.5, 7, 0.9)
+    assert "Hello world" in result.output and "typical_p=0.9" in result.output
+
+
+def test_pyllm_chat_bad_option_names_the_field() -> None:
+    from click.testing import CliRunner
+
+    from pyllm.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["chat", "--top-p", "3"])
+    assert result.exit_code == 2
+    assert "top_p" in result.output and "(0, 1]" in result.output

@@ -3,6 +3,7 @@
 It types a question and sees the reply arrive in pieces, interrupts a long reply with Ctrl-C and
 checks the REPL is still alive with the partial reply marked cut, uses /set (a good and a bad
 value), /save, /reset, /load, and leaves with /exit. History goes to a temporary $PYLLM_HOME.
+A second session runs with NO_COLOR=1 and checks that nothing on the terminal sets a colour.
 """
 
 from __future__ import annotations
@@ -166,3 +167,45 @@ def test_pyllm_chat_in_a_terminal(smollm2_path: Path, tmp_path: Path) -> None:
     assert child.exitstatus == 0, (child.exitstatus, child.signalstatus)
     history = (home / "history").read_text()
     assert "What is the capital of France?" in history and "/exit" in history
+
+
+SGR = re.compile(r"\x1b\[([0-9;:]*)m")
+
+
+def colour_codes(raw: str) -> list[str]:
+    """The SGR sequences in ``raw`` that set a colour (foreground or background)."""
+    found = []
+    for m in SGR.finditer(raw):
+        params = [p for p in re.split(r"[;:]", m.group(1)) if p]
+        if any(30 <= int(p) <= 49 or 90 <= int(p) <= 107 for p in params):
+            found.append(m.group(0))
+    return found
+
+
+def test_no_color_in_a_terminal(smollm2_path: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, PYLLM_HOME=str(tmp_path), TERM="xterm-256color",
+               PROMPT_TOOLKIT_NO_CPR="1", NO_COLOR="1")
+    program, args = _command()
+    child = pexpect.spawn(program, [*args, "chat", str(smollm2_path), "--temperature", "0",
+                                    "--max-tokens", "12"],
+                          env=env, encoding="utf-8", codec_errors="replace",
+                          dimensions=(30, 100), timeout=60)
+    raw = []
+    try:
+        raw += [c for _, c in read_until(child, PROMPT, timeout=120)]
+        child.send("/set stats on\r")
+        raw += [c for _, c in read_until(child, r"stats = on", timeout=30)]
+        child.send("Say **hello** in Markdown.\r")
+        raw += [c for _, c in read_until(child, STATS, timeout=180)]
+        child.send("/hlep\r")
+        raw += [c for _, c in read_until(child, r"did you mean /help", timeout=30)]
+        child.send("/exit\r")
+        child.expect(pexpect.EOF, timeout=30)
+        raw.append(child.before or "")
+    finally:
+        child.close(force=True)
+    text = "".join(raw)
+    assert "error: unknown command /hlep" in plain(text)
+    assert colour_codes(text) == []
+    # the scan does see colour codes where there are some (pyllm's errors are red in colour)
+    assert colour_codes("\x1b[0;31merror\x1b[0m\x1b[7m") == ["\x1b[0;31m"]

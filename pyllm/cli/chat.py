@@ -59,13 +59,15 @@ def chat_params(overrides: dict[str, Any], extra: tuple[str, ...] = ()) -> Any:
 @click.command("chat")
 @click.argument("model", default="smollm2")
 @click.option("--system", "-s", default=None, help="The system prompt.")
+@click.option("--context-length", "-c", type=click.IntRange(min=1), default=None,
+              help="Cap the context (tokens) below the model's; older turns are dropped to fit.")
 @_sampling_options
 @click.option("--stop", multiple=True, help="A string that ends a reply (repeatable).")
 @click.option("--set", "extra", multiple=True, metavar="NAME=VALUE",
               help="Any other sampling parameter (repeatable), e.g. --set typical_p=0.9.")
 @click.option("--no-markdown", is_flag=True, help="Keep replies as plain text.")
 @click.option("--no-history", is_flag=True, help="Do not read or write $PYLLM_HOME/history.")
-def chat(model: str, system: str | None, stop: tuple[str, ...], extra: tuple[str, ...],
+def chat(model: str, system: str | None, context_length: int | None, stop: tuple[str, ...], extra: tuple[str, ...],
          no_markdown: bool, no_history: bool, **sampling: Any) -> None:
     """Chat with MODEL (default: smollm2) in the terminal.
 
@@ -84,7 +86,8 @@ def chat(model: str, system: str | None, stop: tuple[str, ...], extra: tuple[str
     from pyllm.repl.session import ChatSession, history_path
 
     click.echo(f"loading {model} ...", err=True)
-    backend = LLMBackend(load(model))
+    options = {"context_length": context_length} if context_length is not None else {}
+    backend = LLMBackend(load(model, **options))
     history = None
     if not no_history and sys.stdin.isatty():
         from prompt_toolkit.history import FileHistory
