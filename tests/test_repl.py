@@ -543,7 +543,12 @@ def test_pyllm_chat_command_reads_a_pipe(monkeypatch: pytest.MonkeyPatch) -> Non
 
     llm = StubLLM()
     loaded: list[tuple[str, dict[str, object]]] = []
-    monkeypatch.setattr("pyllm.api.load", lambda model, **kw: loaded.append((model, kw)) or llm)
+
+    def fake_load(model: str, *, context_length: int | None = None) -> StubLLM:
+        loaded.append((model, {"context_length": context_length}))
+        return llm
+
+    monkeypatch.setattr("pyllm.api.load", fake_load)
     result = CliRunner().invoke(
         cli, ["chat", "some-model", "--system", "be nice", "--temperature", "0.5", "--seed", "7",
               "--set", "typical_p=0.9", "-c", "2048"],

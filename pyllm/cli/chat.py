@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any
 
@@ -87,6 +88,8 @@ def chat(model: str, system: str | None, context_length: int | None, stop: tuple
 
     click.echo(f"loading {model} ...", err=True)
     options = {"context_length": context_length} if context_length is not None else {}
+    if options and "context_length" not in inspect.signature(load).parameters:
+        raise click.UsageError("--context-length needs a pyllm.api.load that takes context_length")
     backend = LLMBackend(load(model, **options))
     history = None
     if not no_history and sys.stdin.isatty():
