@@ -14,6 +14,7 @@ chat template), or a list of token ids. Prompts longer than the context length a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -33,13 +34,17 @@ TRUNCATE_POLICIES = (None, "left")
 
 
 def load(name_or_path: str | Path | None = None, device: str = "cpu", *,
-         progress: bool = True) -> LLM:
+         context_length: int | None = None, progress: bool = True) -> LLM:
     """Load a model by name (`smollm2`, the default when None), `.gguf` path or Hugging Face
-    folder; the default model is pulled (and hash-checked) on first use."""
+    folder; the default model is pulled (and hash-checked) on first use.
+
+    `context_length` caps the tokens one sequence may hold (default: the model's trained
+    context); prompts beyond it are refused, or cut with `truncate="left"`.
+    """
     from pyllm.weights.resolve import resolve_model
 
     path = resolve_model(None if name_or_path is None else str(name_or_path), progress=progress)
-    return LLM.from_path(path, device=device)
+    return LLM.from_path(path, device=device, context_length=context_length)
 
 
 class LLM:
@@ -55,10 +60,19 @@ class LLM:
         self.name = name or loaded.path.name
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "cpu") -> LLM:
+    def from_path(cls, path: str | Path, device: str = "cpu", *,
+                  context_length: int | None = None) -> LLM:
         from pyllm.tokenizer import load_tokenizer
 
         loaded = load_model(path, device=device)
+        if context_length is not None:
+            trained = loaded.config.max_position
+            if isinstance(context_length, bool) or not isinstance(context_length, int) \
+                    or not 1 <= context_length <= trained:
+                raise ValueError(f"context_length must be an integer in [1, {trained}] (the "
+                                 f"model's trained context), got {context_length!r}")
+            loaded.config = dataclasses.replace(loaded.config, max_position=context_length)
+            loaded.model.config = loaded.config
         if loaded.kind == "gguf":
             tok = load_tokenizer(loaded.metadata, origin=loaded.path)
         else:

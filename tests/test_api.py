@@ -1,0 +1,166 @@
+"""The Python API on the default model: generate / stream / chat / score and the context policy.
+
+Expected values come from the API itself used another way (a batch against single prompts, the
+stream against generate, generate's log-probs against score, stop strings against the unstopped
+text), so each test can fail on a real inconsistency without hand-written outputs.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import pyllm
+from pyllm import ContextLengthError, SamplingParams
+
+CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+TEXT = "The three primary colours are"
+
+
+@pytest.fixture(scope="module")
+def llm(smollm2_path):
+    return pyllm.load(smollm2_path, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small(smollm2_path):
+    """The same model with its context capped at 64 tokens."""
+    return pyllm.load(smollm2_path, context_length=64, progress=False)
+
+
+def greedy(**kw) -> SamplingParams:
+    return SamplingParams.greedy(**kw)
+
+
+def test_load_describes_the_model(llm):
+    assert llm.context_length == 8192 and llm.config.family == "llama"
+    ids = llm.tokenizer.encode("Hello world")
+    assert llm.tokenizer.decode(ids) == "Hello world"
+
+
+def test_generate_length_and_text(llm):
+    (r,) = llm.generate(TEXT, greedy(max_tokens=12))
+    assert r.finish_reason == "length" and len(r.token_ids) == 12
+    assert r.text == llm.tokenizer.decode(r.token_ids, skip_special=True)
+    assert r.prompt_token_ids == llm.tokenizer.encode(TEXT)
+
+
+def test_chat_ends_at_eos(llm):
+    r = llm.chat(CHAT, greedy(max_tokens=48))
+    assert r.finish_reason == "stop"
+    assert r.token_ids[-1] in llm.tokenizer.eos_ids
+    assert "Paris" in r.text and "<|im_end|>" not in r.text
+    assert r.text == llm.tokenizer.decode(r.token_ids[:-1])
+    # chat() is generate() on the rendered conversation.
+    assert llm.generate([CHAT], greedy(max_tokens=48))[0].token_ids == r.token_ids
+
+
+def test_stream_yields_the_generated_text(llm):
+    params = greedy(max_tokens=20)
+    deltas = list(llm.stream(TEXT, params))
+    assert len(deltas) > 3 and all(deltas)
+    assert "".join(deltas) == llm.generate(TEXT, params)[0].text
+
+
+def test_stop_string_cuts_the_text(llm):
+    full = llm.generate(TEXT, greedy(max_tokens=24))[0]
+    words = full.text.split()
+    stop = words[len(words) // 2]
+    cut = llm.generate(TEXT, greedy(max_tokens=24, stop=[stop]))[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.index(stop)]
+    assert full.token_ids[: len(cut.token_ids)] == cut.token_ids
+    assert "".join(llm.stream(TEXT, greedy(max_tokens=24, stop=[stop]))) == cut.text
+
+
+def test_stop_token_ids(llm):
+    full = llm.generate(TEXT, greedy(max_tokens=16))[0]
+    tok = full.token_ids[5]
+    r = llm.generate(TEXT, greedy(max_tokens=16, stop_token_ids=[tok]))[0]
+    first = full.token_ids.index(tok)
+    assert r.finish_reason == "stop" and r.token_ids == full.token_ids[: first + 1]
+
+
+def test_batch_equals_single_prompts(llm):
+    prompts = [TEXT, CHAT, "1, 2, 3, 4,"]
+    params = [greedy(max_tokens=10), greedy(max_tokens=6), greedy(max_tokens=8)]
+    batch = llm.generate(prompts, params, max_batch=3)
+    alone = [llm.generate([p], q)[0] for p, q in zip(prompts, params)]
+    assert [r.token_ids for r in batch] == [r.token_ids for r in alone]
+    assert [len(r.token_ids) for r in batch if r.finish_reason == "length"] == \
+        [q.max_tokens for r, q in zip(batch, params) if r.finish_reason == "length"]
+    with pytest.raises(ValueError, match="one per prompt"):
+        llm.generate(prompts, params[:2])
+
+
+def test_generate_logprobs_agree_with_score(llm):
+    r = llm.generate(TEXT, greedy(max_tokens=8, logprobs=3))[0]
+    assert len(r.logprobs) == 8
+    scored = llm.score([r.prompt_token_ids + r.token_ids], top_n=3)[0]
+    for lp, s in zip(r.logprobs, scored[len(r.prompt_token_ids):]):
+        assert lp.token_id == s.token_id
+        assert lp.logprob == pytest.approx(s.logprob, abs=1e-4)
+        assert [i for i, _ in lp.top] == [i for i, _ in s.top]
+        assert lp.top[0][0] == lp.token_id  # greedy picks the top token
+
+
+def test_score_shape_and_consistency(llm):
+    (scored,) = llm.score("Paris is the capital of France.", top_n=5)
+    ids = llm.tokenizer.encode("Paris is the capital of France.")
+    assert [s.token_id for s in scored] == ids
+    assert scored[0].logprob is None and scored[0].top == []
+    for s in scored[1:]:
+        lps = [lp for _, lp in s.top]
+        assert len(s.top) == 5 and lps == sorted(lps, reverse=True) and lps[0] <= 0
+        assert s.logprob <= lps[0] + 1e-6
+        in_top = dict(s.top).get(s.token_id)
+        if in_top is not None:
+            assert s.logprob == pytest.approx(in_top, abs=1e-6)
+        else:
+            assert s.logprob <= lps[-1] + 1e-6
+
+
+# ---------------------------------------------------------------------- limits
+
+
+def test_prompt_longer_than_context_is_refused(small):
+    ids = list(range(100, 170))  # 70 tokens > 64
+    with pytest.raises(ContextLengthError, match=r"70 tokens.*64 tokens"):
+        small.generate([ids], greedy(max_tokens=4))
+    with pytest.raises(ContextLengthError, match=r"70 tokens.*64 tokens"):
+        small.score([ids])
+    with pytest.raises(ContextLengthError):
+        list(small.stream(ids, greedy(max_tokens=4)))
+    # A prompt that fills the whole context leaves no room to generate.
+    with pytest.raises(ContextLengthError, match="64 tokens"):
+        small.generate([ids[:64]], greedy(max_tokens=4))
+
+
+def test_truncate_left_keeps_the_end(small):
+    ids = list(range(100, 170))
+    r = small.generate([ids], greedy(max_tokens=8, ignore_eos=True), truncate="left")[0]
+    assert r.prompt_token_ids == ids[-63:]
+    # 63 prompt tokens + 1 fed-back token fill the 64 positions; the second sampled token ends it.
+    assert r.finish_reason == "length" and len(r.token_ids) == 2
+    scored = small.score([ids], truncate="left")[0]
+    assert [s.token_id for s in scored] == ids[-64:]
+    with pytest.raises(ValueError, match="truncate"):
+        small.generate([ids], greedy(max_tokens=2), truncate="right")
+
+
+def test_generation_stops_at_the_context_length(small):
+    ids = small.tokenizer.encode("Once upon a time, " * 10)[:50]
+    r = small.generate([ids], greedy(max_tokens=100, ignore_eos=True))[0]
+    assert r.finish_reason == "length" and len(ids) + len(r.token_ids) == 65
+    # The same tokens as the uncapped model: capping changes where it stops, not what it says.
+    assert r.token_ids == small.generate([ids], greedy(max_tokens=15, ignore_eos=True))[0].token_ids
+
+
+def test_bad_prompts(llm):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        llm.generate([[1, 2, 10**6]], greedy(max_tokens=2))
+    with pytest.raises(ValueError, match="empty"):
+        llm.generate([""], greedy(max_tokens=2))
+    with pytest.raises(TypeError):
+        llm.generate([3.5], greedy(max_tokens=2))
+    with pytest.raises(ValueError, match="context_length"):
+        pyllm.load(llm.loaded.path, context_length=10**6, progress=False)
