@@ -34,6 +34,8 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "pull": ("pyllm.cli.pull:pull", "Download a model into the cache (default: smollm2)."),
     "models": ("pyllm.cli.models:models", "List the models in the cache with size, type and path."),
     "tokenize": ("pyllm.cli.tokenize:tokenize", "Show the token ids and pieces of a text."),
+    "run": ("pyllm.cli.run:run", "Generate once from a prompt and stream the text (--json)."),
+    "perplexity": ("pyllm.cli.perplexity:perplexity", "Perplexity of a model on a text file."),
 }
 
 EXIT_BAD_INPUT = 2  # bad input or usage, like click's own usage errors
