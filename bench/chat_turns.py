@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     params = SamplingParams.greedy(max_tokens=args.max_tokens)
 
     # warm-up: the first request pays one-off costs (allocations, lazy imports)
-    for _ in backend.stream_reply([{"role": "user", "content": "Hi"}], params.replace(max_tokens=2)):
+    hello = [{"role": "user", "content": "Hi"}]
+    for _ in backend.stream_reply(hello, params.replace(max_tokens=2)):
         pass
 
     runs = []

@@ -28,7 +28,7 @@ except ImportError as exc:  # the model API is written by another issue
 
 pytestmark = pytest.mark.slow
 
-# The prompt is ">>> ", but the terminal never sees its space: prompt-toolkit moves the cursor there.
+# The prompt is ">>> ", but the terminal never sees the space: prompt-toolkit moves the cursor.
 PROMPT = ">>>"
 STATS = r"\[\d+ tokens"  # the line `/set stats on` prints after each reply
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")

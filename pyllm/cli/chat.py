@@ -68,8 +68,8 @@ def chat_params(overrides: dict[str, Any], extra: tuple[str, ...] = ()) -> Any:
               help="Any other sampling parameter (repeatable), e.g. --set typical_p=0.9.")
 @click.option("--no-markdown", is_flag=True, help="Keep replies as plain text.")
 @click.option("--no-history", is_flag=True, help="Do not read or write $PYLLM_HOME/history.")
-def chat(model: str, system: str | None, context_length: int | None, stop: tuple[str, ...], extra: tuple[str, ...],
-         no_markdown: bool, no_history: bool, **sampling: Any) -> None:
+def chat(model: str, system: str | None, context_length: int | None, stop: tuple[str, ...],
+         extra: tuple[str, ...], no_markdown: bool, no_history: bool, **sampling: Any) -> None:
     """Chat with MODEL (default: smollm2) in the terminal.
 
     Replies stream as they are generated; Ctrl-C stops a reply. Type /help for the slash

@@ -178,7 +178,8 @@ def make_room(conversation: Conversation, new_message: str | None, count_tokens:
     tokens = count_tokens(conversation.for_model(new_message))
     if tokens <= budget:
         return 0, tokens
-    alone = Conversation(conversation.system, [m for t in turns[len(turns) - keep_last:] for m in t])
+    newest = [m for t in turns[len(turns) - keep_last:] for m in t]
+    alone = Conversation(conversation.system, newest)
     alone_tokens = count_tokens(alone.for_model(new_message))
     if alone_tokens > budget:
         raise MessageTooLong(alone_tokens, context_length, reserve)
