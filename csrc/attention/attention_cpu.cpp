@@ -54,7 +54,7 @@ using BaselineOps = RowOps<BaselineVec>;
 
 constexpr int64_t kRowsTarget = 48;     // query rows (queries x group heads) per task
 constexpr int64_t kMinSplitKeys = 256;  // the fewest keys worth a task of their own
-constexpr int64_t kParallelWork = 1 << 15;  // below this many multiply-adds, stay on one thread
+constexpr int64_t kParallelWork = 1 << 18;  // below this many multiply-adds, stay on one thread
 
 AttnTaskFn pick_task_fn() {
   switch (cpu_isa()) {
