@@ -50,4 +50,9 @@ void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const Tens
 void qlinear_cpu_ptr(uintptr_t x, uintptr_t w, int qtype, uintptr_t bias, uintptr_t out, int64_t T,
                      int64_t K, int64_t N);
 
+// CUDA (only in a CUDA build; qlinear.cu): the same op on device tensors, launched on `stream`
+// (a cudaStream_t passed as an integer). Weight rows must be 4-byte aligned.
+void qlinear_cuda(const TensorView& x, const TensorView& w, int qtype, const TensorView* bias,
+                  const TensorView& out, uintptr_t stream);
+
 }  // namespace pyllm

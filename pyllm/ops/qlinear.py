@@ -199,6 +199,8 @@ def _cuda(x, weight, qtype, out_features, bias):
     _check(x, weight, qtype, out_features, bias)
     x = x.contiguous()
     weight = weight.contiguous()
+    if weight.data_ptr() % 16:  # the kernel reads 2- and 4-byte words of the blocks
+        weight = weight.clone()
     out = x.new_empty((x.shape[0], out_features))
     if out.numel():
         if bias is not None:

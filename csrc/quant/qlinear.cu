@@ -1,0 +1,247 @@
+// qlinear on CUDA: out[T, N] = x[T, K] (float32) @ dequant(W[N, K]).T + bias, on the GGUF blocks.
+//
+// Few tokens (decode, T <= 8): a warp per output row; each lane walks chunks lane, lane+32, ...
+// of the row, dequantizes a chunk in registers and dots it with up to 8 activation rows; a warp
+// shuffle reduction finishes the row. Weight bytes are read once, coalesced across the warp.
+// More tokens: a 64x64 output tile per block; each 32-wide K step loads the activation tile and
+// dequantizes the weight tile into shared memory (float32), then every thread accumulates a
+// 4x4 micro-tile with float32 FMAs. float32 throughout, so the result matches the reference up
+// to the order of additions (no TF32/BF16 tensor-core rounding).
+//
+// Block layouts: see qlinear.h / docs/kernels.md. Weight rows must be 4-byte aligned (checked in
+// pyllm/ops/qlinear.py, which copies a misaligned view).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "quant/qlinear.h"
+
+namespace pyllm {
+
+namespace {
+
+__device__ __forceinline__ float half_bits_to_float(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+__device__ __forceinline__ uint16_t load_u16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
+
+// Weights [c*32 + 8*part, +8) of a row into w[8]; elements at or past K (float types only) are 0.
+template <int QT>
+__device__ __forceinline__ void decode8(const uint8_t* row, int64_t c, int part, int64_t K, float w[8]) {
+  if constexpr (QT == kQ8_0) {
+    const uint8_t* b = row + c * 34;
+    const float d = half_bits_to_float(load_u16(b));
+    const uint8_t* q = b + 2 + 8 * part;
+#pragma unroll
+    for (int i = 0; i < 8; i += 2) {
+      const uint16_t two = load_u16(q + i);
+      w[i] = static_cast<float>(static_cast<int8_t>(two & 0xFF)) * d;
+      w[i + 1] = static_cast<float>(static_cast<int8_t>(two >> 8)) * d;
+    }
+  } else if constexpr (QT == kQ4_0 || QT == kQ4_1) {
+    constexpr int kBytes = QT == kQ4_0 ? 18 : 20;
+    constexpr int kHead = QT == kQ4_0 ? 2 : 4;
+    const uint8_t* b = row + c * kBytes;
+    const float d = half_bits_to_float(load_u16(b));
+    const float m = QT == kQ4_1 ? half_bits_to_float(load_u16(b + 2)) : 0.f;
+    // part 0: low nibbles of bytes 0..7, 1: low of 8..15, 2: high of 0..7, 3: high of 8..15
+    const uint8_t* q = b + kHead + 8 * (part & 1);
+    const int shift = part < 2 ? 0 : 4;
+#pragma unroll
+    for (int i = 0; i < 8; i += 2) {
+      const uint16_t two = load_u16(q + i);
+      const int q0 = ((two & 0xFF) >> shift) & 0x0F, q1 = ((two >> 8) >> shift) & 0x0F;
+      if constexpr (QT == kQ4_0) {
+        w[i] = static_cast<float>(q0 - 8) * d;
+        w[i + 1] = static_cast<float>(q1 - 8) * d;
+      } else {
+        w[i] = fmaf(static_cast<float>(q0), d, m);  // q*d is exact: one rounding, as q*d + m
+        w[i + 1] = fmaf(static_cast<float>(q1), d, m);
+      }
+    }
+  } else {
+    const int64_t base = c * 32 + 8 * part;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int64_t k = base + i;
+      float v = 0.f;
+      if (k < K) {
+        if constexpr (QT == kQF16) {
+          v = __half2float(reinterpret_cast<const __half*>(row)[k]);
+        } else if constexpr (QT == kQBF16) {
+          v = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(row)[k]);
+        } else {
+          v = reinterpret_cast<const float*>(row)[k];
+        }
+      }
+      w[i] = v;
+    }
+  }
+}
+
+// ------------------------------------------------------------------- GEMV
+
+constexpr int kGemvWarps = 8;  // rows per block
+
+template <int QT, int TT>
+__global__ void qlinear_gemv_kernel(const float* __restrict__ x, const uint8_t* __restrict__ w,
+                                    const float* __restrict__ bias, float* __restrict__ out, int64_t T,
+                                    int64_t K, int64_t N, int64_t ldw) {
+  const int lane = threadIdx.x & 31;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * TT;
+  const uint8_t* row = w + n * ldw;
+  const int64_t chunks = (K + 31) / 32;
+  float acc[TT];
+#pragma unroll
+  for (int t = 0; t < TT; ++t) acc[t] = 0.f;
+  for (int64_t c = lane; c < chunks; c += 32) {
+#pragma unroll
+    for (int part = 0; part < 4; ++part) {
+      float wv[8];
+      decode8<QT>(row, c, part, K, wv);
+      const int64_t k0 = c * 32 + 8 * part;
+#pragma unroll
+      for (int t = 0; t < TT; ++t) {
+        if (t0 + t < T) {
+          const float* xp = x + (t0 + t) * K;
+#pragma unroll
+          for (int i = 0; i < 8; ++i)
+            if (k0 + i < K) acc[t] = fmaf(wv[i], __ldg(xp + k0 + i), acc[t]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < TT; ++t) {
+    float s = acc[t];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0 && t0 + t < T) out[(t0 + t) * N + n] = s + (bias ? bias[n] : 0.f);
+  }
+}
+
+// ------------------------------------------------------------------- GEMM
+
+constexpr int kTileM = 64, kTileN = 64, kTileK = 32, kGemmThreads = 256;
+
+template <int QT>
+__global__ void __launch_bounds__(kGemmThreads)
+qlinear_gemm_kernel(const float* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ bias,
+                    float* __restrict__ out, int64_t T, int64_t K, int64_t N, int64_t ldw) {
+  __shared__ float xs[kTileK][kTileM + 4];  // xs[k][m]: token m's activation k
+  __shared__ float ws[kTileK][kTileN + 4];  // ws[k][n]: row n's dequantized weight k
+  const int tid = threadIdx.x;
+  const int tn = tid % 16, tm = tid / 16;  // this thread's 4 rows (tn*4..) and 4 tokens (tm*4..)
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTileM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
+  float acc[4][4] = {};
+  const int64_t chunks = (K + kTileK - 1) / kTileK;
+  for (int64_t c = 0; c < chunks; ++c) {
+    // Activation tile: 64 tokens x 32 k, 8 per thread, consecutive threads on consecutive k.
+#pragma unroll
+    for (int i = 0; i < (kTileM * kTileK) / kGemmThreads; ++i) {
+      const int idx = tid + i * kGemmThreads;
+      const int k = idx % kTileK, m = idx / kTileK;
+      const int64_t gk = c * kTileK + k, gm = m0 + m;
+      xs[k][m] = (gm < T && gk < K) ? x[gm * K + gk] : 0.f;
+    }
+    // Weight tile: 64 rows x one chunk; 4 threads a row, 8 weights each.
+    {
+      const int r = tid / 4, part = tid % 4;
+      const int64_t gn = n0 + r;
+      float wv[8];
+      if (gn < N) {
+        decode8<QT>(w + gn * ldw, c, part, K, wv);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) wv[i] = 0.f;
+      }
+      // part p holds weights [8p, 8p+8) of the chunk (Q4: the nibble order is resolved in decode8)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) ws[8 * part + i][r] = wv[i];
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int k = 0; k < kTileK; ++k) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        a[i] = xs[k][tm * 4 + i];
+        b[i] = ws[k][tn * 4 + i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t gm = m0 + tm * 4 + i;
+    if (gm >= T) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t gn = n0 + tn * 4 + j;
+      if (gn < N) out[gm * N + gn] = acc[i][j] + (bias ? bias[gn] : 0.f);
+    }
+  }
+}
+
+template <int QT>
+void launch(const float* x, const uint8_t* w, const float* bias, float* out, int64_t T, int64_t K, int64_t N,
+            int64_t ldw, cudaStream_t stream) {
+  if (T <= 8) {
+    const dim3 block(32 * kGemvWarps);
+    const unsigned rows = static_cast<unsigned>((N + kGemvWarps - 1) / kGemvWarps);
+    if (T == 1) {
+      qlinear_gemv_kernel<QT, 1><<<dim3(rows, 1), block, 0, stream>>>(x, w, bias, out, T, K, N, ldw);
+    } else if (T == 2) {
+      qlinear_gemv_kernel<QT, 2><<<dim3(rows, 1), block, 0, stream>>>(x, w, bias, out, T, K, N, ldw);
+    } else if (T <= 4) {
+      qlinear_gemv_kernel<QT, 4><<<dim3(rows, 1), block, 0, stream>>>(x, w, bias, out, T, K, N, ldw);
+    } else {
+      qlinear_gemv_kernel<QT, 8><<<dim3(rows, 1), block, 0, stream>>>(x, w, bias, out, T, K, N, ldw);
+    }
+  } else {
+    const dim3 grid(static_cast<unsigned>((N + kTileN - 1) / kTileN), static_cast<unsigned>((T + kTileM - 1) / kTileM));
+    qlinear_gemm_kernel<QT><<<grid, kGemmThreads, 0, stream>>>(x, w, bias, out, T, K, N, ldw);
+  }
+}
+
+}  // namespace
+
+void qlinear_cuda(const TensorView& x, const TensorView& w, int qtype, const TensorView* bias, const TensorView& out,
+                  uintptr_t stream_handle) {
+  require(qlinear_qtype_known(qtype), "qlinear: unknown qtype");
+  require(x.ndim == 2 && w.ndim == 2 && out.ndim == 2, "qlinear: x, weight, out must be 2-D");
+  require(x.device == Device::CUDA && w.device == Device::CUDA && out.device == Device::CUDA,
+          "qlinear_cuda: tensors must be on the GPU");
+  const int64_t T = x.shape[0], K = x.shape[1], N = w.shape[0];
+  require(out.shape[0] == T && out.shape[1] == N, "qlinear: out shape");
+  if (T == 0 || N == 0) return;
+  const int64_t ldw = qlinear_row_bytes(qtype, K);
+  require(reinterpret_cast<uintptr_t>(w.data) % 4 == 0 && ldw % 2 == 0, "qlinear_cuda: weight alignment");
+  const float* b = bias ? bias->ptr<const float>() : nullptr;
+  auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  const float* xp = x.ptr<const float>();
+  const auto* wp = static_cast<const uint8_t*>(w.data);
+  float* op = out.ptr<float>();
+  switch (qtype) {
+    case kQ4_0: launch<kQ4_0>(xp, wp, b, op, T, K, N, ldw, stream); break;
+    case kQ4_1: launch<kQ4_1>(xp, wp, b, op, T, K, N, ldw, stream); break;
+    case kQ8_0: launch<kQ8_0>(xp, wp, b, op, T, K, N, ldw, stream); break;
+    case kQF16: launch<kQF16>(xp, wp, b, op, T, K, N, ldw, stream); break;
+    case kQBF16: launch<kQBF16>(xp, wp, b, op, T, K, N, ldw, stream); break;
+    default: launch<kQF32>(xp, wp, b, op, T, K, N, ldw, stream); break;
+  }
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string("qlinear_cuda: ") + cudaGetErrorString(err));
+}
+
+}  // namespace pyllm
