@@ -21,6 +21,7 @@ import torch
 from pyllm.engine.detokenize import IncrementalDetokenizer
 from pyllm.engine.stops import StopStringChecker
 from pyllm.model.batch import ContiguousKVCache
+from pyllm.sampler import Sampler
 from pyllm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -114,26 +115,42 @@ class _Seq:
 # ---------------------------------------------------------------------- sampling
 
 
-def sample(logits: torch.Tensor, seqs: Sequence[_Seq]) -> tuple[list[int], list[TokenLogprob]]:
-    """Pick one token per row of `logits` [B, V] (float32); returns ids and their log-probs
+def sample(logits: torch.Tensor, seqs: Sequence[Any], sampler: Sampler | None = None
+           ) -> tuple[list[int], list[TokenLogprob]]:
+    """Pick one token per row of `logits` [B, V] (float32) through the sampler chain of each
+    row's SamplingParams; returns the ids and their log-probs under the model's distribution
     (with the top alternatives when a sequence asked for them).
 
-    Greedy (argmax, ties to the lowest id) until the sampling work's pyllm.sampler lands.
+    A sequence is anything with `params`, `prompt`, `out` (ids so far), `stop_ids` and `state`
+    (a dict kept for the request's life): this loop's `_Seq` and the engine's `Sequence`.
+    Before `min_tokens` tokens exist, the sequence's ending ids are masked out.
     """
-    for row, s in enumerate(seqs):  # min_tokens: no ending before it
+    for row, s in enumerate(seqs):
         if len(s.out) < s.params.min_tokens and s.stop_ids:
             logits[row, list(s.stop_ids)] = float("-inf")
-    logp = torch.log_softmax(logits, dim=-1)  # (B, V)
-    ids = logits.argmax(dim=-1)  # (B,)
-    chosen = logp.gather(1, ids[:, None])[:, 0]
-    n_top = max((s.params.logprobs or 0) for s in seqs)
-    top_lp, top_ids = (logp.topk(n_top, dim=-1) if n_top else (None, None))
+    sampler = sampler or _default_sampler()
+    res = sampler.sample(logits, [s.params for s in seqs], [s.prompt for s in seqs],
+                         [s.out for s in seqs], [s.state for s in seqs])
+    ids = res.token_ids.tolist()
+    chosen = res.logprobs.tolist()
+    top_ids = res.top_ids.tolist() if res.top_ids is not None else None
+    top_lps = res.top_logprobs.tolist() if res.top_logprobs is not None else None
     out = []
     for row, s in enumerate(seqs):
         k = s.params.logprobs or 0
-        top = [] if not k else list(zip(top_ids[row, :k].tolist(), top_lp[row, :k].tolist()))
-        out.append(TokenLogprob(int(ids[row]), float(chosen[row]), top))
-    return ids.tolist(), out
+        top = [] if not k or top_ids is None else list(zip(top_ids[row][:k], top_lps[row][:k]))
+        out.append(TokenLogprob(ids[row], chosen[row], top))
+    return ids, out
+
+
+_SAMPLER: Sampler | None = None
+
+
+def _default_sampler() -> Sampler:
+    global _SAMPLER
+    if _SAMPLER is None:
+        _SAMPLER = Sampler()
+    return _SAMPLER
 
 
 # ---------------------------------------------------------------------- the loop
@@ -166,11 +183,12 @@ def _run_group(model: GPT, tokenizer: Tokenizer, prompts: Sequence[list[int]],
     need = max(min(len(s.prompt) + s.params.max_tokens - 1, limit) for s in seqs)
     cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, len(seqs), max(need, 1),
                               device=model.device)
+    sampler = Sampler(tokenizer=tokenizer)
     with torch.inference_mode():
         logits = prefill(model, cache, seqs)  # (B, V)
         running = seqs
         while running:
-            ids, lps = sample(logits, running)
+            ids, lps = sample(logits, running, sampler)
             for s, tok, lp in zip(running, ids, lps):
                 delta = _append(s, tok, lp, limit)
                 if delta or s.done:

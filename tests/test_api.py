@@ -164,3 +164,57 @@ def test_bad_prompts(llm):
         llm.generate([3.5], greedy(max_tokens=2))
     with pytest.raises(ValueError, match="context_length"):
         pyllm.load(llm.loaded.path, context_length=10**6, progress=False)
+
+
+# ---------------------------------------------------------------------- sampling
+
+
+def test_seeded_sampling_is_reproducible_alone_or_batched(llm):
+    p = SamplingParams(temperature=1.0, top_p=0.95, seed=1234, max_tokens=12, ignore_eos=True)
+    a = llm.generate(TEXT, p)[0]
+    b = llm.generate([CHAT, TEXT], [greedy(max_tokens=5), p])[1]
+    assert a.token_ids == b.token_ids
+    other = llm.generate(TEXT, p.replace(seed=4321))[0]
+    assert other.token_ids != a.token_ids  # 12 tokens at temperature 1: a collision is ~impossible
+
+
+def test_top_k_1_is_greedy(llm):
+    sampled = llm.generate(TEXT, SamplingParams(temperature=0.8, top_k=1, seed=7, max_tokens=10))
+    assert sampled[0].token_ids == llm.generate(TEXT, greedy(max_tokens=10))[0].token_ids
+
+
+def test_n_completions(llm):
+    (r,) = llm.generate(TEXT, SamplingParams(n=3, seed=5, max_tokens=8, ignore_eos=True))
+    assert len(r.outputs) == 3 and all(len(o.token_ids) == 8 for o in r.outputs)
+    assert len({tuple(o.token_ids) for o in r.outputs}) > 1
+    assert r.text == r.outputs[0].text
+    with pytest.raises(ValueError, match="n > 1"):
+        next(llm.stream(TEXT, SamplingParams(n=2)))
+
+
+def test_min_tokens_holds_back_eos(llm):
+    free = llm.chat(CHAT, greedy(max_tokens=40))
+    assert free.finish_reason == "stop"
+    n = len(free.token_ids) + 3
+    held = llm.chat(CHAT, greedy(max_tokens=40, min_tokens=n))
+    assert len(held.token_ids) >= n
+    assert held.token_ids[: len(free.token_ids) - 1] == free.token_ids[:-1]
+
+
+def test_run_command_json_matches_generate(llm, smollm2_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from pyllm.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["run", str(smollm2_path), TEXT, "--temperature", "0",
+                                   "--max-tokens", "9", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    ref = llm.generate(TEXT, greedy(max_tokens=9))[0]
+    assert out == {"text": ref.text, "token_ids": ref.token_ids, "finish_reason": "length"}
+    streamed = CliRunner().invoke(cli, ["run", str(smollm2_path), "What is the capital of France?",
+                                        "--chat", "--temperature", "0", "--max-tokens", "40"])
+    assert streamed.exit_code == 0
+    assert streamed.stdout.rstrip("\n") == llm.chat(CHAT, greedy(max_tokens=40)).text
