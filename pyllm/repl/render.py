@@ -111,8 +111,9 @@ class Renderer:
         """Finish the line; re-render the reply as Markdown when that is on and possible."""
         shown = "".join(self._streamed)
         file = self.console.file
-        if shown and not shown.endswith("\n"):
-            file.write("\n")
+        unfinished = shown and not shown.endswith("\n")
+        if unfinished or (cut and not shown and self.console.is_terminal):
+            file.write("\n")  # (a terminal echoes Ctrl-C as ^C: the notice goes below it)
             shown += "\n"
         file.flush()
         if cut:

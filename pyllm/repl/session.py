@@ -136,8 +136,8 @@ class ChatSession:
     def run(self) -> None:
         """Read and handle lines until /exit, Ctrl-D or a double Ctrl-C."""
         backend = self.backend
-        self.notice(f"{backend.model_name}: {backend.context_length} tokens of context. "
-                    "/help for commands, Ctrl-D or /exit to quit.")
+        self.notice(f"{backend.model_name}, {backend.context_length} tokens of context. "
+                    "/help for help, Ctrl-D to quit.")
         prompt = self._prompt_session()
         while self.running:
             default, self.next_default = self.next_default, ""
