@@ -93,7 +93,12 @@ def models(tmp_path_factory):
     for case in CASES:
         folder = tmp_path_factory.mktemp(case)
         out[case] = (_make(case, folder), load_model(folder))
+        FOLDERS[case] = folder
     return out
+
+
+FOLDERS: dict[str, Path] = {}
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 
 
 def _ids(n: int, seed: int) -> torch.Tensor:
@@ -106,10 +111,13 @@ def _hf_logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _full_forward(loaded, ids: torch.Tensor) -> torch.Tensor:
-    cfg = loaded.config
-    cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 1, len(ids), block_size=8)
+    """Logits at every position, computed on the model's device, returned on the CPU."""
+    cfg, device = loaded.config, loaded.model.device
+    cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 1, len(ids), block_size=8,
+                              device=device)
     with torch.inference_mode():
-        return loaded.model(ids, cache.metadata([0], [0], [len(ids)]), cache.kv_caches)
+        return loaded.model(ids.to(device), cache.metadata([0], [0], [len(ids)]),
+                            cache.kv_caches).cpu()
 
 
 # ---------------------------------------------------------------------- parity
@@ -161,6 +169,18 @@ def test_flattened_batch_equals_separate_sequences(models, case):
     for i, s in enumerate(seqs):
         alone = _full_forward(loaded, s)[-1]
         assert (batched[i] - alone).abs().max().item() <= TOL
+
+
+@CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", list(CASES))
+def test_cuda_logits_match_transformers(models, case):
+    """The same folders on the GPU (every op on its CUDA kernel)."""
+    hf, _ = models[case]
+    loaded = load_model(FOLDERS[case], device="cuda")
+    assert loaded.model.device.type == "cuda"
+    ids = _ids(23, seed=1)
+    assert (_full_forward(loaded, ids) - _hf_logits(hf, ids)).abs().max().item() <= TOL
 
 
 def test_bf16_checkpoint_matches_transformers(tmp_path):
@@ -267,3 +287,114 @@ def test_config_old_style_rope_keys():
     cfg = ModelConfig.from_hf(d)
     assert cfg.rope_theta == 5e5 and cfg.rope_scaling == {"type": "linear", "factor": 4.0}
     assert math.isclose(cfg.norm_eps, 1e-5)
+
+
+# ---------------------------------------------------------------------- GGUF files
+
+
+def _permute_for_normal_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """What llama.cpp's converter does to Llama Q/K rows: within each head, the NeoX halves
+    (x_0..x_{D/2-1}, y_0..y_{D/2-1}) become adjacent pairs (x_0, y_0, x_1, y_1, ...)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def _write_gguf(hf, path: Path, arch: str, qtypes: dict[str, str]) -> None:
+    """Write `hf` (a transformers Llama/Qwen2) as llama.cpp lays it out, quantizing matrices to
+    qtypes[kind] with pyllm's quantizer, and put the dequantized values back into `hf` so the
+    two compute on the same numbers."""
+    gguf = pytest.importorskip("gguf")
+    from pyllm.weights import quant
+
+    cfg = hf.config
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    types = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+             "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
+             "q4_1": gguf.GGMLQuantizationType.Q4_1}
+    w = gguf.GGUFWriter(str(path), arch)
+    a = arch
+    w.add_uint32(f"{a}.block_count", cfg.num_hidden_layers)
+    w.add_uint32(f"{a}.context_length", cfg.max_position_embeddings)
+    w.add_uint32(f"{a}.embedding_length", cfg.hidden_size)
+    w.add_uint32(f"{a}.feed_forward_length", cfg.intermediate_size)
+    w.add_uint32(f"{a}.attention.head_count", n_head)
+    w.add_uint32(f"{a}.attention.head_count_kv", n_kv)
+    w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps)
+    w.add_float32(f"{a}.rope.freq_base", cfg.rope_parameters["rope_theta"])
+    w.add_uint32(f"{a}.vocab_size", cfg.vocab_size)
+
+    def put(name: str, param: torch.nn.Parameter, kind: str, heads: int = 0) -> None:
+        qtype = qtypes.get(kind, "f32") if param.dim() == 2 else "f32"
+        data = param.detach().float()
+        if qtype not in ("f32", "f16"):
+            raw = quant.quantize(data, qtype)
+            param.data.copy_(quant.dequantize(raw, qtype, data.shape[1]))
+            stored = raw
+        else:
+            stored = data.to(torch.float16 if qtype == "f16" else torch.float32)
+            param.data.copy_(stored.float())
+        if heads and arch == "llama":  # llama.cpp permutes Llama Q/K (weights and biases)
+            stored = _permute_for_normal_rope(stored, heads)
+        w.add_tensor(name, stored.numpy(), raw_dtype=types[qtype])
+
+    m = hf.model
+    put("token_embd.weight", m.embed_tokens.weight, "embed")
+    put("output_norm.weight", m.norm.weight, "norm")
+    if not cfg.tie_word_embeddings:
+        put("output.weight", hf.lm_head.weight, "head")
+    for i, layer in enumerate(m.layers):
+        at, mlp = layer.self_attn, layer.mlp
+        put(f"blk.{i}.attn_norm.weight", layer.input_layernorm.weight, "norm")
+        put(f"blk.{i}.ffn_norm.weight", layer.post_attention_layernorm.weight, "norm")
+        put(f"blk.{i}.attn_q.weight", at.q_proj.weight, "q", n_head)
+        put(f"blk.{i}.attn_k.weight", at.k_proj.weight, "k", n_kv)
+        put(f"blk.{i}.attn_v.weight", at.v_proj.weight, "v")
+        put(f"blk.{i}.attn_output.weight", at.o_proj.weight, "o")
+        if at.q_proj.bias is not None:
+            put(f"blk.{i}.attn_q.bias", at.q_proj.bias, "bias", n_head)
+            put(f"blk.{i}.attn_k.bias", at.k_proj.bias, "bias", n_kv)
+            put(f"blk.{i}.attn_v.bias", at.v_proj.bias, "bias")
+        put(f"blk.{i}.ffn_gate.weight", mlp.gate_proj.weight, "gate")
+        put(f"blk.{i}.ffn_up.weight", mlp.up_proj.weight, "up")
+        put(f"blk.{i}.ffn_down.weight", mlp.down_proj.weight, "down")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+GGUF_CASES = {
+    # Llama, Q/K permuted for normal RoPE, V kept finer than Q/K (q8_0 vs q4_1: the fused QKV
+    # falls back to one linear per format), q8_0 tied embedding/head, q4_0 MLP.
+    "llama": ("llama-gqa", "llama", {"q": "q4_1", "k": "q4_1", "v": "q8_0", "o": "q4_1",
+                                     "gate": "q4_0", "up": "q4_0", "down": "q4_1",
+                                     "embed": "q8_0"}),
+    # Qwen2: NeoX RoPE on unpermuted weights, QKV biases, f16 and q8_0 matrices, untied head.
+    "qwen2": ("qwen2", "qwen2", {"q": "q8_0", "k": "q8_0", "v": "q8_0", "o": "f16",
+                                "gate": "q8_0", "up": "q8_0", "down": "q4_1", "embed": "f16",
+                                "head": "q8_0"}),
+}
+
+
+@pytest.mark.parametrize("case", list(GGUF_CASES))
+def test_gguf_quantized_model_matches_transformers(tmp_path, case):
+    """A tiny model written as llama.cpp lays out a GGUF (blocks, permuted Q/K for Llama) gives
+    transformers' logits on the dequantized weights."""
+    hf_case, arch, qtypes = GGUF_CASES[case]
+    cfg = CASES[hf_case]()
+    if case == "qwen2":
+        cfg.tie_word_embeddings = False
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    _randomize(hf, seed=7)
+    _write_gguf(hf, tmp_path / "tiny.gguf", arch, qtypes)
+    loaded = load_model(tmp_path / "tiny.gguf")
+    assert loaded.config.rope_layout == ("normal" if arch == "llama" else "neox")
+    qkv = loaded.model.blocks[0].attn.qkv
+    assert type(qkv).__name__ == ("ConcatLinear" if case == "llama" else "Linear")
+    ids = _ids(23, seed=4)
+    ref = _hf_logits(hf, ids)
+    assert (_full_forward(loaded, ids) - ref).abs().max().item() <= TOL
+    if torch.cuda.is_available():  # the blocks on the GPU: the CUDA qlinear kernels
+        gpu = load_model(tmp_path / "tiny.gguf", device="cuda")
+        assert (_full_forward(gpu, ids) - ref).abs().max().item() <= TOL
