@@ -26,7 +26,7 @@ namespace pyllm {
 namespace {
 
 constexpr int kChunk = 128;    // keys per chunk = threads per block
-constexpr int kMinSplit = 512; // the fewest keys worth a split of their own
+constexpr int kMinSplit = 256; // the fewest keys worth a split of their own
 constexpr int kMaxSplits = 64;
 
 __device__ __forceinline__ float to_f(float x) { return x; }
