@@ -169,6 +169,7 @@ __device__ int32_t best_kept(const Row& r, Shared& sh) {
 template <class KeyOf, class WeightOf>
 __device__ uint64_t fewest_reaching(const Row& r, KeyOf key_of, WeightOf weight_of, double target,
                                     Shared& sh) {
+  if (!(target > 0.0)) return 0;  // no mass to reach (weights of 0 or NaN): keep everything
   uint64_t prefix = 0;
   double remaining = target;
   for (int shift = 60; shift >= 0; shift -= 4) {
@@ -194,7 +195,7 @@ __device__ uint64_t fewest_reaching(const Row& r, KeyOf key_of, WeightOf weight_
     int chosen = -1;
 #pragma unroll
     for (int d = kDigits - 1; d >= 0; --d) {
-      if (chosen < 0) {
+      if (chosen < 0 && acc[kDigits + d] > 0.0) {
         if (above + acc[d] >= remaining) {
           chosen = d;
           chosen_count = acc[kDigits + d];
@@ -393,6 +394,10 @@ __global__ void __launch_bounds__(kThreads) sample_rows(Args a) {
     }
   }
 
+  if (token < 0 || token >= V) {  // never reached; never out of bounds
+    token = 0;
+    prob = 0.0;
+  }
   if (tid == 0) {
     a.token_ids[b] = token;
     a.logprobs[b] = static_cast<float>(static_cast<double>(r.x[token]) - lse);

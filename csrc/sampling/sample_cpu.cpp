@@ -180,6 +180,7 @@ void top_candidates(const float* z, int64_t V, int64_t k, bool finite_only, Scra
 
 // The first kept id in rank order (largest z, lowest id).
 int32_t best_by_rank(const float* z, int64_t V, const Kept& k, Scratch& s, const VecKernels& vk) {
+  if (k.ids.empty()) return 0;
   if (k.complete) {
     top_candidates(z, V, 1, true, s, vk, s.keys);
     return rank_key_id(s.keys[0]);
@@ -231,6 +232,7 @@ int64_t select_mass(Item* items, int64_t n, double target) {
 // are kept whole and only the boundary bucket goes through select_mass.
 void keep_fewest_reaching(Kept& k, const uint32_t* vkeys, const double* w, double target, Scratch& s) {
   const int64_t n = static_cast<int64_t>(k.ids.size());
+  if (!(target > 0.0)) return;  // no mass to reach (weights of 0 or NaN from +inf logits): keep all
   s.bucket_mass.assign(kBuckets, 0.0);
   double* mass = s.bucket_mass.data();
   for (int64_t j = 0; j < n; ++j) mass[vkeys[j] >> (32 - kBucketBits)] += w[j];
@@ -257,6 +259,7 @@ void keep_fewest_reaching(Kept& k, const uint32_t* vkeys, const double* w, doubl
   // target - before > 0 and the boundary bucket's mass reaches it, so c >= 1
   const int64_t c = select_mass(s.items.data(), static_cast<int64_t>(s.items.size()), target - before);
   for (int64_t j = 0; j < c; ++j) s.kept.push_back(rank_key_id(s.items[j].key));
+  if (s.kept.empty()) return;
   k.ids.swap(s.kept);
   k.narrowed(false);
 }
@@ -479,7 +482,8 @@ void sample_tokens_cpu(const TensorView& logits, const TensorView& fparams, cons
         raw = false;
       }
     }
-    const Choice choice = choose_token(z, V, raw, p, s, vk);
+    Choice choice = choose_token(z, V, raw, p, s, vk);
+    if (choice.token < 0 || choice.token >= V) choice = {0, 0.0};  // never reached; never out of bounds
     const int32_t token = choice.token;
 
     token_ids.ptr<int64_t>()[b] = token;

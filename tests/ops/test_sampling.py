@@ -261,6 +261,23 @@ def test_row_without_finite_logits_and_overflowing_temperature():
     assert probs.tolist() == [0.0, 1.0]
 
 
+def test_nonfinite_logits_still_give_tokens_in_range():
+    """+inf and NaN logits have no specified outcome, but the kernel must stay in bounds."""
+    gen = torch.Generator().manual_seed(8)
+    for trial in range(40):
+        V = int(torch.randint(1, 300, (1,), generator=gen))
+        x = torch.randn(4, V, generator=gen) * 3
+        r = torch.rand(4, V, generator=gen)
+        x[r < 0.1] = float("inf")
+        x[(r >= 0.1) & (r < 0.2)] = float("nan")
+        x[(r >= 0.2) & (r < 0.3)] = NEG_INF
+        f, i = params(4, temperature=[0.0, 0.7, 1.0][trial % 3], top_k=trial % 5, top_p=0.8,
+                      typical_p=[1.0, 0.5][trial % 2], min_p=0.1)
+        tok, _, top_ids, _, probs = run(x, f, i, n=min(V, 3))
+        assert ((tok >= 0) & (tok < V)).all() and ((top_ids >= 0) & (top_ids < V)).all()
+        assert ((probs >= 0) & (probs <= 1)).all()
+
+
 @pytest.mark.parametrize("isa", ["baseline", "avx2"])
 def test_instruction_sets_agree(isa):
     if isa == "avx2" and _C.detected_isa() == "baseline":
