@@ -329,6 +329,127 @@ void rows_pass(const QLinearArgs& a, int64_t t0, int64_t n0, int64_t n1) {
   for (; n < n1; ++n) micro<QT, 1, TT>(a, t0, n);
 }
 
+// Many tokens (prefill, batches): a GEMM. The weight is dequantized one panel at a time (16 rows
+// x up to 256 k, 16 KB, in L1) into a k-major buffer, and a 6-token x 16-row micro-kernel
+// (12 accumulators; per k: two weight loads, six activation broadcasts, twelve FMAs) runs over
+// every token of the range, so each weight is decoded once per 16 rows x 256 k x all tokens.
+constexpr int kPanelRows = 16, kPanelK = 256, kMicroTokens = 6;
+
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// Dequantize rows [n, n + rows) (rows <= 16), weights [k0, k0 + klen) into buf[k][16] (k-major,
+// missing rows zero). k0 is a multiple of 32. Eight rows at a time: decode a chunk of each, then
+// 8x8 transposes put each k's eight rows side by side.
+template <int QT>
+void pack_panel(const QLinearArgs& a, int64_t n, int rows, int64_t k0, int64_t klen, float* buf) {
+  const int64_t whole = klen / kQBlock * kQBlock;
+  for (int g = 0; g < kPanelRows; g += 8) {
+    const uint8_t* rp[8];
+    for (int r = 0; r < 8; ++r) rp[r] = g + r < rows ? a.w + (n + g + r) * a.ldw : nullptr;
+    for (int64_t kk = 0; kk < whole; kk += kQBlock) {
+      const int64_t off = (k0 + kk) / kQBlock * Dec<QT>::kBytes;
+      __m256 lo[8], hi[8], lo2[8], hi2[8];
+      for (int r = 0; r < 8; ++r) {
+        if (!rp[r]) {
+          lo[r] = hi[r] = lo2[r] = hi2[r] = _mm256_setzero_ps();
+          continue;
+        }
+        Dec<QT> dec;
+        dec.scales(rp[r] + off);
+        dec.half(rp[r] + off, 0, lo[r], hi[r]);    // k [0, 8) and [16, 24)
+        dec.half(rp[r] + off, 1, lo2[r], hi2[r]);  // k [8, 16) and [24, 32)
+      }
+      transpose8(lo);
+      transpose8(lo2);
+      transpose8(hi);
+      transpose8(hi2);
+      float* dst = buf + kk * kPanelRows + g;
+      for (int i = 0; i < 8; ++i) {
+        _mm256_store_ps(dst + i * kPanelRows, lo[i]);
+        _mm256_store_ps(dst + (8 + i) * kPanelRows, lo2[i]);
+        _mm256_store_ps(dst + (16 + i) * kPanelRows, hi[i]);
+        _mm256_store_ps(dst + (24 + i) * kPanelRows, hi2[i]);
+      }
+    }
+    for (int64_t k = whole; k < klen; ++k)  // the K tail of a float type
+      for (int r = 0; r < 8; ++r) buf[k * kPanelRows + g + r] = rp[r] ? float_row_elem(QT, rp[r], k0 + k) : 0.f;
+  }
+}
+
+// out_tile[MT][16] = x[t .. t+MT)[k0 .. k0+klen) @ panel
+template <int MT>
+void panel_micro(const float* x, int64_t ldx, int64_t klen, const float* panel, float* out_tile) {
+  __m256 acc[MT][2];
+  for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < klen; ++k) {
+    const __m256 b0 = _mm256_load_ps(panel + k * kPanelRows);
+    const __m256 b1 = _mm256_load_ps(panel + k * kPanelRows + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < MT; ++i) {
+      const __m256 xa = _mm256_broadcast_ss(x + i * ldx + k);
+      acc[i][0] = _mm256_fmadd_ps(xa, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(xa, b1, acc[i][1]);
+    }
+  }
+  for (int i = 0; i < MT; ++i) {
+    _mm256_storeu_ps(out_tile + i * kPanelRows, acc[i][0]);
+    _mm256_storeu_ps(out_tile + i * kPanelRows + 8, acc[i][1]);
+  }
+}
+
+template <int QT>
+void gemm_packed(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+  alignas(32) static thread_local float panel[kPanelK * kPanelRows];
+  alignas(32) float tile_out[kMicroTokens * kPanelRows];
+  for (int64_t t = t0; t < t1; ++t)
+    for (int64_t n = n0; n < n1; ++n) a.out[t * a.ldo + n] = a.bias ? a.bias[n] : 0.f;
+  for (int64_t k0 = 0; k0 < a.K; k0 += kPanelK) {
+    const int64_t klen = std::min<int64_t>(kPanelK, a.K - k0);
+    for (int64_t n = n0; n < n1; n += kPanelRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kPanelRows, n1 - n));
+      pack_panel<QT>(a, n, rows, k0, klen, panel);
+      for (int64_t t = t0; t < t1; t += kMicroTokens) {
+        const int mt = static_cast<int>(std::min<int64_t>(kMicroTokens, t1 - t));
+        const float* xp = a.x + t * a.ldx + k0;
+        switch (mt) {
+          case 6: panel_micro<6>(xp, a.ldx, klen, panel, tile_out); break;
+          case 5: panel_micro<5>(xp, a.ldx, klen, panel, tile_out); break;
+          case 4: panel_micro<4>(xp, a.ldx, klen, panel, tile_out); break;
+          case 3: panel_micro<3>(xp, a.ldx, klen, panel, tile_out); break;
+          case 2: panel_micro<2>(xp, a.ldx, klen, panel, tile_out); break;
+          default: panel_micro<1>(xp, a.ldx, klen, panel, tile_out); break;
+        }
+        for (int i = 0; i < mt; ++i) {
+          float* o = a.out + (t + i) * a.ldo + n;
+          const float* s = tile_out + i * kPanelRows;
+          for (int r = 0; r < rows; ++r) o[r] += s[r];
+        }
+      }
+    }
+  }
+}
+
+#ifndef PYLLM_QL_PACKED_MIN_T
+#define PYLLM_QL_PACKED_MIN_T 10
+#endif
+
 // Decode (one token): R rows at a time straight through. Several tokens: a tile of TT tokens'
 // activations stays in L1 while every row of a row block (a few hundred KB, so it stays in L2)
 // passes over it; weight bytes, 4-8x smaller than the activations they meet, are what is re-read.
@@ -341,6 +462,10 @@ void rows_pass(const QLinearArgs& a, int64_t t0, int64_t n0, int64_t n1) {
 template <int QT>
 void tile(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
   constexpr int R = PYLLM_QL_R, TT = PYLLM_QL_TT;
+  if (t1 - t0 >= PYLLM_QL_PACKED_MIN_T) {
+    gemm_packed<QT>(a, t0, t1, n0, n1);
+    return;
+  }
   if (t1 - t0 < TT) {
     for (int64_t t = t0; t < t1; ++t) gemv_rows<QT>(a, t, n0, n1);
     return;
