@@ -249,7 +249,7 @@ def _has(name: str) -> bool:
     return L._C is not None and hasattr(L._C, name)
 
 
-_HAS_CPU = _has("paged_attention_cpu")
+_HAS_CPU = _has("paged_attention_cpu_ptr")
 _HAS_CUDA = L.cuda_built() and _has("paged_attention_cuda")
 
 L.register(PAGED_ATTENTION, reference=_checked_ref, fake=_fake,

@@ -118,7 +118,7 @@ def _has(name: str) -> bool:
     return L._C is not None and hasattr(L._C, name)
 
 
-_HAS_CPU = _has("write_kv_cache_cpu")
+_HAS_CPU = _has("write_kv_cache_cpu_ptr")
 _HAS_CUDA = L.cuda_built() and _has("write_kv_cache_cuda")
 
 L.register(WRITE_KV_CACHE, reference=_checked_ref, fake=_fake,
