@@ -71,7 +71,7 @@ class Greedy:
 
     def __call__(self, logits: torch.Tensor, context: SamplingContext) -> torch.Tensor:
         for b in range(logits.shape[0]):
-            logits[b] = keep_only(logits[b], torch.tensor([best_id(logits[b])]))
+            logits[b] = keep_only(logits[b], torch.tensor([best_id(logits[b])], device=logits.device))
         return logits
 
 
@@ -83,7 +83,7 @@ class Temperature:
     def __call__(self, logits: torch.Tensor, context: SamplingContext) -> torch.Tensor:
         for b, p in enumerate(context.params):
             if p.temperature == 0.0:
-                logits[b] = keep_only(logits[b], torch.tensor([best_id(logits[b])]))
+                logits[b] = keep_only(logits[b], torch.tensor([best_id(logits[b])], device=logits.device))
             elif p.temperature != 1.0:
                 logits[b] = logits[b] / torch.tensor(p.temperature, dtype=torch.float32)
         return logits
@@ -173,7 +173,7 @@ class Penalties:
                       if 0 <= t < V]
             if not window:
                 continue
-            counts = torch.bincount(torch.tensor(window), minlength=V).to(torch.float32)
+            counts = torch.bincount(torch.tensor(window, device=logits.device), minlength=V).to(torch.float32)
             seen = counts > 0
             z = logits[b]
             if rep != 1.0:
@@ -195,8 +195,8 @@ class LogitBias:
             if p.logit_bias:
                 items = [(t, v) for t, v in p.logit_bias.items() if t < V]
                 if items:
-                    ids = torch.tensor([t for t, _ in items])
-                    vals = torch.tensor([v for _, v in items], dtype=torch.float32)
+                    ids = torch.tensor([t for t, _ in items], device=logits.device)
+                    vals = torch.tensor([v for _, v in items], dtype=torch.float32, device=logits.device)
                     logits[b].index_put_((ids,), vals, accumulate=True)
         return logits
 
@@ -280,8 +280,8 @@ class Dry:
                                       p.dry_multiplier, p.dry_base, p.dry_allowed_length)
             items = [(t, v) for t, v in penalties.items() if 0 <= t < V]
             if items:
-                ids = torch.tensor([t for t, _ in items])
-                logits[b, ids] -= torch.tensor([v for _, v in items], dtype=torch.float32)
+                ids = torch.tensor([t for t, _ in items], device=logits.device)
+                logits[b, ids] -= torch.tensor([v for _, v in items], dtype=torch.float32, device=logits.device)
         return logits
 
 
