@@ -301,3 +301,26 @@ def test_unseeded_rows_get_a_seed_kept_in_state():
 def test_sample_checks_row_counts():
     with pytest.raises(ValueError, match="rows"):
         Sampler(STEPS).sample(torch.randn(2, 10), [SP()], [[]], [[]])
+
+
+def test_example_plugins_top_a_step_through_the_sampler(monkeypatch):
+    """The third-party example plugin's top_a step (plugins/example_plugin), registered as a plugin
+    and named in a chain, runs step by step: only tokens with p >= a * p_max^2 are drawn."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "plugins" / "example_plugin"))
+    sys.modules.pop("pyllm_example", None)
+    import pyllm_example
+
+    with plugins.registered(pyllm_example):
+        sampler = Sampler()
+        x = torch.tensor([[3.0, 2.5, 2.0, 0.0, -1.0, 1.0]])
+        p = torch.softmax(x[0].double(), 0)
+        allowed = {i for i in range(6) if p[i] >= 0.2 * p.max() ** 2}
+        assert 0 < len(allowed) < 6
+        seen = set()
+        for pos in range(200):
+            r = sampler.sample(x, [SP(seed=5, samplers="top_a;temperature")], [[0] * pos], [[]])
+            seen.add(int(r.token_ids[0]))
+        assert seen == allowed
