@@ -218,3 +218,78 @@ def test_run_command_json_matches_generate(llm, smollm2_path):
                                         "--chat", "--temperature", "0", "--max-tokens", "40"])
     assert streamed.exit_code == 0
     assert streamed.stdout.rstrip("\n") == llm.chat(CHAT, greedy(max_tokens=40)).text
+
+
+# ---------------------------------------------------------------------- a Hugging Face folder
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_folder(tmp_path_factory):
+    """A tiny random Llama saved by transformers with a byte-level BPE tokenizer.json trained
+    here, a tokenizer_config.json (EOS, chat template) — a complete Hugging Face model folder."""
+    transformers = pytest.importorskip("transformers")
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = tmp_path_factory.mktemp("tiny-hf")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([TEXT, "Hello world, how are you today?"] * 20, trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "eos_token": "<|im_end|>", "add_bos_token": False,
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}: {{ m.content }}"
+                         "<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>"
+                         "assistant: {% endif %}"}))
+    cfg = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64,
+                                   intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=128)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+DEVICES = ["cpu"] + (["cuda"] if __import__("torch").cuda.is_available() else [])
+
+
+def test_hf_folder_generate_and_chat(tiny_hf_folder):
+    llm = pyllm.load(tiny_hf_folder, progress=False)
+    assert llm.config.family == "llama" and not llm.chat_template.is_fallback
+    eos = llm.tokenizer.encode("<|im_end|>", parse_special=True)
+    assert llm.tokenizer.eos_ids >= set(eos)
+    msgs = [{"role": "user", "content": "Hello"}]
+    assert llm.render_chat(msgs) == "<|im_start|>user: Hello<|im_end|><|im_start|>assistant: "
+    r = llm.chat(msgs, greedy(max_tokens=12))
+    assert r.finish_reason in ("stop", "length") and 1 <= len(r.token_ids) <= 12
+    assert "".join(llm.stream(msgs, greedy(max_tokens=12))) == r.text
+    (scored,) = llm.score([r.prompt_token_ids + r.token_ids], top_n=1)
+    for s, tok in zip(scored[len(r.prompt_token_ids):], r.token_ids):
+        assert s.top[0][0] == tok  # greedy chose the top token at every step
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hf_folder_on_each_device(tiny_hf_folder, device):
+    """The same greedy tokens and log-probs on every device (the GPU runs the CUDA kernels)."""
+    cpu = pyllm.load(tiny_hf_folder, progress=False)
+    dev = pyllm.load(tiny_hf_folder, device=device, progress=False)
+    assert dev.device.type == device
+    prompts = ["Hello world", "The lighthouse", [{"role": "user", "content": "how are you"}]]
+    p = greedy(max_tokens=16, ignore_eos=True, logprobs=2)
+    a, b = cpu.generate(prompts, p), dev.generate(prompts, p)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    for ra, rb in zip(a, b):
+        for la, lb in zip(ra.logprobs, rb.logprobs):
+            assert la.logprob == pytest.approx(lb.logprob, abs=1e-4)
+    sp = SamplingParams(temperature=0.9, top_p=0.9, seed=3, max_tokens=16, ignore_eos=True)
+    assert cpu.generate(prompts, sp)[2].token_ids == dev.generate(prompts, sp)[2].token_ids
