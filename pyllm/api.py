@@ -115,8 +115,7 @@ class LLM:
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt)
         if is_messages(prompt):
-            return self.tokenizer.encode(self.render_chat(prompt), add_bos=False,
-                                         parse_special=True)
+            return self._encode_chat(prompt)
         if isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool)
                                                 for t in prompt):
             ids = [int(t) for t in prompt]
@@ -127,6 +126,43 @@ class LLM:
             return ids
         raise TypeError("a prompt must be a string, a list of {'role', 'content'} messages, or "
                         f"a list of token ids; got {type(prompt).__name__}")
+
+    def _encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        """Tokenize a rendered conversation: the template's special-token strings become special
+        tokens, while message contents never do (text such as "<|im_end|>" typed by a user stays
+        text, so it cannot end a turn or fake one).
+
+        When no content holds special-token text (the usual case) the rendered prompt is
+        tokenized in one piece. Otherwise each content is located in the rendered text, in order,
+        and tokenized as plain text; a template that altered such a content is refused.
+        """
+        tok = self.tokenizer
+        text = self.render_chat(messages)
+        contents = [m["content"] for m in messages]
+        risky = [c for c in contents
+                 if c and tok.encode(c, add_bos=False, parse_special=True)
+                 != tok.encode(c, add_bos=False, parse_special=False)]
+        if not risky:
+            return tok.encode(text, add_bos=False, parse_special=True)
+        ids: list[int] = []
+        cursor = 0
+        for i, content in enumerate(contents):
+            if not content:
+                continue
+            at = text.find(content, cursor)
+            if at < 0:
+                if content in risky:
+                    raise ValueError(f"messages[{i}] contains special-token text that the chat "
+                                     "template does not reproduce verbatim; refusing to tokenize "
+                                     "it (it could inject control tokens)")
+                continue
+            if at > cursor:
+                ids += tok.encode(text[cursor:at], add_bos=False, parse_special=True)
+            ids += tok.encode(content, add_bos=False, parse_special=False)
+            cursor = at + len(content)
+        if cursor < len(text):
+            ids += tok.encode(text[cursor:], add_bos=False, parse_special=True)
+        return ids
 
     def _fit(self, ids: list[int], room: int, truncate: str | None, what: str) -> list[int]:
         """Apply the context-length policy: `ids` plus `room` tokens must fit the context."""
