@@ -6,7 +6,8 @@ SmolLM2-135M shapes (9 query heads, 3 KV heads, head dim 64, block size 16): dec
 at context 128 / 1024 / 4096, and a 256-token prefill. pyllm runs on the paged cache (blocks in
 a shuffled order); SDPA runs on K/V already gathered into contiguous [1, H, ctx, D] tensors (the
 gather is not timed), with GQA expanded beforehand. Figures: median microseconds per call over
-`--repeats` timings of a batch of calls each, and SDPA's time divided by pyllm's.
+`--repeats` rounds (each round times a batch of calls of every candidate in turn, so load swings
+on a shared machine hit them alike), and SDPA's and the reference's time divided by pyllm's.
 """
 
 from __future__ import annotations
@@ -25,23 +26,32 @@ from pyllm.ops import attention as A
 HQ, HKV, D, BS = 9, 3, 64, 16
 
 
-def median_us(fn, repeats: int, min_time: float = 0.02) -> float:
+def calls_per_timing(fn, min_time: float) -> int:
+    """How many calls make one timing last at least min_time."""
     fn()
     n = 1
-    while True:  # calls per timing so one timing lasts at least min_time
+    while True:
         t = time.perf_counter()
         for _ in range(n):
             fn()
         if time.perf_counter() - t >= min_time:
-            break
+            return n
         n *= 2
-    times = []
+
+
+def interleaved_medians(fns: dict, repeats: int, min_time: float = 0.02) -> dict:
+    """Median µs per call of each function, timed round-robin (one batch of calls each per
+    round) so that the machine's load swings hit every candidate alike."""
+    counts = {name: calls_per_timing(fn, min_time) for name, fn in fns.items()}
+    times: dict = {name: [] for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        times.append((time.perf_counter() - t) / n)
-    return statistics.median(times) * 1e6
+        for name, fn in fns.items():
+            n = counts[name]
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t) / n)
+    return {name: statistics.median(ts) * 1e6 for name, ts in times.items()}
 
 
 def setup(q_len: int, ctx: int, cache_dtype: torch.dtype):
@@ -69,15 +79,13 @@ def bench_case(name: str, q_len: int, ctx: int, repeats: int, cache_dtype: torch
     causal = q_len > 1
     sdpa_out = F.scaled_dot_product_attention(qt, k, v, is_causal=causal, scale=scale)[0].permute(1, 0, 2)
     err = (A.paged_attention(*args) - sdpa_out).abs().max().item()
-    row = {
-        "case": name,
-        "pyllm (hot path)": median_us(lambda: A.paged_attention(*args, validated=True, out=out), repeats),
-        "pyllm (checked op)": median_us(lambda: A.paged_attention(*args), repeats),
-        "reference": median_us(lambda: A.paged_attention_ref(*args), max(3, repeats // 3)),
-        "sdpa": median_us(lambda: F.scaled_dot_product_attention(qt, k, v, is_causal=causal, scale=scale),
-                          repeats),
-        "max |pyllm - sdpa|": err,
-    }
+    row = {"case": name, "max |pyllm - sdpa|": err}
+    row.update(interleaved_medians({
+        "pyllm (hot path)": lambda: A.paged_attention(*args, validated=True, out=out),
+        "pyllm (checked op)": lambda: A.paged_attention(*args),
+        "reference": lambda: A.paged_attention_ref(*args),
+        "sdpa": lambda: F.scaled_dot_product_attention(qt, k, v, is_causal=causal, scale=scale),
+    }, repeats))
     return row
 
 
