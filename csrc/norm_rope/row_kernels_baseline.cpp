@@ -9,20 +9,24 @@ namespace norm_rope {
 
 namespace {
 
+// Four partial sums: independent dependency chains, so the adds overlap (the compiler may not
+// reassociate floating-point sums by itself).
 double sumsq(const float* x, int64_t n) {
-  double ss = 0.0;
-  for (int64_t j = 0; j < n; ++j) ss += static_cast<double>(x[j]) * x[j];
-  return ss;
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    s0 += static_cast<double>(x[j]) * x[j];
+    s1 += static_cast<double>(x[j + 1]) * x[j + 1];
+    s2 += static_cast<double>(x[j + 2]) * x[j + 2];
+    s3 += static_cast<double>(x[j + 3]) * x[j + 3];
+  }
+  for (; j < n; ++j) s0 += static_cast<double>(x[j]) * x[j];
+  return (s0 + s1) + (s2 + s3);
 }
 
 double add_sumsq(const float* a, const float* b, float* s, int64_t n) {
-  double ss = 0.0;
-  for (int64_t j = 0; j < n; ++j) {
-    const float v = a[j] + b[j];
-    s[j] = v;
-    ss += static_cast<double>(v) * v;
-  }
-  return ss;
+  for (int64_t j = 0; j < n; ++j) s[j] = a[j] + b[j];
+  return sumsq(s, n);
 }
 
 void scale_mul(const float* x, float scale, const float* w, float* out, int64_t n) {
