@@ -139,8 +139,9 @@ __device__ double block_inclusive_scan(double v, double& total, Shared& sh) {
 
 struct Row {
   const float* x;  // the logits as given
-  float* z;        // penalized, biased logits (workspace)
-  uint8_t* kept;   // 1 = still a candidate (workspace)
+  float* z;        // penalized, biased logits (workspace bytes [0, 4V))
+  uint8_t* kept;   // 1 = still a candidate (workspace bytes [4V, 5V))
+  int* counts;     // penalty window counts (workspace bytes [8V, 12V))
   int64_t V;
 };
 
@@ -251,6 +252,7 @@ __global__ void __launch_bounds__(kThreads) sample_rows(Args a) {
   r.x = a.logits + b * V;
   r.z = reinterpret_cast<float*>(a.workspace + b * a.ws_row);
   r.kept = reinterpret_cast<uint8_t*>(r.z + V);
+  r.counts = reinterpret_cast<int*>(a.workspace + b * a.ws_row + V);
   r.V = V;
 
   // The model's log-softmax normalizer.
@@ -266,19 +268,20 @@ __global__ void __launch_bounds__(kThreads) sample_rows(Args a) {
   for (int64_t i = tid; i < V; i += kThreads) r.z[i] = r.x[i];
   __syncthreads();
   if (rep != 1.0f || freq != 0.0f || pres != 0.0f) {
+    // Count each id of the window (integer atomics: the totals do not depend on the order), then
+    // whichever thread takes an id's count first applies that id's penalty, once.
     const int64_t* window = a.recent + b * a.N;
+    for (int64_t j = tid; j < a.N; j += kThreads)
+      if (window[j] >= 0 && window[j] < V) r.counts[window[j]] = 0;
+    __syncthreads();
+    for (int64_t j = tid; j < a.N; j += kThreads)
+      if (window[j] >= 0 && window[j] < V) atomicAdd(&r.counts[window[j]], 1);
+    __syncthreads();
     for (int64_t j = tid; j < a.N; j += kThreads) {
       const int64_t id = window[j];
       if (id < 0 || id >= V) continue;
-      bool first = true;
-      int count = 0;
-      for (int64_t q = 0; q < a.N; ++q) {
-        if (window[q] == id) {
-          first = first && q >= j;
-          ++count;
-        }
-      }
-      if (!first) continue;  // the first occurrence applies the penalty, once per distinct id
+      const int count = atomicExch(&r.counts[id], 0);
+      if (count == 0) continue;  // another thread took this id
       float v = r.z[id];
       if (rep != 1.0f) v = v > 0.0f ? __fdiv_rn(v, rep) : __fmul_rn(v, rep);
       r.z[id] = __fsub_rn(v, __fadd_rn(__fmul_rn(static_cast<float>(count), freq), pres));
@@ -453,7 +456,7 @@ void sample_tokens_cuda(const TensorView& logits, const TensorView& fparams, con
   a.K = bias_rows.size(0);
   a.n_top = top_ids.size(1);
   a.ws_row = workspace.size(1);
-  require(a.ws_row * 8 >= V * 5, "workspace row too small (needs 5 bytes per token)");
+  require(a.ws_row >= 2 * V, "workspace row too small (needs 2 doubles per token)");
   if (B == 0) return;
   sample_rows<<<static_cast<unsigned>(B), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(a);
   const cudaError_t err = cudaGetLastError();

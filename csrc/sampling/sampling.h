@@ -21,8 +21,8 @@ void sample_tokens_cpu(const TensorView& logits, const TensorView& fparams, cons
                        const TensorView& probs);
 
 #ifdef PYLLM_WITH_CUDA
-// Same contract on device memory; `workspace` is [B, W] float64 scratch with 8 W >= 5 V bytes
-// a row (pyllm/ops/sampling.py passes [B, V]); runs on `stream`.
+// Same contract on device memory; `workspace` is float64 [B, W] scratch with W >= 2 V; runs on
+// `stream`.
 void sample_tokens_cuda(const TensorView& logits, const TensorView& fparams, const TensorView& iparams,
                         const TensorView& recent_ids, const TensorView& bias_rows,
                         const TensorView& bias_ids, const TensorView& bias_values,

@@ -45,9 +45,11 @@ What one row computes (the CPU and CUDA kernels and ``sample_tokens_ref`` all fo
    alternatives are the first n ids in rank order of the given logits. ``probs`` reports the
    sampling distribution instead: ``v[token] / total`` from step 4.
 
-The kernels select without sorting the vocabulary: a small sorted buffer or nth_element for
-top-k, a mass-weighted quickselect (CPU) or a bisection over float keys (CUDA) for top-p and
-typical-p. Sums are taken in float64, in a different order than the reference's sorted cumsum,
+The kernels select without sorting the vocabulary. CPU: block maxima then a small sorted buffer
+(or nth_element) for top-k; a mass histogram over the order keys' top bits and a mass-weighted
+quickselect inside the boundary bucket for top-p and typical-p. CUDA: one thread block per row; a
+threshold on a 64-bit order key found by an MSD radix walk (4 bits a level, fixed-order block
+sums, no floating-point atomics) for all three. Sums are taken in float64, in a different order than the reference's sorted cumsum,
 so a token whose cumulative mass lies within ~1e-15 of a top-p boundary may land on the other
 side; away from such ties kernels and reference pick the same tokens.
 """
@@ -295,7 +297,7 @@ def launch_sample_tokens(logits, fparams, iparams, recent_ids, bias_rows, bias_i
     views = [L.view(t) for t in args]
     if logits.is_cuda:
         B, V = logits.shape
-        workspace = torch.empty(B, V, dtype=torch.float64, device=logits.device)
+        workspace = torch.empty(B, 2 * V, dtype=torch.float64, device=logits.device)
         L._C.sample_tokens_cuda(*views, L.view(workspace), *(L.view(o) for o in outs),
                                 torch.cuda.current_stream(logits.device).cuda_stream)
     else:
