@@ -219,6 +219,10 @@ class SamplingParams:
             _fail(name, "a list of token ids (integers >= 0)", value)
         return tuple(int(i) for i in value)
 
+    def __hash__(self) -> int:  # logit_bias is a dict: hash its items instead
+        return hash(tuple(tuple(sorted(v.items())) if isinstance(v, Mapping) else v
+                          for v in (getattr(self, f.name) for f in fields(self))))
+
     # ------------------------------------------------------------------ helpers
 
     @property

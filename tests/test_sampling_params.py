@@ -110,3 +110,8 @@ def test_to_dict_round_trips():
 def test_default_chain():
     assert split_chain(DEFAULT_SAMPLERS) == ["penalties", "logit_bias", "top_k", "typical_p", "top_p",
                                              "min_p", "temperature"]
+
+
+def test_hashable_with_logit_bias():
+    a, b = SamplingParams(logit_bias={1: 2.0}), SamplingParams(logit_bias={1: 2.0})
+    assert a == b and hash(a) == hash(b) and len({a, b, SamplingParams()}) == 2
