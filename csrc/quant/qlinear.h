@@ -38,6 +38,17 @@ void qlinear_tile_baseline(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t
 void qlinear_tile_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
 void qlinear_tile_avx512(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
 
+// Below this many tokens the kernels decode weights straight into registers (GEMV and small
+// register tiles); from it on they dequantize panels and run a GEMM micro-kernel.
+constexpr int64_t kPackedMinTokens = 10;
+
+// AVX2 pieces the AVX-512 kernel reuses (defined in qlinear_avx2.cpp): the few-token path, which
+// is memory-bound and tuned for AVX2, and the panel packer (rows [n, n + rows), rows <= 16,
+// weights [k0, k0 + klen), k0 % 32 == 0, dequantized into buf[k * ldb + r]; missing rows zero).
+void qlinear_small_t_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
+void qlinear_pack_panel_avx2(const QLinearArgs& a, int64_t n, int rows, int64_t k0, int64_t klen, float* buf,
+                             int64_t ldb);
+
 // The driver: picks the kernel for cpu_isa() and splits rows/tokens over the OpenMP threads.
 void qlinear_run(const QLinearArgs& a);
 

@@ -354,11 +354,11 @@ inline void transpose8(__m256 r[8]) {
   r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
-// Dequantize rows [n, n + rows) (rows <= 16), weights [k0, k0 + klen) into buf[k][16] (k-major,
+// Dequantize rows [n, n + rows) (rows <= 16), weights [k0, k0 + klen) into buf[k * ldb + r] (k-major,
 // missing rows zero). k0 is a multiple of 32. Eight rows at a time: decode a chunk of each, then
 // 8x8 transposes put each k's eight rows side by side.
 template <int QT>
-void pack_panel(const QLinearArgs& a, int64_t n, int rows, int64_t k0, int64_t klen, float* buf) {
+void pack_panel(const QLinearArgs& a, int64_t n, int rows, int64_t k0, int64_t klen, float* buf, int64_t ldb) {
   const int64_t whole = klen / kQBlock * kQBlock;
   for (int g = 0; g < kPanelRows; g += 8) {
     const uint8_t* rp[8];
@@ -380,16 +380,16 @@ void pack_panel(const QLinearArgs& a, int64_t n, int rows, int64_t k0, int64_t k
       transpose8(lo2);
       transpose8(hi);
       transpose8(hi2);
-      float* dst = buf + kk * kPanelRows + g;
+      float* dst = buf + kk * ldb + g;
       for (int i = 0; i < 8; ++i) {
-        _mm256_store_ps(dst + i * kPanelRows, lo[i]);
-        _mm256_store_ps(dst + (8 + i) * kPanelRows, lo2[i]);
-        _mm256_store_ps(dst + (16 + i) * kPanelRows, hi[i]);
-        _mm256_store_ps(dst + (24 + i) * kPanelRows, hi2[i]);
+        _mm256_storeu_ps(dst + i * ldb, lo[i]);
+        _mm256_storeu_ps(dst + (8 + i) * ldb, lo2[i]);
+        _mm256_storeu_ps(dst + (16 + i) * ldb, hi[i]);
+        _mm256_storeu_ps(dst + (24 + i) * ldb, hi2[i]);
       }
     }
     for (int64_t k = whole; k < klen; ++k)  // the K tail of a float type
-      for (int r = 0; r < 8; ++r) buf[k * kPanelRows + g + r] = rp[r] ? float_row_elem(QT, rp[r], k0 + k) : 0.f;
+      for (int r = 0; r < 8; ++r) buf[k * ldb + g + r] = rp[r] ? float_row_elem(QT, rp[r], k0 + k) : 0.f;
   }
 }
 
@@ -424,7 +424,7 @@ void gemm_packed(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64
     const int64_t klen = std::min<int64_t>(kPanelK, a.K - k0);
     for (int64_t n = n0; n < n1; n += kPanelRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kPanelRows, n1 - n));
-      pack_panel<QT>(a, n, rows, k0, klen, panel);
+      pack_panel<QT>(a, n, rows, k0, klen, panel, kPanelRows);
       for (int64_t t = t0; t < t1; t += kMicroTokens) {
         const int mt = static_cast<int>(std::min<int64_t>(kMicroTokens, t1 - t));
         const float* xp = a.x + t * a.ldx + k0;
@@ -446,9 +446,6 @@ void gemm_packed(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64
   }
 }
 
-#ifndef PYLLM_QL_PACKED_MIN_T
-#define PYLLM_QL_PACKED_MIN_T 10
-#endif
 
 // Decode (one token): R rows at a time straight through. Several tokens: a tile of TT tokens'
 // activations stays in L1 while every row of a row block (a few hundred KB, so it stays in L2)
@@ -460,12 +457,21 @@ void gemm_packed(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64
 #define PYLLM_QL_TT 4
 #endif
 template <int QT>
+void small_t(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
+
+template <int QT>
 void tile(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
-  constexpr int R = PYLLM_QL_R, TT = PYLLM_QL_TT;
-  if (t1 - t0 >= PYLLM_QL_PACKED_MIN_T) {
+  if (t1 - t0 >= kPackedMinTokens) {
     gemm_packed<QT>(a, t0, t1, n0, n1);
     return;
   }
+  small_t<QT>(a, t0, t1, n0, n1);
+}
+
+// Fewer than kPackedMinTokens tokens: GEMV per token, or R-row x TT-token register tiles.
+template <int QT>
+void small_t(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+  constexpr int R = PYLLM_QL_R, TT = PYLLM_QL_TT;
   if (t1 - t0 < TT) {
     for (int64_t t = t0; t < t1; ++t) gemv_rows<QT>(a, t, n0, n1);
     return;
@@ -480,6 +486,25 @@ void tile(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) 
 }
 
 }  // namespace
+
+#define PYLLM_QL_DISPATCH(fn, ...)              \
+  switch (a.qtype) {                            \
+    case kQ4_0: fn<kQ4_0>(__VA_ARGS__); break;  \
+    case kQ4_1: fn<kQ4_1>(__VA_ARGS__); break;  \
+    case kQ8_0: fn<kQ8_0>(__VA_ARGS__); break;  \
+    case kQF16: fn<kQF16>(__VA_ARGS__); break;  \
+    case kQBF16: fn<kQBF16>(__VA_ARGS__); break; \
+    default: fn<kQF32>(__VA_ARGS__); break;     \
+  }
+
+void qlinear_small_t_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+  PYLLM_QL_DISPATCH(small_t, a, t0, t1, n0, n1)
+}
+
+void qlinear_pack_panel_avx2(const QLinearArgs& a, int64_t n, int rows, int64_t k0, int64_t klen, float* buf,
+                             int64_t ldb) {
+  PYLLM_QL_DISPATCH(pack_panel, a, n, rows, k0, klen, buf, ldb)
+}
 
 void qlinear_tile_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
   switch (a.qtype) {
