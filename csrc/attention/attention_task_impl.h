@@ -76,23 +76,6 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
     const int64_t p1 = p + n;
     const int64_t base = ((static_cast<int64_t>(table[p / bs]) * bs + off) * sh.hkv + task.g) * d;
 
-    // Cache blocks are scattered, so the hardware prefetcher cannot guess the next tile: ask
-    // for its K and V rows now, while this tile is being computed.
-    if (p1 < task.c1) {
-      int64_t nn = bs - p1 % bs;  // the next tile's length, as the loop will cut it
-      if (nn > kAttnTile) nn = kAttnTile;
-      if (nn > task.c1 - p1) nn = task.c1 - p1;
-      const int64_t next = ((static_cast<int64_t>(table[p1 / bs]) * bs + p1 % bs) * sh.hkv + task.g) * d;
-      const int64_t elem = sh.cache_dtype == 0 ? 4 : 2;
-      const char* kn = static_cast<const char*>(sh.k_cache) + next * elem;
-      const char* vn = static_cast<const char*>(sh.v_cache) + next * elem;
-      for (int64_t j = 0; j < nn; ++j)
-        for (int64_t byte = 0; byte < d * elem; byte += 64) {
-          __builtin_prefetch(kn + j * row_stride * elem + byte);
-          __builtin_prefetch(vn + j * row_stride * elem + byte);
-        }
-    }
-
     // Rows that see some position of this tile: [ra, rb). lo and hi never decrease with r.
     int64_t ra = 0, rb = rows;
     while (ra < rows && sc.hi[ra] <= p) ++ra;
