@@ -12,8 +12,9 @@ temperature 0.8) and "top-p" (top-p 0.9, temperature 0.8: the sort-heavy case). 
 - pyllm Sampler: `pyllm.sampler.Sampler.sample` from SamplingParams (packing the per-row
   tensors from Python objects included), what the engine calls.
 
-Figures: median microseconds per step over `--repeats` timings, and torch's time divided by
-pyllm's (higher is better for pyllm).
+Figures: median microseconds per step over `--repeats` timings (the three timed round-robin, so
+load swings on a shared machine hit them alike), and torch's time divided by pyllm's (higher is
+better for pyllm).
 """
 
 from __future__ import annotations
@@ -36,23 +37,31 @@ SETTINGS = {
 WINDOW = 64
 
 
-def median_us(fn, repeats: int, min_time: float = 0.05) -> float:
+def calls_per_timing(fn, min_time: float) -> int:
+    """How many calls one timing needs to last at least min_time."""
     fn()
     n = 1
-    while True:  # calls per timing so that one timing lasts at least min_time
+    while True:
         t = time.perf_counter()
         for _ in range(n):
             fn()
         if time.perf_counter() - t >= min_time:
-            break
+            return n
         n *= 2
-    times = []
+
+
+def median_us(fns: dict, repeats: int, min_time: float = 0.05) -> dict:
+    """Median microseconds per call of each function. The contenders are timed round-robin
+    (one timing of each per repeat), so load swings on a shared machine hit them alike."""
+    counts = {name: calls_per_timing(fn, min_time) for name, fn in fns.items()}
+    times: dict = {name: [] for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        times.append((time.perf_counter() - t) / n)
-    return statistics.median(times) * 1e6
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(counts[name]):
+                fn()
+            times[name].append((time.perf_counter() - t) / counts[name])
+    return {name: statistics.median(ts) * 1e6 for name, ts in times.items()}
 
 
 def torch_sampler(logits, recent, temperature, top_k, top_p, min_p, repetition, generator):
@@ -107,14 +116,15 @@ def main() -> None:
             t, k, tp = col("temperature", 1.0).float(), col("top_k", 0), col("top_p", 1.0).float()
             mp, rp = col("min_p", 0.0).float(), col("repetition_penalty", 1.0).float()
             gen = torch.Generator().manual_seed(1)
-            t_torch = median_us(lambda: torch_sampler(logits, recent, t, k, tp, mp, rp, gen), args.repeats)
-
             fparams = torch.stack([t, tp, mp, torch.ones(B), rp, torch.zeros(B), torch.zeros(B)], 1)
             iparams = torch.stack([k, torch.arange(B), torch.full((B,), WINDOW)], 1)
-            t_kernel = median_us(lambda: ops.sample_tokens(logits, fparams, iparams, recent), args.repeats)
-
             sampler = Sampler()
-            t_sampler = median_us(lambda: sampler.sample(logits, params, prompts, outputs), args.repeats)
+            us = median_us({
+                "torch": lambda: torch_sampler(logits, recent, t, k, tp, mp, rp, gen),
+                "kernel": lambda: ops.sample_tokens(logits, fparams, iparams, recent),
+                "sampler": lambda: sampler.sample(logits, params, prompts, outputs),
+            }, args.repeats)
+            t_torch, t_kernel, t_sampler = us["torch"], us["kernel"], us["sampler"]
             print(f"{name:8} {B:>3} {t_torch:>10.0f} {t_kernel:>13.0f} {t_sampler:>14.0f} "
                   f"{t_torch / t_kernel:>12.1f}x {t_torch / t_sampler:>13.1f}x", flush=True)
 
