@@ -119,7 +119,7 @@ def sequence(draw, block_size: int) -> tuple[int, int]:
 
 @st.composite
 def cases(draw):
-    block_size = draw(st.sampled_from([1, 4, 16, 16, 32]))
+    block_size = draw(st.sampled_from([1, 4, 16, 16, 32, 64]))
     hkv = draw(st.sampled_from([1, 2, 3]))
     ratio = draw(st.sampled_from([1, 3, 8]))
     d = draw(st.sampled_from([64, 64, 128, 4, 8, 20, 33]))
