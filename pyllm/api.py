@@ -17,16 +17,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
 from pyllm.chat import ChatTemplate, is_messages
 from pyllm.errors import ContextLengthError
-from pyllm.generation import (GenerationResult, ScoredToken, generate_stream, score_ids)
+from pyllm.generation import GenerationResult, ScoredToken, StreamEvent, score_ids
 from pyllm.model.loader import LoadedModel, load_model
 from pyllm.sampling_params import SamplingParams
 from pyllm.types import Message, Tokenizer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyllm.engine.frontend import EngineFrontend
+    from pyllm.engine.llm_engine import EngineConfig
 
 Prompt = Union[str, Sequence[Message], Sequence[int]]
 
@@ -58,6 +62,8 @@ class LLM:
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.name = name or loaded.path.name
+        self._engine: EngineFrontend | None = None
+        self._engine_config: EngineConfig | None = None
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "cpu", *,
@@ -183,23 +189,52 @@ class LLM:
 
     # ------------------------------------------------------------------ generation
 
+    @property
+    def engine(self) -> EngineFrontend:
+        """The engine behind generate/stream/chat, made on first use and kept: its KV-cache
+        keeps finished requests' blocks as a prefix cache, so a chat's next turn (or prompts
+        sharing a system prompt) prefills only what is new."""
+        if self._engine is None:
+            from pyllm.engine.frontend import EngineFrontend
+            from pyllm.engine.llm_engine import EngineConfig, LLMEngine
+
+            self._engine = EngineFrontend(LLMEngine(self.model, self.tokenizer,
+                                                    self._engine_config or EngineConfig()))
+        return self._engine
+
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  params: SamplingParams | Sequence[SamplingParams] | None = None, *,
-                 truncate: str | None = None, max_batch: int = 16) -> list[GenerationResult]:
-        """One GenerationResult per prompt (a single prompt is a batch of one).
+                 truncate: str | None = None, progress: bool = False) -> list[GenerationResult]:
+        """One GenerationResult per prompt, in input order (a single prompt is a batch of one).
 
         `params`: one SamplingParams for every prompt or one per prompt (default:
-        SamplingParams()). Results carry text, token_ids, finish_reason ("stop" | "length") and
-        log-probs when params.logprobs is set.
+        SamplingParams()). All prompts run together through the engine (continuous batching).
+        Results carry text, token_ids, finish_reason ("stop" | "length") and log-probs when
+        params.logprobs is set. `progress=True` shows a progress bar of finished completions.
         """
         batch = _as_batch(prompts)
         plist = self._params_list(params, len(batch))
         ids = [self._fit(self.encode_prompt(p), 1, truncate, "prompt") for p in batch]
-        results = [GenerationResult(i, [None] * p.n) for i, p in zip(ids, plist)]  # type: ignore
-        for ev in generate_stream(self.model, self.tokenizer, ids, plist, max_batch=max_batch):
-            if ev.finished:
-                results[ev.request].outputs[ev.output] = ev.completion
-        return results
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=sum(p.n for p in plist), unit="seq", desc="generate")
+        try:
+            outs = self.engine.run_all(ids, plist, progress=(lambda c: bar.update(1)) if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        return [GenerationResult(i, o) for i, o in zip(ids, outs)]
+
+    def stream_events(self, prompt: Prompt, params: SamplingParams | None = None, *,
+                      truncate: str | None = None) -> Iterator[StreamEvent]:
+        """Events of one request as they happen: text deltas, then a final event whose
+        `completion` has the token ids and finish reason. Closing the iterator stops the
+        request. Several streams may be consumed concurrently (they share one engine)."""
+        params = params or SamplingParams()
+        ids = self._fit(self.encode_prompt(prompt), 1, truncate, "prompt")
+        return self.engine.stream(ids, params)
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None, *,
                truncate: str | None = None) -> Iterator[str]:
@@ -207,10 +242,13 @@ class LLM:
         params = params or SamplingParams()
         if params.n != 1:
             raise ValueError("stream() makes one completion; use generate() for n > 1")
-        ids = self._fit(self.encode_prompt(prompt), 1, truncate, "prompt")
-        for ev in generate_stream(self.model, self.tokenizer, [ids], [params]):
-            if ev.delta:
-                yield ev.delta
+        events = self.stream_events(prompt, params, truncate=truncate)
+        try:
+            for ev in events:
+                if ev.delta:
+                    yield ev.delta
+        finally:
+            events.close()  # a consumer that stops early aborts the request
 
     def chat(self, messages: Sequence[Message], params: SamplingParams | None = None, *,
              truncate: str | None = None) -> GenerationResult:

@@ -83,7 +83,7 @@ def test_stop_token_ids(llm):
 def test_batch_equals_single_prompts(llm):
     prompts = [TEXT, CHAT, "1, 2, 3, 4,"]
     params = [greedy(max_tokens=10), greedy(max_tokens=6), greedy(max_tokens=8)]
-    batch = llm.generate(prompts, params, max_batch=3)
+    batch = llm.generate(prompts, params)
     alone = [llm.generate([p], q)[0] for p, q in zip(prompts, params)]
     assert [r.token_ids for r in batch] == [r.token_ids for r in alone]
     assert [len(r.token_ids) for r in batch if r.finish_reason == "length"] == \
