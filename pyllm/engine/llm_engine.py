@@ -69,6 +69,9 @@ class LLMEngine:
                                    enable_prefix_caching=config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, SchedulerConfig(config.max_num_seqs,
                                                                 config.max_num_batched_tokens))
+        # What runs a step: the model itself, or a wrapper with the same call signature
+        # (e.g. one that replays captured CUDA graphs for decode steps).
+        self.forward = model
         self._ids = itertools.count()
         self._requests: dict[Hashable, list[Sequence]] = {}
         self.stats = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "computed_tokens": 0,
@@ -141,7 +144,7 @@ class LLMEngine:
         rows = meta.last_token_rows()[ready] if ready else None
         device = self.model.device
         if ready:
-            logits = self.model(torch.tensor(ids, dtype=torch.int64, device=device), meta,
+            logits = self.forward(torch.tensor(ids, dtype=torch.int64, device=device), meta,
                                 self.kv_caches, rows.to(device)).float()
         else:
             self.model.hidden_states(torch.tensor(ids, dtype=torch.int64, device=device), meta,
