@@ -85,7 +85,13 @@ def check_write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor
 
 
 def _kernel(k, v, k_cache, v_cache, slot_mapping) -> None:
-    """Call the compiled kernel on already-checked arguments."""
+    """Call the compiled kernel on already-checked slots (shapes are re-compared: cheap)."""
+    if (k.dim() != 3 or k_cache.dim() != 4 or k.shape[1:] != k_cache.shape[2:] or v.shape != k.shape
+            or v_cache.shape != k_cache.shape or slot_mapping.shape != k.shape[:1]
+            or v.dtype != k.dtype or v_cache.dtype != k_cache.dtype or slot_mapping.dtype != torch.int64
+            or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
+        _fail(f"k {list(k.shape)} / v {list(v.shape)} / slot_mapping {list(slot_mapping.shape)} do not fit "
+              f"the caches {list(k_cache.shape)} / {list(v_cache.shape)}")
     if not k.shape[0] or not k_cache.numel():
         return
     k, v, slot_mapping = k.contiguous(), v.contiguous(), slot_mapping.contiguous()

@@ -186,6 +186,13 @@ def test_validated_path_and_out_buffer():
         A.paged_attention(*case.args(), validated=True, out=torch.empty_like(case.q).double())
     with pytest.raises(ValueError, match="out"):
         A.paged_attention(*case.args(), validated=True, out=out[:-1])
+    # The hot path skips the value checks, not the cheap structural ones.
+    bad = list(case.args())
+    bad[5] = case.block_tables.long()
+    with pytest.raises(ValueError, match="int32"):
+        A.paged_attention(*bad, validated=True)
+    with pytest.raises(ValueError, match="fit"):
+        A.paged_attention(case.q[..., :8], *case.args()[1:], validated=True)
 
 
 def test_opcheck():

@@ -69,6 +69,11 @@ def test_validated_path_matches_op():
     K.write_kv_cache_(k, v, k_cache, v_cache, slots)
     assert_same(a, k_cache)
     assert_same(b, v_cache)
+    # The hot path skips the value checks, not the cheap structural ones.
+    with pytest.raises(ValueError):
+        K.write_kv_cache_(k, v, a, b, slots.int(), validated=True)
+    with pytest.raises(ValueError):
+        K.write_kv_cache_(k[:, :1], v[:, :1], a, b, slots, validated=True)
 
 
 def test_opcheck():
