@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import pyllm.ops as ops
 from pyllm.ops import _library as L
-from pyllm.ops.qlinear import QTYPE_CODES, QWeight, qlinear_ref
+from pyllm.ops.qlinear import QTYPE_CODES, QWeight, plan, qlinear_ref
 from pyllm.weights.quant import quantize, row_bytes
 
 BLOCK_QTYPES = ["q4_0", "q4_1", "q8_0"]
@@ -195,6 +195,20 @@ def test_linear_entry_shapes_and_out():
     # A non-contiguous activation goes through the op path and gives the same numbers.
     xt = torch.randn(64, 5, generator=gen).T
     torch.testing.assert_close(ops.linear(xt, qw), ops.linear(xt.contiguous(), qw), rtol=0, atol=0)
+
+
+@native
+def test_plan_reads_x_at_call_time():
+    gen = torch.Generator().manual_seed(9)
+    qw = QWeight(quantize(torch.randn(40, 96, generator=gen), "q4_1"), "q4_1", 40, 96)
+    x, out, bias = torch.zeros(1, 96), torch.empty(1, 40), torch.randn(40, generator=gen)
+    run = plan(x, qw, out, bias)
+    for _ in range(3):
+        x.copy_(torch.randn(1, 96, generator=gen))
+        run()
+        torch.testing.assert_close(out, ops.linear(x, qw, bias), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="plan"):
+        plan(torch.zeros(1, 64), qw, out)
 
 
 def test_opcheck():
