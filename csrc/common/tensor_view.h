@@ -10,7 +10,8 @@
 
 namespace pyllm {
 
-enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, I32 = 3, I64 = 4, U8 = 5, I8 = 6 };
+// The codes are part of the Python boundary (pyllm/ops/_library.py): append, never renumber.
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, I32 = 3, I64 = 4, U8 = 5, I8 = 6, F64 = 7 };
 enum class Device : int { CPU = 0, CUDA = 1 };
 
 constexpr int kMaxDims = 6;
@@ -32,7 +33,7 @@ struct TensorView {
         ndim(static_cast<int>(sizes.size())) {
     if (sizes.size() > static_cast<size_t>(kMaxDims) || sizes.size() != strides.size())
       throw std::invalid_argument("TensorView: bad rank or strides");
-    if (dtype_code < 0 || dtype_code > 6) throw std::invalid_argument("TensorView: bad dtype");
+    if (dtype_code < 0 || dtype_code > 7) throw std::invalid_argument("TensorView: bad dtype");
     for (int i = 0; i < ndim; ++i) {
       if (sizes[i] < 0) throw std::invalid_argument("TensorView: negative size");
       shape[i] = sizes[i];

@@ -436,7 +436,9 @@ void sample_tokens_cuda(const TensorView& logits, const TensorView& fparams, con
   require(logits.device == Device::CUDA && logits.dtype == DType::F32 && logits.ndim == 2,
           "logits f32 [B, V] on CUDA");
   const int64_t B = logits.size(0), V = logits.size(1);
-  require(workspace.ndim == 2 && workspace.size(0) >= B, "workspace [B, W]");
+  require(workspace.dtype == DType::F64 && workspace.ndim == 2 && workspace.size(0) >= B &&
+              workspace.is_contiguous(),
+          "workspace float64 [B, W], contiguous");
   Args a;
   a.logits = logits.ptr<float>();
   a.fparams = fparams.ptr<float>();

@@ -44,7 +44,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = qkv.split([Hq * D, Hkv * D, Hkv * D], dim=-1)
         q, k, v = q.view(T, Hq, D), k.view(T, Hkv, D), v.view(T, Hkv, D)
         if self.rope:
-            q, k = ops.rope(q, k, meta.positions, cos_sin, self.neox)  # (T, Hq, D), (T, Hkv, D)
+            q, k = ops.rope(q, k, meta.positions, cos_sin, self.neox,
+                            validated=validated)  # (T, Hq, D), (T, Hkv, D)
         k_cache, v_cache = kv_cache  # (num_blocks, block_size, Hkv, D)
         ops.write_kv_cache_(k, v.contiguous(), k_cache, v_cache, meta.slot_mapping,
                             validated=validated)
@@ -108,12 +109,13 @@ class GPT(nn.Module):
         return self.norm_f.weight.device
 
     def hidden_states(self, input_ids: torch.Tensor, meta: AttentionMetadata,
-                      kv_caches: KVCaches) -> torch.Tensor:
+                      kv_caches: KVCaches, *, validated: bool = False) -> torch.Tensor:
         """The final-layer residual stream [T, C], before the last norm."""
         if len(kv_caches) != len(self.blocks):
             raise ValueError(f"need one KV cache per layer ({len(self.blocks)}), "
                              f"got {len(kv_caches)}")
-        self._check_step(input_ids, meta, kv_caches)
+        if not validated:  # True: the caller ran _check_step on this step (a CUDA graph's replay)
+            self._check_step(input_ids, meta, kv_caches)
         x = self.wte(input_ids)  # (T, C)
         if self.wpe is not None:
             x = x + self.wpe(meta.positions)  # (T, C)
@@ -127,10 +129,10 @@ class GPT(nn.Module):
         return self.lm_head(self.norm_f(hidden))  # (R, V)
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches,
-                logits_at: torch.Tensor | None = None) -> torch.Tensor:
+                logits_at: torch.Tensor | None = None, *, validated: bool = False) -> torch.Tensor:
         """Logits [R, V] at the rows `logits_at` (int64 indices into the T tokens; every row
         when None). `meta.last_token_rows()` gives each sequence's next-token row."""
-        h = self.hidden_states(input_ids, meta, kv_caches)  # (T, C)
+        h = self.hidden_states(input_ids, meta, kv_caches, validated=validated)  # (T, C)
         if logits_at is not None:
             h = h.index_select(0, logits_at)  # (R, C)
         return self.logits(h)  # (R, V)

@@ -25,6 +25,7 @@ _DTYPE_CODES = {
     torch.int64: 4,
     torch.uint8: 5,
     torch.int8: 6,
+    torch.float64: 7,  # scratch only (the CUDA sampler's workspace); no op takes float64 data
 }
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

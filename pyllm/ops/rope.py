@@ -189,9 +189,10 @@ def _rope_fake(q, k, positions, cos_sin, neox):
             torch.empty_like(k, memory_format=torch.contiguous_format))
 
 
-def _rope_kernel(entry: str, q, k, positions, cos_sin, neox, *stream):
+def _rope_kernel(entry: str, q, k, positions, cos_sin, neox, *stream, trusted: bool = False):
     _check_rope_args(q, k, positions, cos_sin)
-    _check_positions(positions, cos_sin.shape[0])
+    if not trusted:
+        _check_positions(positions, cos_sin.shape[0])
     q, k = q.contiguous(), k.contiguous()
     positions, cos_sin = positions.contiguous(), cos_sin.contiguous()
     q_out, k_out = torch.empty_like(q), torch.empty_like(k)
@@ -201,26 +202,41 @@ def _rope_kernel(entry: str, q, k, positions, cos_sin, neox, *stream):
     return q_out, k_out
 
 
-def _rope_cpu(q, k, positions, cos_sin, neox):
-    return _rope_kernel("rope_cpu", q, k, positions, cos_sin, neox)
+def _rope_cpu(q, k, positions, cos_sin, neox, trusted: bool = False):
+    return _rope_kernel("rope_cpu", q, k, positions, cos_sin, neox, trusted=trusted)
 
 
-def _rope_cuda(q, k, positions, cos_sin, neox):
+def _rope_cuda(q, k, positions, cos_sin, neox, trusted: bool = False):
     return _rope_kernel("rope_cuda", q, k, positions, cos_sin, neox,
-                        torch.cuda.current_stream().cuda_stream)
+                        torch.cuda.current_stream().cuda_stream, trusted=trusted)
 
+
+_HAS_CPU = L._C is not None and hasattr(L._C, "rope_cpu")
+_HAS_CUDA = L.cuda_built() and hasattr(L._C, "rope_cuda")
 
 L.register(ROPE, reference=_rope_reference, fake=_rope_fake,
-           cpu=_rope_cpu if hasattr(L._C, "rope_cpu") else None,
-           cuda=_rope_cuda if L.cuda_built() and hasattr(L._C, "rope_cuda") else None)
+           cpu=_rope_cpu if _HAS_CPU else None,
+           cuda=_rope_cuda if _HAS_CUDA else None)
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
-         neox: bool) -> tuple[torch.Tensor, torch.Tensor]:
+         neox: bool, *, validated: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q [T, Hq, D] and k [T, Hk, D] by their tokens' positions; returns new (q, k).
 
     positions: int64 [T], each in [0, cos_sin.shape[0]); cos_sin: `rope_cos_sin(...)`'s table,
     float32 [max_pos, R] with R even and <= D. neox: True for the NeoX / Hugging Face layout
     (pairs i, i + R/2), False for the normal GPT-J / llama.cpp layout (pairs 2i, 2i + 1).
+
+    `validated=True` is the trusted hot path (as for `write_kv_cache_` and `paged_attention`):
+    the caller has checked once for this step that every position lies in [0, max_pos) (the
+    model does, for all its layers), so the kernel is called directly, without the dispatcher
+    and without the positions check, which reads the positions back to the host (a device
+    sync per call on CUDA). Shapes, dtypes and devices are still checked (no device read).
     """
-    return torch.ops.pyllm.rope(q, k, positions, cos_sin, neox)
+    if not validated:
+        return torch.ops.pyllm.rope(q, k, positions, cos_sin, neox)
+    if L.native() and (_HAS_CUDA if q.is_cuda else _HAS_CPU):
+        kernel = _rope_cuda if q.is_cuda else _rope_cpu
+        return kernel(q, k, positions, cos_sin, neox, trusted=True)
+    _check_rope_args(q, k, positions, cos_sin)
+    return rope_ref(q, k, positions, cos_sin, neox)
