@@ -472,16 +472,22 @@ void tile(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) 
 template <int QT>
 void small_t(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
   constexpr int R = PYLLM_QL_R, TT = PYLLM_QL_TT;
-  if (t1 - t0 < TT) {
-    for (int64_t t = t0; t < t1; ++t) gemv_rows<QT>(a, t, n0, n1);
+  if (t1 - t0 == 1) {
+    gemv_rows<QT>(a, t0, n0, n1);
     return;
   }
+  // Row blocks small enough to stay in L2 while every token tile passes over them.
   const int64_t row_block = std::max<int64_t>(R, (256 * 1024) / std::max<int64_t>(a.ldw, 1) / R * R);
   for (int64_t nb = n0; nb < n1; nb += row_block) {
     const int64_t ne = std::min(n1, nb + row_block);
     int64_t t = t0;
     for (; t + TT <= t1; t += TT) rows_pass<QT, R, TT>(a, t, nb, ne);
-    for (; t < t1; ++t) gemv_rows<QT>(a, t, nb, ne);
+    switch (t1 - t) {  // the last 1-3 tokens share one pass over the rows too
+      case 3: rows_pass<QT, 2, 3>(a, t, nb, ne); break;
+      case 2: rows_pass<QT, 2, 2>(a, t, nb, ne); break;
+      case 1: gemv_rows<QT>(a, t, nb, ne); break;
+      default: break;
+    }
   }
 }
 
