@@ -11,8 +11,11 @@ Block layouts (32 weights a block, see docs/kernels.md):
     q4_0: fp16 d, 16 bytes (j low, j+16 high)  -> (q - 8) * d                   (18 bytes)
     q4_1: fp16 d, fp16 m, 16 bytes as q4_0     -> q * d + m                     (20 bytes)
 
-Non-finite fp16 scales (NaN / Inf in raw bytes) are not rejected: they propagate as IEEE
-arithmetic does in the reference (NaN or Inf in the output rows that use them).
+The reference defines the behaviour for any bit pattern, non-finite fp16 scales included (they are
+not rejected): an output the reference makes non-finite is non-finite from the kernels too, and
+finite outputs agree. Which non-finite value (NaN or +-inf) may differ: the decode kernel applies a
+chunk's scale to the chunk's dot product, so inf * (q . x) can be inf where the reference's
+0 * inf weight gives NaN.
 """
 
 from __future__ import annotations
