@@ -1,8 +1,9 @@
 // qlinear on CUDA: out[T, N] = x[T, K] (float32) @ dequant(W[N, K]).T + bias, on the GGUF blocks.
 //
-// Few tokens (decode, T <= 8): a warp per output row; each lane walks chunks lane, lane+32, ...
-// of the row, dequantizes a chunk in registers and dots it with up to 8 activation rows; a warp
-// shuffle reduction finishes the row. Weight bytes are read once, coalesced across the warp.
+// Few tokens (decode, T <= 8): a warp per output row; four lanes share a 32-weight chunk (eight
+// weights each), so a warp covers eight chunks a step, dequantizes them in registers and dots them
+// with up to 8 activation rows; a warp shuffle reduction finishes the row. Weight bytes are read
+// once, coalesced across the warp.
 // More tokens: a 64x64 output tile per block; each 32-wide K step loads the activation tile and
 // dequantizes the weight tile into shared memory (float32), then every thread accumulates a
 // 4x4 micro-tile with float32 FMAs. float32 throughout, so the result matches the reference up
@@ -84,7 +85,7 @@ __device__ __forceinline__ void decode8(const uint8_t* row, int64_t c, int part,
 
 // ------------------------------------------------------------------- GEMV
 
-constexpr int kGemvWarps = 8;  // rows per block
+constexpr int kGemvWarps = 4;  // rows per block
 
 template <int QT, int TT>
 __global__ void qlinear_gemv_kernel(const float* __restrict__ x, const uint8_t* __restrict__ w,
@@ -96,23 +97,21 @@ __global__ void qlinear_gemv_kernel(const float* __restrict__ x, const uint8_t* 
   const int64_t t0 = static_cast<int64_t>(blockIdx.y) * TT;
   const uint8_t* row = w + n * ldw;
   const int64_t chunks = (K + 31) / 32;
+  const int part = lane & 3;  // four lanes share a chunk, eight weights each: a warp covers 8 chunks
   float acc[TT];
 #pragma unroll
   for (int t = 0; t < TT; ++t) acc[t] = 0.f;
-  for (int64_t c = lane; c < chunks; c += 32) {
+  for (int64_t c = lane >> 2; c < chunks; c += 8) {
+    float wv[8];
+    decode8<QT>(row, c, part, K, wv);
+    const int64_t k0 = c * 32 + 8 * part;
 #pragma unroll
-    for (int part = 0; part < 4; ++part) {
-      float wv[8];
-      decode8<QT>(row, c, part, K, wv);
-      const int64_t k0 = c * 32 + 8 * part;
+    for (int t = 0; t < TT; ++t) {
+      if (t0 + t < T) {
+        const float* xp = x + (t0 + t) * K;
 #pragma unroll
-      for (int t = 0; t < TT; ++t) {
-        if (t0 + t < T) {
-          const float* xp = x + (t0 + t) * K;
-#pragma unroll
-          for (int i = 0; i < 8; ++i)
-            if (k0 + i < K) acc[t] = fmaf(wv[i], __ldg(xp + k0 + i), acc[t]);
-        }
+        for (int i = 0; i < 8; ++i)
+          if (k0 + i < K) acc[t] = fmaf(wv[i], __ldg(xp + k0 + i), acc[t]);
       }
     }
   }
