@@ -42,6 +42,8 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     enable_prefix_caching: bool = True
+    # On CUDA, replay decode steps as CUDA graphs (pyllm/model/cuda_graph.py); ignored on the CPU.
+    cuda_graphs: bool = True
 
 
 class CannotFitError(ContextLengthError):
@@ -72,6 +74,10 @@ class LLMEngine:
         # What runs a step: the model itself, or a wrapper with the same call signature
         # (e.g. one that replays captured CUDA graphs for decode steps).
         self.forward = model
+        if config.cuda_graphs and model.device.type == "cuda":
+            from pyllm.model.cuda_graph import CudaGraphRunner
+
+            self.forward = CudaGraphRunner(model, max_batch=config.max_num_seqs)
         self._ids = itertools.count()
         self._requests: dict[Hashable, list[Sequence]] = {}
         self.stats = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "computed_tokens": 0,

@@ -1,0 +1,185 @@
+"""CudaGraphRunner: decode steps through padded static buffers (and, on CUDA, replayed graphs)
+give what the model gives when called directly.
+
+The padding and bucketing logic runs on any device (`graphs=False` takes the same static-buffer
+path without capturing), so it is tested here on the CPU too; graph capture and replay need a GPU.
+The model is a tiny random Llama written as llama.cpp lays out a GGUF (Q4_1 matrices, Q8_0 tied
+embedding), like the default model, with weights large enough that greedy choices are not ties.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyllm.engine.llm_engine import EngineConfig, LLMEngine
+from pyllm.model.batch import ContiguousKVCache
+from pyllm.model.cuda_graph import CudaGraphRunner, next_power_of_two
+from pyllm.model.loader import load_model
+from pyllm.sampling_params import SamplingParams
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import make_random_llama as M  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+VOCAB = M.SHAPES["tiny"]["vocab"]
+
+
+class ByteTokenizer:
+    """The smallest Tokenizer the engine accepts: one token per byte, no specials."""
+
+    vocab_size = VOCAB
+    bos_id = eos_id = None
+    eos_ids: frozenset[int] = frozenset()
+    special_ids: frozenset[int] = frozenset()
+    add_bos = strip_leading_space = False
+
+    def encode(self, text, *, add_bos=None, parse_special=False):
+        return list(text.encode())
+
+    def decode(self, ids, *, skip_special=False):
+        return bytes(ids).decode("utf-8", "replace")
+
+    def token_bytes(self, i):
+        if not 0 <= i < VOCAB:
+            raise ValueError(i)
+        return bytes([i])
+
+    def decode_bytes(self, ids):
+        return bytes(ids)
+
+
+@pytest.fixture(scope="module")
+def gguf_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-llama") / "model.gguf"
+    M.write_random_llama(path, M.SHAPES["tiny"], seed=11, scale=0.15, embed_scale=0.5)
+    return path
+
+
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+def _model(gguf_path: Path, device: str):
+    if device not in _MODELS:
+        _MODELS[device] = load_model(gguf_path, device=device).model
+    return _MODELS[device]
+
+
+def _prompts(n: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 40, (n,), generator=g).tolist()
+    return [torch.randint(0, VOCAB, (k,), generator=g).tolist() for k in lengths]
+
+
+def test_buckets():
+    assert [next_power_of_two(n) for n in (0, 1, 2, 3, 4, 5, 8, 9, 63, 64, 65)] == \
+        [1, 1, 2, 4, 4, 8, 8, 16, 64, 64, 128]
+    runner = CudaGraphRunner(torch.nn.Linear(1, 1), max_batch=48, min_width=16, graphs=False)
+    assert runner.max_batch == 64
+    assert runner.bucket_of(3, 5) == (4, 16)
+    assert runner.bucket_of(17, 33) == (32, 64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_decode_matches_the_model_and_never_writes_padding(gguf_path, device):
+    """Decode steps of 4, then 3, then 1 sequences through the runner: logits as the model's,
+    and the cache changes only at the step's own slots (padding rows write nothing, even where
+    an earlier, larger step left real slots in the static buffers)."""
+    model = _model(gguf_path, device)
+    cfg = model.config
+    prompts = _prompts(4, seed=1)
+    caches = [ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 4, 80, block_size=8,
+                                device=device) for _ in range(2)]
+    with torch.inference_mode():
+        for cache in caches:  # identical prefill in both caches
+            for s, p in enumerate(prompts):
+                meta = cache.metadata([s], [0], [len(p)])
+                model(torch.tensor(p, device=device), meta, cache.kv_caches)
+    runner = CudaGraphRunner(model, max_batch=8, min_width=4, graphs=device == "cuda")
+    lengths = [len(p) for p in prompts]
+    g = torch.Generator().manual_seed(5)
+    for seqs in ([0, 1, 2, 3], [0, 1, 2], [2], [1, 3]):
+        ids = torch.randint(0, VOCAB, (len(seqs),), generator=g).to(device)
+        metas = [c.metadata(seqs, [lengths[s] for s in seqs], [1] * len(seqs)) for c in caches]
+        before = [k.clone() for k, _ in caches[1].kv_caches]
+        with torch.inference_mode():
+            want = model(ids, metas[0], caches[0].kv_caches)
+            got = runner(ids, metas[1], caches[1].kv_caches)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        assert torch.equal(got.argmax(-1), want.argmax(-1))
+        slots = metas[1].slot_mapping
+        for (k_after, _), k_before in zip(caches[1].kv_caches, before):
+            # bitwise: unwritten cache memory may hold NaNs, which never equal themselves
+            flat_a = k_after.view(torch.int32).flatten(0, 1).flatten(1)
+            flat_b = k_before.view(torch.int32).flatten(0, 1).flatten(1)
+            changed = (flat_a != flat_b).any(1).nonzero().flatten()
+            assert set(changed.tolist()) <= set(slots.tolist())
+        for s in seqs:
+            lengths[s] += 1
+    # logits_at picks rows; a prefill step is passed to the model as is
+    seqs = [0, 1, 2]
+    ids = torch.randint(0, VOCAB, (3,), generator=g).to(device)
+    at = torch.tensor([2, 0], device=device)
+    metas = [c.metadata(seqs, [lengths[s] for s in seqs], [1] * 3) for c in caches]
+    with torch.inference_mode():
+        want = model(ids, metas[0], caches[0].kv_caches, at)
+        got = runner(ids, metas[1], caches[1].kv_caches, at)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    eager_before = runner.stats["eager"]
+    meta = caches[1].metadata([3], [lengths[3]], [2])
+    with torch.inference_mode():
+        runner(torch.tensor([5, 6], device=device), meta, caches[1].kv_caches)
+    assert runner.stats["eager"] == eager_before + 1
+    if device == "cuda":
+        assert runner.stats["replays"] == 5 and runner.stats["captures"] == 3  # buckets 4, 1, 2
+
+
+def _generate(model, prompts, runner_kwargs=None, graphs=False, max_tokens=12):
+    """Greedy completions through the engine; `runner_kwargs` forces a CudaGraphRunner."""
+    config = EngineConfig(kv_cache_tokens=4096, block_size=8, cuda_graphs=graphs,
+                          max_num_seqs=16)
+    engine = LLMEngine(model, ByteTokenizer(), config)
+    if runner_kwargs is not None:
+        engine.forward = CudaGraphRunner(model, **runner_kwargs)
+    params = SamplingParams.greedy(max_tokens=max_tokens, ignore_eos=True)
+    out = {}
+    for ev in engine.run((i, p, params) for i, p in enumerate(prompts)):
+        if ev.finished:
+            out[ev.request] = ev.completion.token_ids
+    return out, engine
+
+
+@pytest.mark.parametrize("batch", [1, 3, 6])
+def test_engine_with_padded_runner_on_cpu(gguf_path, batch):
+    model = _model(gguf_path, "cpu")
+    prompts = _prompts(batch, seed=batch)
+    want, _ = _generate(model, prompts)
+    got, engine = _generate(model, prompts, runner_kwargs=dict(max_batch=16, graphs=False))
+    assert got == want
+    assert engine.forward.stats["eager"] > 0
+
+
+@needs_cuda
+@pytest.mark.parametrize("batch", [1, 2, 3, 5, 8, 13])
+def test_graph_decode_equals_eager_decode(gguf_path, batch):
+    """The engine on CUDA with graphs (the default) gives the eager engine's greedy tokens."""
+    model = _model(gguf_path, "cuda")
+    prompts = _prompts(batch, seed=100 + batch)
+    want, eager = _generate(model, prompts, graphs=False, max_tokens=24)
+    got, engine = _generate(model, prompts, graphs=True, max_tokens=24)
+    assert isinstance(engine.forward, CudaGraphRunner) and eager.forward is model
+    assert engine.forward.stats["replays"] > 0
+    assert got == want
+
+
+@needs_cuda
+def test_engine_config_turns_graphs_off(gguf_path):
+    model = _model(gguf_path, "cuda")
+    engine = LLMEngine(model, ByteTokenizer(), EngineConfig(kv_cache_tokens=256, cuda_graphs=False))
+    assert engine.forward is model
