@@ -193,14 +193,20 @@ def pyllm_forward(llm, batch: int, context: int, kv_dtype=torch.float32) -> dict
 # ------------------------------------------------------------------ transformers
 
 
-def hf_model(folder: Path, compiled: bool):
+def hf_model(folder: Path, compiled: str = ""):
+    """transformers in bfloat16. compiled: "" (eager, dynamic cache); "auto" (static cache:
+    generate compiles its decoding forward itself); "manual" (static cache + our own
+    torch.compile of forward, without CUDA graphs: with mode="reduce-overhead" transformers'
+    generate reads a graph output after the next replay overwrote it, an error here)."""
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(
         folder, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
     if compiled:
         model.generation_config.cache_implementation = "static"
-        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+    if compiled == "manual":
+        model.generation_config.disable_compile = True
+        model.forward = torch.compile(model.forward, fullgraph=True)
     return model
 
 
@@ -296,7 +302,7 @@ def main() -> None:
     torch.cuda.empty_cache()
 
     vocab = 49152
-    hf = hf_model(args.model_dir / "hf", compiled=False)
+    hf = hf_model(args.model_dir / "hf")
     for b in (1, 64):
         key = f"transformers decode b{b} eager"
         res[key] = r = hf_decode(hf, b, P, N, R, vocab)
@@ -308,19 +314,26 @@ def main() -> None:
         row(key, r["tokens_per_s"])
     del hf
     torch.cuda.empty_cache()
-    if args.compile:
+    for mode in (("auto", "manual") if args.compile else ()):
         try:
             t = time.perf_counter()
-            hf = hf_model(args.model_dir / "hf", compiled=True)
+            hf = hf_model(args.model_dir / "hf", compiled=mode)
             for b in (1, 64):
                 key = f"transformers decode b{b} static+compile"
                 res[key] = r = hf_decode(hf, b, P, N, R, vocab)
-                row(key, r["tokens_per_s"])
+                r["compile_mode"] = mode
+                r["compiled_by_generate"] = hasattr(hf, "_compiled_call")
+                row(f"{key} ({mode}{', compiled' if mode == 'manual' or r['compiled_by_generate'] else ''})",
+                    r["tokens_per_s"])
                 out()
             res["compile_s"] = time.perf_counter() - t
+            break
         except Exception as exc:  # report and go on: the eager figures stand
-            res["compile_error"] = f"{type(exc).__name__}: {exc}"[:500]
-            print("transformers static+compile failed:", res["compile_error"], flush=True)
+            res[f"compile_error_{mode}"] = f"{type(exc).__name__}: {exc}"[:300]
+            print(f"transformers static+compile ({mode}) failed:", res[f"compile_error_{mode}"], flush=True)
+        finally:
+            hf = None
+            torch.cuda.empty_cache()
 
     print("\nratios (pyllm graphs / transformers):", flush=True)
     for b in (1, 64):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build pyllm with its CUDA kernels and run every GPU check, on a machine with an NVIDIA GPU.
 #
-#   bash scripts/gpu_check.sh [STAGES]     STAGES: any of build,model,parity,bench,tests (default: all,
+#   bash scripts/gpu_check.sh [STAGES]     STAGES: any of build,model,parity,profile,bench,tests (default: all,
 #                                          run in that order)
 # Each stage gets at most its cap (PARITY_TIMEOUT, BENCH_TIMEOUT, TESTS_TIMEOUT seconds) and never
 # more than what is left of DEADLINE (default 570 s from the start), so one call fits a 10-minute slot.
@@ -21,7 +21,7 @@ if [[ "${SNAPSHOT:-0}" == 1 && -f .gpu/src.tar ]]; then
   rm -rf /tmp/src && mkdir -p /tmp/src && tar -xf .gpu/src.tar -C /tmp/src && cd /tmp/src
   echo "running on the snapshot of commit $(cat "$GPU_FILES/src.commit" 2>/dev/null)"
 fi
-STAGES="${1:-build,model,parity,bench,tests}"
+STAGES="${1:-build,model,parity,profile,bench,tests}"
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYLLM_HOME=/tmp/pyllm-home
@@ -60,6 +60,11 @@ fi
 if has parity; then
   stamp parity
   timeout "$(left ${PARITY_TIMEOUT:-200})" $PY scripts/gpu_parity.py "$MODEL/model.gguf" 2>&1 | tee "$OUT/parity.log" | grep -E "PASS|FAIL|INFO|Error|error|passed"
+fi
+
+if has profile; then
+  stamp profile
+  timeout "$(left 120)" $PY scripts/gpu_profile.py "$MODEL/model.gguf" --batch 1,64 --context 256 2>&1 | tee "$OUT/profile.log"
 fi
 
 if has bench; then
