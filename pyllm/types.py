@@ -153,12 +153,25 @@ class SamplerStep(Protocol):
 class TaskAdapter(Protocol):
     """A task (classification, QA, translation...) built on a loaded model.
 
-    The methods a task implements are defined by the tasks layer (pyllm/tasks); every adapter has
-    a ``name`` (its CLI/REPL name) and a one-line ``description``.
+    Attributes:
+        name: how the CLI, the REPL and ``pyllm.tasks.get(name)`` find the task.
+        description: one line for listings.
+        input_fields: the string fields a record must have (e.g. ``("text",)``); JSONL jobs
+            (``pyllm.tasks.run_jsonl``) check them before calling :meth:`run`.
+
+    ``run(llm, records, **options)`` works on a batch: ``llm`` is a loaded ``pyllm.LLM``,
+    ``records`` a sequence of JSON-like mappings (the input fields, extra keys ignored), and the
+    options are the task's own keyword arguments (labels, languages...). It returns one
+    JSON-serialisable dict per record, in order, and raises ``ValueError`` for bad input (a JSONL
+    job then retries the batch record by record, so only the bad record gets an error line).
     """
 
     name: str
     description: str
+    input_fields: tuple[str, ...]
+
+    def run(self, llm: Any, records: Sequence[Mapping[str, Any]],
+            **options: Any) -> list[dict[str, Any]]: ...
 
 
 @runtime_checkable

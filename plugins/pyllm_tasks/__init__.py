@@ -1,1 +1,30 @@
-"""Built-in pyllm plugin: tasks."""
+"""Built-in pyllm plugin: tasks.
+
+Registers three task adapters through ``register_tasks`` — ``classify`` (label scoring with
+contextual calibration), ``qa`` (answers from a context, optionally an extracted span) and
+``translate`` — and their REPL commands ``/classify``, ``/qa``, ``/translate``. Importing this
+package is cheap: the adapters load torch and the model code only when they run.
+"""
+
+from __future__ import annotations
+
+from pyllm.hookspecs import hookimpl
+
+
+@hookimpl
+def register_tasks(register):  # type: ignore[no-untyped-def]
+    from pyllm_tasks.classify import ClassifyTask
+    from pyllm_tasks.qa import QATask
+    from pyllm_tasks.translate import TranslateTask
+
+    for adapter in (ClassifyTask(), QATask(), TranslateTask()):
+        register(adapter.name, adapter)
+
+
+@hookimpl
+def register_repl_commands(register):  # type: ignore[no-untyped-def]
+    from pyllm_tasks import repl
+
+    register("classify", repl.classify, repl.CLASSIFY_HELP)
+    register("qa", repl.qa, repl.QA_HELP)
+    register("translate", repl.translate, repl.TRANSLATE_HELP, aliases=("tr",))

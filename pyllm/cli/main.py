@@ -34,6 +34,9 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "pull": ("pyllm.cli.pull:pull", "Download a model into the cache (default: smollm2)."),
     "models": ("pyllm.cli.models:models", "List the models in the cache with size, type and path."),
     "tokenize": ("pyllm.cli.tokenize:tokenize", "Show the token ids and pieces of a text."),
+    "classify": ("pyllm.cli.classify:classify", "Classify text by scoring each label (calibrated)."),
+    "qa": ("pyllm.cli.qa:qa", "Answer a question from a context (--extractive: a span of it)."),
+    "translate": ("pyllm.cli.translate:translate", "Translate text between languages."),
     "run": ("pyllm.cli.run:run", "Generate once from a prompt and stream the text (--json)."),
     "perplexity": ("pyllm.cli.perplexity:perplexity", "Perplexity of a model on a text file."),
 }
