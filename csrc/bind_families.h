@@ -10,4 +10,5 @@ void bind_attention(pybind11::module_& m);
 void bind_kv_cache(pybind11::module_& m);
 void bind_sampling(pybind11::module_& m);
 void bind_quant(pybind11::module_& m);
+void bind_runner(pybind11::module_& m);
 }  // namespace pyllm

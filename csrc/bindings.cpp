@@ -46,4 +46,5 @@ PYBIND11_MODULE(_C, m) {
   bind_kv_cache(m);
   bind_sampling(m);
   bind_quant(m);
+  bind_runner(m);
 }

@@ -8,6 +8,7 @@ cache (`block * block_size + offset`); `block_tables[b]` lists the cache blocks 
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,36 +53,70 @@ def build_metadata(
     device: torch.device | str = "cpu",
 ) -> AttentionMetadata:
     """Metadata for B sequences: sequence b already has `num_cached[b]` tokens in its blocks
-    `block_tables[b]` and gets `num_new[b]` new tokens in this step (a prefill chunk or 1)."""
-    if not (len(num_cached) == len(num_new) == len(block_tables)):
+    `block_tables[b]` and gets `num_new[b]` new tokens in this step (a prefill chunk or 1).
+
+    Built every step, so it is kept cheap (a few µs for a decode step): the numbers are
+    gathered in two `array`s (int64 and int32) with loops per sequence and per block, never per
+    token, and the tensors are views of them (`torch.frombuffer`), not one `torch.tensor` each.
+    """
+    B = len(num_cached)
+    if not (B == len(num_new) == len(block_tables)):
         raise ValueError("num_cached, num_new and block_tables must have one entry per sequence")
-    starts, positions, slots, ctx = [0], [], [], []
+    starts, ctx, positions, slots = [0], [], array("q"), array("q")
+    width = 1
     for cached, new, table in zip(num_cached, num_new, block_tables):
         if cached < 0 or new < 1:
             raise ValueError(f"each sequence needs num_cached >= 0 and num_new >= 1, "
                              f"got {cached}, {new}")
         total = cached + new
-        if total > len(table) * block_size:
+        n = len(table)
+        if total > n * block_size:
             raise ValueError(f"a sequence of {total} tokens needs more than its "
-                             f"{len(table)} blocks of {block_size}")
-        for pos in range(cached, total):
-            positions.append(pos)
-            slots.append(table[pos // block_size] * block_size + pos % block_size)
+                             f"{n} blocks of {block_size}")
         starts.append(starts[-1] + new)
         ctx.append(total)
-    width = max((len(t) for t in block_tables), default=0)
-    tables = torch.zeros(len(block_tables), max(width, 1), dtype=torch.int32)
-    for b, table in enumerate(block_tables):
-        tables[b, : len(table)] = torch.as_tensor(list(table), dtype=torch.int32)
-    return AttentionMetadata(
-        query_start=torch.tensor(starts, dtype=torch.int32, device=device),
-        context_lens=torch.tensor(ctx, dtype=torch.int32, device=device),
-        block_tables=tables.to(device),
-        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
-        positions=torch.tensor(positions, dtype=torch.int64, device=device),
-        max_query_len=max(num_new, default=0),
-        max_context_len=max(ctx, default=0),
-    )
+        width = max(width, n)
+        if new == 1:
+            positions.append(cached)
+            slots.append(table[cached // block_size] * block_size + cached % block_size)
+            continue
+        positions.extend(range(cached, total))
+        for j in range(cached // block_size, (total - 1) // block_size + 1):  # block by block
+            base = table[j] * block_size - j * block_size
+            slots.extend(range(base + max(cached, j * block_size),
+                               base + min(total, (j + 1) * block_size)))
+    T = starts[-1]
+    if B == 0:
+        meta = AttentionMetadata(torch.zeros(1, dtype=torch.int32),
+                                 torch.zeros(0, dtype=torch.int32),
+                                 torch.zeros(0, 1, dtype=torch.int32),
+                                 torch.zeros(0, dtype=torch.int64),
+                                 torch.zeros(0, dtype=torch.int64), 0, 0)
+    else:
+        ints = array("i", starts)
+        ints.extend(ctx)
+        for table in block_tables:  # padded with 0: a valid block, never read past a context
+            ints.extend(table)
+            ints.extend(_ZEROS[: width - len(table)] if width - len(table) <= len(_ZEROS)
+                        else [0] * (width - len(table)))
+        positions.extend(slots)  # one int64 buffer: positions, then slots
+        i64, i32 = torch.int64, torch.int32
+        meta = AttentionMetadata(
+            query_start=torch.frombuffer(ints, dtype=i32, count=B + 1),
+            context_lens=torch.frombuffer(ints, dtype=i32, count=B, offset=4 * (B + 1)),
+            block_tables=torch.frombuffer(ints, dtype=i32, count=B * width,
+                                          offset=4 * (2 * B + 1)).view(B, width),
+            slot_mapping=torch.frombuffer(positions, dtype=i64, count=T, offset=8 * T),
+            positions=torch.frombuffer(positions, dtype=i64, count=T),
+            max_query_len=max(num_new),
+            max_context_len=max(ctx),
+        )
+    if device != "cpu" and torch.device(device).type != "cpu":
+        meta = meta.to(device)
+    return meta
+
+
+_ZEROS = array("i", bytes(4 * 256))
 
 
 KVCaches = list[tuple[torch.Tensor, torch.Tensor]]

@@ -4,7 +4,9 @@ The forward pass runs on a flattened batch (vLLM style): `input_ids [T]` are the
 sequences back to back, `AttentionMetadata` says which rows belong to which sequence and where
 their K/V go in the paged cache. Prefill (many tokens a sequence) and decode (one) are the same
 call. Every computation goes through `pyllm.ops`, so the compiled kernels (or the references,
-with PYLLM_KERNELS=reference) run the whole model.
+with PYLLM_KERNELS=reference) run the whole model. This op-by-op forward is the meaning; on CPU
+with the native kernels `pyllm.model.fast` runs the same kernels in the same order from C++ (one
+call a step instead of a few hundred Python op calls), with the same results bit for bit.
 
 Shape legend: T tokens in the step, C = n_embd, Hq / Hkv heads, D head dim, V vocabulary.
 """
@@ -19,6 +21,8 @@ from torch import nn
 from pyllm import ops
 from pyllm.model.batch import AttentionMetadata, KVCaches
 from pyllm.model.config import ModelConfig
+from pyllm.model.fast import FastForward, Unsupported
+from pyllm.model.fast import available as fast_available
 from pyllm.model.layers import Embedding, Linear, Norm
 from pyllm.ops.attention import check_attention_metadata
 from pyllm.ops.kv_cache import check_write_kv_cache
@@ -103,14 +107,39 @@ class GPT(nn.Module):
         self.norm_f = norm_f
         self.lm_head = lm_head  # C -> V (may share the embedding's storage)
         self.register_buffer("cos_sin", cos_sin, persistent=False)  # (max_position, R) or None
+        # The fast CPU forward (pyllm/model/fast.py): the same kernels called from C++, built on
+        # first use; False when this model cannot use it. `fast_path = False` forces op by op.
+        self.fast_path = True
+        self._fast: FastForward | bool | None = None
 
     @property
     def device(self) -> torch.device:
         return self.norm_f.weight.device
 
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        self._fast = None  # the runner points at the old tensors: rebuild it on next use
+        return super()._apply(fn, recurse)
+
+    def _fast_forward(self) -> FastForward | None:
+        fast = self._fast
+        if fast is None:
+            fast = False
+            if fast_available() and self.device.type == "cpu":
+                try:
+                    fast = FastForward(self)
+                except Unsupported:
+                    fast = False
+            self._fast = fast
+        return fast if (fast and self.fast_path and not torch.compiler.is_compiling()) else None
+
     def hidden_states(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                       kv_caches: KVCaches, *, validated: bool = False) -> torch.Tensor:
         """The final-layer residual stream [T, C], before the last norm."""
+        fast = self._fast_forward()
+        if fast is not None:
+            h = fast.hidden(input_ids, meta, kv_caches)
+            if h is not None:
+                return h
         if len(kv_caches) != len(self.blocks):
             raise ValueError(f"need one KV cache per layer ({len(self.blocks)}), "
                              f"got {len(kv_caches)}")
@@ -132,6 +161,11 @@ class GPT(nn.Module):
                 logits_at: torch.Tensor | None = None, *, validated: bool = False) -> torch.Tensor:
         """Logits [R, V] at the rows `logits_at` (int64 indices into the T tokens; every row
         when None). `meta.last_token_rows()` gives each sequence's next-token row."""
+        fast = self._fast_forward()
+        if fast is not None:
+            logits = fast.logits(input_ids, meta, kv_caches, logits_at)
+            if logits is not None:
+                return logits
         h = self.hidden_states(input_ids, meta, kv_caches, validated=validated)  # (T, C)
         if logits_at is not None:
             h = h.index_select(0, logits_at)  # (R, C)

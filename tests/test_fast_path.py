@@ -1,0 +1,250 @@
+"""The fast CPU forward (pyllm/model/fast.py, csrc/runner/) against the op-by-op forward.
+
+The runner calls the same kernels in the same order on the same numbers, so on every model
+family it must give the op-by-op path's logits, hidden states and KV-cache contents exactly:
+prefill, decode through the cache, and flattened batches mixing both, over random batch layouts
+(hypothesis), float32 and half-precision caches. Bad metadata must be refused before anything
+is written. On SmolLM2 the logits agree to 1e-5 relative.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+transformers = pytest.importorskip("transformers")
+
+import test_model_parity as parity  # noqa: E402
+
+from pyllm.model.batch import allocate_kv_caches, build_metadata  # noqa: E402
+from pyllm.model.fast import FastForward, available  # noqa: E402
+from pyllm.model.loader import load_model  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not available(), reason="needs the native kernels (pyllm._C.Runner)")
+
+VOCAB = parity.VOCAB
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """name -> LoadedModel: every Hugging Face family of the parity tests, and the two GGUF
+    layouts (llama.cpp-permuted Q/K with mixed block formats -> a ConcatLinear QKV; Qwen2 with
+    biases, f16 and q8_0 matrices)."""
+    out = {}
+    for case in parity.CASES:
+        folder = tmp_path_factory.mktemp(case)
+        parity._make(case, folder)
+        out[case] = load_model(folder)
+    for case, (hf_case, arch, qtypes) in parity.GGUF_CASES.items():
+        cfg = parity.CASES[hf_case]()
+        if case == "qwen2":
+            cfg.tie_word_embeddings = False
+        torch.manual_seed(0)
+        hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+        parity._randomize(hf, seed=7)
+        path = tmp_path_factory.mktemp(f"gguf-{case}") / "tiny.gguf"
+        parity._write_gguf(hf, path, arch, qtypes)
+        out[f"gguf-{case}"] = load_model(path)
+    return out
+
+
+ALL = list(parity.CASES) + [f"gguf-{c}" for c in parity.GGUF_CASES]
+
+
+def _caches(cfg, num_blocks: int, block_size: int, dtype=torch.float32):
+    """Zeroed caches, so whole pools can be compared after a run."""
+    caches = allocate_kv_caches(cfg.n_layer, num_blocks, block_size, cfg.n_kv_head, cfg.head_dim,
+                                dtype)
+    for k, v in caches:
+        k.zero_()
+        v.zero_()
+    return caches
+
+
+def _run(model, fast: bool, steps, caches, *, hidden: bool = False):
+    """Run `steps` [(ids, meta, logits_at)] through one path; returns every step's output."""
+    model.fast_path = fast
+    outs = []
+    try:
+        with torch.inference_mode():
+            for ids, meta, rows in steps:
+                if hidden:
+                    outs.append(model.hidden_states(ids, meta, caches))
+                else:
+                    outs.append(model(ids, meta, caches, rows))
+    finally:
+        model.fast_path = True
+    return outs
+
+
+def _compare(model, steps_fn, num_blocks: int, block_size: int, dtype=torch.float32,
+             hidden: bool = False):
+    """Both paths on fresh caches: outputs and caches must be identical."""
+    cfg = model.config
+    results = []
+    for fast in (False, True):
+        caches = _caches(cfg, num_blocks, block_size, dtype)
+        results.append((_run(model, fast, steps_fn(), caches, hidden=hidden), caches))
+    (ref, ref_caches), (got, got_caches) = results
+    assert isinstance(model._fast, FastForward), "the fast path was not used"
+    for a, b in zip(ref, got):
+        assert a.shape == b.shape
+        assert torch.equal(a, b), (a - b).abs().max()
+    for (k0, v0), (k1, v1) in zip(ref_caches, got_caches):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+
+
+def _ids(n: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_prefill_then_decode_equals_op_by_op(models, case):
+    model = models[case].model
+    ids = _ids(19, seed=3)
+    table = [[5, 0, 3, 7, 2, 6]]  # scattered blocks of 4
+
+    def steps():
+        out = [(ids[:11], build_metadata([0], [11], table, 4), None)]  # every row's logits
+        for t in range(11, 19):
+            out.append((ids[t:t + 1], build_metadata([t], [1], table, 4), None))
+        return out
+
+    _compare(model, steps, num_blocks=8, block_size=4)
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_mixed_batch_equals_op_by_op(models, case):
+    """One step holding a decode, a prefill chunk after a cached prefix, and a fresh prompt,
+    with logits at each sequence's last row; then hidden states of the same kind of step."""
+    model = models[case].model
+    tables = [[3, 8], [0, 5, 1], [6, 2]]
+
+    def steps():
+        first = build_metadata([0, 0], [6, 4], tables[:2], 4)
+        mixed = build_metadata([6, 4, 0], [1, 5, 3], tables, 4)
+        return [(_ids(10, seed=5), first, first.last_token_rows()),
+                (_ids(9, seed=6), mixed, mixed.last_token_rows())]
+
+    _compare(model, steps, num_blocks=10, block_size=4)
+    _compare(model, steps, num_blocks=10, block_size=4, hidden=True)
+
+
+@pytest.mark.parametrize("case", ["gguf-llama", "gpt2", "mistral-window"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_cache_equals_op_by_op(models, case, dtype):
+    model = models[case].model
+    ids = _ids(12, seed=8)
+
+    def steps():
+        meta = build_metadata([0], [9], [[1, 3, 0]], 4)
+        out = [(ids[:9], meta, meta.last_token_rows())]
+        for t in range(9, 12):
+            out.append((ids[t:t + 1], build_metadata([t], [1], [[1, 3, 0]], 4), None))
+        return out
+
+    _compare(model, steps, num_blocks=4, block_size=4, dtype=dtype)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_random_batches_equal_op_by_op(models, data):
+    """Random batch layouts: 1-4 sequences, each with a cached prefix written by an earlier step
+    and 1-9 new tokens, blocks of 1-8 slots scattered through the pool, logits at random rows."""
+    case = data.draw(st.sampled_from(["gguf-llama", "gpt2", "qwen2", "mistral-window"]))
+    model = models[case].model
+    block = data.draw(st.sampled_from([1, 2, 4, 8]))
+    B = data.draw(st.integers(1, 4))
+    cached = [data.draw(st.integers(0, 12)) for _ in range(B)]
+    new = [data.draw(st.integers(1, 9)) for _ in range(B)]
+    need = [-(-(c + n) // block) for c, n in zip(cached, new)]
+    perm = data.draw(st.permutations(range(sum(need))))
+    tables, at = [], 0
+    for n in need:
+        tables.append(list(perm[at:at + n]))
+        at += n
+    T = sum(new)
+    rows = data.draw(st.lists(st.integers(0, T - 1), min_size=1, max_size=4))
+    seed = data.draw(st.integers(0, 1000))
+    prefix = [(c, t) for c, t in zip(cached, tables) if c]
+
+    def steps():
+        out = []
+        if prefix:  # write the cached prefixes first
+            meta = build_metadata([0] * len(prefix), [c for c, _ in prefix], [t for _, t in prefix],
+                                  block)
+            out.append((_ids(sum(c for c, _ in prefix), seed), meta, None))
+        meta = build_metadata(cached, new, tables, block)
+        out.append((_ids(T, seed + 1), meta, torch.tensor(rows)))
+        return out
+
+    _compare(model, steps, num_blocks=sum(need), block_size=block)
+
+
+# ---------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("bad", ["token", "position", "block", "slot", "row"])
+def test_bad_metadata_is_refused_before_anything_is_written(models, bad):
+    model = models["gguf-llama"].model
+    cfg = model.config
+    caches = _caches(cfg, num_blocks=4, block_size=4)
+    meta = build_metadata([0], [5], [[2, 1]], 4)
+    ids = _ids(5, seed=9)
+    rows = None
+    if bad == "token":
+        ids[3] = VOCAB
+        match = "token ids must lie in"
+    elif bad == "position":
+        meta.positions[4] = cfg.max_position
+        match = "positions must lie in"
+    elif bad == "block":
+        meta.block_tables[0, 1] = 4
+        match = "block_tables holds an entry outside"
+    elif bad == "slot":
+        meta.slot_mapping[0] = 16
+        match = "slot_mapping holds slot 16"
+    else:
+        rows = torch.tensor([5])
+        match = "row"
+    with torch.inference_mode(), pytest.raises((ValueError, IndexError), match=match):
+        model(ids, meta, caches, rows)
+    assert isinstance(model._fast, FastForward)
+    assert all(not k.any() and not v.any() for k, v in caches)
+
+
+def test_moving_the_model_drops_the_runner(models):
+    model = models["llama-gqa"].model
+    caches = _caches(model.config, 4, 4)
+    with torch.inference_mode():
+        model(_ids(3, 1), build_metadata([0], [3], [[0]], 4), caches)
+    assert isinstance(model._fast, FastForward)
+    model.to("cpu")
+    assert model._fast is None
+
+
+# ---------------------------------------------------------------------- SmolLM2
+
+
+def test_smollm2_fast_path_matches_op_by_op(smollm2_path):
+    loaded = load_model(smollm2_path)
+    model, cfg = loaded.model, loaded.config
+    ids = torch.randint(0, cfg.vocab_size, (40,), generator=torch.Generator().manual_seed(0))
+    table = [list(range(5, -1, -1))]  # 6 blocks of 16, reversed
+
+    def steps():
+        meta = build_metadata([0], [32], table, 16)
+        out = [(ids[:32], meta, meta.last_token_rows())]
+        for t in range(32, 40):
+            out.append((ids[t:t + 1], build_metadata([t], [1], table, 16), None))
+        return out
+
+    outs = []
+    for fast in (False, True):
+        outs.append(_run(model, fast, steps(), _caches(cfg, 6, 16)))
+    assert isinstance(model._fast, FastForward)
+    for a, b in zip(*outs):
+        scale = a.abs().max()
+        assert ((a - b).abs().max() / scale).item() <= 1e-5
