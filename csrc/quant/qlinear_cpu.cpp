@@ -2,6 +2,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <string>
 
 #include "common/cpu_features.h"
 #include "quant/qlinear.h"
@@ -73,12 +77,58 @@ QLinearTileFn pick_kernel() {
 
 }  // namespace
 
+namespace {
+
+// When another process holds the other core, a thread woken for a parallel region can wait for a
+// scheduler tick or more (measured here: 8-16 ms a call, while the master spins at the closing
+// barrier), against ~25 µs for the whole GEMV on one core. So the driver watches how long the
+// master waits in each region: a wait far beyond its own share of the work means a
+// late worker, and the next calls run on one thread (a window that doubles while the stalls go
+// on, up to ~65k calls, and resets after a region without one). On an idle machine no region
+// stalls and every call is parallel. PYLLM_QLINEAR_ADAPTIVE=0 turns this off.
+struct StallGuard {
+  std::atomic<int64_t> solo_left{0};
+  std::atomic<int64_t> window{64};
+  bool enabled = true;
+  StallGuard() {
+    if (const char* env = std::getenv("PYLLM_QLINEAR_ADAPTIVE")) enabled = std::string(env) != "0";
+  }
+  bool solo() {
+    if (!enabled || solo_left.load(std::memory_order_relaxed) <= 0) return false;
+    solo_left.fetch_sub(1, std::memory_order_relaxed);
+    return true;
+  }
+  void record(double master_work_s, double master_wait_s) {
+    if (!enabled) return;
+    if (master_wait_s > 200e-6 && master_wait_s > 4.0 * master_work_s) {
+      const int64_t w = window.load(std::memory_order_relaxed);
+      solo_left.store(w, std::memory_order_relaxed);
+      window.store(std::min<int64_t>(w * 2, int64_t{1} << 16), std::memory_order_relaxed);
+    } else {
+      window.store(64, std::memory_order_relaxed);
+    }
+  }
+};
+
+StallGuard& stall_guard() {
+  static StallGuard guard;
+  return guard;
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
 void qlinear_run(const QLinearArgs& a) {
   if (a.T <= 0 || a.N <= 0) return;
   const QLinearTileFn fn = pick_kernel();
   // Below ~64k multiply-adds a parallel region costs more than it saves.
   const double work = static_cast<double>(a.T) * static_cast<double>(a.N) * static_cast<double>(a.K);
-  const int threads = work < 65536.0 ? 1 : std::max(1, omp_get_max_threads());
+  int threads = work < 65536.0 ? 1 : std::max(1, omp_get_max_threads());
+  StallGuard& guard = stall_guard();
+  if (threads > 1 && guard.solo()) threads = 1;
   if (threads == 1) {
     fn(a, 0, a.T, 0, a.N);
     return;
@@ -93,14 +143,26 @@ void qlinear_run(const QLinearArgs& a) {
   const int64_t row_chunk = ((a.N + row_parts - 1) / row_parts + 7) / 8 * 8;
   const int64_t tok_chunk = (a.T + tok_parts - 1) / tok_parts;
   const int tasks = row_parts * tok_parts;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int task = 0; task < tasks; ++task) {
-    const int64_t n0 = std::min(a.N, (task % row_parts) * row_chunk);
-    const int64_t n1 = std::min(a.N, n0 + row_chunk);
-    const int64_t t0 = std::min(a.T, (task / row_parts) * tok_chunk);
-    const int64_t t1 = std::min(a.T, t0 + tok_chunk);
-    if (n0 < n1 && t0 < t1) fn(a, t0, t1, n0, n1);
+  const double start = now_s();
+  double master_begin = start, master_done = start;
+#pragma omp parallel num_threads(threads)
+  {
+    if (omp_get_thread_num() == 0) master_begin = now_s();
+#pragma omp for schedule(static) nowait
+    for (int task = 0; task < tasks; ++task) {
+      const int64_t n0 = std::min(a.N, (task % row_parts) * row_chunk);
+      const int64_t n1 = std::min(a.N, n0 + row_chunk);
+      const int64_t t0 = std::min(a.T, (task / row_parts) * tok_chunk);
+      const int64_t t1 = std::min(a.T, t0 + tok_chunk);
+      if (n0 < n1 && t0 < t1) fn(a, t0, t1, n0, n1);
+    }
+    if (omp_get_thread_num() == 0) master_done = now_s();
   }
+  // The master may wait for the workers at the region's start (their previous region not yet
+  // left) or at its end; everything but its own share of the work counts as waiting.
+  const double end = now_s();
+  const double own = master_done - master_begin;
+  guard.record(own, (end - start) - own);
 }
 
 void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const TensorView* bias,
