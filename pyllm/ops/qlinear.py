@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 
 from pyllm.ops import _library as L
+from pyllm.weights.quant import QTYPE_CODES, dequantize
 
-QTYPE_CODES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 8, "bf16": 30}
 QTYPE_NAMES = {code: name for name, code in QTYPE_CODES.items()}
 BLOCK_BYTES = {"q4_0": 18, "q4_1": 20, "q8_0": 34}
 FLOAT_QTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -128,26 +128,6 @@ def _check(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features: int,
 # --------------------------------------------------------------- reference
 
 
-def _dequantize_local(raw: torch.Tensor, name: str, cols: int) -> torch.Tensor:
-    """Plain-PyTorch dequantizer for the three block types (kept beside the op so the reference
-    never depends on the kernels it checks)."""
-    rows = raw.shape[0]
-    blocks = raw.reshape(rows, cols // BLOCK, BLOCK_BYTES[name])
-    d = blocks[..., 0:2].contiguous().view(torch.float16).float()  # [rows, nb, 1]
-    if name == "q8_0":
-        q = blocks[..., 2:].contiguous().view(torch.int8).float()
-        w = q * d
-    else:
-        packed = blocks[..., -16:].to(torch.int16)
-        q = torch.cat([packed & 0x0F, packed >> 4], dim=-1).float()  # element j, then j + 16
-        if name == "q4_0":
-            w = (q - 8.0) * d
-        else:
-            m = blocks[..., 2:4].contiguous().view(torch.float16).float()
-            w = q * d + m
-    return w.reshape(rows, cols)
-
-
 def dequantize_weight(weight: torch.Tensor, qtype: int, in_features: int) -> torch.Tensor:
     """float32 [N, K] from the stored weight (blocks or a float matrix)."""
     name = QTYPE_NAMES[qtype]
@@ -155,10 +135,6 @@ def dequantize_weight(weight: torch.Tensor, qtype: int, in_features: int) -> tor
         return weight.float()
     if in_features == 0:
         return torch.zeros(weight.shape[0], 0, dtype=torch.float32, device=weight.device)
-    try:
-        from pyllm.weights.quant import dequantize
-    except ImportError:
-        return _dequantize_local(weight, name, in_features)
     return dequantize(weight, name, in_features)
 
 
