@@ -46,7 +46,8 @@ def main() -> None:
         rows = {}
         for e in prof.events():
             if e.device_type == torch.autograd.DeviceType.CUDA:
-                name = e.name.split("(")[0].split("<")[0][:60]
+                name = e.name.replace("(anonymous namespace)::", "").removeprefix("void ")
+                name = name.split("(")[0][:90]  # drop the argument list, keep template args
                 total, count = rows.get(name, (0.0, 0))
                 rows[name] = (total + e.device_time_total, count + 1)  # µs
         step = sum(t for t, _ in rows.values()) / args.steps
