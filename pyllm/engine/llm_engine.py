@@ -46,6 +46,17 @@ class EngineConfig:
     cuda_graphs: bool = True
 
 
+def _tokens(s: Sequence, start: int, n: int) -> list[int]:
+    """s.tokens[start:start + n] without building prompt + output (a decode step's one token
+    would otherwise cost a copy of the whole sequence)."""
+    p = len(s.prompt)
+    if start >= p:
+        return s.out[start - p:start - p + n]
+    if start + n <= p:
+        return s.prompt[start:start + n]
+    return s.prompt[start:] + s.out[:start + n - p]
+
+
 class CannotFitError(ContextLengthError):
     """A request that could never fit in the KV-cache or the context window."""
 
@@ -142,16 +153,21 @@ class LLMEngine:
                 v_cache[dst].copy_(v_cache[src])
         seqs = [s for s, _ in batch.items]
         counts = [n for _, n in batch.items]
-        ids = [t for s, n in batch.items for t in s.tokens[s.cached:s.cached + n]]
+        ids = [t for s, n in batch.items for t in _tokens(s, s.cached, n)]
+        device = self.model.device
         meta = build_metadata([s.cached for s in seqs], counts,
                               [self.blocks.block_table(s.seq_id) for s in seqs],
-                              self.config.block_size, self.model.device)
-        ready = [i for i, (s, n) in enumerate(batch.items) if s.cached + n == s.num_tokens]
-        rows = meta.last_token_rows()[ready] if ready else None
-        device = self.model.device
+                              self.config.block_size, device)
+        ready, rows, end = [], [], 0
+        for i, (s, n) in enumerate(batch.items):
+            end += n
+            if s.cached + n == s.num_tokens:
+                ready.append(i)
+                rows.append(end - 1)  # the row of its last token
         if ready:
             logits = self.forward(torch.tensor(ids, dtype=torch.int64, device=device), meta,
-                                self.kv_caches, rows.to(device)).float()
+                                  self.kv_caches,
+                                  torch.tensor(rows, dtype=torch.int64, device=device)).float()
         else:
             self.model.hidden_states(torch.tensor(ids, dtype=torch.int64, device=device), meta,
                                      self.kv_caches)

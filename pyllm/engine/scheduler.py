@@ -83,7 +83,9 @@ class Scheduler:
     def _make_room(self, seq: Sequence, batch: ScheduledBatch) -> bool:
         """Give `seq` slots for its tokens (the one sampled last step), preempting the newest
         running sequences while the cache is full. False when `seq` itself was preempted."""
-        missing = seq.tokens[self.blocks.num_tokens(seq.seq_id):]
+        have, p = self.blocks.num_tokens(seq.seq_id), len(seq.prompt)
+        # seq.tokens[have:] without copying the whole sequence (usually the one sampled token)
+        missing = seq.out[have - p:] if have >= p else seq.tokens[have:]
         if not missing:
             return True
         while not self.blocks.can_append(seq.seq_id, len(missing)):
