@@ -248,3 +248,22 @@ def test_smollm2_fast_path_matches_op_by_op(smollm2_path):
     for a, b in zip(*outs):
         scale = a.abs().max()
         assert ((a - b).abs().max() / scale).item() <= 1e-5
+
+
+def test_capped_context_keeps_the_fast_path(models):
+    """LLM(context_length=...) replaces the config with a smaller max_position after loading:
+    the runner is rebuilt for it, still used, and refuses positions past the cap."""
+    import dataclasses
+
+    model = models["gguf-llama"].model
+    full = model.config
+    caches = _caches(full, 4, 4)
+    try:
+        model.config = dataclasses.replace(full, max_position=6)
+        with torch.inference_mode():
+            model(_ids(5, 1), build_metadata([0], [5], [[0, 1]], 4), caches)
+            assert isinstance(model._fast, FastForward) and model._fast.config is model.config
+            with pytest.raises(ValueError, match=r"positions must lie in \[0, 6\)"):
+                model(_ids(2, 2), build_metadata([5], [2], [[0, 1]], 4), caches)
+    finally:
+        model.config = full

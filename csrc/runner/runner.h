@@ -57,7 +57,8 @@ struct RunnerTable {
 
 struct RunnerConfig {
   int64_t n_embd = 0, n_head = 0, n_kv_head = 0, head_dim = 0, n_ff = 0;
-  int64_t vocab = 0, max_position = 0;
+  int64_t vocab = 0;
+  int64_t max_position = 0;  // positions must lie below it (cos_sin and pos_embed have >= rows)
   bool swiglu = true;      // else GELU (tanh)
   bool rope = true;        // else learned positions (pos_embed)
   bool neox = true;        // RoPE pair layout

@@ -102,8 +102,9 @@ void check_norm(const RunnerNorm& n, const char* what) {
   if (n.weight == nullptr) fail(std::string("runner: ") + what + " has no weight");
 }
 
+// A table of at least `rows` rows (the position table may be longer than a capped context).
 void check_table(const RunnerTable& t, int64_t rows, int64_t cols, const char* what) {
-  if (t.data == nullptr || t.rows != rows || t.cols != cols || !qlinear_qtype_known(t.qtype) ||
+  if (t.data == nullptr || t.rows < rows || t.cols != cols || !qlinear_qtype_known(t.qtype) ||
       ((t.qtype == kQ4_0 || t.qtype == kQ4_1 || t.qtype == kQ8_0) && cols % kQBlock))
     fail(std::string("runner: bad ") + what + " table");
 }

@@ -106,7 +106,7 @@ class FastForward:
         if rope:
             if not (cos_sin is not None and cos_sin.is_cpu and cos_sin.dtype == torch.float32
                     and cos_sin.is_contiguous() and cos_sin.dim() == 2
-                    and cos_sin.shape[0] == cfg.max_position):
+                    and cos_sin.shape[0] >= cfg.max_position):
                 raise Unsupported("the RoPE table is not a contiguous float32 CPU matrix")
             keep.append(cos_sin)
         C = cfg.n_embd
@@ -128,6 +128,7 @@ class FastForward:
                                   int(attn.window))
         self.runner.set_head(_norm_args(model.norm_f, C, keep), _linear_args(model.lm_head, keep))
         self._keep = keep
+        self.config = cfg  # what the runner was built for (a replaced config means a rebuild)
         self.n_layer, self.n_embd, self.vocab = len(blocks), C, cfg.vocab_size
         self._cache_shape = (cfg.n_kv_head, cfg.head_dim)
         self._kv_pairs: list = []  # the caches the runner was last given

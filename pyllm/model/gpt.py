@@ -122,7 +122,7 @@ class GPT(nn.Module):
 
     def _fast_forward(self) -> FastForward | None:
         fast = self._fast
-        if fast is None:
+        if fast is None or (fast and fast.config is not self.config):  # e.g. a capped context
             fast = False
             if fast_available() and self.device.type == "cpu":
                 try:
