@@ -85,6 +85,7 @@ class LLMEngine:
         # What runs a step: the model itself, or a wrapper with the same call signature
         # (e.g. one that replays captured CUDA graphs for decode steps).
         self.forward = model
+        self._device = model.device  # where the KV caches live (looked up once, not per step)
         if config.cuda_graphs and model.device.type == "cuda":
             from pyllm.model.cuda_graph import CudaGraphRunner
 
@@ -154,7 +155,7 @@ class LLMEngine:
         seqs = [s for s, _ in batch.items]
         counts = [n for _, n in batch.items]
         ids = [t for s, n in batch.items for t in _tokens(s, s.cached, n)]
-        device = self.model.device
+        device = self._device
         meta = build_metadata([s.cached for s in seqs], counts,
                               [self.blocks.block_table(s.seq_id) for s in seqs],
                               self.config.block_size, device)

@@ -22,6 +22,7 @@ GPT drops it whenever its tensors are replaced (`.to()`, `.float()`, ...).
 from __future__ import annotations
 
 import os
+from operator import is_
 from typing import TYPE_CHECKING
 
 import torch
@@ -140,7 +141,8 @@ class FastForward:
         """Give the runner `kv_caches` unless it has them already; False if they do not fit."""
         pairs = self._kv_pairs
         if (len(kv_caches) == len(pairs) and kv_caches[0][0].data_ptr() == self._kv_ptr0
-                and all(p is q or (p[0] is q[0] and p[1] is q[1]) for p, q in zip(kv_caches, pairs))):
+                and (all(map(is_, kv_caches, pairs))  # the same pair objects: the usual case
+                     or all(p[0] is q[0] and p[1] is q[1] for p, q in zip(kv_caches, pairs)))):
             return True
         if len(kv_caches) != self.n_layer:
             return False
@@ -157,7 +159,9 @@ class FastForward:
         self.runner.set_cache([k.data_ptr() for k, _ in kv_caches],
                               [v.data_ptr() for _, v in kv_caches], shape[0], shape[1],
                               _CACHE_DTYPES[dtype])
-        self._kv_pairs = [(k, v) for k, v in kv_caches]  # holds them: the runner points into them
+        # Holds them (the runner points into them); a pair that is not a tuple could change in
+        # place, so only tuples are kept as they are (their identity then means the same tensors).
+        self._kv_pairs = [p if type(p) is tuple else tuple(p) for p in kv_caches]
         self._kv_ptr0 = k0.data_ptr()
         return True
 
