@@ -6,14 +6,14 @@
 
 namespace pyllm {
 
-inline float bf16_to_float(uint16_t h) {
+static inline float bf16_to_float(uint16_t h) {
   uint32_t bits = static_cast<uint32_t>(h) << 16;
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
 }
 
-inline uint16_t float_to_bf16(float f) {  // round to nearest even
+static inline uint16_t float_to_bf16(float f) {  // round to nearest even
   uint32_t bits;
   std::memcpy(&bits, &f, sizeof bits);
   if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x7fffffu)) return static_cast<uint16_t>((bits >> 16) | 0x40);
@@ -21,7 +21,7 @@ inline uint16_t float_to_bf16(float f) {  // round to nearest even
   return static_cast<uint16_t>(bits >> 16);
 }
 
-inline float fp16_to_float(uint16_t h) {
+static inline float fp16_to_float(uint16_t h) {
   uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1fu;
   uint32_t mant = h & 0x3ffu;
@@ -45,7 +45,7 @@ inline float fp16_to_float(uint16_t h) {
   return f;
 }
 
-inline uint16_t float_to_fp16(float f) {
+static inline uint16_t float_to_fp16(float f) {
   uint32_t x;
   std::memcpy(&x, &f, sizeof x);
   uint32_t sign = (x >> 16) & 0x8000u;
@@ -70,7 +70,7 @@ inline uint16_t float_to_fp16(float f) {
 }
 
 // Load element i of a float-like view as float32.
-inline float load_as_float(const void* base, int dtype_code, int64_t i) {
+static inline float load_as_float(const void* base, int dtype_code, int64_t i) {
   switch (dtype_code) {
     case 1: return fp16_to_float(static_cast<const uint16_t*>(base)[i]);
     case 2: return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
@@ -78,7 +78,7 @@ inline float load_as_float(const void* base, int dtype_code, int64_t i) {
   }
 }
 
-inline void store_from_float(void* base, int dtype_code, int64_t i, float v) {
+static inline void store_from_float(void* base, int dtype_code, int64_t i, float v) {
   switch (dtype_code) {
     case 1: static_cast<uint16_t*>(base)[i] = float_to_fp16(v); break;
     case 2: static_cast<uint16_t*>(base)[i] = float_to_bf16(v); break;

@@ -10,14 +10,14 @@
 
 namespace pyllm {
 
-inline float load_f16(const uint8_t* p) {
+static inline float load_f16(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return fp16_to_float(h);
 }
 
 // Bytes one chunk of 32 weights takes in a row.
-inline int64_t qchunk_bytes(int qtype) {
+static inline int64_t qchunk_bytes(int qtype) {
   switch (qtype) {
     case kQ4_0: return 18;
     case kQ4_1: return 20;
@@ -28,7 +28,7 @@ inline int64_t qchunk_bytes(int qtype) {
 }
 
 // Weight i (0 <= i < 32) of the chunk starting at `p`... decoded all at once into out[32].
-inline void dequant_chunk(int qtype, const uint8_t* p, float* out) {
+static inline void dequant_chunk(int qtype, const uint8_t* p, float* out) {
   switch (qtype) {
     case kQ8_0: {
       const float d = load_f16(p);
@@ -63,7 +63,7 @@ inline void dequant_chunk(int qtype, const uint8_t* p, float* out) {
 }
 
 // Element i of a float-typed row (the tails past the last whole chunk).
-inline float float_row_elem(int qtype, const uint8_t* row, int64_t i) {
+static inline float float_row_elem(int qtype, const uint8_t* row, int64_t i) {
   switch (qtype) {
     case kQF16: return load_as_float(row, 1, i);
     case kQBF16: return load_as_float(row, 2, i);
