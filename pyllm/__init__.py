@@ -6,6 +6,15 @@ torch is only imported when a model or an op is used.
 
 from __future__ import annotations
 
+import os
+
+# OpenMP (torch's and the kernels' shared libgomp) spins ~300k iterations (several ms) waiting
+# for work by default; on a busy machine a spinning thread steals the core the other thread
+# needs, and every parallel region stalls for a scheduler tick. A shorter spin (still far longer
+# than the gap between two kernels of a decode step) bounds that. Only effective when pyllm is
+# imported before torch, and never overrides the user's own setting.
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")
+
 from typing import TYPE_CHECKING, Any
 
 from pyllm.errors import ContextLengthError, ModelFormatError, PyllmError
