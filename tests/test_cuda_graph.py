@@ -183,3 +183,36 @@ def test_engine_config_turns_graphs_off(gguf_path):
     model = _model(gguf_path, "cuda")
     engine = LLMEngine(model, ByteTokenizer(), EngineConfig(kv_cache_tokens=256, cuda_graphs=False))
     assert engine.forward is model
+
+
+# ------------------------------------------------------- fixes the CUDA path needed
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rope_trusted_path_equals_the_op(device):
+    """rope(validated=True) (no positions read-back: no sync per layer on CUDA) computes what
+    the checked op computes."""
+    from pyllm import ops
+    from pyllm.ops.rope import rope_cos_sin
+
+    g = torch.Generator().manual_seed(3)
+    table = rope_cos_sin(64, 32, 10000.0).to(device)
+    q = torch.randn(7, 4, 48, generator=g).to(device)
+    k = torch.randn(7, 2, 48, generator=g).to(device)
+    pos = torch.randint(0, 64, (7,), generator=g).to(device)
+    for neox in (False, True):
+        want = ops.rope(q, k, pos, table, neox)
+        got = ops.rope(q, k, pos, table, neox, validated=True)
+        assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+    with pytest.raises(ValueError, match="positions"):
+        ops.rope(q, k, pos + 64, table, False)  # the checked op still refuses bad positions
+
+
+def test_float64_views_for_scratch_buffers():
+    """float64 has a stable dtype code (7): the CUDA sampler's workspace is float64."""
+    from pyllm.ops import _library as L
+
+    assert L._DTYPE_CODES[torch.float64] == 7
+    assert len(set(L._DTYPE_CODES.values())) == len(L._DTYPE_CODES)
+    if L.native():
+        L.view(torch.zeros(2, 3, dtype=torch.float64))  # accepted by the extension
