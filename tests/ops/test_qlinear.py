@@ -100,9 +100,10 @@ def run_case(qtype: str, isa: str, t: int, k: int, n: int, with_bias: bool, seed
     with cpu_isa(isa):
         y = ops.qlinear(x, w, code, n, bias)
         check_close(y, ref, x, wf)
-        # The model's entry (raw-pointer hot path) runs the same kernel.
+        # The model's entry (raw-pointer hot path) runs the same kernel; its thread split may
+        # differ (the driver adapts the thread count), so it is held to the same tolerance.
         y2 = ops.linear(x, QWeight(w, qtype, n, k), bias)
-        torch.testing.assert_close(y, y2, rtol=0, atol=0, equal_nan=True)
+        check_close(y2, ref, x, wf)
 
 
 def k_strategy(qtype: str):
