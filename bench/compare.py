@@ -720,7 +720,9 @@ def render(summary: dict, labels: list[str], out=sys.stdout) -> list[dict]:
             return "ERR" if s["n_ok"] == 0 else "-"
         return _fmt(v) + ("*" if s["n_ok"] < s["n"] else "")
 
-    head = ["measurement"] + cols + ["pyllm/llama.cpp", "pyllm/transf.", "target", "status"]
+    has_tf = "transformers" in cols
+    head = (["measurement"] + cols + ["pyllm/llama.cpp"] + (["pyllm/transf."] if has_tf else [])
+            + ["target", "status"])
     lines = []
     for row in ISSUE_ROWS:
         if not any((row.job, lb) in summary for lb in cols):
@@ -745,8 +747,8 @@ def render(summary: dict, labels: list[str], out=sys.stdout) -> list[dict]:
             target = "<= 0.5 s"
             status = "n/a" if p is None else ("met" if p <= 0.5 else "missed")
         lines.append([row.title] + [cell(row.job, lb, row.metric) for lb in cols]
-                     + [_fmt(r_l, 2) if r_l else "-", _fmt(r_t, 2) if r_t else "-",
-                        target, status])
+                     + [_fmt(r_l, 2) if r_l else "-"]
+                     + ([_fmt(r_t, 2) if r_t else "-"] if has_tf else []) + [target, status])
         table.append({"measurement": row.title, "job": row.job, "metric": row.metric,
                       **{lb: get(row.job, lb, row.metric) for lb in cols},
                       "pyllm/llama.cpp": r_l, "pyllm/transformers": r_t, "target": target,
