@@ -259,6 +259,26 @@ class LLM:
 
     # ------------------------------------------------------------------ scoring
 
+    # ------------------------------------------------------------------ tasks
+
+    def classify(self, text: Any, labels: Any, **options: Any) -> Any:
+        """Probability per label (see pyllm.tasks.classify for the options)."""
+        from pyllm import tasks
+
+        return tasks.classify(self, text, labels, **options)
+
+    def answer(self, context: Any, question: Any, **options: Any) -> Any:
+        """Answer a question from a context (see pyllm.tasks.answer; extractive=True gives a span)."""
+        from pyllm import tasks
+
+        return tasks.answer(self, context, question, **options)
+
+    def translate(self, text: Any, src: str, tgt: str, **options: Any) -> Any:
+        """Translate between named languages (see pyllm.tasks.translate)."""
+        from pyllm import tasks
+
+        return tasks.translate(self, text, src, tgt, **options)
+
     def score(self, texts: Prompt | Sequence[Prompt], top_n: int = 10, *,
               truncate: str | None = None) -> list[list[ScoredToken]]:
         """Per text, per position: the token id, its log-prob given what precedes it (None for

@@ -72,7 +72,8 @@ def test_example_plugin_is_listed(site: Path) -> None:
     assert (example["distribution"], example["version"]) == ("pyllm-example", "0.1.0")
     assert example["builtin"] is False and example["error"] is None
     assert example["registered"] == {
-        "samplers": ["top_a"], "commands": ["example-hello"], "repl_commands": ["shout"]}
+        "samplers": ["top_a"], "tasks": ["sentiment"], "commands": ["example-hello"],
+        "repl_commands": ["shout"]}
     # the built-ins are there too, and intact
     assert "gpt2" in rows["tokenizers"]["registered"]["tokenizers"]
 
