@@ -69,8 +69,9 @@ def output_key(obj: dict[str, Any]) -> str | None:
 _LINE_KEYED = {"invalid_json", "missing_id", "duplicate_id"}
 
 
-def read_records(path: Path) -> Iterator[JobRecord | BadRecord]:
-    """Parse the input file line by line; never raises for a bad line."""
+def read_objects(path: Path) -> Iterator[tuple[int, str, dict[str, Any]] | BadRecord]:
+    """The shared JSONL rules: `(line, id, object)` for a JSON object with a unique non-empty
+    string "id", a BadRecord for anything else. Never raises for a bad line."""
     seen: set[str] = set()
     with open(path, encoding="utf-8", errors="replace") as f:
         for line_no, raw in enumerate(f, start=1):
@@ -96,18 +97,28 @@ def read_records(path: Path) -> Iterator[JobRecord | BadRecord]:
                                 f"line {line_no}: id {rid!r} already appeared earlier in the input")
                 continue
             seen.add(rid)
-            has_prompt, has_messages = "prompt" in obj, "messages" in obj
-            if has_prompt == has_messages:
-                yield BadRecord(rid, line_no, rid, "invalid_record",
-                                f"record {rid!r}: give exactly one of \"prompt\" or \"messages\"")
-                continue
-            prompt = obj["prompt"] if has_prompt else obj["messages"]
-            problem = _check_prompt(prompt, has_prompt)
-            if problem:
-                yield BadRecord(rid, line_no, rid, "invalid_record", f"record {rid!r}: {problem}")
-                continue
-            overrides = {k: v for k, v in obj.items() if k not in RESERVED_FIELDS}
-            yield JobRecord(rid, line_no, prompt, overrides)
+            yield line_no, rid, obj
+
+
+def read_records(path: Path) -> Iterator[JobRecord | BadRecord]:
+    """Generation records (a "prompt" or "messages" each); never raises for a bad line."""
+    for item in read_objects(path):
+        if isinstance(item, BadRecord):
+            yield item
+            continue
+        line_no, rid, obj = item
+        has_prompt, has_messages = "prompt" in obj, "messages" in obj
+        if has_prompt == has_messages:
+            yield BadRecord(rid, line_no, rid, "invalid_record",
+                            f"record {rid!r}: give exactly one of \"prompt\" or \"messages\"")
+            continue
+        prompt = obj["prompt"] if has_prompt else obj["messages"]
+        problem = _check_prompt(prompt, has_prompt)
+        if problem:
+            yield BadRecord(rid, line_no, rid, "invalid_record", f"record {rid!r}: {problem}")
+            continue
+        overrides = {k: v for k, v in obj.items() if k not in RESERVED_FIELDS}
+        yield JobRecord(rid, line_no, prompt, overrides)
 
 
 def _check_prompt(prompt: Any, is_text: bool) -> str | None:

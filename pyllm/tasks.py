@@ -19,7 +19,6 @@ as each batch finishes, and a re-run resumes where a killed run stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -105,39 +104,18 @@ class TaskRecord:
 def read_task_records(path: Path, required: Sequence[str]) -> Iterator[Any]:
     """TaskRecord per good line, pyllm.jobs.BadRecord per bad one (the rules of pyllm.jobs:
     a JSON object with a unique non-empty string "id" and a string for each required field)."""
-    from pyllm.jobs import BadRecord
+    from pyllm.jobs import BadRecord, read_objects
 
-    seen: set[str] = set()
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, raw in enumerate(f, start=1):
-            text = raw.strip()
-            if not text:
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield BadRecord(f"line:{n}", n, None, "invalid_json", f"line {n}: {exc}")
-                continue
-            if not isinstance(obj, dict):
-                yield BadRecord(f"line:{n}", n, None, "invalid_record",
-                                f"line {n}: expected a JSON object, got {type(obj).__name__}")
-                continue
-            rid = obj.get("id")
-            if not isinstance(rid, str) or not rid:
-                yield BadRecord(f"line:{n}", n, rid, "missing_id",
-                                f'line {n}: every record needs a non-empty string "id"')
-                continue
-            if rid in seen:
-                yield BadRecord(f"line:{n}", n, rid, "duplicate_id",
-                                f"line {n}: id {rid!r} already appeared earlier in the input")
-                continue
-            seen.add(rid)
-            missing = [k for k in required if not isinstance(obj.get(k), str)]
-            if missing:
-                yield BadRecord(rid, n, rid, "invalid_record",
-                                f"record {rid!r}: needs a string {missing[0]!r}")
-                continue
-            yield TaskRecord(rid, n, obj)
+    for item in read_objects(path):
+        if isinstance(item, BadRecord):
+            yield item
+            continue
+        n, rid, obj = item
+        missing = [k for k in required if not isinstance(obj.get(k), str)]
+        if missing:
+            yield BadRecord(rid, n, rid, "invalid_record", f"record {rid!r}: needs a string {missing[0]!r}")
+            continue
+        yield TaskRecord(rid, n, obj)
 
 
 @dataclass
