@@ -4,9 +4,7 @@ See pyllm/jobs.py for the file rules (what a record is, how a run resumes)."""
 
 from __future__ import annotations
 
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 

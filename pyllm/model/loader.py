@@ -170,7 +170,7 @@ def _hf_gpt2_names(prefix: str) -> _Names:
 def build_gpt(cfg: ModelConfig, w: _Weights, names: _Names,
               rope_scaling: dict[str, Any] | None = None) -> GPT:
     """Assemble the GPT from checked weights (`rope_scaling`: the dict for ops.rope_cos_sin)."""
-    C, D, F = cfg.n_embd, cfg.head_dim, cfg.n_ff
+    C, F = cfg.n_embd, cfg.n_ff
     Q, KV = cfg.q_size, cfg.kv_size
     layer_norm = cfg.norm == "layer"
 
