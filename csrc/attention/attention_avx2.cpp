@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include "attention/attention.h"
+#include "common/avx2_math.h"
 
 namespace pyllm {
 namespace {
@@ -79,27 +80,6 @@ inline __m256 hsum8(const __m256* a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-// exp(x) for x <= 0 (scores minus their running max): Cody-Waite reduction to r in
-// [-ln2/2, ln2/2], a degree-7 Taylor polynomial (relative error below 1e-7), times 2^n. Inputs
-// below -87.3 are clamped there (exp < 1.2e-38: nothing next to the max's exp(0) = 1).
-inline __m256 exp256(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 5040);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
-}
-
 inline __m256i lane_mask(int64_t k) {  // lanes [0, k) all ones
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -157,13 +137,13 @@ struct Avx2Ops : Avx2Vec {
     __m256 sum = _mm256_setzero_ps();
     int64_t j = a;
     for (; j + 8 <= e; j += 8) {
-      const __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
+      const __m256 p = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
       _mm256_storeu_ps(s + j, p);
       sum = _mm256_add_ps(sum, p);
     }
     if (j < e) {
       const __m256i mask = lane_mask(e - j);
-      const __m256 p = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_maskload_ps(s + j, mask), vm)),
+      const __m256 p = _mm256_and_ps(exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(s + j, mask), vm)),
                                      _mm256_castsi256_ps(mask));
       _mm256_maskstore_ps(s + j, mask, p);
       sum = _mm256_add_ps(sum, p);

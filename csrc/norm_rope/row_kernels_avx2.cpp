@@ -1,6 +1,7 @@
 // AVX2 + FMA row kernels (this file alone is compiled with -mavx2 -mfma; see row_kernels.h).
 #include <immintrin.h>
 
+#include "common/avx2_math.h"
 #include "norm_rope/row_kernels.h"
 
 namespace pyllm {
@@ -15,29 +16,8 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// e^x for float lanes: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two so n ln2 is exact),
-// e^r by its Taylor series to r^7 (relative error < 1e-8 on that range), times 2^n built in the
-// exponent bits. Inputs are clamped to [-87, 88] so 2^n stays a normal float.
-inline __m256 exp8(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 5040);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 inline float exp1(float x) {  // the same approximation for a tail element
-  return _mm_cvtss_f32(_mm256_castps256_ps128(exp8(_mm256_set1_ps(x))));
+  return _mm_cvtss_f32(_mm256_castps256_ps128(exp_avx2(_mm256_set1_ps(x))));
 }
 
 double sumsq(const float* x, int64_t n) {
@@ -99,7 +79,7 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     const __m256 g = _mm256_loadu_ps(gate + j);
-    const __m256 d = _mm256_add_ps(one, exp8(_mm256_xor_ps(g, sign)));
+    const __m256 d = _mm256_add_ps(one, exp_avx2(_mm256_xor_ps(g, sign)));
     _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_div_ps(g, d), _mm256_loadu_ps(up + j)));
   }
   for (; j < n; ++j) out[j] = gate[j] / (1.0f + exp1(-gate[j])) * up[j];
