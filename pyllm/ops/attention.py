@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from pyllm.ops import _library as L
+from pyllm.ops.kv_cache import check_cache_pair
 
 PAGED_ATTENTION = L.define(
     "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor query_start, "
@@ -81,16 +82,7 @@ def _check_shapes(q, k_cache, v_cache, query_start, context_lens, block_tables, 
             _fail(f"{name} must be float32, float16 or bfloat16, not {t.dtype}")
     if q.dim() != 3:
         _fail(f"q must be [T, Hq, D], got {list(q.shape)}")
-    if k_cache.dim() != 4:
-        _fail(f"k_cache must be [num_blocks, block_size, Hkv, D], got {list(k_cache.shape)}")
-    if v_cache.shape != k_cache.shape:
-        _fail(f"v_cache must match k_cache's shape {list(k_cache.shape)}, got {list(v_cache.shape)}")
-    if v_cache.dtype != k_cache.dtype:
-        _fail(f"v_cache must have k_cache's dtype {k_cache.dtype}, got {v_cache.dtype}")
-    if not k_cache.is_contiguous():
-        _fail("k_cache must be contiguous")
-    if not v_cache.is_contiguous():
-        _fail("v_cache must be contiguous")
+    check_cache_pair(k_cache, v_cache)
     _, hq, d = q.shape
     _, block_size, hkv, dk = k_cache.shape
     if dk != d:

@@ -38,11 +38,9 @@ def _fail(message: str) -> None:
     raise ValueError(message)
 
 
-def _check_shapes(k, v, k_cache, v_cache, slot_mapping) -> None:
-    # Plain ifs with the message built only on failure: this runs every step.
-    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.dtype not in L.FLOAT_DTYPES:
-            _fail(f"{name} must be float32, float16 or bfloat16, not {t.dtype}")
+def check_cache_pair(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """One layer's K and V pools: [num_blocks, block_size, Hkv, D] alike, contiguous (the
+    kernels index them as flat arrays). Shared by the cache write and attention checks."""
     if k_cache.dim() != 4:
         _fail(f"k_cache must be [num_blocks, block_size, Hkv, D], got {list(k_cache.shape)}")
     if v_cache.shape != k_cache.shape:
@@ -50,9 +48,17 @@ def _check_shapes(k, v, k_cache, v_cache, slot_mapping) -> None:
     if v_cache.dtype != k_cache.dtype:
         _fail(f"v_cache must have k_cache's dtype {k_cache.dtype}, got {v_cache.dtype}")
     if not k_cache.is_contiguous():
-        _fail("k_cache must be contiguous (it is written in place)")
+        _fail("k_cache must be contiguous")
     if not v_cache.is_contiguous():
-        _fail("v_cache must be contiguous (it is written in place)")
+        _fail("v_cache must be contiguous")
+
+
+def _check_shapes(k, v, k_cache, v_cache, slot_mapping) -> None:
+    # Plain ifs with the message built only on failure: this runs every step.
+    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.dtype not in L.FLOAT_DTYPES:
+            _fail(f"{name} must be float32, float16 or bfloat16, not {t.dtype}")
+    check_cache_pair(k_cache, v_cache)
     hkv, d = k_cache.shape[2], k_cache.shape[3]
     if k.dim() != 3 or k.shape[1] != hkv or k.shape[2] != d:
         _fail(f"k must be [T, {hkv}, {d}], got {list(k.shape)}")
