@@ -65,11 +65,14 @@ struct AttnScratch {
   float* s = nullptr;        // [rows, kTile] scores, then probabilities, of one tile
   float* kt = nullptr;       // [kTile, d] a K tile converted to float (f16/bf16 caches)
   float* vt = nullptr;       // [kTile, d] a V tile converted to float
+  float* kT = nullptr;       // [round_up(d, 16), 16] up to 16 keys of a K tile, transposed
   int64_t* lo = nullptr;     // [rows] first visible position of each row
   int64_t* hi = nullptr;     // [rows] one past the last visible position
 };
 
 constexpr int64_t kAttnTile = 32;  // keys per tile (never crossing a cache block)
+// Floats of AttnScratch::kT for head dim d.
+inline int64_t attn_kt_floats(int64_t d) { return 16 * ((d + 15) / 16 * 16); }
 
 // The online-softmax loop over one task's keys; leaves acc, m, l in the scratch.
 // `pos0` is the position of query i0; row r's query sits at pos0 + r / group.

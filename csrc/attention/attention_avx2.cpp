@@ -98,6 +98,7 @@ inline void pv_block(const float* s, const float* v, int64_t vstride, int64_t a,
 }
 
 struct Avx2Ops : Avx2Vec {
+  static constexpr bool kTiled = false;
   static inline void scores_row(const float* q, const float* krows, int64_t kstride, int64_t a,
                                 int64_t e, int64_t d, float* s) {
     const int64_t d8 = d & ~int64_t{7};

@@ -236,7 +236,8 @@ void run(const AttnCall& c, const AttnShape& sh) {
     static thread_local std::vector<float> fbuf;
     static thread_local std::vector<int64_t> ibuf;
     const size_t kv_tile = sh.cache_dtype == 0 ? 0 : static_cast<size_t>(kAttnTile * d);
-    const size_t need = static_cast<size_t>(rows_max * (2 * d + 2 + kAttnTile)) + 2 * kv_tile;
+    const size_t need =
+        static_cast<size_t>(rows_max * (2 * d + 2 + kAttnTile) + attn_kt_floats(d)) + 2 * kv_tile;
     if (fbuf.size() < need) fbuf.resize(need);
     if (ibuf.size() < static_cast<size_t>(2 * rows_max)) ibuf.resize(2 * rows_max);
     float* const qbuf = fbuf.data();
@@ -251,6 +252,7 @@ void run(const AttnCall& c, const AttnShape& sh) {
     sc.s = l + rows_max;
     sc.kt = sc.s + rows_max * kAttnTile;
     sc.vt = sc.kt + kv_tile;
+    sc.kT = sc.vt + kv_tile;
     sc.lo = ibuf.data();
     sc.hi = ibuf.data() + rows_max;
 

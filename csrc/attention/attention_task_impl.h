@@ -18,13 +18,25 @@
 // that never cross a cache block. A tile's K and V rows are converted once (f16/bf16 caches) for
 // every query row of the GQA group. Row by row: scores over the positions the row sees, its
 // running max m and sum l updated, its accumulator rescaled when the max grows; then the V rows
-// it sees are added in. Positions a row may not see are skipped, never multiplied by zero
-// (0 * NaN is NaN), and no position outside [task.c0, task.c1) is read.
+// it sees are added in. No position outside [task.c0, task.c1) is read.
+//
+// An `Ops` with `kTiled = true` works on whole tiles instead, so each K and V row is loaded once
+// for all the task's rows and no score ends in a horizontal sum of its own:
+//   void scores_tile(const float* q, int64_t rows, const float* krows, int64_t kstride, int64_t n,
+//                    int64_t d, float* s, int64_t ld, float* kT)  // s[r * ld + j] = q_r . k_j, j < n
+//   void pv_tile(const float* p, int64_t ld, int64_t rows, const float* vrows, int64_t vstride,
+//                int64_t a, int64_t e, int64_t d, float* acc)     // acc_r += sum_{j in [a, e)} p[r, j] v_j
+// (kT: scratch of 16 * round_up(d, 16) floats). Scores of positions a row may not see are then
+// computed but never used, and their probabilities are set to exactly 0 before the PV product.
+// That product then multiplies them by V rows of the tile, all inside [task.c0, task.c1) and so
+// inside the context (never an unused, possibly NaN, slot): the reference's masked softmax does
+// the same 0 * v.
 
 // Row operations built from a vector struct's dot / axpy (scalar exp): enough for the baseline
 // and the AVX-512 paths; the AVX2 path has hand-blocked versions.
 template <class Vec>
 struct RowOps : Vec {
+  static constexpr bool kTiled = false;
   static inline void scores_row(const float* q, const float* krows, int64_t kstride, int64_t a,
                                 int64_t e, int64_t d, float* s) {
     for (int64_t j = a; j < e; ++j) s[j] = Vec::dot(q, krows + j * kstride, d);
@@ -96,13 +108,20 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
       kstride = d;
     }
 
-    // Scores, then the online softmax update; s becomes exp(s - m).
+    // Scores, then the online softmax update; s becomes exp(s - m) (0 where the row sees nothing).
+    if constexpr (Ops::kTiled)
+      Ops::scores_tile(sc.q + ra * d, rb - ra, krows, kstride, n, d, sc.s + ra * kAttnTile, kAttnTile, sc.kT);
+    int64_t amin = n, emax = 0;  // the union of the rows' visible ranges
     for (int64_t r = ra; r < rb; ++r) {
       const int64_t a = (sc.lo[r] > p ? sc.lo[r] : p) - p;
       const int64_t e = (sc.hi[r] < p1 ? sc.hi[r] : p1) - p;
-      if (a >= e) continue;
       float* s = sc.s + r * kAttnTile;
-      Ops::scores_row(sc.q + r * d, krows, kstride, a, e, d, s);
+      if (a >= e) {
+        if constexpr (Ops::kTiled)
+          for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
+        continue;
+      }
+      if constexpr (!Ops::kTiled) Ops::scores_row(sc.q + r * d, krows, kstride, a, e, d, s);
       const float mt = Ops::max_row(s, a, e);
       if (mt > sc.m[r]) {
         if (sc.m[r] != -__builtin_inff()) {
@@ -113,6 +132,12 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
         sc.m[r] = mt;
       }
       sc.l[r] += Ops::exp_row(s, a, e, sc.m[r]);
+      if constexpr (Ops::kTiled) {
+        for (int64_t j = 0; j < a; ++j) s[j] = 0.0f;
+        for (int64_t j = e; j < n; ++j) s[j] = 0.0f;
+        amin = a < amin ? a : amin;
+        emax = e > emax ? e : emax;
+      }
     }
 
     // acc_r += sum over the positions row r sees of p[r, j] * v_j.
@@ -128,11 +153,16 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
       vrows = sc.vt;
       vstride = d;
     }
-    for (int64_t r = ra; r < rb; ++r) {
-      const int64_t a = (sc.lo[r] > p ? sc.lo[r] : p) - p;
-      const int64_t e = (sc.hi[r] < p1 ? sc.hi[r] : p1) - p;
-      if (a >= e) continue;
-      Ops::pv_row(sc.s + r * kAttnTile, vrows, vstride, a, e, d, sc.acc + r * d);
+    if constexpr (Ops::kTiled) {
+      if (amin < emax)
+        Ops::pv_tile(sc.s + ra * kAttnTile, kAttnTile, rb - ra, vrows, vstride, amin, emax, d, sc.acc + ra * d);
+    } else {
+      for (int64_t r = ra; r < rb; ++r) {
+        const int64_t a = (sc.lo[r] > p ? sc.lo[r] : p) - p;
+        const int64_t e = (sc.hi[r] < p1 ? sc.hi[r] : p1) - p;
+        if (a >= e) continue;
+        Ops::pv_row(sc.s + r * kAttnTile, vrows, vstride, a, e, d, sc.acc + r * d);
+      }
     }
     p = p1;
   }

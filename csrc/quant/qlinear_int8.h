@@ -1,0 +1,48 @@
+// The opt-in int8-activation path of qlinear (Q4_0, Q4_1, Q8_0 weights only).
+//
+// Each activation row is quantized per 32-element block, as llama.cpp's Q8 activations are:
+//   inv = 127 / max|x_b|,  q_k = round_half_even(x_k * inv),  scale_b = max|x_b| / 127
+// (all float32; a block of zeros has scale 0 and codes 0). The weight codes then meet the
+// activation codes in exact int32 dot products (AVX-512 VNNI vpdpbusd, AVX2 vpmaddubsw), and
+// each block's integer sum is scaled once:
+//   Q4_0: out += scale_b * d * (sum q_w q_x - 8 * sum q_x)
+//   Q4_1: out += scale_b * d * (sum q_w q_x) + m * sum_k x_k      (the float sum of the block)
+//   Q8_0: out += scale_b * d * (sum q_w q_x)
+// So the error against the exact path is the activations' rounding (|x - scale*q| <= scale/2),
+// nothing else: the integer part is exact and the rest is float32 rounding.
+// pyllm.ops.qlinear.qlinear_int8_ref computes the same thing in float64 (the tests' reference).
+#pragma once
+
+#include <cstdint>
+
+#include "quant/qlinear.h"
+
+namespace pyllm {
+
+// One call's quantized activations: T rows of K codes, K / 32 blocks a row.
+struct Int8Acts {
+  const int8_t* q = nullptr;    // [T, K] codes
+  const uint8_t* u = nullptr;   // [T, K] codes + 128 (as unsigned bytes; for Q8_0 weights)
+  const float* scale = nullptr; // [T, K/32]
+  const float* sum = nullptr;   // [T, K/32] float sum of x over the block
+  const int32_t* qsum = nullptr;  // [T, K/32] sum of the codes over the block
+  int64_t K = 0, blocks = 0;
+};
+
+bool qlinear_int8_supported(int qtype);
+
+// Quantize rows [t0, t1) of x (row stride ldx) into the buffers of `acts` (row r at r * K,
+// blocks at r * K / 32). The baseline and AVX-512 forms give the same bytes.
+void quantize_acts_baseline(const float* x, int64_t ldx, int64_t t0, int64_t t1, const Int8Acts& acts);
+void quantize_acts_avx512(const float* x, int64_t ldx, int64_t t0, int64_t t1, const Int8Acts& acts);
+
+using QLinearInt8TileFn = void (*)(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
+                                   int64_t n1);
+void qlinear_int8_tile_baseline(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
+                                int64_t n1);
+void qlinear_int8_tile_avx2(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
+                            int64_t n1);
+void qlinear_int8_tile_avx512(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
+                              int64_t n1);
+
+}  // namespace pyllm

@@ -1,0 +1,196 @@
+// The int8-activation qlinear with AVX-512 VNNI (see qlinear_int8.h for the math).
+//
+// Weights are repacked per call, 16 rows at a time, into a panel where each 64-byte vector holds
+// four consecutive k of each of the 16 rows (row r in dword r): gathered straight from the GGUF
+// rows, nibbles split with one AND / shift. Then a micro-kernel keeps up to 8 tokens' int32
+// accumulators (16 rows each) and, for each of a block's 8 code vectors, issues one vpdpbusd per
+// token against that token's four activation codes broadcast to every dword: 64 exact
+// multiply-adds an instruction, against 16 for a float FMA. Each block's integer sums are then
+// converted and scaled once (cvt + FMA per token per 16 rows).
+// GCC 12's AVX-512 intrinsic headers trip -Wmaybe-uninitialized (their _mm512_undefined_*).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "quant/qlinear_blocks.h"
+#include "quant/qlinear_int8.h"
+
+namespace pyllm {
+
+namespace {
+
+constexpr int kRows = 16, kTokens = 8;
+constexpr int kPanelVecs = 10;  // per block: 8 code vectors, d[16], then m[16] (Q4_1) or sum(w)[16] (Q8_0)
+
+// Per-thread 64-byte-aligned scratch (malloc, not std::vector: see qlinear_avx2.cpp).
+struct PanelScratch {
+  __m512i* data = nullptr;
+  int64_t vecs = 0;
+  PanelScratch() = default;
+  PanelScratch(const PanelScratch&) = delete;
+  PanelScratch& operator=(const PanelScratch&) = delete;
+  ~PanelScratch() { std::free(data); }
+};
+
+__m512i* panel_buffer(int64_t vecs) {
+  thread_local PanelScratch buf;
+  if (buf.vecs < vecs) {
+    std::free(buf.data);
+    buf.data = static_cast<__m512i*>(std::aligned_alloc(64, static_cast<size_t>(vecs) * 64));
+    buf.vecs = buf.data ? vecs : 0;
+    if (!buf.data) throw std::bad_alloc();
+  }
+  return buf.data;
+}
+
+inline int32_t load_i32(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Rows [n, n + rows) (rows <= 16) of every block into panel[b * kPanelVecs ...]; missing rows zero.
+template <int QT>
+void pack(const QLinearArgs& a, int64_t n, int rows, int64_t blocks, __m512i* panel) {
+  const int64_t cbytes = qchunk_bytes(QT);
+  const __mmask16 live = rows >= kRows ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rows) - 1u);
+  const __m512i vidx = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(static_cast<int>(a.ldw)));
+  const __m512i zero = _mm512_setzero_si512(), low4 = _mm512_set1_epi8(0x0F), ones = _mm512_set1_epi8(1);
+  const uint8_t* base = a.w + n * a.ldw;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* p = base + b * cbytes;
+    __m512i* o = panel + b * kPanelVecs;
+    const __m512i head = _mm512_mask_i32gather_epi32(zero, live, vidx, p, 1);
+    o[8] = _mm512_castps_si512(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(head)));  // d: the low half
+    if constexpr (QT == kQ8_0) {
+      __m512i wsum = zero;
+      for (int j = 0; j < 8; ++j) {
+        o[j] = _mm512_mask_i32gather_epi32(zero, live, vidx, p + 2 + 4 * j, 1);
+        wsum = _mm512_dpbusd_epi32(wsum, ones, o[j]);
+      }
+      o[9] = wsum;
+    } else {
+      const uint8_t* codes = p + (QT == kQ4_1 ? 4 : 2);
+      for (int j = 0; j < 4; ++j) {
+        const __m512i g = _mm512_mask_i32gather_epi32(zero, live, vidx, codes + 4 * j, 1);
+        o[j] = _mm512_and_si512(g, low4);                             // k = 4j .. 4j+3
+        o[4 + j] = _mm512_and_si512(_mm512_srli_epi16(g, 4), low4);  // k = 16+4j ..
+      }
+      if constexpr (QT == kQ4_1) o[9] = _mm512_castps_si512(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(head, 16))));
+    }
+  }
+}
+
+// out[t .. t+MT)[n .. n+16) (the `live` rows) = the panel's rows against MT tokens, plus bias.
+template <int QT, int MT>
+void micro(const Int8Acts& q, int64_t t, int64_t blocks, const __m512i* panel, float* out, int64_t ldo,
+           __mmask16 live, const float* bias) {
+  __m512 accf[MT];
+  for (int i = 0; i < MT; ++i) accf[i] = _mm512_setzero_ps();
+  const uint8_t* xs[MT];
+  for (int i = 0; i < MT; ++i)
+    xs[i] = QT == kQ8_0 ? q.u + (t + i) * q.K : reinterpret_cast<const uint8_t*>(q.q + (t + i) * q.K);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const __m512i* pb = panel + b * kPanelVecs;
+    __m512i acci[MT];
+    // Start each block's integer sum at its correction term, so the sum comes out exact:
+    // Q4_0 codes are q+8 (unsigned), Q8_0 activations are codes+128 (unsigned).
+    if constexpr (QT == kQ4_0) {
+      for (int i = 0; i < MT; ++i) acci[i] = _mm512_set1_epi32(-8 * q.qsum[(t + i) * blocks + b]);
+    } else if constexpr (QT == kQ8_0) {
+      const __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(pb[9], 7));
+      for (int i = 0; i < MT; ++i) acci[i] = corr;
+    } else {
+      for (int i = 0; i < MT; ++i) acci[i] = _mm512_setzero_si512();
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const __m512i w = _mm512_load_si512(pb + j);
+#pragma GCC unroll 8
+      for (int i = 0; i < MT; ++i) {
+        const __m512i x = _mm512_set1_epi32(load_i32(xs[i] + b * kQBlock + 4 * j));
+        if constexpr (QT == kQ8_0) acci[i] = _mm512_dpbusd_epi32(acci[i], x, w);  // u8 acts x s8 weights
+        else acci[i] = _mm512_dpbusd_epi32(acci[i], w, x);                        // u8 nibbles x s8 acts
+      }
+    }
+    const __m512 d = _mm512_castsi512_ps(pb[8]);
+    for (int i = 0; i < MT; ++i) {
+      const int64_t at = (t + i) * blocks + b;
+      accf[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[i]), _mm512_mul_ps(d, _mm512_set1_ps(q.scale[at])), accf[i]);
+      if constexpr (QT == kQ4_1) accf[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(pb[9]), _mm512_set1_ps(q.sum[at]), accf[i]);
+    }
+  }
+  const __m512 bv = bias ? _mm512_maskz_loadu_ps(live, bias) : _mm512_setzero_ps();
+  for (int i = 0; i < MT; ++i) _mm512_mask_storeu_ps(out + i * ldo, live, _mm512_add_ps(accf[i], bv));
+}
+
+template <int QT, int MT>
+void micro_upto(int mt, const Int8Acts& q, int64_t t, int64_t blocks, const __m512i* panel, float* out, int64_t ldo,
+                __mmask16 live, const float* bias) {
+  if constexpr (MT > 1) {
+    if (mt < MT) return micro_upto<QT, MT - 1>(mt, q, t, blocks, panel, out, ldo, live, bias);
+  }
+  micro<QT, MT>(q, t, blocks, panel, out, ldo, live, bias);
+}
+
+template <int QT>
+void tile(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+  const int64_t blocks = a.K / kQBlock;
+  __m512i* panel = panel_buffer(std::max<int64_t>(blocks, 1) * kPanelVecs);
+  for (int64_t n = n0; n < n1; n += kRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, n1 - n));
+    const __mmask16 live = rows >= kRows ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rows) - 1u);
+    pack<QT>(a, n, rows, blocks, panel);
+    for (int64_t t = t0; t < t1; t += kTokens) {
+      const int mt = static_cast<int>(std::min<int64_t>(kTokens, t1 - t));
+      micro_upto<QT, kTokens>(mt, q, t, blocks, panel, a.out + t * a.ldo + n, a.ldo, live,
+                               a.bias ? a.bias + n : nullptr);
+    }
+  }
+}
+
+}  // namespace
+
+void quantize_acts_avx512(const float* x, int64_t ldx, int64_t t0, int64_t t1, const Int8Acts& acts) {
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  const __m128i flip = _mm_set1_epi8(static_cast<char>(0x80));
+  for (int64_t t = t0; t < t1; ++t) {
+    const float* xr = x + t * ldx;
+    int8_t* q = const_cast<int8_t*>(acts.q) + t * acts.K;
+    uint8_t* u = const_cast<uint8_t*>(acts.u) + t * acts.K;
+    for (int64_t b = 0; b < acts.blocks; ++b) {
+      const __m512 lo = _mm512_loadu_ps(xr + b * kQBlock), hi = _mm512_loadu_ps(xr + b * kQBlock + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, lo), _mm512_andnot_ps(sign, hi)));
+      const float inv = amax > 0.f ? 127.0f / amax : 0.f;
+      const __m512 vinv = _mm512_set1_ps(inv);
+      // cvtps rounds with the MXCSR mode: to nearest, ties to even (what the reference's round does).
+      const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, vinv));
+      const __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, vinv));
+      const __m128i blo = _mm512_cvtepi32_epi8(qlo), bhi = _mm512_cvtepi32_epi8(qhi);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQBlock), blo);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQBlock + 16), bhi);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(u + b * kQBlock), _mm_xor_si128(blo, flip));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(u + b * kQBlock + 16), _mm_xor_si128(bhi, flip));
+      const int64_t at = t * acts.blocks + b;
+      const_cast<float*>(acts.scale)[at] = amax / 127.0f;
+      const_cast<float*>(acts.sum)[at] = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+      const_cast<int32_t*>(acts.qsum)[at] = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+    }
+  }
+}
+
+void qlinear_int8_tile_avx512(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
+                              int64_t n1) {
+  switch (a.qtype) {
+    case kQ4_0: tile<kQ4_0>(a, q, t0, t1, n0, n1); break;
+    case kQ4_1: tile<kQ4_1>(a, q, t0, t1, n0, n1); break;
+    default: tile<kQ8_0>(a, q, t0, t1, n0, n1); break;
+  }
+}
+
+}  // namespace pyllm

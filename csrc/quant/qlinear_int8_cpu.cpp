@@ -1,0 +1,72 @@
+// The int8-activation path's portable pieces: the activation quantizer and a scalar kernel with
+// the same math as the vector ones (qlinear_int8.h), used on CPUs without AVX2.
+#include <cmath>
+#include <cstring>
+
+#include "quant/qlinear_blocks.h"
+#include "quant/qlinear_int8.h"
+
+namespace pyllm {
+
+bool qlinear_int8_supported(int qtype) { return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0; }
+
+void quantize_acts_baseline(const float* x, int64_t ldx, int64_t t0, int64_t t1, const Int8Acts& acts) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const float* xr = x + t * ldx;
+    int8_t* q = const_cast<int8_t*>(acts.q) + t * acts.K;
+    uint8_t* u = const_cast<uint8_t*>(acts.u) + t * acts.K;
+    for (int64_t b = 0; b < acts.blocks; ++b) {
+      const float* xb = xr + b * kQBlock;
+      float amax = 0.f, sum = 0.f;
+      for (int i = 0; i < kQBlock; ++i) {
+        amax = std::fmax(amax, std::fabs(xb[i]));
+        sum += xb[i];
+      }
+      const float inv = amax > 0.f ? 127.0f / amax : 0.f;
+      int32_t qsum = 0;
+      for (int i = 0; i < kQBlock; ++i) {
+        const int v = static_cast<int>(std::nearbyint(xb[i] * inv));  // half to even
+        q[b * kQBlock + i] = static_cast<int8_t>(v);
+        u[b * kQBlock + i] = static_cast<uint8_t>(v + 128);
+        qsum += v;
+      }
+      const int64_t at = t * acts.blocks + b;
+      const_cast<float*>(acts.scale)[at] = amax / 127.0f;
+      const_cast<float*>(acts.sum)[at] = sum;
+      const_cast<int32_t*>(acts.qsum)[at] = qsum;
+    }
+  }
+}
+
+void qlinear_int8_tile_baseline(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
+                                int64_t n1) {
+  const int64_t cbytes = qchunk_bytes(a.qtype);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = a.w + n * a.ldw;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int8_t* xq = q.q + t * q.K;
+      float acc = 0.f;
+      for (int64_t b = 0; b < q.blocks; ++b) {
+        const uint8_t* p = row + b * cbytes;
+        const int8_t* xb = xq + b * kQBlock;
+        const int64_t at = t * q.blocks + b;
+        const float d = load_f16(p);
+        int32_t dot = 0;
+        if (a.qtype == kQ8_0) {
+          for (int i = 0; i < kQBlock; ++i) dot += static_cast<int8_t>(p[2 + i]) * xb[i];
+          acc += static_cast<float>(dot) * (d * q.scale[at]);
+        } else {
+          const uint8_t* codes = p + (a.qtype == kQ4_1 ? 4 : 2);
+          for (int j = 0; j < 16; ++j) dot += (codes[j] & 0x0F) * xb[j] + (codes[j] >> 4) * xb[16 + j];
+          if (a.qtype == kQ4_0) dot -= 8 * q.qsum[at];
+          acc += static_cast<float>(dot) * (d * q.scale[at]);
+          if (a.qtype == kQ4_1) acc += load_f16(p + 2) * q.sum[at];
+        }
+      }
+      if (a.bias) acc += a.bias[n];
+      a.out[t * a.ldo + n] = acc;
+    }
+  }
+}
+
+}  // namespace pyllm
