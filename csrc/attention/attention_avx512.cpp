@@ -136,39 +136,51 @@ template <int R>
 inline void scores_tree(const float* q, int64_t d, const float* k, int64_t kstride, int64_t n, float* s,
                         int64_t ld) {
   __m512 pair[2][R];  // fold64(Q0, Q1) and fold64(Q2, Q3) of each row
+  #pragma GCC unroll 16
   for (int k4 = 0; k4 < 4; ++k4) {
     const float* kr[4];
+    #pragma GCC unroll 16
     for (int t = 0; t < 4; ++t) {
       const int64_t j = k4 + 4 * t;
       kr[t] = k + (j < n ? j : n - 1) * kstride;
     }
     __m512 acc[R][4];
+    #pragma GCC unroll 16
     for (int i = 0; i < R; ++i)
+      #pragma GCC unroll 16
       for (int t = 0; t < 4; ++t) acc[i][t] = _mm512_setzero_ps();
     int64_t c = 0;
     for (; c + 16 <= d; c += 16) {
       __m512 kv[4];
+      #pragma GCC unroll 16
       for (int t = 0; t < 4; ++t) kv[t] = _mm512_loadu_ps(kr[t] + c);
+      #pragma GCC unroll 16
       for (int i = 0; i < R; ++i) {
         const __m512 qv = _mm512_loadu_ps(q + i * d + c);
+        #pragma GCC unroll 16
         for (int t = 0; t < 4; ++t) acc[i][t] = _mm512_fmadd_ps(qv, kv[t], acc[i][t]);
       }
     }
     if (c < d) {
       const __mmask16 m = tail_mask(d - c);
       __m512 kv[4];
+      #pragma GCC unroll 16
       for (int t = 0; t < 4; ++t) kv[t] = _mm512_maskz_loadu_ps(m, kr[t] + c);
+      #pragma GCC unroll 16
       for (int i = 0; i < R; ++i) {
         const __m512 qv = _mm512_maskz_loadu_ps(m, q + i * d + c);
+        #pragma GCC unroll 16
         for (int t = 0; t < 4; ++t) acc[i][t] = _mm512_fmadd_ps(qv, kv[t], acc[i][t]);
       }
     }
+    #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const __m512 quad = fold128(fold256(acc[i][0], acc[i][1]), fold256(acc[i][2], acc[i][3]));
       __m512& slot = pair[k4 / 2][i];
       slot = (k4 % 2 == 0) ? quad : fold64(slot, quad);
     }
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) _mm512_storeu_ps(s + i * ld, fold32(pair[0][i], pair[1][i]));
 }
 
@@ -179,10 +191,12 @@ inline void transpose_keys(const float* k, int64_t kstride, int64_t n, int64_t d
   for (int64_t c0 = 0; c0 < d; c0 += 16) {
     const __mmask16 m = d - c0 >= 16 ? static_cast<__mmask16>(0xFFFF) : tail_mask(d - c0);
     __m512 r[16], t[16];
+    #pragma GCC unroll 16
     for (int j = 0; j < 16; ++j)
       r[j] = j < n ? _mm512_maskz_loadu_ps(m, k + j * kstride + c0) : _mm512_setzero_ps();
     // Pairs of rows interleaved by 32 bits, then by 64 bits: block L of u[4g + x] holds column
     // 4L + x of rows 4g..4g+3.
+    #pragma GCC unroll 16
     for (int j = 0; j < 8; ++j) {
       t[2 * j] = _mm512_unpacklo_ps(r[2 * j], r[2 * j + 1]);
       t[2 * j + 1] = _mm512_unpackhi_ps(r[2 * j], r[2 * j + 1]);
@@ -197,6 +211,7 @@ inline void transpose_keys(const float* k, int64_t kstride, int64_t n, int64_t d
     }
     // Gather block L of the four row groups: column 4L + x.
     float* dst = kT + c0 * 16;
+    #pragma GCC unroll 16
     for (int x = 0; x < 4; ++x) {
       const __m512 v01 = _mm512_shuffle_f32x4(r[x], r[4 + x], 0x88);   // g0 L0, g0 L2, g1 L0, g1 L2
       const __m512 w01 = _mm512_shuffle_f32x4(r[x], r[4 + x], 0xDD);   // g0 L1, g0 L3, g1 L1, g1 L3
@@ -215,18 +230,24 @@ inline void transpose_keys(const float* k, int64_t kstride, int64_t n, int64_t d
 template <int R, int U>
 inline void scores_bcast(const float* q, int64_t d, const float* kT, float* s, int64_t ld) {
   __m512 acc[R][U];
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
+    #pragma GCC unroll 16
     for (int u = 0; u < U; ++u) acc[i][u] = _mm512_setzero_ps();
   int64_t c = 0;
   for (; c + U <= d; c += U)
+    #pragma GCC unroll 16
     for (int u = 0; u < U; ++u) {
       const __m512 kv = _mm512_loadu_ps(kT + (c + u) * 16);
+      #pragma GCC unroll 16
       for (int i = 0; i < R; ++i) acc[i][u] = _mm512_fmadd_ps(_mm512_set1_ps(q[i * d + c + u]), kv, acc[i][u]);
     }
   for (; c < d; ++c) {
     const __m512 kv = _mm512_loadu_ps(kT + c * 16);
+    #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) acc[i][0] = _mm512_fmadd_ps(_mm512_set1_ps(q[i * d + c]), kv, acc[i][0]);
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
     __m512 v = acc[i][0];
     for (int u = 1; u < U; ++u) v = _mm512_add_ps(v, acc[i][u]);
@@ -239,20 +260,27 @@ template <int R, int C>
 inline void pv_block(const float* p, int64_t ld, const float* v, int64_t vstride, int64_t a, int64_t e,
                      float* acc, int64_t d, __mmask16 last) {
   __m512 r[R][C];
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
+    #pragma GCC unroll 16
     for (int u = 0; u < C; ++u)
       r[i][u] = _mm512_maskz_loadu_ps(u == C - 1 ? last : static_cast<__mmask16>(0xFFFF), acc + i * d + 16 * u);
   for (int64_t j = a; j < e; ++j) {
     __m512 vv[C];
     const float* vj = v + j * vstride;
+    #pragma GCC unroll 16
     for (int u = 0; u < C; ++u)
       vv[u] = _mm512_maskz_loadu_ps(u == C - 1 ? last : static_cast<__mmask16>(0xFFFF), vj + 16 * u);
+    #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const __m512 pij = _mm512_set1_ps(p[i * ld + j]);
+      #pragma GCC unroll 16
       for (int u = 0; u < C; ++u) r[i][u] = _mm512_fmadd_ps(pij, vv[u], r[i][u]);
     }
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
+    #pragma GCC unroll 16
     for (int u = 0; u < C; ++u)
       _mm512_mask_storeu_ps(acc + i * d + 16 * u, u == C - 1 ? last : static_cast<__mmask16>(0xFFFF), r[i][u]);
 }

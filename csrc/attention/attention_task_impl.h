@@ -60,6 +60,25 @@ struct RowOps : Vec {
   }
 };
 
+// Asks for the K and V rows of the tile starting at position p (< c1) to be brought into the
+// cache. Blocks lie in the pool in any order, so the hardware prefetcher cannot see a tile coming.
+inline void prefetch_tile(const AttnShape& sh, const int32_t* table, int64_t p, int64_t c1, int64_t g) {
+  const int64_t bs = sh.block_size, off = p % bs;
+  int64_t n = bs - off;
+  if (n > kAttnTile) n = kAttnTile;
+  if (p + n > c1) n = c1 - p;
+  const int64_t esize = sh.cache_dtype == 0 ? 4 : 2;
+  const int64_t row_bytes = sh.d * esize, stride = sh.hkv * row_bytes;
+  const int64_t base = ((static_cast<int64_t>(table[p / bs]) * bs + off) * sh.hkv + g) * row_bytes;
+  const char* k = static_cast<const char*>(sh.k_cache) + base;
+  const char* v = static_cast<const char*>(sh.v_cache) + base;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t b = 0; b < row_bytes; b += 64) {
+      __builtin_prefetch(k + j * stride + b, 0, 3);
+      __builtin_prefetch(v + j * stride + b, 0, 3);
+    }
+}
+
 template <class Ops>
 void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, const AttnScratch& sc) {
   const int64_t d = sh.d, group = sh.group, bs = sh.block_size;
@@ -87,6 +106,7 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
     if (p + n > task.c1) n = task.c1 - p;
     const int64_t p1 = p + n;
     const int64_t base = ((static_cast<int64_t>(table[p / bs]) * bs + off) * sh.hkv + task.g) * d;
+    if (p1 < task.c1) prefetch_tile(sh, table, p1, task.c1, task.g);
 
     // Rows that see some position of this tile: [ra, rb). lo and hi never decrease with r.
     int64_t ra = 0, rb = rows;
