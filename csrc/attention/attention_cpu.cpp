@@ -192,8 +192,12 @@ void run(const AttnCall& c, const AttnShape& sh) {
 
   if (base.empty()) return;
 
+  // Threads only for enough work to pay for waking them (and for the merge when splitting).
+  int64_t work = 0;
+  for (const AttnTask& t : base) work += (t.i1 - t.i0) * sh.group * (t.c1 - t.c0) * d;
+  const int threads = work >= kParallelWork ? omp_get_max_threads() : 1;
+
   // Split long key ranges when the base tasks cannot fill the threads (flash-decoding).
-  const int threads = omp_get_max_threads();
   std::vector<AttnTask> tasks;
   std::vector<std::pair<int64_t, int64_t>> groups;  // [first, count) of tasks to merge
   int64_t n_partial = 0;
@@ -222,14 +226,12 @@ void run(const AttnCall& c, const AttnShape& sh) {
   const int64_t rows_max = max_chunk * sh.group;
   const int64_t part_stride = rows_max * (d + 2);  // per split task: m[rows], l[rows], acc[rows, d]
   std::vector<float> partial(static_cast<size_t>(n_partial * part_stride));  // small: split tasks only
-  int64_t work = 0;
-  for (const AttnTask& t : tasks) work += (t.i1 - t.i0) * sh.group * (t.c1 - t.c0) * d;
   const AttnTaskFn task_fn = pick_task_fn();
   const int64_t n_tasks = static_cast<int64_t>(tasks.size());
   const int64_t n_groups = static_cast<int64_t>(groups.size());
   const int q_dtype = c.q_dtype, out_dtype = c.q_dtype;
 
-#pragma omp parallel if (n_tasks > 1 && work >= kParallelWork)
+#pragma omp parallel if (n_tasks > 1 && threads > 1)
   {
     // Per-thread scratch, kept between calls (OpenMP's threads persist): no allocation and no
     // zero-filling on the decode path once warmed up.
