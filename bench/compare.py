@@ -38,8 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ENGINES = ("pyllm", "llama.cpp", "transformers", "torch")
-DEFAULT_ENGINES = ("pyllm", "llama.cpp", "transformers")
+ENGINES = ("pyllm", "pyllm-int8", "llama.cpp", "transformers", "torch")
+DEFAULT_ENGINES = ("pyllm", "pyllm-int8", "llama.cpp", "transformers")
 ISSUE4_TASKS = ("load", "decode1", "prefill", "ctx")
 ISSUE7_TASKS = ("batch", "scale", "growth")
 ALL_TASKS = ISSUE4_TASKS + ISSUE7_TASKS
@@ -90,9 +90,11 @@ class PyllmRunner:
         self.pyllm, self.EngineConfig, self.LLMEngine = pyllm, EngineConfig, LLMEngine
         self.EngineFrontend, self.SamplingParams = EngineFrontend, SamplingParams
 
+    int8 = False  # PyllmInt8Runner: the opt-in int8-activation matmuls
+
     def load(self, model_path: str, n_ctx: int | None) -> None:
         self.n_ctx = n_ctx
-        self.llm = self.pyllm.load(model_path, progress=False)
+        self.llm = self.pyllm.load(model_path, progress=False, int8_activations=self.int8)
         self.engine = self._new_engine()
 
     def _new_engine(self):
@@ -335,7 +337,13 @@ class TorchCompileRunner(TransformersRunner):
                 "dynamo_calls_captured": counters["stats"]["calls_captured"]}
 
 
-RUNNERS = {"pyllm": PyllmRunner, "llama.cpp": LlamaCppRunner,
+class PyllmInt8Runner(PyllmRunner):
+    """pyllm with `int8_activations=True` (prefill and batched decode on int8 activations)."""
+
+    int8 = True
+
+
+RUNNERS = {"pyllm": PyllmRunner, "pyllm-int8": PyllmInt8Runner, "llama.cpp": LlamaCppRunner,
            "transformers": TransformersRunner, "torch": TorchCompileRunner}
 
 
@@ -606,7 +614,8 @@ def make_jobs(engines: list[str], tasks: list[str], full: bool, timeout: float,
                                                                  n_ctx=512))],
                   limit=timeout * (1 if n <= 16 else 8))  # 256 x 128 one by one: minutes
     if "scale" in tasks and "pyllm" in engines:
-        group("scale", "scale", {"sizes": list(SCALE_SIZES), "n_new": 64}, ["pyllm"])
+        group("scale", "scale", {"sizes": list(SCALE_SIZES), "n_new": 64},
+              [e for e in ("pyllm", "pyllm-int8") if e in engines])
     if "growth" in tasks and "pyllm" in engines:
         group("growth", "growth", {"prompt_lens": list(GROWTH_PROMPTS),
                                    "gen_lens": list(GROWTH_GENERATED),
@@ -704,8 +713,8 @@ ISSUE_ROWS = [
 def render(summary: dict, labels: list[str], out=sys.stdout) -> list[dict]:
     """Print the comparison table; return its rows (for --json)."""
     table: list[dict] = []
-    cols = [lb for lb in ("pyllm", "llama.cpp", "llama.cpp batched", "transformers", "torch")
-            if lb in labels]
+    cols = [lb for lb in ("pyllm", "pyllm-int8", "llama.cpp", "llama.cpp batched", "transformers",
+                          "torch") if lb in labels]
 
     def get(job: str, label: str, metric: str) -> float | None:
         s = summary.get((job, label))
@@ -721,8 +730,9 @@ def render(summary: dict, labels: list[str], out=sys.stdout) -> list[dict]:
         return _fmt(v) + ("*" if s["n_ok"] < s["n"] else "")
 
     has_tf = "transformers" in cols
-    head = (["measurement"] + cols + ["pyllm/llama.cpp"] + (["pyllm/transf."] if has_tf else [])
-            + ["target", "status"])
+    has_int8 = "pyllm-int8" in cols
+    head = (["measurement"] + cols + ["pyllm/llama.cpp"] + (["int8/llama.cpp"] if has_int8 else [])
+            + (["pyllm/transf."] if has_tf else []) + ["target", "status"])
     lines = []
     for row in ISSUE_ROWS:
         if not any((row.job, lb) in summary for lb in cols):
@@ -735,6 +745,8 @@ def render(summary: dict, labels: list[str], out=sys.stdout) -> list[dict]:
         tf = get(row.job, "transformers", row.metric)
         r_l = p / ref if p and ref else None
         r_t = p / tf if p and tf else None
+        p8 = get(row.job, "pyllm-int8", row.metric)
+        r_8 = p8 / ref if p8 and ref else None
         status, target = "", ""
         if row.target == "x2" or row.target == "x5":
             k = 2 if row.target == "x2" else 5
@@ -748,10 +760,12 @@ def render(summary: dict, labels: list[str], out=sys.stdout) -> list[dict]:
             status = "n/a" if p is None else ("met" if p <= 0.5 else "missed")
         lines.append([row.title] + [cell(row.job, lb, row.metric) for lb in cols]
                      + [_fmt(r_l, 2) if r_l else "-"]
+                     + ([_fmt(r_8, 2) if r_8 else "-"] if has_int8 else [])
                      + ([_fmt(r_t, 2) if r_t else "-"] if has_tf else []) + [target, status])
         table.append({"measurement": row.title, "job": row.job, "metric": row.metric,
                       **{lb: get(row.job, lb, row.metric) for lb in cols},
-                      "pyllm/llama.cpp": r_l, "pyllm/transformers": r_t, "target": target,
+                      "pyllm/llama.cpp": r_l, "pyllm-int8/llama.cpp": r_8,
+                      "pyllm/transformers": r_t, "target": target,
                       "status": status})
     if lines:
         widths = [max(len(str(x[i])) for x in [head] + lines) for i in range(len(head))]
@@ -763,7 +777,7 @@ def render(summary: dict, labels: list[str], out=sys.stdout) -> list[dict]:
             print(sep.join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
                            for i, (x, w) in enumerate(zip(ln, widths))), file=out)
         print("(* = some repeats failed; ratios use the best llama.cpp figure; "
-              "RSS and load: lower is better)", file=out)
+              "RSS and load: lower is better; status: the exact pyllm column)", file=out)
     _render_pyllm_only(summary, out)
     errs = [(job, lb, e) for (job, lb), s in summary.items() for e in s["errors"]]
     if errs:
@@ -777,16 +791,25 @@ def render(summary: dict, labels: list[str], out=sys.stdout) -> list[dict]:
 
 
 def _render_pyllm_only(summary: dict, out) -> None:
-    s = summary.get(("scale", "pyllm"))
+    for label in ("pyllm", "pyllm-int8"):
+        _render_scale(summary, label, out)
+    _render_growth(summary, out)
+
+
+def _render_scale(summary: dict, label: str, out) -> None:
+    s = summary.get(("scale", label))
     if s and s["n_ok"]:
         m = s["median"]
         base = m.get("bs1_tps")
-        print("\npyllm throughput by batch size (chat prompts x 64 new tokens, "
+        print(f"\n{label} throughput by batch size (chat prompts x 64 new tokens, "
               "EngineFrontend.run_all):", file=out)
         for size in SCALE_SIZES:
             v = m.get(f"bs{size}_tps")
             grow = f"  x{v / base:.2f} of batch 1" if v and base else ""
             print(f"  batch {size:3d}: {_fmt(v):>8} tok/s{grow}", file=out)
+
+
+def _render_growth(summary: dict, out) -> None:
     s = summary.get(("growth", "pyllm"))
     if s and s["n_ok"]:
         m = s["median"]

@@ -224,8 +224,9 @@ def result_line(key: str, prompt_ids: list[int], completions: list[Any]) -> dict
 
 
 def run_job(input_path: Path, output_path: Path, *, model: Any, base_params: Any,
-            max_num_seqs: int = 64, progress: bool = False) -> JobSummary:
-    """Run (or resume) a JSONL job. `model` is a name/path or a loaded `pyllm.LLM`."""
+            max_num_seqs: int = 64, progress: bool = False, int8_activations: bool = False) -> JobSummary:
+    """Run (or resume) a JSONL job. `model` is a name/path or a loaded `pyllm.LLM`
+    (`int8_activations` applies when it is a name or path: see `pyllm.load`)."""
     import signal
 
     from tqdm import tqdm
@@ -240,7 +241,7 @@ def run_job(input_path: Path, output_path: Path, *, model: Any, base_params: Any
     if isinstance(model, (str, Path)) or model is None:
         import pyllm
 
-        llm = pyllm.load(model)
+        llm = pyllm.load(model, int8_activations=int8_activations)
     else:
         llm = model
     engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(max_num_seqs=max_num_seqs))

@@ -284,3 +284,75 @@ def test_capped_context_keeps_the_fast_path(models):
                 model(_ids(2, 2), build_metadata([5], [2], [[0, 1]], 4), caches)
     finally:
         model.config = full
+
+
+# ------------------------------------------------------ opt-in int8 activations
+
+
+def _int8_steps(ids):
+    table = [[3, 1, 0, 2]]
+    out = [(ids[:20], build_metadata([0], [20], table, 8), None)]  # prefill: every row's logits
+    for t in range(20, 26):
+        out.append((ids[t:t + 1], build_metadata([t], [1], table, 8), None))
+    return out
+
+
+def _int8_run(model, isa: str | None = None):
+    before = L._C.cpu_isa()
+    if isa:
+        L._C.set_cpu_isa(isa)
+    try:
+        model.int8_activations = True
+        return _run(model, True, _int8_steps(_ids(26, seed=11)), _caches(model.config, 4, 8))
+    finally:
+        model.int8_activations = False
+        L._C.set_cpu_isa(before)
+
+
+@pytest.mark.parametrize("case", ["gguf-llama", "gguf-qwen2"])
+def test_int8_activations_stay_near_exact_and_switch_back(models, case):
+    """int8 activations move the logits a little (prefill and decode rows alike; with the
+    prepacked AVX-512 panels and with the per-call AVX2 kernels), and switching int8 off gives the
+    exact path's logits back bit for bit. (The kernels themselves are checked against their
+    reference in tests/ops/test_qlinear.py; through a model, a last-bit difference can flip an
+    activation's rounding, so two int8 runs are compared with the exact one, not each other.)"""
+    model = models[case].model
+    with _one_thread():
+        exact = _run(model, True, _int8_steps(_ids(26, seed=11)), _caches(model.config, 4, 8))
+        runs = [_int8_run(model)] + ([_int8_run(model, "avx2")] if L._C.detected_isa() == "avx512" else [])
+        again = _run(model, True, _int8_steps(_ids(26, seed=11)), _caches(model.config, 4, 8))
+    for got in runs:
+        moved = 0.0
+        for e, g in zip(exact, got):
+            rel = ((e - g).abs().max() / e.abs().max()).item()
+            assert rel <= 0.15, rel
+            moved = max(moved, rel)
+        assert moved > 0.0, "int8 activations were not used"
+    for e, a in zip(exact, again):
+        assert torch.equal(e, a)
+
+
+def test_smollm2_int8_activations_keep_the_greedy_choice(smollm2_path):
+    """On the real model and an English prompt, int8 activations keep the exact path's top token
+    on most positions and move the logits by a few percent of their range (measured figures:
+    docs/kernels.md)."""
+    from pyllm.api import LLM
+
+    llm = LLM.from_path(smollm2_path)
+    model, cfg = llm.model, llm.config
+    text = ("The history of the Roman Empire spans many centuries. It began when Augustus became "
+            "the first emperor in 27 BC, and in the West it ended in 476 AD when the last emperor "
+            "was deposed. During this time, Rome built roads, aqueducts and cities.")
+    ids = torch.tensor(llm.tokenizer.encode(text)[:64])
+    n = len(ids)
+    meta = build_metadata([0], [n], [list(range(4))], 16)
+    exact = _run(model, True, [(ids, meta, None)], _caches(cfg, 4, 16))[0]
+    model.int8_activations = True
+    try:
+        got = _run(model, True, [(ids, meta, None)], _caches(cfg, 4, 16))[0]
+    finally:
+        model.int8_activations = False
+    agree = (exact.argmax(-1) == got.argmax(-1)).float().mean().item()
+    rel = ((exact - got).abs().max() / exact.abs().max()).item()
+    assert agree >= 0.85, agree
+    assert 0 < rel <= 0.2, rel

@@ -10,20 +10,24 @@ namespace pyllm {
 void bind_quant(py::module_& m) {
   m.def(
       "qlinear_cpu",
-      [](const TensorView& x, const TensorView& w, int qtype, const TensorView* bias, const TensorView& out) {
+      [](const TensorView& x, const TensorView& w, int qtype, const TensorView* bias, const TensorView& out,
+         bool int8_act) {
         py::gil_scoped_release release;
-        qlinear_cpu(x, w, qtype, bias, out);
+        qlinear_cpu(x, w, qtype, bias, out, int8_act);
       },
       py::arg("x"), py::arg("weight"), py::arg("qtype"), py::arg("bias").none(true), py::arg("out"),
-      "out[T, N] = x[T, K] @ dequant(weight).T + bias (CPU; shapes checked in pyllm.ops.qlinear).");
+      py::arg("int8_act") = false,
+      "out[T, N] = x[T, K] @ dequant(weight).T + bias (CPU; shapes checked in pyllm.ops.qlinear). "
+      "int8_act: quantize x per 32-block to int8 first (Q4_0/Q4_1/Q8_0 weights; approximate).");
   m.def(
       "qlinear_cpu_ptr",
-      [](uintptr_t x, uintptr_t w, int qtype, uintptr_t bias, uintptr_t out, int64_t T, int64_t K, int64_t N) {
+      [](uintptr_t x, uintptr_t w, int qtype, uintptr_t bias, uintptr_t out, int64_t T, int64_t K, int64_t N,
+         bool int8_act) {
         py::gil_scoped_release release;
-        qlinear_cpu_ptr(x, w, qtype, bias, out, T, K, N);
+        qlinear_cpu_ptr(x, w, qtype, bias, out, T, K, N, int8_act);
       },
       py::arg("x"), py::arg("weight"), py::arg("qtype"), py::arg("bias"), py::arg("out"), py::arg("T"),
-      py::arg("K"), py::arg("N"),
+      py::arg("K"), py::arg("N"), py::arg("int8_act") = false,
       "Raw-pointer qlinear for the validated decode hot path (contiguous tensors; bias 0 = none).");
 #ifdef PYLLM_WITH_CUDA
   m.def(

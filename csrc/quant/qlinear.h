@@ -30,6 +30,12 @@ struct QLinearArgs {
   int64_t ldx = 0, ldw = 0, ldo = 0;
   int64_t T = 0, K = 0, N = 0;
   int qtype = kQF32;
+  // Opt in to the int8-activation kernels (qlinear_int8.h) for Q4_0 / Q4_1 / Q8_0 weights; other
+  // types, and shapes those kernels do not take, stay on the exact path.
+  bool int8_act = false;
+  // With int8_act on an AVX-512 CPU: the matrix's panels packed ahead (qlinear_int8_pack_avx512),
+  // or null to pack them per call.
+  const uint8_t* packed = nullptr;
 };
 
 // One ISA's kernel: computes out[t0:t1, n0:n1] (single-threaded; the driver splits the work).
@@ -55,11 +61,11 @@ void qlinear_run(const QLinearArgs& a);
 // Entry points bound to Python. Shapes were checked in pyllm/ops/qlinear.py; these re-check the
 // few facts a kernel relies on to stay in bounds.
 void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const TensorView* bias,
-                 const TensorView& out);
+                 const TensorView& out, bool int8_act = false);
 // Raw-pointer form for the decode hot path (contiguous x [T, K], w [N, row_bytes], out [T, N];
 // bias may be 0); the caller has validated shapes once.
 void qlinear_cpu_ptr(uintptr_t x, uintptr_t w, int qtype, uintptr_t bias, uintptr_t out, int64_t T,
-                     int64_t K, int64_t N);
+                     int64_t K, int64_t N, bool int8_act = false);
 
 // CUDA (only in a CUDA build; qlinear.cu): the same op on device tensors, launched on `stream`
 // (a cudaStream_t passed as an integer). Weight rows must be 4-byte aligned.

@@ -6,10 +6,12 @@
 #include <chrono>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "common/cpu_features.h"
 #include "quant/qlinear.h"
 #include "quant/qlinear_blocks.h"
+#include "quant/qlinear_int8.h"
 
 namespace pyllm {
 
@@ -121,26 +123,28 @@ double now_s() {
 
 }  // namespace
 
-void qlinear_run(const QLinearArgs& a) {
-  if (a.T <= 0 || a.N <= 0) return;
-  const QLinearTileFn fn = pick_kernel();
+namespace {
+
+// Runs tile(t0, t1, n0, n1) over the work, split across the OpenMP threads: each thread streams a
+// contiguous range of weight rows (chunks rounded to `row_align` so the vector kernels' row tiles
+// stay whole); when there are too few rows to share, the tokens are split instead.
+template <typename Tile>
+void run_split(const QLinearArgs& a, int64_t row_align, const Tile& tile) {
   // Below ~64k multiply-adds a parallel region costs more than it saves.
   const double work = static_cast<double>(a.T) * static_cast<double>(a.N) * static_cast<double>(a.K);
   int threads = work < 65536.0 ? 1 : std::max(1, omp_get_max_threads());
   StallGuard& guard = stall_guard();
   if (threads > 1 && guard.solo()) threads = 1;
   if (threads == 1) {
-    fn(a, 0, a.T, 0, a.N);
+    tile(int64_t{0}, a.T, int64_t{0}, a.N);
     return;
   }
-  // Each thread streams a contiguous range of weight rows (row chunks rounded to 8 so the vector
-  // kernels' row tiles stay whole); when there are too few rows to share, split the tokens too.
   int row_parts = threads, tok_parts = 1;
   if (a.N < 16 * threads && a.T >= 2 * threads) {
     row_parts = 1;
     tok_parts = threads;
   }
-  const int64_t row_chunk = ((a.N + row_parts - 1) / row_parts + 7) / 8 * 8;
+  const int64_t row_chunk = ((a.N + row_parts - 1) / row_parts + row_align - 1) / row_align * row_align;
   const int64_t tok_chunk = (a.T + tok_parts - 1) / tok_parts;
   const int tasks = row_parts * tok_parts;
   const double start = now_s();
@@ -154,7 +158,7 @@ void qlinear_run(const QLinearArgs& a) {
       const int64_t n1 = std::min(a.N, n0 + row_chunk);
       const int64_t t0 = std::min(a.T, (task / row_parts) * tok_chunk);
       const int64_t t1 = std::min(a.T, t0 + tok_chunk);
-      if (n0 < n1 && t0 < t1) fn(a, t0, t1, n0, n1);
+      if (n0 < n1 && t0 < t1) tile(t0, t1, n0, n1);
     }
     if (omp_get_thread_num() == 0) master_done = now_s();
   }
@@ -165,8 +169,66 @@ void qlinear_run(const QLinearArgs& a) {
   guard.record(own, (end - start) - own);
 }
 
+// The int8 kernels gather a panel's rows with 32-bit offsets (row * ldw for row < 16).
+bool int8_path(const QLinearArgs& a) {
+  return a.int8_act && qlinear_int8_supported(a.qtype) && a.K % kQBlock == 0 && a.K > 0 &&
+         a.ldw <= (int64_t{1} << 26);
+}
+
+// Per-thread buffers of the quantized activations (grown to the largest call seen).
+struct Int8Buffers {
+  std::vector<int8_t> q;
+  std::vector<uint8_t> u;
+  std::vector<float> scale, sum;
+  std::vector<int32_t> qsum;
+};
+
+void run_int8(const QLinearArgs& a) {
+  thread_local Int8Buffers buf;
+  const int64_t blocks = a.K / kQBlock;
+  const size_t codes = static_cast<size_t>(a.T * a.K), nb = static_cast<size_t>(a.T * blocks);
+  if (buf.q.size() < codes) {
+    buf.q.resize(codes);
+    buf.u.resize(codes);
+  }
+  if (buf.scale.size() < nb) {
+    buf.scale.resize(nb);
+    buf.sum.resize(nb);
+    buf.qsum.resize(nb);
+  }
+  Int8Acts acts;
+  acts.q = buf.q.data();
+  acts.u = buf.u.data();
+  acts.scale = buf.scale.data();
+  acts.sum = buf.sum.data();
+  acts.qsum = buf.qsum.data();
+  acts.K = a.K;
+  acts.blocks = blocks;
+  const Isa isa = cpu_isa();
+  if (isa == Isa::Avx512) quantize_acts_avx512(a.x, a.ldx, 0, a.T, acts);
+  else quantize_acts_baseline(a.x, a.ldx, 0, a.T, acts);
+  const QLinearInt8TileFn fn = isa == Isa::Avx512 ? qlinear_int8_tile_avx512
+                               : isa == Isa::Avx2 ? qlinear_int8_tile_avx2
+                                                  : qlinear_int8_tile_baseline;
+  QLinearArgs b = a;
+  if (isa != Isa::Avx512) b.packed = nullptr;  // the panels are the AVX-512 kernel's layout
+  run_split(b, 16, [&](int64_t t0, int64_t t1, int64_t n0, int64_t n1) { fn(b, acts, t0, t1, n0, n1); });
+}
+
+}  // namespace
+
+void qlinear_run(const QLinearArgs& a) {
+  if (a.T <= 0 || a.N <= 0) return;
+  if (int8_path(a)) {
+    run_int8(a);
+    return;
+  }
+  const QLinearTileFn fn = pick_kernel();
+  run_split(a, 8, [&](int64_t t0, int64_t t1, int64_t n0, int64_t n1) { fn(a, t0, t1, n0, n1); });
+}
+
 void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const TensorView* bias,
-                 const TensorView& out) {
+                 const TensorView& out, bool int8_act) {
   require(qlinear_qtype_known(qtype), "qlinear: unknown qtype");
   require(x.ndim == 2 && w.ndim == 2 && out.ndim == 2, "qlinear: x, weight, out must be 2-D");
   require(x.dtype == DType::F32 && out.dtype == DType::F32, "qlinear: x and out must be float32");
@@ -191,11 +253,12 @@ void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const Tens
   a.ldx = a.K;
   a.ldw = qlinear_row_bytes(qtype, a.K);
   a.ldo = a.N;
+  a.int8_act = int8_act;
   qlinear_run(a);
 }
 
 void qlinear_cpu_ptr(uintptr_t x, uintptr_t w, int qtype, uintptr_t bias, uintptr_t out, int64_t T,
-                     int64_t K, int64_t N) {
+                     int64_t K, int64_t N, bool int8_act) {
   require(qlinear_qtype_known(qtype), "qlinear: unknown qtype");
   require(T >= 0 && K >= 0 && N >= 0, "qlinear: negative size");
   require(!(qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0) || K % kQBlock == 0,
@@ -212,6 +275,7 @@ void qlinear_cpu_ptr(uintptr_t x, uintptr_t w, int qtype, uintptr_t bias, uintpt
   a.ldx = K;
   a.ldw = qlinear_row_bytes(qtype, K);
   a.ldo = N;
+  a.int8_act = int8_act;
   qlinear_run(a);
 }
 

@@ -31,6 +31,12 @@ struct Int8Acts {
 
 bool qlinear_int8_supported(int qtype);
 
+// The fewest tokens for which the int8 kernels beat the exact ones (measured on Zen 4, 2 threads,
+// SmolLM2 shapes: Q4_1 3072x576 is even at T=1 and 1.9x faster at T=4; the Q8_0 49152x576 head
+// is 6x slower at T=1, even near T=8 and 1.45x faster at T=16, its panel gathers being dearer).
+// The model's runner uses them below these counts only on the exact path.
+int64_t qlinear_int8_min_tokens(int qtype);
+
 // Quantize rows [t0, t1) of x (row stride ldx) into the buffers of `acts` (row r at r * K,
 // blocks at r * K / 32). The baseline and AVX-512 forms give the same bytes.
 void quantize_acts_baseline(const float* x, int64_t ldx, int64_t t0, int64_t t1, const Int8Acts& acts);
@@ -44,5 +50,10 @@ void qlinear_int8_tile_avx2(const QLinearArgs& a, const Int8Acts& q, int64_t t0,
                             int64_t n1);
 void qlinear_int8_tile_avx512(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
                               int64_t n1);
+
+// Ahead-of-time panels for the AVX-512 kernel (QLinearArgs::packed): the whole matrix a.w [N, K]
+// packed into dst (qlinear_int8_packed_bytes, 64-byte aligned). Only the AVX-512 kernel reads them.
+int64_t qlinear_int8_packed_bytes(int qtype, int64_t N, int64_t K);
+void qlinear_int8_pack_avx512(const QLinearArgs& a, uint8_t* dst);
 
 }  // namespace pyllm

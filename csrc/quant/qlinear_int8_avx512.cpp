@@ -1,8 +1,9 @@
 // The int8-activation qlinear with AVX-512 VNNI (see qlinear_int8.h for the math).
 //
-// Weights are repacked per call, 16 rows at a time, into a panel where each 64-byte vector holds
-// four consecutive k of each of the 16 rows (row r in dword r): gathered straight from the GGUF
-// rows, nibbles split with one AND / shift. Then a micro-kernel keeps up to 8 tokens' int32
+// Weights are repacked 16 rows at a time into panels where each 64-byte vector holds four
+// consecutive bytes of each of the 16 rows (row r in dword r), gathered straight from the GGUF
+// rows: per call, or once ahead of time (qlinear_int8_pack_avx512, which the model's runner does
+// when int8 activations are switched on), the panels taking as many bytes as the GGUF blocks. Then a micro-kernel keeps up to 8 tokens' int32
 // accumulators (16 rows each) and, for each of a block's 8 code vectors, issues one vpdpbusd per
 // token against that token's four activation codes broadcast to every dword: 64 exact
 // multiply-adds an instruction, against 16 for a float FMA. Each block's integer sums are then
@@ -24,7 +25,13 @@ namespace pyllm {
 namespace {
 
 constexpr int kRows = 16, kTokens = 8;
-constexpr int kPanelVecs = 10;  // per block: 8 code vectors, d[16], then m[16] (Q4_1) or sum(w)[16] (Q8_0)
+
+// 64-byte vectors a 16-row panel takes per block. Q4_0 / Q4_1: 4 code vectors (dword r = bytes
+// 4j .. 4j+3 of row r's 16 code bytes: low nibbles are k = 4j .., high nibbles k = 16 + 4j ..),
+// then one of scales (d[16] as fp16, then m[16] as fp16). Q8_0: 8 code vectors (k = 4j ..), one of
+// scales (d[16] as fp16) and one of the rows' code sums (int32, for the +128 correction).
+// The same bytes a block takes in the GGUF rows, give or take the Q8_0 sums.
+constexpr int panel_vecs(int qt) { return qt == kQ8_0 ? 10 : 5; }
 
 // Per-thread 64-byte-aligned scratch (malloc, not std::vector: see qlinear_avx2.cpp).
 struct PanelScratch {
@@ -53,35 +60,38 @@ inline int32_t load_i32(const void* p) {
   return v;
 }
 
-// Rows [n, n + rows) (rows <= 16) of every block into panel[b * kPanelVecs ...]; missing rows zero.
+inline __mmask16 live_mask(int rows) {
+  return rows >= kRows ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rows) - 1u);
+}
+
+// Rows [n, n + rows) (rows <= 16) of every block into panel[b * panel_vecs(QT) ...]; missing rows zero.
 template <int QT>
 void pack(const QLinearArgs& a, int64_t n, int rows, int64_t blocks, __m512i* panel) {
+  constexpr int V = panel_vecs(QT);
   const int64_t cbytes = qchunk_bytes(QT);
-  const __mmask16 live = rows >= kRows ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rows) - 1u);
+  const __mmask16 live = live_mask(rows);
   const __m512i vidx = _mm512_mullo_epi32(
       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(static_cast<int>(a.ldw)));
-  const __m512i zero = _mm512_setzero_si512(), low4 = _mm512_set1_epi8(0x0F), ones = _mm512_set1_epi8(1);
+  const __m512i zero = _mm512_setzero_si512(), ones = _mm512_set1_epi8(1);
   const uint8_t* base = a.w + n * a.ldw;
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = base + b * cbytes;
-    __m512i* o = panel + b * kPanelVecs;
+    __m512i* o = panel + b * V;
     const __m512i head = _mm512_mask_i32gather_epi32(zero, live, vidx, p, 1);
-    o[8] = _mm512_castps_si512(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(head)));  // d: the low half
+    const __m256i d16 = _mm512_cvtepi32_epi16(head);  // the low halves: d
     if constexpr (QT == kQ8_0) {
       __m512i wsum = zero;
       for (int j = 0; j < 8; ++j) {
         o[j] = _mm512_mask_i32gather_epi32(zero, live, vidx, p + 2 + 4 * j, 1);
         wsum = _mm512_dpbusd_epi32(wsum, ones, o[j]);
       }
+      o[8] = _mm512_castsi256_si512(d16);
       o[9] = wsum;
     } else {
       const uint8_t* codes = p + (QT == kQ4_1 ? 4 : 2);
-      for (int j = 0; j < 4; ++j) {
-        const __m512i g = _mm512_mask_i32gather_epi32(zero, live, vidx, codes + 4 * j, 1);
-        o[j] = _mm512_and_si512(g, low4);                             // k = 4j .. 4j+3
-        o[4 + j] = _mm512_and_si512(_mm512_srli_epi16(g, 4), low4);  // k = 16+4j ..
-      }
-      if constexpr (QT == kQ4_1) o[9] = _mm512_castps_si512(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(head, 16))));
+      for (int j = 0; j < 4; ++j) o[j] = _mm512_mask_i32gather_epi32(zero, live, vidx, codes + 4 * j, 1);
+      const __m256i m16 = QT == kQ4_1 ? _mm512_cvtepi32_epi16(_mm512_srli_epi32(head, 16)) : _mm256_setzero_si256();
+      o[4] = _mm512_inserti64x4(_mm512_castsi256_si512(d16), m16, 1);
     }
   }
 }
@@ -90,13 +100,17 @@ void pack(const QLinearArgs& a, int64_t n, int rows, int64_t blocks, __m512i* pa
 template <int QT, int MT>
 void micro(const Int8Acts& q, int64_t t, int64_t blocks, const __m512i* panel, float* out, int64_t ldo,
            __mmask16 live, const float* bias) {
+  constexpr int V = panel_vecs(QT);
   __m512 accf[MT];
   for (int i = 0; i < MT; ++i) accf[i] = _mm512_setzero_ps();
   const uint8_t* xs[MT];
   for (int i = 0; i < MT; ++i)
     xs[i] = QT == kQ8_0 ? q.u + (t + i) * q.K : reinterpret_cast<const uint8_t*>(q.q + (t + i) * q.K);
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
   for (int64_t b = 0; b < blocks; ++b) {
-    const __m512i* pb = panel + b * kPanelVecs;
+    const __m512i* pb = panel + b * V;
+    const uint8_t* xb[MT];
+    for (int i = 0; i < MT; ++i) xb[i] = xs[i] + b * kQBlock;
     __m512i acci[MT];
     // Start each block's integer sum at its correction term, so the sum comes out exact:
     // Q4_0 codes are q+8 (unsigned), Q8_0 activations are codes+128 (unsigned).
@@ -108,21 +122,33 @@ void micro(const Int8Acts& q, int64_t t, int64_t blocks, const __m512i* panel, f
     } else {
       for (int i = 0; i < MT; ++i) acci[i] = _mm512_setzero_si512();
     }
+    if constexpr (QT == kQ8_0) {
 #pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j) {
-      const __m512i w = _mm512_load_si512(pb + j);
+      for (int j = 0; j < 8; ++j) {
+        const __m512i w = _mm512_load_si512(pb + j);
 #pragma GCC unroll 8
-      for (int i = 0; i < MT; ++i) {
-        const __m512i x = _mm512_set1_epi32(load_i32(xs[i] + b * kQBlock + 4 * j));
-        if constexpr (QT == kQ8_0) acci[i] = _mm512_dpbusd_epi32(acci[i], x, w);  // u8 acts x s8 weights
-        else acci[i] = _mm512_dpbusd_epi32(acci[i], w, x);                        // u8 nibbles x s8 acts
+        for (int i = 0; i < MT; ++i)  // u8 activations x s8 weights
+          acci[i] = _mm512_dpbusd_epi32(acci[i], _mm512_set1_epi32(load_i32(xb[i] + 4 * j)), w);
+      }
+    } else {
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const __m512i g = _mm512_load_si512(pb + j);
+        const __m512i lo = _mm512_and_si512(g, low4), hi = _mm512_and_si512(_mm512_srli_epi16(g, 4), low4);
+#pragma GCC unroll 8
+        for (int i = 0; i < MT; ++i) {  // u8 nibbles x s8 activations
+          acci[i] = _mm512_dpbusd_epi32(acci[i], lo, _mm512_set1_epi32(load_i32(xb[i] + 4 * j)));
+          acci[i] = _mm512_dpbusd_epi32(acci[i], hi, _mm512_set1_epi32(load_i32(xb[i] + 16 + 4 * j)));
+        }
       }
     }
-    const __m512 d = _mm512_castsi512_ps(pb[8]);
+    const __m512i sc = _mm512_load_si512(pb + (QT == kQ8_0 ? 8 : 4));
+    const __m512 d = _mm512_cvtph_ps(_mm512_castsi512_si256(sc));
+    const __m512 m = QT == kQ4_1 ? _mm512_cvtph_ps(_mm512_extracti64x4_epi64(sc, 1)) : _mm512_setzero_ps();
     for (int i = 0; i < MT; ++i) {
       const int64_t at = (t + i) * blocks + b;
       accf[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[i]), _mm512_mul_ps(d, _mm512_set1_ps(q.scale[at])), accf[i]);
-      if constexpr (QT == kQ4_1) accf[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(pb[9]), _mm512_set1_ps(q.sum[at]), accf[i]);
+      if constexpr (QT == kQ4_1) accf[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(q.sum[at]), accf[i]);
     }
   }
   const __m512 bv = bias ? _mm512_maskz_loadu_ps(live, bias) : _mm512_setzero_ps();
@@ -140,18 +166,35 @@ void micro_upto(int mt, const Int8Acts& q, int64_t t, int64_t blocks, const __m5
 
 template <int QT>
 void tile(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+  constexpr int V = panel_vecs(QT);
   const int64_t blocks = a.K / kQBlock;
-  __m512i* panel = panel_buffer(std::max<int64_t>(blocks, 1) * kPanelVecs);
+  // Prepacked panels (a.packed, from qlinear_int8_pack_avx512) need n0 on a panel boundary, which
+  // the driver's 16-row split guarantees; otherwise each panel is packed here, per call.
+  const bool prepacked = a.packed != nullptr && n0 % kRows == 0;
+  __m512i* scratch = prepacked ? nullptr : panel_buffer(std::max<int64_t>(blocks, 1) * V);
   for (int64_t n = n0; n < n1; n += kRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kRows, n1 - n));
-    const __mmask16 live = rows >= kRows ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rows) - 1u);
-    pack<QT>(a, n, rows, blocks, panel);
+    const __m512i* panel;
+    if (prepacked) {
+      panel = reinterpret_cast<const __m512i*>(a.packed) + (n / kRows) * blocks * V;
+    } else {
+      pack<QT>(a, n, rows, blocks, scratch);
+      panel = scratch;
+    }
     for (int64_t t = t0; t < t1; t += kTokens) {
       const int mt = static_cast<int>(std::min<int64_t>(kTokens, t1 - t));
-      micro_upto<QT, kTokens>(mt, q, t, blocks, panel, a.out + t * a.ldo + n, a.ldo, live,
+      micro_upto<QT, kTokens>(mt, q, t, blocks, panel, a.out + t * a.ldo + n, a.ldo, live_mask(rows),
                                a.bias ? a.bias + n : nullptr);
     }
   }
+}
+
+template <int QT>
+void pack_all(const QLinearArgs& a, uint8_t* dst) {
+  const int64_t blocks = a.K / kQBlock;
+  __m512i* out = reinterpret_cast<__m512i*>(dst);
+  for (int64_t n = 0; n < a.N; n += kRows)
+    pack<QT>(a, n, static_cast<int>(std::min<int64_t>(kRows, a.N - n)), blocks, out + (n / kRows) * blocks * panel_vecs(QT));
 }
 
 }  // namespace
@@ -181,6 +224,18 @@ void quantize_acts_avx512(const float* x, int64_t ldx, int64_t t0, int64_t t1, c
       const_cast<float*>(acts.sum)[at] = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
       const_cast<int32_t*>(acts.qsum)[at] = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
     }
+  }
+}
+
+int64_t qlinear_int8_packed_bytes(int qtype, int64_t N, int64_t K) {
+  return (N + kRows - 1) / kRows * (K / kQBlock) * panel_vecs(qtype) * 64;
+}
+
+void qlinear_int8_pack_avx512(const QLinearArgs& a, uint8_t* dst) {
+  switch (a.qtype) {
+    case kQ4_0: pack_all<kQ4_0>(a, dst); break;
+    case kQ4_1: pack_all<kQ4_1>(a, dst); break;
+    default: pack_all<kQ8_0>(a, dst); break;
   }
 }
 

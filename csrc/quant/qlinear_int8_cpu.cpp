@@ -10,6 +10,8 @@ namespace pyllm {
 
 bool qlinear_int8_supported(int qtype) { return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0; }
 
+int64_t qlinear_int8_min_tokens(int qtype) { return qtype == kQ8_0 ? 16 : 4; }
+
 void quantize_acts_baseline(const float* x, int64_t ldx, int64_t t0, int64_t t1, const Int8Acts& acts) {
   for (int64_t t = t0; t < t1; ++t) {
     const float* xr = x + t * ldx;

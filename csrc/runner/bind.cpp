@@ -149,6 +149,8 @@ void bind_runner(py::module_& m) {
           },
           py::arg("k"), py::arg("v"), py::arg("num_blocks"), py::arg("block_size"), py::arg("dtype"))
       .def_property_readonly("num_layers", &Runner::num_layers)
+      .def_property("int8_activations", &Runner::int8_activations, &Runner::set_int8_activations,
+                    "Use the int8-activation qlinear for Q4_0/Q4_1/Q8_0 matrices (approximate; off by default).")
       .def("set_profiling", &Runner::set_profiling, py::arg("on"),
            "Time every kernel call by kind (off by default; costs a clock read per kernel).")
       .def("reset_profile", &Runner::reset_profile)

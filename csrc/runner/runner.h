@@ -13,6 +13,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -26,6 +28,7 @@ struct RunnerLinearPart {
   int64_t rows = 0;
   int64_t col0 = 0;
   const float* bias = nullptr;
+  const uint8_t* packed = nullptr;  // the int8 kernel's panels (owned by the Runner), or null
 };
 
 // y[T, out] = x[T, in] @ W.T + b; usually one part (the fused QKV / gate-up matrix), several when
@@ -96,6 +99,12 @@ class Runner {
   void set_head(const RunnerNorm& norm_f, const RunnerLinear& lm_head);
   void set_cache(const RunnerCache& cache);
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+  // Opt in to the int8-activation qlinear (quant/qlinear_int8.h) for the block-typed matrices:
+  // faster on many tokens, no longer bit-identical to the op-by-op model. On an AVX-512 CPU the
+  // first switch-on packs those matrices' panels ahead of time (as many bytes again as their
+  // GGUF blocks), which makes the int8 kernels pay from one token on.
+  void set_int8_activations(bool on);
+  bool int8_activations() const { return int8_act_; }
 
   // Optional per-kernel timing (off by default): seconds spent in each kind of kernel since the
   // last reset, for profiling (bench/decode_profile.py).
@@ -121,6 +130,12 @@ class Runner {
   void norm(const RunnerNorm& n, const float* x, float* y, int64_t T) const;
 
   bool profiling_ = false;
+  bool int8_act_ = false;
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::vector<std::unique_ptr<uint8_t, FreeDeleter>> packed_;  // panels the parts' `packed` point into
+  void pack_int8(RunnerLinear& lin);
   double seconds_[kKinds] = {};
   int64_t calls_ = 0;
   int64_t last_tick_ = 0;

@@ -5,17 +5,20 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <utility>
 
 #include "attention/attention.h"
+#include "common/cpu_features.h"
 #include "common/half.h"
 #include "common/tensor_view.h"
 #include "kv_cache/kv_cache.h"
 #include "norm_rope/norm_rope.h"
 #include "quant/qlinear.h"
 #include "quant/qlinear_blocks.h"
+#include "quant/qlinear_int8.h"
 
 namespace pyllm {
 
@@ -163,6 +166,37 @@ void Runner::set_head(const RunnerNorm& norm_f, const RunnerLinear& lm_head) {
   has_head_ = true;
 }
 
+void Runner::pack_int8(RunnerLinear& lin) {
+  for (RunnerLinearPart& p : lin.parts) {
+    if (p.packed || p.rows == 0 || !qlinear_int8_supported(p.qtype) || lin.in % kQBlock) continue;
+    const int64_t bytes = qlinear_int8_packed_bytes(p.qtype, p.rows, lin.in);
+    std::unique_ptr<uint8_t, FreeDeleter> buf(static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>(bytes))));
+    if (!buf) throw std::bad_alloc();
+    QLinearArgs a;
+    a.w = p.w;
+    a.ldw = qlinear_row_bytes(p.qtype, lin.in);
+    a.K = lin.in;
+    a.N = p.rows;
+    a.qtype = p.qtype;
+    qlinear_int8_pack_avx512(a, buf.get());
+    p.packed = buf.get();
+    packed_.push_back(std::move(buf));
+  }
+}
+
+void Runner::set_int8_activations(bool on) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int8_act_ = on;
+  if (!on || cpu_isa() != Isa::Avx512) return;
+  for (RunnerLayer& l : layers_) {
+    pack_int8(l.qkv);
+    pack_int8(l.o);
+    pack_int8(l.up);
+    pack_int8(l.down);
+  }
+  if (has_head_) pack_int8(head_);
+}
+
 void Runner::set_cache(const RunnerCache& cache) {
   if (cache.k.size() != layers_.size() || cache.v.size() != layers_.size())
     fail("runner: need one KV cache per layer");
@@ -267,6 +301,8 @@ void Runner::linear(const RunnerLinear& lin, const float* x, float* y, int64_t T
     a.K = lin.in;
     a.N = p.rows;
     a.qtype = p.qtype;
+    a.packed = p.packed;
+    a.int8_act = int8_act_ && (p.packed || T >= qlinear_int8_min_tokens(p.qtype));
     qlinear_run(a);
   }
 }

@@ -39,13 +39,16 @@ Re-running with the same output file resumes: finished ids are skipped and a tor
               help="Sequences decoded together (continuous batching).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
+@click.option("--int8/--exact", "int8", default=False, show_default=True,
+              help="Run the prefill and batched-decode matmuls on int8-quantized activations "
+                   "(CPU, Q4/Q8 models): about 2x faster there, logits off by ~1e-2.")
 def generate(input_path: Path, output_path: Path, model: str, max_num_seqs: int,
-             progress: bool | None, **kwargs: Any) -> None:
+             progress: bool | None, int8: bool, **kwargs: Any) -> None:
     base = pop_sampling_params(kwargs)
     from pyllm.jobs import run_job
 
     summary = run_job(input_path, output_path, model=model, base_params=base,
-                      max_num_seqs=max_num_seqs,
+                      max_num_seqs=max_num_seqs, int8_activations=int8,
                       progress=sys.stderr.isatty() if progress is None else progress)
     click.echo(summary.describe(), err=True)
     if summary.interrupted:

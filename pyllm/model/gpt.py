@@ -111,6 +111,21 @@ class GPT(nn.Module):
         # first use; False when this model cannot use it. `fast_path = False` forces op by op.
         self.fast_path = True
         self._fast: FastForward | bool | None = None
+        self._int8_activations = False
+
+    @property
+    def int8_activations(self) -> bool:
+        """Opt-in: the fast CPU forward runs Q4_0/Q4_1/Q8_0 matrices on int8-quantized
+        activations (csrc/quant/qlinear_int8.h) when a step has enough tokens for it to pay
+        (prefill, batches). Faster, but no longer the exact float32 product: the op-by-op path
+        and the default stay exact. See docs/kernels.md for the measured error."""
+        return self._int8_activations
+
+    @int8_activations.setter
+    def int8_activations(self, on: bool) -> None:
+        self._int8_activations = bool(on)
+        if self._fast:
+            self._fast.runner.int8_activations = self._int8_activations
 
     @property
     def device(self) -> torch.device:
@@ -127,6 +142,7 @@ class GPT(nn.Module):
             if fast_available() and self.device.type == "cpu":
                 try:
                     fast = FastForward(self)
+                    fast.runner.int8_activations = self._int8_activations
                 except Unsupported:
                     fast = False
             self._fast = fast

@@ -148,6 +148,59 @@ def qlinear_ref(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features:
     return out
 
 
+INT8_QTYPES = ("q4_0", "q4_1", "q8_0")
+
+
+def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The int8 path's activation quantization (csrc/quant/qlinear_int8.h), per 32-block of each row:
+    codes = round_half_even(x * (127 / max|x_b|)), scale = max|x_b| / 127, all float32 math.
+    Returns codes [T, K/32, 32] (float32 holding integers), scale [T, K/32], block sums [T, K/32]."""
+    t, k = x.shape
+    xb = x.float().reshape(t, k // BLOCK, BLOCK)
+    amax = xb.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
+    codes = torch.round(xb * inv)
+    return codes, (amax / 127.0).squeeze(-1), xb.sum(-1)
+
+
+def qlinear_int8_ref(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features: int,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """What the int8-activation kernels compute, in float64: the weight (exactly dequantized)
+    against the quantized activations, except that Q4_1's offset m meets the exact block sum.
+    Its distance from qlinear_ref is the whole error of the int8 path."""
+    name = QTYPE_NAMES[qtype]
+    if name not in INT8_QTYPES:
+        raise ValueError(f"the int8 path takes {INT8_QTYPES}, not {name}")
+    t, k = x.shape
+    codes, scale, sums = quantize_activations_int8(x)
+    x_hat = (codes.double() * scale.double().unsqueeze(-1)).reshape(t, k)
+    w = dequantize_weight(weight, qtype, k).double()
+    out = x_hat @ w.T
+    if name == "q4_1":  # m * sum(x) with the exact block sum, not m * scale * sum(codes)
+        blocks = weight.reshape(out_features, k // BLOCK, BLOCK_BYTES[name])
+        m = blocks[:, :, 2:4].contiguous().view(torch.float16).squeeze(-1).double()  # [N, K/32]
+        exact = sums.double() - scale.double() * codes.double().sum(-1)  # [T, K/32]
+        out = out + exact @ m.T
+    if bias is not None:
+        out = out + bias.double()
+    return out.float()
+
+
+def qlinear_int8(x: torch.Tensor, w: QWeight) -> torch.Tensor:
+    """The opt-in int8-activation kernel on `x` [T, in] (CPU, Q4_0/Q4_1/Q8_0 only): what the fast
+    model path runs with int8 activations on; for tests and benchmarks."""
+    if w.qtype not in INT8_QTYPES:
+        _fail(f"the int8 path takes {INT8_QTYPES} weights, not {w.qtype}")
+    _check(x, w.data, w.code, w.out_features, None)
+    if not (_HAVE_CPU and x.is_cpu):
+        _fail("the int8 path needs the native CPU kernels")
+    x = x.float().contiguous()
+    out = x.new_empty((x.shape[0], w.out_features))
+    if out.numel():
+        L._C.qlinear_cpu(L.view(x), L.view(w.data.contiguous()), w.code, None, L.view(out), int8_act=True)
+    return out
+
+
 # ------------------------------------------------------------------ the op
 
 QLINEAR = L.define("qlinear(Tensor x, Tensor weight, int qtype, int out_features, Tensor? bias) -> Tensor")

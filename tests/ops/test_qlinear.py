@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 import pyllm.ops as ops
 from pyllm.ops import _library as L
-from pyllm.ops.qlinear import QTYPE_CODES, QWeight, plan, qlinear_ref
+from pyllm.ops.qlinear import (QTYPE_CODES, QWeight, plan, qlinear_int8, qlinear_int8_ref, qlinear_ref,
+                               quantize_activations_int8)
 from pyllm.weights.quant import quantize, row_bytes
 
 BLOCK_QTYPES = ["q4_0", "q4_1", "q8_0"]
@@ -284,3 +285,75 @@ def test_qlinear_cuda_matches_reference(qtype, t, kb, n, with_bias, seed):
     ref = qlinear_ref(x, w, code, n, bias)
     y = ops.qlinear(x.cuda(), w.cuda(), code, n, None if bias is None else bias.cuda()).cpu()
     check_close(y, ref, x, QWeight(w, qtype, n, k).dequantize())
+
+
+# ------------------------------------------------- the opt-in int8-activation path
+
+INT8_ISAS = ISAS
+
+
+def int8_error_bound(x: torch.Tensor, w: torch.Tensor, qtype: str, wf: torch.Tensor) -> torch.Tensor:
+    """How far the int8 path may be from the exact product: each activation moves by at most half
+    its block's step (scale / 2) when quantized, and meets the weight's d * q part (Q4_1's offset m
+    meets the exact block sum), so |int8 - exact| <= sum_b scale_b / 2 * sum_{k in b} |d q_k|."""
+    _, scale, _ = quantize_activations_int8(x)  # [T, K/32]
+    n = wf.shape[0]
+    wb = wf.reshape(n, -1, 32)
+    if qtype == "q4_1":
+        wb = wb - w.reshape(n, wb.shape[1], 20)[:, :, 2:4].contiguous().view(torch.float16).float()
+    return (scale / 2) @ wb.abs().sum(-1).T
+
+
+@native
+@pytest.mark.parametrize("isa", INT8_ISAS)
+@pytest.mark.parametrize("qtype", BLOCK_QTYPES)
+@SMALL_SETTINGS
+@given(t=st.integers(1, 40), kb=st.integers(1, 40), n=st.integers(1, 120), with_bias=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_qlinear_int8_matches_its_reference(qtype, isa, t, kb, n, with_bias, seed):
+    """The int8 kernels compute exactly qlinear_int8_ref (integer dot products are exact; only float32
+    rounding of the scaled block sums differs), and stay within the quantization bound of the exact op."""
+    gen = torch.Generator().manual_seed(seed)
+    k = 32 * kb
+    w = make_weight(qtype, n, k, gen, raw_bytes=False)
+    x = torch.randn(t, k, generator=gen) * torch.rand(t, 1, generator=gen) * 4
+    x[:, :32] = 0.0 if seed % 3 == 0 else x[:, :32]  # an all-zero block (scale 0)
+    bias = torch.randn(n, generator=gen) if with_bias else None
+    code = QTYPE_CODES[qtype]
+    qw = QWeight(w, qtype, n, k)
+    wf = qw.dequantize()
+    with cpu_isa(isa):
+        y = L._C.qlinear_cpu  # the bound entry, with the flag
+        out = torch.empty(t, n)
+        y(L.view(x), L.view(w), code, None if bias is None else L.view(bias), L.view(out), int8_act=True)
+        if bias is None:
+            assert torch.equal(out, qlinear_int8(x, qw))
+    ref = qlinear_int8_ref(x, w, code, n, bias)
+    xq, scale, _ = quantize_activations_int8(x)
+    xhat = (xq * scale.unsqueeze(-1)).reshape(t, k)
+    check_close(out, ref, xhat.abs() + x.abs(), wf)
+    exact = qlinear_ref(x, w, code, n, bias)
+    slack = 1e-5 * (x.abs() @ wf.abs().T) + 1e-6
+    assert ((out - exact).abs() <= int8_error_bound(x, w, qtype, wf) + slack).all()
+
+
+@native
+def test_qlinear_int8_quantizer_matches_reference():
+    """The activation codes, scales and sums the kernels use are the reference's (round half to even
+    included): checked through a one-hot weight that reads back single codes."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(5, 64, generator=gen)
+    x[0, :32] = torch.arange(32) * (1.0 / 127.0)  # exact .5 ties after scaling by 127 / max
+    x[1, 32:] = 0.0
+    eye = quantize(torch.eye(64) * 127, "q8_0")  # d = 1, code 127: row j reads 127 * x_hat[j]
+    codes, scale, _ = quantize_activations_int8(x)
+    expect = (codes * scale.unsqueeze(-1)).reshape(5, 64) * 127
+    got = qlinear_int8(x, QWeight(eye, "q8_0", 64, 64))
+    torch.testing.assert_close(got, expect, rtol=1e-6, atol=1e-7)
+
+
+@native
+def test_qlinear_int8_refuses_float_weights():
+    w = QWeight(torch.randn(8, 64), "f32", 8, 64)
+    with pytest.raises(ValueError, match="int8"):
+        qlinear_int8(torch.randn(2, 64), w)
