@@ -60,13 +60,17 @@ struct RowOps : Vec {
   }
 };
 
+// Positions in the tile starting at p (< c1): up to the end of its block, kAttnTile, or c1.
+inline int64_t tile_len(int64_t bs, int64_t p, int64_t c1) {
+  int64_t n = bs - p % bs;
+  if (n > kAttnTile) n = kAttnTile;
+  return p + n > c1 ? c1 - p : n;
+}
+
 // Asks for the K and V rows of the tile starting at position p (< c1) to be brought into the
 // cache. Blocks lie in the pool in any order, so the hardware prefetcher cannot see a tile coming.
 inline void prefetch_tile(const AttnShape& sh, const int32_t* table, int64_t p, int64_t c1, int64_t g) {
-  const int64_t bs = sh.block_size, off = p % bs;
-  int64_t n = bs - off;
-  if (n > kAttnTile) n = kAttnTile;
-  if (p + n > c1) n = c1 - p;
+  const int64_t bs = sh.block_size, off = p % bs, n = tile_len(bs, p, c1);
   const int64_t esize = sh.cache_dtype == 0 ? 4 : 2;
   const int64_t row_bytes = sh.d * esize, stride = sh.hkv * row_bytes;
   const int64_t base = ((static_cast<int64_t>(table[p / bs]) * bs + off) * sh.hkv + g) * row_bytes;
@@ -100,11 +104,7 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
   }
 
   for (int64_t p = task.c0; p < task.c1;) {
-    const int64_t off = p % bs;
-    int64_t n = bs - off;
-    if (n > kAttnTile) n = kAttnTile;
-    if (p + n > task.c1) n = task.c1 - p;
-    const int64_t p1 = p + n;
+    const int64_t off = p % bs, n = tile_len(bs, p, task.c1), p1 = p + n;
     const int64_t base = ((static_cast<int64_t>(table[p / bs]) * bs + off) * sh.hkv + task.g) * d;
     if (p1 < task.c1) prefetch_tile(sh, table, p1, task.c1, task.g);
 
