@@ -48,7 +48,8 @@ class SampleResult:
     ``top_ids`` / ``top_logprobs`` are ``[B, n]`` for n = the largest ``logprobs`` asked for in
     the batch (rows that asked for fewer use the first columns), or None when no row asked.
     ``probs`` is each token's probability under the filtered, tempered distribution it was drawn
-    from.
+    from. ``logprobs`` is NaN only from a Sampler made with ``skip_unrequested_logprobs=True``,
+    for a batch in which no row asked for log-probs (``SamplingParams.logprobs`` None).
     """
 
     token_ids: torch.Tensor  # [B] int64
@@ -109,14 +110,23 @@ class Sampler:
     ``steps`` maps step names to SamplerStep objects (default: the plugin registry, looked up on
     first use). ``tokenizer`` is handed to steps that need token text (DRY's sequence breakers)
     as ``context.tokenizer``. ``fused=False`` forces the step-by-step path (tests, debugging).
+
+    A batch whose rows are all plain greedy (see `_plain_greedy`) takes a fast path on the CPU:
+    the argmax, without the fused kernel's parameter tensors and filter passes; same result.
+    ``skip_unrequested_logprobs=True`` lets that path also skip the chosen tokens' log-probs (a
+    float64 log-softmax normalizer over the vocabulary, most of its cost) and return NaN for them
+    when no row asked for log-probs: for callers that read log-probs only where asked (the engine).
     """
 
     def __init__(self, steps: Mapping[str, SamplerStep] | None = None, *, tokenizer: Any = None,
-                 fused: bool = True) -> None:
+                 fused: bool = True, skip_unrequested_logprobs: bool = False) -> None:
         self._steps = dict(steps) if steps is not None else None
         self.tokenizer = tokenizer
         self.fused = fused
+        self.skip_unrequested_logprobs = skip_unrequested_logprobs
         self._chains: dict[str | None, tuple[str, ...]] = {}
+        # chain key -> (fusable, has penalties, has typical_p): what the greedy fast path checks
+        self._chain_info: dict[str | None, tuple[bool, bool, bool]] = {}
 
     @property
     def steps(self) -> dict[str, SamplerStep]:
@@ -131,6 +141,24 @@ class Sampler:
         if key not in self._chains:
             self._chains[key] = parse_chain(key, self.steps)
         return self._chains[key]
+
+    def _plain_greedy(self, p: SamplingParams) -> bool:
+        """True when the fused kernel would return this row's argmax of the logits as given:
+        temperature 0 through a fused chain, no penalty or logit bias that changes the logits,
+        no typical_p (the one filter that can remove the best token), and no top-n log-probs."""
+        if p.temperature != 0.0 or p.logprobs is not None or p.logit_bias:
+            return False
+        info = self._chain_info.get(p.samplers)
+        if info is None:
+            names = self.chain(p)
+            info = (_fusable(names, self.steps), "penalties" in names, "typical_p" in names)
+            self._chain_info[p.samplers] = info
+        fusable, penalties, typical = info
+        if not fusable or (typical and p.typical_p != 1.0):
+            return False
+        return not (penalties and p.penalty_last_n != 0
+                    and (p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0
+                         or p.presence_penalty != 0.0))
 
     # ------------------------------------------------------------------------------ sampling
 
@@ -148,6 +176,11 @@ class Sampler:
         elif len(state) != B:
             raise ValueError(f"state must hold one dict per row ({B}), got {len(state)}")
         logits = logits.float()
+        if (B and self.fused and logits.device.type == "cpu" and _GREEDY_KERNEL
+                and all(self._plain_greedy(p) for p in params)):
+            for p, s in zip(params, state):
+                self._seed(p, s)  # as the full path does: the state holds the row's seed
+            return _greedy(logits, not self.skip_unrequested_logprobs)
         chains = [self.chain(p) for p in params]
         n_top = max((p.logprobs or 0) for p in params) if B else 0
         n_top = min(n_top, logits.shape[1]) if B else 0
@@ -272,6 +305,25 @@ class Sampler:
             torch.empty(0, dtype=torch.float32, device=z.device), 0)
         lp, top_ids, top_lp = model_logprobs(raw, tok, n_top)
         return SampleResult(tok, lp, top_ids, top_lp, probs)
+
+
+_GREEDY_KERNEL = sampling_ops.L._C is not None and hasattr(sampling_ops.L._C, "greedy_tokens_ptr")
+
+
+def _greedy(logits: torch.Tensor, with_logprobs: bool = True) -> SampleResult:
+    """The greedy fast path on the CPU: what the fused kernel returns for rows that pass
+    `Sampler._plain_greedy` (argmax, ties to the lowest id; the same log-probs bit for bit, or NaN
+    without `with_logprobs`; probs 1), without building its parameter tensors or running its
+    filter passes."""
+    B, V = logits.shape
+    logits = logits.contiguous()
+    tok = torch.empty(B, dtype=torch.int64)
+    lp = torch.empty(B, dtype=torch.float32)
+    probs = torch.empty(B, dtype=torch.float32)
+    # Every tensor was made or checked here (float32, contiguous, CPU): pointers suffice.
+    sampling_ops.L._C.greedy_tokens_ptr(logits.data_ptr(), B, V, tok.data_ptr(), lp.data_ptr(),
+                                        probs.data_ptr(), with_logprobs)
+    return SampleResult(tok, lp, None, None, probs)
 
 
 def model_logprobs(logits: torch.Tensor, tokens: torch.Tensor, n_top: int):

@@ -324,3 +324,118 @@ def test_example_plugins_top_a_step_through_the_sampler(monkeypatch):
             r = sampler.sample(x, [SP(seed=5, samplers="top_a;temperature")], [[0] * pos], [[]])
             seen.add(int(r.token_ids[0]))
         assert seen == allowed
+
+
+# ------------------------------------------------------------------ the greedy fast path
+
+def _full_path(monkeypatch, sampler, *args):
+    """Sampler.sample with the greedy fast path switched off (the fused kernel runs)."""
+    import pyllm.sampler as sampler_mod
+
+    with monkeypatch.context() as m:
+        m.setattr(sampler_mod, "_GREEDY_KERNEL", False)
+        return sampler.sample(*args)
+
+
+def _same_result(a, b):
+    assert torch.equal(a.token_ids, b.token_ids)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=0, rtol=0, equal_nan=True)
+    assert torch.equal(a.probs, b.probs)
+    assert (a.top_ids is None) == (b.top_ids is None)
+    if a.top_ids is not None:
+        assert torch.equal(a.top_ids, b.top_ids) and torch.equal(a.top_logprobs, b.top_logprobs)
+
+
+def test_greedy_fast_path_gives_the_fused_kernels_result_with_ties(monkeypatch):
+    import pyllm.sampler as sampler_mod
+
+    calls = []
+    real = sampler_mod._greedy
+    monkeypatch.setattr(sampler_mod, "_greedy", lambda *a: calls.append(1) or real(*a))
+    gen = torch.Generator().manual_seed(3)
+    x = torch.round(torch.randn(6, 500, generator=gen) * 2)  # many ties
+    x[0, [40, 9, 300]] = 20.0  # a three-way tie at the top: id 9 wins
+    x[1, :] = NEG_INF
+    x[1, [77, 12]] = -3.0
+    x[2, :] = NEG_INF  # nothing to pick: token 0, prob 0
+    x[3, 5] = float("nan")
+    x[3, 6] = 50.0
+    x[4, [100, 200]] = float("inf")
+    params = [SP.greedy(), SP.greedy(top_k=3, top_p=0.5, min_p=0.3), SP.greedy(seed=5),
+              SP.greedy(samplers="top_k;temperature"), SP.greedy(penalty_last_n=0, repetition_penalty=1.3),
+              SP.greedy(presence_penalty=0.0)]
+    prompts, outs = [[1, 2, 3]] * 6, [[9, 40]] * 6
+    sampler = Sampler(STEPS)
+    state = [{} for _ in params]
+    fast = sampler.sample(x.clone(), params, prompts, outs, state)
+    assert calls == [1]
+    assert fast.token_ids.tolist()[:5] == [9, 12, 0, 6, 100] and fast.probs[2] == 0.0
+    assert fast.top_ids is None and fast.top_logprobs is None
+    assert all(isinstance(s["seed"], int) for s in state) and state[2]["seed"] == 5
+    _same_result(fast, _full_path(monkeypatch, sampler, x.clone(), params, prompts, outs))
+
+
+@pytest.mark.parametrize("other", [
+    SP(temperature=0.7, seed=1),                      # not greedy
+    SP.greedy(logprobs=0),                            # wants the chosen token's log-prob
+    SP.greedy(logprobs=3),                            # wants alternatives
+    SP.greedy(repetition_penalty=1.5),                # changes the logits before the argmax
+    SP.greedy(frequency_penalty=1.0, penalty_last_n=-1),
+    SP.greedy(logit_bias={5: 100.0}),
+    SP.greedy(typical_p=0.5),                         # can remove the best token
+    SP.greedy(samplers="temperature;top_k"),          # not the fused order: step by step
+    SP.greedy(samplers="xtc;temperature"),
+])
+def test_greedy_fast_path_only_when_nothing_else_applies(monkeypatch, other):
+    """One row that needs the full sampler sends the whole batch through it, and the greedy rows
+    still get the same tokens."""
+    import pyllm.sampler as sampler_mod
+
+    calls = []
+    real = sampler_mod._greedy
+    monkeypatch.setattr(sampler_mod, "_greedy", lambda *a: calls.append(1) or real(*a))
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 300, generator=gen) * 3
+    x[:, 5] = x[:, 7] = float(x.max()) + 0.5  # tied best tokens, and the banned/boosted id 5
+    prompts, outs = [[5, 7, 5], [5, 7, 5]], [[7], [7]]
+    sampler = Sampler(STEPS)
+    mixed = sampler.sample(x.clone(), [SP.greedy(), other], prompts, outs)
+    assert calls == []
+    alone = sampler.sample(x[:1].clone(), [SP.greedy()], prompts[:1], outs[:1])
+    assert calls == [1]
+    assert int(mixed.token_ids[0]) == int(alone.token_ids[0]) == 5
+    _same_result(mixed, _full_path(monkeypatch, sampler, x.clone(), [SP.greedy(), other], prompts, outs))
+
+
+def test_greedy_fast_path_after_min_tokens_masking(monkeypatch):
+    """generation.sample masks the ending ids before min_tokens; the fast path sees the masked
+    logits and so never picks them."""
+    from pyllm.generation import sample
+
+    class Seq:
+        def __init__(self, out):
+            self.params = SP.greedy(min_tokens=2, max_tokens=5)
+            self.prompt, self.out, self.state, self.stop_ids = [1], out, {}, frozenset({3})
+
+    x = torch.zeros(2, 10)
+    x[:, 3] = 5.0
+    x[:, 8] = 1.0
+    ids, _ = sample(x.clone(), [Seq([]), Seq([4, 4])], Sampler(STEPS))
+    assert ids == [8, 3]
+
+
+def test_skip_unrequested_logprobs_changes_only_the_unread_logprobs(monkeypatch):
+    """A sampler made with skip_unrequested_logprobs (the engine's) returns NaN log-probs on the
+    greedy fast path, and the same tokens and probs; rows that asked for log-probs get them."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 700, generator=gen) * 4
+    args = ([[1, 2]] * 3, [[3]] * 3)
+    skip, full = Sampler(STEPS, skip_unrequested_logprobs=True), Sampler(STEPS)
+    a = skip.sample(x.clone(), [SP.greedy()] * 3, *args)
+    b = full.sample(x.clone(), [SP.greedy()] * 3, *args)
+    assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.probs, b.probs)
+    assert a.logprobs.isnan().all() and not b.logprobs.isnan().any()
+    asked = [SP.greedy(), SP.greedy(logprobs=0), SP.greedy()]
+    c = skip.sample(x.clone(), asked, *args)
+    _same_result(c, full.sample(x.clone(), asked, *args))
+    assert not c.logprobs.isnan().any()

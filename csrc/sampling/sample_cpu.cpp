@@ -34,8 +34,13 @@ const VecKernels& vec_kernels_baseline() {
   static const VecKernels k = {&baseline::exp_shifted, &baseline::exp_shifted_gather,
                                &baseline::sum,         &baseline::max_key,
                                &baseline::max_key_gather, &baseline::finite_ids,
-                               &baseline::block_max_keys};
+                               &baseline::block_max_keys, &baseline::exp_sum,
+                               &baseline::first_with_key};
   return k;
+}
+
+const VecKernels& cpu_vec_kernels() {
+  return cpu_isa() >= Isa::Avx2 ? vec_kernels_avx2() : vec_kernels_baseline();
 }
 
 namespace {
@@ -434,8 +439,57 @@ Choice choose_token(const float* z, int64_t V, bool raw, const RowParams& p, Scr
   return draw(z, k, raw, p, V, s, vk);
 }
 
+// The greedy token of an unmodified row: the first id of the largest candidate key (what
+// best_by_rank finds over every finite token), or {0, 0} when no token is finite or +inf.
+// `max_all` = max_key(x), in which a positive NaN outranks +inf: only then is a second pass needed.
+Choice greedy_choice(const float* x, int64_t V, uint32_t max_all, const VecKernels& vk) {
+  uint32_t best = max_all;
+  if (best > kPosInfKey) {  // a NaN is the largest key: find the largest candidate instead
+    best = 0;
+    for (int64_t j = 0; j < V; ++j) best = std::max(best, candidate_key(x[j]));
+  }
+  if (best <= kNegInfKey) return {0, 0.0};  // every logit is -inf or NaN
+  return {static_cast<int32_t>(vk.first_with_key(x, V, best)), 1.0};
+}
+
 }  // namespace
 }  // namespace sampling
+
+void greedy_tokens(const float* x_all, int64_t B, int64_t V, int64_t* token_ids, float* logprobs,
+                   float* probs, bool with_logprobs) {
+  using namespace sampling;
+  require(B >= 0 && V > 0 && V < (int64_t{1} << 31), "vocabulary size in 1..2^31-1");
+  const VecKernels& vk = cpu_vec_kernels();
+
+#pragma omp parallel for schedule(dynamic, 1) if (B > 1)
+  for (int64_t b = 0; b < B; ++b) {
+    const float* x = x_all + b * V;
+    // The same normalizer as sample_tokens_cpu (exp_sum == exp_shifted then sum, bit for bit).
+    const uint32_t max_all = vk.max_key(x, V);
+    const Choice choice = greedy_choice(x, V, max_all, vk);
+    token_ids[b] = choice.token;
+    probs[b] = static_cast<float>(choice.prob);
+    if (with_logprobs) {
+      const double xm = static_cast<double>(float_of_order_key(max_all));
+      const double lse = xm + std::log(vk.exp_sum(x, V, xm));
+      logprobs[b] = static_cast<float>(static_cast<double>(x[choice.token]) - lse);
+    } else {
+      logprobs[b] = std::numeric_limits<float>::quiet_NaN();
+    }
+  }
+}
+
+void greedy_tokens_cpu(const TensorView& logits, const TensorView& token_ids,
+                       const TensorView& logprobs, const TensorView& probs) {
+  require(logits.dtype == DType::F32 && logits.ndim == 2 && logits.is_contiguous(), "logits f32 [B, V]");
+  const int64_t B = logits.size(0);
+  require(token_ids.dtype == DType::I64 && logprobs.dtype == DType::F32 && probs.dtype == DType::F32 &&
+              token_ids.numel() == B && logprobs.numel() == B && probs.numel() == B &&
+              token_ids.is_contiguous() && logprobs.is_contiguous() && probs.is_contiguous(),
+          "outputs: token_ids i64 [B], logprobs f32 [B], probs f32 [B]");
+  greedy_tokens(logits.ptr<float>(), B, logits.size(1), token_ids.ptr<int64_t>(),
+                logprobs.ptr<float>(), probs.ptr<float>(), true);
+}
 
 void sample_tokens_cpu(const TensorView& logits, const TensorView& fparams, const TensorView& iparams,
                        const TensorView& recent_ids, const TensorView& bias_rows,
@@ -448,7 +502,7 @@ void sample_tokens_cpu(const TensorView& logits, const TensorView& fparams, cons
   const int64_t B = logits.size(0), V = logits.size(1);
   const int64_t N = recent_ids.size(1), K = bias_rows.size(0), n_top = top_ids.size(1);
   require(V > 0 && V < (int64_t{1} << 31), "vocabulary size in 1..2^31-1");
-  const VecKernels& vk = cpu_isa() >= Isa::Avx2 ? vec_kernels_avx2() : vec_kernels_baseline();
+  const VecKernels& vk = cpu_vec_kernels();
   const float* x_all = logits.ptr<float>();
   const float* fp = fparams.ptr<float>();
   const int64_t* ip = iparams.ptr<int64_t>();

@@ -36,6 +36,32 @@ inline double sum(const double* __restrict w, int64_t n) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+// sum(w[0..n)) for w[j] = exp(z[j] - m), without storing w: the same operations in the same
+// order as exp_shifted followed by sum, so the result is bit-identical to that pair.
+inline double exp_sum(const float* __restrict z, int64_t n, double m) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += exp_nonpos(static_cast<double>(z[j + l]) - m);
+  for (; j < n; ++j) acc[0] += exp_nonpos(static_cast<double>(z[j]) - m);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// The first j < n with float_order_key(z[j]) == key, or n. Blocks of 64 are tested whole (a
+// loop without an early exit vectorizes); only the block holding the match is scanned.
+inline int64_t first_with_key(const float* __restrict z, int64_t n, uint32_t key) {
+  constexpr int64_t kBlock = 64;
+  int64_t start = 0;
+  for (; start + kBlock <= n; start += kBlock) {
+    uint32_t hit = 0;
+    for (int64_t j = start; j < start + kBlock; ++j) hit |= float_order_key(z[j]) == key ? 1u : 0u;
+    if (hit) break;
+  }
+  for (int64_t j = start; j < n; ++j)
+    if (float_order_key(z[j]) == key) return j;
+  return n;
+}
+
 // The largest float_order_key of z[0..n) (n >= 1).
 inline uint32_t max_key(const float* __restrict z, int64_t n) {
   uint32_t m = 0;

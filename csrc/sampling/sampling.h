@@ -20,6 +20,20 @@ void sample_tokens_cpu(const TensorView& logits, const TensorView& fparams, cons
                        const TensorView& top_ids, const TensorView& top_logprobs,
                        const TensorView& probs);
 
+// Greedy rows only: what sample_tokens_cpu returns for rows with temperature 0, no penalties, no
+// logit bias, typical_p 1 and no top-n log-probs (top_k, top_p and min_p never remove the best
+// token), without the filter machinery: token_ids [B] i64 (the first id of the largest non-NaN
+// logit; 0 for a row without one), logprobs [B] f32 (bit-identical to sample_tokens_cpu's),
+// probs [B] f32 (1, or 0 for a row without a finite or +inf logit).
+void greedy_tokens_cpu(const TensorView& logits, const TensorView& token_ids,
+                       const TensorView& logprobs, const TensorView& probs);
+// The same on raw pointers (contiguous logits [B, V], outputs [B]) for the decode hot path, whose
+// caller built every tensor itself: no TensorView to construct per step.
+// `with_logprobs` false skips the log-softmax normalizer (most of the work: a float64 exp per
+// logit) and writes NaN log-probs, for callers that will not read them.
+void greedy_tokens(const float* logits, int64_t B, int64_t V, int64_t* token_ids, float* logprobs,
+                   float* probs, bool with_logprobs);
+
 #ifdef PYLLM_WITH_CUDA
 // Same contract on device memory; `workspace` is float64 [B, W] scratch with W >= 2 V; runs on
 // `stream`.
@@ -42,9 +56,14 @@ struct VecKernels {
   uint32_t (*max_key_gather)(const float*, const int32_t*, int64_t);
   int64_t (*finite_ids)(const float*, int64_t, int32_t*);
   void (*block_max_keys)(const float*, int64_t, int64_t, uint32_t*);
+  double (*exp_sum)(const float*, int64_t, double);
+  int64_t (*first_with_key)(const float*, int64_t, uint32_t);
 };
 const VecKernels& vec_kernels_baseline();
 const VecKernels& vec_kernels_avx2();
+// The set cpu_isa() selects (AVX2 also serves AVX-512 CPUs: on Zen 4, the machine these passes
+// were measured on, 512-bit float64 math runs at the AVX2 rate).
+const VecKernels& cpu_vec_kernels();
 
 }  // namespace sampling
 }  // namespace pyllm

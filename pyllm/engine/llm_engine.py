@@ -23,6 +23,7 @@ from pyllm.engine.sequence import Sequence
 from pyllm.errors import ContextLengthError
 from pyllm.generation import StreamEvent
 from pyllm.model.batch import allocate_kv_caches, build_metadata
+from pyllm.sampler import Sampler
 from pyllm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,6 +91,9 @@ class LLMEngine:
             from pyllm.model.cuda_graph import CudaGraphRunner
 
             self.forward = CudaGraphRunner(model, max_batch=config.max_num_seqs)
+        # The engine keeps a chosen token's log-prob only where its request asked for log-probs,
+        # so its sampler may skip computing the others (the greedy fast path's main cost).
+        self.sampler = Sampler(skip_unrequested_logprobs=True)
         self._ids = itertools.count()
         self._requests: dict[Hashable, list[Sequence]] = {}
         self.stats = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "computed_tokens": 0,
@@ -199,7 +203,7 @@ class LLMEngine:
     def _sample_and_append(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[StreamEvent]:
         from pyllm.generation import sample
 
-        token_ids, logprobs = sample(logits, seqs)
+        token_ids, logprobs = sample(logits, seqs, self.sampler)
         events = []
         for s, tok, lp in zip(seqs, token_ids, logprobs):
             delta = s.append(tok, lp)

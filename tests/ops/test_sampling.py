@@ -413,6 +413,95 @@ def test_column_names_match_the_kernel_layout():
     assert IPARAMS == ("top_k", "seed", "position")
 
 
+# ------------------------------------------------------------------ the greedy helper
+
+def greedy(x):
+    """pyllm._C.greedy_tokens_cpu (the sampler's greedy fast path) on float32 rows."""
+    from pyllm.ops._library import view
+
+    x = x.contiguous()
+    B = x.shape[0]
+    tok, lp, pr = (torch.empty(B, dtype=torch.int64), torch.empty(B, dtype=torch.float32),
+                   torch.empty(B, dtype=torch.float32))
+    _C.greedy_tokens_cpu(view(x), view(tok), view(lp), view(pr))
+    return tok, lp, pr
+
+
+@st.composite
+def greedy_rows(draw):
+    B = draw(st.integers(1, 5))
+    V = draw(st.one_of(st.integers(1, 200), st.sampled_from([63, 64, 65, 1000, 49152])))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(B, V, generator=gen) * draw(st.sampled_from([0.01, 1.0, 30.0]))
+    if draw(st.booleans()):
+        x = torch.round(x)  # many exact ties, -0.0 next to 0.0 included
+    special = draw(st.sampled_from(["none", "-inf", "+inf", "nan", "all -inf", "mixed"]))
+    r = torch.rand(B, V, generator=gen)
+    if special in ("-inf", "mixed"):
+        x[r < 0.3] = NEG_INF
+    if special in ("+inf", "mixed"):
+        x[(r >= 0.3) & (r < 0.32)] = float("inf")
+    if special in ("nan", "mixed"):
+        x[(r >= 0.32) & (r < 0.35)] = float("nan") if draw(st.booleans()) else -float("nan")
+    if special == "all -inf":
+        x[0] = NEG_INF
+    return x
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+@examples(80)
+@given(x=greedy_rows())
+def test_greedy_helper_is_argmax_and_matches_the_fused_kernel(isa, x):
+    """The greedy helper returns torch.argmax (the first maximum) on rows without NaN, and
+    exactly what sample_tokens returns at temperature 0 on every row: tokens, log-probs bit for
+    bit, probs (0 for a row with nothing finite or +inf)."""
+    if isa == "avx2" and _C.detected_isa() == "baseline":
+        pytest.skip("this CPU has no AVX2")
+    before = _C.cpu_isa()
+    try:
+        _C.set_cpu_isa(isa)
+        tok, lp, pr = greedy(x)
+        full = run(x, *params(x.shape[0], temperature=0.0))
+    finally:
+        _C.set_cpu_isa(before)
+    assert torch.equal(tok, full[0])
+    torch.testing.assert_close(lp, full[1], atol=0, rtol=0, equal_nan=True)
+    assert torch.equal(pr, full[4])
+    clean = ~x.isnan().any(dim=1) & (x > NEG_INF).any(dim=1)
+    assert torch.equal(tok[clean], x[clean].argmax(dim=1))
+
+
+def test_greedy_helper_ties_go_to_the_lowest_id():
+    x = torch.zeros(4, 300)
+    x[0, [7, 70, 299]] = 5.0
+    x[1, 250] = 1.0
+    x[1, 3] = 1.0
+    x[2] = -0.0
+    x[2, 5] = 0.0  # -0 == +0: the first one wins
+    x[3, :] = NEG_INF
+    x[3, 128] = -1.0
+    x[3, 200] = -1.0
+    tok, _, pr = greedy(x)
+    assert tok.tolist() == [7, 3, 0, 128] and pr.tolist() == [1.0] * 4
+
+
+def test_greedy_pointer_entry_without_logprobs():
+    """greedy_tokens_ptr: the same tokens and probs; with_logprobs=False writes NaN log-probs."""
+    gen = torch.Generator().manual_seed(12)
+    x = torch.round(torch.randn(5, 3001, generator=gen) * 3)
+    x[4] = NEG_INF
+    want = greedy(x)
+    for with_lp in (True, False):
+        tok, lp, pr = torch.empty(5, dtype=torch.int64), torch.empty(5), torch.empty(5)
+        _C.greedy_tokens_ptr(x.data_ptr(), 5, 3001, tok.data_ptr(), lp.data_ptr(), pr.data_ptr(),
+                             with_lp)
+        assert torch.equal(tok, want[0]) and torch.equal(pr, want[2])
+        if with_lp:  # (row 4 has nothing finite: its log-prob is NaN either way)
+            torch.testing.assert_close(lp, want[1], atol=0, rtol=0, equal_nan=True)
+        else:
+            assert lp.isnan().all()
+
+
 def test_empty_batch():
     out = run(torch.empty(0, 10), *params(0), n=2)
     assert out[0].shape == (0,) and out[2].shape == (0, 2)
