@@ -8,6 +8,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -55,6 +57,44 @@ using BaselineOps = RowOps<BaselineVec>;
 constexpr int64_t kRowsTarget = 48;     // query rows (queries x group heads) per task
 constexpr int64_t kMinSplitKeys = 256;  // the fewest keys worth a task of their own
 constexpr int64_t kParallelWork = 1 << 18;  // below this many multiply-adds, stay on one thread
+
+// When another process holds a core, a worker woken for a parallel region can start a scheduler
+// tick or more late (milliseconds, here, against tens of µs for a decode's attention on one
+// core), and the master waits for it at the region's closing barrier. So the driver times how
+// long the master waits beyond its own share of the work; after a region with such a stall the
+// next calls run on one thread (the same task list, split or not: the same results), for a
+// window that doubles while the stalls go on (up to 65536 calls) and resets after a clean region.
+// On an idle machine no region stalls and every large call is parallel.
+class StallGuard {
+ public:
+  bool solo() {
+    if (solo_left_.load(std::memory_order_relaxed) <= 0) return false;
+    solo_left_.fetch_sub(1, std::memory_order_relaxed);
+    return true;
+  }
+  void record(double own_s, double wait_s) {
+    if (wait_s > 200e-6 && wait_s > 4.0 * own_s) {
+      const int64_t w = window_.load(std::memory_order_relaxed);
+      solo_left_.store(w, std::memory_order_relaxed);
+      window_.store(std::min<int64_t>(2 * w, int64_t{1} << 16), std::memory_order_relaxed);
+    } else {
+      window_.store(64, std::memory_order_relaxed);
+    }
+  }
+
+ private:
+  std::atomic<int64_t> solo_left_{0};
+  std::atomic<int64_t> window_{64};
+};
+
+StallGuard& stall_guard() {
+  static StallGuard guard;
+  return guard;
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 AttnTaskFn pick_task_fn() {
   switch (cpu_isa()) {
@@ -231,8 +271,14 @@ void run(const AttnCall& c, const AttnShape& sh) {
   const int64_t n_groups = static_cast<int64_t>(groups.size());
   const int q_dtype = c.q_dtype, out_dtype = c.q_dtype;
 
-#pragma omp parallel if (n_tasks > 1 && threads > 1)
+  StallGuard& guard = stall_guard();
+  const bool parallel = n_tasks > 1 && threads > 1 && !guard.solo();
+  const double start = parallel ? now_s() : 0.0;
+  double master_own = 0.0;  // seconds the master spent on tasks and merges of its own
+
+#pragma omp parallel if (parallel)
   {
+    const bool timed = parallel && omp_get_thread_num() == 0;
     // Per-thread scratch, kept between calls (OpenMP's threads persist): no allocation and no
     // zero-filling on the decode path once warmed up.
     static thread_local std::vector<float> fbuf;
@@ -260,6 +306,7 @@ void run(const AttnCall& c, const AttnShape& sh) {
 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < n_tasks; ++k) {
+      const double t0 = timed ? now_s() : 0.0;
       const AttnTask& t = tasks[k];
       const int64_t q_len = qstart[t.b + 1] - qstart[t.b];
       const int64_t pos0 = ctxs[t.b] - q_len + t.i0;
@@ -294,11 +341,13 @@ void run(const AttnCall& c, const AttnShape& sh) {
         std::memcpy(part + rows_max, l, rows * sizeof(float));
         std::memcpy(part + 2 * rows_max, acc, rows * d * sizeof(float));
       }
+      if (timed) master_own += now_s() - t0;
     }
 
     // Merge the split tasks' partial results: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 #pragma omp for schedule(dynamic, 1)
     for (int64_t gi = 0; gi < n_groups; ++gi) {
+      const double t0 = timed ? now_s() : 0.0;
       const int64_t first = groups[gi].first, count = groups[gi].second;
       const AttnTask& t = tasks[first];
       const int64_t row0 = qstart[t.b] + t.i0;
@@ -322,8 +371,12 @@ void run(const AttnCall& c, const AttnShape& sh) {
         const float inv = 1.0f / total;
         for (int64_t j = 0; j < d; ++j) store_from_float(c.out, out_dtype, dst + j, a[j] * inv);
       }
+      if (timed) master_own += now_s() - t0;
     }
   }
+  // Everything but the master's own share counts as waiting: for workers to start, at the
+  // barrier between tasks and merges, and at the end.
+  if (parallel) guard.record(master_own, (now_s() - start) - master_own);
 }
 
 }  // namespace
