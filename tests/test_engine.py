@@ -168,3 +168,60 @@ def test_concurrent_streams_through_one_engine(tiny):
 
     outs = front.run_all(prompts, params)
     assert [o[0].token_ids for o in outs] == [want[(i, 0)] for i in range(3)]
+
+
+def _completions(model, tokenizer, prompts, params):
+    engine = LLMEngine(model, tokenizer, EngineConfig(max_num_batched_tokens=32))
+    out = {}
+    for ev in engine.run((i, p, sp) for i, (p, sp) in enumerate(zip(prompts, params))):
+        if ev.finished:
+            out[ev.request] = (ev.completion.token_ids, ev.completion.text, ev.completion.logprobs)
+    return out
+
+
+def test_greedy_fast_path_changes_no_completion(tiny, monkeypatch):
+    """Greedy batches take the sampler's fast path (argmax without the fused kernel, no unread
+    log-probs); a batch with a request that wants log-probs takes the full path. Tokens, text and
+    the requested log-probs are the same as with the fast path switched off."""
+    import pyllm.sampler as sampler_mod
+
+    model, tokenizer = tiny
+    ids = _ids(tokenizer)
+    params = [SamplingParams.greedy(max_tokens=12, ignore_eos=True)] * 4 + [
+        SamplingParams.greedy(max_tokens=6, ignore_eos=True, logprobs=2)]
+    calls = []
+    real = sampler_mod._greedy
+    monkeypatch.setattr(sampler_mod, "_greedy", lambda *a: calls.append(a[1:]) or real(*a))
+    fast = _completions(model, tokenizer, ids, params)
+    assert calls and all(a == (False,) for a in calls)  # the engine skips unread log-probs
+    monkeypatch.setattr(sampler_mod, "_GREEDY_KERNEL", False)
+    full = _completions(model, tokenizer, ids, params)
+    assert fast == full
+    assert fast[4][2] is not None and len(fast[4][2]) == 6 and fast[0][2] is None
+
+
+def test_mark_computed_registers_a_block_once_its_twin_is_evicted():
+    """mark_computed skips its pass while nothing can change, but not after an eviction: a block
+    whose key another block held becomes the cached one when that block is reused."""
+    from pyllm.engine.block_manager import BlockManager
+
+    bm = BlockManager(5, 2)
+    bm.allocate("a", [1, 2, 3])
+    bm.allocate("b", [1, 2, 3])  # nothing computed yet: blocks of its own
+    bm.mark_computed("a", 3)
+    bm.mark_computed("b", 3)  # the same key as a's first block: not registered
+    b_first = bm.block_table("b")[0]
+    bm.free("a")
+    bm.allocate("c", [7, 8, 9, 10, 11])  # takes a's blocks, dropping a's cached prefix
+    bm.free("c")
+    bm.mark_computed("b", 3)  # the same count as before, yet now b's block is registered
+    assert bm.allocate("d", [1, 2, 5]) == 2 and bm.block_table("d")[0] == b_first
+
+
+def test_decode_rows_tensor_is_reused_only_for_rows_0_to_n(tiny):
+    model, tokenizer = tiny
+    engine = LLMEngine(model, tokenizer, EngineConfig())
+    a = engine._rows_tensor([0, 1, 2])
+    assert a.tolist() == [0, 1, 2] and engine._rows_tensor([0, 1, 2]) is a
+    assert engine._rows_tensor([1, 4]).tolist() == [1, 4]
+    assert engine._rows_tensor([0, 5, 6]).tolist() == [0, 5, 6]

@@ -51,6 +51,9 @@ class _Seq:
     tokens: list[int] = field(default_factory=list)   # tokens that have (or will get) a slot
     keys: list[bytes] = field(default_factory=list)   # keys of the leading full blocks
     num_computed: int = 0                             # tokens whose K/V are in the cache
+    # (full blocks, BlockManager._drops) when mark_computed last registered this sequence's
+    # blocks: while both are unchanged another pass would register nothing (see mark_computed)
+    scanned: tuple[int, int] = (-1, -1)
 
 
 class BlockManager:
@@ -67,6 +70,7 @@ class BlockManager:
         self._cached: dict[bytes, int] = {}      # key -> block holding those tokens' K/V
         self._key_of: dict[int, bytes] = {}      # the reverse, for blocks registered in _cached
         self._seqs: dict[SeqId, _Seq] = {}
+        self._drops = 0  # how many times entries left _cached / _key_of (evictions, resets)
 
     # ---------------------------------------------------------------- queries
 
@@ -135,8 +139,10 @@ class BlockManager:
     def _take_free(self) -> int:
         block, _ = self._free.popitem(last=False)
         key = self._key_of.pop(block, None)  # its old contents are about to be overwritten
-        if key is not None and self._cached.get(key) == block:
-            del self._cached[key]
+        if key is not None:
+            self._drops += 1
+            if self._cached.get(key) == block:
+                del self._cached[key]
         self._ref[block] = 1
         return block
 
@@ -184,6 +190,18 @@ class BlockManager:
         cost = self._append_cost(seq, len(token_ids))
         if cost > len(self._free):
             raise OutOfBlocksError(f"sequence {seq_id!r} needs {cost} free blocks, {len(self._free)} are free")
+        return self._extend(seq, token_ids)
+
+    def try_append(self, seq_id: SeqId, token_ids: Sequence[int]) -> list[tuple[int, int]] | None:
+        """`append` when `can_append` holds (the copies to make), else None and nothing changes:
+        the scheduler's check and append in one pass."""
+        seq = self._seqs[seq_id]
+        if self._append_cost(seq, len(token_ids)) > len(self._free):
+            return None
+        return self._extend(seq, token_ids)
+
+    def _extend(self, seq: _Seq, token_ids: Sequence[int]) -> list[tuple[int, int]]:
+        """`append` once the free blocks are known to suffice."""
         copies: list[tuple[int, int]] = []
         if token_ids and self._last_block_shared(seq):
             src = seq.blocks[-1]
@@ -207,6 +225,12 @@ class BlockManager:
             return
         bs = self.block_size
         full = seq.num_computed // bs
+        # After a pass, each of the first `full` blocks is registered or has its key or block
+        # taken; registrations only add entries, so until an entry is dropped or a block fills
+        # a new pass would change nothing (a decode step usually fills no block).
+        if seq.scanned == (full, self._drops):
+            return
+        seq.scanned = (full, self._drops)
         while len(seq.keys) < full:  # keys of blocks filled since allocation (decode, new turns)
             i = len(seq.keys)
             seq.keys.append(block_key(seq.keys[-1] if seq.keys else b"", seq.tokens[i * bs:(i + 1) * bs]))
@@ -240,6 +264,7 @@ class BlockManager:
         """Forget every cached prefix (e.g. after the cache contents were discarded)."""
         self._cached.clear()
         self._key_of.clear()
+        self._drops += 1
         for seq in self._seqs.values():
             seq.keys.clear()
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+import pyllm.generation as generation
 from pyllm.engine.block_manager import BlockManager
 from pyllm.engine.scheduler import Scheduler, SchedulerConfig
 from pyllm.engine.sequence import Sequence
@@ -95,6 +96,7 @@ class LLMEngine:
         # so its sampler may skip computing the others (the greedy fast path's main cost).
         self.sampler = Sampler(skip_unrequested_logprobs=True)
         self._ids = itertools.count()
+        self._arange: dict[int, torch.Tensor] = {}  # rows 0..n-1 (all-decode steps), per n
         self._requests: dict[Hashable, list[Sequence]] = {}
         self.stats = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "computed_tokens": 0,
                       "generated_tokens": 0, "steps": 0}
@@ -171,8 +173,7 @@ class LLMEngine:
                 rows.append(end - 1)  # the row of its last token
         if ready:
             logits = self.forward(torch.tensor(ids, dtype=torch.int64, device=device), meta,
-                                  self.kv_caches,
-                                  torch.tensor(rows, dtype=torch.int64, device=device)).float()
+                                  self.kv_caches, self._rows_tensor(rows)).float()
         else:
             self.model.hidden_states(torch.tensor(ids, dtype=torch.int64, device=device), meta,
                                      self.kv_caches)
@@ -200,14 +201,24 @@ class LLMEngine:
             logits = logits[torch.tensor(row_of, device=logits.device)]
         return self._sample_and_append(logits, sampled)
 
-    def _sample_and_append(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[StreamEvent]:
-        from pyllm.generation import sample
+    def _rows_tensor(self, rows: list[int]) -> torch.Tensor:
+        """int64 `rows` on the device; a decode-only step's rows are 0..n-1, made once per n
+        (the model only reads them)."""
+        n = len(rows)
+        if rows[-1] == n - 1:  # ascending distinct rows ending at n - 1: exactly 0..n-1
+            t = self._arange.get(n)
+            if t is None:
+                t = self._arange[n] = torch.arange(n, dtype=torch.int64, device=self._device)
+            return t
+        return torch.tensor(rows, dtype=torch.int64, device=self._device)
 
-        token_ids, logprobs = sample(logits, seqs, self.sampler)
+    def _sample_and_append(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[StreamEvent]:
+        # (looked up on the module at each call, so a wrapped generation.sample is the one used)
+        token_ids, logprobs = generation.sample(logits, seqs, self.sampler)
+        self.stats["generated_tokens"] += len(seqs)
         events = []
         for s, tok, lp in zip(seqs, token_ids, logprobs):
             delta = s.append(tok, lp)
-            self.stats["generated_tokens"] += 1
             if s.done:
                 self.scheduler.finish(s)
             if delta or s.done:

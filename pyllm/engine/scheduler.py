@@ -88,13 +88,14 @@ class Scheduler:
         missing = seq.out[have - p:] if have >= p else seq.tokens[have:]
         if not missing:
             return True
-        while not self.blocks.can_append(seq.seq_id, len(missing)):
+        while (copies := self.blocks.try_append(seq.seq_id, missing)) is None:
             victim = self.running[-1]
             self.preempt(victim)
             batch.preempted.append(victim)
             if victim is seq:
                 return False
-        batch.copies.extend(self.blocks.append(seq.seq_id, missing))
+        if copies:
+            batch.copies.extend(copies)
         return True
 
     def preempt(self, seq: Sequence) -> None:
