@@ -1,6 +1,8 @@
 """Time pyllm's CPU paged attention against its reference and torch's SDPA.
 
     python bench/attention.py [--threads 2] [--repeats 15] [--cache-dtype float32]
+    python bench/attention.py --against OLD_C.so [--rounds 5]   # before/after
+
 
 SmolLM2-135M shapes (9 query heads, 3 KV heads, head dim 64, block size 16): decode (one query)
 at context 128 / 1024 / 4096, and a 256-token prefill. pyllm runs on the paged cache (blocks in
@@ -8,20 +10,36 @@ a shuffled order); SDPA runs on K/V already gathered into contiguous [1, H, ctx,
 gather is not timed), with GQA expanded beforehand. Figures: median microseconds per call over
 `--repeats` rounds (each round times a batch of calls of every candidate in turn, so load swings
 on a shared machine hit them alike), and SDPA's and the reference's time divided by pyllm's.
+
+`--against` compares the hot path of this build with another build of the extension (a copy of
+an older pyllm/_C*.so): two builds of one pybind11 module cannot share a process, so each round
+runs one process per build, alternating, and the figures are medians over the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 
-import torch
-import torch.nn.functional as F
+if __name__ == "__main__" and "--child-so" in sys.argv:
+    # Load the other build as pyllm._C before pyllm imports its own.
+    _spec = importlib.util.spec_from_file_location("pyllm._C", sys.argv[sys.argv.index("--child-so") + 1])
+    _mod = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_mod)
+    sys.modules["pyllm._C"] = _mod
 
-from pyllm import _C
-from pyllm.ops import attention as A
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from pyllm import _C  # noqa: E402
+from pyllm.ops import attention as A  # noqa: E402
 
 HQ, HKV, D, BS = 9, 3, 64, 16
 
@@ -89,19 +107,61 @@ def bench_case(name: str, q_len: int, ctx: int, repeats: int, cache_dtype: torch
     return row
 
 
+CASES = [(f"decode ctx {c}", 1, c) for c in (128, 1024, 4096)] + [("prefill 256", 256, 256)]
+
+
+def hot_path_times(repeats: int, cache_dtype: torch.dtype) -> dict:
+    """Median µs per hot-path call of each case (one process, this process's pyllm._C)."""
+    times = {}
+    for name, q_len, ctx in CASES:
+        q, k_cache, v_cache, (qs, cl, bt), _, _ = setup(q_len, ctx, cache_dtype)
+        args = (q, k_cache, v_cache, qs, cl, bt, 1 / math.sqrt(D), 0)
+        A.check_attention_metadata(*args)
+        out = torch.empty_like(q)
+        times.update(interleaved_medians({name: lambda: A.paged_attention(*args, validated=True, out=out)},
+                                         repeats))
+    return times
+
+
+def compare_builds(a: argparse.Namespace) -> None:
+    base = [sys.executable, os.path.abspath(__file__), "--threads", str(a.threads), "--repeats", str(a.repeats),
+            "--cache-dtype", a.cache_dtype, "--child"]
+    runs: dict = {"this build": [], "other build": []}
+    for _ in range(a.rounds):
+        for label, extra in (("other build", ["--child-so", a.against]), ("this build", [])):
+            out = subprocess.run(base + extra, capture_output=True, text=True, check=True).stdout
+            runs[label].append(json.loads(out.strip().splitlines()[-1]))
+    print(f"threads {a.threads}, cache {a.cache_dtype}; other build {a.against}; "
+          f"median µs per hot-path call over {a.rounds} rounds of alternating processes")
+    print(f"{'case':<16}{'other build':>14}{'this build':>14}{'other / this':>14}")
+    for name, _, _ in CASES:
+        old = statistics.median(r[name] for r in runs["other build"])
+        new = statistics.median(r[name] for r in runs["this build"])
+        print(f"{name:<16}{old:>14.1f}{new:>14.1f}{old / new:>14.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--cache-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--against", metavar="SO", help="another build of pyllm._C to compare the hot path with")
+    p.add_argument("--rounds", type=int, default=5, help="alternating process pairs for --against")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child-so", help=argparse.SUPPRESS)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     _C.set_num_threads(a.threads)
     cache_dtype = getattr(torch, a.cache_dtype)
+    if a.against:
+        compare_builds(a)
+        return
+    if a.child:
+        print(json.dumps(hot_path_times(a.repeats, cache_dtype)))
+        return
     print(f"threads {a.threads}, ISA {_C.cpu_isa()}, cache {a.cache_dtype}, torch {torch.__version__}; "
           f"Hq {HQ}, Hkv {HKV}, D {D}, block {BS}; median µs per call")
-    rows = [bench_case(f"decode ctx {c}", 1, c, a.repeats, cache_dtype) for c in (128, 1024, 4096)]
-    rows.append(bench_case("prefill 256", 256, 256, a.repeats, cache_dtype))
+    rows = [bench_case(name, q_len, ctx, a.repeats, cache_dtype) for name, q_len, ctx in CASES]
     cols = ["pyllm (hot path)", "pyllm (checked op)", "reference", "sdpa"]
     print(f"{'case':<16}" + "".join(f"{c:>20}" for c in cols) + f"{'sdpa / pyllm':>14}{'ref / pyllm':>13}{'max err':>10}")
     for r in rows:
