@@ -19,11 +19,8 @@ void quantize_acts_baseline(const float* x, int64_t ldx, int64_t t0, int64_t t1,
     uint8_t* u = const_cast<uint8_t*>(acts.u) + t * acts.K;
     for (int64_t b = 0; b < acts.blocks; ++b) {
       const float* xb = xr + b * kQBlock;
-      float amax = 0.f, sum = 0.f;
-      for (int i = 0; i < kQBlock; ++i) {
-        amax = std::fmax(amax, std::fabs(xb[i]));
-        sum += xb[i];
-      }
+      float amax = 0.f;
+      for (int i = 0; i < kQBlock; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
       const float inv = amax > 0.f ? 127.0f / amax : 0.f;
       int32_t qsum = 0;
       for (int i = 0; i < kQBlock; ++i) {
@@ -33,8 +30,9 @@ void quantize_acts_baseline(const float* x, int64_t ldx, int64_t t0, int64_t t1,
         qsum += v;
       }
       const int64_t at = t * acts.blocks + b;
-      const_cast<float*>(acts.scale)[at] = amax / 127.0f;
-      const_cast<float*>(acts.sum)[at] = sum;
+      const float scale = amax / 127.0f;
+      const_cast<float*>(acts.scale)[at] = scale;
+      const_cast<float*>(acts.sum)[at] = scale * static_cast<float>(qsum);
       const_cast<int32_t*>(acts.qsum)[at] = qsum;
     }
   }

@@ -151,36 +151,30 @@ def qlinear_ref(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features:
 INT8_QTYPES = ("q4_0", "q4_1", "q8_0")
 
 
-def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The int8 path's activation quantization (csrc/quant/qlinear_int8.h), per 32-block of each row:
     codes = round_half_even(x * (127 / max|x_b|)), scale = max|x_b| / 127, all float32 math.
-    Returns codes [T, K/32, 32] (float32 holding integers), scale [T, K/32], block sums [T, K/32]."""
+    Returns codes [T, K/32, 32] (float32 holding integers) and scale [T, K/32]."""
     t, k = x.shape
     xb = x.float().reshape(t, k // BLOCK, BLOCK)
     amax = xb.abs().amax(-1, keepdim=True)
     inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
     codes = torch.round(xb * inv)
-    return codes, (amax / 127.0).squeeze(-1), xb.sum(-1)
+    return codes, (amax / 127.0).squeeze(-1)
 
 
 def qlinear_int8_ref(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features: int,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
-    """What the int8-activation kernels compute, in float64: the weight (exactly dequantized)
-    against the quantized activations, except that Q4_1's offset m meets the exact block sum.
-    Its distance from qlinear_ref is the whole error of the int8 path."""
+    """What the int8-activation kernels compute, in float64: the exactly dequantized weight against
+    the dequantized activations x_hat = scale * codes. Its distance from qlinear_ref is the whole
+    error of the int8 path."""
     name = QTYPE_NAMES[qtype]
     if name not in INT8_QTYPES:
         raise ValueError(f"the int8 path takes {INT8_QTYPES}, not {name}")
     t, k = x.shape
-    codes, scale, sums = quantize_activations_int8(x)
+    codes, scale = quantize_activations_int8(x)
     x_hat = (codes.double() * scale.double().unsqueeze(-1)).reshape(t, k)
-    w = dequantize_weight(weight, qtype, k).double()
-    out = x_hat @ w.T
-    if name == "q4_1":  # m * sum(x) with the exact block sum, not m * scale * sum(codes)
-        blocks = weight.reshape(out_features, k // BLOCK, BLOCK_BYTES[name])
-        m = blocks[:, :, 2:4].contiguous().view(torch.float16).squeeze(-1).double()  # [N, K/32]
-        exact = sums.double() - scale.double() * codes.double().sum(-1)  # [T, K/32]
-        out = out + exact @ m.T
+    out = x_hat @ dequantize_weight(weight, qtype, k).double().T
     if bias is not None:
         out = out + bias.double()
     return out.float()
