@@ -314,9 +314,18 @@ struct Avx512Ops : Avx512Vec {
       const float* k = krows + j0 * kstride;
       float* sj = s + j0;
       if (rows < kTransposeRows) {
-        int64_t i = 0;
-        for (; i + 2 <= rows; i += 2) scores_tree<2>(q + i * d, d, k, kstride, nn, sj + i * ld, ld);
-        if (i < rows) scores_tree<1>(q + i * d, d, k, kstride, nn, sj + i * ld, ld);
+        // Up to 4 rows share each K load (4 x 4 accumulators, q, K and partial sums fit the 32
+        // registers).
+        switch (rows) {
+          case 5:
+            scores_tree<3>(q, d, k, kstride, nn, sj, ld);
+            scores_tree<2>(q + 3 * d, d, k, kstride, nn, sj + 3 * ld, ld);
+            break;
+          case 4: scores_tree<4>(q, d, k, kstride, nn, sj, ld); break;
+          case 3: scores_tree<3>(q, d, k, kstride, nn, sj, ld); break;
+          case 2: scores_tree<2>(q, d, k, kstride, nn, sj, ld); break;
+          default: scores_tree<1>(q, d, k, kstride, nn, sj, ld); break;
+        }
         continue;
       }
       transpose_keys(k, kstride, nn, d, kT);
