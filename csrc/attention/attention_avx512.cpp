@@ -344,24 +344,28 @@ struct Avx512Ops : Avx512Vec {
     }
   }
 
-  static inline float max_row(const float* s, int64_t a, int64_t e) {
-    __m512 m = _mm512_set1_ps(-__builtin_inff());
-    for (int64_t j0 = a & ~int64_t{15}; j0 < e; j0 += 16)
-      m = _mm512_mask_max_ps(m, range_mask(a - j0, e - j0), m, _mm512_loadu_ps(s + j0));
-    return _mm512_reduce_max_ps(m);
-  }
-
-  // s[j] = exp(s[j] - m) on [a, e); other lanes of the vectors touched are stored unchanged.
-  static inline float exp_row(float* s, int64_t a, int64_t e, float m) {
-    const __m512 vm = _mm512_set1_ps(m);
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t j0 = a & ~int64_t{15}; j0 < e; j0 += 16) {
-      const __mmask16 k = range_mask(a - j0, e - j0);
-      const __m512 p = _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j0), vm)));
-      _mm512_mask_storeu_ps(s + j0, k, p);
-      sum = _mm512_add_ps(sum, p);
+  static inline float softmax_row(float* s, int64_t a, int64_t e, int64_t n, float* m, float* l) {
+    // n <= kAttnTile = 32: at most two vectors, loaded once; lanes outside [a, e) are zeroed.
+    const __mmask16 k0 = range_mask(a, e), k1 = n > 16 ? range_mask(a - 16, e - 16) : 0;
+    const __m512 lowest = _mm512_set1_ps(-__builtin_inff());
+    const __m512 v0 = _mm512_mask_loadu_ps(lowest, k0, s);
+    const __m512 v1 = _mm512_mask_loadu_ps(lowest, k1, s + 16);
+    const float mt = _mm512_reduce_max_ps(_mm512_max_ps(v0, v1));
+    const float m_old = *m, m_new = mt > m_old ? mt : m_old;
+    // e^(m_old - m_new): 1 when the max holds; 0 for the first keys (m_old = -inf, clamped).
+    const float corr = m_new == m_old ? 1.0f : _mm512_cvtss_f32(exp512(_mm512_set1_ps(m_old - m_new)));
+    const __m512 vm = _mm512_set1_ps(m_new);
+    const __m512 p0 = _mm512_maskz_mov_ps(k0, exp512(_mm512_sub_ps(v0, vm)));
+    _mm512_storeu_ps(s, p0);
+    __m512 sum = p0;
+    if (n > 16) {
+      const __m512 p1 = _mm512_maskz_mov_ps(k1, exp512(_mm512_sub_ps(v1, vm)));
+      _mm512_storeu_ps(s + 16, p1);
+      sum = _mm512_add_ps(sum, p1);
     }
-    return _mm512_reduce_add_ps(sum);
+    *m = m_new;
+    *l = *l * corr + _mm512_reduce_add_ps(sum);
+    return corr;
   }
 
   static inline void pv_tile(const float* p, int64_t ld, int64_t rows, const float* vrows, int64_t vstride,

@@ -26,6 +26,10 @@
 //                    int64_t d, float* s, int64_t ld, float* kT)  // s[r * ld + j] = q_r . k_j, j < n
 //   void pv_tile(const float* p, int64_t ld, int64_t rows, const float* vrows, int64_t vstride,
 //                int64_t a, int64_t e, int64_t d, float* acc)     // acc_r += sum_{j in [a, e)} p[r, j] v_j
+//   float softmax_row(float* s, int64_t a, int64_t e, int64_t n, float* m, float* l)
+//       // the online-softmax step of one row over tile positions [a, e) (a < e <= n): m and l
+//       // updated, s[j] = exp(s[j] - m) there and 0 elsewhere in [0, n); returns the factor
+//       // e^(m_old - m_new) the row's accumulator must be scaled by
 // (kT: scratch of 16 * round_up(d, 16) floats). Scores of positions a row may not see are then
 // computed but never used, and their probabilities are set to exactly 0 before the PV product.
 // That product then multiplies them by V rows of the tile, all inside [task.c0, task.c1) and so
@@ -33,7 +37,7 @@
 // the same 0 * v.
 
 // Row operations built from a vector struct's dot / axpy (scalar exp): enough for the baseline
-// and the AVX-512 paths; the AVX2 path has hand-blocked versions.
+// path; the AVX2 path has hand-blocked versions, the AVX-512 path tiled ones.
 template <class Vec>
 struct RowOps : Vec {
   static constexpr bool kTiled = false;
@@ -141,22 +145,23 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
           for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
         continue;
       }
-      if constexpr (!Ops::kTiled) Ops::scores_row(sc.q + r * d, krows, kstride, a, e, d, s);
-      const float mt = Ops::max_row(s, a, e);
-      if (mt > sc.m[r]) {
-        if (sc.m[r] != -__builtin_inff()) {
-          const float corr = __builtin_expf(sc.m[r] - mt);
-          sc.l[r] *= corr;
-          Ops::scal(sc.acc + r * d, corr, d);
-        }
-        sc.m[r] = mt;
-      }
-      sc.l[r] += Ops::exp_row(s, a, e, sc.m[r]);
       if constexpr (Ops::kTiled) {
-        for (int64_t j = 0; j < a; ++j) s[j] = 0.0f;
-        for (int64_t j = e; j < n; ++j) s[j] = 0.0f;
+        const float corr = Ops::softmax_row(s, a, e, n, sc.m + r, sc.l + r);
+        if (corr != 1.0f) Ops::scal(sc.acc + r * d, corr, d);
         amin = a < amin ? a : amin;
         emax = e > emax ? e : emax;
+      } else {
+        Ops::scores_row(sc.q + r * d, krows, kstride, a, e, d, s);
+        const float mt = Ops::max_row(s, a, e);
+        if (mt > sc.m[r]) {
+          if (sc.m[r] != -__builtin_inff()) {
+            const float corr = __builtin_expf(sc.m[r] - mt);
+            sc.l[r] *= corr;
+            Ops::scal(sc.acc + r * d, corr, d);
+          }
+          sc.m[r] = mt;
+        }
+        sc.l[r] += Ops::exp_row(s, a, e, sc.m[r]);
       }
     }
 
