@@ -4,7 +4,7 @@ splitting user text on special tokens when asked, and range checks on ids."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 # Tokens that end a turn in common chat formats; counted as end-of-generation when the vocabulary
 # has them as special tokens (eos itself always is).
@@ -41,7 +41,7 @@ class BaseTokenizer:
         self,
         *,
         pieces: list[str],
-        token_bytes: list[bytes],
+        token_bytes: list[bytes] | Callable[[], list[bytes]],
         special_ids: Iterable[int] = (),
         bos_id: int | None = None,
         eos_id: int | None = None,
@@ -52,7 +52,10 @@ class BaseTokenizer:
         strip_leading_space: bool = False,
     ) -> None:
         self._pieces = pieces
-        self._bytes = token_bytes
+        # A callable is run on first use: the table is only needed to decode, and building it
+        # (a translation per token) is a good part of a model's load time.
+        self._bytes_table = None if callable(token_bytes) else token_bytes
+        self._make_bytes = token_bytes if callable(token_bytes) else None
         self.vocab_size = len(pieces)
         self.special_ids = frozenset(special_ids)
         self.bos_id = bos_id
@@ -113,6 +116,12 @@ class BaseTokenizer:
                 f"token id {token_id!r} is outside the vocabulary (0..{self.vocab_size - 1})"
             )
         return i
+
+    @property
+    def _bytes(self) -> list[bytes]:
+        if self._bytes_table is None:
+            self._bytes_table = self._make_bytes()
+        return self._bytes_table
 
     def token_bytes(self, id: int) -> bytes:
         return self._bytes[self._check_id(id)]

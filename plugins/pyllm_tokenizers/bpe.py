@@ -65,10 +65,12 @@ def from_gguf(metadata: Mapping[str, Any], path: Path | None = None) -> Tokenize
     user_ids = [i for i, t in enumerate(vocab.token_types) if t == USER_DEFINED]
     _add_tokens(backend, vocab.tokens, special_ids, user_ids)
 
-    token_bytes = [
-        tok.encode("utf-8") if t in (CONTROL, USER_DEFINED, UNKNOWN) else piece_to_bytes(tok)
-        for tok, t in zip(vocab.tokens, vocab.token_types)
-    ]
+    def token_bytes() -> list[bytes]:  # built on first decode (see base.py)
+        return [
+            tok.encode("utf-8") if t in (CONTROL, USER_DEFINED, UNKNOWN) else piece_to_bytes(tok)
+            for tok, t in zip(vocab.tokens, vocab.token_types)
+        ]
+
     return TokenizersBPE(
         backend,
         pieces=vocab.tokens,

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from pyllm.errors import ModelFormatError
 
 PREFIX = "tokenizer.ggml."
@@ -109,14 +111,21 @@ def read_vocab(metadata: Mapping[str, Any], *, expect_model: str | Sequence[str]
     if raw_types is None:
         types = [NORMAL] * n
     else:
-        types = [int(t) for t in _as_list(raw_types, types_key)]
+        if isinstance(raw_types, np.ndarray) and raw_types.dtype.kind in "iu":  # GGUF's arrays
+            bad = ~np.isin(raw_types, list(TOKEN_TYPES))
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise ModelFormatError(f"{types_key}[{i}]: unknown token type {int(raw_types[i])}")
+            types = raw_types.tolist()
+        else:
+            types = [int(t) for t in _as_list(raw_types, types_key)]
+            for i, t in enumerate(types):
+                if t not in TOKEN_TYPES:
+                    raise ModelFormatError(f"{types_key}[{i}]: unknown token type {t}")
         if len(types) != n:
             raise ModelFormatError(
                 f"{types_key}: {len(types)} entries for {n} tokens ({PREFIX}tokens)"
             )
-        for i, t in enumerate(types):
-            if t not in TOKEN_TYPES:
-                raise ModelFormatError(f"{types_key}[{i}]: unknown token type {t}")
 
     scores_key = PREFIX + "scores"
     raw_scores = metadata.get(scores_key)

@@ -157,6 +157,32 @@ class _Reader:
             raise self.fail(field, f"string is not valid UTF-8 ({e.reason} at byte {e.start})") \
                 from None
 
+    def strings(self, field: str, n: int) -> list[str]:
+        """n strings in a row: the vocabulary's ~100k tokens and merges, so this is a tight loop
+        (about a third of a whole model load otherwise). Any string it cannot take as is goes
+        back through `string`, which names the element and the problem."""
+        buf, size, unpack = self.buf, self.size, _U64.unpack_from
+        view = memoryview(buf)
+        out: list[str] = []
+        append = out.append
+        pos = self.pos
+        for i in range(n):
+            if pos + 8 <= size:
+                (length,) = unpack(buf, pos)
+                end = pos + 8 + length
+                if end <= size:
+                    try:
+                        append(str(view[pos + 8:end], "utf-8"))
+                        pos = end
+                        continue
+                    except UnicodeDecodeError:
+                        pass
+            self.pos = pos
+            append(self.string(f"{field}[{i}]"))  # raises with the reason
+            pos = self.pos
+        self.pos = pos
+        return out
+
     def value(self, vtype: int, field: str, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             v = self.unpack(_SCALARS[vtype], field)
@@ -187,7 +213,7 @@ class _Reader:
             return arr.astype(arr.dtype.newbyteorder("="))  # a private, native-order copy
         if etype == STRING:
             n = self.count(field + " (array length)", _MIN_STRING)
-            return [self.string(f"{field}[{i}]") for i in range(n)]
+            return self.strings(field, n)
         if etype == ARRAY:
             n = self.count(field + " (array length)", _MIN_ARRAY)
             return [self.array(f"{field}[{i}]", depth + 1) for i in range(n)]
