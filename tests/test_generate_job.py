@@ -132,3 +132,30 @@ def test_sigint_stops_gracefully_after_flushing(tmp_path, smollm2_path):
     data = out.read_bytes()
     assert data.endswith(b"\n")  # nothing torn: the flush completed
     assert 0 < len(_outputs(out)) < 40
+
+
+def test_int8_flag_reaches_the_model(tmp_path, smollm2_path, monkeypatch):
+    """`pyllm generate --int8` loads the model with int8 activations and still writes every record."""
+    import pyllm
+    from click.testing import CliRunner
+
+    from pyllm.cli.main import main
+
+    loaded = []
+    real_load = pyllm.load
+
+    def spy(*args, **kwargs):
+        llm = real_load(*args, **kwargs)
+        loaded.append(llm)
+        return llm
+
+    monkeypatch.setattr(pyllm, "load", spy)
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(src, [json.dumps({"id": f"r{i}", "prompt": f"Name a colour number {i}."}) for i in range(5)])
+    res = CliRunner().invoke(main, ["generate", "-i", str(src), "-o", str(out), "--model", str(smollm2_path),
+                                    "--int8", "--max-tokens", "6", "--temperature", "0", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert len(loaded) == 1 and loaded[0].model.int8_activations
+    outs = _outputs(out)
+    assert sorted(o["id"] for o in outs) == [f"r{i}" for i in range(5)]
+    assert all(len(o["token_ids"]) == 6 for o in outs)

@@ -68,8 +68,12 @@ def chat_params(overrides: dict[str, Any], extra: tuple[str, ...] = ()) -> Any:
               help="Any other sampling parameter (repeatable), e.g. --set typical_p=0.9.")
 @click.option("--no-markdown", is_flag=True, help="Keep replies as plain text.")
 @click.option("--no-history", is_flag=True, help="Do not read or write $PYLLM_HOME/history.")
+@click.option("--int8", is_flag=True,
+              help="Run the CPU matmuls on int8-quantized activations: faster replies, logits "
+                   "off by ~0.15 on average (see docs/kernels.md).")
 def chat(model: str, system: str | None, context_length: int | None, stop: tuple[str, ...],
-         extra: tuple[str, ...], no_markdown: bool, no_history: bool, **sampling: Any) -> None:
+         extra: tuple[str, ...], no_markdown: bool, no_history: bool, int8: bool,
+         **sampling: Any) -> None:
     """Chat with MODEL (default: smollm2) in the terminal.
 
     Replies stream as they are generated; Ctrl-C stops a reply. Type /help for the slash
@@ -87,9 +91,11 @@ def chat(model: str, system: str | None, context_length: int | None, stop: tuple
     from pyllm.repl.session import ChatSession, history_path
 
     click.echo(f"loading {model} ...", err=True)
-    options = {"context_length": context_length} if context_length is not None else {}
+    options: dict[str, Any] = {"context_length": context_length} if context_length is not None else {}
     if options and "context_length" not in inspect.signature(load).parameters:
         raise click.UsageError("--context-length needs a pyllm.api.load that takes context_length")
+    if int8:
+        options["int8_activations"] = True
     backend = LLMBackend(load(model, **options))
     history = None
     if not no_history and sys.stdin.isatty():
