@@ -139,7 +139,7 @@ def test_int8_flag_reaches_the_model(tmp_path, smollm2_path, monkeypatch):
     import pyllm
     from click.testing import CliRunner
 
-    from pyllm.cli.main import main
+    from pyllm.cli.main import cli
 
     loaded = []
     real_load = pyllm.load
@@ -152,7 +152,7 @@ def test_int8_flag_reaches_the_model(tmp_path, smollm2_path, monkeypatch):
     monkeypatch.setattr(pyllm, "load", spy)
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     _write(src, [json.dumps({"id": f"r{i}", "prompt": f"Name a colour number {i}."}) for i in range(5)])
-    res = CliRunner().invoke(main, ["generate", "-i", str(src), "-o", str(out), "--model", str(smollm2_path),
+    res = CliRunner().invoke(cli, ["generate", "-i", str(src), "-o", str(out), "--model", str(smollm2_path),
                                     "--int8", "--max-tokens", "6", "--temperature", "0", "--no-progress"])
     assert res.exit_code == 0, res.output
     assert len(loaded) == 1 and loaded[0].model.int8_activations
