@@ -224,14 +224,15 @@ def result_line(key: str, prompt_ids: list[int], completions: list[Any]) -> dict
 
 
 def run_job(input_path: Path, output_path: Path, *, model: Any, base_params: Any,
-            max_num_seqs: int = 64, progress: bool = False, int8_activations: bool = False) -> JobSummary:
+            max_num_seqs: int = 64, progress: bool = False, int8_activations: bool = False,
+            kv_dtype: str = "float32") -> JobSummary:
     """Run (or resume) a JSONL job. `model` is a name/path or a loaded `pyllm.LLM`
-    (`int8_activations` applies when it is a name or path: see `pyllm.load`)."""
+    (`int8_activations` and `kv_dtype` apply when it is a name or path: see `pyllm.load`)."""
     import signal
 
     from tqdm import tqdm
 
-    from pyllm.engine.llm_engine import EngineConfig, LLMEngine
+    from pyllm.engine.llm_engine import LLMEngine
     from pyllm.errors import ContextLengthError
     from pyllm.sampling_params import SamplingParams
 
@@ -241,10 +242,10 @@ def run_job(input_path: Path, output_path: Path, *, model: Any, base_params: Any
     if isinstance(model, (str, Path)) or model is None:
         import pyllm
 
-        llm = pyllm.load(model, int8_activations=int8_activations)
+        llm = pyllm.load(model, int8_activations=int8_activations, kv_dtype=kv_dtype)
     else:
         llm = model
-    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(max_num_seqs=max_num_seqs))
+    engine = LLMEngine(llm.model, llm.tokenizer, llm.engine_config(max_num_seqs=max_num_seqs))
     interrupted = {"flag": False}
 
     def on_sigint(signum: int, frame: Any) -> None:

@@ -306,3 +306,18 @@ def test_message_content_cannot_inject_special_tokens(llm):
     # Ordinary conversations are tokenized in one piece, exactly as the rendered text.
     assert plain == llm.tokenizer.encode(llm.render_chat([{"role": "user", "content": "hi"}]),
                                          add_bos=False, parse_special=True)
+
+
+def test_kv_dtype_is_the_engines_cache_dtype(smollm2_path):
+    """pyllm.load(kv_dtype=...) sets the engine's KV-cache element type; greedy text stays sane and
+    a bad name is refused."""
+    import torch
+
+    from pyllm.api import LLM
+
+    llm = LLM.from_path(smollm2_path, kv_dtype="bfloat16")
+    out = llm.generate(["The capital of France is"], SamplingParams(max_tokens=4, temperature=0))[0]
+    assert len(out.token_ids) == 4
+    assert llm.engine.engine.config.kv_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="kv_dtype"):
+        LLM.from_path(smollm2_path, kv_dtype="int4")

@@ -71,8 +71,10 @@ def chat_params(overrides: dict[str, Any], extra: tuple[str, ...] = ()) -> Any:
 @click.option("--int8", is_flag=True,
               help="Run the CPU matmuls on int8-quantized activations: faster replies, logits "
                    "off by ~0.15 on average (see docs/kernels.md).")
+@click.option("--kv-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+              show_default=True, help="KV-cache element type (half precision: half the memory).")
 def chat(model: str, system: str | None, context_length: int | None, stop: tuple[str, ...],
-         extra: tuple[str, ...], no_markdown: bool, no_history: bool, int8: bool,
+         extra: tuple[str, ...], no_markdown: bool, no_history: bool, int8: bool, kv_dtype: str,
          **sampling: Any) -> None:
     """Chat with MODEL (default: smollm2) in the terminal.
 
@@ -96,6 +98,8 @@ def chat(model: str, system: str | None, context_length: int | None, stop: tuple
         raise click.UsageError("--context-length needs a pyllm.api.load that takes context_length")
     if int8:
         options["int8_activations"] = True
+    if kv_dtype != "float32":
+        options["kv_dtype"] = kv_dtype
     backend = LLMBackend(load(model, **options))
     history = None
     if not no_history and sys.stdin.isatty():

@@ -43,13 +43,16 @@ Re-running with the same output file resumes: finished ids are skipped and a tor
               help="Run the prefill and batched-decode matmuls on int8-quantized activations "
                    "(CPU, Q4/Q8 models): 2-3x faster batches, logits off by ~0.15 on average "
                    "(see docs/kernels.md).")
+@click.option("--kv-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+              show_default=True, help="KV-cache element type: half precision halves its memory "
+                                      "and speeds up long contexts; float32 is exact.")
 def generate(input_path: Path, output_path: Path, model: str, max_num_seqs: int,
-             progress: bool | None, int8: bool, **kwargs: Any) -> None:
+             progress: bool | None, int8: bool, kv_dtype: str, **kwargs: Any) -> None:
     base = pop_sampling_params(kwargs)
     from pyllm.jobs import run_job
 
     summary = run_job(input_path, output_path, model=model, base_params=base,
-                      max_num_seqs=max_num_seqs, int8_activations=int8,
+                      max_num_seqs=max_num_seqs, int8_activations=int8, kv_dtype=kv_dtype,
                       progress=sys.stderr.isatty() if progress is None else progress)
     click.echo(summary.describe(), err=True)
     if summary.interrupted:
