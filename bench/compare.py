@@ -82,24 +82,26 @@ class PyllmRunner:
         import pyllm
         from pyllm import _C
         from pyllm.engine.frontend import EngineFrontend
-        from pyllm.engine.llm_engine import EngineConfig, LLMEngine
+        from pyllm.engine.llm_engine import LLMEngine
         from pyllm.sampling_params import SamplingParams
 
         torch.set_num_threads(threads)
         _C.set_num_threads(threads)
-        self.pyllm, self.EngineConfig, self.LLMEngine = pyllm, EngineConfig, LLMEngine
+        self.pyllm, self.LLMEngine = pyllm, LLMEngine
         self.EngineFrontend, self.SamplingParams = EngineFrontend, SamplingParams
 
     int8 = False  # PyllmInt8Runner: the opt-in int8-activation matmuls
+    kv_dtype = "float32"
 
     def load(self, model_path: str, n_ctx: int | None) -> None:
         self.n_ctx = n_ctx
-        self.llm = self.pyllm.load(model_path, progress=False, int8_activations=self.int8)
+        self.llm = self.pyllm.load(model_path, progress=False, int8_activations=self.int8,
+                                   kv_dtype=self.kv_dtype)
         self.engine = self._new_engine()
 
     def _new_engine(self):
         # The KV-cache sized like llama.cpp's n_ctx for single sequences; the default otherwise.
-        cfg = self.EngineConfig(kv_cache_tokens=self.n_ctx) if self.n_ctx else self.EngineConfig()
+        cfg = self.llm.engine_config(**({"kv_cache_tokens": self.n_ctx} if self.n_ctx else {}))
         return self.LLMEngine(self.llm.model, self.llm.tokenizer, cfg)
 
     def _params(self, n_new: int):
