@@ -48,34 +48,24 @@ struct Avx512Vec {
       _mm512_mask_storeu_ps(y + i, k, _mm512_mul_ps(vs, _mm512_maskz_loadu_ps(k, y + i)));
     }
   }
-
-  static inline void f16_rows(const uint16_t* src, int64_t stride, float* dst, int64_t rows, int64_t n) {
-    for (int64_t r = 0; r < rows; ++r, src += stride, dst += n) {
-      int64_t i = 0;
-      for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
-      if (i < n) {
-        const __mmask16 k = tail_mask(n - i);
-        _mm512_mask_storeu_ps(dst + i, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, src + i)));
-      }
-    }
-  }
-
-  static inline void bf16_rows(const uint16_t* src, int64_t stride, float* dst, int64_t rows, int64_t n) {
-    for (int64_t r = 0; r < rows; ++r, src += stride, dst += n) {
-      int64_t i = 0;
-      for (; i + 16 <= n; i += 16) {
-        __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
-        _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
-      }
-      if (i < n) {
-        const __mmask16 k = tail_mask(n - i);
-        __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, src + i));
-        _mm512_mask_storeu_ps(dst + i, k, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
-      }
-    }
-  }
 };
+
+// Cache element tags (the same as attention_task_impl.h's, which is included at the end).
+struct Half;
+struct BHalf;
+
+// 16 K or V elements as floats: halves are widened in registers (f16 by the F16C-style
+// conversion, exact; bf16 is the top half of a float), so no converted copy of a tile is written.
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 bf16_widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+inline __m512 load16(const BHalf* p) { return bf16_widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+// The same for lanes in k (0 elsewhere); masked-off elements are never read.
+inline __m512 load16(__mmask16 k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
+inline __m512 load16(__mmask16 k, const Half* p) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
+inline __m512 load16(__mmask16 k, const BHalf* p) { return bf16_widen(_mm256_maskz_loadu_epi16(k, p)); }
 
 // e^x for 16 lanes: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two so n ln2 is exact), e^r by
 // its Taylor series to r^7 (relative error < 1e-7 on that range), times 2^n by scalef (which
@@ -132,13 +122,13 @@ inline __m512 fold32(__m512 x, __m512 y) {
 
 // s[i * ld + j] = q_i . k_j for R rows and 16 keys (key j < n; lanes >= n repeat key n - 1, whose
 // row is inside the tile, so nothing outside it is read).
-template <int R>
-inline void scores_tree(const float* q, int64_t d, const float* k, int64_t kstride, int64_t n, float* s,
+template <int R, class KV>
+inline void scores_tree(const float* q, int64_t d, const KV* k, int64_t kstride, int64_t n, float* s,
                         int64_t ld) {
   __m512 pair[2][R];  // fold64(Q0, Q1) and fold64(Q2, Q3) of each row
   #pragma GCC unroll 16
   for (int k4 = 0; k4 < 4; ++k4) {
-    const float* kr[4];
+    const KV* kr[4];
     #pragma GCC unroll 16
     for (int t = 0; t < 4; ++t) {
       const int64_t j = k4 + 4 * t;
@@ -153,7 +143,7 @@ inline void scores_tree(const float* q, int64_t d, const float* k, int64_t kstri
     for (; c + 16 <= d; c += 16) {
       __m512 kv[4];
       #pragma GCC unroll 16
-      for (int t = 0; t < 4; ++t) kv[t] = _mm512_loadu_ps(kr[t] + c);
+      for (int t = 0; t < 4; ++t) kv[t] = load16(kr[t] + c);
       #pragma GCC unroll 16
       for (int i = 0; i < R; ++i) {
         const __m512 qv = _mm512_loadu_ps(q + i * d + c);
@@ -165,7 +155,7 @@ inline void scores_tree(const float* q, int64_t d, const float* k, int64_t kstri
       const __mmask16 m = tail_mask(d - c);
       __m512 kv[4];
       #pragma GCC unroll 16
-      for (int t = 0; t < 4; ++t) kv[t] = _mm512_maskz_loadu_ps(m, kr[t] + c);
+      for (int t = 0; t < 4; ++t) kv[t] = load16(m, kr[t] + c);
       #pragma GCC unroll 16
       for (int i = 0; i < R; ++i) {
         const __m512 qv = _mm512_maskz_loadu_ps(m, q + i * d + c);
@@ -187,13 +177,14 @@ inline void scores_tree(const float* q, int64_t d, const float* k, int64_t kstri
 // ---- scores of many rows: the K tile transposed once, then q elements broadcast against it.
 
 // kT[c * 16 + j] = k_j[c] for c < round_up(d, 16), j < 16 (0 for j >= n or c >= d).
-inline void transpose_keys(const float* k, int64_t kstride, int64_t n, int64_t d, float* kT) {
+template <class KV>
+inline void transpose_keys(const KV* k, int64_t kstride, int64_t n, int64_t d, float* kT) {
   for (int64_t c0 = 0; c0 < d; c0 += 16) {
     const __mmask16 m = d - c0 >= 16 ? static_cast<__mmask16>(0xFFFF) : tail_mask(d - c0);
     __m512 r[16], t[16];
     #pragma GCC unroll 16
     for (int j = 0; j < 16; ++j)
-      r[j] = j < n ? _mm512_maskz_loadu_ps(m, k + j * kstride + c0) : _mm512_setzero_ps();
+      r[j] = j < n ? load16(m, k + j * kstride + c0) : _mm512_setzero_ps();
     // Pairs of rows interleaved by 32 bits, then by 64 bits: block L of u[4g + x] holds column
     // 4L + x of rows 4g..4g+3.
     #pragma GCC unroll 16
@@ -256,8 +247,8 @@ inline void scores_bcast(const float* q, int64_t d, const float* kT, float* s, i
 }
 
 // ---- PV: acc_i[0, 16C) += sum_{j in [a, e)} p[i, j] v_j[0, 16C), each V row loaded once for R rows.
-template <int R, int C>
-inline void pv_block(const float* p, int64_t ld, const float* v, int64_t vstride, int64_t a, int64_t e,
+template <int R, int C, class KV>
+inline void pv_block(const float* p, int64_t ld, const KV* v, int64_t vstride, int64_t a, int64_t e,
                      float* acc, int64_t d, __mmask16 last) {
   __m512 r[R][C];
   #pragma GCC unroll 16
@@ -267,10 +258,10 @@ inline void pv_block(const float* p, int64_t ld, const float* v, int64_t vstride
       r[i][u] = _mm512_maskz_loadu_ps(u == C - 1 ? last : static_cast<__mmask16>(0xFFFF), acc + i * d + 16 * u);
   for (int64_t j = a; j < e; ++j) {
     __m512 vv[C];
-    const float* vj = v + j * vstride;
+    const KV* vj = v + j * vstride;
     #pragma GCC unroll 16
     for (int u = 0; u < C; ++u)
-      vv[u] = _mm512_maskz_loadu_ps(u == C - 1 ? last : static_cast<__mmask16>(0xFFFF), vj + 16 * u);
+      vv[u] = load16(u == C - 1 ? last : static_cast<__mmask16>(0xFFFF), vj + 16 * u);
     #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const __m512 pij = _mm512_set1_ps(p[i * ld + j]);
@@ -285,8 +276,8 @@ inline void pv_block(const float* p, int64_t ld, const float* v, int64_t vstride
       _mm512_mask_storeu_ps(acc + i * d + 16 * u, u == C - 1 ? last : static_cast<__mmask16>(0xFFFF), r[i][u]);
 }
 
-template <int R>
-inline void pv_rows(const float* p, int64_t ld, const float* v, int64_t vstride, int64_t a, int64_t e,
+template <int R, class KV>
+inline void pv_rows(const float* p, int64_t ld, const KV* v, int64_t vstride, int64_t a, int64_t e,
                     int64_t d, float* acc) {
   for (int64_t c = 0; c < d; c += 64) {
     const int64_t left = d - c;
@@ -294,10 +285,10 @@ inline void pv_rows(const float* p, int64_t ld, const float* v, int64_t vstride,
     const int64_t tail = left - 16 * (chunks - 1);
     const __mmask16 last = tail >= 16 ? static_cast<__mmask16>(0xFFFF) : tail_mask(tail);
     switch (chunks) {
-      case 4: pv_block<R, 4>(p, ld, v + c, vstride, a, e, acc + c, d, last); break;
-      case 3: pv_block<R, 3>(p, ld, v + c, vstride, a, e, acc + c, d, last); break;
-      case 2: pv_block<R, 2>(p, ld, v + c, vstride, a, e, acc + c, d, last); break;
-      default: pv_block<R, 1>(p, ld, v + c, vstride, a, e, acc + c, d, last); break;
+      case 4: pv_block<R, 4, KV>(p, ld, v + c, vstride, a, e, acc + c, d, last); break;
+      case 3: pv_block<R, 3, KV>(p, ld, v + c, vstride, a, e, acc + c, d, last); break;
+      case 2: pv_block<R, 2, KV>(p, ld, v + c, vstride, a, e, acc + c, d, last); break;
+      default: pv_block<R, 1, KV>(p, ld, v + c, vstride, a, e, acc + c, d, last); break;
     }
   }
 }
@@ -307,11 +298,12 @@ struct Avx512Ops : Avx512Vec {
   // Below this many rows the tree reduction beats transposing the K tile (its cost is per tile).
   static constexpr int64_t kTransposeRows = 6;
 
-  static inline void scores_tile(const float* q, int64_t rows, const float* krows, int64_t kstride, int64_t n,
+  template <class KV>
+  static inline void scores_tile(const float* q, int64_t rows, const KV* krows, int64_t kstride, int64_t n,
                                  int64_t d, float* s, int64_t ld, float* kT) {
     for (int64_t j0 = 0; j0 < n; j0 += 16) {
       const int64_t nn = n - j0 < 16 ? n - j0 : 16;
-      const float* k = krows + j0 * kstride;
+      const KV* k = krows + j0 * kstride;
       float* sj = s + j0;
       if (rows < kTransposeRows) {
         // Up to 4 rows share each K load (4 x 4 accumulators, q, K and partial sums fit the 32
@@ -368,7 +360,8 @@ struct Avx512Ops : Avx512Vec {
     return corr;
   }
 
-  static inline void pv_tile(const float* p, int64_t ld, int64_t rows, const float* vrows, int64_t vstride,
+  template <class KV>
+  static inline void pv_tile(const float* p, int64_t ld, int64_t rows, const KV* vrows, int64_t vstride,
                              int64_t a, int64_t e, int64_t d, float* acc) {
     int64_t i = 0;
     for (; i + 6 <= rows; i += 6) pv_rows<6>(p + i * ld, ld, vrows, vstride, a, e, d, acc + i * d);

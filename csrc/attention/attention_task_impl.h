@@ -11,6 +11,7 @@
 //   void scal(float* y, float s, int64_t n)                 // y *= s
 //   void f16_rows(const uint16_t* src, int64_t src_stride, float* dst, int64_t rows, int64_t n)
 //   void bf16_rows(const uint16_t* src, int64_t src_stride, float* dst, int64_t rows, int64_t n)
+//                                                           // (f16_rows, bf16_rows: see kTiled)
 // Nothing here has external linkage and nothing uses the standard library, so code compiled with
 // AVX2/AVX-512 flags can never be picked by the linker for a baseline caller.
 //
@@ -21,10 +22,15 @@
 // it sees are added in. No position outside [task.c0, task.c1) is read.
 //
 // An `Ops` with `kTiled = true` works on whole tiles instead, so each K and V row is loaded once
-// for all the task's rows and no score ends in a horizontal sum of its own:
-//   void scores_tile(const float* q, int64_t rows, const float* krows, int64_t kstride, int64_t n,
+// for all the task's rows and no score ends in a horizontal sum of its own. It reads K and V in
+// the cache's own element type KV (float, Half or BHalf below), widening halves to float in
+// registers: a half-precision cache then moves half the bytes and needs no conversion pass (no
+// f16_rows / bf16_rows):
+//   template <class KV>
+//   void scores_tile(const float* q, int64_t rows, const KV* krows, int64_t kstride, int64_t n,
 //                    int64_t d, float* s, int64_t ld, float* kT)  // s[r * ld + j] = q_r . k_j, j < n
-//   void pv_tile(const float* p, int64_t ld, int64_t rows, const float* vrows, int64_t vstride,
+//   template <class KV>
+//   void pv_tile(const float* p, int64_t ld, int64_t rows, const KV* vrows, int64_t vstride,
 //                int64_t a, int64_t e, int64_t d, float* acc)     // acc_r += sum_{j in [a, e)} p[r, j] v_j
 //   float softmax_row(float* s, int64_t a, int64_t e, int64_t n, float* m, float* l)
 //       // the online-softmax step of one row over tile positions [a, e) (a < e <= n): m and l
@@ -35,6 +41,15 @@
 // That product then multiplies them by V rows of the tile, all inside [task.c0, task.c1) and so
 // inside the context (never an unused, possibly NaN, slot): the reference's masked softmax does
 // the same 0 * v.
+
+// Cache elements as tiled Ops read them: IEEE half and bfloat16 bit patterns (distinct types,
+// so the kernels can be overloaded on them).
+struct Half {
+  uint16_t bits;
+};
+struct BHalf {
+  uint16_t bits;
+};
 
 // Row operations built from a vector struct's dot / axpy (scalar exp): enough for the baseline
 // path; the AVX2 path has hand-blocked versions, the AVX-512 path tiled ones.
@@ -87,8 +102,27 @@ inline void prefetch_tile(const AttnShape& sh, const int32_t* table, int64_t p, 
     }
 }
 
-template <class Ops>
-void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, const AttnScratch& sc) {
+// The n rows of a K or V tile starting at element `base` of a cache, as the Ops reads them (row
+// j at the result + j * *stride). Tiled Ops read the cache in place; the others get f16/bf16 rows
+// converted into `scratch` ([n, d] floats).
+template <class Ops, class KV>
+inline const KV* tile_rows(const void* cache, int dtype, int64_t base, int64_t row_stride, int64_t n,
+                           int64_t d, float* scratch, int64_t* stride) {
+  if constexpr (!Ops::kTiled) {  // KV is float
+    if (dtype != 0) {
+      const uint16_t* src = static_cast<const uint16_t*>(cache) + base;
+      if (dtype == 1) Ops::f16_rows(src, row_stride, scratch, n, d);
+      else Ops::bf16_rows(src, row_stride, scratch, n, d);
+      *stride = d;
+      return scratch;
+    }
+  }
+  *stride = row_stride;
+  return static_cast<const KV*>(cache) + base;
+}
+
+template <class Ops, class KV>
+void attention_loop(const AttnShape& sh, const AttnTask& task, int64_t pos0, const AttnScratch& sc) {
   const int64_t d = sh.d, group = sh.group, bs = sh.block_size;
   const int64_t rows = (task.i1 - task.i0) * group;
   const int64_t row_stride = sh.hkv * d;  // elements between consecutive positions of one head
@@ -119,18 +153,8 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
     if (ra >= rb) { p = p1; continue; }
 
     // Row r sees tile positions [a, e) (relative to p); nothing outside them is read.
-    const float* krows;
-    int64_t kstride;
-    if (sh.cache_dtype == 0) {
-      krows = static_cast<const float*>(sh.k_cache) + base;
-      kstride = row_stride;
-    } else {
-      const uint16_t* src = static_cast<const uint16_t*>(sh.k_cache) + base;
-      if (sh.cache_dtype == 1) Ops::f16_rows(src, row_stride, sc.kt, n, d);
-      else Ops::bf16_rows(src, row_stride, sc.kt, n, d);
-      krows = sc.kt;
-      kstride = d;
-    }
+    int64_t kstride, vstride;
+    const KV* krows = tile_rows<Ops, KV>(sh.k_cache, sh.cache_dtype, base, row_stride, n, d, sc.kt, &kstride);
 
     // Scores, then the online softmax update; s becomes exp(s - m) (0 where the row sees nothing).
     if constexpr (Ops::kTiled)
@@ -166,18 +190,7 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
     }
 
     // acc_r += sum over the positions row r sees of p[r, j] * v_j.
-    const float* vrows;
-    int64_t vstride;
-    if (sh.cache_dtype == 0) {
-      vrows = static_cast<const float*>(sh.v_cache) + base;
-      vstride = row_stride;
-    } else {
-      const uint16_t* src = static_cast<const uint16_t*>(sh.v_cache) + base;
-      if (sh.cache_dtype == 1) Ops::f16_rows(src, row_stride, sc.vt, n, d);
-      else Ops::bf16_rows(src, row_stride, sc.vt, n, d);
-      vrows = sc.vt;
-      vstride = d;
-    }
+    const KV* vrows = tile_rows<Ops, KV>(sh.v_cache, sh.cache_dtype, base, row_stride, n, d, sc.vt, &vstride);
     if constexpr (Ops::kTiled) {
       if (amin < emax)
         Ops::pv_tile(sc.s + ra * kAttnTile, kAttnTile, rb - ra, vrows, vstride, amin, emax, d, sc.acc + ra * d);
@@ -191,4 +204,13 @@ void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
     }
     p = p1;
   }
+}
+
+template <class Ops>
+void attention_task(const AttnShape& sh, const AttnTask& task, int64_t pos0, const AttnScratch& sc) {
+  if constexpr (Ops::kTiled) {
+    if (sh.cache_dtype == 1) return attention_loop<Ops, Half>(sh, task, pos0, sc);
+    if (sh.cache_dtype == 2) return attention_loop<Ops, BHalf>(sh, task, pos0, sc);
+  }
+  attention_loop<Ops, float>(sh, task, pos0, sc);
 }

@@ -151,24 +151,30 @@ def test_long_decode_is_split_and_merged():
         for n in (1, 2, 3, 7):
             _C.set_num_threads(n)
             check_all_isas(make_case([(1, 4096)], 9, 3, 64, 16, seed=n))
+            check_all_isas(make_case([(1, 4096)], 9, 3, 64, 16, seed=n, cache_dtype=torch.float16))
+            check_all_isas(make_case([(1, 2100)], 9, 3, 64, 16, seed=n, cache_dtype=torch.bfloat16))
             check_all_isas(make_case([(2, 3001), (1, 700)], 8, 1, 128, 16, seed=n, sliding_window=900))
     finally:
         _C.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("group", [1, 3, 8])
 @pytest.mark.parametrize("d,block_size", [(64, 16), (20, 32), (33, 4), (128, 64)])
-def test_every_row_count_of_a_task(group, d, block_size):
+def test_every_row_count_of_a_task(group, d, block_size, cache_dtype):
     """The AVX-512 path blocks a task's rows (queries x group heads, up to 48) differently for few
     rows (per-key partial sums) and many (a transposed K tile), with remainder blocks of every
     size; tiles of 32 keys are two halves of 16, short tiles reuse their last key's row, head
     dims that are not a multiple of 16 end in masked lanes. q_len 1..7 with GQA groups 1, 3 and 8
     gives tasks of 1-7 rows and multiples of 3 and 8 up to 48 (full 8-row blocks plus every
-    remainder), at a few context lengths, with and without a sliding window."""
+    remainder), at a few context lengths, with and without a sliding window. f16/bf16 caches go
+    through the same kernels reading half-precision K/V (widened in registers, masked tails
+    read only their own lanes: the NaN fill of the spare slots would show otherwise)."""
     for q_len in range(1, 8):
         seqs = [(q_len, q_len), (q_len, 37), (q_len, 70 + q_len)]
-        check_all_isas(make_case(seqs, 2 * group, 2, d, block_size, seed=q_len))
-        check_all_isas(make_case(seqs, 2 * group, 2, d, block_size, seed=q_len, sliding_window=9))
+        check_all_isas(make_case(seqs, 2 * group, 2, d, block_size, cache_dtype=cache_dtype, seed=q_len))
+        check_all_isas(make_case(seqs, 2 * group, 2, d, block_size, cache_dtype=cache_dtype, seed=q_len,
+                                 sliding_window=9))
 
 
 def test_smollm2_prefill_256():
