@@ -5,7 +5,8 @@
 
 
 SmolLM2-135M shapes (9 query heads, 3 KV heads, head dim 64, block size 16): decode (one query)
-at context 128 / 1024 / 4096, and a 256-token prefill. pyllm runs on the paged cache (blocks in
+at context 128 / 1024 / 4096, and a 256-token prefill (plus decode at 4096 over 30 layers' caches
+in turn, memory-bound like a real decode step). pyllm runs on the paged cache (blocks in
 a shuffled order); SDPA runs on K/V already gathered into contiguous [1, H, ctx, D] tensors (the
 gather is not timed), with GQA expanded beforehand. Figures: median microseconds per call over
 `--repeats` rounds (each round times a batch of calls of every candidate in turn, so load swings
@@ -72,8 +73,8 @@ def interleaved_medians(fns: dict, repeats: int, min_time: float = 0.02) -> dict
     return {name: statistics.median(ts) * 1e6 for name, ts in times.items()}
 
 
-def setup(q_len: int, ctx: int, cache_dtype: torch.dtype):
-    g = torch.Generator().manual_seed(0)
+def setup(q_len: int, ctx: int, cache_dtype: torch.dtype, seed: int = 0, sdpa: bool = True):
+    g = torch.Generator().manual_seed(seed)
     nblk = -(-ctx // BS)
     order = torch.randperm(nblk + 8, generator=g)[:nblk]
     k_cache = torch.randn(nblk + 8, BS, HKV, D, generator=g).to(cache_dtype)
@@ -81,6 +82,8 @@ def setup(q_len: int, ctx: int, cache_dtype: torch.dtype):
     q = torch.randn(q_len, HQ, D, generator=g)
     meta = (torch.tensor([0, q_len], dtype=torch.int32), torch.tensor([ctx], dtype=torch.int32),
             order.to(torch.int32)[None, :])
+    if not sdpa:
+        return q, k_cache, v_cache, meta, None, None
     # Contiguous K/V for SDPA: [1, Hq, ctx, D] (GQA expanded), float32 like the query.
     k = k_cache[order].reshape(-1, HKV, D)[:ctx].float().permute(1, 0, 2).repeat_interleave(HQ // HKV, 0)[None]
     v = v_cache[order].reshape(-1, HKV, D)[:ctx].float().permute(1, 0, 2).repeat_interleave(HQ // HKV, 0)[None]
@@ -108,6 +111,27 @@ def bench_case(name: str, q_len: int, ctx: int, repeats: int, cache_dtype: torch
 
 
 CASES = [(f"decode ctx {c}", 1, c) for c in (128, 1024, 4096)] + [("prefill 256", 256, 256)]
+# Decode at ctx 4096 over 30 layers' caches in turn, as in a model's decode step: ~90-180 MB of
+# K/V per round, far beyond the CPU's caches, so this one measures memory traffic (where a
+# half-precision cache pays off), the others mostly compute on cache-resident K/V.
+COLD_CASE, COLD_LAYERS, COLD_CTX = "decode 4096 x30", 30, 4096
+
+
+def cold_decode(cache_dtype: torch.dtype):
+    """A function making one decode call per invocation, on the next of COLD_LAYERS caches."""
+    calls = []
+    for layer in range(COLD_LAYERS):
+        q, k_cache, v_cache, (qs, cl, bt), _, _ = setup(1, COLD_CTX, cache_dtype, seed=layer, sdpa=False)
+        args = (q, k_cache, v_cache, qs, cl, bt, 1 / math.sqrt(D), 0)
+        A.check_attention_metadata(*args)
+        calls.append((args, torch.empty_like(q)))
+    state = [0]
+
+    def call():
+        args, out = calls[state[0]]
+        state[0] = (state[0] + 1) % COLD_LAYERS
+        A.paged_attention(*args, validated=True, out=out)
+    return call
 
 
 def hot_path_times(repeats: int, cache_dtype: torch.dtype) -> dict:
@@ -120,6 +144,7 @@ def hot_path_times(repeats: int, cache_dtype: torch.dtype) -> dict:
         out = torch.empty_like(q)
         times.update(interleaved_medians({name: lambda: A.paged_attention(*args, validated=True, out=out)},
                                          repeats))
+    times.update(interleaved_medians({COLD_CASE: cold_decode(cache_dtype)}, repeats))
     return times
 
 
@@ -134,7 +159,7 @@ def compare_builds(a: argparse.Namespace) -> None:
     print(f"threads {a.threads}, cache {a.cache_dtype}; other build {a.against}; "
           f"median µs per hot-path call over {a.rounds} rounds of alternating processes")
     print(f"{'case':<16}{'other build':>14}{'this build':>14}{'other / this':>14}")
-    for name, _, _ in CASES:
+    for name in [c[0] for c in CASES] + [COLD_CASE]:
         old = statistics.median(r[name] for r in runs["other build"])
         new = statistics.median(r[name] for r in runs["this build"])
         print(f"{name:<16}{old:>14.1f}{new:>14.1f}{old / new:>14.2f}")
@@ -168,6 +193,8 @@ def main() -> None:
         print(f"{r['case']:<16}" + "".join(f"{r[c]:>20.1f}" for c in cols)
               + f"{r['sdpa'] / r['pyllm (hot path)']:>14.2f}{r['reference'] / r['pyllm (hot path)']:>13.1f}"
               + f"{r['max |pyllm - sdpa|']:>10.1e}")
+    cold = interleaved_medians({COLD_CASE: cold_decode(cache_dtype)}, a.repeats)[COLD_CASE]
+    print(f"{COLD_CASE:<16}{cold:>20.1f}   (hot path; a different layer's cache each call)")
 
 
 if __name__ == "__main__":
