@@ -1,5 +1,6 @@
 #include <cstring>
 
+#include "common/cpu_features.h"
 #include "common/half.h"
 #include "kv_cache/kv_cache.h"
 
@@ -7,13 +8,30 @@ namespace pyllm {
 
 namespace {
 
+using NarrowFn = void (*)(const float* src, uint16_t* dst, int64_t n, int dtype);
+
+// The vector float -> f16/bf16 row conversion of this CPU, or nullptr on the baseline path.
+NarrowFn pick_narrow() {
+  switch (cpu_isa()) {
+    case Isa::Avx512: return float_to_half_row_avx512;
+    case Isa::Avx2: return float_to_half_row_avx2;
+    default: return nullptr;
+  }
+}
+
 // One [Hkv * D] row from src (dtype sd) into dst (dtype dd): a copy when the dtypes agree,
-// otherwise through float32 with round-to-nearest-even (as torch's .to() does).
-void copy_row(const void* src, int sd, int64_t src_off, void* dst, int dd, int64_t dst_off, int64_t n) {
+// otherwise through float32 with round-to-nearest-even (as torch's .to() does). float32 into a
+// half cache (the model's case) goes through `narrow` when there is one.
+void copy_row(const void* src, int sd, int64_t src_off, void* dst, int dd, int64_t dst_off, int64_t n,
+              NarrowFn narrow) {
   if (sd == dd) {
     const size_t elem = sd == 0 ? 4 : 2;
     std::memcpy(static_cast<char*>(dst) + dst_off * elem, static_cast<const char*>(src) + src_off * elem,
                 static_cast<size_t>(n) * elem);
+    return;
+  }
+  if (sd == 0 && narrow != nullptr) {
+    narrow(static_cast<const float*>(src) + src_off, static_cast<uint16_t*>(dst) + dst_off, n, dd);
     return;
   }
   for (int64_t i = 0; i < n; ++i) store_from_float(dst, dd, dst_off + i, load_as_float(src, sd, src_off + i));
@@ -25,12 +43,13 @@ namespace {
 
 void write_rows(const void* k, const void* v, int src_dtype, void* k_cache, void* v_cache, int cache_dtype,
                 const int64_t* slots, int64_t T, int64_t row) {
+  const NarrowFn narrow = pick_narrow();
 #pragma omp parallel for schedule(static) if (T * row >= (1 << 16))
   for (int64_t t = 0; t < T; ++t) {
     const int64_t slot = slots[t];
     if (slot < 0) continue;
-    copy_row(k, src_dtype, t * row, k_cache, cache_dtype, slot * row, row);
-    copy_row(v, src_dtype, t * row, v_cache, cache_dtype, slot * row, row);
+    copy_row(k, src_dtype, t * row, k_cache, cache_dtype, slot * row, row, narrow);
+    copy_row(v, src_dtype, t * row, v_cache, cache_dtype, slot * row, row, narrow);
   }
 }
 

@@ -19,6 +19,11 @@ void write_kv_cache_cpu(const TensorView& k, const TensorView& v, const TensorVi
 void write_kv_cache_cpu_ptr(uintptr_t k, uintptr_t v, uintptr_t k_cache, uintptr_t v_cache,
                             uintptr_t slot_mapping, int64_t T, int64_t row, int src_dtype, int cache_dtype);
 
+// Internal: n floats rounded (to nearest even) into f16 (dtype 1) or bf16 (dtype 2) bits, NaN kept
+// NaN; one per instruction set, picked through cpu_isa() by the CPU write.
+void float_to_half_row_avx2(const float* src, uint16_t* dst, int64_t n, int dtype);
+void float_to_half_row_avx512(const float* src, uint16_t* dst, int64_t n, int dtype);
+
 #ifdef PYLLM_WITH_CUDA
 void write_kv_cache_cuda(const TensorView& k, const TensorView& v, const TensorView& k_cache,
                          const TensorView& v_cache, const TensorView& slot_mapping, uintptr_t stream);

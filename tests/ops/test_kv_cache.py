@@ -129,3 +129,39 @@ def test_cuda_matches_reference(params):
     K.write_kv_cache_(*args)
     assert_same(args[2].cpu(), k_cache)
     assert_same(args[3].cpu(), v_cache)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float16, torch.bfloat16])
+def test_float_to_half_rounding_on_every_isa(cache_dtype):
+    """float32 into a half cache (vector paths on AVX2 / AVX-512): the same bits as torch's
+    .to() on ties, denormals, overflow, infinities and signed zeros; NaN (any payload) stays NaN.
+    Rows of 37 elements end in a scalar / masked tail."""
+    from pyllm import _C
+
+    g = torch.Generator().manual_seed(0)
+    specials = [0.0, -0.0, float("inf"), -float("inf"), 65504.0, 65520.0, 65519.99, 1e-8, 5.96e-8, 2.98e-8,
+                6.1e-5, 1e-40, -1e-45, 3.0e38, 3.4e38]
+    bits = torch.randint(-2**31, 2**31 - 1, (4096,), generator=g, dtype=torch.int64).to(torch.int32)
+    # Ties in both formats: a kept part (odd or even) plus exactly half of the dropped part.
+    ties = torch.randint(0, 2**15, (512,), generator=g, dtype=torch.int32)
+    nans = torch.tensor([0x7FC00000, 0x7F800001, 0xFF800001 - 2**32, 0x7FFFFFFF, 0x7F810000], dtype=torch.int32)
+    values = torch.cat([torch.tensor(specials), bits.view(torch.float32), ((ties << 16) | 0x8000).view(torch.float32),
+                        ((ties << 13) | 0x1000).view(torch.float32), nans.view(torch.float32),
+                        torch.randn(1000, generator=g) * 1e-6])
+    n = values.numel() // 37 * 37
+    k = values[:n].reshape(-1, 1, 37)
+    expected = k.to(cache_dtype)
+    before = _C.cpu_isa()
+    try:
+        for isa in ("baseline", "avx2", "avx512"):
+            _C.set_cpu_isa(isa)
+            k_cache = torch.zeros(k.shape[0], 1, 1, 37, dtype=cache_dtype)
+            v_cache = torch.zeros_like(k_cache)
+            K.write_kv_cache_(k, k, k_cache, v_cache, torch.arange(k.shape[0]))
+            got = k_cache.reshape(expected.shape)
+            nan = expected.isnan()
+            assert torch.equal(got.isnan(), nan), _C.cpu_isa()
+            assert torch.equal(got[~nan].view(torch.int16), expected[~nan].view(torch.int16)), _C.cpu_isa()
+            assert torch.equal(v_cache.view(torch.int16), k_cache.view(torch.int16))
+    finally:
+        _C.set_cpu_isa(before)
