@@ -45,7 +45,7 @@ Re-running with the same output file resumes: finished ids are skipped and a tor
                    "(see docs/kernels.md).")
 @click.option("--kv-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
               show_default=True, help="KV-cache element type: half precision halves its memory "
-                                      "and speeds up long contexts; float32 is exact.")
+                                      "(about the same speed here); float32 is exact.")
 def generate(input_path: Path, output_path: Path, model: str, max_num_seqs: int,
              progress: bool | None, int8: bool, kv_dtype: str, **kwargs: Any) -> None:
     base = pop_sampling_params(kwargs)
