@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "attention/attention.h"
+#include "common/avx512_math.h"
 
 namespace pyllm {
 namespace {
@@ -66,27 +67,6 @@ inline __m512 load16(const BHalf* p) { return bf16_widen(_mm256_loadu_si256(rein
 inline __m512 load16(__mmask16 k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
 inline __m512 load16(__mmask16 k, const Half* p) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
 inline __m512 load16(__mmask16 k, const BHalf* p) { return bf16_widen(_mm256_maskz_loadu_epi16(k, p)); }
-
-// e^x for 16 lanes: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two so n ln2 is exact), e^r by
-// its Taylor series to r^7 (relative error < 1e-7 on that range), times 2^n by scalef (which
-// gives 0 for a very negative n). Inputs are clamped below at -104 (e^-104 is 0 in float) so an
-// infinite input cannot make r NaN.
-inline __m512 exp512(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 5040);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
 
 // Lanes [a, e) of a 16-lane vector (a < e, both relative to the vector's first lane).
 inline __mmask16 range_mask(int64_t a, int64_t e) {
@@ -345,13 +325,13 @@ struct Avx512Ops : Avx512Vec {
     const float mt = _mm512_reduce_max_ps(_mm512_max_ps(v0, v1));
     const float m_old = *m, m_new = mt > m_old ? mt : m_old;
     // e^(m_old - m_new): 1 when the max holds; 0 for the first keys (m_old = -inf, clamped).
-    const float corr = m_new == m_old ? 1.0f : _mm512_cvtss_f32(exp512(_mm512_set1_ps(m_old - m_new)));
+    const float corr = m_new == m_old ? 1.0f : _mm512_cvtss_f32(exp_avx512(_mm512_set1_ps(m_old - m_new)));
     const __m512 vm = _mm512_set1_ps(m_new);
-    const __m512 p0 = _mm512_maskz_mov_ps(k0, exp512(_mm512_sub_ps(v0, vm)));
+    const __m512 p0 = _mm512_maskz_mov_ps(k0, exp_avx512(_mm512_sub_ps(v0, vm)));
     _mm512_storeu_ps(s, p0);
     __m512 sum = p0;
     if (n > 16) {
-      const __m512 p1 = _mm512_maskz_mov_ps(k1, exp512(_mm512_sub_ps(v1, vm)));
+      const __m512 p1 = _mm512_maskz_mov_ps(k1, exp_avx512(_mm512_sub_ps(v1, vm)));
       _mm512_storeu_ps(s + 16, p1);
       sum = _mm512_add_ps(sum, p1);
     }

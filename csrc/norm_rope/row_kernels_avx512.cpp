@@ -2,6 +2,7 @@
 // reached when cpu_isa() says the CPU has AVX-512; tails use masked loads and stores.
 #include <immintrin.h>
 
+#include "common/avx512_math.h"
 #include "norm_rope/row_kernels.h"
 
 namespace pyllm {
@@ -10,24 +11,6 @@ namespace norm_rope {
 namespace {
 
 inline __mmask16 tail_mask(int64_t left) { return static_cast<__mmask16>((1u << left) - 1u); }
-
-// e^x as in row_kernels_avx2.cpp (n ln2 + r, Taylor series to r^7), scaled by 2^n with scalef.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 5040);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
 
 double sumsq(const float* x, int64_t n) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0;
@@ -70,7 +53,7 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 m = n - j >= 16 ? 0xffff : tail_mask(n - j);
     const __m512 g = _mm512_maskz_loadu_ps(m, gate + j);
-    const __m512 d = _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)));
+    const __m512 d = _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g)));
     _mm512_mask_storeu_ps(out + j, m, _mm512_mul_ps(_mm512_div_ps(g, d), _mm512_maskz_loadu_ps(m, up + j)));
   }
 }

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <new>
 
+#include "common/thread_scratch.h"
 #include "quant/qlinear.h"
 #include "quant/qlinear_blocks.h"
 
@@ -205,28 +206,8 @@ inline void prepare_q4(const float* x, int64_t chunks, float* out) {
 }
 
 // Per-thread scratch for the prepared activation row (grows to the largest K seen).
-// A per-thread scratch buffer. Not std::vector: this file is compiled with AVX2, and a
-// std::vector<float> instantiated here would be a weak symbol the linker might also hand to
-// baseline code (tests/test_isa_isolation.py).
-struct ScratchBuffer {
-  float* data = nullptr;
-  int64_t size = 0;
-  ScratchBuffer() = default;
-  ScratchBuffer(const ScratchBuffer&) = delete;
-  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
-  ~ScratchBuffer() { std::free(data); }
-};
-
-inline float* prep_buffer(int64_t floats) {
-  thread_local ScratchBuffer buf;
-  if (buf.size < floats) {
-    std::free(buf.data);
-    buf.data = static_cast<float*>(std::malloc(static_cast<size_t>(floats) * sizeof(float)));
-    buf.size = buf.data ? floats : 0;
-    if (!buf.data) throw std::bad_alloc();
-  }
-  return buf.data;
-}
+struct PrepTag;
+inline float* prep_buffer(int64_t floats) { return thread_scratch<float, PrepTag>(static_cast<size_t>(floats), 32); }
 
 template <int QT>
 struct GemvChunk;

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <new>
 
+#include "common/thread_scratch.h"
 #include "quant/qlinear_blocks.h"
 #include "quant/qlinear_int8.h"
 
@@ -22,25 +23,8 @@ namespace {
 constexpr int kRows = 8, kTokens = 4;
 constexpr int kPanelVecs = 10;  // per block: 8 code vectors, d[8], m[8] (Q4_1)
 
-struct PanelScratch {  // malloc, not std::vector: see qlinear_avx2.cpp
-  __m256i* data = nullptr;
-  int64_t vecs = 0;
-  PanelScratch() = default;
-  PanelScratch(const PanelScratch&) = delete;
-  PanelScratch& operator=(const PanelScratch&) = delete;
-  ~PanelScratch() { std::free(data); }
-};
-
-__m256i* panel_buffer(int64_t vecs) {
-  thread_local PanelScratch buf;
-  if (buf.vecs < vecs) {
-    std::free(buf.data);
-    buf.data = static_cast<__m256i*>(std::aligned_alloc(32, static_cast<size_t>(vecs) * 32));
-    buf.vecs = buf.data ? vecs : 0;
-    if (!buf.data) throw std::bad_alloc();
-  }
-  return buf.data;
-}
+struct PanelTag;
+__m256i* panel_buffer(int64_t vecs) { return thread_scratch<__m256i, PanelTag>(static_cast<size_t>(vecs), 32); }
 
 inline int32_t load_i32(const void* p) {
   int32_t v;

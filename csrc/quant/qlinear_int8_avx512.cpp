@@ -17,6 +17,7 @@
 #include <cstring>
 #include <new>
 
+#include "common/thread_scratch.h"
 #include "quant/qlinear_blocks.h"
 #include "quant/qlinear_int8.h"
 
@@ -33,26 +34,8 @@ constexpr int kRows = 16, kTokens = 8;
 // The same bytes a block takes in the GGUF rows, give or take the Q8_0 sums.
 constexpr int panel_vecs(int qt) { return qt == kQ8_0 ? 10 : 5; }
 
-// Per-thread 64-byte-aligned scratch (malloc, not std::vector: see qlinear_avx2.cpp).
-struct PanelScratch {
-  __m512i* data = nullptr;
-  int64_t vecs = 0;
-  PanelScratch() = default;
-  PanelScratch(const PanelScratch&) = delete;
-  PanelScratch& operator=(const PanelScratch&) = delete;
-  ~PanelScratch() { std::free(data); }
-};
-
-__m512i* panel_buffer(int64_t vecs) {
-  thread_local PanelScratch buf;
-  if (buf.vecs < vecs) {
-    std::free(buf.data);
-    buf.data = static_cast<__m512i*>(std::aligned_alloc(64, static_cast<size_t>(vecs) * 64));
-    buf.vecs = buf.data ? vecs : 0;
-    if (!buf.data) throw std::bad_alloc();
-  }
-  return buf.data;
-}
+struct PanelTag;
+__m512i* panel_buffer(int64_t vecs) { return thread_scratch<__m512i, PanelTag>(static_cast<size_t>(vecs), 64); }
 
 inline int32_t load_i32(const void* p) {
   int32_t v;
