@@ -26,7 +26,7 @@ from pyllm.errors import ContextLengthError
 from pyllm.generation import GenerationResult, ScoredToken, StreamEvent, score_ids
 from pyllm.model.loader import LoadedModel, load_model
 from pyllm.sampling_params import SamplingParams
-from pyllm.types import Message, Tokenizer
+from pyllm.types import KV_DTYPES, Message, Tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyllm.engine.frontend import EngineFrontend
@@ -35,7 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 Prompt = Union[str, Sequence[Message], Sequence[int]]
 
 TRUNCATE_POLICIES = (None, "left")
-KV_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def load(name_or_path: str | Path | None = None, device: str = "cpu", *,
@@ -63,7 +62,7 @@ class LLM:
     """A loaded model with its tokenizer and chat template."""
 
     def __init__(self, loaded: LoadedModel, tokenizer: Tokenizer, chat_template: ChatTemplate,
-                 name: str | None = None) -> None:
+                 name: str | None = None, kv_dtype: str = "float32") -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.config = loaded.config
@@ -72,7 +71,7 @@ class LLM:
         self.name = name or loaded.path.name
         self._engine: EngineFrontend | None = None
         self._engine_config: EngineConfig | None = None
-        self.kv_dtype = "float32"  # the KV-cache's element type (one of KV_DTYPES)
+        self.kv_dtype = kv_dtype  # the KV-cache's element type (one of KV_DTYPES)
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "cpu", *,
@@ -106,9 +105,7 @@ class LLM:
             template = ChatTemplate.from_gguf_metadata(loaded.metadata, **special)
         else:
             template = ChatTemplate.from_hf_folder(loaded.path, **special)
-        llm = cls(loaded, tok, template)
-        llm.kv_dtype = kv_dtype
-        return llm
+        return cls(loaded, tok, template, kv_dtype=kv_dtype)
 
     # ------------------------------------------------------------------ properties
 

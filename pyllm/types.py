@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, TypedDict, runtime_checkable
 
+# The KV-cache element types a model can be loaded with (pyllm.load(kv_dtype=...), --kv-dtype).
+KV_DTYPES = ("float32", "float16", "bfloat16")
+
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 

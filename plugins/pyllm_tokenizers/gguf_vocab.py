@@ -111,17 +111,14 @@ def read_vocab(metadata: Mapping[str, Any], *, expect_model: str | Sequence[str]
     if raw_types is None:
         types = [NORMAL] * n
     else:
-        if isinstance(raw_types, np.ndarray) and raw_types.dtype.kind in "iu":  # GGUF's arrays
-            bad = ~np.isin(raw_types, list(TOKEN_TYPES))
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise ModelFormatError(f"{types_key}[{i}]: unknown token type {int(raw_types[i])}")
-            types = raw_types.tolist()
-        else:
-            types = [int(t) for t in _as_list(raw_types, types_key)]
-            for i, t in enumerate(types):
-                if t not in TOKEN_TYPES:
-                    raise ModelFormatError(f"{types_key}[{i}]: unknown token type {t}")
+        # GGUF gives an integer array already; anything else (tests' metadata) goes through int().
+        arr = raw_types if isinstance(raw_types, np.ndarray) and raw_types.dtype.kind in "iu" else \
+            np.array([int(t) for t in _as_list(raw_types, types_key)], dtype=np.int64)
+        bad = ~np.isin(arr, list(TOKEN_TYPES))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ModelFormatError(f"{types_key}[{i}]: unknown token type {int(arr[i])}")
+        types = arr.tolist()
         if len(types) != n:
             raise ModelFormatError(
                 f"{types_key}: {len(types)} entries for {n} tokens ({PREFIX}tokens)"

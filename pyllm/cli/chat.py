@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from pyllm.cli.options import kv_dtype_option
+
 # The REPL's sampling defaults: tamer than SamplingParams() (temperature 1, no filter), which suits
 # small chat models badly. Every one can be changed by an option here or /set in the REPL.
 CHAT_DEFAULTS: dict[str, Any] = {
@@ -71,8 +73,7 @@ def chat_params(overrides: dict[str, Any], extra: tuple[str, ...] = ()) -> Any:
 @click.option("--int8", is_flag=True,
               help="Run the CPU matmuls on int8-quantized activations: faster replies, logits "
                    "off by ~0.15 on average (see docs/kernels.md).")
-@click.option("--kv-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
-              show_default=True, help="KV-cache element type (half precision: half the memory).")
+@kv_dtype_option("KV-cache element type (half precision: half the memory).")
 def chat(model: str, system: str | None, context_length: int | None, stop: tuple[str, ...],
          extra: tuple[str, ...], no_markdown: bool, no_history: bool, int8: bool, kv_dtype: str,
          **sampling: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pyllm.cli.options import pop_sampling_params, sampling_options
+from pyllm.cli.options import kv_dtype_option, pop_sampling_params, sampling_options
 
 HELP = """Generate a completion for every record of a JSONL file.
 
@@ -43,9 +43,8 @@ Re-running with the same output file resumes: finished ids are skipped and a tor
               help="Run the prefill and batched-decode matmuls on int8-quantized activations "
                    "(CPU, Q4/Q8 models): 2-3x faster batches, logits off by ~0.15 on average "
                    "(see docs/kernels.md).")
-@click.option("--kv-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
-              show_default=True, help="KV-cache element type: half precision halves its memory "
-                                      "(about the same speed here); float32 is exact.")
+@kv_dtype_option("KV-cache element type: half precision halves its memory (about the same "
+                 "speed here); float32 is exact.")
 def generate(input_path: Path, output_path: Path, model: str, max_num_seqs: int,
              progress: bool | None, int8: bool, kv_dtype: str, **kwargs: Any) -> None:
     base = pop_sampling_params(kwargs)

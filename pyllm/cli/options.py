@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from pyllm.types import KV_DTYPES
+
 # SamplingParams field -> (flag, type, help)
 SAMPLING_OPTIONS: dict[str, tuple[str, type, str]] = {
     "max_tokens": ("--max-tokens", int, "most tokens to generate"),
@@ -60,3 +62,9 @@ def pop_sampling_params(kwargs: dict[str, Any], defaults: Mapping[str, Any] | No
             raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--set")
         values[name.strip().replace("-", "_")] = value
     return SamplingParams.from_mapping(values)
+
+
+def kv_dtype_option(help_: str) -> Callable[[Any], Any]:
+    """`--kv-dtype`: the KV-cache element type the model is loaded with (pyllm.load(kv_dtype=...))."""
+    return click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="float32", show_default=True,
+                        help=help_)

@@ -94,8 +94,7 @@ class Scheduler:
             batch.preempted.append(victim)
             if victim is seq:
                 return False
-        if copies:
-            batch.copies.extend(copies)
+        batch.copies.extend(copies)
         return True
 
     def preempt(self, seq: Sequence) -> None:
