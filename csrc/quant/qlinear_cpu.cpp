@@ -178,8 +178,7 @@ bool int8_path(const QLinearArgs& a) {
 // Per-thread buffers of the quantized activations (grown to the largest call seen).
 struct Int8Buffers {
   std::vector<int8_t> q;
-  std::vector<uint8_t> u;
-  std::vector<float> scale, sum;
+  std::vector<float> scale;
   std::vector<int32_t> qsum;
 };
 
@@ -187,20 +186,14 @@ void run_int8(const QLinearArgs& a) {
   thread_local Int8Buffers buf;
   const int64_t blocks = a.K / kQBlock;
   const size_t codes = static_cast<size_t>(a.T * a.K), nb = static_cast<size_t>(a.T * blocks);
-  if (buf.q.size() < codes) {
-    buf.q.resize(codes);
-    buf.u.resize(codes);
-  }
+  if (buf.q.size() < codes) buf.q.resize(codes);
   if (buf.scale.size() < nb) {
     buf.scale.resize(nb);
-    buf.sum.resize(nb);
     buf.qsum.resize(nb);
   }
   Int8Acts acts;
   acts.q = buf.q.data();
-  acts.u = buf.u.data();
   acts.scale = buf.scale.data();
-  acts.sum = buf.sum.data();
   acts.qsum = buf.qsum.data();
   acts.K = a.K;
   acts.blocks = blocks;

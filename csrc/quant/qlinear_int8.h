@@ -27,9 +27,7 @@ namespace pyllm {
 // One call's quantized activations: T rows of K codes, K / 32 blocks a row.
 struct Int8Acts {
   const int8_t* q = nullptr;    // [T, K] codes
-  const uint8_t* u = nullptr;   // [T, K] codes + 128 (as unsigned bytes; for Q8_0 weights)
   const float* scale = nullptr; // [T, K/32]
-  const float* sum = nullptr;   // [T, K/32] scale * (sum of the codes): sum of x_hat over the block
   const int32_t* qsum = nullptr;  // [T, K/32] sum of the codes over the block
   int64_t K = 0, blocks = 0;
 };

@@ -37,6 +37,9 @@ constexpr int panel_vecs(int qt) { return qt == kQ8_0 ? 10 : 5; }
 struct PanelTag;
 __m512i* panel_buffer(int64_t vecs) { return thread_scratch<__m512i, PanelTag>(static_cast<size_t>(vecs), 64); }
 
+// XOR with this adds 128 to each of four int8 codes, giving them as unsigned bytes.
+constexpr int32_t kFlip = static_cast<int32_t>(0x80808080u);
+
 inline int32_t load_i32(const void* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
@@ -86,13 +89,12 @@ void micro(const Int8Acts& q, int64_t t, int64_t blocks, const __m512i* panel, f
   constexpr int V = panel_vecs(QT);
   __m512 accf[MT];
   for (int i = 0; i < MT; ++i) accf[i] = _mm512_setzero_ps();
-  const uint8_t* xs[MT];
-  for (int i = 0; i < MT; ++i)
-    xs[i] = QT == kQ8_0 ? q.u + (t + i) * q.K : reinterpret_cast<const uint8_t*>(q.q + (t + i) * q.K);
+  const int8_t* xs[MT];
+  for (int i = 0; i < MT; ++i) xs[i] = q.q + (t + i) * q.K;
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   for (int64_t b = 0; b < blocks; ++b) {
     const __m512i* pb = panel + b * V;
-    const uint8_t* xb[MT];
+    const int8_t* xb[MT];
     for (int i = 0; i < MT; ++i) xb[i] = xs[i] + b * kQBlock;
     __m512i acci[MT];
     // Start each block's integer sum at its correction term, so the sum comes out exact:
@@ -110,8 +112,8 @@ void micro(const Int8Acts& q, int64_t t, int64_t blocks, const __m512i* panel, f
       for (int j = 0; j < 8; ++j) {
         const __m512i w = _mm512_load_si512(pb + j);
 #pragma GCC unroll 8
-        for (int i = 0; i < MT; ++i)  // u8 activations x s8 weights
-          acci[i] = _mm512_dpbusd_epi32(acci[i], _mm512_set1_epi32(load_i32(xb[i] + 4 * j)), w);
+        for (int i = 0; i < MT; ++i)  // u8 activations (codes + 128: the sign bit flipped) x s8 weights
+          acci[i] = _mm512_dpbusd_epi32(acci[i], _mm512_set1_epi32(load_i32(xb[i] + 4 * j) ^ kFlip), w);
       }
     } else {
 #pragma GCC unroll 4
@@ -131,7 +133,7 @@ void micro(const Int8Acts& q, int64_t t, int64_t blocks, const __m512i* panel, f
     for (int i = 0; i < MT; ++i) {
       const int64_t at = (t + i) * blocks + b;
       accf[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[i]), _mm512_mul_ps(d, _mm512_set1_ps(q.scale[at])), accf[i]);
-      if constexpr (QT == kQ4_1) accf[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(q.sum[at]), accf[i]);
+      if constexpr (QT == kQ4_1) accf[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(q.scale[at] * static_cast<float>(q.qsum[at])), accf[i]);
     }
   }
   const __m512 bv = bias ? _mm512_maskz_loadu_ps(live, bias) : _mm512_setzero_ps();
@@ -184,11 +186,9 @@ void pack_all(const QLinearArgs& a, uint8_t* dst) {
 
 void quantize_acts_avx512(const float* x, int64_t ldx, int64_t t0, int64_t t1, const Int8Acts& acts) {
   const __m512 sign = _mm512_set1_ps(-0.0f);
-  const __m128i flip = _mm_set1_epi8(static_cast<char>(0x80));
   for (int64_t t = t0; t < t1; ++t) {
     const float* xr = x + t * ldx;
     int8_t* q = const_cast<int8_t*>(acts.q) + t * acts.K;
-    uint8_t* u = const_cast<uint8_t*>(acts.u) + t * acts.K;
     for (int64_t b = 0; b < acts.blocks; ++b) {
       const __m512 lo = _mm512_loadu_ps(xr + b * kQBlock), hi = _mm512_loadu_ps(xr + b * kQBlock + 16);
       const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, lo), _mm512_andnot_ps(sign, hi)));
@@ -200,14 +200,9 @@ void quantize_acts_avx512(const float* x, int64_t ldx, int64_t t0, int64_t t1, c
       const __m128i blo = _mm512_cvtepi32_epi8(qlo), bhi = _mm512_cvtepi32_epi8(qhi);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQBlock), blo);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQBlock + 16), bhi);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(u + b * kQBlock), _mm_xor_si128(blo, flip));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(u + b * kQBlock + 16), _mm_xor_si128(bhi, flip));
       const int64_t at = t * acts.blocks + b;
-      const float scale = amax / 127.0f;
-      const int32_t qsum = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
-      const_cast<float*>(acts.scale)[at] = scale;
-      const_cast<float*>(acts.sum)[at] = scale * static_cast<float>(qsum);
-      const_cast<int32_t*>(acts.qsum)[at] = qsum;
+      const_cast<float*>(acts.scale)[at] = amax / 127.0f;
+      const_cast<int32_t*>(acts.qsum)[at] = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
     }
   }
 }

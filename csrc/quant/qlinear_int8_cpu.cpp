@@ -16,7 +16,6 @@ void quantize_acts_baseline(const float* x, int64_t ldx, int64_t t0, int64_t t1,
   for (int64_t t = t0; t < t1; ++t) {
     const float* xr = x + t * ldx;
     int8_t* q = const_cast<int8_t*>(acts.q) + t * acts.K;
-    uint8_t* u = const_cast<uint8_t*>(acts.u) + t * acts.K;
     for (int64_t b = 0; b < acts.blocks; ++b) {
       const float* xb = xr + b * kQBlock;
       float amax = 0.f;
@@ -26,13 +25,10 @@ void quantize_acts_baseline(const float* x, int64_t ldx, int64_t t0, int64_t t1,
       for (int i = 0; i < kQBlock; ++i) {
         const int v = static_cast<int>(std::nearbyint(xb[i] * inv));  // half to even
         q[b * kQBlock + i] = static_cast<int8_t>(v);
-        u[b * kQBlock + i] = static_cast<uint8_t>(v + 128);
         qsum += v;
       }
       const int64_t at = t * acts.blocks + b;
-      const float scale = amax / 127.0f;
-      const_cast<float*>(acts.scale)[at] = scale;
-      const_cast<float*>(acts.sum)[at] = scale * static_cast<float>(qsum);
+      const_cast<float*>(acts.scale)[at] = amax / 127.0f;
       const_cast<int32_t*>(acts.qsum)[at] = qsum;
     }
   }
@@ -60,7 +56,7 @@ void qlinear_int8_tile_baseline(const QLinearArgs& a, const Int8Acts& q, int64_t
           for (int j = 0; j < 16; ++j) dot += (codes[j] & 0x0F) * xb[j] + (codes[j] >> 4) * xb[16 + j];
           if (a.qtype == kQ4_0) dot -= 8 * q.qsum[at];
           acc += static_cast<float>(dot) * (d * q.scale[at]);
-          if (a.qtype == kQ4_1) acc += load_f16(p + 2) * q.sum[at];
+          if (a.qtype == kQ4_1) acc += load_f16(p + 2) * (q.scale[at] * static_cast<float>(q.qsum[at]));
         }
       }
       if (a.bias) acc += a.bias[n];
