@@ -8,14 +8,13 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <cstring>
 #include <vector>
 
 #include "attention/attention.h"
 #include "common/cpu_features.h"
 #include "common/half.h"
+#include "common/stall_guard.h"
 
 namespace pyllm {
 
@@ -58,42 +57,11 @@ constexpr int64_t kRowsTarget = 48;     // query rows (queries x group heads) pe
 constexpr int64_t kMinSplitKeys = 256;  // the fewest keys worth a task of their own
 constexpr int64_t kParallelWork = 1 << 18;  // below this many multiply-adds, stay on one thread
 
-// When another process holds a core, a worker woken for a parallel region can start a scheduler
-// tick or more late (milliseconds, here, against tens of µs for a decode's attention on one
-// core), and the master waits for it at the region's closing barrier. So the driver times how
-// long the master waits beyond its own share of the work; after a region with such a stall the
-// next calls run on one thread (the same task list, split or not: the same results), for a
-// window that doubles while the stalls go on (up to 65536 calls) and resets after a clean region.
-// On an idle machine no region stalls and every large call is parallel.
-class StallGuard {
- public:
-  bool solo() {
-    if (solo_left_.load(std::memory_order_relaxed) <= 0) return false;
-    solo_left_.fetch_sub(1, std::memory_order_relaxed);
-    return true;
-  }
-  void record(double own_s, double wait_s) {
-    if (wait_s > 200e-6 && wait_s > 4.0 * own_s) {
-      const int64_t w = window_.load(std::memory_order_relaxed);
-      solo_left_.store(w, std::memory_order_relaxed);
-      window_.store(std::min<int64_t>(2 * w, int64_t{1} << 16), std::memory_order_relaxed);
-    } else {
-      window_.store(64, std::memory_order_relaxed);
-    }
-  }
-
- private:
-  std::atomic<int64_t> solo_left_{0};
-  std::atomic<int64_t> window_{64};
-};
-
+// One thread for a while after a stalled parallel region (see common/stall_guard.h); the same
+// task list runs either way (split or not), so the results do not change.
 StallGuard& stall_guard() {
   static StallGuard guard;
   return guard;
-}
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 AttnTaskFn pick_task_fn() {

@@ -2,13 +2,11 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <cstdlib>
-#include <string>
 #include <vector>
 
 #include "common/cpu_features.h"
+#include "common/stall_guard.h"
 #include "quant/qlinear.h"
 #include "quant/qlinear_blocks.h"
 #include "quant/qlinear_int8.h"
@@ -81,44 +79,10 @@ QLinearTileFn pick_kernel() {
 
 namespace {
 
-// When another process holds the other core, a thread woken for a parallel region can wait for a
-// scheduler tick or more (measured here: 8-16 ms a call, while the master spins at the closing
-// barrier), against ~25 µs for the whole GEMV on one core. So the driver watches how long the
-// master waits in each region: a wait far beyond its own share of the work means a
-// late worker, and the next calls run on one thread (a window that doubles while the stalls go
-// on, up to ~65k calls, and resets after a region without one). On an idle machine no region
-// stalls and every call is parallel. PYLLM_QLINEAR_ADAPTIVE=0 turns this off.
-struct StallGuard {
-  std::atomic<int64_t> solo_left{0};
-  std::atomic<int64_t> window{64};
-  bool enabled = true;
-  StallGuard() {
-    if (const char* env = std::getenv("PYLLM_QLINEAR_ADAPTIVE")) enabled = std::string(env) != "0";
-  }
-  bool solo() {
-    if (!enabled || solo_left.load(std::memory_order_relaxed) <= 0) return false;
-    solo_left.fetch_sub(1, std::memory_order_relaxed);
-    return true;
-  }
-  void record(double master_work_s, double master_wait_s) {
-    if (!enabled) return;
-    if (master_wait_s > 200e-6 && master_wait_s > 4.0 * master_work_s) {
-      const int64_t w = window.load(std::memory_order_relaxed);
-      solo_left.store(w, std::memory_order_relaxed);
-      window.store(std::min<int64_t>(w * 2, int64_t{1} << 16), std::memory_order_relaxed);
-    } else {
-      window.store(64, std::memory_order_relaxed);
-    }
-  }
-};
-
+// PYLLM_QLINEAR_ADAPTIVE=0 turns the stall fallback off (see common/stall_guard.h).
 StallGuard& stall_guard() {
-  static StallGuard guard;
+  static StallGuard guard("PYLLM_QLINEAR_ADAPTIVE");
   return guard;
-}
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 }  // namespace
