@@ -40,11 +40,23 @@ void paged_attention_cuda(const TensorView& q, const TensorView& k_cache, const 
 
 // ---- internals shared by the CPU driver and its per-ISA inner loops -------------------------
 
-// One unit of CPU work: queries [i0, i1) of sequence b (indices within the sequence), KV head g,
-// cache positions [c0, c1). Rows are r = (i - i0) * group + (h - g * group).
+// One unit of CPU work: queries [i0, i1) of sequence b (indices within the sequence), KV heads
+// [g, g + ng), cache positions [c0, c1). Rows are grouped by KV head, then query, then head in the
+// group: r = (kv - g) * rows_g + (i - i0) * group + (h - kv * group), rows_g = (i1 - i0) * group.
+// A task with every KV head (ng = Hkv: decode and short chunks) reads each tile's K and V rows of
+// all heads, which lie next to each other in the cache, as one contiguous range.
 struct AttnTask {
-  int64_t b = 0, g = 0, i0 = 0, i1 = 0, c0 = 0, c1 = 0;
+  int64_t b = 0, g = 0, ng = 1, i0 = 0, i1 = 0, c0 = 0, c1 = 0;
   int64_t partial = -1;  // slot in the split-K partial buffer, or -1: write the output directly
+
+  int64_t rows_per_head(int64_t group) const { return (i1 - i0) * group; }
+  int64_t rows(int64_t group) const { return rows_per_head(group) * ng; }
+  // Element offset of row r's query (and output) row in q [T, Hq, D], for a chunk whose first
+  // query is token row `row0`.
+  int64_t qkv_offset(int64_t r, int64_t row0, int64_t group, int64_t hq, int64_t d) const {
+    const int64_t rows_g = rows_per_head(group), kv = g + r / rows_g, rr = r % rows_g;
+    return ((row0 + rr / group) * hq + kv * group + rr % group) * d;
+  }
 };
 
 struct AttnShape {

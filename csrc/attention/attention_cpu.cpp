@@ -175,15 +175,17 @@ void run(const AttnCall& c, const AttnShape& sh) {
   const int32_t* qstart = c.query_start;
   const int32_t* ctxs = c.context_lens;
 
-  // Base tasks: (sequence, KV head, chunk of queries) over the keys the chunk can see.
+  // Base tasks: (sequence, chunk of queries, KV heads) over the keys the chunk can see. A chunk
+  // whose rows for every KV head fit kRowsTarget (decode, short chunks) is one task for all
+  // heads, reading each tile's rows of all heads as one contiguous range; longer chunks get a
+  // task per KV head.
   const int64_t chunk = std::max<int64_t>(1, kRowsTarget / sh.group);
   std::vector<AttnTask> base;
-  int64_t max_chunk = 0;  // the most queries in one task
+  int64_t rows_max = 0;  // the most rows in one task
   for (int64_t b = 0; b < B; ++b) {
     const int64_t q_len = qstart[b + 1] - qstart[b], ctx = ctxs[b];
     for (int64_t i0 = 0; i0 < q_len; i0 += chunk) {
       const int64_t i1 = std::min(q_len, i0 + chunk);
-      max_chunk = std::max(max_chunk, i1 - i0);
       const int64_t first = ctx - q_len + i0;
       AttnTask t;
       t.b = b;
@@ -191,7 +193,9 @@ void run(const AttnCall& c, const AttnShape& sh) {
       t.i1 = i1;
       t.c0 = sliding_window > 0 ? std::max<int64_t>(0, first - sliding_window + 1) : 0;
       t.c1 = ctx - q_len + i1;
-      for (int64_t g = 0; g < hkv; ++g) {
+      t.ng = t.rows_per_head(sh.group) * hkv <= kRowsTarget ? hkv : 1;
+      rows_max = std::max(rows_max, t.rows(sh.group));
+      for (int64_t g = 0; g < hkv; g += t.ng) {
         t.g = g;
         base.push_back(t);
       }
@@ -202,7 +206,7 @@ void run(const AttnCall& c, const AttnShape& sh) {
 
   // Threads only for enough work to pay for waking them (and for the merge when splitting).
   int64_t work = 0;
-  for (const AttnTask& t : base) work += (t.i1 - t.i0) * sh.group * (t.c1 - t.c0) * d;
+  for (const AttnTask& t : base) work += t.rows(sh.group) * (t.c1 - t.c0) * d;
   const int threads = work >= kParallelWork ? omp_get_max_threads() : 1;
 
   // Split long key ranges when the base tasks cannot fill the threads (flash-decoding).
@@ -231,7 +235,6 @@ void run(const AttnCall& c, const AttnShape& sh) {
     groups.emplace_back(first, static_cast<int64_t>(tasks.size()) - first);
   }
 
-  const int64_t rows_max = max_chunk * sh.group;
   const int64_t part_stride = rows_max * (d + 2);  // per split task: m[rows], l[rows], acc[rows, d]
   std::vector<float> partial(static_cast<size_t>(n_partial * part_stride));  // small: split tasks only
   const AttnTaskFn task_fn = pick_task_fn();
@@ -279,10 +282,10 @@ void run(const AttnCall& c, const AttnShape& sh) {
       const int64_t q_len = qstart[t.b + 1] - qstart[t.b];
       const int64_t pos0 = ctxs[t.b] - q_len + t.i0;
       const int64_t row0 = qstart[t.b] + t.i0;  // first token row of the chunk
-      const int64_t rows = (t.i1 - t.i0) * sh.group;
-      // Query rows of the group, scaled, as float: row r = (i - i0) * group + head-in-group.
+      const int64_t rows = t.rows(sh.group);
+      // The task's query rows (see AttnTask for their order), scaled, as float.
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t src = ((row0 + r / sh.group) * hq + t.g * sh.group + r % sh.group) * d;
+        const int64_t src = t.qkv_offset(r, row0, sh.group, hq, d);
         float* qr = qbuf + r * d;
         if (q_dtype == 0) {
           const float* qs = static_cast<const float*>(c.q) + src;
@@ -294,7 +297,7 @@ void run(const AttnCall& c, const AttnShape& sh) {
       task_fn(sh, t, pos0, sc);
       if (t.partial < 0) {
         for (int64_t r = 0; r < rows; ++r) {
-          const int64_t dst = ((row0 + r / sh.group) * hq + t.g * sh.group + r % sh.group) * d;
+          const int64_t dst = t.qkv_offset(r, row0, sh.group, hq, d);
           const float inv = 1.0f / l[r];
           if (out_dtype == 0) {
             float* o = static_cast<float*>(c.out) + dst;
@@ -319,7 +322,7 @@ void run(const AttnCall& c, const AttnShape& sh) {
       const int64_t first = groups[gi].first, count = groups[gi].second;
       const AttnTask& t = tasks[first];
       const int64_t row0 = qstart[t.b] + t.i0;
-      const int64_t rows = (t.i1 - t.i0) * sh.group;
+      const int64_t rows = t.rows(sh.group);
       for (int64_t r = 0; r < rows; ++r) {
         float mx = -__builtin_inff();
         for (int64_t k = 0; k < count; ++k)
@@ -335,7 +338,7 @@ void run(const AttnCall& c, const AttnShape& sh) {
           const float* pa = part + 2 * rows_max + r * d;
           for (int64_t j = 0; j < d; ++j) a[j] += pa[j] * w;
         }
-        const int64_t dst = ((row0 + r / sh.group) * hq + t.g * sh.group + r % sh.group) * d;
+        const int64_t dst = t.qkv_offset(r, row0, sh.group, hq, d);
         const float inv = 1.0f / total;
         for (int64_t j = 0; j < d; ++j) store_from_float(c.out, out_dtype, dst + j, a[j] * inv);
       }

@@ -86,17 +86,19 @@ inline int64_t tile_len(int64_t bs, int64_t p, int64_t c1) {
   return p + n > c1 ? c1 - p : n;
 }
 
-// Asks for the K and V rows of the tile starting at position p (< c1) to be brought into the
-// cache. Blocks lie in the pool in any order, so the hardware prefetcher cannot see a tile coming.
-inline void prefetch_tile(const AttnShape& sh, const int32_t* table, int64_t p, int64_t c1, int64_t g) {
+// Asks for the K and V rows of KV heads [g, g + ng) of the tile starting at position p (< c1) to
+// be brought into the cache. Blocks lie in the pool in any order, so the hardware prefetcher
+// cannot see a tile coming.
+inline void prefetch_tile(const AttnShape& sh, const int32_t* table, int64_t p, int64_t c1, int64_t g,
+                          int64_t ng) {
   const int64_t bs = sh.block_size, off = p % bs, n = tile_len(bs, p, c1);
   const int64_t esize = sh.cache_dtype == 0 ? 4 : 2;
-  const int64_t row_bytes = sh.d * esize, stride = sh.hkv * row_bytes;
+  const int64_t row_bytes = sh.d * esize, stride = sh.hkv * row_bytes, span = ng * row_bytes;
   const int64_t base = ((static_cast<int64_t>(table[p / bs]) * bs + off) * sh.hkv + g) * row_bytes;
   const char* k = static_cast<const char*>(sh.k_cache) + base;
   const char* v = static_cast<const char*>(sh.v_cache) + base;
   for (int64_t j = 0; j < n; ++j)
-    for (int64_t b = 0; b < row_bytes; b += 64) {
+    for (int64_t b = 0; b < span; b += 64) {
       __builtin_prefetch(k + j * stride + b, 0, 3);
       __builtin_prefetch(v + j * stride + b, 0, 3);
     }
@@ -121,15 +123,79 @@ inline const KV* tile_rows(const void* cache, int dtype, int64_t base, int64_t r
   return static_cast<const KV*>(cache) + base;
 }
 
+// One tile (positions [p, p + n), starting at element `base` of the caches) for the rows of one
+// KV head: the scratch pointers of `sc` point at that head's rows_g rows.
+template <class Ops, class KV>
+void tile_step(const AttnShape& sh, const AttnScratch& sc, int64_t rows, int64_t p, int64_t n, int64_t base) {
+  const int64_t d = sh.d, p1 = p + n;
+  const int64_t row_stride = sh.hkv * d;  // elements between consecutive positions of one head
+
+  // Rows that see some position of this tile: [ra, rb). lo and hi never decrease with r.
+  int64_t ra = 0, rb = rows;
+  while (ra < rows && sc.hi[ra] <= p) ++ra;
+  while (rb > ra && sc.lo[rb - 1] >= p1) --rb;
+  if (ra >= rb) return;
+
+  // Row r sees tile positions [a, e) (relative to p); nothing outside them is read.
+  int64_t kstride, vstride;
+  const KV* krows = tile_rows<Ops, KV>(sh.k_cache, sh.cache_dtype, base, row_stride, n, d, sc.kt, &kstride);
+
+  // Scores, then the online softmax update; s becomes exp(s - m) (0 where the row sees nothing).
+  if constexpr (Ops::kTiled)
+    Ops::scores_tile(sc.q + ra * d, rb - ra, krows, kstride, n, d, sc.s + ra * kAttnTile, kAttnTile, sc.kT);
+  int64_t amin = n, emax = 0;  // the union of the rows' visible ranges
+  for (int64_t r = ra; r < rb; ++r) {
+    const int64_t a = (sc.lo[r] > p ? sc.lo[r] : p) - p;
+    const int64_t e = (sc.hi[r] < p1 ? sc.hi[r] : p1) - p;
+    float* s = sc.s + r * kAttnTile;
+    if (a >= e) {
+      if constexpr (Ops::kTiled)
+        for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
+      continue;
+    }
+    if constexpr (Ops::kTiled) {
+      const float corr = Ops::softmax_row(s, a, e, n, sc.m + r, sc.l + r);
+      if (corr != 1.0f) Ops::scal(sc.acc + r * d, corr, d);
+      amin = a < amin ? a : amin;
+      emax = e > emax ? e : emax;
+    } else {
+      Ops::scores_row(sc.q + r * d, krows, kstride, a, e, d, s);
+      const float mt = Ops::max_row(s, a, e);
+      if (mt > sc.m[r]) {
+        if (sc.m[r] != -__builtin_inff()) {
+          const float corr = __builtin_expf(sc.m[r] - mt);
+          sc.l[r] *= corr;
+          Ops::scal(sc.acc + r * d, corr, d);
+        }
+        sc.m[r] = mt;
+      }
+      sc.l[r] += Ops::exp_row(s, a, e, sc.m[r]);
+    }
+  }
+
+  // acc_r += sum over the positions row r sees of p[r, j] * v_j.
+  const KV* vrows = tile_rows<Ops, KV>(sh.v_cache, sh.cache_dtype, base, row_stride, n, d, sc.vt, &vstride);
+  if constexpr (Ops::kTiled) {
+    if (amin < emax)
+      Ops::pv_tile(sc.s + ra * kAttnTile, kAttnTile, rb - ra, vrows, vstride, amin, emax, d, sc.acc + ra * d);
+  } else {
+    for (int64_t r = ra; r < rb; ++r) {
+      const int64_t a = (sc.lo[r] > p ? sc.lo[r] : p) - p;
+      const int64_t e = (sc.hi[r] < p1 ? sc.hi[r] : p1) - p;
+      if (a >= e) continue;
+      Ops::pv_row(sc.s + r * kAttnTile, vrows, vstride, a, e, d, sc.acc + r * d);
+    }
+  }
+}
+
 template <class Ops, class KV>
 void attention_loop(const AttnShape& sh, const AttnTask& task, int64_t pos0, const AttnScratch& sc) {
   const int64_t d = sh.d, group = sh.group, bs = sh.block_size;
-  const int64_t rows = (task.i1 - task.i0) * group;
-  const int64_t row_stride = sh.hkv * d;  // elements between consecutive positions of one head
+  const int64_t rows_g = task.rows_per_head(group), rows = task.rows(group);
   const int32_t* table = sh.block_tables + task.b * sh.max_blocks;
 
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t pos = pos0 + r / group;
+    const int64_t pos = pos0 + (r % rows_g) / group;
     int64_t lo = 0;
     if (sh.sliding_window > 0 && pos - sh.sliding_window + 1 > 0) lo = pos - sh.sliding_window + 1;
     int64_t hi = pos + 1;
@@ -144,63 +210,20 @@ void attention_loop(const AttnShape& sh, const AttnTask& task, int64_t pos0, con
   for (int64_t p = task.c0; p < task.c1;) {
     const int64_t off = p % bs, n = tile_len(bs, p, task.c1), p1 = p + n;
     const int64_t base = ((static_cast<int64_t>(table[p / bs]) * bs + off) * sh.hkv + task.g) * d;
-    if (p1 < task.c1) prefetch_tile(sh, table, p1, task.c1, task.g);
-
-    // Rows that see some position of this tile: [ra, rb). lo and hi never decrease with r.
-    int64_t ra = 0, rb = rows;
-    while (ra < rows && sc.hi[ra] <= p) ++ra;
-    while (rb > ra && sc.lo[rb - 1] >= p1) --rb;
-    if (ra >= rb) { p = p1; continue; }
-
-    // Row r sees tile positions [a, e) (relative to p); nothing outside them is read.
-    int64_t kstride, vstride;
-    const KV* krows = tile_rows<Ops, KV>(sh.k_cache, sh.cache_dtype, base, row_stride, n, d, sc.kt, &kstride);
-
-    // Scores, then the online softmax update; s becomes exp(s - m) (0 where the row sees nothing).
-    if constexpr (Ops::kTiled)
-      Ops::scores_tile(sc.q + ra * d, rb - ra, krows, kstride, n, d, sc.s + ra * kAttnTile, kAttnTile, sc.kT);
-    int64_t amin = n, emax = 0;  // the union of the rows' visible ranges
-    for (int64_t r = ra; r < rb; ++r) {
-      const int64_t a = (sc.lo[r] > p ? sc.lo[r] : p) - p;
-      const int64_t e = (sc.hi[r] < p1 ? sc.hi[r] : p1) - p;
-      float* s = sc.s + r * kAttnTile;
-      if (a >= e) {
-        if constexpr (Ops::kTiled)
-          for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
-        continue;
-      }
-      if constexpr (Ops::kTiled) {
-        const float corr = Ops::softmax_row(s, a, e, n, sc.m + r, sc.l + r);
-        if (corr != 1.0f) Ops::scal(sc.acc + r * d, corr, d);
-        amin = a < amin ? a : amin;
-        emax = e > emax ? e : emax;
-      } else {
-        Ops::scores_row(sc.q + r * d, krows, kstride, a, e, d, s);
-        const float mt = Ops::max_row(s, a, e);
-        if (mt > sc.m[r]) {
-          if (sc.m[r] != -__builtin_inff()) {
-            const float corr = __builtin_expf(sc.m[r] - mt);
-            sc.l[r] *= corr;
-            Ops::scal(sc.acc + r * d, corr, d);
-          }
-          sc.m[r] = mt;
-        }
-        sc.l[r] += Ops::exp_row(s, a, e, sc.m[r]);
-      }
-    }
-
-    // acc_r += sum over the positions row r sees of p[r, j] * v_j.
-    const KV* vrows = tile_rows<Ops, KV>(sh.v_cache, sh.cache_dtype, base, row_stride, n, d, sc.vt, &vstride);
-    if constexpr (Ops::kTiled) {
-      if (amin < emax)
-        Ops::pv_tile(sc.s + ra * kAttnTile, kAttnTile, rb - ra, vrows, vstride, amin, emax, d, sc.acc + ra * d);
-    } else {
-      for (int64_t r = ra; r < rb; ++r) {
-        const int64_t a = (sc.lo[r] > p ? sc.lo[r] : p) - p;
-        const int64_t e = (sc.hi[r] < p1 ? sc.hi[r] : p1) - p;
-        if (a >= e) continue;
-        Ops::pv_row(sc.s + r * kAttnTile, vrows, vstride, a, e, d, sc.acc + r * d);
-      }
+    if (p1 < task.c1) prefetch_tile(sh, table, p1, task.c1, task.g, task.ng);
+    // Head by head over the same tile: their rows are interleaved in the cache, so the tile's
+    // lines are fetched once for all of them.
+    for (int64_t gl = 0; gl < task.ng; ++gl) {
+      const int64_t r0 = gl * rows_g;
+      AttnScratch hs = sc;
+      hs.q = sc.q + r0 * d;
+      hs.acc = sc.acc + r0 * d;
+      hs.m = sc.m + r0;
+      hs.l = sc.l + r0;
+      hs.s = sc.s + r0 * kAttnTile;
+      hs.lo = sc.lo + r0;
+      hs.hi = sc.hi + r0;
+      tile_step<Ops, KV>(sh, hs, rows_g, p, n, base + gl * d);
     }
     p = p1;
   }
