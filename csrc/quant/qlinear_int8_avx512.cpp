@@ -29,10 +29,11 @@ constexpr int kRows = 16, kTokens = 8;
 
 // 64-byte vectors a 16-row panel takes per block. Q4_0 / Q4_1: 4 code vectors (dword r = bytes
 // 4j .. 4j+3 of row r's 16 code bytes: low nibbles are k = 4j .., high nibbles k = 16 + 4j ..),
-// then one of scales (d[16] as fp16, then m[16] as fp16). Q8_0: 8 code vectors (k = 4j ..), one of
-// scales (d[16] as fp16) and one of the rows' code sums (int32, for the +128 correction).
-// The same bytes a block takes in the GGUF rows, give or take the Q8_0 sums.
-constexpr int panel_vecs(int qt) { return qt == kQ8_0 ? 10 : 5; }
+// then one of scales (d[16] as fp16, then m[16] as fp16). Q8_0: 8 code vectors (k = 4j .., each
+// code + 128 as an unsigned byte, so vpdpbusd can take the weights as its unsigned operand and
+// the activation codes as they are), then one of scales (d[16] as fp16).
+// The same bytes a block takes in the GGUF rows.
+constexpr int panel_vecs(int qt) { return qt == kQ8_0 ? 9 : 5; }
 
 struct PanelTag;
 __m512i* panel_buffer(int64_t vecs) { return thread_scratch<__m512i, PanelTag>(static_cast<size_t>(vecs), 64); }
@@ -58,7 +59,7 @@ void pack(const QLinearArgs& a, int64_t n, int rows, int64_t blocks, __m512i* pa
   const __mmask16 live = live_mask(rows);
   const __m512i vidx = _mm512_mullo_epi32(
       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(static_cast<int>(a.ldw)));
-  const __m512i zero = _mm512_setzero_si512(), ones = _mm512_set1_epi8(1);
+  const __m512i zero = _mm512_setzero_si512(), flip = _mm512_set1_epi32(kFlip);
   const uint8_t* base = a.w + n * a.ldw;
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = base + b * cbytes;
@@ -66,13 +67,9 @@ void pack(const QLinearArgs& a, int64_t n, int rows, int64_t blocks, __m512i* pa
     const __m512i head = _mm512_mask_i32gather_epi32(zero, live, vidx, p, 1);
     const __m256i d16 = _mm512_cvtepi32_epi16(head);  // the low halves: d
     if constexpr (QT == kQ8_0) {
-      __m512i wsum = zero;
-      for (int j = 0; j < 8; ++j) {
-        o[j] = _mm512_mask_i32gather_epi32(zero, live, vidx, p + 2 + 4 * j, 1);
-        wsum = _mm512_dpbusd_epi32(wsum, ones, o[j]);
-      }
+      // Missing rows get codes 0 + 128 and scale 0: they add nothing.
+      for (int j = 0; j < 8; ++j) o[j] = _mm512_xor_si512(_mm512_mask_i32gather_epi32(zero, live, vidx, p + 2 + 4 * j, 1), flip);
       o[8] = _mm512_castsi256_si512(d16);
-      o[9] = wsum;
     } else {
       const uint8_t* codes = p + (QT == kQ4_1 ? 4 : 2);
       for (int j = 0; j < 4; ++j) o[j] = _mm512_mask_i32gather_epi32(zero, live, vidx, codes + 4 * j, 1);
@@ -97,13 +94,12 @@ void micro(const Int8Acts& q, int64_t t, int64_t blocks, const __m512i* panel, f
     const int8_t* xb[MT];
     for (int i = 0; i < MT; ++i) xb[i] = xs[i] + b * kQBlock;
     __m512i acci[MT];
-    // Start each block's integer sum at its correction term, so the sum comes out exact:
-    // Q4_0 codes are q+8 (unsigned), Q8_0 activations are codes+128 (unsigned).
-    if constexpr (QT == kQ4_0) {
-      for (int i = 0; i < MT; ++i) acci[i] = _mm512_set1_epi32(-8 * q.qsum[(t + i) * blocks + b]);
-    } else if constexpr (QT == kQ8_0) {
-      const __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(pb[9], 7));
-      for (int i = 0; i < MT; ++i) acci[i] = corr;
+    // Start each block's integer sum at its correction term, so the sum comes out exact: the
+    // unsigned weight operand is Q4_0's q + 8 and Q8_0's code + 128, i.e. 8 (128) times the
+    // activation codes' sum too many.
+    if constexpr (QT == kQ4_0 || QT == kQ8_0) {
+      constexpr int32_t offset = QT == kQ4_0 ? 8 : 128;
+      for (int i = 0; i < MT; ++i) acci[i] = _mm512_set1_epi32(-offset * q.qsum[(t + i) * blocks + b]);
     } else {
       for (int i = 0; i < MT; ++i) acci[i] = _mm512_setzero_si512();
     }
@@ -112,8 +108,8 @@ void micro(const Int8Acts& q, int64_t t, int64_t blocks, const __m512i* panel, f
       for (int j = 0; j < 8; ++j) {
         const __m512i w = _mm512_load_si512(pb + j);
 #pragma GCC unroll 8
-        for (int i = 0; i < MT; ++i)  // u8 activations (codes + 128: the sign bit flipped) x s8 weights
-          acci[i] = _mm512_dpbusd_epi32(acci[i], _mm512_set1_epi32(load_i32(xb[i] + 4 * j) ^ kFlip), w);
+        for (int i = 0; i < MT; ++i)  // u8 weights (codes + 128) x s8 activations
+          acci[i] = _mm512_dpbusd_epi32(acci[i], w, _mm512_set1_epi32(load_i32(xb[i] + 4 * j)));
       }
     } else {
 #pragma GCC unroll 4
