@@ -144,6 +144,7 @@ struct Int8Buffers {
   std::vector<int8_t> q;
   std::vector<float> scale;
   std::vector<int32_t> qsum;
+  std::vector<float> xsum;
 };
 
 void run_int8(const QLinearArgs& a) {
@@ -154,11 +155,13 @@ void run_int8(const QLinearArgs& a) {
   if (buf.scale.size() < nb) {
     buf.scale.resize(nb);
     buf.qsum.resize(nb);
+    buf.xsum.resize(nb);
   }
   Int8Acts acts;
   acts.q = buf.q.data();
   acts.scale = buf.scale.data();
   acts.qsum = buf.qsum.data();
+  acts.xsum = buf.xsum.data();
   acts.K = a.K;
   acts.blocks = blocks;
   const Isa isa = cpu_isa();

@@ -29,6 +29,7 @@ struct Int8Acts {
   const int8_t* q = nullptr;    // [T, K] codes
   const float* scale = nullptr; // [T, K/32]
   const int32_t* qsum = nullptr;  // [T, K/32] sum of the codes over the block
+  const float* xsum = nullptr;    // [T, K/32] scale * qsum (Q4_1's offset term), made once per call
   int64_t K = 0, blocks = 0;
 };
 

@@ -108,7 +108,7 @@ void micro(const Int8Acts& q, int64_t t, int64_t blocks, const __m256i* panel, f
     for (int i = 0; i < MT; ++i) {
       const int64_t at = (t + i) * blocks + b;
       accf[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acci[i]), _mm256_mul_ps(d, _mm256_set1_ps(q.scale[at])), accf[i]);
-      if constexpr (QT == kQ4_1) accf[i] = _mm256_fmadd_ps(_mm256_castsi256_ps(pb[9]), _mm256_set1_ps(q.scale[at] * static_cast<float>(q.qsum[at])), accf[i]);
+      if constexpr (QT == kQ4_1) accf[i] = _mm256_fmadd_ps(_mm256_castsi256_ps(pb[9]), _mm256_set1_ps(q.xsum[at]), accf[i]);
     }
   }
   for (int i = 0; i < MT; ++i) {

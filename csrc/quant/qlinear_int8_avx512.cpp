@@ -129,7 +129,7 @@ void micro(const Int8Acts& q, int64_t t, int64_t blocks, const __m512i* panel, f
     for (int i = 0; i < MT; ++i) {
       const int64_t at = (t + i) * blocks + b;
       accf[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[i]), _mm512_mul_ps(d, _mm512_set1_ps(q.scale[at])), accf[i]);
-      if constexpr (QT == kQ4_1) accf[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(q.scale[at] * static_cast<float>(q.qsum[at])), accf[i]);
+      if constexpr (QT == kQ4_1) accf[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(q.xsum[at]), accf[i]);
     }
   }
   const __m512 bv = bias ? _mm512_maskz_loadu_ps(live, bias) : _mm512_setzero_ps();
@@ -198,7 +198,9 @@ void quantize_acts_avx512(const float* x, int64_t ldx, int64_t t0, int64_t t1, c
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQBlock + 16), bhi);
       const int64_t at = t * acts.blocks + b;
       const_cast<float*>(acts.scale)[at] = amax / 127.0f;
-      const_cast<int32_t*>(acts.qsum)[at] = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+      const int32_t qsum = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+      const_cast<int32_t*>(acts.qsum)[at] = qsum;
+      const_cast<float*>(acts.xsum)[at] = (amax / 127.0f) * static_cast<float>(qsum);
     }
   }
 }

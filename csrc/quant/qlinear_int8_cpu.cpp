@@ -30,6 +30,7 @@ void quantize_acts_baseline(const float* x, int64_t ldx, int64_t t0, int64_t t1,
       const int64_t at = t * acts.blocks + b;
       const_cast<float*>(acts.scale)[at] = amax / 127.0f;
       const_cast<int32_t*>(acts.qsum)[at] = qsum;
+      const_cast<float*>(acts.xsum)[at] = (amax / 127.0f) * static_cast<float>(qsum);
     }
   }
 }
@@ -56,7 +57,7 @@ void qlinear_int8_tile_baseline(const QLinearArgs& a, const Int8Acts& q, int64_t
           for (int j = 0; j < 16; ++j) dot += (codes[j] & 0x0F) * xb[j] + (codes[j] >> 4) * xb[16 + j];
           if (a.qtype == kQ4_0) dot -= 8 * q.qsum[at];
           acc += static_cast<float>(dot) * (d * q.scale[at]);
-          if (a.qtype == kQ4_1) acc += load_f16(p + 2) * (q.scale[at] * static_cast<float>(q.qsum[at]));
+          if (a.qtype == kQ4_1) acc += load_f16(p + 2) * q.xsum[at];
         }
       }
       if (a.bias) acc += a.bias[n];
