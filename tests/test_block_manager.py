@@ -36,6 +36,28 @@ def test_no_sharing_before_the_blocks_are_computed():
     assert set(bm.block_table("a")).isdisjoint(bm.block_table("b"))
 
 
+def test_blocks_the_step_computes_are_shared_within_that_step():
+    bm = BlockManager(num_blocks=12, block_size=4)
+    prompt = list(range(11))  # 2 full blocks + 3 tokens
+    bm.allocate("a", prompt)
+    bm.expect_computed("a", 6)  # a chunk of 6 tokens: only the first block is complete
+    assert bm.allocate("b", prompt + [50]) == 4
+    assert bm.block_table("b")[0] == bm.block_table("a")[0]
+    assert bm.block_table("b")[1] != bm.block_table("a")[1]
+    bm.expect_computed("a", 11)
+    assert bm.allocate("c", prompt + [60]) == 8
+    assert bm.block_table("c")[:2] == bm.block_table("a")[:2]
+    bm.begin_step()  # the step ran without a mark_computed for a: nothing is promised any more
+    assert bm.allocate("d", prompt + [70]) == 0
+
+
+def test_expectations_need_prefix_caching():
+    bm = BlockManager(num_blocks=12, block_size=4, enable_prefix_caching=False)
+    bm.allocate("a", list(range(9)))
+    bm.expect_computed("a", 9)
+    assert bm.allocate("b", list(range(9))) == 0
+
+
 def test_the_last_prompt_token_is_always_computed():
     bm = BlockManager(num_blocks=10, block_size=4)
     bm.allocate("a", list(range(8)))
@@ -151,6 +173,9 @@ ops = st.one_of(
               st.booleans()),
     st.tuples(st.just("fork"), st.integers(0, 50)),
     st.tuples(st.just("free"), st.integers(0, 50)),
+    # the scheduler's promise that this step computes a sequence's tokens, and the next step
+    st.tuples(st.just("expect"), st.integers(0, 50)),
+    st.tuples(st.just("step")),
 )
 
 
@@ -213,6 +238,11 @@ def test_every_sequence_reads_back_its_own_tokens(block_size, num_blocks, script
             seq = pick(op[1])
             bm.free(seq)
             del live[seq]
+        elif op[0] == "expect" and live:  # (the simulated cache is written at once)
+            seq = pick(op[1])
+            bm.expect_computed(seq, len(live[seq]))
+        elif op[0] == "step":
+            bm.begin_step()
 
         # Invariants: contents, reference counts, free list.
         holders = [0] * num_blocks

@@ -91,6 +91,29 @@ def test_prefix_sharing_prefills_common_prefix_once(tiny):
     assert results == {k: v for (k, _), v in _reference(model, tok, prompts, params).items()}
 
 
+@pytest.mark.parametrize("budget", [512, 40])
+def test_prompts_arriving_together_prefill_their_common_prefix_once(tiny, budget):
+    model, tok = tiny
+    shared = tok.encode("A long shared system prompt that every request starts with. " * 4)
+    prompts = [shared + tok.encode(f" Question {i}?") for i in range(4)]
+    params = [SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)] * 4
+    engine = LLMEngine(model, tok, EngineConfig(kv_cache_tokens=2048, max_num_batched_tokens=budget))
+    for i, (p, sp) in enumerate(zip(prompts, params)):
+        engine.add_request(i, p, sp)  # all queued before the first step
+    results = {}
+    while engine.has_unfinished():
+        for ev in engine.step():
+            if ev.finished:
+                results[ev.request] = ev.completion.token_ids
+    full = sum(len(p) for p in prompts) + 4 * 3
+    if budget == 512:  # one step admits all four; three of them reuse the first one's blocks
+        assert engine.stats["computed_tokens"] == full - 3 * (len(shared) // 16) * 16
+    else:  # chunked: a later prompt shares only the blocks computed before or with its chunk
+        assert engine.stats["computed_tokens"] < full
+    assert results == {k: v for (k, _), v in _reference(model, tok, prompts, params).items()}
+    assert engine.blocks.num_free_blocks == engine.num_blocks
+
+
 def test_n_completions_share_the_prompt_and_differ_by_seed(tiny):
     model, tok = tiny
     prompt = tok.encode("Tell me a story about a robot")

@@ -17,9 +17,12 @@ p sits in slot `table[p // block_size] * block_size + p % block_size`.
   shared until one of them appends to it, and that one gets a private copy: `append` returns the
   `(src, dst)` block pairs the engine must copy (in every layer) before writing.
 
-A block is registered for sharing only once the engine says its K/V are in the cache
-(`mark_computed`): until then a prompt with the same prefix gets blocks of its own, so no sequence
-ever reads a block that is still waiting for its prefill chunk.
+A block is registered for sharing once the engine says its K/V are in the cache
+(`mark_computed`), or, for the step being scheduled, once the scheduler says the step computes
+all of its tokens (`expect_computed`): the model writes every token's K/V of a layer before any
+of that layer's attention reads them, so prompts that arrive together and start alike have their
+common prefix computed once, by the first of them, in the same step. Otherwise a prompt gets
+blocks of its own, so no sequence ever reads a block that is still waiting for its prefill chunk.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class BlockManager:
         self._ref = [0] * num_blocks
         self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
         self._cached: dict[bytes, int] = {}      # key -> block holding those tokens' K/V
+        self._expected: dict[bytes, int] = {}    # key -> block the step being scheduled fills
         self._key_of: dict[int, bytes] = {}      # the reverse, for blocks registered in _cached
         self._seqs: dict[SeqId, _Seq] = {}
         self._drops = 0  # how many times entries left _cached / _key_of (evictions, resets)
@@ -123,6 +127,8 @@ class BlockManager:
             if not self.enable_prefix_caching or len(keys) != len(hits) + 1:
                 continue
             block = self._cached.get(key)
+            if block is None:
+                block = self._expected.get(key)
             if block is not None:
                 hits.append(block)
         return hits, keys
@@ -231,14 +237,39 @@ class BlockManager:
         if seq.scanned == (full, self._drops):
             return
         seq.scanned = (full, self._drops)
-        while len(seq.keys) < full:  # keys of blocks filled since allocation (decode, new turns)
-            i = len(seq.keys)
-            seq.keys.append(block_key(seq.keys[-1] if seq.keys else b"", seq.tokens[i * bs:(i + 1) * bs]))
+        self._extend_keys(seq, full)
         for i in range(full):
             key, block = seq.keys[i], seq.blocks[i]
             if key not in self._cached and block not in self._key_of:
                 self._cached[key] = block
                 self._key_of[block] = key
+
+    def _extend_keys(self, seq: _Seq, full: int) -> None:
+        """Keys of the sequence's first `full` blocks (those filled since allocation: decode, new
+        turns, are keyed here)."""
+        bs = self.block_size
+        while len(seq.keys) < full:
+            i = len(seq.keys)
+            seq.keys.append(block_key(seq.keys[-1] if seq.keys else b"", seq.tokens[i * bs:(i + 1) * bs]))
+
+    def expect_computed(self, seq_id: SeqId, num_computed: int) -> None:
+        """The step being scheduled computes the sequence's tokens up to `num_computed`: until
+        `begin_step`, its full blocks among them can be shared by sequences admitted to the same
+        step (see the module docstring)."""
+        if not self.enable_prefix_caching:
+            return
+        seq = self._seqs[seq_id]
+        full = min(num_computed, len(seq.tokens)) // self.block_size
+        self._extend_keys(seq, full)
+        for i in range(seq.num_computed // self.block_size, full):
+            key = seq.keys[i]
+            if key not in self._cached:
+                self._expected.setdefault(key, seq.blocks[i])
+
+    def begin_step(self) -> None:
+        """A new step is being scheduled: the previous step's expectations are spent (its
+        blocks are registered by `mark_computed`, or were never computed)."""
+        self._expected.clear()
 
     def fork(self, parent_id: SeqId, child_id: SeqId) -> None:
         """The child shares every block of the parent (copy-on-write, see `append`)."""
@@ -263,6 +294,7 @@ class BlockManager:
     def reset_prefix_cache(self) -> None:
         """Forget every cached prefix (e.g. after the cache contents were discarded)."""
         self._cached.clear()
+        self._expected.clear()
         self._key_of.clear()
         self._drops += 1
         for seq in self._seqs.values():

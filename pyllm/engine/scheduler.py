@@ -3,8 +3,8 @@
 Every step has a token budget. Running sequences go first, oldest first: a decoding sequence
 needs one token, a sequence part-way through a long prompt gets the next chunk (chunked
 prefill). What budget is left admits waiting sequences, oldest first, each taking whatever its
-prompt prefix already has in the cache (prefix sharing through the block manager) and a chunk of
-the rest. Finished sequences leave at once, so new ones join at every step. When the cache is full,
+prompt prefix already has in the cache (prefix sharing through the block manager), or will have
+once this step's earlier prefill chunks are computed, and a chunk of the rest. Finished sequences leave at once, so new ones join at every step. When the cache is full,
 the newest running sequence is preempted: its blocks are freed and it goes back to the front of
 the queue, to be recomputed (prompt and output so far) when there is room again.
 """
@@ -56,6 +56,7 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         budget = self.config.max_num_batched_tokens
+        self.blocks.begin_step()
         for seq in list(self.running):
             if budget == 0:
                 break
@@ -67,6 +68,7 @@ class Scheduler:
             if n > 0:
                 batch.items.append((seq, n))
                 budget -= n
+                self._expect(seq, n)
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             if not self.blocks.can_allocate(seq.tokens):
@@ -78,7 +80,14 @@ class Scheduler:
             n = min(seq.num_tokens - seq.cached, budget)
             batch.items.append((seq, n))
             budget -= n
+            self._expect(seq, n)
         return batch
+
+    def _expect(self, seq: Sequence, n: int) -> None:
+        """A prefill chunk's full blocks become shareable with prompts admitted after it in
+        this step (a decode step's token fills no block worth sharing this way)."""
+        if n > 1 and self.waiting:
+            self.blocks.expect_computed(seq.seq_id, seq.cached + n)
 
     def _make_room(self, seq: Sequence, batch: ScheduledBatch) -> bool:
         """Give `seq` slots for its tokens (the one sampled last step), preempting the newest
