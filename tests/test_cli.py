@@ -198,3 +198,21 @@ def test_plugin_cannot_replace_a_builtin_command() -> None:
         result = invoke("--help")
         assert "a plugin registers the command 'tokenize'" in result.stderr
         assert "shadow" not in invoke("tokenize", "--help").stdout
+
+
+@pytest.mark.parametrize("command", [["run", "smollm2", "Hi"], ["perplexity", "smollm2", __file__]])
+@pytest.mark.parametrize("flag,expected", [([], False), (["--int8"], True), (["--exact"], False)])
+def test_int8_option_reaches_the_loader(monkeypatch, command, flag, expected) -> None:
+    """`--int8/--exact` (default exact) decides the activations the model is loaded with."""
+    import pyllm.api
+
+    seen = []
+
+    def fake_load(*args, **kwargs):
+        seen.append(kwargs.get("int8_activations", False))
+        raise click.ClickException("stop here")
+
+    monkeypatch.setattr(pyllm.api, "load", fake_load)
+    result = invoke(*command, *flag)
+    assert result.exit_code == 1 and "stop here" in result.output
+    assert seen == [expected]

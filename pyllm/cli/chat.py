@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pyllm.cli.options import kv_dtype_option
+from pyllm.cli.options import int8_option, kv_dtype_option
 
 # The REPL's sampling defaults: tamer than SamplingParams() (temperature 1, no filter), which suits
 # small chat models badly. Every one can be changed by an option here or /set in the REPL.
@@ -70,9 +70,7 @@ def chat_params(overrides: dict[str, Any], extra: tuple[str, ...] = ()) -> Any:
               help="Any other sampling parameter (repeatable), e.g. --set typical_p=0.9.")
 @click.option("--no-markdown", is_flag=True, help="Keep replies as plain text.")
 @click.option("--no-history", is_flag=True, help="Do not read or write $PYLLM_HOME/history.")
-@click.option("--int8", is_flag=True,
-              help="Run the CPU matmuls on int8-quantized activations: faster replies, logits "
-                   "off by ~0.15 on average (see docs/kernels.md).")
+@int8_option()
 @kv_dtype_option("KV-cache element type (half precision: half the memory).")
 def chat(model: str, system: str | None, context_length: int | None, stop: tuple[str, ...],
          extra: tuple[str, ...], no_markdown: bool, no_history: bool, int8: bool, kv_dtype: str,

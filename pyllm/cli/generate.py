@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pyllm.cli.options import kv_dtype_option, pop_sampling_params, sampling_options
+from pyllm.cli.options import int8_option, kv_dtype_option, pop_sampling_params, sampling_options
 
 HELP = """Generate a completion for every record of a JSONL file.
 
@@ -39,10 +39,7 @@ Re-running with the same output file resumes: finished ids are skipped and a tor
               help="Sequences decoded together (continuous batching).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
-@click.option("--int8/--exact", "int8", default=False, show_default=True,
-              help="Run the prefill and batched-decode matmuls on int8-quantized activations "
-                   "(CPU, Q4/Q8 models): 2-3x faster batches, logits off by ~0.15 on average "
-                   "(see docs/kernels.md).")
+@int8_option()
 @kv_dtype_option("KV-cache element type: half precision halves its memory (about the same "
                  "speed here); float32 is exact.")
 def generate(input_path: Path, output_path: Path, model: str, max_num_seqs: int,

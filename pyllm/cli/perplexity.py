@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from pyllm.cli.options import int8_option
+
 PROTOCOL = """\
 Protocol: FILE is read as UTF-8 and tokenized once, as the model's tokenizer does by default (a
 BOS token only where the tokenizer adds one by default, at the very start). The ids are cut into
@@ -26,13 +28,14 @@ that window. Perplexity = exp(mean negative log-likelihood over all scored token
 @click.option("--json", "as_json", is_flag=True,
               help='Print one JSON object {"perplexity", "nll", "tokens_scored", "windows", '
                    '"ctx", "tokens"}.')
-def perplexity(model: str, file: Path, ctx: int, as_json: bool) -> None:
+@int8_option()
+def perplexity(model: str, file: Path, ctx: int, as_json: bool, int8: bool) -> None:
     from pyllm.api import load
     from pyllm.errors import ContextLengthError
     from pyllm.generation import score_ids
 
     text = file.read_text(encoding="utf-8")
-    llm = load(model, progress=sys.stderr.isatty())
+    llm = load(model, progress=sys.stderr.isatty(), int8_activations=int8)
     if ctx > llm.context_length:
         raise ContextLengthError(f"--ctx {ctx} is longer than the model's context length of "
                                  f"{llm.context_length} tokens")
