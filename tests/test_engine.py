@@ -114,6 +114,40 @@ def test_prompts_arriving_together_prefill_their_common_prefix_once(tiny, budget
     assert engine.blocks.num_free_blocks == engine.num_blocks
 
 
+def test_a_failed_step_is_recomputed_and_changes_no_token(tiny):
+    """A step that raises (Ctrl-C in the forward) may have written part of its K/V, and prompts
+    admitted with it may share blocks it was to fill: every sequence of it starts over."""
+    model, tok = tiny
+    shared = tok.encode("A long shared system prompt that every request starts with. " * 4)
+    prompts = [shared + tok.encode(f" Question {i}?") for i in range(3)]
+    params = [SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)] * 3
+    engine = LLMEngine(model, tok, EngineConfig(kv_cache_tokens=2048))
+    for i, (p, sp) in enumerate(zip(prompts, params)):
+        engine.add_request(i, p, sp)
+    real, calls = engine.forward, []
+
+    def interrupted_once(ids, meta, caches, rows):
+        calls.append(len(ids))
+        if len(calls) == 1:
+            real(torch.zeros_like(ids), meta, caches, rows)  # the wrong K/V in every slot
+            raise KeyboardInterrupt
+        return real(ids, meta, caches, rows)
+
+    engine.forward = interrupted_once
+    with pytest.raises(KeyboardInterrupt):
+        engine.step()
+    assert engine.scheduler.num_preemptions == 3 and not engine.scheduler.running
+    engine.abort(0)  # the prompt whose chunk was to fill the shared blocks does not come back
+    results = {}
+    while engine.has_unfinished():
+        for ev in engine.step():
+            if ev.finished:
+                results[ev.request] = ev.completion.token_ids
+    want = _reference(model, tok, prompts[1:], params[1:])
+    assert results == {k + 1: v for (k, _), v in want.items()}
+    assert engine.blocks.num_free_blocks == engine.num_blocks
+
+
 def test_n_completions_share_the_prompt_and_differ_by_seed(tiny):
     model, tok = tiny
     prompt = tok.encode("Tell me a story about a robot")

@@ -20,7 +20,7 @@ import torch
 import pyllm.generation as generation
 from pyllm.engine.block_manager import BlockManager
 from pyllm.engine.scheduler import Scheduler, SchedulerConfig
-from pyllm.engine.sequence import Sequence
+from pyllm.engine.sequence import SeqStatus, Sequence
 from pyllm.errors import ContextLengthError
 from pyllm.generation import StreamEvent
 from pyllm.model.batch import allocate_kv_caches, build_metadata
@@ -171,13 +171,22 @@ class LLMEngine:
             if s.cached + n == s.num_tokens:
                 ready.append(i)
                 rows.append(end - 1)  # the row of its last token
-        if ready:
-            logits = self.forward(torch.tensor(ids, dtype=torch.int64, device=device), meta,
-                                  self.kv_caches, self._rows_tensor(rows)).float()
-        else:
-            self.model.hidden_states(torch.tensor(ids, dtype=torch.int64, device=device), meta,
-                                     self.kv_caches)
-            logits = None
+        try:
+            if ready:
+                logits = self.forward(torch.tensor(ids, dtype=torch.int64, device=device), meta,
+                                      self.kv_caches, self._rows_tensor(rows)).float()
+            else:
+                self.model.hidden_states(torch.tensor(ids, dtype=torch.int64, device=device), meta,
+                                         self.kv_caches)
+                logits = None
+        except BaseException:
+            # The step's K/V may be half written, and prompts admitted with it may share blocks
+            # it was to fill: every sequence of the batch starts over (recompute, as preemption).
+            for s in seqs:
+                if s.status is SeqStatus.RUNNING:
+                    self.scheduler.preempt(s)
+            self.blocks.begin_step()
+            raise
         self.stats["computed_tokens"] += len(ids)
         for s, n in batch.items:
             s.cached += n
