@@ -356,3 +356,30 @@ def test_smollm2_int8_activations_keep_the_greedy_choice(smollm2_path):
     rel = ((exact - got).abs().max() / exact.abs().max()).item()
     assert agree >= 0.85, agree
     assert 0 < rel <= 0.2, rel
+
+
+def test_int8_panels_release_the_mapped_matrices(smollm2_path):
+    """Once int8 panels replace the block matrices, their memory-mapped pages are dropped (and
+    re-read only where touched again, e.g. a tied table's embedding rows): the output is the same
+    as with every page kept."""
+    from test_gguf_reader import mapping_rss_kib
+
+    from pyllm.api import LLM
+    from pyllm.sampling_params import SamplingParams
+
+    params = SamplingParams.greedy(max_tokens=12)
+    texts, resident = [], []
+    for release in (True, False):
+        llm = LLM.from_path(smollm2_path, int8_activations=True)
+        if not release:
+            llm.model.release_pages = None
+        texts.append(llm.generate("The three primary colours are", params)[0].text)
+        resident.append(mapping_rss_kib(smollm2_path))
+        packed = llm.model._fast.runner.packed_bytes
+        del llm
+        import gc
+
+        gc.collect()
+    assert texts[0] == texts[1]
+    if packed:  # AVX-512: panels were packed
+        assert resident[1] - resident[0] > 0.5 * packed / 1024

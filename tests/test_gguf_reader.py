@@ -445,3 +445,29 @@ def test_default_model_facts(smollm2_path):
     assert spans[0][0] == g.data_offset
     for (off, n), (nxt, _) in zip(spans, spans[1:]):
         assert nxt == off + n + (-(off + n - g.data_offset) % g.alignment)
+
+
+def mapping_rss_kib(path) -> int:
+    """Resident KiB of this process's mappings of `path` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if "-" in head[0] and ":" not in head[0]:  # a mapping's header line
+            inside = len(head) >= 6 and head[-1] == str(path)
+        elif inside and head[0] == "Rss:":
+            total += int(head[1])
+    return total
+
+
+def test_release_drops_resident_pages_and_keeps_the_data(smollm2_path):
+    g = load_gguf(smollm2_path)
+    t = g.raw("token_embd.weight")  # 30 MB of Q8_0 blocks
+    checksum = int(t.sum(dtype=torch.int64))  # touch every page
+    before = mapping_rss_kib(smollm2_path)
+    dropped = g.release(t)
+    after = mapping_rss_kib(smollm2_path)
+    assert dropped >= t.numel() - 2 * 4096 and dropped % 4096 == 0
+    assert before - after >= 0.9 * dropped / 1024
+    assert int(t.sum(dtype=torch.int64)) == checksum  # read back from the file
+    assert g.release(torch.zeros(1 << 16)) == 0  # not a view of the file: nothing to do
+    assert g.release(t.view(-1)[:3000]) == 0  # no whole page inside

@@ -151,6 +151,9 @@ void bind_runner(py::module_& m) {
       .def_property_readonly("num_layers", &Runner::num_layers)
       .def_property("int8_activations", &Runner::int8_activations, &Runner::set_int8_activations,
                     "Use the int8-activation qlinear for Q4_0/Q4_1/Q8_0 matrices (approximate; off by default).")
+      .def_property_readonly("packed_bytes", &Runner::packed_bytes,
+                             "Bytes of int8 panels packed ahead of time (AVX-512); while int8 is on, the "
+                             "block matrices they cover are not read from their source.")
       .def("set_profiling", &Runner::set_profiling, py::arg("on"),
            "Time every kernel call by kind (off by default; costs a clock read per kernel).")
       .def("reset_profile", &Runner::reset_profile)

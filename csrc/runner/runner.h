@@ -105,6 +105,9 @@ class Runner {
   // GGUF blocks), which makes the int8 kernels pay from one token on.
   void set_int8_activations(bool on);
   bool int8_activations() const { return int8_act_; }
+  // Bytes of the panels packed so far: while int8 is on, the matrices they cover are read from
+  // them only, never from their source blocks.
+  int64_t packed_bytes() const { return packed_bytes_; }
 
   // Optional per-kernel timing (off by default): seconds spent in each kind of kernel since the
   // last reset, for profiling (bench/decode_profile.py).
@@ -135,6 +138,7 @@ class Runner {
     void operator()(uint8_t* p) const { std::free(p); }
   };
   std::vector<std::unique_ptr<uint8_t, FreeDeleter>> packed_;  // panels the parts' `packed` point into
+  int64_t packed_bytes_ = 0;
   void pack_int8(RunnerLinear& lin);
   double seconds_[kKinds] = {};
   int64_t calls_ = 0;

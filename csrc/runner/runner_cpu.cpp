@@ -181,6 +181,7 @@ void Runner::pack_int8(RunnerLinear& lin) {
     qlinear_int8_pack_avx512(a, buf.get());
     p.packed = buf.get();
     packed_.push_back(std::move(buf));
+    packed_bytes_ += bytes;
   }
 }
 

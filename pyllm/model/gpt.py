@@ -14,6 +14,7 @@ Shape legend: T tokens in the step, C = n_embd, Hq / Hkv heads, D head dim, V vo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -112,6 +113,9 @@ class GPT(nn.Module):
         self.fast_path = True
         self._fast: FastForward | bool | None = None
         self._int8_activations = False
+        # Set by a loader whose weights are views of a memory-mapped file: drops a tensor's
+        # resident pages (see GGUFFile.release). Used once int8 panels replace the matrices.
+        self.release_pages: Callable[[torch.Tensor], int] | None = None
 
     @property
     def int8_activations(self) -> bool:
@@ -125,7 +129,18 @@ class GPT(nn.Module):
     def int8_activations(self, on: bool) -> None:
         self._int8_activations = bool(on)
         if self._fast:
-            self._fast.runner.int8_activations = self._int8_activations
+            self._set_runner_int8(self._fast)
+
+    def _set_runner_int8(self, fast: FastForward) -> None:
+        fast.runner.int8_activations = self._int8_activations
+        if self._int8_activations and fast.runner.packed_bytes and self.release_pages:
+            # The packed panels are a copy of every block matrix: their memory-mapped source
+            # pages are not read while int8 is on (a page touched again, e.g. an embedding row
+            # of a tied table, is read back from the file).
+            for module in self.modules():
+                w = getattr(module, "weight", None) if isinstance(module, Linear) else None
+                if w is not None and w.qtype in ("q4_0", "q4_1", "q8_0") and w.in_features % 32 == 0:
+                    self.release_pages(w.data)
 
     @property
     def device(self) -> torch.device:
@@ -142,7 +157,7 @@ class GPT(nn.Module):
             if fast_available() and self.device.type == "cpu":
                 try:
                     fast = FastForward(self)
-                    fast.runner.int8_activations = self._int8_activations
+                    self._set_runner_int8(fast)
                 except Unsupported:
                     fast = False
             self._fast = fast

@@ -63,9 +63,21 @@ class _Weights:
     def __init__(self, where: str, names: set[str],
                  shape: Callable[[str], tuple[int, ...]],
                  fetch: Callable[[str], tuple[torch.Tensor, str]],
-                 transposed: Callable[[str], bool] = lambda name: False) -> None:
+                 transposed: Callable[[str], bool] = lambda name: False,
+                 release: Callable[[torch.Tensor], int] | None = None) -> None:
         self.where, self.names, self._shape, self._fetch = where, names, shape, fetch
         self._transposed = transposed
+        # Drops the resident pages of a fetched tensor that was copied (a memory-mapped file's
+        # loader passes one; re-reading a dropped page is always correct, just slower).
+        self.release = release or (lambda tensor: 0)
+
+    def fused(self, weights: list[QWeight], biases: list[torch.Tensor | None]) -> torch.nn.Module:
+        """fused_linear, releasing the parts' pages when they were copied into one matrix."""
+        module = fused_linear(weights, biases)
+        if isinstance(module, Linear):
+            for w in weights:
+                self.release(w.data)
+        return module
 
     def has(self, name: str) -> bool:
         return name in self.names
@@ -191,13 +203,13 @@ def build_gpt(cfg: ModelConfig, w: _Weights, names: _Names,
             qkv = Linear(w.matrix(n["qkv"], Q + 2 * KV, C), bias(n["qkv"], Q + 2 * KV,
                                                                   cfg.qkv_bias))
         else:
-            qkv = fused_linear(
+            qkv = w.fused(
                 [w.matrix(n["q"], Q, C), w.matrix(n["k"], KV, C), w.matrix(n["v"], KV, C)],
                 [bias(n["q"], Q, cfg.qkv_bias), bias(n["k"], KV, cfg.qkv_bias),
                  bias(n["v"], KV, cfg.qkv_bias)])
         o = Linear(w.matrix(n["o"], C, Q), bias(n["o"], C, cfg.o_bias))
         if cfg.activation == "swiglu":
-            up = fused_linear([w.matrix(n["gate"], F, C), w.matrix(n["up"], F, C)],
+            up = w.fused([w.matrix(n["gate"], F, C), w.matrix(n["up"], F, C)],
                               [bias(n["gate"], F, cfg.mlp_bias), bias(n["up"], F, cfg.mlp_bias)])
         else:
             up = Linear(w.matrix(n["up"], F, C), bias(n["up"], F, cfg.mlp_bias))
@@ -230,7 +242,8 @@ def load_gguf_model(path: str | Path) -> LoadedModel:
 
     g = load_gguf(path)
     cfg = ModelConfig.from_gguf(g)
-    w = _Weights(str(g.path), set(g.tensors), lambda n: g.tensors[n].shape, g.weight)
+    w = _Weights(str(g.path), set(g.tensors), lambda n: g.tensors[n].shape, g.weight,
+                 release=g.release)
     names = GGUF_GPT2_NAMES if cfg.family == "gpt2" else GGUF_NAMES
     scaling = cfg.rope_scaling
     if scaling is not None and scaling.get("type") == "freq_factors":
@@ -238,6 +251,7 @@ def load_gguf_model(path: str | Path) -> LoadedModel:
         scaling = {"type": "none",
                    "freq_factors": w.vector("rope_freqs.weight", cfg.rotary_dim // 2)}
     model = build_gpt(cfg, w, names, scaling)
+    model.release_pages = g.release
     return LoadedModel(model, cfg, Path(path), "gguf", dict(g.metadata), g)
 
 

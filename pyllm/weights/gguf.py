@@ -369,6 +369,26 @@ class GGUFFile:
         flat = torch.frombuffer(self._mm, dtype=torch.uint8, count=t.nbytes, offset=t.offset)
         return flat.view(*t.shape[:-1], quant.row_bytes(gt.name, t.shape[-1]))
 
+    def release(self, tensor: torch.Tensor) -> int:
+        """Drop this process's resident pages of `tensor` if it is a view into this file's
+        mapping (else nothing): for data that was copied (fused matrices) or repacked (int8
+        panels) and is no longer read. Safe either way: the mapping is never written, so a
+        page touched again is read back from the file (page cache). Returns the bytes dropped
+        (whole pages inside the tensor only)."""
+        if tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.numel() == 0:
+            return 0
+        base = torch.frombuffer(self._mm, dtype=torch.uint8, count=1).data_ptr()
+        start = tensor.data_ptr() - base
+        end = start + tensor.numel() * tensor.element_size()
+        if start < 0 or end > self.size:
+            return 0
+        page = mmap.PAGESIZE
+        first, last = -(-start // page) * page, end // page * page
+        if last <= first or not hasattr(self._mm, "madvise"):
+            return 0
+        self._mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+        return last - first
+
     def weight(self, name: str, convert_to: str = "q8_0") -> tuple[torch.Tensor, str]:
         """(tensor, qtype) in a type the kernels compute on.
 
