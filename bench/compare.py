@@ -17,7 +17,10 @@ and llama.cpp run the GGUF; transformers runs it dequantized to float32 (loaded 
 the `load` task, and from a float32 safetensors copy made once under $PYLLM_HOME/bench for the
 other tasks, because its GGUF load takes ~20 s a process). Every engine sees the same token ids
 (tokenized once by llama.cpp), decodes greedily and never stops early (ignore EOS), on `--threads`
-threads (default 2).
+threads (default 2). Two pyllm columns: `pyllm` is the default, exact configuration (float32
+activations and KV-cache: the reference model's logits); `pyllm-int8` runs llama.cpp's numerics
+(int8 activations per 32-value block, float16 KV-cache: `pyllm.load(..., int8_activations=True,
+kv_dtype="float16")`, `--int8 --kv-dtype float16` on the command line).
 """
 
 from __future__ import annotations
@@ -340,9 +343,12 @@ class TorchCompileRunner(TransformersRunner):
 
 
 class PyllmInt8Runner(PyllmRunner):
-    """pyllm with `int8_activations=True` (prefill and batched decode on int8 activations)."""
+    """pyllm on llama.cpp's own numerics: `int8_activations=True` (activations quantized per
+    32-value block, as llama.cpp does for its quantized matmuls) and a float16 KV-cache
+    (llama.cpp's default cache type)."""
 
     int8 = True
+    kv_dtype = "float16"
 
 
 RUNNERS = {"pyllm": PyllmRunner, "pyllm-int8": PyllmInt8Runner, "llama.cpp": LlamaCppRunner,
@@ -782,7 +788,7 @@ def render(summary: dict, labels: list[str], out=sys.stdout) -> list[dict]:
                            for i, (x, w) in enumerate(zip(ln, widths))), file=out)
         print("(* = some repeats failed; ratios use the best llama.cpp figure; "
               "RSS and load: lower is better; status: the exact pyllm column, then for speed "
-              "the int8 one, whose activations are quantized as llama.cpp quantizes its own)", file=out)
+              "the int8 one, which runs llama.cpp's numerics: int8 activations, f16 KV-cache)", file=out)
     _render_pyllm_only(summary, out)
     errs = [(job, lb, e) for (job, lb), s in summary.items() for e in s["errors"]]
     if errs:

@@ -49,7 +49,8 @@ def load(name_or_path: str | Path | None = None, device: str = "cpu", *,
     `int8_activations=True` opts in to the int8-activation kernels for prefill and batched decode
     on the CPU (2-3x faster matmuls there; logits move by ~0.15 on average, see docs/kernels.md).
     `kv_dtype` ("float32", "float16" or "bfloat16") is the KV-cache's element type: half the
-    memory with half precision (attention runs at about the same speed); float32 is exact.
+    memory and attention's memory traffic with half precision (llama.cpp's default is float16);
+    float32 is exact.
     """
     from pyllm.weights.resolve import resolve_model
 
