@@ -374,7 +374,7 @@ def test_int8_panels_release_the_mapped_matrices(smollm2_path):
         if not release:
             llm.model.release_pages = None
         texts.append(llm.generate("The three primary colours are", params)[0].text)
-        resident.append(mapping_rss_kib(smollm2_path))
+        resident.append(mapping_rss_kib(llm.loaded.gguf))
         packed = llm.model._fast.runner.packed_bytes
         del llm
         import gc

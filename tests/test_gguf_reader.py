@@ -447,13 +447,15 @@ def test_default_model_facts(smollm2_path):
         assert nxt == off + n + (-(off + n - g.data_offset) % g.alignment)
 
 
-def mapping_rss_kib(path) -> int:
-    """Resident KiB of this process's mappings of `path` (from /proc/self/smaps)."""
+def mapping_rss_kib(g) -> int:
+    """Resident KiB of the GGUFFile `g`'s own mapping of its file (from /proc/self/smaps; other
+    mappings of the same file, e.g. other tests' models, are not counted)."""
+    start = torch.frombuffer(g._mm, dtype=torch.uint8, count=1).data_ptr()
     total, inside = 0, False
     for line in open("/proc/self/smaps"):
         head = line.split()
         if "-" in head[0] and ":" not in head[0]:  # a mapping's header line
-            inside = len(head) >= 6 and head[-1] == str(path)
+            inside = int(head[0].split("-")[0], 16) == start
         elif inside and head[0] == "Rss:":
             total += int(head[1])
     return total
@@ -463,9 +465,9 @@ def test_release_drops_resident_pages_and_keeps_the_data(smollm2_path):
     g = load_gguf(smollm2_path)
     t = g.raw("token_embd.weight")  # 30 MB of Q8_0 blocks
     checksum = int(t.sum(dtype=torch.int64))  # touch every page
-    before = mapping_rss_kib(smollm2_path)
+    before = mapping_rss_kib(g)
     dropped = g.release(t)
-    after = mapping_rss_kib(smollm2_path)
+    after = mapping_rss_kib(g)
     assert dropped >= t.numel() - 2 * 4096 and dropped % 4096 == 0
     assert before - after >= 0.9 * dropped / 1024
     assert int(t.sum(dtype=torch.int64)) == checksum  # read back from the file
