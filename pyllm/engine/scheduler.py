@@ -4,9 +4,10 @@ Every step has a token budget. Running sequences go first, oldest first: a decod
 needs one token, a sequence part-way through a long prompt gets the next chunk (chunked
 prefill). What budget is left admits waiting sequences, oldest first, each taking whatever its
 prompt prefix already has in the cache (prefix sharing through the block manager), or will have
-once this step's earlier prefill chunks are computed, and a chunk of the rest. Finished sequences leave at once, so new ones join at every step. When the cache is full,
-the newest running sequence is preempted: its blocks are freed and it goes back to the front of
-the queue, to be recomputed (prompt and output so far) when there is room again.
+once this step's earlier prefill chunks are computed, and a chunk of the rest. Finished
+sequences leave at once, so new ones join at every step. When the cache is full, the newest
+running sequence is preempted: its blocks are freed and it goes back to the front of the queue,
+to be recomputed (prompt and output so far) when there is room again.
 """
 
 from __future__ import annotations
