@@ -5,9 +5,12 @@
 // scheduler tick or more late (measured here: 8-16 ms a call, while the master spins at the
 // closing barrier), against tens of µs for a decode kernel on one core. So a driver times how
 // long its master waits beyond its own share of the work; after a region with such a stall the
-// next calls run on one thread, for a window that doubles while the stalls go on (up to 65536
-// calls) and resets after a clean region. On an idle machine no region stalls and every large
-// call is parallel.
+// calls run on one thread for a while: 5 ms after a first stall, twice as long after each stall
+// that follows (up to 2 s, so a lasting competitor costs one stalled region every 2 s), and back
+// to 5 ms after a clean region. The window is time, not a count of calls: a count long enough to
+// sit out a competitor under decode's µs-sized calls (it once grew to 65536 calls) kept a batch's
+// ms-sized calls on one thread for many seconds after a single hiccup of the host. On an idle
+// machine no region stalls and every large call is parallel.
 #pragma once
 
 #include <algorithm>
@@ -19,41 +22,42 @@
 
 namespace pyllm {
 
+inline double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 class StallGuard {
  public:
+  static constexpr double kFirstWindow = 0.005, kMaxWindow = 2.0;  // seconds on one thread
+
   // `disable_env`: a variable that, set to "0", turns the guard off (null: always on).
   explicit StallGuard(const char* disable_env = nullptr) {
     if (disable_env)
       if (const char* v = std::getenv(disable_env)) enabled_ = std::string(v) != "0";
   }
 
-  // Whether this call should run on one thread (counts the call against the window).
-  bool solo() {
-    if (!enabled_ || solo_left_.load(std::memory_order_relaxed) <= 0) return false;
-    solo_left_.fetch_sub(1, std::memory_order_relaxed);
-    return true;
-  }
-
+  // Whether this call should run on one thread.
+  bool solo() const { return solo_at(now_s()); }
   // After a parallel region: the master's own work and the rest of the region's wall time.
-  void record(double own_s, double wait_s) {
+  void record(double own_s, double wait_s) { record_at(own_s, wait_s, now_s()); }
+
+  // The same at a given time (seconds on now_s()'s clock), for tests.
+  bool solo_at(double now) const { return enabled_ && now < solo_until_.load(std::memory_order_relaxed); }
+  void record_at(double own_s, double wait_s, double now) {
     if (!enabled_) return;
     if (wait_s > 200e-6 && wait_s > 4.0 * own_s) {
-      const int64_t w = window_.load(std::memory_order_relaxed);
-      solo_left_.store(w, std::memory_order_relaxed);
-      window_.store(std::min<int64_t>(2 * w, int64_t{1} << 16), std::memory_order_relaxed);
+      const double w = window_.load(std::memory_order_relaxed);
+      solo_until_.store(now + w, std::memory_order_relaxed);
+      window_.store(std::min(2.0 * w, kMaxWindow), std::memory_order_relaxed);
     } else {
-      window_.store(64, std::memory_order_relaxed);
+      window_.store(kFirstWindow, std::memory_order_relaxed);
     }
   }
 
  private:
-  std::atomic<int64_t> solo_left_{0};
-  std::atomic<int64_t> window_{64};
+  std::atomic<double> solo_until_{0.0};
+  std::atomic<double> window_{kFirstWindow};
   bool enabled_ = true;
 };
-
-inline double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 }  // namespace pyllm
