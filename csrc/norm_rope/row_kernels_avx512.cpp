@@ -1,5 +1,7 @@
 // AVX-512F row kernels (this file alone is compiled with -mavx512*; see row_kernels.h). Only
 // reached when cpu_isa() says the CPU has AVX-512; tails use masked loads and stores.
+// GCC 12's AVX-512 intrinsic headers trip -Wmaybe-uninitialized (their _mm512_undefined_*).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "common/avx512_math.h"
