@@ -32,12 +32,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_isa", [](const std::string& name) { set_cpu_isa(isa_from_name(name)); },
         "Cap the CPU kernels' instruction set (baseline, avx2, avx512); capped at what the CPU has.");
   m.def("set_num_threads", &set_num_threads, "Threads used by the CPU kernels.");
+  m.def("get_num_threads", &get_num_threads);
   py::class_<StallGuard>(m, "_StallGuard",
                          "The CPU drivers' stall fallback (common/stall_guard.h) on an explicit clock, for tests.")
       .def(py::init<>())
       .def("solo_at", &StallGuard::solo_at, py::arg("now"))
       .def("record_at", &StallGuard::record_at, py::arg("own_s"), py::arg("wait_s"), py::arg("now"));
-  m.def("get_num_threads", &get_num_threads);
 
 #ifdef PYLLM_WITH_CUDA
   m.attr("has_cuda") = true;

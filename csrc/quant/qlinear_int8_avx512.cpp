@@ -197,10 +197,11 @@ void quantize_acts_avx512(const float* x, int64_t ldx, int64_t t0, int64_t t1, c
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQBlock), blo);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQBlock + 16), bhi);
       const int64_t at = t * acts.blocks + b;
-      const_cast<float*>(acts.scale)[at] = amax / 127.0f;
+      const float scale = amax / 127.0f;
       const int32_t qsum = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+      const_cast<float*>(acts.scale)[at] = scale;
       const_cast<int32_t*>(acts.qsum)[at] = qsum;
-      const_cast<float*>(acts.xsum)[at] = (amax / 127.0f) * static_cast<float>(qsum);
+      const_cast<float*>(acts.xsum)[at] = scale * static_cast<float>(qsum);
     }
   }
 }

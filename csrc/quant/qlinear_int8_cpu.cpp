@@ -28,9 +28,10 @@ void quantize_acts_baseline(const float* x, int64_t ldx, int64_t t0, int64_t t1,
         qsum += v;
       }
       const int64_t at = t * acts.blocks + b;
-      const_cast<float*>(acts.scale)[at] = amax / 127.0f;
+      const float scale = amax / 127.0f;
+      const_cast<float*>(acts.scale)[at] = scale;
       const_cast<int32_t*>(acts.qsum)[at] = qsum;
-      const_cast<float*>(acts.xsum)[at] = (amax / 127.0f) * static_cast<float>(qsum);
+      const_cast<float*>(acts.xsum)[at] = scale * static_cast<float>(qsum);
     }
   }
 }

@@ -181,11 +181,11 @@ class LLMEngine:
                 logits = None
         except BaseException:
             # The step's K/V may be half written, and prompts admitted with it may share blocks
-            # it was to fill: every sequence of the batch starts over (recompute, as preemption).
+            # it was to fill: every sequence of the batch starts over (recompute, as preemption;
+            # the step's expectations expire when the next step is scheduled).
             for s in seqs:
                 if s.status is SeqStatus.RUNNING:
                     self.scheduler.preempt(s)
-            self.blocks.begin_step()
             raise
         self.stats["computed_tokens"] += len(ids)
         for s, n in batch.items:
