@@ -4,6 +4,7 @@
 
 #include "bind_families.h"
 #include "common/cpu_features.h"
+#include "common/cuda_kernels.h"
 #include "common/stall_guard.h"
 #ifdef PYLLM_WITH_CUDA
 #include "common/cuda_device.h"
@@ -38,6 +39,12 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<>())
       .def("solo_at", &StallGuard::solo_at, py::arg("now"))
       .def("record_at", &StallGuard::record_at, py::arg("own_s"), py::arg("wait_s"), py::arg("now"));
+
+  m.def("cuda_kernels", [] { return std::string(cuda_kernels_name(cuda_kernels())); },
+        "The CUDA kernel family the ops launch: general or tuned (common/cuda_kernels.h).");
+  m.def("set_cuda_kernels", [](const std::string& name) { set_cuda_kernels(cuda_kernels_from_name(name)); },
+        "Choose the CUDA kernel family: general (every shape) or tuned (decode-shaped fast paths). "
+        "No effect in a build without CUDA kernels.");
 
 #ifdef PYLLM_WITH_CUDA
   m.attr("has_cuda") = true;

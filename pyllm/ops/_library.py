@@ -8,8 +8,9 @@ CPU/CUDA implementations instead (a debugging aid, chosen explicitly; never a si
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -64,6 +65,45 @@ def cuda_built() -> bool:
     return _C is not None and bool(getattr(_C, "has_cuda", False))
 
 
+CUDA_KERNEL_FAMILIES = ("general", "tuned")
+
+
+def set_cuda_kernels(family: str) -> None:
+    """Choose the CUDA kernels the ops launch: "general" (every shape; the kernels measured on an
+    H100) or "tuned" (decode-shaped fast paths: attention for head dims 64/128 and qlinear for
+    9..128 tokens; other shapes still take the general kernels). A captured CUDA graph keeps the
+    kernels it was captured with. No effect on the CPU."""
+    check(family in CUDA_KERNEL_FAMILIES,
+          f"CUDA kernels must be one of {', '.join(CUDA_KERNEL_FAMILIES)}, not {family!r}")
+    if _C is not None:
+        _C.set_cuda_kernels(family)
+
+
+def get_cuda_kernels() -> str:
+    """The CUDA kernel family the ops launch now (see set_cuda_kernels)."""
+    return _C.cuda_kernels() if _C is not None else "general"
+
+
+@contextlib.contextmanager
+def using_cuda_kernels(family: str) -> Iterator[None]:
+    """set_cuda_kernels(family) for the duration of a with-block."""
+    before = get_cuda_kernels()
+    set_cuda_kernels(family)
+    try:
+        yield
+    finally:
+        set_cuda_kernels(before)
+
+
+def _cuda_kernels_from_environment() -> None:
+    family = os.environ.get("PYLLM_CUDA_KERNELS", "").strip().lower()
+    if family:
+        if family not in CUDA_KERNEL_FAMILIES:
+            raise ValueError(f"PYLLM_CUDA_KERNELS must be one of {', '.join(CUDA_KERNEL_FAMILIES)}, "
+                             f"not {family!r}")
+        set_cuda_kernels(family)
+
+
 def view(t: torch.Tensor):
     """A pyllm._C.TensorView over a tensor's memory (the caller keeps `t` alive)."""
     return _C.TensorView(
@@ -111,3 +151,6 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     devices = {n: t.device for n, t in tensors.items()}
     if len(set(devices.values())) > 1:
         raise ValueError(f"tensors must be on one device, got {devices}")
+
+
+_cuda_kernels_from_environment()  # last: it uses check() above

@@ -103,7 +103,8 @@ def test_set_cpu_isa_is_capped_and_validated():
 # --------------------------------------------------- process-wide switches
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if k not in ("PYLLM_KERNELS", "PYLLM_CPU_ISA")}
+    full_env = {k: v for k, v in os.environ.items() if k not in ("PYLLM_KERNELS", "PYLLM_CPU_ISA",
+                                                                   "PYLLM_CUDA_KERNELS")}
     full_env.update(env)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
                           capture_output=True, text=True, timeout=120)
@@ -193,3 +194,39 @@ def test_unknown_kernel_mode_is_refused(monkeypatch):
     monkeypatch.setenv("PYLLM_KERNELS", "fastest")
     with pytest.raises(ValueError, match="PYLLM_KERNELS"):
         ops.kernel_mode()
+
+
+# ------------------------------------------------------------- the CUDA kernel family
+
+
+def test_cuda_kernel_family_is_set_validated_and_restored():
+    before = ops.get_cuda_kernels()  # general, unless PYLLM_CUDA_KERNELS says otherwise
+    with ops.using_cuda_kernels("general"):
+        assert _C.cuda_kernels() == "general"
+    assert ops.get_cuda_kernels() == before
+    ops.set_cuda_kernels("general")
+    with ops.using_cuda_kernels("tuned"):
+        assert ops.get_cuda_kernels() == "tuned" and _C.cuda_kernels() == "tuned"
+        with pytest.raises(ValueError, match="general, tuned"):
+            ops.set_cuda_kernels("fastest")
+        assert ops.get_cuda_kernels() == "tuned"  # a refused name changes nothing
+    assert ops.get_cuda_kernels() == "general"
+    with pytest.raises(ValueError, match="general, tuned"):
+        with ops.using_cuda_kernels("turbo"):
+            pass
+    assert ops.get_cuda_kernels() == "general"
+    ops.set_cuda_kernels(before)
+
+
+@pytest.mark.parametrize("value,expect", [("tuned", "tuned"), (" Tuned ", "tuned"), ("", "general"),
+                                          ("general", "general")])
+def test_cuda_kernel_family_from_the_environment(value, expect):
+    proc = run_python("import pyllm.ops as o; print(o.get_cuda_kernels())", PYLLM_CUDA_KERNELS=value)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expect
+
+
+def test_unknown_cuda_kernel_family_in_the_environment_is_refused():
+    proc = run_python("import pyllm.ops", PYLLM_CUDA_KERNELS="fastest")
+    assert proc.returncode != 0
+    assert "PYLLM_CUDA_KERNELS must be one of general, tuned, not 'fastest'" in proc.stderr
