@@ -16,10 +16,13 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "attention/attention.h"
+#include "common/cuda_kernels.h"
 
 namespace pyllm {
 
@@ -58,6 +61,36 @@ struct Params {
   float scale;
 };
 
+// The keys token row t reads in split `split`: cache positions [lo, hi) of sequence b (empty
+// when lo >= hi). Its position is context_len - q_len + its index in the sequence.
+struct TokenKeys {
+  int b, lo, hi;
+};
+
+__device__ __forceinline__ TokenKeys token_keys(const Params& P, int t, int split) {
+  // The sequence owning row t (binary search; empty sequences are skipped by taking the last b).
+  int lo_b = 0, hi_b = P.B;  // answer in [0, B)
+  while (hi_b - lo_b > 1) {
+    const int mid = (lo_b + hi_b) >> 1;
+    if (P.query_start[mid] <= t) lo_b = mid; else hi_b = mid;
+  }
+  const int b = lo_b;  // the largest b with query_start[b] <= t, so query_start[b + 1] > t
+  const int q_len = P.query_start[b + 1] - P.query_start[b];
+  const int pos = P.context_lens[b] - q_len + (t - P.query_start[b]);
+  const int lo = P.sliding_window > 0 ? max(0, pos - P.sliding_window + 1) : 0;
+  return {b, max(lo, split * P.split_len), min(pos + 1, (split + 1) * P.split_len)};
+}
+
+// A split that saw no key leaves (m, l) = (-inf, 0), which the merge skips.
+__device__ __forceinline__ void mark_split_empty(const Params& P, long long head0, int G, int split) {
+  if (P.splits > 1)
+    for (int h = threadIdx.x; h < G; h += blockDim.x) {
+      float* ml = P.ws_ml + ((head0 + h) * P.splits + split) * 2;
+      ml[0] = -INFINITY;
+      ml[1] = 0.0f;
+    }
+}
+
 // Shared memory: row offsets [kChunk] (int64), q [G, D], acc [G, D], p [G, kChunk], m, l, corr [G].
 size_t smem_bytes(int G, int D) {
   return sizeof(long long) * kChunk + sizeof(float) * (2 * static_cast<size_t>(G) * D +
@@ -80,30 +113,11 @@ paged_attention_kernel(const QT* __restrict__ q, const CT* __restrict__ kc, cons
 
   const int t = blockIdx.x, g = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
-
-  // The sequence owning row t (binary search; empty sequences are skipped by taking the last b).
-  int lo_b = 0, hi_b = P.B;  // answer in [0, B)
-  while (hi_b - lo_b > 1) {
-    const int mid = (lo_b + hi_b) >> 1;
-    if (P.query_start[mid] <= t) lo_b = mid; else hi_b = mid;
-  }
-  const int b = lo_b;  // the largest b with query_start[b] <= t, so query_start[b + 1] > t
-  const int q_len = P.query_start[b + 1] - P.query_start[b];
-  const int ctx = P.context_lens[b];
-  const int pos = ctx - q_len + (t - P.query_start[b]);
-  int k_lo = P.sliding_window > 0 ? max(0, pos - P.sliding_window + 1) : 0;
-  int k_hi = pos + 1;
-  k_lo = max(k_lo, split * P.split_len);
-  k_hi = min(k_hi, (split + 1) * P.split_len);
+  const TokenKeys keys = token_keys(P, t, split);
+  const int b = keys.b, k_lo = keys.lo, k_hi = keys.hi;
   const long long head0 = static_cast<long long>(t) * P.Hq + static_cast<long long>(g) * G;
-
   if (k_lo >= k_hi) {  // this split holds none of the token's keys
-    if (P.splits > 1)
-      for (int h = tid; h < G; h += blockDim.x) {
-        float* ml = P.ws_ml + ((head0 + h) * P.splits + split) * 2;
-        ml[0] = -INFINITY;
-        ml[1] = 0.0f;
-      }
+    mark_split_empty(P, head0, G, split);
     return;
   }
 
@@ -216,6 +230,208 @@ __global__ void merge_splits_kernel(QT* __restrict__ out, const float* __restric
   }
 }
 
+// ------------------------------------------------------------------ the tuned decode kernel
+//
+// Same grid and split-K contract as paged_attention_kernel (one block per token, KV head and
+// split; the same workspace and merge), but nothing is staged in shared memory inside the key
+// loop. A key is read by kLanesPerKey = 8 lanes, each holding D/8 of its dims in registers
+// through 16-byte loads interleaved across the lanes (load_dims), so each load instruction of a
+// key's lanes reads one contiguous 128-byte span of its K or V row, and a warp takes
+// kKeyGroups = 4 keys a step (8 for D = 64, unrolled twice to keep more loads in flight). Each
+// 8-lane group runs its own online softmax (m, l, acc for the G heads and its D/8 dims) over the
+// keys it read: a score costs three shuffles, and nothing else is exchanged until the end, when the
+// groups of a warp merge by shuffles and the warps of the block through shared memory.
+
+constexpr int kLanesPerKey = 8;
+constexpr int kKeyGroups = 32 / kLanesPerKey;
+constexpr int kTunedWarps = 4;
+
+template <class CT>
+__device__ __forceinline__ float2 unpack2(uint32_t w);  // two 16-bit values, the lower address first
+template <>
+__device__ __forceinline__ float2 unpack2<__half>(uint32_t w) {
+  return make_float2(__half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xFFFFu))),
+                     __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16))));
+}
+template <>
+__device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t w) {
+  return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u));  // bf16 is float's top half
+}
+
+// Elements a 16-byte load holds.
+template <class CT>
+constexpr int kVec = 16 / static_cast<int>(sizeof(CT));
+
+// A lane's N dims of a row, from p = the row + sub * kVec: vector c (kVec elements) lies at
+// p + c * kLanesPerKey * kVec, so the 8 lanes of a key read one contiguous 128-byte span per load
+// instruction. Lane `sub` holds dims (i / kVec) * 8 * kVec + sub * kVec + i % kVec (dim_of).
+template <class CT, int N>
+__device__ __forceinline__ void load_dims(const CT* __restrict__ p, float (&f)[N]) {
+  constexpr int V = kVec<CT>;
+  static_assert(N % V == 0, "a lane holds whole 16-byte vectors");
+#pragma unroll
+  for (int c = 0; c < N / V; ++c) {
+    const CT* vp = p + c * kLanesPerKey * V;
+    if constexpr (std::is_same<CT, float>::value) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(vp));
+      f[c * V] = v.x;
+      f[c * V + 1] = v.y;
+      f[c * V + 2] = v.z;
+      f[c * V + 3] = v.w;
+    } else {
+      const uint4 u = __ldg(reinterpret_cast<const uint4*>(vp));
+      const uint32_t words[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 two = unpack2<CT>(words[j]);
+        f[c * V + 2 * j] = two.x;
+        f[c * V + 2 * j + 1] = two.y;
+      }
+    }
+  }
+}
+
+template <class CT>
+__device__ __forceinline__ int dim_of(int sub, int i) {
+  constexpr int V = kVec<CT>;
+  return (i / V) * kLanesPerKey * V + sub * V + i % V;
+}
+
+// D: head dim (64 or 128); MaxG: the most query heads per KV head it holds (G <= MaxG at run time).
+template <class CT, int D, int MaxG>
+__global__ void __launch_bounds__(32 * kTunedWarps)
+warp_split_attention_kernel(const float* __restrict__ q, const CT* __restrict__ kc, const CT* __restrict__ vc,
+                            float* __restrict__ out, Params P) {
+  constexpr int kDims = D / kLanesPerKey;   // dims a lane holds
+  constexpr int kUnroll = D <= 64 ? 2 : 1;  // keys a lane group reads a step
+  constexpr int kStep = kTunedWarps * kKeyGroups * kUnroll;  // keys the block reads a step
+  __shared__ float red_m[kTunedWarps][MaxG], red_l[kTunedWarps][MaxG];
+  __shared__ float red_acc[kTunedWarps][MaxG][D];
+
+  const int G = P.Hq / P.Hkv;
+  const int t = blockIdx.x, g = blockIdx.y, split = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int grp = lane / kLanesPerKey, sub = lane % kLanesPerKey;
+  const TokenKeys keys = token_keys(P, t, split);
+  const long long head0 = static_cast<long long>(t) * P.Hq + static_cast<long long>(g) * G;
+  if (keys.lo >= keys.hi) {  // the same for the whole block
+    mark_split_empty(P, head0, G, split);
+    return;
+  }
+
+  float qr[MaxG][kDims], acc[MaxG][kDims], m[MaxG], l[MaxG];
+#pragma unroll
+  for (int h = 0; h < MaxG; ++h) {
+#pragma unroll
+    for (int i = 0; i < kDims; ++i) {
+      qr[h][i] = h < G ? q[(head0 + h) * D + dim_of<CT>(sub, i)] * P.scale : 0.0f;
+      acc[h][i] = 0.0f;
+    }
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
+  }
+  const int32_t* table = P.block_tables + static_cast<long long>(keys.b) * P.max_blocks;
+  const long long head_stride = static_cast<long long>(P.Hkv) * D;
+  const long long dim0 = static_cast<long long>(g) * D + sub * kVec<CT>;
+
+  // The trip count is the block's, so every lane reaches every shuffle; lanes past the end
+  // (valid false) shuffle zeros and skip the update.
+  for (int s0 = keys.lo; s0 < keys.hi; s0 += kStep) {
+    float kf[kUnroll][kDims], vf[kUnroll][kDims];
+    bool valid[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j = s0 + (warp * kUnroll + u) * kKeyGroups + grp;
+      valid[u] = j < keys.hi;
+      if (valid[u]) {
+        const long long row =
+            static_cast<long long>(table[j / P.block_size]) * P.block_size + j % P.block_size;
+        load_dims<CT, kDims>(kc + row * head_stride + dim0, kf[u]);
+        load_dims<CT, kDims>(vc + row * head_stride + dim0, vf[u]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < kDims; ++i) kf[u][i] = vf[u][i] = 0.0f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int h = 0; h < MaxG; ++h) {
+        if (h < G) {  // G is the same for every lane
+        float sc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kDims; ++i) sc = fmaf(qr[h][i], kf[u][i], sc);
+#pragma unroll
+        for (int o = kLanesPerKey / 2; o > 0; o >>= 1) sc += __shfl_xor_sync(0xffffffffu, sc, o);
+        if (valid[u]) {
+          const float m_new = fmaxf(m[h], sc);
+          const float corr = m[h] == -INFINITY ? 0.0f : __expf(m[h] - m_new);
+          const float p = __expf(sc - m_new);
+          l[h] = fmaf(l[h], corr, p);
+#pragma unroll
+          for (int i = 0; i < kDims; ++i) acc[h][i] = fmaf(p, vf[u][i], acc[h][i] * corr);
+          m[h] = m_new;
+        }
+        }
+      }
+    }
+  }
+
+  // The four lane groups of the warp: rescale to the warp's max and add (xor 8 and 16 cross groups).
+#pragma unroll
+  for (int h = 0; h < MaxG; ++h) {
+    if (h >= G) continue;
+    float mw = m[h];
+    mw = fmaxf(mw, __shfl_xor_sync(0xffffffffu, mw, 8));
+    mw = fmaxf(mw, __shfl_xor_sync(0xffffffffu, mw, 16));
+    const float f = m[h] == -INFINITY ? 0.0f : __expf(m[h] - mw);
+    float lw = l[h] * f;
+    lw += __shfl_xor_sync(0xffffffffu, lw, 8);
+    lw += __shfl_xor_sync(0xffffffffu, lw, 16);
+#pragma unroll
+    for (int i = 0; i < kDims; ++i) {
+      float a = acc[h][i] * f;
+      a += __shfl_xor_sync(0xffffffffu, a, 8);
+      a += __shfl_xor_sync(0xffffffffu, a, 16);
+      acc[h][i] = a;
+    }
+    if (grp == 0) {
+#pragma unroll
+      for (int i = 0; i < kDims; ++i) red_acc[warp][h][dim_of<CT>(sub, i)] = acc[h][i];
+      if (sub == 0) {
+        red_m[warp][h] = mw;  // -inf, with l = 0 and acc = 0, when the warp read no key
+        red_l[warp][h] = lw;
+      }
+    }
+  }
+  __syncthreads();
+
+  // The block's warps, in warp order; at least one read a key (keys.lo < keys.hi).
+  for (int idx = threadIdx.x; idx < G * D; idx += blockDim.x) {
+    const int h = idx / D, d = idx - h * D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kTunedWarps; ++w) M = fmaxf(M, red_m[w][h]);
+    float L = 0.0f, A = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kTunedWarps; ++w) {
+      const float f = red_m[w][h] == -INFINITY ? 0.0f : __expf(red_m[w][h] - M);
+      L = fmaf(red_l[w][h], f, L);
+      A = fmaf(red_acc[w][h][d], f, A);
+    }
+    if (P.splits == 1) {
+      out[head0 * D + idx] = A / L;
+    } else {
+      P.ws_acc[((head0 + h) * P.splits + split) * D + d] = A;
+      if (d == 0) {
+        float* ml = P.ws_ml + ((head0 + h) * P.splits + split) * 2;
+        ml[0] = M;
+        ml[1] = L;
+      }
+    }
+  }
+}
+
 int sm_count() {
   int dev = 0, n = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -264,13 +480,53 @@ void launch(const TensorView& q, const TensorView& kc, const TensorView& vc, con
   }
 }
 
+template <class CT, int D, int MaxG>
+void launch_tuned(const TensorView& q, const TensorView& kc, const TensorView& vc, const TensorView& out,
+                  const Params& P, int64_t T, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(P.Hkv), static_cast<unsigned>(P.splits));
+  warp_split_attention_kernel<CT, D, MaxG><<<grid, 32 * kTunedWarps, 0, stream>>>(
+      q.ptr<const float>(), kc.ptr<const CT>(), vc.ptr<const CT>(), out.ptr<float>(), P);
+  if (P.splits > 1) {
+    const dim3 mgrid(static_cast<unsigned>(T), static_cast<unsigned>(P.Hq));
+    merge_splits_kernel<float><<<mgrid, D, 0, stream>>>(out.ptr<float>(), P.ws_ml, P.ws_acc, P.Hq, P.D, P.splits);
+  }
+}
+
+// The tuned kernel, when the setting asks for it and it covers the shapes (float32 queries, head
+// dim 64 with up to 8 query heads a KV head or 128 with up to 4, 16-byte aligned caches);
+// false leaves the call to the general kernel.
+template <class CT>
+bool try_tuned(const TensorView& q, const TensorView& kc, const TensorView& vc, const TensorView& out,
+               const Params& P, int64_t T, cudaStream_t stream) {
+  const int G = P.Hq / P.Hkv;
+  if (cuda_kernels() != CudaKernels::Tuned || q.dtype != DType::F32 ||
+      reinterpret_cast<uintptr_t>(kc.data) % 16 != 0 || reinterpret_cast<uintptr_t>(vc.data) % 16 != 0)
+    return false;
+  if (P.D == 64 && G <= 4) {
+    launch_tuned<CT, 64, 4>(q, kc, vc, out, P, T, stream);
+  } else if (P.D == 64 && G <= 8) {
+    launch_tuned<CT, 64, 8>(q, kc, vc, out, P, T, stream);
+  } else if (P.D == 128 && G <= 4) {
+    launch_tuned<CT, 128, 4>(q, kc, vc, out, P, T, stream);
+  } else {
+    return false;
+  }
+  return true;
+}
+
 template <class QT>
 void launch_cache(const TensorView& q, const TensorView& kc, const TensorView& vc, const TensorView& out,
                   const Params& P, int64_t T, cudaStream_t stream) {
   switch (kc.dtype) {
-    case DType::F16: launch<QT, __half>(q, kc, vc, out, P, T, stream); break;
-    case DType::BF16: launch<QT, __nv_bfloat16>(q, kc, vc, out, P, T, stream); break;
-    default: launch<QT, float>(q, kc, vc, out, P, T, stream);
+    case DType::F16:
+      if (!try_tuned<__half>(q, kc, vc, out, P, T, stream)) launch<QT, __half>(q, kc, vc, out, P, T, stream);
+      break;
+    case DType::BF16:
+      if (!try_tuned<__nv_bfloat16>(q, kc, vc, out, P, T, stream))
+        launch<QT, __nv_bfloat16>(q, kc, vc, out, P, T, stream);
+      break;
+    default:
+      if (!try_tuned<float>(q, kc, vc, out, P, T, stream)) launch<QT, float>(q, kc, vc, out, P, T, stream);
   }
 }
 

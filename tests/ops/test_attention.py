@@ -15,6 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pyllm.ops as ops
 from pyllm import _C
 from pyllm.ops import attention as A
 from pyllm.ops import kv_cache as K
@@ -273,34 +274,60 @@ def test_bad_input_raises_value_error(name, build):
 
 # ------------------------------------------------------------------ CUDA
 
+CUDA_FAMILIES = ["general", "tuned"]
+
+
 def _cuda_ready() -> bool:
     return torch.cuda.is_available() and bool(getattr(_C, "has_cuda", False))
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("family", CUDA_FAMILIES)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
-def test_cuda_matches_reference(case):
+def test_cuda_matches_reference(family, case):
     if not _cuda_ready():
         pytest.skip("pyllm was built without CUDA kernels")
     expected = case.reference64()
     for name in ("q", "k_cache", "v_cache", "query_start", "context_lens", "block_tables"):
         setattr(case, name, getattr(case, name).cuda())
-    out = A.paged_attention(*case.args())
+    with ops.using_cuda_kernels(family):
+        out = A.paged_attention(*case.args())
     assert not out.isnan().any()
     torch.testing.assert_close(out.double().cpu(), expected, **tolerance(case.q.dtype))
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_long_decode_split_k():
+@pytest.mark.parametrize("family", CUDA_FAMILIES)
+def test_cuda_long_decode_split_k(family):
     if not _cuda_ready():
         pytest.skip("pyllm was built without CUDA kernels")
     for seqs in ([(1, 4096)], [(1, 4096), (1, 1), (2, 3000), (64, 64)]):
         case = make_case(seqs, 9, 3, 64, 16, seed=7)
         expected = case.reference64()
         case = make_case(seqs, 9, 3, 64, 16, seed=7, device="cuda")
-        torch.testing.assert_close(A.paged_attention(*case.args()).double().cpu(), expected,
-                                   rtol=1e-5, atol=1e-5)
-        torch.library.opcheck(torch.ops.pyllm.paged_attention.default, case.args())
+        with ops.using_cuda_kernels(family):
+            torch.testing.assert_close(A.paged_attention(*case.args()).double().cpu(), expected,
+                                       rtol=1e-5, atol=1e-5)
+            torch.library.opcheck(torch.ops.pyllm.paged_attention.default, case.args())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_tuned_equals_general_on_a_decode_batch(cache_dtype):
+    """SmolLM2's shape (9 query heads on 3 KV heads of 64 dims), 64 sequences of mixed lengths
+    decoding one token each: the two kernel families agree, with splits and without."""
+    if not _cuda_ready():
+        pytest.skip("pyllm was built without CUDA kernels")
+    gen = torch.Generator().manual_seed(11)
+    for lengths in (torch.randint(1, 300, (64,), generator=gen).tolist(), [1000] * 4 + [3, 17]):
+        case = make_case([(1, n) for n in lengths], 9, 3, 64, 16, seed=len(lengths), device="cuda",
+                         cache_dtype=cache_dtype)
+        outs = {}
+        for family in CUDA_FAMILIES:
+            with ops.using_cuda_kernels(family):
+                outs[family] = A.paged_attention(*case.args())
+        torch.testing.assert_close(outs["tuned"], outs["general"], rtol=1e-5, atol=1e-5)
