@@ -173,14 +173,18 @@ def test_flattened_batch_equals_separate_sequences(models, case):
 
 @CUDA
 @pytest.mark.cuda
+@pytest.mark.parametrize("family", ["general", "tuned"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_cuda_logits_match_transformers(models, case):
-    """The same folders on the GPU (every op on its CUDA kernel)."""
+def test_cuda_logits_match_transformers(models, case, family):
+    """The same folders on the GPU (every op on its CUDA kernel, of either family)."""
+    from pyllm import ops
+
     hf, _ = models[case]
     loaded = load_model(FOLDERS[case], device="cuda")
     assert loaded.model.device.type == "cuda"
     ids = _ids(23, seed=1)
-    assert (_full_forward(loaded, ids) - _hf_logits(hf, ids)).abs().max().item() <= TOL
+    with ops.using_cuda_kernels(family):
+        assert (_full_forward(loaded, ids) - _hf_logits(hf, ids)).abs().max().item() <= TOL
 
 
 def test_bf16_checkpoint_matches_transformers(tmp_path):

@@ -8,6 +8,7 @@
 // dequantizes the weight tile into shared memory (float32), then every thread accumulates a
 // 4x4 micro-tile with float32 FMAs. float32 throughout, so the result matches the reference up
 // to the order of additions (no TF32/BF16 tensor-core rounding).
+// 9..128 tokens with the tuned kernels chosen (common/cuda_kernels.h): a split-K tile, below.
 //
 // Block layouts: see qlinear.h / docs/kernels.md. Weight rows must be 4-byte aligned (checked in
 // pyllm/ops/qlinear.py, which copies a misaligned view).
@@ -19,6 +20,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/cuda_kernels.h"
 #include "quant/qlinear.h"
 
 namespace pyllm {
@@ -192,6 +194,117 @@ qlinear_gemm_kernel(const float* __restrict__ x, const uint8_t* __restrict__ w, 
   }
 }
 
+// ------------------------------------------------------------------- split-K tile (tuned)
+//
+// For 9..128 tokens (batched decode), when the tuned kernels are chosen (common/cuda_kernels.h).
+// The 64x64 tile above leaves a 576-row matrix at 9 blocks a 64-token step on a 132-SM GPU. Here
+// a block of kSkWarps warps owns kSkRows output rows x kSkTokens tokens, and warp w takes K chunks
+// w, w + kSkWarps, ... (32 weights each): per chunk it dequantizes its rows' weights and loads the
+// tokens' activations into its own shared tiles, then each lane accumulates a 4-row x 4-token
+// micro-tile. The warps' partial sums are added in warp order at the end, so the result is
+// deterministic; float32 throughout, as above (only the order of additions differs from the
+// reference).
+constexpr int kSkRows = 16, kSkTokens = 32, kSkWarps = 8;
+constexpr int kSkWsStride = kSkRows + 4;    // ws[k][row]: +4 keeps float4 rows aligned
+constexpr int kSkXsStride = kSkTokens + 4;  // xs[k][token]
+constexpr int kSkWarpFloats = 32 * kSkWsStride + 32 * kSkXsStride;
+constexpr size_t kSkSmemBytes = sizeof(float) * kSkWarps * kSkWarpFloats;  // 57,344 B: above the 48 KB default
+static_assert(kSkWarps * kSkTokens * kSkRows <= kSkWarps * kSkWarpFloats, "the reduction reuses the tiles");
+
+template <int QT>
+__global__ void __launch_bounds__(32 * kSkWarps)
+qlinear_splitk_kernel(const float* __restrict__ x, const uint8_t* __restrict__ w, const float* __restrict__ bias,
+                      float* __restrict__ out, int64_t T, int64_t K, int64_t N, int64_t ldw) {
+  extern __shared__ __align__(16) float sk_smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* ws = sk_smem + warp * kSkWarpFloats;  // this warp's dequantized chunk: ws[k * kSkWsStride + row]
+  float* xs = ws + 32 * kSkWsStride;           // and its activations: xs[k * kSkXsStride + token]
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kSkRows;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * kSkTokens;
+  const int tn = lane & 3, tm = lane >> 2;  // this lane's rows tn*4.. and tokens tm*4..
+  float acc[4][4] = {};                      // [token][row]
+  const int64_t chunks = (K + 31) / 32;
+  for (int64_t c = warp; c < chunks; c += kSkWarps) {
+    {  // weights: two lanes a row, two 8-weight parts each
+      const int r = lane >> 1;
+      const int64_t gn = n0 + r;
+#pragma unroll
+      for (int pp = 0; pp < 2; ++pp) {
+        const int part = 2 * (lane & 1) + pp;
+        float wv[8];
+        if (gn < N) {
+          decode8<QT>(w + gn * ldw, c, part, K, wv);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) wv[i] = 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) ws[(8 * part + i) * kSkWsStride + r] = wv[i];
+      }
+    }
+    // activations: lane = token, 8 float4 along k (K % 4 == 0 and 16-byte rows: checked by the caller)
+    {
+      const int64_t gt = t0 + lane;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int64_t gk = c * 32 + 4 * i;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (gt < T && gk < K) v = __ldg(reinterpret_cast<const float4*>(x + gt * K + gk));
+        xs[(4 * i + 0) * kSkXsStride + lane] = v.x;
+        xs[(4 * i + 1) * kSkXsStride + lane] = v.y;
+        xs[(4 * i + 2) * kSkXsStride + lane] = v.z;
+        xs[(4 * i + 3) * kSkXsStride + lane] = v.w;
+      }
+    }
+    __syncwarp();
+#pragma unroll 8
+    for (int k = 0; k < 32; ++k) {
+      const float4 a = *reinterpret_cast<const float4*>(xs + k * kSkXsStride + tm * 4);
+      const float4 b = *reinterpret_cast<const float4*>(ws + k * kSkWsStride + tn * 4);
+      const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    __syncwarp();  // the tiles are rewritten by the next chunk
+  }
+  __syncthreads();  // every warp is done with its tiles: reuse them for the partial sums
+  float* red = sk_smem;  // red[(warp * kSkTokens + token) * kSkRows + row]
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) red[(warp * kSkTokens + tm * 4 + i) * kSkRows + tn * 4 + j] = acc[i][j];
+  __syncthreads();
+  for (int o = threadIdx.x; o < kSkTokens * kSkRows; o += blockDim.x) {
+    const int tt = o / kSkRows, r = o % kSkRows;
+    const int64_t gt = t0 + tt, gn = n0 + r;
+    if (gt >= T || gn >= N) continue;
+    float sum = 0.f;
+#pragma unroll
+    for (int v = 0; v < kSkWarps; ++v) sum += red[(v * kSkTokens + tt) * kSkRows + r];
+    out[gt * N + gn] = sum + (bias ? bias[gn] : 0.f);
+  }
+}
+
+// The split-K tile when the tuned kernels are chosen and it covers the call; false otherwise.
+template <int QT>
+bool try_splitk(const float* x, const uint8_t* w, const float* bias, float* out, int64_t T, int64_t K, int64_t N,
+                int64_t ldw, cudaStream_t stream) {
+  if (cuda_kernels() != CudaKernels::Tuned || T <= 8 || T > 128 || K % 4 != 0 ||
+      reinterpret_cast<uintptr_t>(x) % 16 != 0)
+    return false;
+  // Per launch: the attribute belongs to the current device (and is allowed during graph capture).
+  if (cudaFuncSetAttribute(qlinear_splitk_kernel<QT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(kSkSmemBytes)) != cudaSuccess) {
+    cudaGetLastError();  // a device with less shared memory a block: the general tile
+    return false;
+  }
+  const dim3 grid(static_cast<unsigned>((N + kSkRows - 1) / kSkRows), static_cast<unsigned>((T + kSkTokens - 1) / kSkTokens));
+  qlinear_splitk_kernel<QT><<<grid, 32 * kSkWarps, kSkSmemBytes, stream>>>(x, w, bias, out, T, K, N, ldw);
+  return true;
+}
+
 template <int QT>
 void launch(const float* x, const uint8_t* w, const float* bias, float* out, int64_t T, int64_t K, int64_t N,
             int64_t ldw, cudaStream_t stream) {
@@ -207,7 +320,7 @@ void launch(const float* x, const uint8_t* w, const float* bias, float* out, int
     } else {
       qlinear_gemv_kernel<QT, 8><<<dim3(rows, 1), block, 0, stream>>>(x, w, bias, out, T, K, N, ldw);
     }
-  } else {
+  } else if (!try_splitk<QT>(x, w, bias, out, T, K, N, ldw, stream)) {
     const dim3 grid(static_cast<unsigned>((N + kTileN - 1) / kTileN), static_cast<unsigned>((T + kTileM - 1) / kTileM));
     qlinear_gemm_kernel<QT><<<grid, kGemmThreads, 0, stream>>>(x, w, bias, out, T, K, N, ldw);
   }

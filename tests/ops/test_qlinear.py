@@ -271,11 +271,14 @@ def test_qweight_validates():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.skipif(not L.cuda_built(), reason="pyllm built without CUDA")
+@pytest.mark.parametrize("family", ["general", "tuned"])
 @pytest.mark.parametrize("qtype", QTYPES)
 @settings(max_examples=20, deadline=None)
-@given(t=st.integers(1, 70), kb=st.integers(1, 40), n=st.integers(1, 300), with_bias=st.booleans(),
+@given(t=st.integers(1, 140), kb=st.integers(1, 40), n=st.integers(1, 300), with_bias=st.booleans(),
        seed=st.integers(0, 2**31 - 1))
-def test_qlinear_cuda_matches_reference(qtype, t, kb, n, with_bias, seed):
+def test_qlinear_cuda_matches_reference(family, qtype, t, kb, n, with_bias, seed):
+    """Token counts across every CUDA path: the GEMV (<= 8), the tuned split-K tile (9..128, one
+    or several 32-token tiles) and the 64x64 tile."""
     gen = torch.Generator().manual_seed(seed)
     k = 32 * kb
     w = make_weight(qtype, n, k, gen, raw_bytes=False)
@@ -283,8 +286,32 @@ def test_qlinear_cuda_matches_reference(qtype, t, kb, n, with_bias, seed):
     bias = torch.randn(n, generator=gen) if with_bias else None
     code = QTYPE_CODES[qtype]
     ref = qlinear_ref(x, w, code, n, bias)
-    y = ops.qlinear(x.cuda(), w.cuda(), code, n, None if bias is None else bias.cuda()).cpu()
+    with ops.using_cuda_kernels(family):
+        y = ops.qlinear(x.cuda(), w.cuda(), code, n, None if bias is None else bias.cuda()).cpu()
     check_close(y, ref, x, QWeight(w, qtype, n, k).dequantize())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.skipif(not L.cuda_built(), reason="pyllm built without CUDA")
+@pytest.mark.parametrize("family", ["general", "tuned"])
+@pytest.mark.parametrize("qtype", ["f16", "bf16", "f32"])
+@pytest.mark.parametrize("k", [4, 36, 100, 3, 37])
+def test_qlinear_cuda_float_weights_of_any_width(family, qtype, k):
+    """Float weights need not be 32 wide: a partial last chunk (K % 4 == 0 for the split-K tile's
+    float4 loads; odd K falls back to the general tile) and x a view at an odd offset."""
+    gen = torch.Generator().manual_seed(k)
+    w = make_weight(qtype, 45, k, gen, raw_bytes=False)
+    code = QTYPE_CODES[qtype]
+    for t in (5, 9, 40, 129):
+        x = torch.randn(t, k + 1, generator=gen)[:, 1:].contiguous()
+        x_offset = torch.randn(t * k + 1, generator=gen).cuda()[1:].view(t, k)  # 4-byte aligned only
+        x_offset.copy_(x.cuda())
+        ref = qlinear_ref(x, w, code, 45, None)
+        with ops.using_cuda_kernels(family):
+            for xc in (x.cuda(), x_offset):
+                y = ops.qlinear(xc, w.cuda(), code, 45, None).cpu()
+                check_close(y, ref, x, QWeight(w, qtype, 45, k).dequantize())
 
 
 # ------------------------------------------------- the opt-in int8-activation path
