@@ -1,6 +1,6 @@
 """Where a decode step's GPU time goes: per-kernel device time of the model's forward on CUDA.
 
-    python scripts/gpu_profile.py MODEL.gguf [--batch 1,64] [--context 256]
+    python scripts/gpu_profile.py MODEL.gguf [--batch 1,64] [--context 256] [--kernels general,tuned]
 
 For each batch size: a decode step over a ContiguousKVCache (random K/V, `--context` cached
 tokens a sequence) is run eagerly under torch.profiler (the same kernels a graph replays), and the
@@ -14,6 +14,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from pyllm import ops
 from pyllm.model.batch import ContiguousKVCache
 from pyllm.model.loader import load_model
 
@@ -24,8 +25,15 @@ def main() -> None:
     ap.add_argument("--batch", default="1,64")
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--kernels", default="general,tuned", help="CUDA kernel families, comma-separated")
     args = ap.parse_args()
     model = load_model(args.model, "cuda").model
+    for family in args.kernels.split(","):
+        with ops.using_cuda_kernels(family):
+            profile_steps(model, args, family)
+
+
+def profile_steps(model, args, family: str) -> None:
     cfg = model.config
     for batch in map(int, args.batch.split(",")):
         cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, batch, args.context + 1,
@@ -51,7 +59,7 @@ def main() -> None:
                 total, count = rows.get(name, (0.0, 0))
                 rows[name] = (total + e.device_time_total, count + 1)  # µs
         step = sum(t for t, _ in rows.values()) / args.steps
-        print(f"\n== batch {batch}, context {args.context}: {step / 1e3:.3f} ms of kernels a step, "
+        print(f"\n== {family} kernels, batch {batch}, context {args.context}: {step / 1e3:.3f} ms of kernels a step, "
               f"{sum(c for _, c in rows.values()) // args.steps} kernels a step")
         for name, (total, count) in sorted(rows.items(), key=lambda kv: -kv[1][0])[:14]:
             print(f"  {total / args.steps:9.1f} us/step  {count // args.steps:5d} x {total / count:8.2f} us  {name}")
