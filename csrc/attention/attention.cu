@@ -442,11 +442,45 @@ int sm_count() {
   return n;
 }
 
-// Splits per (token, KV head): enough blocks for about eight waves, at least kMinSplit keys each
-// (a block's work is a serial walk over its keys, so short splits run faster than few long ones).
-int num_splits(int64_t T, int64_t hkv, int64_t max_context) {
+// Blocks of the tuned kernel one SM holds at once for head dim D and G query heads a KV head (its
+// float-cache instantiation; the 16-bit ones use as many registers), or 0 when it does not cover
+// the shape. Asked of the runtime once per instantiation.
+template <int D, int MaxG>
+int tuned_residency() {
+  static const int blocks = [] {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, warp_split_attention_kernel<float, D, MaxG>,
+                                                      32 * kTunedWarps, 0) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    return n;
+  }();
+  return blocks;
+}
+
+int tuned_blocks_per_sm(int64_t D, int64_t G) {
+  if (D == 64 && G <= 4) return tuned_residency<64, 4>();
+  if (D == 64 && G <= 8) return tuned_residency<64, 8>();
+  if (D == 128 && G <= 4) return tuned_residency<128, 4>();
+  return 0;
+}
+
+// Splits per (token, KV head). General kernels: enough blocks for about eight waves of 8 blocks
+// an SM. Tuned kernels: at least kTunedWaves waves at the kernel's real residency (4 blocks an SM
+// for SmolLM2's shapes, by registers); with several shorter waves, a partly filled last wave of
+// equal-length splits idles less of the GPU. At least kMinSplit keys a split either way (a
+// block's work is a serial walk over its keys, so short splits run faster than few long ones).
+// Depends on shapes and the kernel family only, so the workspace and a graph stay valid.
+constexpr int kTunedWaves = 4;
+
+int num_splits(int64_t T, int64_t hq, int64_t hkv, int64_t D, int64_t max_context) {
   const int64_t blocks = T * hkv;
-  const int64_t target = 8 * static_cast<int64_t>(sm_count());
+  int64_t target = 8 * static_cast<int64_t>(sm_count());
+  if (cuda_kernels() == CudaKernels::Tuned && hkv > 0) {
+    const int per_sm = tuned_blocks_per_sm(D, hq / hkv);
+    if (per_sm > 0) target = int64_t{kTunedWaves} * per_sm * sm_count();
+  }
   if (blocks <= 0 || blocks >= target) return 1;
   int64_t splits = (target + blocks - 1) / blocks;
   const int64_t by_len = (max_context + kMinSplit - 1) / kMinSplit;
@@ -533,7 +567,7 @@ void launch_cache(const TensorView& q, const TensorView& kc, const TensorView& v
 }  // namespace
 
 int64_t paged_attention_cuda_workspace(int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t max_context) {
-  const int splits = num_splits(T, Hkv, max_context);
+  const int splits = num_splits(T, Hq, Hkv, D, max_context);
   return splits == 1 ? 0 : T * Hq * splits * (D + 2);
 }
 
@@ -566,7 +600,7 @@ void paged_attention_cuda(const TensorView& q, const TensorView& k_cache, const 
   P.max_blocks = static_cast<int>(block_tables.shape[1]);
   P.sliding_window = static_cast<int>(sliding_window);
   P.scale = scale;
-  P.splits = num_splits(T, Hkv, max_context);
+  P.splits = num_splits(T, Hq, Hkv, D, max_context);
   P.split_len = static_cast<int>((max_context + P.splits - 1) / P.splits);
   if (P.splits > 1) {
     require(workspace.numel() >= T * Hq * P.splits * (D + 2), "paged_attention_cuda: workspace too small");
