@@ -21,7 +21,7 @@ import torch
 from pyllm.engine.detokenize import IncrementalDetokenizer
 from pyllm.engine.stops import StopStringChecker
 from pyllm.model.batch import ContiguousKVCache
-from pyllm.sampler import Sampler
+from pyllm.sampler import SampleResult, Sampler
 from pyllm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,6 +131,12 @@ def sample(logits: torch.Tensor, seqs: Sequence[Any], sampler: Sampler | None = 
     sampler = sampler or _default_sampler()
     res = sampler.sample(logits, [s.params for s in seqs], [s.prompt for s in seqs],
                          [s.out for s in seqs], [s.state for s in seqs])
+    return sampled_tokens(res, seqs)
+
+
+def sampled_tokens(res: SampleResult, seqs: Sequence[Any]) -> tuple[list[int], list[TokenLogprob]]:
+    """The ids of a SampleResult and their TokenLogprob (with as many top alternatives as each
+    sequence asked for)."""
     ids = res.token_ids.tolist()
     chosen = res.logprobs.tolist()
     top_ids = res.top_ids.tolist() if res.top_ids is not None else None

@@ -245,26 +245,65 @@ class Sampler:
 
     # ------------------------------------------------------------------------------ fused path
 
+    @staticmethod
+    def _param_row(p: SamplingParams, names: tuple[str, ...], seed: int,
+                   position: int) -> tuple[list[float], list[int]]:
+        """A row of the fused kernel's fparams and iparams: the chain's steps that are on take
+        the request's values, the others their neutral ones."""
+        on = set(names)
+        pen = "penalties" in on
+        frow = [p.temperature if "temperature" in on else 1.0,
+                p.top_p if "top_p" in on else 1.0,
+                p.min_p if "min_p" in on else 0.0,
+                p.typical_p if "typical_p" in on else 1.0,
+                p.repetition_penalty if pen else 1.0,
+                p.frequency_penalty if pen else 0.0,
+                p.presence_penalty if pen else 0.0]
+        return frow, [p.top_k if "top_k" in on else 0, _signed64(seed), position]
+
+    @staticmethod
+    def _window(p: SamplingParams, names: tuple[str, ...], prompt: Sequence[int],
+                output: Sequence[int]) -> list[int]:
+        """The ids the penalties look at for this row (empty when no penalty is on)."""
+        penalizes = "penalties" in names and (p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0
+                                              or p.presence_penalty != 0.0)
+        return penalty_window(p, prompt, output) if penalizes else []
+
+    def graph_params(self, params: Sequence[SamplingParams], prompt_ids: Sequence[Sequence[int]],
+                     output_ids: Sequence[Sequence[int]], state: list[dict[str, Any]]
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The fused kernel's parameter rows (fparams [B, 7] float32, iparams [B, 3] int64, on
+        the CPU) for a step whose sampling can run inside a captured decode graph (see
+        CudaGraphRunner.decode_and_sample): every row through a fused chain, with no penalty
+        window, logit bias or top log-probs, the inputs whose size changes from step to step.
+        None otherwise: sample the logits with `sample`. The kernel then computes what `sample`
+        would for these rows (the same kernel on the same inputs)."""
+        if not self.fused:
+            return None
+        frows, irows = [], []
+        for p, prompt, output, st in zip(params, prompt_ids, output_ids, state):
+            names = self.chain(p)
+            if (p.logprobs or not _fusable(names, self.steps)
+                    or (p.logit_bias and "logit_bias" in names) or self._window(p, names, prompt, output)):
+                return None
+            frow, irow = self._param_row(p, names, self._seed(p, st), len(prompt) + len(output))
+            frows.append(frow)
+            irows.append(irow)
+        B = len(frows)
+        return (torch.tensor(frows, dtype=torch.float32).reshape(B, len(sampling_ops.FPARAMS)),
+                torch.tensor(irows, dtype=torch.int64).reshape(B, len(sampling_ops.IPARAMS)))
+
     def _fused(self, logits, params, prompt_ids, output_ids, chains, seeds, positions, n_top):
         B, V = logits.shape
         dev = logits.device
         frows, irows, windows = [], [], []
         bias_rows, bias_ids, bias_values = [], [], []
         for b, (p, names) in enumerate(zip(params, chains)):
-            on = set(names)
-            pen = "penalties" in on
-            frows.append([p.temperature if "temperature" in on else 1.0,
-                          p.top_p if "top_p" in on else 1.0,
-                          p.min_p if "min_p" in on else 0.0,
-                          p.typical_p if "typical_p" in on else 1.0,
-                          p.repetition_penalty if pen else 1.0,
-                          p.frequency_penalty if pen else 0.0,
-                          p.presence_penalty if pen else 0.0])
-            irows.append([p.top_k if "top_k" in on else 0, _signed64(seeds[b]), positions[b]])
-            penalizes = pen and (p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0
-                                 or p.presence_penalty != 0.0)
-            windows.append(penalty_window(p, prompt_ids[b], output_ids[b]) if penalizes else [])
-            if p.logit_bias and "logit_bias" in on:
+            frow, irow = self._param_row(p, names, seeds[b], positions[b])
+            frows.append(frow)
+            irows.append(irow)
+            windows.append(self._window(p, names, prompt_ids[b], output_ids[b]))
+            if p.logit_bias and "logit_bias" in names:
                 for tid, bias in p.logit_bias.items():
                     if tid < V:  # ids beyond this model's vocabulary cannot be sampled anyway
                         bias_rows.append(b)

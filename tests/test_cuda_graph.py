@@ -140,19 +140,89 @@ def test_padded_decode_matches_the_model_and_never_writes_padding(gguf_path, dev
         assert runner.stats["replays"] == 5 and runner.stats["captures"] == 3  # buckets 4, 1, 2
 
 
-def _generate(model, prompts, runner_kwargs=None, graphs=False, max_tokens=12):
-    """Greedy completions through the engine; `runner_kwargs` forces a CudaGraphRunner."""
+def _generate(model, prompts, runner_kwargs=None, graphs=False, max_tokens=12, params=None):
+    """Completions through the engine (greedy unless `params`, one SamplingParams per prompt);
+    `runner_kwargs` forces a CudaGraphRunner."""
     config = EngineConfig(kv_cache_tokens=4096, block_size=8, cuda_graphs=graphs,
                           max_num_seqs=16)
     engine = LLMEngine(model, ByteTokenizer(), config)
     if runner_kwargs is not None:
         engine.forward = CudaGraphRunner(model, **runner_kwargs)
-    params = SamplingParams.greedy(max_tokens=max_tokens, ignore_eos=True)
+    if params is None:
+        params = [SamplingParams.greedy(max_tokens=max_tokens, ignore_eos=True)] * len(prompts)
     out = {}
-    for ev in engine.run((i, p, params) for i, p in enumerate(prompts)):
+    for ev in engine.run((i, p, q) for i, (p, q) in enumerate(zip(prompts, params))):
         if ev.finished:
-            out[ev.request] = ev.completion.token_ids
+            out[ev.request] = (ev.completion.token_ids, [lp.logprob for lp in ev.completion.logprobs or []])
     return out, engine
+
+
+def _seeded(**kw) -> SamplingParams:
+    return SamplingParams(max_tokens=10, ignore_eos=True, **kw)
+
+
+# Per prompt: settings the graph samples (temperature, top-k/p, min-p, typical-p, seeds, greedy,
+# the chosen token's log-prob) ...
+IN_GRAPH = [_seeded(temperature=0.9, seed=1), _seeded(temperature=1.1, top_k=20, seed=2),
+            _seeded(temperature=0.8, top_p=0.9, seed=3), _seeded(temperature=1.0, min_p=0.05, seed=4),
+            _seeded(temperature=1.0, typical_p=0.9, seed=5), _seeded(temperature=0.0, logprobs=0)]
+# ... and settings it leaves to the sampler after the graph (inputs whose size changes).
+AFTER_GRAPH = [_seeded(temperature=0.9, seed=6, repetition_penalty=1.3),
+               _seeded(temperature=0.9, seed=7, logit_bias={5: 3.0}),
+               _seeded(temperature=0.9, seed=8, logprobs=3)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sampling_in_the_graph_gives_the_samplers_tokens(gguf_path, device):
+    """Decode steps sampled inside the runner (decode_and_sample: the fused sampler on the
+    graph's logits, parameters in static buffers) give the tokens and log-probs the engine's
+    sampler gives after a plain forward, seeded draws included; steps with a row the graph
+    cannot sample fall back, and give the same tokens too."""
+    model = _model(gguf_path, device)
+    prompts = _prompts(len(IN_GRAPH), seed=21)
+    want, _ = _generate(model, prompts, params=IN_GRAPH)
+    got, engine = _generate(model, prompts, runner_kwargs=dict(max_batch=16, graphs=device == "cuda"),
+                            params=IN_GRAPH)
+    assert got.keys() == want.keys()
+    for r in want:  # a padded batch's logits may differ in the last bits: log-probs nearly equal
+        assert got[r][0] == want[r][0]
+        torch.testing.assert_close(torch.tensor(got[r][1]), torch.tensor(want[r][1]), rtol=1e-4, atol=1e-5)
+    assert want[5][1] and len(want[5][1]) == len(want[5][0])  # the row that asked has its log-probs
+    assert engine.forward.stats["sampled"] > 0
+    for extra in AFTER_GRAPH:  # one such row keeps its whole step out of the graph
+        params = IN_GRAPH[:2] + [extra]
+        want, _ = _generate(model, prompts[:3], params=params)
+        got, engine = _generate(model, prompts[:3], runner_kwargs=dict(max_batch=16, graphs=False),
+                                params=params)
+        assert [t for t, _ in got.values()] == [t for t, _ in want.values()]
+        assert engine.forward.stats["sampled"] == 0
+
+
+def test_sampling_in_the_graph_waits_for_min_tokens(gguf_path):
+    """Rows still masking their stop ids (min_tokens) are sampled after the graph; later steps
+    of the same request go into the graph."""
+    model = _model(gguf_path, "cpu")
+    prompts = _prompts(2, seed=5)
+    params = [_seeded(temperature=0.9, seed=9, min_tokens=4, stop_token_ids=[7, 8])] * 2
+    want, _ = _generate(model, prompts, params=params)
+    got, engine = _generate(model, prompts, runner_kwargs=dict(max_batch=4, graphs=False), params=params)
+    assert [t for t, _ in got.values()] == [t for t, _ in want.values()]
+    steps = engine.stats["steps"]
+    # prefill, then 3 decode steps before min_tokens is reached, then the rest in the graph
+    assert 0 < engine.forward.stats["sampled"] < steps - 3
+
+
+def test_decode_and_sample_checks_its_parameter_rows(gguf_path):
+    model = _model(gguf_path, "cpu")
+    runner = CudaGraphRunner(model, max_batch=4, graphs=False)
+    cache = ContiguousKVCache(model.config.n_layer, model.config.n_kv_head, model.config.head_dim, 2, 16)
+    ids = torch.tensor([1, 2])
+    meta = cache.metadata([0, 1], [3, 5], [1, 1])
+    with pytest.raises(ValueError, match=r"fparams \[2, 7\] and iparams \[2, 3\]"):
+        runner.decode_and_sample(ids, meta, cache.kv_caches, torch.zeros(1, 7), torch.zeros(2, 3, dtype=torch.int64))
+    prefill = cache.metadata([0], [0], [2])
+    assert runner.decode_and_sample(ids, prefill, cache.kv_caches, torch.zeros(2, 7),
+                                    torch.zeros(2, 3, dtype=torch.int64)) is None
 
 
 @pytest.mark.parametrize("batch", [1, 3, 6])

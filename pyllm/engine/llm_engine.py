@@ -24,7 +24,7 @@ from pyllm.engine.sequence import SeqStatus, Sequence
 from pyllm.errors import ContextLengthError
 from pyllm.generation import StreamEvent
 from pyllm.model.batch import allocate_kv_caches, build_metadata
-from pyllm.sampler import Sampler
+from pyllm.sampler import SampleResult, Sampler
 from pyllm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -171,10 +171,13 @@ class LLMEngine:
             if s.cached + n == s.num_tokens:
                 ready.append(i)
                 rows.append(end - 1)  # the row of its last token
+        in_graph = None
         try:
             if ready:
-                logits = self.forward(torch.tensor(ids, dtype=torch.int64, device=device), meta,
-                                      self.kv_caches, self._rows_tensor(rows)).float()
+                input_ids = torch.tensor(ids, dtype=torch.int64, device=device)
+                in_graph = self._sample_in_graph(input_ids, meta, seqs, len(ready))
+                if in_graph is None:
+                    logits = self.forward(input_ids, meta, self.kv_caches, self._rows_tensor(rows)).float()
             else:
                 self.model.hidden_states(torch.tensor(ids, dtype=torch.int64, device=device), meta,
                                          self.kv_caches)
@@ -191,6 +194,9 @@ class LLMEngine:
         for s, n in batch.items:
             s.cached += n
             self.blocks.mark_computed(s.seq_id, s.cached)
+        if in_graph is not None:  # a decode step: every sequence was sampled in the graph
+            token_ids, logprobs = generation.sampled_tokens(SampleResult(*in_graph[:2], probs=in_graph[2]), seqs)
+            return self._append(seqs, token_ids, logprobs)
         if logits is None:
             return []
         sampled: list[Sequence] = []
@@ -221,9 +227,27 @@ class LLMEngine:
             return t
         return torch.tensor(rows, dtype=torch.int64, device=self._device)
 
+    def _sample_in_graph(self, input_ids: torch.Tensor, meta, seqs: list[Sequence], ready: int):
+        """(token ids, log-probs, probs) of a decode step whose forward and sampling ran in one
+        CUDA-graph replay (CudaGraphRunner.decode_and_sample), or None: not a decode step through
+        such a runner, or a row the graph cannot sample (see Sampler.graph_params; rows still
+        masking their stop ids for min_tokens, and n > 1 forks, take the usual path too)."""
+        decode_and_sample = getattr(self.forward, "decode_and_sample", None)
+        if (decode_and_sample is None or ready != len(seqs)
+                or any(s.children or (len(s.out) < s.params.min_tokens and s.stop_ids) for s in seqs)):
+            return None
+        plan = self.sampler.graph_params([s.params for s in seqs], [s.prompt for s in seqs],
+                                         [s.out for s in seqs], [s.state for s in seqs])
+        if plan is None:
+            return None
+        return decode_and_sample(input_ids, meta, self.kv_caches, *plan)
+
     def _sample_and_append(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[StreamEvent]:
         # (looked up on the module at each call, so a wrapped generation.sample is the one used)
         token_ids, logprobs = generation.sample(logits, seqs, self.sampler)
+        return self._append(seqs, token_ids, logprobs)
+
+    def _append(self, seqs: list[Sequence], token_ids: list[int], logprobs) -> list[StreamEvent]:
         self.stats["generated_tokens"] += len(seqs)
         events = []
         for s, tok, lp in zip(seqs, token_ids, logprobs):

@@ -19,8 +19,12 @@ logits_at=None) -> logits`, so the engine can call it in the model's place:
   written to the cache) and a context of one token in block 0 (a valid read whose result is
   dropped); every row is computed independently, so padding never changes a real row.
 
-The graph holds the model's forward up to the logits. Sampling runs after it, eagerly (the
-sampler's per-request parameters and penalties change every step; one fused kernel either way).
+The graph holds the model's forward up to the logits. `decode_and_sample` also captures the
+fused sampler (pyllm/ops/sampling.py) on those logits, so a decode step is one replay from token
+ids to sampled ids: the step's per-row parameters (temperature, top-k/p, min-p, typical-p, seed,
+position) go into static buffers like the ids. Rows with inputs whose size changes from step to
+step (penalty windows, logit bias, top log-probs) are sampled after the graph instead; the engine
+decides per step (`Sampler.graph_params`).
 
 `graphs=False` runs the same padded static-buffer path without capturing (on any device), so the
 bucketing and padding logic is testable on the CPU.
@@ -33,6 +37,10 @@ from dataclasses import dataclass, field
 import torch
 
 from pyllm.model.batch import AttentionMetadata, KVCaches
+from pyllm.ops import sampling as sampling_ops
+
+# fparams of a greedy row with every filter neutral (the columns of pyllm.ops.sampling.FPARAMS).
+_NEUTRAL_GREEDY = (0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0)
 
 
 def next_power_of_two(n: int) -> int:
@@ -48,6 +56,13 @@ class _Bucket:
     graph: torch.cuda.CUDAGraph | None = None
     logits: torch.Tensor | None = None  # float32 [B, V], the graph's output
     used: int = field(default=0)
+    # decode_and_sample: the sampler's static parameter rows, and the graph that samples in it
+    # with its outputs (token ids int64 [B], log-probs float32 [B], probs float32 [B]).
+    fparams: torch.Tensor | None = None
+    iparams: torch.Tensor | None = None
+    neutral: torch.Tensor | None = None  # float32 [B, 7]: the padding rows' fparams
+    sample_graph: torch.cuda.CUDAGraph | None = None
+    sampled: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def allocate(cls, batch: int, width: int, block_size: int, device: torch.device) -> _Bucket:
@@ -93,7 +108,7 @@ class CudaGraphRunner:
         self._buckets: dict[tuple[int, int], _Bucket] = {}
         self._pool = None
         self._cache_key: tuple | None = None
-        self.stats = {"eager": 0, "replays": 0, "captures": 0}
+        self.stats = {"eager": 0, "replays": 0, "captures": 0, "sampled": 0}
 
     @property
     def config(self):
@@ -118,20 +133,8 @@ class CudaGraphRunner:
         if not self.is_decode_step(input_ids, meta):
             self.stats["eager"] += 1
             return self.model(input_ids, meta, kv_caches, logits_at)
-        if len(kv_caches) != len(self.model.blocks):
-            raise ValueError(f"need one KV cache per layer ({len(self.model.blocks)}), "
-                             f"got {len(kv_caches)}")
-        # Everything the graph will trust is checked here, on this step's own tensors.
-        self.model._check_step(input_ids, meta, kv_caches)
-        self._track_caches(kv_caches)
+        bucket = self._load(input_ids, meta, kv_caches)
         n = input_ids.shape[0]
-        key = self.bucket_of(n, meta.block_tables.shape[1])
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = _Bucket.allocate(key[0], key[1], kv_caches[0][0].shape[1], self.device)
-            self._buckets[key] = bucket
-        bucket.load(input_ids, meta)
-        bucket.used += 1
         if not self.graphs:
             self.stats["eager"] += 1
             logits = self.model(bucket.ids, bucket.meta, kv_caches, validated=True)
@@ -145,6 +148,74 @@ class CudaGraphRunner:
         # A copy either way: the graph's output buffer is overwritten by the next replay.
         return logits.clone() if logits_at is None else logits.index_select(0, logits_at)
 
+    @torch.inference_mode()
+    def decode_and_sample(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches,
+                          fparams: torch.Tensor, iparams: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """A decode step and its sampling in one replay: (token ids int64 [n], their log-probs
+        under the model's distribution float32 [n], their probabilities under the sampled
+        distribution float32 [n]), what `pyllm.ops.sampling` returns for these logits and
+        parameter rows (fparams [n, 7], iparams [n, 3], built by `Sampler.graph_params` from
+        validated SamplingParams: the kernel trusts them). None when this is not a decode step:
+        call the runner for logits instead."""
+        if not self.is_decode_step(input_ids, meta):
+            return None
+        n = input_ids.shape[0]
+        nf, ni = len(sampling_ops.FPARAMS), len(sampling_ops.IPARAMS)
+        if fparams.shape != (n, nf) or iparams.shape != (n, ni):
+            raise ValueError(f"need parameter rows for {n} sequences: fparams [{n}, {nf}] and iparams "
+                             f"[{n}, {ni}], got {list(fparams.shape)} and {list(iparams.shape)}")
+        bucket = self._load(input_ids, meta, kv_caches)
+        B = bucket.ids.shape[0]
+        if bucket.fparams is None:
+            bucket.fparams = torch.empty(B, nf, dtype=torch.float32, device=self.device)
+            bucket.iparams = torch.zeros(B, ni, dtype=torch.int64, device=self.device)
+            bucket.neutral = torch.tensor(_NEUTRAL_GREEDY, dtype=torch.float32).expand(B, nf).to(self.device)
+        bucket.fparams[:n].copy_(fparams)
+        bucket.iparams[:n].copy_(iparams)
+        if n < B:  # padding rows (perhaps a larger earlier step's): greedy, neutral filters, cheap
+            bucket.fparams[n:].copy_(bucket.neutral[n:])
+            bucket.iparams[n:].zero_()
+        self.stats["sampled"] += 1
+        if not self.graphs:
+            self.stats["eager"] += 1
+            sampled = self._forward_and_sample(bucket, kv_caches)
+        else:
+            if bucket.sample_graph is None:
+                self._capture(bucket, kv_caches, sample=True)
+            bucket.sample_graph.replay()
+            self.stats["replays"] += 1
+            sampled = bucket.sampled
+        # Copies: the graph's outputs are overwritten by the next replay.
+        return tuple(t[:n].clone() for t in sampled)  # type: ignore[return-value]
+
+    def _load(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches) -> _Bucket:
+        """Check a decode step, find (or make) its bucket and copy the step in."""
+        if len(kv_caches) != len(self.model.blocks):
+            raise ValueError(f"need one KV cache per layer ({len(self.model.blocks)}), "
+                             f"got {len(kv_caches)}")
+        # Everything the graph will trust is checked here, on this step's own tensors.
+        self.model._check_step(input_ids, meta, kv_caches)
+        self._track_caches(kv_caches)
+        key = self.bucket_of(input_ids.shape[0], meta.block_tables.shape[1])
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = _Bucket.allocate(key[0], key[1], kv_caches[0][0].shape[1], self.device)
+            self._buckets[key] = bucket
+        bucket.load(input_ids, meta)
+        bucket.used += 1
+        return bucket
+
+    def _forward_and_sample(self, bucket: _Bucket, kv_caches: KVCaches
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.model(bucket.ids, bucket.meta, kv_caches, validated=True)
+        dev, B = logits.device, logits.shape[0]
+        empty_i = torch.empty(0, dtype=torch.int64, device=dev)
+        tok, lp, _, _, probs = sampling_ops.launch_sample_tokens(
+            logits, bucket.fparams, bucket.iparams, torch.empty(B, 0, dtype=torch.int64, device=dev),
+            empty_i, empty_i, torch.empty(0, dtype=torch.float32, device=dev), 0)
+        return tok, lp, probs
+
     def _track_caches(self, kv_caches: KVCaches) -> None:
         """Graphs bake in the cache tensors' addresses: new caches mean new graphs."""
         key = (len(kv_caches), kv_caches[0][0].data_ptr(), kv_caches[-1][1].data_ptr(),
@@ -153,15 +224,20 @@ class CudaGraphRunner:
             self._buckets.clear()
             self._cache_key = key
 
-    def _capture(self, bucket: _Bucket, kv_caches: KVCaches) -> None:
-        """Warm up on a side stream (first-call work stays out of the graph), then capture.
+    def _capture(self, bucket: _Bucket, kv_caches: KVCaches, sample: bool = False) -> None:
+        """Warm up on a side stream (first-call work stays out of the graph), then capture the
+        forward (sample=False: bucket.graph, to logits) or the forward and the sampler
+        (bucket.sample_graph, to bucket.sampled).
 
         The warm-up runs the step that is about to be replayed: its cache writes are the same
         values the replay writes again, so running it twice changes nothing.
         """
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        run = lambda: self.model(bucket.ids, bucket.meta, kv_caches, validated=True)  # noqa: E731
+        if sample:
+            run = lambda: self._forward_and_sample(bucket, kv_caches)  # noqa: E731
+        else:
+            run = lambda: self.model(bucket.ids, bucket.meta, kv_caches, validated=True)  # noqa: E731
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -170,8 +246,11 @@ class CudaGraphRunner:
         graph = torch.cuda.CUDAGraph()
         # thread_local: another thread's CUDA calls (a frontend, a tokenizer) cannot break it
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            bucket.logits = run()
-        bucket.graph = graph
+            out = run()
+        if sample:
+            bucket.sample_graph, bucket.sampled = graph, out
+        else:
+            bucket.graph, bucket.logits = graph, out
         self.stats["captures"] += 1
 
     def reset(self) -> None:
