@@ -32,6 +32,7 @@ bucketing and padding logic is testable on the CPU.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -109,6 +110,7 @@ class CudaGraphRunner:
         self._pool = None
         self._cache_key: tuple | None = None
         self.stats = {"eager": 0, "replays": 0, "captures": 0, "sampled": 0}
+        self.sample_in_graph = True  # decode_and_sample on (off after a failed capture)
 
     @property
     def config(self):
@@ -157,8 +159,8 @@ class CudaGraphRunner:
         distribution float32 [n]), what `pyllm.ops.sampling` returns for these logits and
         parameter rows (fparams [n, 7], iparams [n, 3], built by `Sampler.graph_params` from
         validated SamplingParams: the kernel trusts them). None when this is not a decode step:
-        call the runner for logits instead."""
-        if not self.is_decode_step(input_ids, meta):
+        call the runner for logits instead (or when `sample_in_graph` is off)."""
+        if not self.sample_in_graph or not self.is_decode_step(input_ids, meta):
             return None
         n = input_ids.shape[0]
         nf, ni = len(sampling_ops.FPARAMS), len(sampling_ops.IPARAMS)
@@ -176,16 +178,24 @@ class CudaGraphRunner:
         if n < B:  # padding rows (perhaps a larger earlier step's): greedy, neutral filters, cheap
             bucket.fparams[n:].copy_(bucket.neutral[n:])
             bucket.iparams[n:].zero_()
-        self.stats["sampled"] += 1
         if not self.graphs:
             self.stats["eager"] += 1
             sampled = self._forward_and_sample(bucket, kv_caches)
         else:
             if bucket.sample_graph is None:
-                self._capture(bucket, kv_caches, sample=True)
+                try:
+                    self._capture(bucket, kv_caches, sample=True)
+                except RuntimeError as exc:
+                    # The logits graph does not depend on this one: decode goes on, sampling after
+                    # the graph, and the failure is reported rather than ending the request.
+                    warnings.warn(f"sampling inside the CUDA graph failed to capture ({exc}); "
+                                  "sampling after the graph from now on", RuntimeWarning, stacklevel=2)
+                    self.sample_in_graph = False
+                    return None
             bucket.sample_graph.replay()
             self.stats["replays"] += 1
             sampled = bucket.sampled
+        self.stats["sampled"] += 1
         # Copies: the graph's outputs are overwritten by the next replay.
         return tuple(t[:n].clone() for t in sampled)  # type: ignore[return-value]
 
