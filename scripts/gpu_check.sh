@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Build pyllm with its CUDA kernels and run every GPU check, on a machine with an NVIDIA GPU.
 #
-#   bash scripts/gpu_check.sh [STAGES]     STAGES: any of build,model,parity,profile,bench,tests (default: all,
-#                                          run in that order)
+#   bash scripts/gpu_check.sh [STAGES]     STAGES: any of build,model,parity,tests,profile,bench (default: all,
+#                                          run in that order: correctness first, then speed)
 # Each stage gets at most its cap (PARITY_TIMEOUT, BENCH_TIMEOUT, TESTS_TIMEOUT seconds) and never
 # more than what is left of DEADLINE (default 570 s from the start), so one call fits a 10-minute slot.
 #
-# Needs (prepared on a machine with internet, in the ignored folder .gpu/):
+# Needs (prepared on a machine with internet, in the ignored folder .gpu/, which a device run must
+# name in its carry list):
 #   .gpu/*.whl                    pure-Python packages the GPU image lacks (gguf, prompt_toolkit, wcwidth)
 #   .gpu/smollm2_metadata.json.gz the default model's key/value pairs (tokenizer, chat template):
 #       python scripts/make_random_llama.py .gpu/smollm2_metadata.json.gz --dump-metadata SmolLM2-135M-Instruct.Q4_1.gguf
-# Logs go to $OUT (or ./gpu-out): build.log, tests.log, parity.log, bench.log, compare_cuda.json.
+# Logs go to $OUT (or ./gpu-out): build.log, parity.log, tests.log, profile.log, bench.log, compare_cuda.json.
+# Both CUDA kernel families (pyllm.ops.set_cuda_kernels) are checked and measured: the tests run
+# each CUDA test on both, parity checks a batch-64 decode on each, and profile/bench report each
+# (KERNELS=general,tuned; BENCH_ARGS replaces the default --compile of transformers).
 # CI never runs this: the CUDA tests skip there ("no CUDA device").
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +25,7 @@ if [[ "${SNAPSHOT:-0}" == 1 && -f .gpu/src.tar ]]; then
   rm -rf /tmp/src && mkdir -p /tmp/src && tar -xf .gpu/src.tar -C /tmp/src && cd /tmp/src
   echo "running on the snapshot of commit $(cat "$GPU_FILES/src.commit" 2>/dev/null)"
 fi
-STAGES="${1:-build,model,parity,profile,bench,tests}"
+STAGES="${1:-build,model,parity,tests,profile,bench}"
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYLLM_HOME=/tmp/pyllm-home
@@ -62,16 +66,6 @@ if has parity; then
   timeout "$(left ${PARITY_TIMEOUT:-200})" $PY scripts/gpu_parity.py "$MODEL/model.gguf" 2>&1 | tee "$OUT/parity.log" | grep -E "PASS|FAIL|INFO|Error|error|passed"
 fi
 
-if has profile; then
-  stamp profile
-  timeout "$(left 120)" $PY scripts/gpu_profile.py "$MODEL/model.gguf" --batch 1,64 --context 256 2>&1 | tee "$OUT/profile.log"
-fi
-
-if has bench; then
-  stamp bench
-  timeout "$(left ${BENCH_TIMEOUT:-420})" $PY bench/compare_cuda.py --model-dir "$MODEL" --repeats "${REPEATS:-3}" \
-    ${BENCH_ARGS---compile} --json "$OUT/compare_cuda.json" 2>&1 | grep -v "Warning\|warn(" | tee "$OUT/bench.log"
-fi
 if has tests; then
   stamp tests
   # every op's CUDA kernel against its reference (hypothesis), the CUDA-graph runner, the model's
@@ -80,5 +74,16 @@ if has tests; then
     tests/test_model_parity.py > "$OUT/tests.log" 2>&1
   echo "pytest exit $?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
   grep -c "SKIPPED" "$OUT/tests.log" | sed 's/^/skip lines: /'; grep "SKIPPED" "$OUT/tests.log" | head -8
+fi
+if has profile; then
+  stamp profile
+  timeout "$(left 120)" $PY scripts/gpu_profile.py "$MODEL/model.gguf" --batch 1,64 --context 256 \
+    --kernels "${KERNELS:-general,tuned}" 2>&1 | tee "$OUT/profile.log"
+fi
+
+if has bench; then
+  stamp bench
+  timeout "$(left ${BENCH_TIMEOUT:-420})" $PY bench/compare_cuda.py --model-dir "$MODEL" --repeats "${REPEATS:-3}" \
+    --kernels "${KERNELS:-general,tuned}" ${BENCH_ARGS---compile} --json "$OUT/compare_cuda.json" 2>&1 | grep -v "Warning\|warn(" | tee "$OUT/bench.log"
 fi
 stamp done
