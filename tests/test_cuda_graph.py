@@ -140,11 +140,12 @@ def test_padded_decode_matches_the_model_and_never_writes_padding(gguf_path, dev
         assert runner.stats["replays"] == 5 and runner.stats["captures"] == 3  # buckets 4, 1, 2
 
 
-def _generate(model, prompts, runner_kwargs=None, graphs=False, max_tokens=12, params=None):
+def _generate(model, prompts, runner_kwargs=None, graphs=False, max_tokens=12, params=None,
+              batched_tokens=512):
     """Completions through the engine (greedy unless `params`, one SamplingParams per prompt);
     `runner_kwargs` forces a CudaGraphRunner."""
     config = EngineConfig(kv_cache_tokens=4096, block_size=8, cuda_graphs=graphs,
-                          max_num_seqs=16)
+                          max_num_seqs=16, max_num_batched_tokens=batched_tokens)
     engine = LLMEngine(model, ByteTokenizer(), config)
     if runner_kwargs is not None:
         engine.forward = CudaGraphRunner(model, **runner_kwargs)
@@ -210,6 +211,50 @@ def test_sampling_in_the_graph_waits_for_min_tokens(gguf_path):
     steps = engine.stats["steps"]
     # prefill, then 3 decode steps before min_tokens is reached, then the rest in the graph
     assert 0 < engine.forward.stats["sampled"] < steps - 3
+
+
+@pytest.mark.parametrize("batched_tokens,max_batch", [(512, 8), (7, 8), (512, 4)])
+def test_host_metadata_gives_the_same_tokens(gguf_path, batched_tokens, max_batch):
+    """With host_metadata the engine hands decode steps' ids and metadata to the runner on the
+    CPU (the default with graphs: checked there, copied into the buffers, no device-side
+    checks); tokens as the plain engine's, also where steps take the eager paths with the
+    metadata moved to the device: one-token prompt chunks of chunked prefill (7 tokens a step),
+    and decode steps of more sequences than the largest bucket (5 > 4)."""
+    model = _model(gguf_path, "cpu")
+    prompts = _prompts(5, seed=31)
+    params = IN_GRAPH[:5]
+    want, _ = _generate(model, prompts, params=params, batched_tokens=batched_tokens)
+    got, engine = _generate(model, prompts, params=params, batched_tokens=batched_tokens,
+                            runner_kwargs=dict(max_batch=max_batch, graphs=False, host_metadata=True))
+    assert [t for t, _ in got.values()] == [t for t, _ in want.values()]
+    assert engine.forward.takes_host_metadata
+    assert (engine.forward.stats["sampled"] > 0) == (max_batch >= len(prompts))
+    assert engine.forward._host_caches is None or engine.forward._host_caches[0][0].device.type == "cpu"
+
+
+def test_host_metadata_is_checked_on_the_host(gguf_path):
+    """A decode step on the host path is refused, naming the fault, like the device checks do:
+    ids, slots and block-table entries out of range."""
+    model = _model(gguf_path, "cpu")
+    cfg = model.config
+    cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 2, 16, block_size=8)
+    runner = CudaGraphRunner(model, max_batch=4, graphs=False, host_metadata=True)
+    meta = cache.metadata([0, 1], [3, 5], [1, 1])
+    runner(torch.tensor([1, 2]), meta, cache.kv_caches)  # fine
+    with pytest.raises(ValueError, match="token ids must lie in"):
+        runner(torch.tensor([1, VOCAB]), meta, cache.kv_caches)
+    bad = cache.metadata([0, 1], [3, 5], [1, 1])
+    bad.slot_mapping[1] = 10**6
+    with pytest.raises(ValueError, match="slot_mapping holds slot 1000000"):
+        runner(torch.tensor([1, 2]), bad, cache.kv_caches)
+    bad = cache.metadata([0, 1], [3, 5], [1, 1])
+    bad.block_tables[0, 0] = 10**5
+    with pytest.raises(ValueError, match="block_tables holds an entry outside"):
+        runner(torch.tensor([1, 2]), bad, cache.kv_caches)
+    mixed = [(k, v.double()) if i == 1 else (k, v) for i, (k, v) in enumerate(cache.kv_caches)]
+    with pytest.raises(ValueError, match="must match layer 0"):
+        CudaGraphRunner(model, max_batch=4, graphs=False, host_metadata=True)(
+            torch.tensor([1, 2]), meta, mixed)
 
 
 def test_decode_and_sample_checks_its_parameter_rows(gguf_path):

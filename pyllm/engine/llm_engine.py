@@ -162,6 +162,12 @@ class LLMEngine:
         counts = [n for _, n in batch.items]
         ids = [t for s, n in batch.items for t in _tokens(s, s.cached, n)]
         device = self._device
+        one_token_each = all(n == 1 for n in counts)
+        if one_token_each and getattr(self.forward, "takes_host_metadata", False):
+            # A decode step for a graph runner that takes its ids and metadata on the host: it
+            # checks them there and copies them into its graph's buffers (no device tensors
+            # made, checked and copied again here).
+            device = torch.device("cpu")
         meta = build_metadata([s.cached for s in seqs], counts,
                               [self.blocks.block_table(s.seq_id) for s in seqs],
                               self.config.block_size, device)
@@ -178,9 +184,9 @@ class LLMEngine:
                 in_graph = self._sample_in_graph(input_ids, meta, seqs, len(ready))
                 if in_graph is None:
                     logits = self.forward(input_ids, meta, self.kv_caches, self._rows_tensor(rows)).float()
-            else:
-                self.model.hidden_states(torch.tensor(ids, dtype=torch.int64, device=device), meta,
-                                         self.kv_caches)
+            else:  # prompt chunks only (one token each, perhaps: then the metadata may be on the host)
+                self.model.hidden_states(torch.tensor(ids, dtype=torch.int64, device=self._device),
+                                         meta.to(self._device), self.kv_caches)
                 logits = None
         except BaseException:
             # The step's K/V may be half written, and prompts admitted with it may share blocks

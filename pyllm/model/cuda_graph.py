@@ -99,16 +99,21 @@ class CudaGraphRunner:
     """Call the model, replaying a captured CUDA graph for pure decode steps (module docstring)."""
 
     def __init__(self, model: torch.nn.Module, *, max_batch: int = 64, min_width: int = 16,
-                 graphs: bool | None = None) -> None:
+                 graphs: bool | None = None, host_metadata: bool | None = None) -> None:
         self.model = model
         self.max_batch = next_power_of_two(max(1, max_batch))
         self.min_width = max(1, min_width)
         self.graphs = model.device.type == "cuda" if graphs is None else bool(graphs)
         if self.graphs and model.device.type != "cuda":
             raise ValueError("CUDA graphs need a model on a CUDA device")
+        # Decode steps may come with their ids and metadata still on the CPU (the engine builds
+        # them there when this is set): they are checked there, with no device work and no
+        # synchronisation, and copied straight into the bucket's buffers. Default: with graphs.
+        self.takes_host_metadata = self.graphs if host_metadata is None else bool(host_metadata)
         self._buckets: dict[tuple[int, int], _Bucket] = {}
         self._pool = None
         self._cache_key: tuple | None = None
+        self._host_caches: KVCaches | None = None  # CPU stand-ins for the checks (see _track_caches)
         self.stats = {"eager": 0, "replays": 0, "captures": 0, "sampled": 0}
         self.sample_in_graph = True  # decode_and_sample on (off after a failed capture)
 
@@ -134,6 +139,8 @@ class CudaGraphRunner:
                  logits_at: torch.Tensor | None = None) -> torch.Tensor:
         if not self.is_decode_step(input_ids, meta):
             self.stats["eager"] += 1
+            if input_ids.device != self.device:  # host metadata of a step the graphs do not take
+                input_ids, meta = input_ids.to(self.device), meta.to(self.device)
             return self.model(input_ids, meta, kv_caches, logits_at)
         bucket = self._load(input_ids, meta, kv_caches)
         n = input_ids.shape[0]
@@ -204,9 +211,11 @@ class CudaGraphRunner:
         if len(kv_caches) != len(self.model.blocks):
             raise ValueError(f"need one KV cache per layer ({len(self.model.blocks)}), "
                              f"got {len(kv_caches)}")
-        # Everything the graph will trust is checked here, on this step's own tensors.
-        self.model._check_step(input_ids, meta, kv_caches)
         self._track_caches(kv_caches)
+        # Everything the graph will trust is checked here, on this step's own tensors: on the
+        # host against CPU stand-ins of the caches (the same shapes and dtype), or on the device.
+        on_host = self.takes_host_metadata and input_ids.device.type == "cpu"
+        self.model._check_step(input_ids, meta, self._host_caches if on_host else kv_caches)
         key = self.bucket_of(input_ids.shape[0], meta.block_tables.shape[1])
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -232,6 +241,14 @@ class CudaGraphRunner:
                tuple(kv_caches[0][0].shape), kv_caches[0][0].dtype)
         if key != self._cache_key:
             self._buckets.clear()
+            self._cache_key = None
+            if self.takes_host_metadata:
+                # Host checks compare the metadata with CPU stand-ins of layer 0's pools (never
+                # written: untouched pages take no memory), so the real ones are checked now.
+                self.model._check_caches(kv_caches)
+                k0 = kv_caches[0][0]
+                stand_in = torch.empty(k0.shape, dtype=k0.dtype)
+                self._host_caches = [(stand_in, stand_in)] * len(kv_caches)
             self._cache_key = key
 
     def _capture(self, bucket: _Bucket, kv_caches: KVCaches, sample: bool = False) -> None:
@@ -267,3 +284,4 @@ class CudaGraphRunner:
         """Drop every captured graph and static buffer (they are rebuilt on demand)."""
         self._buckets.clear()
         self._cache_key = None
+        self._host_caches = None

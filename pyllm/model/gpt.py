@@ -231,8 +231,15 @@ class GPT(nn.Module):
         q_rows = torch.empty((T, cfg.n_head, cfg.head_dim), device=k_cache.device)
         check_attention_metadata(q_rows, k_cache, v_cache, meta.query_start, meta.context_lens,
                                  meta.block_tables)
+        self._check_caches(kv_caches)
+
+    @staticmethod
+    def _check_caches(kv_caches: KVCaches) -> None:
+        """Every layer's K/V pools are contiguous and alike (layer 0 was checked by the ops)."""
+        k_cache = kv_caches[0][0]
         for k, v in kv_caches[1:]:
             if k.shape != k_cache.shape or v.shape != k_cache.shape or k.dtype != k_cache.dtype \
-                    or k.device != k_cache.device or not (k.is_contiguous() and v.is_contiguous()):
+                    or v.dtype != k_cache.dtype or k.device != k_cache.device \
+                    or v.device != k_cache.device or not (k.is_contiguous() and v.is_contiguous()):
                 raise ValueError("every layer's KV cache must match layer 0's shape, dtype "
                                  "and device")
