@@ -326,6 +326,26 @@ void launch(const float* x, const uint8_t* w, const float* bias, float* out, int
   }
 }
 
+// ------------------------------------------------------------------- dequantize (tuned prefill)
+
+// out[n, k] = the weight decode8 yields: one thread per 8-weight part of a 32-weight chunk.
+template <int QT>
+__global__ void dequantize_kernel(const uint8_t* __restrict__ w, float* __restrict__ out, int64_t K, int64_t N,
+                                  int64_t ldw) {
+  const int64_t chunks = (K + 31) / 32;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= N * chunks * 4) return;
+  const int part = static_cast<int>(i & 3);
+  const int64_t c = (i >> 2) % chunks, n = (i >> 2) / chunks;
+  float wv[8];
+  decode8<QT>(w + n * ldw, c, part, K, wv);
+  const int64_t k0 = c * 32 + 8 * part;
+  float* o = out + n * K + k0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    if (k0 + j < K) o[j] = wv[j];
+}
+
 }  // namespace
 
 void qlinear_cuda(const TensorView& x, const TensorView& w, int qtype, const TensorView* bias, const TensorView& out,
@@ -354,6 +374,35 @@ void qlinear_cuda(const TensorView& x, const TensorView& w, int qtype, const Ten
   }
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw std::runtime_error(std::string("qlinear_cuda: ") + cudaGetErrorString(err));
+}
+
+void dequantize_cuda(const TensorView& w, int qtype, const TensorView& out, uintptr_t stream_handle) {
+  require(qlinear_qtype_known(qtype), "dequantize_cuda: unknown qtype");
+  require(w.ndim == 2 && out.ndim == 2 && out.dtype == DType::F32 && out.is_contiguous(), "dequantize_cuda: layout");
+  require(w.device == Device::CUDA && out.device == Device::CUDA, "dequantize_cuda: tensors must be on the GPU");
+  const int64_t N = out.shape[0], K = out.shape[1];
+  require(w.shape[0] == N, "dequantize_cuda: rows");
+  if (N == 0 || K == 0) return;
+  const int64_t ldw = qlinear_row_bytes(qtype, K);
+  const int64_t elem = w.dtype == DType::U8 || w.dtype == DType::I8 ? 1
+                       : (w.dtype == DType::F16 || w.dtype == DType::BF16 ? 2 : 4);
+  require(w.is_contiguous() && w.shape[1] * elem == ldw, "dequantize_cuda: weight rows must be contiguous row bytes");
+  require(reinterpret_cast<uintptr_t>(w.data) % 4 == 0 && ldw % 2 == 0, "dequantize_cuda: weight alignment");
+  const auto* wp = static_cast<const uint8_t*>(w.data);
+  float* op = out.ptr<float>();
+  auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  const int64_t parts = N * ((K + 31) / 32) * 4;
+  const unsigned blocks = static_cast<unsigned>((parts + 255) / 256);
+  switch (qtype) {
+    case kQ4_0: dequantize_kernel<kQ4_0><<<blocks, 256, 0, stream>>>(wp, op, K, N, ldw); break;
+    case kQ4_1: dequantize_kernel<kQ4_1><<<blocks, 256, 0, stream>>>(wp, op, K, N, ldw); break;
+    case kQ8_0: dequantize_kernel<kQ8_0><<<blocks, 256, 0, stream>>>(wp, op, K, N, ldw); break;
+    case kQF16: dequantize_kernel<kQF16><<<blocks, 256, 0, stream>>>(wp, op, K, N, ldw); break;
+    case kQBF16: dequantize_kernel<kQBF16><<<blocks, 256, 0, stream>>>(wp, op, K, N, ldw); break;
+    default: dequantize_kernel<kQF32><<<blocks, 256, 0, stream>>>(wp, op, K, N, ldw); break;
+  }
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string("dequantize_cuda: ") + cudaGetErrorString(err));
 }
 
 }  // namespace pyllm

@@ -71,5 +71,9 @@ void qlinear_cpu_ptr(uintptr_t x, uintptr_t w, int qtype, uintptr_t bias, uintpt
 // (a cudaStream_t passed as an integer). Weight rows must be 4-byte aligned.
 void qlinear_cuda(const TensorView& x, const TensorView& w, int qtype, const TensorView* bias,
                   const TensorView& out, uintptr_t stream);
+// The weight as float32: out [N, K] (contiguous) from w [N, row bytes] (any qtype), bit-identical
+// to the reference's dequantization. For prefill with the tuned kernels, which multiplies it
+// with cuBLAS (pyllm/ops/qlinear.py).
+void dequantize_cuda(const TensorView& w, int qtype, const TensorView& out, uintptr_t stream);
 
 }  // namespace pyllm

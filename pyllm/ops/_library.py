@@ -71,8 +71,9 @@ CUDA_KERNEL_FAMILIES = ("general", "tuned")
 def set_cuda_kernels(family: str) -> None:
     """Choose the CUDA kernels the ops launch: "general" (every shape; the kernels measured on an
     H100) or "tuned" (decode-shaped fast paths: attention for head dims 64/128 and qlinear for
-    9..128 tokens; other shapes still take the general kernels). A captured CUDA graph keeps the
-    kernels it was captured with. No effect on the CPU."""
+    9..128 tokens; prefill's qlinear through cuBLAS on the dequantized weight; other shapes still
+    take the general kernels). A captured CUDA graph keeps the kernels it was captured with. No
+    effect on the CPU."""
     check(family in CUDA_KERNEL_FAMILIES,
           f"CUDA kernels must be one of {', '.join(CUDA_KERNEL_FAMILIES)}, not {family!r}")
     if _C is not None:

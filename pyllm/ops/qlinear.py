@@ -223,12 +223,25 @@ def _cpu(x, weight, qtype, out_features, bias):
     return out
 
 
+# With the tuned CUDA kernels, calls of more tokens than this (prefill) dequantize the weight
+# into a float32 matrix and multiply with cuBLAS (float32, as torch's matmul precision setting
+# says: full float32 unless the user chose TF32); fewer tokens stay on pyllm's kernels.
+CUBLAS_MIN_TOKENS = 129
+
+
 def _cuda(x, weight, qtype, out_features, bias):
     _check(x, weight, qtype, out_features, bias)
     x = x.contiguous()
     weight = weight.contiguous()
     if weight.data_ptr() % 16:  # the kernel reads 2- and 4-byte words of the blocks
         weight = weight.clone()
+    if x.shape[0] >= CUBLAS_MIN_TOKENS and x.shape[1] and L.get_cuda_kernels() == "tuned":
+        stream = torch.cuda.current_stream().cuda_stream
+        wf = torch.empty((out_features, x.shape[1]), dtype=torch.float32, device=x.device)
+        L._C.dequantize_cuda(L.view(weight), int(qtype), L.view(wf), stream)
+        if bias is None:
+            return x @ wf.T
+        return torch.addmm(bias.float(), x, wf.T)
     out = x.new_empty((x.shape[0], out_features))
     if out.numel():
         if bias is not None:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import pyllm.ops as ops
 from pyllm.ops import _library as L
-from pyllm.ops.qlinear import (QTYPE_CODES, QWeight, plan, qlinear_int8, qlinear_int8_ref, qlinear_ref,
+from pyllm.ops.qlinear import (QTYPE_CODES, QWeight, dequantize_weight, plan, qlinear_int8, qlinear_int8_ref, qlinear_ref,
                                quantize_activations_int8)
 from pyllm.weights.quant import quantize, row_bytes
 
@@ -289,6 +289,25 @@ def test_qlinear_cuda_matches_reference(family, qtype, t, kb, n, with_bias, seed
     with ops.using_cuda_kernels(family):
         y = ops.qlinear(x.cuda(), w.cuda(), code, n, None if bias is None else bias.cuda()).cpu()
     check_close(y, ref, x, QWeight(w, qtype, n, k).dequantize())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.skipif(not L.cuda_built(), reason="pyllm built without CUDA")
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("n,k", [(1, 32), (45, 96), (300, 576), (7, 1536)])
+def test_dequantize_cuda_is_the_reference_bit_for_bit(qtype, n, k):
+    """The tuned prefill path's dequantization (any bit pattern of the blocks) equals the
+    reference's: q*d, (q-8)*d and q*d+m are single roundings either way."""
+    gen = torch.Generator().manual_seed(n * k)
+    w = make_weight(qtype, n, k, gen, raw_bytes=True)
+    code = QTYPE_CODES[qtype]
+    want = dequantize_weight(w, code, k)
+    got = torch.empty(n, k, device="cuda")
+    L._C.dequantize_cuda(L.view(w.cuda()), code, L.view(got), torch.cuda.current_stream().cuda_stream)
+    # exactly equal, infinities included; NaN where the reference has NaN (payloads may differ:
+    # GPUs return a canonical NaN)
+    torch.testing.assert_close(got.cpu(), want, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.cuda
