@@ -85,6 +85,18 @@ __device__ __forceinline__ void decode8(const uint8_t* row, int64_t c, int part,
   }
 }
 
+// decode8 of row n of the matrix, or zeros for a tile's rows past the last (n >= N).
+template <int QT>
+__device__ __forceinline__ void decode8_row(const uint8_t* w, int64_t n, int64_t N, int64_t ldw, int64_t c, int part,
+                                            int64_t K, float wv[8]) {
+  if (n < N) {
+    decode8<QT>(w + n * ldw, c, part, K, wv);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) wv[i] = 0.f;
+  }
+}
+
 // ------------------------------------------------------------------- GEMV
 
 constexpr int kGemvWarps = 4;  // rows per block
@@ -156,12 +168,7 @@ qlinear_gemm_kernel(const float* __restrict__ x, const uint8_t* __restrict__ w, 
       const int r = tid / 4, part = tid % 4;
       const int64_t gn = n0 + r;
       float wv[8];
-      if (gn < N) {
-        decode8<QT>(w + gn * ldw, c, part, K, wv);
-      } else {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) wv[i] = 0.f;
-      }
+      decode8_row<QT>(w, gn, N, ldw, c, part, K, wv);
       // part p holds weights [8p, 8p+8) of the chunk (Q4: the nibble order is resolved in decode8)
 #pragma unroll
       for (int i = 0; i < 8; ++i) ws[8 * part + i][r] = wv[i];
@@ -232,12 +239,7 @@ qlinear_splitk_kernel(const float* __restrict__ x, const uint8_t* __restrict__ w
       for (int pp = 0; pp < 2; ++pp) {
         const int part = 2 * (lane & 1) + pp;
         float wv[8];
-        if (gn < N) {
-          decode8<QT>(w + gn * ldw, c, part, K, wv);
-        } else {
-#pragma unroll
-          for (int i = 0; i < 8; ++i) wv[i] = 0.f;
-        }
+        decode8_row<QT>(w, gn, N, ldw, c, part, K, wv);
 #pragma unroll
         for (int i = 0; i < 8; ++i) ws[(8 * part + i) * kSkWsStride + r] = wv[i];
       }
