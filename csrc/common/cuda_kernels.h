@@ -1,6 +1,7 @@
 // Which CUDA kernel family the ops launch: "general" (every shape; the kernels measured on an
 // H100, see bench/compare_cuda_results.md) or "tuned" (decode-shaped fast paths: the warp-split
-// attention of attention.cu for head dims 64/128, qlinear's split-K tile for 9..128 tokens, and
+// attention of attention.cu for head dims 64/128, qlinear's GEMV with its loads issued ahead
+// (bit-identical) and split-K tile for 9..128 tokens, and
 // for prefill the weight dequantized for cuBLAS by pyllm/ops/qlinear.py; shapes they do not cover
 // still take the general kernels). General until set: pyllm.ops sets it
 // from the environment variable PYLLM_CUDA_KERNELS at import, and pyllm.ops.set_cuda_kernels

@@ -294,6 +294,25 @@ def test_qlinear_cuda_matches_reference(family, qtype, t, kb, n, with_bias, seed
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.skipif(not L.cuda_built(), reason="pyllm built without CUDA")
+@pytest.mark.parametrize("qtype", BLOCK_QTYPES)
+@pytest.mark.parametrize("t", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("n,k", [(1, 32), (45, 96), (300, 576), (7, 1536), (5, 32 * 41)])
+def test_tuned_gemv_is_bit_identical_to_the_general_one(qtype, t, n, k):
+    """Up to 8 tokens the tuned GEMV only issues its loads earlier (four chunks at once, x as
+    float4): the multiply-adds are the general GEMV's, in the same order."""
+    gen = torch.Generator().manual_seed(t * n + k)
+    w = make_weight(qtype, n, k, gen, raw_bytes=False).cuda()
+    x = torch.randn(t, k, generator=gen).cuda()
+    outs = {}
+    for family in ("general", "tuned"):
+        with ops.using_cuda_kernels(family):
+            outs[family] = ops.qlinear(x, w, QTYPE_CODES[qtype], n)
+    assert torch.equal(outs["tuned"], outs["general"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.skipif(not L.cuda_built(), reason="pyllm built without CUDA")
 @pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("n,k", [(1, 32), (45, 96), (300, 576), (7, 1536)])
 def test_dequantize_cuda_is_the_reference_bit_for_bit(qtype, n, k):
