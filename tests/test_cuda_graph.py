@@ -216,8 +216,8 @@ def test_sampling_in_the_graph_waits_for_min_tokens(gguf_path):
 @pytest.mark.parametrize("batched_tokens,max_batch", [(512, 8), (7, 8), (512, 4)])
 def test_host_metadata_gives_the_same_tokens(gguf_path, batched_tokens, max_batch):
     """With host_metadata the engine hands decode steps' ids and metadata to the runner on the
-    CPU (the default with graphs: checked there, copied into the buffers, no device-side
-    checks); tokens as the plain engine's, also where steps take the eager paths with the
+    CPU (the default with graphs: checked there, copied into the buffers, no device reductions
+    read back); tokens as the plain engine's, also where steps take the eager paths with the
     metadata moved to the device: one-token prompt chunks of chunked prefill (7 tokens a step),
     and decode steps of more sequences than the largest bucket (5 > 4)."""
     model = _model(gguf_path, "cpu")
@@ -255,6 +255,11 @@ def test_host_metadata_is_checked_on_the_host(gguf_path):
     with pytest.raises(ValueError, match="must match layer 0"):
         CudaGraphRunner(model, max_batch=4, graphs=False, host_metadata=True)(
             torch.tensor([1, 2]), meta, mixed)
+    # layer 0's own pair is checked on the real tensors too (the step's checks see stand-ins)
+    first_bad = [(k, v.half()) if i == 0 else (k, v) for i, (k, v) in enumerate(cache.kv_caches)]
+    with pytest.raises(ValueError, match="v_cache must have k_cache's dtype"):
+        CudaGraphRunner(model, max_batch=4, graphs=False, host_metadata=True)(
+            torch.tensor([1, 2]), meta, first_bad)
 
 
 def test_decode_and_sample_checks_its_parameter_rows(gguf_path):

@@ -165,8 +165,8 @@ class LLMEngine:
         one_token_each = all(n == 1 for n in counts)
         if one_token_each and getattr(self.forward, "takes_host_metadata", False):
             # A decode step for a graph runner that takes its ids and metadata on the host: it
-            # checks them there and copies them into its graph's buffers (no device tensors
-            # made, checked and copied again here).
+            # checks them there and copies them into its graph's buffers (no device tensors made
+            # here, reduced on the device to be checked, and copied again).
             device = torch.device("cpu")
         meta = build_metadata([s.cached for s in seqs], counts,
                               [self.blocks.block_table(s.seq_id) for s in seqs],

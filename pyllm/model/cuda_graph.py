@@ -39,6 +39,7 @@ import torch
 
 from pyllm.model.batch import AttentionMetadata, KVCaches
 from pyllm.ops import sampling as sampling_ops
+from pyllm.ops.kv_cache import check_cache_pair
 
 # fparams of a greedy row with every filter neutral (the columns of pyllm.ops.sampling.FPARAMS).
 _NEUTRAL_GREEDY = (0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0)
@@ -107,8 +108,8 @@ class CudaGraphRunner:
         if self.graphs and model.device.type != "cuda":
             raise ValueError("CUDA graphs need a model on a CUDA device")
         # Decode steps may come with their ids and metadata still on the CPU (the engine builds
-        # them there when this is set): they are checked there, with no device work and no
-        # synchronisation, and copied straight into the bucket's buffers. Default: with graphs.
+        # them there when this is set): they are checked there, with no device reductions read
+        # back, and copied straight into the bucket's buffers. Default: with graphs.
         self.takes_host_metadata = self.graphs if host_metadata is None else bool(host_metadata)
         self._buckets: dict[tuple[int, int], _Bucket] = {}
         self._pool = None
@@ -190,11 +191,14 @@ class CudaGraphRunner:
             sampled = self._forward_and_sample(bucket, kv_caches)
         else:
             if bucket.sample_graph is None:
+                stream = torch.cuda.current_stream(self.device)
                 try:
                     self._capture(bucket, kv_caches, sample=True)
                 except RuntimeError as exc:
                     # The logits graph does not depend on this one: decode goes on, sampling after
-                    # the graph, and the failure is reported rather than ending the request.
+                    # the graph, and the failure is reported rather than ending the request. A
+                    # failed capture_end can leave the capture stream current: restore ours.
+                    torch.cuda.set_stream(stream)
                     warnings.warn(f"sampling inside the CUDA graph failed to capture ({exc}); "
                                   "sampling after the graph from now on", RuntimeWarning, stacklevel=2)
                     self.sample_in_graph = False
@@ -244,9 +248,13 @@ class CudaGraphRunner:
             self._cache_key = None
             if self.takes_host_metadata:
                 # Host checks compare the metadata with CPU stand-ins of layer 0's pools (never
-                # written: untouched pages take no memory), so the real ones are checked now.
+                # written: untouched pages take no memory), so the real ones are checked now:
+                # every layer alike, layer 0's pair well formed, and on the model's device.
+                k0, v0 = kv_caches[0]
+                check_cache_pair(k0, v0)
+                if k0.device != self.device:
+                    raise ValueError(f"the KV caches are on {k0.device}, the model on {self.device}")
                 self.model._check_caches(kv_caches)
-                k0 = kv_caches[0][0]
                 stand_in = torch.empty(k0.shape, dtype=k0.dtype)
                 self._host_caches = [(stand_in, stand_in)] * len(kv_caches)
             self._cache_key = key
