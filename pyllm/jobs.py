@@ -225,9 +225,10 @@ def result_line(key: str, prompt_ids: list[int], completions: list[Any]) -> dict
 
 def run_job(input_path: Path, output_path: Path, *, model: Any, base_params: Any,
             max_num_seqs: int = 64, progress: bool = False, int8_activations: bool = False,
-            kv_dtype: str = "float32") -> JobSummary:
+            kv_dtype: str = "float32", device: str = "cpu") -> JobSummary:
     """Run (or resume) a JSONL job. `model` is a name/path or a loaded `pyllm.LLM`
-    (`int8_activations` and `kv_dtype` apply when it is a name or path: see `pyllm.load`)."""
+    (`int8_activations`, `kv_dtype` and `device` apply when it is a name or path: see
+    `pyllm.load`)."""
     import signal
 
     from tqdm import tqdm
@@ -242,7 +243,7 @@ def run_job(input_path: Path, output_path: Path, *, model: Any, base_params: Any
     if isinstance(model, (str, Path)) or model is None:
         import pyllm
 
-        llm = pyllm.load(model, int8_activations=int8_activations, kv_dtype=kv_dtype)
+        llm = pyllm.load(model, device, int8_activations=int8_activations, kv_dtype=kv_dtype)
     else:
         llm = model
     engine = LLMEngine(llm.model, llm.tokenizer, llm.engine_config(max_num_seqs=max_num_seqs))

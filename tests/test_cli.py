@@ -216,3 +216,73 @@ def test_int8_option_reaches_the_loader(monkeypatch, command, flag, expected) ->
     result = invoke(*command, *flag)
     assert result.exit_code == 1 and "stop here" in result.output
     assert seen == [expected]
+
+
+@pytest.mark.parametrize("command", [["run", "smollm2", "Hi"], ["perplexity", "smollm2", __file__],
+                                     ["classify", "Hi", "--labels", "a,b"]])
+@pytest.mark.parametrize("usable", [True, False])
+@pytest.mark.parametrize("flags,expected", [([], "cuda|cpu"), (["--device", "cpu"], "cpu"),
+                                            (["--device", "auto", "--int8"], "cpu"),
+                                            (["--device", "cuda"], "cuda|error")])
+def test_device_option_reaches_the_loader(monkeypatch, command, usable, flags, expected) -> None:
+    """`--device auto` (the default) loads on cuda when pyllm's CUDA kernels and a GPU are both
+    there, else on the CPU (and on the CPU with --int8); `--device cuda` where it cannot run is a
+    usage error that says why."""
+    import pyllm
+    import pyllm.api
+    from pyllm.cli import options
+
+    if "--int8" in flags and command[0] == "classify":
+        pytest.skip("the task commands have no --int8")
+    monkeypatch.setattr(options, "cuda_unusable_reason", lambda: None if usable else "no GPU here")
+    seen = []
+
+    def fake_load(model, device="cpu", **kwargs):
+        seen.append(device)
+        raise click.ClickException("stop here")
+
+    monkeypatch.setattr(pyllm, "load", fake_load)  # first: its lazy lookup reads pyllm.api.load
+    monkeypatch.setattr(pyllm.api, "load", fake_load)
+    result = invoke(*command, *flags)
+    when_usable, _, when_not = expected.partition("|")
+    want = when_usable if usable or not when_not else when_not
+    if want == "error":
+        assert result.exit_code == 2 and "--device cuda: no GPU here" in result.output
+        assert seen == []
+    else:
+        assert result.exit_code == 1 and "stop here" in result.output
+        assert seen == [want]
+
+
+def test_int8_with_device_cuda_is_refused(monkeypatch) -> None:
+    from pyllm.cli import options
+
+    monkeypatch.setattr(options, "cuda_unusable_reason", lambda: None)
+    result = invoke("run", "smollm2", "Hi", "--device", "cuda", "--int8")
+    assert result.exit_code == 2 and "--int8 selects CPU kernels" in result.output
+
+
+@pytest.mark.parametrize("usable,flags,expected", [(False, [], "cpu"), (True, [], "cuda"),
+                                                   (True, ["--device", "cpu"], "cpu")])
+def test_device_option_reaches_chat_and_generate(monkeypatch, tmp_path, usable, flags, expected) -> None:
+    """The same option on the two commands that load through other paths (the REPL backend, the
+    JSONL job runner)."""
+    import pyllm
+    import pyllm.api
+    from pyllm.cli import options
+
+    monkeypatch.setattr(options, "cuda_unusable_reason", lambda: None if usable else "no GPU here")
+    seen = []
+
+    def fake_load(model, device="cpu", **kwargs):
+        seen.append(device)
+        raise click.ClickException("stop here")
+
+    monkeypatch.setattr(pyllm, "load", fake_load)  # first: its lazy lookup reads pyllm.api.load
+    monkeypatch.setattr(pyllm.api, "load", fake_load)
+    job = tmp_path / "in.jsonl"
+    job.write_text('{"id": "a", "prompt": "Hi"}\n')
+    for command in (["chat"], ["generate", "-i", str(job), "-o", str(tmp_path / "out.jsonl")]):
+        result = invoke(*command, *flags)
+        assert result.exit_code == 1 and "stop here" in result.output, result.output
+    assert seen == [expected, expected]

@@ -197,7 +197,7 @@ def test_translate_keeps_the_layout(llm):
 def cli(llm, monkeypatch):
     import pyllm_tasks.cli_support as support
 
-    monkeypatch.setattr(support, "load_llm", lambda model: llm)  # load once for the module
+    monkeypatch.setattr(support, "load_llm", lambda model, device="auto": llm)  # load once for the module
     from pyllm.cli.main import cli as group
 
     def invoke(*args: str):

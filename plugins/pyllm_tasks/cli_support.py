@@ -19,7 +19,10 @@ import click
 
 
 def input_options(f: Any) -> Any:
-    """-i/-o, --model, --json, --eval, --batch-size, --progress."""
+    """-i/-o, --model, --device, --json, --eval, --batch-size, --progress."""
+    from pyllm.cli.options import device_option
+
+    f = device_option()(f)
     f = click.option("--progress/--no-progress", default=None,
                      help="Progress bar for -i (default: when stderr is a terminal).")(f)
     f = click.option("--batch-size", type=click.IntRange(1, 1024), default=16,
@@ -38,10 +41,11 @@ def input_options(f: Any) -> Any:
     return f
 
 
-def load_llm(model: str) -> Any:
+def load_llm(model: str, device: str = "auto") -> Any:
     import pyllm
+    from pyllm.cli.options import resolve_device
 
-    return pyllm.load(model, progress=sys.stderr.isatty())
+    return pyllm.load(model, resolve_device(device), progress=sys.stderr.isatty())
 
 
 def text_argument(text: str | None, what: str = "TEXT") -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pyllm.cli.options import int8_option, kv_dtype_option
+from pyllm.cli.options import device_option, int8_option, kv_dtype_option, resolve_device
 
 # The REPL's sampling defaults: tamer than SamplingParams() (temperature 1, no filter), which suits
 # small chat models badly. Every one can be changed by an option here or /set in the REPL.
@@ -72,9 +72,10 @@ def chat_params(overrides: dict[str, Any], extra: tuple[str, ...] = ()) -> Any:
 @click.option("--no-history", is_flag=True, help="Do not read or write $PYLLM_HOME/history.")
 @int8_option()
 @kv_dtype_option("KV-cache element type (half precision: half the memory).")
+@device_option()
 def chat(model: str, system: str | None, context_length: int | None, stop: tuple[str, ...],
          extra: tuple[str, ...], no_markdown: bool, no_history: bool, int8: bool, kv_dtype: str,
-         **sampling: Any) -> None:
+         device: str, **sampling: Any) -> None:
     """Chat with MODEL (default: smollm2) in the terminal.
 
     Replies stream as they are generated; Ctrl-C stops a reply. Type /help for the slash
@@ -91,7 +92,8 @@ def chat(model: str, system: str | None, context_length: int | None, stop: tuple
     from pyllm.repl.backend import LLMBackend
     from pyllm.repl.session import ChatSession, history_path
 
-    click.echo(f"loading {model} ...", err=True)
+    device = resolve_device(device, int8)
+    click.echo(f"loading {model} ..." if device == "cpu" else f"loading {model} on {device} ...", err=True)
     options: dict[str, Any] = {"context_length": context_length} if context_length is not None else {}
     if options and "context_length" not in inspect.signature(load).parameters:
         raise click.UsageError("--context-length needs a pyllm.api.load that takes context_length")
@@ -99,6 +101,8 @@ def chat(model: str, system: str | None, context_length: int | None, stop: tuple
         options["int8_activations"] = True
     if kv_dtype != "float32":
         options["kv_dtype"] = kv_dtype
+    if device != "cpu":
+        options["device"] = device
     backend = LLMBackend(load(model, **options))
     history = None
     if not no_history and sys.stdin.isatty():

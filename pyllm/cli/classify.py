@@ -70,7 +70,7 @@ def classify(text: str | None, labels: str | None, labels_file: Path | None,
              multi_label: bool, threshold: float, length_normalize: bool,
              instruction: str | None, model: str, input_path: Path | None,
              output_path: Path | None, as_json: bool, evaluate: bool, batch_size: int,
-             progress: bool | None) -> None:
+             progress: bool | None, device: str) -> None:
     from pyllm_tasks.classify import read_labels
 
     if (labels is None) == (labels_file is None):
@@ -87,7 +87,7 @@ def classify(text: str | None, labels: str | None, labels_file: Path | None,
         text = text_argument(text)
     from pyllm_tasks.cli_support import load_llm, run_file
 
-    llm = load_llm(model)
+    llm = load_llm(model, device)
     if input_path is not None:
         run_file("classify", llm, input_path, output_path, options, batch_size=batch_size,
                  progress=progress, evaluate=_evaluator(label_list) if evaluate else None,

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from pyllm.cli.options import int8_option, kv_dtype_option, pop_sampling_params, sampling_options
+from pyllm.cli.options import (device_option, int8_option, kv_dtype_option, pop_sampling_params, resolve_device,
+                               sampling_options)
 
 HELP = """Generate a completion for every record of a JSONL file.
 
@@ -43,13 +44,15 @@ Re-running with the same output file resumes: finished ids are skipped and a tor
 @kv_dtype_option("KV-cache element type: half precision halves its memory and attention's "
                  "memory traffic (batches ~15% faster with --int8; llama.cpp's default is "
                  "float16); float32 is exact.")
+@device_option()
 def generate(input_path: Path, output_path: Path, model: str, max_num_seqs: int,
-             progress: bool | None, int8: bool, kv_dtype: str, **kwargs: Any) -> None:
+             progress: bool | None, int8: bool, kv_dtype: str, device: str, **kwargs: Any) -> None:
     base = pop_sampling_params(kwargs)
     from pyllm.jobs import run_job
 
     summary = run_job(input_path, output_path, model=model, base_params=base,
                       max_num_seqs=max_num_seqs, int8_activations=int8, kv_dtype=kv_dtype,
+                      device=resolve_device(device, int8),
                       progress=sys.stderr.isatty() if progress is None else progress)
     click.echo(summary.describe(), err=True)
     if summary.interrupted:

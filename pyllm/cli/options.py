@@ -73,6 +73,44 @@ def int8_option() -> Callable[[Any], Any]:
                              "on average, which flips near-tied greedy choices; see docs/kernels.md).")
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def device_option() -> Callable[[Any], Any]:
+    """`--device auto|cpu|cuda`: where the model runs (resolve with `resolve_device`)."""
+    return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                        help="Where the model runs: cuda (an NVIDIA GPU; pyllm built with its CUDA "
+                             "kernels), cpu, or auto: cuda when both are there, else cpu (and cpu "
+                             "with --int8, a CPU kernel option).")
+
+
+def cuda_unusable_reason() -> str | None:
+    """Why `--device cuda` cannot run here, or None when it can."""
+    import torch
+
+    from pyllm import ops
+
+    if not ops.cuda_built():
+        return ("pyllm was built without its CUDA kernels (reinstall where nvcc is found, or with "
+                "PYLLM_CUDA=ON)")
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device (no NVIDIA GPU or driver here, or a CPU-only torch)"
+    return None
+
+
+def resolve_device(device: str, int8: bool = False) -> str:
+    """The device a command loads its model on; a UsageError says why cuda cannot be used."""
+    if device == "auto":
+        return "cpu" if int8 or cuda_unusable_reason() is not None else "cuda"
+    if device == "cuda":
+        if int8:
+            raise click.UsageError("--int8 selects CPU kernels; drop it, or use --device cpu")
+        reason = cuda_unusable_reason()
+        if reason is not None:
+            raise click.UsageError(f"--device cuda: {reason}")
+    return device
+
+
 def kv_dtype_option(help_: str) -> Callable[[Any], Any]:
     """`--kv-dtype`: the KV-cache element type the model is loaded with (pyllm.load(kv_dtype=...))."""
     return click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="float32", show_default=True,

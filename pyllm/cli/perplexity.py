@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from pyllm.cli.options import int8_option
+from pyllm.cli.options import device_option, int8_option, resolve_device
 
 PROTOCOL = """\
 Protocol: FILE is read as UTF-8 and tokenized once, as the model's tokenizer does by default (a
@@ -29,13 +29,14 @@ that window. Perplexity = exp(mean negative log-likelihood over all scored token
               help='Print one JSON object {"perplexity", "nll", "tokens_scored", "windows", '
                    '"ctx", "tokens"}.')
 @int8_option()
-def perplexity(model: str, file: Path, ctx: int, as_json: bool, int8: bool) -> None:
+@device_option()
+def perplexity(model: str, file: Path, ctx: int, as_json: bool, int8: bool, device: str) -> None:
     from pyllm.api import load
     from pyllm.errors import ContextLengthError
     from pyllm.generation import score_ids
 
     text = file.read_text(encoding="utf-8")
-    llm = load(model, progress=sys.stderr.isatty(), int8_activations=int8)
+    llm = load(model, resolve_device(device, int8), progress=sys.stderr.isatty(), int8_activations=int8)
     if ctx > llm.context_length:
         raise ContextLengthError(f"--ctx {ctx} is longer than the model's context length of "
                                  f"{llm.context_length} tokens")

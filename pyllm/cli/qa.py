@@ -31,7 +31,7 @@ record's gold "answers" (a list of strings, or "answer") and prints exact match 
 @input_options
 def qa(context: str | None, context_file: Path | None, question: str | None, extractive: bool,
        max_tokens: int, model: str, input_path: Path | None, output_path: Path | None,
-       as_json: bool, evaluate: bool, batch_size: int, progress: bool | None) -> None:
+       as_json: bool, evaluate: bool, batch_size: int, progress: bool | None, device: str) -> None:
     single = context is not None or context_file is not None or question is not None
     check_io(input_path, output_path, evaluate, single)
     options: dict[str, Any] = {"extractive": extractive, "max_tokens": max_tokens}
@@ -45,7 +45,7 @@ def qa(context: str | None, context_file: Path | None, question: str | None, ext
                                    "or -i IN.jsonl")
     from pyllm_tasks.cli_support import load_llm, run_file
 
-    llm = load_llm(model)
+    llm = load_llm(model, device)
     if input_path is not None:
         run_file("qa", llm, input_path, output_path, options, batch_size=batch_size,
                  progress=progress, evaluate=_evaluate if evaluate else None, as_json=as_json)

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from pyllm.cli.options import int8_option, pop_sampling_params, sampling_options
+from pyllm.cli.options import (device_option, int8_option, pop_sampling_params, resolve_device,
+                               sampling_options)
 
 
 @click.command("run")
@@ -24,8 +25,9 @@ from pyllm.cli.options import int8_option, pop_sampling_params, sampling_options
               help="A prompt longer than the context is an error (none) or keeps its end (left).")
 @sampling_options()
 @int8_option()
+@device_option()
 def run(model: str, prompt: str, chat: bool, system: str | None, as_json: bool, truncate: str,
-        int8: bool, **kwargs: Any) -> None:
+        int8: bool, device: str, **kwargs: Any) -> None:
     """Generate a continuation of PROMPT ('-' reads it from stdin) with MODEL (a .gguf file, a
     Hugging Face folder, or a name such as smollm2, pulled on first use)."""
     params = pop_sampling_params(kwargs)
@@ -33,7 +35,7 @@ def run(model: str, prompt: str, chat: bool, system: str | None, as_json: bool, 
         prompt = sys.stdin.read()
     from pyllm.api import load
 
-    llm = load(model, progress=sys.stderr.isatty(), int8_activations=int8)
+    llm = load(model, resolve_device(device, int8), progress=sys.stderr.isatty(), int8_activations=int8)
     if chat or system is not None:
         messages = [{"role": "system", "content": system}] if system is not None else []
         request: Any = messages + [{"role": "user", "content": prompt}]

@@ -29,7 +29,7 @@ JSONL: lines in {"id", "text"}, out {"id", "translation"}; --eval reads each rec
 @input_options
 def translate(text: str | None, src: str | None, tgt: str, max_chunk_tokens: int, model: str,
               input_path: Path | None, output_path: Path | None, as_json: bool, evaluate: bool,
-              batch_size: int, progress: bool | None) -> None:
+              batch_size: int, progress: bool | None, device: str) -> None:
     from pyllm_tasks.translate import language_name
 
     language_name(src)  # a bad language fails before the model loads
@@ -40,7 +40,7 @@ def translate(text: str | None, src: str | None, tgt: str, max_chunk_tokens: int
         text = text_argument(text)
     from pyllm_tasks.cli_support import load_llm, run_file
 
-    llm = load_llm(model)
+    llm = load_llm(model, device)
     if input_path is not None:
         run_file("translate", llm, input_path, output_path, options, batch_size=batch_size,
                  progress=progress, evaluate=_evaluate if evaluate else None, as_json=as_json)
