@@ -1,4 +1,6 @@
 // Paged KV-cache write on the GPU: one block per token row, threads over its Hkv * D elements.
+// Token rows may be strided (k and v as views of the fused QKV projection's output): each row's
+// Hkv * D elements are contiguous, rows are k_stride / v_stride elements apart.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -23,12 +25,13 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 
 template <class Src, class Dst>
 __global__ void write_kv_kernel(const Src* __restrict__ k, const Src* __restrict__ v, Dst* __restrict__ kc,
-                                Dst* __restrict__ vc, const int64_t* __restrict__ slots, int64_t row) {
+                                Dst* __restrict__ vc, const int64_t* __restrict__ slots, int64_t row,
+                                int64_t k_stride, int64_t v_stride) {
   const int64_t t = blockIdx.x;
   const int64_t slot = slots[t];
   if (slot < 0) return;  // padding
-  const Src* ks = k + t * row;
-  const Src* vs = v + t * row;
+  const Src* ks = k + t * k_stride;
+  const Src* vs = v + t * v_stride;
   Dst* kd = kc + slot * row;
   Dst* vd = vc + slot * row;
   for (int64_t i = threadIdx.x; i < row; i += blockDim.x) {
@@ -42,7 +45,8 @@ void launch(const TensorView& k, const TensorView& v, const TensorView& kc, cons
             const TensorView& slots, int64_t T, int64_t row, cudaStream_t stream) {
   const int threads = row >= 256 ? 256 : 128;
   write_kv_kernel<Src, Dst><<<static_cast<unsigned>(T), threads, 0, stream>>>(
-      k.ptr<const Src>(), v.ptr<const Src>(), kc.ptr<Dst>(), vc.ptr<Dst>(), slots.ptr<const int64_t>(), row);
+      k.ptr<const Src>(), v.ptr<const Src>(), kc.ptr<Dst>(), vc.ptr<Dst>(), slots.ptr<const int64_t>(), row,
+      k.stride[0], v.stride[0]);
 }
 
 template <class Src>
@@ -59,9 +63,15 @@ void launch_dst(const TensorView& k, const TensorView& v, const TensorView& kc, 
 
 void write_kv_cache_cuda(const TensorView& k, const TensorView& v, const TensorView& k_cache,
                          const TensorView& v_cache, const TensorView& slot_mapping, uintptr_t stream_handle) {
-  require(k.ndim == 3 && k_cache.ndim == 4 && k.is_contiguous() && v.is_contiguous() &&
-              k_cache.is_contiguous() && v_cache.is_contiguous() && slot_mapping.is_contiguous(),
+  require(k.ndim == 3 && v.ndim == 3 && k_cache.ndim == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+              slot_mapping.is_contiguous(),
           "write_kv_cache_cuda: layout");
+  const auto rows_dense = [](const TensorView& t) {  // each token row's Hkv * D elements contiguous
+    return t.stride[2] == 1 && (t.shape[1] == 1 || t.stride[1] == t.shape[2]) && t.stride[0] >= 0;
+  };
+  require(rows_dense(k) && rows_dense(v) && v.shape[0] == k.shape[0] && v.shape[1] == k.shape[1] &&
+              v.shape[2] == k.shape[2],
+          "write_kv_cache_cuda: k and v rows must each be contiguous, of one shape");
   require(k.dtype == v.dtype && k_cache.dtype == v_cache.dtype && slot_mapping.dtype == DType::I64,
           "write_kv_cache_cuda: dtypes");
   const int64_t T = k.shape[0], row = k.shape[1] * k.shape[2];

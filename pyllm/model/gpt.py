@@ -52,7 +52,7 @@ class CausalSelfAttention(nn.Module):
             q, k = ops.rope(q, k, meta.positions, cos_sin, self.neox,
                             validated=validated)  # (T, Hq, D), (T, Hkv, D)
         k_cache, v_cache = kv_cache  # (num_blocks, block_size, Hkv, D)
-        ops.write_kv_cache_(k, v.contiguous(), k_cache, v_cache, meta.slot_mapping,
+        ops.write_kv_cache_(k, v, k_cache, v_cache, meta.slot_mapping,
                             validated=validated)
         y = ops.paged_attention(q, k_cache, v_cache, meta.query_start, meta.context_lens,
                                 meta.block_tables, self.scale, self.window,

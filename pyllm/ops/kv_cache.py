@@ -100,15 +100,25 @@ def _kernel(k, v, k_cache, v_cache, slot_mapping) -> None:
               f"the caches {list(k_cache.shape)} / {list(v_cache.shape)}")
     if not k.shape[0] or not k_cache.numel():
         return
-    k, v, slot_mapping = k.contiguous(), v.contiguous(), slot_mapping.contiguous()
-    if k_cache.is_cuda:
+    slot_mapping = slot_mapping.contiguous()
+    if k_cache.is_cuda:  # token rows may be strided (views of the fused QKV output): no copy
+        k, v = _dense_rows(k), _dense_rows(v)
         L._C.write_kv_cache_cuda(L.view(k), L.view(v), L.view(k_cache), L.view(v_cache),
                                  L.view(slot_mapping), torch.cuda.current_stream().cuda_stream)
     else:  # raw addresses: building five TensorViews would cost more than the copy
+        k, v = k.contiguous(), v.contiguous()
         codes = L._DTYPE_CODES
         L._C.write_kv_cache_cpu_ptr(k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
                                     slot_mapping.data_ptr(), k.shape[0], k.shape[1] * k.shape[2],
                                     codes[k.dtype], codes[k_cache.dtype])
+
+
+def _dense_rows(t: torch.Tensor) -> torch.Tensor:
+    """t [T, Hkv, D] with each token row's elements contiguous (rows may be apart), as the CUDA
+    kernel reads them; a copy only when they are not."""
+    if t.stride(2) == 1 and (t.shape[1] == 1 or t.stride(1) == t.shape[2]) and t.stride(0) >= 0:
+        return t
+    return t.contiguous()
 
 
 def _checked_ref(k, v, k_cache, v_cache, slot_mapping) -> None:

@@ -131,6 +131,31 @@ def test_cuda_matches_reference(params):
     assert_same(args[3].cpu(), v_cache)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device")])])
+@pytest.mark.parametrize("hkv,d", [(3, 64), (1, 17), (2, 4)])
+def test_token_rows_may_be_views_of_a_wider_tensor(device, hkv, d):
+    """k and v as the model passes them: column slices of the fused QKV projection's output
+    (each token row contiguous, rows a QKV row apart), written without a copy on CUDA."""
+    g = torch.Generator().manual_seed(hkv * d)
+    T, q_width = 37, 5 * d
+    qkv = torch.randn(T, q_width + 2 * hkv * d, generator=g).to(device)
+    k = qkv[:, q_width:q_width + hkv * d].view(T, hkv, d)
+    v = qkv[:, q_width + hkv * d:].view(T, hkv, d)
+    assert not v.is_contiguous()
+    k_cache = torch.full((12, 4, hkv, d), float("nan"), device=device)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    slots = torch.randperm(48, generator=g)[:T].to(device)
+    slots[3] = -1
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    K.write_kv_cache_ref_(k, v, k_ref, v_ref, slots)
+    K.write_kv_cache_(k, v, k_cache, v_cache, slots)
+    assert_same(k_cache.cpu(), k_ref.cpu())
+    assert_same(v_cache.cpu(), v_ref.cpu())
+    K.write_kv_cache_(k, v, k_cache, v_cache, slots, validated=True)  # the model's trusted path
+    assert_same(v_cache.cpu(), v_ref.cpu())
+
+
 @pytest.mark.parametrize("cache_dtype", [torch.float16, torch.bfloat16])
 def test_float_to_half_rounding_on_every_isa(cache_dtype):
     """float32 into a half cache (vector paths on AVX2 / AVX-512): the same bits as torch's
