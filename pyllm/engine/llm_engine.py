@@ -201,7 +201,9 @@ class LLMEngine:
             s.cached += n
             self.blocks.mark_computed(s.seq_id, s.cached)
         if in_graph is not None:  # a decode step: every sequence was sampled in the graph
-            token_ids, logprobs = generation.sampled_tokens(SampleResult(*in_graph[:2], probs=in_graph[2]), seqs)
+            tokens, chosen_logprobs, probs = in_graph
+            token_ids, logprobs = generation.sampled_tokens(SampleResult(tokens, chosen_logprobs, probs=probs),
+                                                            seqs)
             return self._append(seqs, token_ids, logprobs)
         if logits is None:
             return []
