@@ -518,6 +518,10 @@ def test_llm_backend_adapts_the_api() -> None:
     backend = LLMBackend(llm)
     assert isinstance(backend, ChatBackend)
     assert (backend.model_name, backend.context_length) == ("stub-llm", 4096)
+    assert backend.device is None  # the stub has no model; a loaded LLM's model says where it runs
+    cpu = type("Device", (), {"type": "cpu", "__str__": lambda self: "cpu"})()  # as torch.device reads
+    llm.model = type("Model", (), {"device": cpu})()
+    assert LLMBackend(llm).device == "cpu"
     assert backend.chat_template == llm.chat_template.source
     messages = [{"role": "user", "content": "hi"}]
     assert backend.count_tokens(messages) == len(llm.chat_template.render(messages))
@@ -551,7 +555,7 @@ def test_pyllm_chat_command_reads_a_pipe(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr("pyllm.api.load", fake_load)
     result = CliRunner().invoke(
         cli, ["chat", "some-model", "--system", "be nice", "--temperature", "0.5", "--seed", "7",
-              "--set", "typical_p=0.9", "-c", "2048"],
+              "--set", "typical_p=0.9", "-c", "2048", "--device", "cpu"],
         input="hi there\n/show\n", standalone_mode=False)
     assert result.exception is None, result.output
     assert loaded == [("some-model", {"context_length": 2048})]

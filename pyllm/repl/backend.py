@@ -99,6 +99,7 @@ class LLMBackend:
         self.llm = llm
         self.model_name = name or _model_name(llm)
         self.context_length = int(_context_length(llm))
+        self.device = _device(llm)
         self.last_stats: ReplyStats | None = None
 
     @property
@@ -160,6 +161,18 @@ def _model_name(llm: Any) -> str:
             return value
     path = getattr(llm, "path", None)
     return getattr(path, "name", None) or type(llm).__name__
+
+
+def _device(llm: Any) -> str | None:
+    """Where the model runs, for /show: "cpu", or "cuda:0 (general CUDA kernels)"."""
+    device = getattr(getattr(llm, "model", None), "device", None)
+    if device is None:
+        return None
+    if getattr(device, "type", None) == "cuda":
+        from pyllm import ops
+
+        return f"{device} ({ops.get_cuda_kernels()} CUDA kernels)"
+    return str(device)
 
 
 def _context_length(llm: Any) -> int:

@@ -248,8 +248,9 @@ def _show(session: ChatSession, arg: str) -> None:
     used, total = session.context_used, backend.context_length
     cut = sum(1 for m in session.conversation.messages if m.get("cut"))
     changed = changed_params(session.params)
+    device = getattr(backend, "device", None)  # optional in a ChatBackend
     rows = [
-        ("model", backend.model_name),
+        ("model", backend.model_name + (f" on {device}" if device else "")),
         ("context", f"{used} / {total} tokens ({100 * used / max(total, 1):.0f}%)"),
         ("system", session.conversation.system or "(none)"),
         ("messages", f"{len(session.conversation.messages)}" + (f" ({cut} cut)" if cut else "")),
