@@ -218,6 +218,25 @@ def test_int8_option_reaches_the_loader(monkeypatch, command, flag, expected) ->
     assert seen == [expected]
 
 
+def record_devices(monkeypatch, usable: bool) -> list[str]:
+    """Make CUDA usable or not, and replace the loader with one that records the device it is
+    asked for and stops the command there (ClickException "stop here")."""
+    import pyllm
+    import pyllm.api
+    from pyllm.cli import options
+
+    monkeypatch.setattr(options, "cuda_unusable_reason", lambda: None if usable else "no GPU here")
+    seen: list[str] = []
+
+    def fake_load(model, device="cpu", **kwargs):
+        seen.append(device)
+        raise click.ClickException("stop here")
+
+    monkeypatch.setattr(pyllm, "load", fake_load)  # first: its lazy lookup reads pyllm.api.load
+    monkeypatch.setattr(pyllm.api, "load", fake_load)
+    return seen
+
+
 @pytest.mark.parametrize("command", [["run", "smollm2", "Hi"], ["perplexity", "smollm2", __file__],
                                      ["classify", "Hi", "--labels", "a,b"]])
 @pytest.mark.parametrize("usable", [True, False])
@@ -228,21 +247,9 @@ def test_device_option_reaches_the_loader(monkeypatch, command, usable, flags, e
     """`--device auto` (the default) loads on cuda when pyllm's CUDA kernels and a GPU are both
     there, else on the CPU (and on the CPU with --int8); `--device cuda` where it cannot run is a
     usage error that says why."""
-    import pyllm
-    import pyllm.api
-    from pyllm.cli import options
-
     if "--int8" in flags and command[0] == "classify":
         pytest.skip("the task commands have no --int8")
-    monkeypatch.setattr(options, "cuda_unusable_reason", lambda: None if usable else "no GPU here")
-    seen = []
-
-    def fake_load(model, device="cpu", **kwargs):
-        seen.append(device)
-        raise click.ClickException("stop here")
-
-    monkeypatch.setattr(pyllm, "load", fake_load)  # first: its lazy lookup reads pyllm.api.load
-    monkeypatch.setattr(pyllm.api, "load", fake_load)
+    seen = record_devices(monkeypatch, usable)
     result = invoke(*command, *flags)
     when_usable, _, when_not = expected.partition("|")
     want = when_usable if usable or not when_not else when_not
@@ -267,19 +274,7 @@ def test_int8_with_device_cuda_is_refused(monkeypatch) -> None:
 def test_device_option_reaches_chat_and_generate(monkeypatch, tmp_path, usable, flags, expected) -> None:
     """The same option on the two commands that load through other paths (the REPL backend, the
     JSONL job runner)."""
-    import pyllm
-    import pyllm.api
-    from pyllm.cli import options
-
-    monkeypatch.setattr(options, "cuda_unusable_reason", lambda: None if usable else "no GPU here")
-    seen = []
-
-    def fake_load(model, device="cpu", **kwargs):
-        seen.append(device)
-        raise click.ClickException("stop here")
-
-    monkeypatch.setattr(pyllm, "load", fake_load)  # first: its lazy lookup reads pyllm.api.load
-    monkeypatch.setattr(pyllm.api, "load", fake_load)
+    seen = record_devices(monkeypatch, usable)
     job = tmp_path / "in.jsonl"
     job.write_text('{"id": "a", "prompt": "Hi"}\n')
     for command in (["chat"], ["generate", "-i", str(job), "-o", str(tmp_path / "out.jsonl")]):
