@@ -489,6 +489,15 @@ int num_splits(int64_t T, int64_t hq, int64_t hkv, int64_t D, int64_t max_contex
   return splits < 1 ? 1 : static_cast<int>(splits);
 }
 
+// After a split attention kernel (either family): merge the splits' partial results into out.
+template <class QT>
+void launch_merge(const TensorView& out, const Params& P, int64_t T, cudaStream_t stream) {
+  if (P.splits <= 1) return;
+  const dim3 mgrid(static_cast<unsigned>(T), static_cast<unsigned>(P.Hq));
+  const int threads = P.D >= 128 ? 128 : (P.D >= 64 ? 64 : 32);
+  merge_splits_kernel<QT><<<mgrid, threads, 0, stream>>>(out.ptr<QT>(), P.ws_ml, P.ws_acc, P.Hq, P.D, P.splits);
+}
+
 template <class QT, class CT>
 void launch(const TensorView& q, const TensorView& kc, const TensorView& vc, const TensorView& out,
             const Params& P, int64_t T, cudaStream_t stream) {
@@ -507,11 +516,7 @@ void launch(const TensorView& q, const TensorView& kc, const TensorView& vc, con
   }
   const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(P.Hkv), static_cast<unsigned>(P.splits));
   kernel<<<grid, kChunk, smem, stream>>>(q.ptr<const QT>(), kc.ptr<const CT>(), vc.ptr<const CT>(), out.ptr<QT>(), P);
-  if (P.splits > 1) {
-    const dim3 mgrid(static_cast<unsigned>(T), static_cast<unsigned>(P.Hq));
-    const int threads = P.D >= 128 ? 128 : (P.D >= 64 ? 64 : 32);
-    merge_splits_kernel<QT><<<mgrid, threads, 0, stream>>>(out.ptr<QT>(), P.ws_ml, P.ws_acc, P.Hq, P.D, P.splits);
-  }
+  launch_merge<QT>(out, P, T, stream);
 }
 
 template <class CT, int D, int MaxG>
@@ -520,10 +525,7 @@ void launch_tuned(const TensorView& q, const TensorView& kc, const TensorView& v
   const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(P.Hkv), static_cast<unsigned>(P.splits));
   warp_split_attention_kernel<CT, D, MaxG><<<grid, 32 * kTunedWarps, 0, stream>>>(
       q.ptr<const float>(), kc.ptr<const CT>(), vc.ptr<const CT>(), out.ptr<float>(), P);
-  if (P.splits > 1) {
-    const dim3 mgrid(static_cast<unsigned>(T), static_cast<unsigned>(P.Hq));
-    merge_splits_kernel<float><<<mgrid, D, 0, stream>>>(out.ptr<float>(), P.ws_ml, P.ws_acc, P.Hq, P.D, P.splits);
-  }
+  launch_merge<float>(out, P, T, stream);
 }
 
 // The tuned kernel, when the setting asks for it and it covers the shapes (float32 queries, head
