@@ -251,14 +251,8 @@ class Sampler:
         """A row of the fused kernel's fparams and iparams: the chain's steps that are on take
         the request's values, the others their neutral ones."""
         on = set(names)
-        pen = "penalties" in on
-        frow = [p.temperature if "temperature" in on else 1.0,
-                p.top_p if "top_p" in on else 1.0,
-                p.min_p if "min_p" in on else 0.0,
-                p.typical_p if "typical_p" in on else 1.0,
-                p.repetition_penalty if pen else 1.0,
-                p.frequency_penalty if pen else 0.0,
-                p.presence_penalty if pen else 0.0]
+        frow = [getattr(p, field) if step in on else neutral for field, step, neutral
+                in zip(sampling_ops.FPARAMS, sampling_ops.FPARAM_STEPS, sampling_ops.NEUTRAL_FPARAMS)]
         return frow, [p.top_k if "top_k" in on else 0, _signed64(seed), position]
 
     @staticmethod
@@ -334,7 +328,7 @@ class Sampler:
                 raise ValueError(f"sampler step {name!r} returned shape {list(z.shape)}, "
                                  f"expected {list(raw.shape)}")
         B = z.shape[0]
-        neutral = torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]] * B, dtype=torch.float32)
+        neutral = torch.tensor([sampling_ops.NEUTRAL_FPARAMS] * B, dtype=torch.float32)
         irows = torch.tensor([[0, _signed64(s), pos] for s, pos in zip(seeds, positions)],
                              dtype=torch.int64).reshape(B, 3)
         empty = torch.empty(0, dtype=torch.int64, device=z.device)

@@ -41,8 +41,8 @@ from pyllm.model.batch import AttentionMetadata, KVCaches
 from pyllm.ops import sampling as sampling_ops
 from pyllm.ops.kv_cache import check_cache_pair
 
-# fparams of a greedy row with every filter neutral (the columns of pyllm.ops.sampling.FPARAMS).
-_NEUTRAL_GREEDY = (0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0)
+# fparams of a padding row: greedy (temperature 0), every filter and penalty off.
+_NEUTRAL_GREEDY = (0.0,) + sampling_ops.NEUTRAL_FPARAMS[1:]
 
 
 def next_power_of_two(n: int) -> int:

@@ -74,6 +74,10 @@ __all__ = [
 FPARAMS = ("temperature", "top_p", "min_p", "typical_p", "repetition_penalty",
            "frequency_penalty", "presence_penalty")
 IPARAMS = ("top_k", "seed", "position")
+# An fparams row that changes nothing: temperature 1, every filter and penalty off.
+NEUTRAL_FPARAMS = (1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0)
+# The sampler-chain step that switches each fparams column on (its value is neutral otherwise).
+FPARAM_STEPS = ("temperature", "top_p", "min_p", "typical_p", "penalties", "penalties", "penalties")
 STREAM_DRAW = 0  # Philox streams (sub-sequences) for one token's random numbers
 STREAM_XTC = 1
 
