@@ -162,8 +162,7 @@ class LLMEngine:
         counts = [n for _, n in batch.items]
         ids = [t for s, n in batch.items for t in _tokens(s, s.cached, n)]
         device = self._device
-        one_token_each = all(n == 1 for n in counts)
-        if one_token_each and getattr(self.forward, "takes_host_metadata", False):
+        if getattr(self.forward, "takes_host_metadata", False) and all(n == 1 for n in counts):
             # A decode step for a graph runner that takes its ids and metadata on the host: it
             # checks them there and copies them into its graph's buffers (no device tensors made
             # here, reduced on the device to be checked, and copied again).

@@ -245,7 +245,7 @@ class CudaGraphRunner:
                tuple(kv_caches[0][0].shape), kv_caches[0][0].dtype)
         if key != self._cache_key:
             self._buckets.clear()
-            self._cache_key = None
+            self._cache_key = None  # until the checks below pass: a refused cache is checked again
             if self.takes_host_metadata:
                 # Host checks compare the metadata with CPU stand-ins of layer 0's pools (never
                 # written: untouched pages take no memory), so the real ones are checked now:

@@ -68,14 +68,17 @@ def cuda_built() -> bool:
 CUDA_KERNEL_FAMILIES = ("general", "tuned")
 
 
+def _not_a_family(what: str, family: str) -> str:
+    return f"{what} must be one of {', '.join(CUDA_KERNEL_FAMILIES)}, not {family!r}"
+
+
 def set_cuda_kernels(family: str) -> None:
     """Choose the CUDA kernels the ops launch: "general" (every shape; the kernels measured on an
     H100) or "tuned" (decode-shaped fast paths: attention for head dims 64/128 and qlinear for
     9..128 tokens; prefill's qlinear through cuBLAS on the dequantized weight; other shapes still
     take the general kernels). A captured CUDA graph keeps the kernels it was captured with. No
     effect on the CPU."""
-    check(family in CUDA_KERNEL_FAMILIES,
-          f"CUDA kernels must be one of {', '.join(CUDA_KERNEL_FAMILIES)}, not {family!r}")
+    check(family in CUDA_KERNEL_FAMILIES, _not_a_family("CUDA kernels", family))
     if _C is not None:
         _C.set_cuda_kernels(family)
 
@@ -99,9 +102,7 @@ def using_cuda_kernels(family: str) -> Iterator[None]:
 def _cuda_kernels_from_environment() -> None:
     family = os.environ.get("PYLLM_CUDA_KERNELS", "").strip().lower()
     if family:
-        if family not in CUDA_KERNEL_FAMILIES:
-            raise ValueError(f"PYLLM_CUDA_KERNELS must be one of {', '.join(CUDA_KERNEL_FAMILIES)}, "
-                             f"not {family!r}")
+        check(family in CUDA_KERNEL_FAMILIES, _not_a_family("PYLLM_CUDA_KERNELS", family))
         set_cuda_kernels(family)
 
 
