@@ -117,6 +117,26 @@ def test_round_trip_random_text(tok, covered_bytes: set[int], text: str) -> None
     assert tok.decode(tok.encode(text)) == text
 
 
+# Text with bytes SmolLM2 has no token for (0x04, 0x06, 0x13, 0x14, 0x16, 0x1d; 0xf1 starts the
+# UTF-8 of U+50000): llama.cpp drops such a byte after merging, so it still parts its neighbours.
+UNTOKENIZABLE = ["/\x16/", "ab\x16cd", "::\x16::", "\x04\x06\x13\x14\x16\x1d", "x\U00050000y",
+                 "  \x16  ", "a \x16 b", "\x16hello", "it\x16'll"]
+
+
+@pytest.mark.parametrize("left,right", [("/", "/"), ("ab", "cd"), ("::", "::")])
+def test_a_byte_without_a_token_still_parts_its_neighbours(tok, left: str, right: str) -> None:
+    """Found by the live comparison below: "/\x16/" is "/" "/" in llama.cpp, while `tokenizers`
+    alone skips 0x16 before merging and gives "//"."""
+    assert tok.encode(left + "\x16" + right) == tok.encode(left) + tok.encode(right)
+    assert tok.encode("\x16") == []
+
+
+@pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama-cpp-python not installed (or PYLLM_TEST_NO_LLAMA_CPP=1)")
+@pytest.mark.parametrize("text", UNTOKENIZABLE)
+def test_untokenizable_bytes_equal_llama_cpp_live(tok, llama_vocab, text: str) -> None:
+    assert tok.encode(text) == list(llama_vocab.tokenize(text.encode(), add_bos=False, special=False))
+
+
 @pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama-cpp-python not installed (or PYLLM_TEST_NO_LLAMA_CPP=1)")
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(st.characters(codec="utf-8"), max_size=40))

@@ -31,13 +31,17 @@ class TokenizersBPE(BaseTokenizer):
 
     kind = "gpt2"
 
-    def __init__(self, backend: Tokenizer, **kwargs: Any) -> None:
+    def __init__(self, backend: Tokenizer, *, unknown_id: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         backend.encode_special_tokens = True
         self._backend = backend
+        self._unknown_id = unknown_id
 
     def _encode_text(self, text: str) -> list[int]:
-        return self._backend.encode(text, add_special_tokens=False).ids
+        ids = self._backend.encode(text, add_special_tokens=False).ids
+        if self._unknown_id is not None and self._unknown_id in ids:
+            ids = [i for i in ids if i != self._unknown_id]
+        return ids
 
 
 def from_gguf(metadata: Mapping[str, Any], path: Path | None = None) -> TokenizersBPE:
@@ -53,8 +57,14 @@ def from_gguf(metadata: Mapping[str, Any], path: Path | None = None) -> Tokenize
         token_to_id.setdefault(tok, i)  # a duplicated string keeps its first id
     check_merges_in_vocab(vocab, token_to_id)
 
+    # A byte with no token of its own (SmolLM2 has none for six control characters, e.g. 0x16)
+    # is dropped, as llama.cpp drops it, but only after merging: it still stands between its
+    # neighbours ("/\x16/" is "/" "/", not "//"). The `tokenizers` BPE would skip it before
+    # merging; as its unknown token, an id past the vocabulary that encoding removes, it stays.
+    unknown_id = len(vocab.tokens)
     backend = Tokenizer(
-        tk_models.BPE(vocab=token_to_id, merges=vocab.merges, ignore_merges=ignore_merges)
+        tk_models.BPE(vocab={**token_to_id, _UNKNOWN_BYTE: unknown_id}, merges=vocab.merges,
+                      ignore_merges=ignore_merges, unk_token=_UNKNOWN_BYTE)
     )
     backend.pre_tokenizer = pre
     backend.decoder = tk_decoders.ByteLevel()  # unused by us; makes backend.to_str() complete
@@ -73,6 +83,7 @@ def from_gguf(metadata: Mapping[str, Any], path: Path | None = None) -> Tokenize
 
     return TokenizersBPE(
         backend,
+        unknown_id=unknown_id,
         pieces=vocab.tokens,
         token_bytes=token_bytes,
         special_ids=special_ids,
@@ -83,6 +94,9 @@ def from_gguf(metadata: Mapping[str, Any], path: Path | None = None) -> Tokenize
         extra_eos_ids=vocab.eot_ids,
         add_bos=bool(vocab.add_bos),  # byte-level BPE models add no BOS unless they say so
     )
+
+
+_UNKNOWN_BYTE = "\u0000<pyllm: a byte with no token>"
 
 
 def _add_tokens(backend: Tokenizer, tokens: list[str], special_ids: list[int],
