@@ -4,12 +4,10 @@
 
 #include "bind_families.h"
 #include "common/cpu_features.h"
-#include "common/cuda_kernels.h"
 #include "common/stall_guard.h"
 #ifdef PYLLM_WITH_CUDA
 #include "common/cuda_device.h"
 #endif
-#include "common/tensor_view.h"
 #include "common/threads.h"
 
 namespace py = pybind11;
@@ -18,13 +16,7 @@ using namespace pyllm;
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyllm kernels (C++/CUDA on raw tensor views; see pyllm/ops for the checked entry points)";
 
-  py::class_<TensorView>(m, "TensorView")
-      .def(py::init<uintptr_t, int, const std::vector<int64_t>&, const std::vector<int64_t>&, int>(),
-           py::arg("ptr"), py::arg("dtype"), py::arg("shape"), py::arg("strides"), py::arg("device") = 0)
-      .def_property_readonly("ndim", [](const TensorView& v) { return v.ndim; })
-      .def_property_readonly("shape", [](const TensorView& v) {
-        return std::vector<int64_t>(v.shape, v.shape + v.ndim);
-      });
+  bind_common(m);
 
   m.def("detected_isa", [] { return std::string(isa_name(detected_isa())); },
         "The widest instruction set this CPU supports: baseline, avx2 or avx512.");
@@ -40,12 +32,6 @@ PYBIND11_MODULE(_C, m) {
       .def("solo_at", &StallGuard::solo_at, py::arg("now"))
       .def("record_at", &StallGuard::record_at, py::arg("own_s"), py::arg("wait_s"), py::arg("now"));
 
-  m.def("cuda_kernels", [] { return std::string(cuda_kernels_name(cuda_kernels())); },
-        "The CUDA kernel family the ops launch: general or tuned (common/cuda_kernels.h).");
-  m.def("set_cuda_kernels", [](const std::string& name) { set_cuda_kernels(cuda_kernels_from_name(name)); },
-        "Choose the CUDA kernel family: general (every shape) or tuned (decode-shaped fast paths). "
-        "No effect in a build without CUDA kernels.");
-
 #ifdef PYLLM_WITH_CUDA
   m.attr("has_cuda") = true;
   m.def("cuda_device_count", &cuda_device_count, "Usable CUDA devices (0 without a GPU or driver).");
@@ -60,4 +46,11 @@ PYBIND11_MODULE(_C, m) {
   bind_sampling(m);
   bind_quant(m);
   bind_runner(m);
+#ifdef PYLLM_WITH_CUDA
+  bind_norm_rope_cuda(m);
+  bind_attention_cuda(m);
+  bind_kv_cache_cuda(m);
+  bind_sampling_cuda(m);
+  bind_quant_cuda(m);
+#endif
 }

@@ -16,14 +16,6 @@ void bind_attention(py::module_& m) {
         py::arg("out"), py::arg("T"), py::arg("Hq"), py::arg("Hkv"), py::arg("D"), py::arg("block_size"),
         py::arg("B"), py::arg("max_blocks"), py::arg("q_dtype"), py::arg("cache_dtype"), py::arg("scale"),
         py::arg("sliding_window"), "paged_attention_cpu on raw addresses (the validated hot path).");
-#ifdef PYLLM_WITH_CUDA
-  m.def("paged_attention_cuda_workspace", &paged_attention_cuda_workspace, py::arg("T"), py::arg("Hq"),
-        py::arg("Hkv"), py::arg("D"), py::arg("max_context"),
-        "Floats of device scratch paged_attention_cuda needs for its split-K partial results.");
-  m.def("paged_attention_cuda", &paged_attention_cuda, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
-        py::arg("query_start"), py::arg("context_lens"), py::arg("block_tables"), py::arg("out"),
-        py::arg("scale"), py::arg("sliding_window"), py::arg("workspace"), py::arg("stream"));
-#endif
 }
 
 }  // namespace pyllm

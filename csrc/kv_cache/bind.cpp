@@ -13,10 +13,6 @@ void bind_kv_cache(py::module_& m) {
   m.def("write_kv_cache_cpu_ptr", &write_kv_cache_cpu_ptr, py::arg("k"), py::arg("v"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("slot_mapping"), py::arg("T"), py::arg("row"), py::arg("src_dtype"),
         py::arg("cache_dtype"), "write_kv_cache_cpu on raw addresses (the validated hot path).");
-#ifdef PYLLM_WITH_CUDA
-  m.def("write_kv_cache_cuda", &write_kv_cache_cuda, py::arg("k"), py::arg("v"), py::arg("k_cache"),
-        py::arg("v_cache"), py::arg("slot_mapping"), py::arg("stream"));
-#endif
 }
 
 }  // namespace pyllm

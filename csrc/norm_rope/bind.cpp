@@ -1,5 +1,4 @@
-// pyllm._C entries of the small fused ops: <op>_cpu always, <op>_cuda in a CUDA build (the
-// stream comes from Python as an int: torch.cuda.current_stream().cuda_stream).
+// pyllm._C entries of the small fused ops on the CPU (the CUDA ones: bind_cuda.cpp).
 #include <pybind11/pybind11.h>
 
 #include "bind_families.h"
@@ -11,9 +10,6 @@ namespace py = pybind11;
 namespace pyllm {
 
 namespace {
-#ifdef PYLLM_WITH_CUDA
-cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
-#endif
 const TensorView* opt(const py::object& v) { return v.is_none() ? nullptr : &v.cast<const TensorView&>(); }
 }  // namespace
 
@@ -34,36 +30,6 @@ void bind_norm_rope(py::module_& m) {
   m.def("norm_rope_isa", [] { return std::string(norm_rope::row_kernels().isa); },
         "The instruction set the small fused ops' row kernels use now (follows cpu_isa()).");
 
-#ifdef PYLLM_WITH_CUDA
-  m.def("rms_norm_cuda", [](const TensorView& x, const TensorView& w, const TensorView& out, float eps,
-                            uintptr_t stream) { rms_norm_cuda(x, w, out, eps, as_stream(stream)); },
-        py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("eps"), py::arg("stream"));
-  m.def("fused_add_rms_norm_cuda",
-        [](const TensorView& x, const TensorView& r, const TensorView& w, const TensorView& out,
-           const TensorView& r_out, float eps, uintptr_t stream) {
-          fused_add_rms_norm_cuda(x, r, w, out, r_out, eps, as_stream(stream));
-        },
-        py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("out"), py::arg("residual_out"),
-        py::arg("eps"), py::arg("stream"));
-  m.def("layer_norm_cuda",
-        [](const TensorView& x, const TensorView& w, const py::object& bias, const TensorView& out, float eps,
-           uintptr_t stream) { layer_norm_cuda(x, w, opt(bias), out, eps, as_stream(stream)); },
-        py::arg("x"), py::arg("weight"), py::arg("bias").none(true), py::arg("out"), py::arg("eps"),
-        py::arg("stream"));
-  m.def("rope_cuda",
-        [](const TensorView& q, const TensorView& k, const TensorView& pos, const TensorView& cs,
-           const TensorView& q_out, const TensorView& k_out, bool neox, uintptr_t stream) {
-          rope_cuda(q, k, pos, cs, q_out, k_out, neox, as_stream(stream));
-        },
-        py::arg("q"), py::arg("k"), py::arg("positions"), py::arg("cos_sin"), py::arg("q_out"),
-        py::arg("k_out"), py::arg("neox"), py::arg("stream"));
-  m.def("silu_mul_cuda", [](const TensorView& x, const TensorView& out, uintptr_t stream) {
-          silu_mul_cuda(x, out, as_stream(stream));
-        }, py::arg("x"), py::arg("out"), py::arg("stream"));
-  m.def("gelu_tanh_cuda", [](const TensorView& x, const TensorView& out, uintptr_t stream) {
-          gelu_tanh_cuda(x, out, as_stream(stream));
-        }, py::arg("x"), py::arg("out"), py::arg("stream"));
-#endif
 }
 
 }  // namespace pyllm

@@ -29,25 +29,6 @@ void bind_quant(py::module_& m) {
       py::arg("x"), py::arg("weight"), py::arg("qtype"), py::arg("bias"), py::arg("out"), py::arg("T"),
       py::arg("K"), py::arg("N"), py::arg("int8_act") = false,
       "Raw-pointer qlinear for the validated decode hot path (contiguous tensors; bias 0 = none).");
-#ifdef PYLLM_WITH_CUDA
-  m.def(
-      "qlinear_cuda",
-      [](const TensorView& x, const TensorView& w, int qtype, const TensorView* bias, const TensorView& out,
-         uintptr_t stream) {
-        py::gil_scoped_release release;
-        qlinear_cuda(x, w, qtype, bias, out, stream);
-      },
-      py::arg("x"), py::arg("weight"), py::arg("qtype"), py::arg("bias").none(true), py::arg("out"),
-      py::arg("stream"), "qlinear on the GPU, launched on `stream` (torch.cuda.current_stream().cuda_stream).");
-  m.def(
-      "dequantize_cuda",
-      [](const TensorView& w, int qtype, const TensorView& out, uintptr_t stream) {
-        py::gil_scoped_release release;
-        dequantize_cuda(w, qtype, out, stream);
-      },
-      py::arg("weight"), py::arg("qtype"), py::arg("out"), py::arg("stream"),
-      "The weight [N, row bytes] as float32 into out [N, K] on the GPU, launched on `stream`.");
-#endif
 }
 
 }  // namespace pyllm

@@ -18,9 +18,33 @@ enum QType : int { kQF32 = 0, kQF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQBF16
 
 constexpr int kQBlock = 32;  // weights per block (float types are walked in the same chunks)
 
+// Header-only (shared by the CPU and CUDA kernels); static so that no copy built for one ISA is
+// shared with code built for another (tests/test_isa_isolation.py).
+
+// Bytes of one 32-weight chunk of a row.
+static inline int64_t qchunk_bytes(int qtype) {
+  switch (qtype) {
+    case kQ4_0: return 18;
+    case kQ4_1: return 20;
+    case kQ8_0: return 34;
+    case kQF16: case kQBF16: return 64;
+    default: return 128;
+  }
+}
+
+static inline bool qlinear_qtype_known(int qtype) {
+  return qtype == kQF32 || qtype == kQF16 || qtype == kQBF16 || qtype == kQ4_0 || qtype == kQ4_1 ||
+         qtype == kQ8_0;
+}
+
 // Bytes of one weight row of `k` elements (k % 32 == 0 for the block types).
-int64_t qlinear_row_bytes(int qtype, int64_t k);
-bool qlinear_qtype_known(int qtype);
+static inline int64_t qlinear_row_bytes(int qtype, int64_t k) {
+  switch (qtype) {
+    case kQ4_0: case kQ4_1: case kQ8_0: return k / kQBlock * qchunk_bytes(qtype);
+    case kQF16: case kQBF16: return k * 2;
+    default: return k * 4;
+  }
+}
 
 struct QLinearArgs {
   const float* x = nullptr;   // [T, K], row stride ldx floats

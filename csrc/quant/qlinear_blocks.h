@@ -16,17 +16,6 @@ static inline float load_f16(const uint8_t* p) {
   return fp16_to_float(h);
 }
 
-// Bytes one chunk of 32 weights takes in a row.
-static inline int64_t qchunk_bytes(int qtype) {
-  switch (qtype) {
-    case kQ4_0: return 18;
-    case kQ4_1: return 20;
-    case kQ8_0: return 34;
-    case kQF16: case kQBF16: return 64;
-    default: return 128;
-  }
-}
-
 // Weight i (0 <= i < 32) of the chunk starting at `p`... decoded all at once into out[32].
 static inline void dequant_chunk(int qtype, const uint8_t* p, float* out) {
   switch (qtype) {

@@ -13,19 +13,6 @@
 
 namespace pyllm {
 
-bool qlinear_qtype_known(int qtype) {
-  return qtype == kQF32 || qtype == kQF16 || qtype == kQBF16 || qtype == kQ4_0 || qtype == kQ4_1 ||
-         qtype == kQ8_0;
-}
-
-int64_t qlinear_row_bytes(int qtype, int64_t k) {
-  switch (qtype) {
-    case kQ4_0: case kQ4_1: case kQ8_0: return k / kQBlock * qchunk_bytes(qtype);
-    case kQF16: case kQBF16: return k * 2;
-    default: return k * 4;
-  }
-}
-
 // ------------------------------------------------------------------ baseline
 
 namespace {

@@ -42,12 +42,6 @@ void bind_sampling(py::module_& m) {
   m.def(
       "sampling_exp_nonpos", [](double x) { return sampling::exp_nonpos(x); }, py::arg("x"),
       "The sampler's exp(x) for x <= 0 (exposed for accuracy tests).");
-#ifdef PYLLM_WITH_CUDA
-  m.def("sample_tokens_cuda", &sample_tokens_cuda, py::arg("logits"), py::arg("fparams"),
-        py::arg("iparams"), py::arg("recent_ids"), py::arg("bias_rows"), py::arg("bias_ids"),
-        py::arg("bias_values"), py::arg("workspace"), py::arg("token_ids"), py::arg("logprobs"),
-        py::arg("top_ids"), py::arg("top_logprobs"), py::arg("probs"), py::arg("stream"));
-#endif
 }
 
 }  // namespace pyllm
