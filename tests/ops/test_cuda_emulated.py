@@ -1,0 +1,384 @@
+"""Every CUDA kernel of csrc/, run by the CUDA emulator on the CPU, against its reference.
+
+tools/cuda_emu compiles the .cu files with g++ (threads of a block as fibers, shared memory
+poisoned at block start, thread order shuffled between barriers, launch limits enforced), so
+these tests run the real kernel source where no GPU exists: wrong indexing, a missing barrier, a
+read of uninitialized shared memory, a shuffle across exited lanes, an over-limit launch, or a
+wrong result fails here. Floating-point details of the GPU (its __expf, FMA contraction) are not
+emulated, so tolerances are those of the reference comparisons; timing and memory coalescing are
+only measurable on a GPU (scripts/gpu_check.sh).
+
+The calls mirror the CUDA branches of pyllm/ops (workspace sizes, argument order), with CPU
+tensors passed as device tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pyllm.ops as ops
+from pyllm.ops import _library as L
+from pyllm.ops import attention as A
+from pyllm.ops import kv_cache as K
+from pyllm.ops.qlinear import QTYPE_CODES, QWeight, dequantize_weight, qlinear_ref
+from pyllm.ops.sampling import sample_tokens_ref
+
+from test_attention import cases as attention_cases
+from test_attention import make_case, tolerance
+from test_qlinear import QTYPES, check_close, make_weight
+from test_sampling import params as sampling_params
+from test_sampling import sampling_inputs
+
+ROOT = Path(__file__).resolve().parents[2]
+FAMILIES = ["general", "tuned"]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=2e-3, rtol=2e-3),
+       torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2)}
+
+
+def examples(n: int) -> settings:
+    """At most n examples, fewer when the active hypothesis profile asks (the sanitizer run)."""
+    return settings(max_examples=min(n, settings.default.max_examples), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+FEW = examples(12)
+
+
+@functools.lru_cache(maxsize=1)
+def _emulator():
+    sys.path.insert(0, str(ROOT / "tools" / "cuda_emu"))
+    try:
+        import emu_build
+    finally:
+        sys.path.pop(0)
+    try:  # the sanitizer run (scripts/asan_tests.sh) checks the kernels' memory accesses too
+        return emu_build.load(sanitize=os.environ.get("PYLLM_SANITIZED") == "1")
+    except emu_build.BuildError as e:
+        return e
+
+
+@pytest.fixture(scope="module")
+def E():
+    """The emulator module (built once per tree; skipped when it cannot be built)."""
+    emu = _emulator()
+    if isinstance(emu, Exception):
+        pytest.skip(f"the CUDA emulator could not be built: {str(emu).splitlines()[-1]}")
+    emu.clear_error()
+    emu.stats()
+    return emu
+
+
+def assert_clean(E) -> None:
+    """Since the last check: no launch error and no shuffle that read a lane that had exited."""
+    stats = E.stats()
+    assert stats["errors"] == 0, "the emulator reported an error"
+    assert stats["undefined_shuffle_reads"] == 0, "a shuffle read a lane that had exited"
+    assert stats["launches"] > 0, "nothing was launched"
+
+
+def view(E, t: torch.Tensor):
+    """t's memory as a device tensor view for the emulator."""
+    return E.TensorView(t.data_ptr(), L._DTYPE_CODES[t.dtype], list(t.shape), list(t.stride()), 1)
+
+
+def randn(shape, dtype, gen, scale=1.0):
+    return (torch.randn(shape, generator=gen) * scale).to(dtype)
+
+
+# ------------------------------------------------------------------ the small fused ops
+
+@FEW
+@given(rows=st.integers(1, 4), hidden=st.one_of(st.integers(1, 70), st.sampled_from([255, 576, 2049])),
+       xd=st.sampled_from(DTYPES), wd=st.sampled_from(DTYPES), seed=st.integers(0, 2**31 - 1))
+def test_norms(E, rows, hidden, xd, wd, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x, r = randn((rows, hidden), xd, gen), randn((rows, hidden), xd, gen)
+    w, b = randn((hidden,), wd, gen), randn((hidden,), wd, gen)
+    out, r_out = torch.empty_like(x), torch.empty_like(x)
+    E.rms_norm_cuda(view(E, x), view(E, w), view(E, out), 1e-6, 0)
+    torch.testing.assert_close(out.float(), ops.rms_norm_ref(x, w, 1e-6).float(), **TOL[xd])
+    E.fused_add_rms_norm_cuda(view(E, x), view(E, r), view(E, w), view(E, out), view(E, r_out), 1e-6, 0)
+    want, want_r = ops.fused_add_rms_norm_ref(x, r, w, 1e-6)
+    torch.testing.assert_close(r_out.float(), want_r.float(), **TOL[xd])
+    torch.testing.assert_close(out.float(), want.float(), **TOL[xd])
+    E.layer_norm_cuda(view(E, x), view(E, w), view(E, b), view(E, out), 1e-5, 0)
+    torch.testing.assert_close(out.float(), ops.layer_norm_ref(x, w, b, 1e-5).float(), **TOL[xd])
+    assert_clean(E)
+
+
+@FEW
+@given(tokens=st.integers(1, 5), hq=st.integers(1, 9), hk=st.integers(1, 3),
+       head_dim=st.sampled_from([2, 6, 64, 128]), neox=st.booleans(), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**31 - 1))
+def test_rope(E, tokens, hq, hk, head_dim, neox, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q, k = randn((tokens, hq, head_dim), dtype, gen), randn((tokens, hk, head_dim), dtype, gen)
+    positions = torch.randint(0, 50, (tokens,), generator=gen)
+    cos_sin = ops.rope_cos_sin(50, head_dim, 10000.0)
+    q_out, k_out = torch.empty_like(q), torch.empty_like(k)
+    E.rope_cuda(view(E, q), view(E, k), view(E, positions), view(E, cos_sin), view(E, q_out),
+                view(E, k_out), neox, 0)
+    q_ref, k_ref = ops.rope_ref(q, k, positions, cos_sin, neox)
+    torch.testing.assert_close(q_out.float(), q_ref.float(), **TOL[dtype])
+    torch.testing.assert_close(k_out.float(), k_ref.float(), **TOL[dtype])
+    assert_clean(E)
+
+
+@FEW
+@given(rows=st.integers(1, 3), half=st.integers(1, 300), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**31 - 1))
+def test_activations(E, rows, half, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = randn((rows, 2 * half), dtype, gen, scale=4.0)
+    out = torch.empty(rows, half, dtype=dtype)
+    E.silu_mul_cuda(view(E, x), view(E, out), 0)
+    torch.testing.assert_close(out.float(), ops.silu_mul_ref(x).float(), **TOL[dtype])
+    out = torch.empty_like(x)
+    E.gelu_tanh_cuda(view(E, x), view(E, out), 0)
+    torch.testing.assert_close(out.float(), ops.gelu_tanh_ref(x).float(), **TOL[dtype])
+    assert_clean(E)
+
+
+@FEW
+@given(tokens=st.integers(1, 6), hkv=st.integers(1, 3), d=st.sampled_from([4, 64, 128]),
+       src=st.sampled_from(DTYPES), dst=st.sampled_from(DTYPES), seed=st.integers(0, 2**31 - 1))
+def test_kv_cache_write_from_strided_rows(E, tokens, hkv, d, src, dst, seed):
+    """Rows are views of a fused QKV output (strided), slots scattered, one padding slot (-1)."""
+    gen = torch.Generator().manual_seed(seed)
+    qkv = randn((tokens, 3 * hkv * d), src, gen)
+    k = qkv[:, hkv * d:2 * hkv * d].view(tokens, hkv, d)
+    v = qkv[:, 2 * hkv * d:].view(tokens, hkv, d)
+    k_cache = torch.full((4, 8, hkv, d), float("nan"), dtype=dst)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    slots = torch.randperm(32, generator=gen)[:tokens]
+    slots[0] = -1
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    K.write_kv_cache_ref_(k, v, want_k, want_v, slots)
+    E.write_kv_cache_cuda(view(E, k), view(E, v), view(E, k_cache), view(E, v_cache), view(E, slots), 0)
+    assert torch.equal(k_cache.isnan(), want_k.isnan()) and torch.equal(v_cache.isnan(), want_v.isnan())
+    torch.testing.assert_close(k_cache, want_k, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(v_cache, want_v, rtol=0, atol=0, equal_nan=True)
+    assert_clean(E)
+
+
+# ------------------------------------------------------------------ attention
+
+def emulated_attention(E, case) -> torch.Tensor:
+    """pyllm/ops/attention.py's CUDA branch of _run_kernel, on the emulator."""
+    q = case.q.contiguous()
+    out = torch.empty_like(q)
+    T, Hq, D = q.shape
+    n = E.paged_attention_cuda_workspace(T, Hq, case.k_cache.shape[2], D,
+                                         case.block_tables.shape[1] * case.k_cache.shape[1])
+    workspace = torch.full((max(n, 1),), float("nan"))
+    E.paged_attention_cuda(view(E, q), view(E, case.k_cache), view(E, case.v_cache), view(E, case.query_start),
+                           view(E, case.context_lens), view(E, case.block_tables), view(E, out),
+                           float(case.scale), int(case.sliding_window), view(E, workspace), 0)
+    assert_clean(E)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@examples(10)
+@given(case=attention_cases())
+def test_attention_matches_reference(E, family, case):
+    E.set_cuda_kernels(family)
+    out = emulated_attention(E, case)
+    assert not out.isnan().any(), "NaN leaked into the output"
+    torch.testing.assert_close(out.double(), case.reference64(), **tolerance(case.q.dtype))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("cache_dtype", DTYPES)
+@pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (32, 4, 64), (8, 2, 128)])
+def test_attention_decode_batch_with_splits(E, family, cache_dtype, hq, hkv, d):
+    """Decode rows of mixed lengths (a few long ones cut into splits and merged) in the tuned
+    kernel's shapes: head dim 64 with G = 3 and 8, head dim 128 with G = 4."""
+    E.set_cuda_kernels(family)
+    case = make_case([(1, 700), (1, 1), (1, 65), (1, 200)], hq, hkv, d, 16, seed=hq + d,
+                     cache_dtype=cache_dtype)
+    torch.testing.assert_close(emulated_attention(E, case).double(), case.reference64(),
+                               **tolerance(torch.float32))
+    assert E.paged_attention_cuda_workspace(4, hq, hkv, d, case.block_tables.shape[1] * 16) > 0
+
+
+def test_tuned_attention_equals_general_on_smollm2_shape(E):
+    case = make_case([(1, n) for n in (1, 17, 64, 130, 333)], 9, 3, 64, 16, seed=3,
+                     cache_dtype=torch.float16)
+    outs = {}
+    for family in FAMILIES:
+        E.set_cuda_kernels(family)
+        outs[family] = emulated_attention(E, case)
+    torch.testing.assert_close(outs["tuned"], outs["general"], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ qlinear
+
+def emulated_qlinear(E, x, w, code, n, bias=None) -> torch.Tensor:
+    out = torch.full((x.shape[0], n), float("nan"))
+    E.qlinear_cuda(view(E, x), view(E, w), code, None if bias is None else view(E, bias), view(E, out), 0)
+    assert_clean(E)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("qtype", QTYPES)
+@examples(6)
+@given(t=st.sampled_from([1, 2, 3, 5, 8, 9, 33, 70]), kb=st.integers(1, 12), n=st.integers(1, 70),
+       with_bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_qlinear_matches_reference(E, family, qtype, t, kb, n, with_bias, seed):
+    """Every kernel: the GEMV (<= 8 tokens; the tuned one reads ahead), the tuned split-K tile
+    (9..128 tokens) and the 64x64 tile (the general family above 8 tokens)."""
+    E.set_cuda_kernels(family)
+    gen = torch.Generator().manual_seed(seed)
+    k = 32 * kb
+    w = make_weight(qtype, n, k, gen, raw_bytes=False)
+    x = torch.randn(t, k, generator=gen)
+    bias = torch.randn(n, generator=gen) if with_bias else None
+    code = QTYPE_CODES[qtype]
+    y = emulated_qlinear(E, x, w, code, n, bias)
+    check_close(y, qlinear_ref(x, w, code, n, bias), x, QWeight(w, qtype, n, k).dequantize())
+
+
+@pytest.mark.parametrize("qtype", ["q4_0", "q4_1", "q8_0"])
+@pytest.mark.parametrize("t", [1, 3, 8])
+def test_tuned_gemv_is_bit_identical_to_the_general_one(E, qtype, t):
+    gen = torch.Generator().manual_seed(t)
+    w = make_weight(qtype, 45, 32 * 41, gen, raw_bytes=False)
+    x = torch.randn(t, 32 * 41, generator=gen)
+    outs = {}
+    for family in FAMILIES:
+        E.set_cuda_kernels(family)
+        outs[family] = emulated_qlinear(E, x, w, QTYPE_CODES[qtype], 45)
+    assert torch.equal(outs["tuned"], outs["general"])
+
+
+@pytest.mark.parametrize("qtype", ["f16", "bf16", "f32"])
+@pytest.mark.parametrize("k", [4, 36, 37])
+def test_qlinear_float_weights_of_any_width(E, qtype, k):
+    """A partial last chunk; odd K leaves the split-K tile (float4 loads) for the general tile."""
+    E.set_cuda_kernels("tuned")
+    gen = torch.Generator().manual_seed(k)
+    w = make_weight(qtype, 21, k, gen, raw_bytes=False)
+    code = QTYPE_CODES[qtype]
+    for t in (5, 9, 40):
+        x = torch.randn(t, k, generator=gen)
+        check_close(emulated_qlinear(E, x, w, code, 21), qlinear_ref(x, w, code, 21, None), x,
+                    QWeight(w, qtype, 21, k).dequantize())
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_dequantize_is_the_reference_bit_for_bit(E, qtype):
+    gen = torch.Generator().manual_seed(len(qtype))
+    n, k = 13, 96
+    w = make_weight(qtype, n, k, gen, raw_bytes=True)
+    code = QTYPE_CODES[qtype]
+    got = torch.full((n, k), 7.0)
+    E.dequantize_cuda(view(E, w), code, view(E, got), 0)
+    torch.testing.assert_close(got, dequantize_weight(w, code, k), rtol=0, atol=0, equal_nan=True)
+    assert_clean(E)
+
+
+# ------------------------------------------------------------------ sampling
+
+def emulated_sample(E, x, f, i, recent, bias, n):
+    """pyllm/ops/sampling.py's launch_sample_tokens on the emulator."""
+    B, V = x.shape
+    rows, ids, vals = bias
+    args = [x, f, i, recent, torch.tensor(rows, dtype=torch.int64), torch.tensor(ids, dtype=torch.int64),
+            torch.tensor(vals, dtype=torch.float32)]
+    outs = (torch.empty(B, dtype=torch.int64), torch.empty(B), torch.empty(B, n, dtype=torch.int64),
+            torch.empty(B, n), torch.empty(B))
+    workspace = torch.full((B, 2 * V), float("nan"), dtype=torch.float64)
+    E.sample_tokens_cuda(*(view(E, a.contiguous()) for a in args), view(E, workspace),
+                         *(view(E, o) for o in outs), 0)
+    assert_clean(E)
+    return outs
+
+
+def cpu_sample(x, f, i, recent, bias, n):
+    rows, ids, vals = bias
+    return ops.sample_tokens(x, f, i, recent, torch.tensor(rows, dtype=torch.int64),
+                             torch.tensor(ids, dtype=torch.int64), torch.tensor(vals, dtype=torch.float32),
+                             num_logprobs=n)
+
+
+@examples(15)
+@given(inputs=sampling_inputs())
+def test_sampler_draws_what_the_cpu_draws(E, inputs):
+    """The same Philox stream and rules: a seeded row gives the CPU kernel's token (and the
+    reference's), its log-probs and top-n list."""
+    x, f, i, recent, bias, n = inputs
+    gpu = emulated_sample(E, x, f, i, recent, bias, n)
+    cpu = cpu_sample(x, f, i, recent, bias, n)
+    rows, ids, vals = bias
+    ref = sample_tokens_ref(x, f, i, recent, torch.tensor(rows, dtype=torch.int64),
+                            torch.tensor(ids, dtype=torch.int64), torch.tensor(vals, dtype=torch.float32), n)
+    assert torch.equal(gpu[0], cpu[0]) and torch.equal(gpu[0], ref[0])
+    assert torch.equal(gpu[2], cpu[2])
+    for g, c in zip((gpu[1], gpu[3], gpu[4]), (cpu[1], cpu[3], cpu[4])):
+        torch.testing.assert_close(g, c, atol=1e-5, rtol=1e-6, equal_nan=True)
+
+
+def test_sampler_large_vocabulary(E):
+    """SmolLM2's vocabulary with every filter and a penalty window, 3 rows."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 49152, generator=gen) * 3
+    f, i = sampling_params(3, temperature=0.8, top_k=40, top_p=0.95, min_p=0.02, typical_p=0.97,
+                           repetition=1.1)
+    recent = torch.randint(0, 49152, (3, 64), generator=gen)
+    gpu = emulated_sample(E, x, f, i, recent, ([], [], []), 5)
+    cpu = cpu_sample(x, f, i, recent, ([], [], []), 5)
+    assert torch.equal(gpu[0], cpu[0]) and torch.equal(gpu[2], cpu[2])
+
+
+# ------------------------------------------------------------------ the emulator itself
+
+@pytest.mark.parametrize("name,error", [
+    ("split_warp", "deadlock"),
+    ("two_barriers", "divergence"),
+    ("over_launch_bounds", "__launch_bounds__(64)"),
+    ("grid_y_too_large", "invalid launch configuration"),
+    ("dynamic_shared_over_default", "cudaFuncSetAttribute"),
+])
+def test_emulator_reports_what_a_gpu_would_fail_on(E, name, error):
+    E.configure(seed=1)
+    _, message = E.selftest(name)
+    assert error in message
+    assert E.stats()["errors"] > 0
+
+
+def test_emulator_runs_correct_kernels_cleanly(E):
+    E.configure(seed=1)
+    out, message = E.selftest("block_sum")
+    assert message == "" and out[0] == sum(range(1, 65))
+    out, message = E.selftest("dynamic_shared")
+    assert message == "" and out[:256] == [float((i + 1) % 256) for i in range(256)]
+    out, message = E.selftest("dynamic_shared_opted_in")
+    assert message == "" and out[:3] == [1.0, 2.0, 3.0]
+    assert_clean(E)
+
+
+def test_emulator_catches_a_missing_barrier_and_an_exited_lane(E):
+    """Shared memory starts as NaN and thread order is shuffled: thread 0 summing before the
+    others wrote reads NaN (in some of a few seeds); lanes reading exited lanes are counted."""
+    sums = []
+    for seed in range(5):
+        E.configure(seed=seed)
+        out, message = E.selftest("block_sum_without_barrier")
+        assert message == ""
+        sums.append(out[0])
+    assert any(math.isnan(v) for v in sums)
+    E.stats()
+    E.selftest("exited_lane")
+    assert E.stats()["undefined_shuffle_reads"] == 16
