@@ -201,15 +201,23 @@ def test_attention_matches_reference(E, family, case):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("cache_dtype", DTYPES)
 @pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (32, 4, 64), (8, 2, 128)])
-def test_attention_decode_batch_with_splits(E, family, cache_dtype, hq, hkv, d):
-    """Decode rows of mixed lengths (a few long ones cut into splits and merged) in the tuned
-    kernel's shapes: head dim 64 with G = 3 and 8, head dim 128 with G = 4."""
+@pytest.mark.parametrize("sm_count", [1, 132, 2000])
+def test_attention_decode_batch_with_splits(E, family, cache_dtype, hq, hkv, d, sm_count):
+    """Decode rows of mixed lengths in the tuned kernel's shapes (head dim 64 with G = 3 and 8,
+    head dim 128 with G = 4) on devices of 1, 132 and 2000 SMs: few splits or none, some, and
+    the most (splits of 64 keys, so most of the short rows' splits see no key)."""
     E.set_cuda_kernels(family)
-    case = make_case([(1, 700), (1, 1), (1, 65), (1, 200)], hq, hkv, d, 16, seed=hq + d,
-                     cache_dtype=cache_dtype)
-    torch.testing.assert_close(emulated_attention(E, case).double(), case.reference64(),
-                               **tolerance(torch.float32))
-    assert E.paged_attention_cuda_workspace(4, hq, hkv, d, case.block_tables.shape[1] * 16) > 0
+    E.configure(sm_count=sm_count, seed=sm_count)
+    try:
+        case = make_case([(1, 700), (1, 1), (1, 65), (1, 200)], hq, hkv, d, 16, seed=hq + d,
+                         cache_dtype=cache_dtype)
+        max_context = case.block_tables.shape[1] * 16
+        splits = E.paged_attention_cuda_workspace(4, hq, hkv, d, max_context) // (4 * hq * (d + 2))
+        assert splits > 1 or sm_count == 1
+        torch.testing.assert_close(emulated_attention(E, case).double(), case.reference64(),
+                                   **tolerance(torch.float32))
+    finally:
+        E.configure()
 
 
 def test_tuned_attention_equals_general_on_smollm2_shape(E):
@@ -234,7 +242,7 @@ def emulated_qlinear(E, x, w, code, n, bias=None) -> torch.Tensor:
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("qtype", QTYPES)
 @examples(6)
-@given(t=st.sampled_from([1, 2, 3, 5, 8, 9, 33, 70]), kb=st.integers(1, 12), n=st.integers(1, 70),
+@given(t=st.sampled_from([1, 2, 3, 5, 8, 9, 33, 70, 128, 129]), kb=st.integers(1, 12), n=st.integers(1, 70),
        with_bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_qlinear_matches_reference(E, family, qtype, t, kb, n, with_bias, seed):
     """Every kernel: the GEMV (<= 8 tokens; the tuned one reads ahead), the tuned split-K tile
