@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build pyllm._C with AddressSanitizer + UndefinedBehaviorSanitizer (CPU kernels only) and run the
 # kernel tests (tests/ops) against it, in a venv of its own so no other pyllm build is imported.
+# PYLLM_SANITIZED=1 also makes tests/ops/test_cuda_emulated.py build the CUDA emulator with the
+# sanitizers, so the CUDA kernels' memory accesses are checked as well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=build/asan
