@@ -27,14 +27,13 @@ from hypothesis import strategies as st
 
 import pyllm.ops as ops
 from pyllm.ops import _library as L
-from pyllm.ops import attention as A
 from pyllm.ops import kv_cache as K
 from pyllm.ops.qlinear import QTYPE_CODES, QWeight, dequantize_weight, qlinear_ref
 from pyllm.ops.sampling import sample_tokens_ref
 
 from test_attention import cases as attention_cases
 from test_attention import make_case, tolerance
-from test_qlinear import QTYPES, check_close, make_weight
+from test_qlinear import QTYPES, case_data, check_close, make_weight
 from test_sampling import params as sampling_params
 from test_sampling import sampling_inputs
 
@@ -248,14 +247,8 @@ def test_qlinear_matches_reference(E, family, qtype, t, kb, n, with_bias, seed):
     """Every kernel: the GEMV (<= 8 tokens; the tuned one reads ahead), the tuned split-K tile
     (9..128 tokens) and the 64x64 tile (the general family above 8 tokens)."""
     E.set_cuda_kernels(family)
-    gen = torch.Generator().manual_seed(seed)
-    k = 32 * kb
-    w = make_weight(qtype, n, k, gen, raw_bytes=False)
-    x = torch.randn(t, k, generator=gen)
-    bias = torch.randn(n, generator=gen) if with_bias else None
-    code = QTYPE_CODES[qtype]
-    y = emulated_qlinear(E, x, w, code, n, bias)
-    check_close(y, qlinear_ref(x, w, code, n, bias), x, QWeight(w, qtype, n, k).dequantize())
+    w, x, bias, ref, wf = case_data(qtype, t, 32 * kb, n, with_bias, seed, False)
+    check_close(emulated_qlinear(E, x, w, QTYPE_CODES[qtype], n, bias), ref, x, wf)
 
 
 @pytest.mark.parametrize("qtype", ["q4_0", "q4_1", "q8_0"])

@@ -69,8 +69,8 @@ def _rewrite_launches(text: str) -> str:
     return "".join(out)
 
 
-def _declarator_names(decl: str) -> tuple[str, list[str]]:
-    """``float a[N][M], b[K]`` -> ("float", ["a", "b"]): split at top-level commas."""
+def _declarator_names(decl: str) -> list[str]:
+    """``float a[N][M], b[K]`` -> ["a", "b"]: the names, split at top-level commas."""
     parts, depth, cur = [], 0, []
     for ch in decl:
         if ch in "[(<":
@@ -84,15 +84,12 @@ def _declarator_names(decl: str) -> tuple[str, list[str]]:
             cur.append(ch)
     parts.append("".join(cur))
     names = []
-    for i, part in enumerate(parts):
-        head = part.split("[", 1)[0].split("=", 1)[0]
-        idents = _IDENT.findall(head)
+    for part in parts:
+        idents = _IDENT.findall(part.split("[", 1)[0].split("=", 1)[0])
         if not idents:
             raise RewriteError(f"cannot find the name in __shared__ declarator {part!r}")
         names.append(idents[-1])
-        if i == 0:
-            type_part = head[: head.rfind(idents[-1])].strip()
-    return type_part, names
+    return names
 
 
 def _rewrite_shared(text: str) -> str:
@@ -102,7 +99,7 @@ def _rewrite_shared(text: str) -> str:
 
     def static(m: re.Match) -> str:
         decl = m.group(1)
-        _, names = _declarator_names(decl)
+        names = _declarator_names(decl)
         poison = " ".join(f"::emu::shared_declared(&{n}, sizeof({n}));" for n in names)
         return f"static {decl}; {poison}"
 
