@@ -62,16 +62,16 @@ def _emulator():
         sys.path.pop(0)
     try:  # the sanitizer run (scripts/asan_tests.sh) checks the kernels' memory accesses too
         return emu_build.load(sanitize=os.environ.get("PYLLM_SANITIZED") == "1")
-    except emu_build.BuildError as e:
+    except emu_build.ToolchainMissing as e:  # a kernel the emulator cannot compile fails instead
         return e
 
 
 @pytest.fixture(scope="module")
 def E():
-    """The emulator module (built once per tree; skipped when it cannot be built)."""
+    """The emulator module (built once per tree; skipped without a C++ compiler or pybind11)."""
     emu = _emulator()
     if isinstance(emu, Exception):
-        pytest.skip(f"the CUDA emulator could not be built: {str(emu).splitlines()[-1]}")
+        pytest.skip(f"the CUDA emulator cannot be built here: {emu}")
     emu.clear_error()
     emu.stats()
     return emu

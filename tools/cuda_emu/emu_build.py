@@ -39,6 +39,10 @@ class BuildError(RuntimeError):
     """The emulator module could not be built (the compiler's output is in the message)."""
 
 
+class ToolchainMissing(BuildError):
+    """No C++ compiler or no pybind11: the emulator cannot be built on this machine at all."""
+
+
 def _inputs() -> list[Path]:
     files = [p for p in CSRC.rglob("*") if p.suffix in {".cu", ".cuh", ".h", ".cpp"}]
     files += [p for p in HERE.rglob("*") if p.suffix in {".h", ".cpp", ".cu", ".py"}]
@@ -61,14 +65,14 @@ def _pybind11_include() -> str:
     try:
         import pybind11
     except ImportError as e:
-        raise BuildError("the CUDA emulator needs pybind11 (pip install pybind11)") from e
+        raise ToolchainMissing("the CUDA emulator needs pybind11 (pip install pybind11)") from e
     return pybind11.get_include()
 
 
 def module_path(sanitize: bool = False, jobs: int | None = None) -> Path:
     """Build the module if this tree has not been built yet; return the path of its .so."""
     if shutil.which(_compiler()) is None:
-        raise BuildError(f"no C++ compiler ({_compiler()!r}; set CXX)")
+        raise ToolchainMissing(f"no C++ compiler ({_compiler()!r}; set CXX)")
     flags = _FLAGS + (_SANITIZE if sanitize else [])
     out = ROOT / "build" / "cuda_emu" / _key(flags)
     target = out / (MODULE + sysconfig.get_config_var("EXT_SUFFIX"))
