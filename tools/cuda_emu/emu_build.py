@@ -83,7 +83,16 @@ def module_path(sanitize: bool = False, jobs: int | None = None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build per tree at a time (pytest -n, two runs)
         if not target.exists():
             _build(out, target, flags, jobs)
+            _prune(out.parent, keep=out)
     return target
+
+
+def _prune(cache: Path, keep: Path, newest: int = 6) -> None:
+    """Remove all but the newest builds (each edit of a kernel makes a new one)."""
+    builds = sorted((d for d in cache.iterdir() if d.is_dir() and d != keep),
+                    key=lambda d: d.stat().st_mtime, reverse=True)
+    for old in builds[newest - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _build(out: Path, target: Path, flags: list[str], jobs: int | None) -> None:
