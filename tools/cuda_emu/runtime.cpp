@@ -175,7 +175,9 @@ void resume(Thread& t, size_t i) {
 #endif
   emu_switch_context(&g_scheduler_sp, t.sp);
 #ifdef EMU_ASAN
-  __sanitizer_finish_switch_fiber(fake, &g_scheduler_stack, &g_scheduler_stack_size);
+  // Back on the scheduler's stack; its bounds were recorded when a fiber first started (the
+  // bounds this call could report are the fiber's, which must not become the scheduler's).
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
   (void)i;
   g_thread = nullptr;
