@@ -65,6 +65,14 @@ def cuda_built() -> bool:
     return _C is not None and bool(getattr(_C, "has_cuda", False))
 
 
+def cuda_stream(device: torch.device | None = None) -> int:
+    """The handle of torch's current CUDA stream, which every CUDA kernel launch takes.
+
+    The CUDA ops reach `_C`, `view` and this only through this module, so the CUDA emulator's
+    tests (tests/ops/test_cuda_emulated.py) can run their CUDA code on CPU tensors."""
+    return torch.cuda.current_stream(device).cuda_stream
+
+
 CUDA_KERNEL_FAMILIES = ("general", "tuned")
 
 

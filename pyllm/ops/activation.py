@@ -8,10 +8,6 @@ import torch.nn.functional as F
 from pyllm.ops import _library as L
 
 
-def _cuda_stream() -> int:
-    return torch.cuda.current_stream().cuda_stream
-
-
 # ---------------------------------------------------------------- silu_mul
 
 SILU_MUL = L.define("silu_mul(Tensor x) -> Tensor")
@@ -56,7 +52,7 @@ def _silu_mul_cpu(x):
 
 
 def _silu_mul_cuda(x):
-    return _silu_mul_kernel("silu_mul_cuda", x, _cuda_stream())
+    return _silu_mul_kernel("silu_mul_cuda", x, L.cuda_stream())
 
 
 L.register(SILU_MUL, reference=_silu_mul_reference, fake=_silu_mul_fake,
@@ -103,7 +99,7 @@ def _gelu_cpu(x):
 
 
 def _gelu_cuda(x):
-    return _gelu_kernel("gelu_tanh_cuda", x, _cuda_stream())
+    return _gelu_kernel("gelu_tanh_cuda", x, L.cuda_stream())
 
 
 L.register(GELU_TANH, reference=_gelu_reference, fake=_gelu_fake,

@@ -209,12 +209,7 @@ def _run_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, sc
     block_tables = block_tables.contiguous()
     T, Hq, D = q.shape
     if q.is_cuda:
-        args = (L.view(q), L.view(k_cache), L.view(v_cache), L.view(query_start), L.view(context_lens),
-                L.view(block_tables), L.view(out), float(scale), int(sliding_window))
-        n = L._C.paged_attention_cuda_workspace(T, Hq, k_cache.shape[2], D,
-                                                block_tables.shape[1] * k_cache.shape[1])
-        workspace = torch.empty(max(n, 1), dtype=torch.float32, device=q.device)
-        L._C.paged_attention_cuda(*args, L.view(workspace), torch.cuda.current_stream().cuda_stream)
+        _launch_cuda(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window, out)
     else:  # raw addresses: seven TensorViews would cost more than a short decode's kernel
         codes = L._DTYPE_CODES
         L._C.paged_attention_cpu_ptr(
@@ -223,6 +218,17 @@ def _run_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, sc
             k_cache.shape[1], context_lens.shape[0], block_tables.shape[1], codes[q.dtype],
             codes[k_cache.dtype], float(scale), int(sliding_window))
     return out
+
+
+def _launch_cuda(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window,
+                 out) -> None:
+    """The CUDA kernel into `out`, on contiguous checked inputs, with its split-K workspace."""
+    T, Hq, D = q.shape
+    n = L._C.paged_attention_cuda_workspace(T, Hq, k_cache.shape[2], D, block_tables.shape[1] * k_cache.shape[1])
+    workspace = torch.empty(max(n, 1), dtype=torch.float32, device=q.device)
+    L._C.paged_attention_cuda(L.view(q), L.view(k_cache), L.view(v_cache), L.view(query_start),
+                              L.view(context_lens), L.view(block_tables), L.view(out), float(scale),
+                              int(sliding_window), L.view(workspace), L.cuda_stream())
 
 
 def _checked_ref(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window):

@@ -90,6 +90,14 @@ def check_write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor
                 f"({k_cache.shape[0]} blocks of {k_cache.shape[1]})")
 
 
+def _write_cuda(k, v, k_cache, v_cache, slot_mapping) -> None:
+    """The CUDA kernel on checked inputs; token rows may be strided (views of the fused QKV
+    output), so they are not copied."""
+    k, v = _dense_rows(k), _dense_rows(v)
+    L._C.write_kv_cache_cuda(L.view(k), L.view(v), L.view(k_cache), L.view(v_cache), L.view(slot_mapping),
+                             L.cuda_stream())
+
+
 def _kernel(k, v, k_cache, v_cache, slot_mapping) -> None:
     """Call the compiled kernel on already-checked slots (shapes are re-compared: cheap)."""
     if (k.dim() != 3 or k_cache.dim() != 4 or k.shape[1:] != k_cache.shape[2:] or v.shape != k.shape
@@ -101,10 +109,8 @@ def _kernel(k, v, k_cache, v_cache, slot_mapping) -> None:
     if not k.shape[0] or not k_cache.numel():
         return
     slot_mapping = slot_mapping.contiguous()
-    if k_cache.is_cuda:  # token rows may be strided (views of the fused QKV output): no copy
-        k, v = _dense_rows(k), _dense_rows(v)
-        L._C.write_kv_cache_cuda(L.view(k), L.view(v), L.view(k_cache), L.view(v_cache),
-                                 L.view(slot_mapping), torch.cuda.current_stream().cuda_stream)
+    if k_cache.is_cuda:
+        _write_cuda(k, v, k_cache, v_cache, slot_mapping)
     else:  # raw addresses: building five TensorViews would cost more than the copy
         k, v = k.contiguous(), v.contiguous()
         codes = L._DTYPE_CODES

@@ -16,10 +16,6 @@ def _cuda_entry(name: str):
     return L.cuda_built() and hasattr(L._C, name)
 
 
-def _stream() -> int:
-    return torch.cuda.current_stream().cuda_stream
-
-
 def _vector_ok(v: torch.Tensor, x: torch.Tensor) -> bool:
     return (v.dtype in L.FLOAT_DTYPES and v.dim() == 1 and v.shape[0] == x.shape[-1]
             and v.device == x.device)
@@ -81,7 +77,7 @@ def _rms_norm_cuda(x, weight, eps):
     x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty_like(x)
     if x.numel():
-        L._C.rms_norm_cuda(L.view(x), L.view(weight), L.view(out), float(eps), _stream())
+        L._C.rms_norm_cuda(L.view(x), L.view(weight), L.view(out), float(eps), L.cuda_stream())
     return out
 
 
@@ -150,7 +146,7 @@ def _fused_cuda(x, residual, weight, eps):
     out, residual_out = torch.empty_like(x), torch.empty_like(residual)
     if x.numel():
         L._C.fused_add_rms_norm_cuda(L.view(x), L.view(residual), L.view(weight), L.view(out),
-                                     L.view(residual_out), float(eps), _stream())
+                                     L.view(residual_out), float(eps), L.cuda_stream())
     return out, residual_out
 
 
@@ -211,7 +207,7 @@ def _layer_norm_cpu(x, weight, bias, eps):
 
 
 def _layer_norm_cuda(x, weight, bias, eps):
-    return _layer_norm_kernel("layer_norm_cuda", x, weight, bias, eps, _stream())
+    return _layer_norm_kernel("layer_norm_cuda", x, weight, bias, eps, L.cuda_stream())
 
 
 L.register(LAYER_NORM, reference=_layer_norm_reference, fake=_layer_norm_fake,

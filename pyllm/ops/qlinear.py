@@ -236,7 +236,7 @@ def _cuda(x, weight, qtype, out_features, bias):
     if weight.data_ptr() % 16:  # the kernel reads 2- and 4-byte words of the blocks
         weight = weight.clone()
     if x.shape[0] >= CUBLAS_MIN_TOKENS and x.shape[1] and L.get_cuda_kernels() == "tuned":
-        stream = torch.cuda.current_stream().cuda_stream
+        stream = L.cuda_stream()
         wf = torch.empty((out_features, x.shape[1]), dtype=torch.float32, device=x.device)
         L._C.dequantize_cuda(L.view(weight), int(qtype), L.view(wf), stream)
         if bias is None:
@@ -248,7 +248,7 @@ def _cuda(x, weight, qtype, out_features, bias):
             bias = bias.contiguous()
         L._C.qlinear_cuda(L.view(x), L.view(weight), int(qtype),
                           None if bias is None else L.view(bias), L.view(out),
-                          torch.cuda.current_stream().cuda_stream)
+                          L.cuda_stream())
     return out
 
 

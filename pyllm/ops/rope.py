@@ -208,7 +208,7 @@ def _rope_cpu(q, k, positions, cos_sin, neox, trusted: bool = False):
 
 def _rope_cuda(q, k, positions, cos_sin, neox, trusted: bool = False):
     return _rope_kernel("rope_cuda", q, k, positions, cos_sin, neox,
-                        torch.cuda.current_stream().cuda_stream, trusted=trusted)
+                        L.cuda_stream(), trusted=trusted)
 
 
 _HAS_CPU = L._C is not None and hasattr(L._C, "rope_cpu")

@@ -298,15 +298,19 @@ def launch_sample_tokens(logits, fparams, iparams, recent_ids, bias_rows, bias_i
     outs = _outputs(logits, num_logprobs)
     if logits.shape[0] == 0:
         return outs
-    views = [L.view(t) for t in args]
     if logits.is_cuda:
-        B, V = logits.shape
-        workspace = torch.empty(B, 2 * V, dtype=torch.float64, device=logits.device)
-        L._C.sample_tokens_cuda(*views, L.view(workspace), *(L.view(o) for o in outs),
-                                torch.cuda.current_stream(logits.device).cuda_stream)
+        _launch_cuda(args, outs)
     else:
-        L._C.sample_tokens_cpu(*views, *(L.view(o) for o in outs))
+        L._C.sample_tokens_cpu(*(L.view(t) for t in args), *(L.view(o) for o in outs))
     return outs
+
+
+def _launch_cuda(args: list[torch.Tensor], outs) -> None:
+    """The CUDA kernel on contiguous inputs (logits first), with its float64 workspace."""
+    B, V = args[0].shape
+    workspace = torch.empty(B, 2 * V, dtype=torch.float64, device=args[0].device)
+    L._C.sample_tokens_cuda(*(L.view(t) for t in args), L.view(workspace), *(L.view(o) for o in outs),
+                            L.cuda_stream(args[0].device))
 
 
 def _checked_kernel(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs):

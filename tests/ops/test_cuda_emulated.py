@@ -8,13 +8,16 @@ wrong result fails here. Floating-point details of the GPU (its __expf, FMA cont
 emulated, so tolerances are those of the reference comparisons; timing and memory coalescing are
 only measurable on a GPU (scripts/gpu_check.sh).
 
-The calls mirror the CUDA branches of pyllm/ops (workspace sizes, argument order), with CPU
-tensors passed as device tensors.
+The tests call pyllm/ops' own CUDA code (its workspace sizes, argument order, the cuBLAS
+prefill path) on CPU tensors: inside `emulated_cuda`, `_library`'s `_C` CUDA entries, `view` and
+`cuda_stream` come from the emulator.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import math
 import os
 import sys
@@ -27,9 +30,17 @@ from hypothesis import strategies as st
 
 import pyllm.ops as ops
 from pyllm.ops import _library as L
+from pyllm.ops import activation as Act
+from pyllm.ops import attention as A
 from pyllm.ops import kv_cache as K
+from pyllm.ops import norm as N
+from pyllm.ops import sampling as S
 from pyllm.ops.qlinear import QTYPE_CODES, QWeight, dequantize_weight, qlinear_ref
 from pyllm.ops.sampling import sample_tokens_ref
+
+# pyllm.ops exports functions named qlinear and rope, which hide these modules as attributes.
+Q = importlib.import_module("pyllm.ops.qlinear")
+R = importlib.import_module("pyllm.ops.rope")
 
 from test_attention import cases as attention_cases
 from test_attention import make_case, tolerance
@@ -77,17 +88,45 @@ def E():
     return emu
 
 
-def assert_clean(E) -> None:
-    """Since the last check: no launch error and no shuffle that read a lane that had exited."""
+def assert_clean(E, launched: bool = True) -> None:
+    """Since the last check: no launch error, no shuffle that read a lane that had exited, and
+    (launched) at least one launch."""
     stats = E.stats()
     assert stats["errors"] == 0, "the emulator reported an error"
     assert stats["undefined_shuffle_reads"] == 0, "a shuffle read a lane that had exited"
-    assert stats["launches"] > 0, "nothing was launched"
+    assert stats["launches"] > 0 or not launched, "nothing was launched"
 
 
 def view(E, t: torch.Tensor):
     """t's memory as a device tensor view for the emulator."""
     return E.TensorView(t.data_ptr(), L._DTYPE_CODES[t.dtype], list(t.shape), list(t.stride()), 1)
+
+
+class _EmulatedEntries:
+    """pyllm._C with its CUDA entries (and the kernel-family setting) taken from the emulator."""
+
+    def __init__(self, E, real) -> None:
+        self._E, self._real = E, real
+
+    def __getattr__(self, name: str):
+        return getattr(self._E if "cuda" in name else self._real, name)
+
+
+@contextlib.contextmanager
+def emulated_cuda(E, family: str = "general", launches: bool = True):
+    """Run pyllm/ops' CUDA code on CPU tensors through the emulator (CPU ops do not work inside:
+    their views would be the emulator's). Afterwards: no launch error, no undefined shuffle, and
+    a launch unless `launches` is false."""
+    saved = L._C, L.view, L.cuda_stream
+    L._C = _EmulatedEntries(E, saved[0])
+    L.view = functools.partial(view, E)
+    L.cuda_stream = lambda device=None: 0
+    try:
+        with ops.using_cuda_kernels(family):
+            yield
+    finally:
+        L._C, L.view, L.cuda_stream = saved
+    assert_clean(E, launches)
 
 
 def randn(shape, dtype, gen, scale=1.0):
@@ -103,16 +142,15 @@ def test_norms(E, rows, hidden, xd, wd, seed):
     gen = torch.Generator().manual_seed(seed)
     x, r = randn((rows, hidden), xd, gen), randn((rows, hidden), xd, gen)
     w, b = randn((hidden,), wd, gen), randn((hidden,), wd, gen)
-    out, r_out = torch.empty_like(x), torch.empty_like(x)
-    E.rms_norm_cuda(view(E, x), view(E, w), view(E, out), 1e-6, 0)
+    with emulated_cuda(E):
+        out = N._rms_norm_cuda(x, w, 1e-6)
+        fused, r_out = N._fused_cuda(x, r, w, 1e-6)
+        layer = N._layer_norm_cuda(x, w, b, 1e-5)
     torch.testing.assert_close(out.float(), ops.rms_norm_ref(x, w, 1e-6).float(), **TOL[xd])
-    E.fused_add_rms_norm_cuda(view(E, x), view(E, r), view(E, w), view(E, out), view(E, r_out), 1e-6, 0)
     want, want_r = ops.fused_add_rms_norm_ref(x, r, w, 1e-6)
     torch.testing.assert_close(r_out.float(), want_r.float(), **TOL[xd])
-    torch.testing.assert_close(out.float(), want.float(), **TOL[xd])
-    E.layer_norm_cuda(view(E, x), view(E, w), view(E, b), view(E, out), 1e-5, 0)
-    torch.testing.assert_close(out.float(), ops.layer_norm_ref(x, w, b, 1e-5).float(), **TOL[xd])
-    assert_clean(E)
+    torch.testing.assert_close(fused.float(), want.float(), **TOL[xd])
+    torch.testing.assert_close(layer.float(), ops.layer_norm_ref(x, w, b, 1e-5).float(), **TOL[xd])
 
 
 @FEW
@@ -124,13 +162,11 @@ def test_rope(E, tokens, hq, hk, head_dim, neox, dtype, seed):
     q, k = randn((tokens, hq, head_dim), dtype, gen), randn((tokens, hk, head_dim), dtype, gen)
     positions = torch.randint(0, 50, (tokens,), generator=gen)
     cos_sin = ops.rope_cos_sin(50, head_dim, 10000.0)
-    q_out, k_out = torch.empty_like(q), torch.empty_like(k)
-    E.rope_cuda(view(E, q), view(E, k), view(E, positions), view(E, cos_sin), view(E, q_out),
-                view(E, k_out), neox, 0)
+    with emulated_cuda(E):
+        q_out, k_out = R._rope_cuda(q, k, positions, cos_sin, neox)
     q_ref, k_ref = ops.rope_ref(q, k, positions, cos_sin, neox)
     torch.testing.assert_close(q_out.float(), q_ref.float(), **TOL[dtype])
     torch.testing.assert_close(k_out.float(), k_ref.float(), **TOL[dtype])
-    assert_clean(E)
 
 
 @FEW
@@ -139,13 +175,10 @@ def test_rope(E, tokens, hq, hk, head_dim, neox, dtype, seed):
 def test_activations(E, rows, half, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     x = randn((rows, 2 * half), dtype, gen, scale=4.0)
-    out = torch.empty(rows, half, dtype=dtype)
-    E.silu_mul_cuda(view(E, x), view(E, out), 0)
-    torch.testing.assert_close(out.float(), ops.silu_mul_ref(x).float(), **TOL[dtype])
-    out = torch.empty_like(x)
-    E.gelu_tanh_cuda(view(E, x), view(E, out), 0)
-    torch.testing.assert_close(out.float(), ops.gelu_tanh_ref(x).float(), **TOL[dtype])
-    assert_clean(E)
+    with emulated_cuda(E):
+        silu, gelu = Act._silu_mul_cuda(x), Act._gelu_cuda(x)
+    torch.testing.assert_close(silu.float(), ops.silu_mul_ref(x).float(), **TOL[dtype])
+    torch.testing.assert_close(gelu.float(), ops.gelu_tanh_ref(x).float(), **TOL[dtype])
 
 
 @FEW
@@ -163,27 +196,22 @@ def test_kv_cache_write_from_strided_rows(E, tokens, hkv, d, src, dst, seed):
     slots[0] = -1
     want_k, want_v = k_cache.clone(), v_cache.clone()
     K.write_kv_cache_ref_(k, v, want_k, want_v, slots)
-    E.write_kv_cache_cuda(view(E, k), view(E, v), view(E, k_cache), view(E, v_cache), view(E, slots), 0)
+    with emulated_cuda(E):
+        K._write_cuda(k, v, k_cache, v_cache, slots)
     assert torch.equal(k_cache.isnan(), want_k.isnan()) and torch.equal(v_cache.isnan(), want_v.isnan())
     torch.testing.assert_close(k_cache, want_k, rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(v_cache, want_v, rtol=0, atol=0, equal_nan=True)
-    assert_clean(E)
 
 
 # ------------------------------------------------------------------ attention
 
-def emulated_attention(E, case) -> torch.Tensor:
-    """pyllm/ops/attention.py's CUDA branch of _run_kernel, on the emulator."""
+def emulated_attention(E, case, family: str = "general") -> torch.Tensor:
+    """pyllm/ops/attention.py's CUDA launch (workspace and all) on the emulator."""
     q = case.q.contiguous()
-    out = torch.empty_like(q)
-    T, Hq, D = q.shape
-    n = E.paged_attention_cuda_workspace(T, Hq, case.k_cache.shape[2], D,
-                                         case.block_tables.shape[1] * case.k_cache.shape[1])
-    workspace = torch.full((max(n, 1),), float("nan"))
-    E.paged_attention_cuda(view(E, q), view(E, case.k_cache), view(E, case.v_cache), view(E, case.query_start),
-                           view(E, case.context_lens), view(E, case.block_tables), view(E, out),
-                           float(case.scale), int(case.sliding_window), view(E, workspace), 0)
-    assert_clean(E)
+    out = torch.full_like(q, float("nan"))
+    with emulated_cuda(E, family):
+        A._launch_cuda(q, case.k_cache, case.v_cache, case.query_start, case.context_lens, case.block_tables,
+                       case.scale, case.sliding_window, out)
     return out
 
 
@@ -191,8 +219,7 @@ def emulated_attention(E, case) -> torch.Tensor:
 @examples(10)
 @given(case=attention_cases())
 def test_attention_matches_reference(E, family, case):
-    E.set_cuda_kernels(family)
-    out = emulated_attention(E, case)
+    out = emulated_attention(E, case, family)
     assert not out.isnan().any(), "NaN leaked into the output"
     torch.testing.assert_close(out.double(), case.reference64(), **tolerance(case.q.dtype))
 
@@ -205,15 +232,15 @@ def test_attention_decode_batch_with_splits(E, family, cache_dtype, hq, hkv, d, 
     """Decode rows of mixed lengths in the tuned kernel's shapes (head dim 64 with G = 3 and 8,
     head dim 128 with G = 4) on devices of 1, 132 and 2000 SMs: few splits or none, some, and
     the most (splits of 64 keys, so most of the short rows' splits see no key)."""
-    E.set_cuda_kernels(family)
     E.configure(sm_count=sm_count, seed=sm_count)
     try:
         case = make_case([(1, 700), (1, 1), (1, 65), (1, 200)], hq, hkv, d, 16, seed=hq + d,
                          cache_dtype=cache_dtype)
         max_context = case.block_tables.shape[1] * 16
-        splits = E.paged_attention_cuda_workspace(4, hq, hkv, d, max_context) // (4 * hq * (d + 2))
+        with emulated_cuda(E, family, launches=False):
+            splits = L._C.paged_attention_cuda_workspace(4, hq, hkv, d, max_context) // (4 * hq * (d + 2))
         assert splits > 1 or sm_count == 1
-        torch.testing.assert_close(emulated_attention(E, case).double(), case.reference64(),
+        torch.testing.assert_close(emulated_attention(E, case, family).double(), case.reference64(),
                                    **tolerance(torch.float32))
     finally:
         E.configure()
@@ -224,18 +251,17 @@ def test_tuned_attention_equals_general_on_smollm2_shape(E):
                      cache_dtype=torch.float16)
     outs = {}
     for family in FAMILIES:
-        E.set_cuda_kernels(family)
-        outs[family] = emulated_attention(E, case)
+        outs[family] = emulated_attention(E, case, family)
     torch.testing.assert_close(outs["tuned"], outs["general"], rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------ qlinear
 
-def emulated_qlinear(E, x, w, code, n, bias=None) -> torch.Tensor:
-    out = torch.full((x.shape[0], n), float("nan"))
-    E.qlinear_cuda(view(E, x), view(E, w), code, None if bias is None else view(E, bias), view(E, out), 0)
-    assert_clean(E)
-    return out
+def emulated_qlinear(E, x, w, code, n, bias=None, family: str = "general") -> torch.Tensor:
+    """pyllm/ops/qlinear.py's CUDA path on the emulator (tuned, from 129 tokens: the weight
+    dequantized by the kernel, then torch's matmul, here on the CPU)."""
+    with emulated_cuda(E, family):
+        return Q._cuda(x, w, code, n, bias)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -246,9 +272,8 @@ def emulated_qlinear(E, x, w, code, n, bias=None) -> torch.Tensor:
 def test_qlinear_matches_reference(E, family, qtype, t, kb, n, with_bias, seed):
     """Every kernel: the GEMV (<= 8 tokens; the tuned one reads ahead), the tuned split-K tile
     (9..128 tokens) and the 64x64 tile (the general family above 8 tokens)."""
-    E.set_cuda_kernels(family)
     w, x, bias, ref, wf = case_data(qtype, t, 32 * kb, n, with_bias, seed, False)
-    check_close(emulated_qlinear(E, x, w, QTYPE_CODES[qtype], n, bias), ref, x, wf)
+    check_close(emulated_qlinear(E, x, w, QTYPE_CODES[qtype], n, bias, family), ref, x, wf)
 
 
 @pytest.mark.parametrize("qtype", ["q4_0", "q4_1", "q8_0"])
@@ -259,8 +284,7 @@ def test_tuned_gemv_is_bit_identical_to_the_general_one(E, qtype, t):
     x = torch.randn(t, 32 * 41, generator=gen)
     outs = {}
     for family in FAMILIES:
-        E.set_cuda_kernels(family)
-        outs[family] = emulated_qlinear(E, x, w, QTYPE_CODES[qtype], 45)
+        outs[family] = emulated_qlinear(E, x, w, QTYPE_CODES[qtype], 45, family=family)
     assert torch.equal(outs["tuned"], outs["general"])
 
 
@@ -268,13 +292,12 @@ def test_tuned_gemv_is_bit_identical_to_the_general_one(E, qtype, t):
 @pytest.mark.parametrize("k", [4, 36, 37])
 def test_qlinear_float_weights_of_any_width(E, qtype, k):
     """A partial last chunk; odd K leaves the split-K tile (float4 loads) for the general tile."""
-    E.set_cuda_kernels("tuned")
     gen = torch.Generator().manual_seed(k)
     w = make_weight(qtype, 21, k, gen, raw_bytes=False)
     code = QTYPE_CODES[qtype]
     for t in (5, 9, 40):
         x = torch.randn(t, k, generator=gen)
-        check_close(emulated_qlinear(E, x, w, code, 21), qlinear_ref(x, w, code, 21, None), x,
+        check_close(emulated_qlinear(E, x, w, code, 21, family="tuned"), qlinear_ref(x, w, code, 21, None), x,
                     QWeight(w, qtype, 21, k).dequantize())
 
 
@@ -285,25 +308,21 @@ def test_dequantize_is_the_reference_bit_for_bit(E, qtype):
     w = make_weight(qtype, n, k, gen, raw_bytes=True)
     code = QTYPE_CODES[qtype]
     got = torch.full((n, k), 7.0)
-    E.dequantize_cuda(view(E, w), code, view(E, got), 0)
+    with emulated_cuda(E):
+        L._C.dequantize_cuda(L.view(w), code, L.view(got), L.cuda_stream())
     torch.testing.assert_close(got, dequantize_weight(w, code, k), rtol=0, atol=0, equal_nan=True)
-    assert_clean(E)
 
 
 # ------------------------------------------------------------------ sampling
 
 def emulated_sample(E, x, f, i, recent, bias, n):
-    """pyllm/ops/sampling.py's launch_sample_tokens on the emulator."""
-    B, V = x.shape
+    """pyllm/ops/sampling.py's CUDA launch (its workspace) on the emulator."""
     rows, ids, vals = bias
     args = [x, f, i, recent, torch.tensor(rows, dtype=torch.int64), torch.tensor(ids, dtype=torch.int64),
             torch.tensor(vals, dtype=torch.float32)]
-    outs = (torch.empty(B, dtype=torch.int64), torch.empty(B), torch.empty(B, n, dtype=torch.int64),
-            torch.empty(B, n), torch.empty(B))
-    workspace = torch.full((B, 2 * V), float("nan"), dtype=torch.float64)
-    E.sample_tokens_cuda(*(view(E, a.contiguous()) for a in args), view(E, workspace),
-                         *(view(E, o) for o in outs), 0)
-    assert_clean(E)
+    outs = S._outputs(x, n)
+    with emulated_cuda(E):
+        S._launch_cuda([a.contiguous() for a in args], outs)
     return outs
 
 
