@@ -389,6 +389,19 @@ def test_emulator_runs_correct_kernels_cleanly(E):
     assert_clean(E)
 
 
+def test_emulator_warp_votes(E):
+    """__ballot_sync / __any_sync / __all_sync over lanes with lane % 3 == 0, in a block of 40
+    threads: the second warp's 24 missing lanes are inactive and vote 0."""
+    out, message = E.selftest("vote")
+    assert message == ""
+    first = sum(1 << i for i in range(0, 32, 3))
+    second = sum(1 << i for i in range(32, 40) if i % 3 == 0) >> 32
+    ballots = torch.tensor([first] * 32 + [second] * 8, dtype=torch.float32)  # as the kernel stores them
+    assert out[:40] == ballots.tolist()
+    assert out[64:104] == [3.0] * 40  # any (some lane votes yes) + 2 * all (every active lane < 64)
+    assert_clean(E)
+
+
 def test_emulator_catches_a_missing_barrier_and_an_exited_lane(E):
     """Shared memory starts as NaN and thread order is shuffled: thread 0 summing before the
     others wrote reads NaN (in some of a few seeds); lanes reading exited lanes are counted."""

@@ -60,6 +60,7 @@ emu_switch_context:
 namespace emu {
 
 enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
+enum class WarpOp { Sync, Shuffle, Vote };  // __syncwarp; a shuffle; __ballot/__any/__all_sync
 
 struct Thread {
   void* sp = nullptr;  // saved stack pointer while switched out
@@ -68,7 +69,7 @@ struct Thread {
   State state = State::Runnable;
   const char* file = nullptr;  // the __syncthreads it waits at
   int line = 0;
-  bool exchange = false;  // waiting at a shuffle (else __syncwarp)
+  WarpOp op = WarpOp::Sync;  // what it waits for at a warp barrier
   uint64_t post = 0, result = 0;
   int src = 0;
   void* fake_stack = nullptr;  // ASan's, while switched out
@@ -195,25 +196,31 @@ bool release_warps(int n) {
       else if (s != State::Done) all = false;
     }
     if (!all || !any) continue;
-    bool exchange = false, plain = false;
+    const Thread* first = nullptr;
+    uint64_t ballot = 0, active = 0;  // over the waiting lanes; exited lanes vote 0 and are inactive
     for (int i = w0; i < w1; ++i) {
-      if (g_threads[i].state != State::AtWarpBarrier) continue;
-      (g_threads[i].exchange ? exchange : plain) = true;
-    }
-    if (exchange && plain) {
-      fail(cudaErrorLaunchFailure, "divergence: lanes of warp " + std::to_string(w0 / 32) +
-                                       " wait at a shuffle and at __syncwarp at once (" + where(g_threads[w0]) + ")");
+      const Thread& t = g_threads[i];
+      if (t.state != State::AtWarpBarrier) continue;
+      if (!first) first = &t;
+      if (t.op != first->op)
+        fail(cudaErrorLaunchFailure, "divergence: lanes of warp " + std::to_string(w0 / 32) +
+                                         " wait at different warp operations (" + where(t) + ")");
+      active |= uint64_t{1} << (i - w0);
+      if (t.post) ballot |= uint64_t{1} << (i - w0);
     }
     for (int i = w0; i < w1; ++i) {
       Thread& t = g_threads[i];
       if (t.state != State::AtWarpBarrier) continue;
-      if (!t.exchange) continue;
-      const int src = w0 + t.src;
-      if (t.src >= 0 && t.src < 32 && src < w1 && g_threads[src].state == State::AtWarpBarrier) {
-        t.result = g_threads[src].post;
-      } else {
-        t.result = kPoison;
-        ++g_stats.undefined_shuffle_reads;
+      if (t.op == WarpOp::Vote) {
+        t.result = ballot | (active << 32);
+      } else if (t.op == WarpOp::Shuffle) {
+        const int src = w0 + t.src;
+        if (t.src >= 0 && t.src < 32 && src < w1 && g_threads[src].state == State::AtWarpBarrier) {
+          t.result = g_threads[src].post;
+        } else {
+          t.result = kPoison;
+          ++g_stats.undefined_shuffle_reads;
+        }
       }
     }
     for (int i = w0; i < w1; ++i)  // after every lane has read: the sources' states matter above
@@ -365,7 +372,7 @@ void block_barrier(const char* file, int line) {
 void warp_barrier(unsigned mask) {
   if (mask != 0xffffffffu) fail(cudaErrorLaunchFailure, "__syncwarp with a partial mask is not emulated");
   g_thread->state = State::AtWarpBarrier;
-  g_thread->exchange = false;
+  g_thread->op = WarpOp::Sync;
   yield();
 }
 
@@ -373,9 +380,19 @@ uint64_t warp_exchange(unsigned mask, uint64_t bits, int src) {
   if (mask != 0xffffffffu) fail(cudaErrorLaunchFailure, "a shuffle with a partial mask is not emulated");
   Thread* t = g_thread;
   t->state = State::AtWarpBarrier;
-  t->exchange = true;
+  t->op = WarpOp::Shuffle;
   t->post = bits;
   t->src = src;
+  yield();
+  return g_thread->result;
+}
+
+uint64_t warp_vote(unsigned mask, bool predicate) {
+  if (mask != 0xffffffffu) fail(cudaErrorLaunchFailure, "a warp vote with a partial mask is not emulated");
+  Thread* t = g_thread;
+  t->state = State::AtWarpBarrier;
+  t->op = WarpOp::Vote;
+  t->post = predicate ? 1 : 0;
   yield();
   return g_thread->result;
 }

@@ -48,6 +48,16 @@ __global__ void two_barriers_kernel(float* out) {
   out[threadIdx.x] = 1.0f;
 }
 
+// Votes over lanes whose predicate is lane % 3 == 0, in a block of 40 threads (the second warp
+// has 8 lanes): ballot, any and all per thread, as floats.
+__global__ void vote_kernel(float* out) {
+  const int pred = threadIdx.x % 3 == 0;
+  const unsigned ballot = __ballot_sync(0xffffffffu, pred);
+  const int any = __any_sync(0xffffffffu, pred), all = __all_sync(0xffffffffu, threadIdx.x < 64);
+  out[threadIdx.x] = static_cast<float>(ballot);
+  out[64 + threadIdx.x] = static_cast<float>(any + 2 * all);
+}
+
 __global__ void __launch_bounds__(64) bounded_kernel(float* out) { out[threadIdx.x] = 2.0f; }
 
 // Each thread reads its neighbour's slot of dynamic shared memory after the barrier.
@@ -76,6 +86,8 @@ std::pair<std::vector<float>, std::string> cuda_emulator_selftest(const std::str
     exited_lane_kernel<<<1, 32>>>(o);
   } else if (name == "two_barriers") {
     two_barriers_kernel<<<1, 32>>>(o);
+  } else if (name == "vote") {
+    vote_kernel<<<1, 40>>>(o);
   } else if (name == "over_launch_bounds") {
     bounded_kernel<<<1, 128>>>(o);
   } else if (name == "grid_y_too_large") {

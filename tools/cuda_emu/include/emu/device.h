@@ -10,7 +10,8 @@
 //   uninitialized shared read changes the result;
 // - a barrier that not every thread reaches, or reaches at a different __syncthreads, is a
 //   deadlock or a divergence error instead of a hang;
-// - a shuffle that reads a lane that has exited gets poison, counted in emu::stats();
+// - a shuffle that reads a lane that has exited gets poison, counted in emu::stats() (a vote
+//   counts exited lanes as inactive, which CUDA defines);
 // - a launch over the device's limits (block size, grid, shared memory, __launch_bounds__, the
 //   48 KB dynamic shared memory default unless cudaFuncSetAttribute raised it) fails the way
 //   the CUDA runtime does: cudaGetLastError reports it.
@@ -69,6 +70,9 @@ void warp_barrier(unsigned mask);                 // __syncwarp
 // A warp shuffle of 8 bytes: lane reads `bits` of lane src (its own when src is outside the
 // warp; poison when src has exited).
 uint64_t warp_exchange(unsigned mask, uint64_t bits, int src);
+// A warp vote: the ballot of the waiting lanes' predicates (low 32 bits) and the mask of the
+// lanes that voted (high 32 bits; exited lanes are inactive and vote 0, as on a GPU).
+uint64_t warp_vote(unsigned mask, bool predicate);
 int lane_id();
 void* dynamic_shared();
 void shared_declared(void* p, size_t bytes);  // a __shared__ variable: poisoned once per block
@@ -149,6 +153,17 @@ template <class T>
 T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   const int lane = emu::lane_id(), src = lane - static_cast<int>(delta);
   return emu::shuffle(mask, v, src < (lane & ~(width - 1)) ? lane : src);
+}
+
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  return static_cast<unsigned>(emu::warp_vote(mask, predicate != 0));
+}
+inline int __any_sync(unsigned mask, int predicate) {
+  return static_cast<unsigned>(emu::warp_vote(mask, predicate != 0)) != 0;
+}
+inline int __all_sync(unsigned mask, int predicate) {
+  const uint64_t r = emu::warp_vote(mask, predicate != 0);
+  return static_cast<unsigned>(r) == static_cast<unsigned>(r >> 32);
 }
 
 // ------------------------------------------------------------------ arithmetic
