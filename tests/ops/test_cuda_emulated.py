@@ -362,6 +362,34 @@ def test_sampler_large_vocabulary(E):
     assert torch.equal(gpu[0], cpu[0]) and torch.equal(gpu[2], cpu[2])
 
 
+# ------------------------------------------------------------------ determinism
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_results_do_not_depend_on_thread_or_block_order(E, family):
+    """The kernels reduce in a fixed order (no float atomics), so the GPU's scheduling cannot
+    change a bit of their output; here the emulator's orders change with its seed. A race on
+    shared memory would also show up as a difference."""
+    case = make_case([(1, 700), (1, 1), (4, 65), (1, 200)], 9, 3, 64, 16, seed=5,
+                     cache_dtype=torch.bfloat16)
+    w, x, bias, _, _ = case_data("q4_1", 40, 32 * 6, 50, True, 1, False)
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 3001, generator=gen) * 3
+    f, i = sampling_params(3, temperature=0.9, top_k=50, top_p=0.9, min_p=0.01, typical_p=0.95,
+                           repetition=1.2)
+    recent = torch.randint(0, 3001, (3, 16), generator=gen)
+    runs = []
+    for seed in (1, 2, 3):
+        E.configure(seed=seed)
+        runs.append((emulated_attention(E, case, family),
+                     emulated_qlinear(E, x, w, QTYPE_CODES["q4_1"], 50, bias, family),
+                     emulated_qlinear(E, x[:5], w, QTYPE_CODES["q4_1"], 50, bias, family),
+                     *emulated_sample(E, logits, f, i, recent, ([], [], []), 3)))
+    E.configure()
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------ the emulator itself
 
 @pytest.mark.parametrize("name,error", [
