@@ -224,7 +224,8 @@ def _launch_cuda(q, k_cache, v_cache, query_start, context_lens, block_tables, s
                  out) -> None:
     """The CUDA kernel into `out`, on contiguous checked inputs, with its split-K workspace."""
     T, Hq, D = q.shape
-    n = L._C.paged_attention_cuda_workspace(T, Hq, k_cache.shape[2], D, block_tables.shape[1] * k_cache.shape[1])
+    max_context = block_tables.shape[1] * k_cache.shape[1]
+    n = L._C.paged_attention_cuda_workspace(T, Hq, k_cache.shape[2], D, max_context)
     workspace = torch.empty(max(n, 1), dtype=torch.float32, device=q.device)
     L._C.paged_attention_cuda(L.view(q), L.view(k_cache), L.view(v_cache), L.view(query_start),
                               L.view(context_lens), L.view(block_tables), L.view(out), float(scale),

@@ -38,16 +38,15 @@ from pyllm.ops import sampling as S
 from pyllm.ops.qlinear import QTYPE_CODES, QWeight, dequantize_weight, qlinear_ref
 from pyllm.ops.sampling import sample_tokens_ref
 
-# pyllm.ops exports functions named qlinear and rope, which hide these modules as attributes.
-Q = importlib.import_module("pyllm.ops.qlinear")
-R = importlib.import_module("pyllm.ops.rope")
-
 from test_attention import cases as attention_cases
 from test_attention import make_case, tolerance
 from test_qlinear import QTYPES, case_data, check_close, make_weight
 from test_sampling import params as sampling_params
 from test_sampling import sampling_inputs
 
+# pyllm.ops exports functions named qlinear and rope, which hide these modules as attributes.
+Q = importlib.import_module("pyllm.ops.qlinear")
+R = importlib.import_module("pyllm.ops.rope")
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ["general", "tuned"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
