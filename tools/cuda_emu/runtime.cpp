@@ -3,10 +3,10 @@
 //
 // A block's threads are fibers on the calling thread (switched by emu_switch_context below: the
 // callee-saved registers and the stack pointer, no signal mask, so a switch costs nanoseconds
-// where swapcontext makes a system call). The scheduler resumes every
-// runnable fiber (in a shuffled order) until it blocks at a barrier or a shuffle, or exits; then
-// it releases the warps whose every live lane waits at a warp barrier (exchanging shuffle
-// values), or else the block when every live thread waits at __syncthreads. Nothing releasable
+// where swapcontext makes a system call). The scheduler resumes every runnable fiber (in a
+// shuffled order) until it blocks at a barrier, a shuffle or a vote, or exits; then it releases
+// the warps whose every live lane waits at a warp barrier (exchanging shuffle values, counting
+// votes), or else the block when every live thread waits at __syncthreads. Nothing releasable
 // with threads still waiting is a deadlock, reported as a launch failure.
 #include "emu/runtime.h"
 
@@ -112,7 +112,6 @@ std::unique_ptr<Aligned16[]> g_dynamic;
 size_t g_dynamic_bytes = 0;
 std::vector<std::pair<void*, size_t>> g_static_shared;  // declared this launch
 std::vector<void*> g_poisoned;                          // poisoned this block
-const void* g_kernel = nullptr;
 bool g_abandoned = false;  // a deadlocked block left fibers mid-stack (ASan shadow to clear)
 
 void fail(cudaError_t code, const std::string& why) {
@@ -330,7 +329,6 @@ void run_kernel(const void* kernel, const LaunchConfig& cfg, void (*body)(void*)
   g_threads.assign(static_cast<size_t>(n), Thread{});
   g_body = body;
   g_body_ctx = ctx;
-  g_kernel = kernel;
   g_dynamic_bytes = cfg.shared_bytes;
   g_dynamic = std::make_unique<Aligned16[]>((cfg.shared_bytes + 15) / 16);
   g_static_shared.clear();
@@ -358,7 +356,6 @@ void run_kernel(const void* kernel, const LaunchConfig& cfg, void (*body)(void*)
                                     std::to_string(cfg.shared_bytes) + " of dynamic shared memory, over the device's limits");
   g_threads.clear();
   g_dynamic.reset();
-  g_kernel = nullptr;
 }
 
 void block_barrier(const char* file, int line) {
@@ -461,8 +458,6 @@ void configure(const DeviceConfig& config) {
   g_rng.seed(config.seed);
   g_max_dynamic.clear();
 }
-
-const DeviceConfig& device_config() { return g_device; }
 
 Stats take_stats() {
   const Stats s = g_stats;

@@ -21,7 +21,6 @@ struct Stats {
 };
 
 void configure(const DeviceConfig& config);
-const DeviceConfig& device_config();
 Stats take_stats();  // since the last call
 void clear_error();
 
