@@ -60,7 +60,7 @@ def examples(n: int) -> settings:
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-FEW = examples(12)
+FEW = examples(20)
 
 
 @functools.lru_cache(maxsize=1)
@@ -215,7 +215,7 @@ def emulated_attention(E, case, family: str = "general") -> torch.Tensor:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@examples(10)
+@examples(25)
 @given(case=attention_cases())
 def test_attention_matches_reference(E, family, case):
     out = emulated_attention(E, case, family)
@@ -265,7 +265,7 @@ def emulated_qlinear(E, x, w, code, n, bias=None, family: str = "general") -> to
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("qtype", QTYPES)
-@examples(6)
+@examples(10)
 @given(t=st.sampled_from([1, 2, 3, 5, 8, 9, 33, 70, 128, 129]), kb=st.integers(1, 12), n=st.integers(1, 70),
        with_bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_qlinear_matches_reference(E, family, qtype, t, kb, n, with_bias, seed):
@@ -332,7 +332,7 @@ def cpu_sample(x, f, i, recent, bias, n):
                              num_logprobs=n)
 
 
-@examples(15)
+@examples(25)
 @given(inputs=sampling_inputs())
 def test_sampler_draws_what_the_cpu_draws(E, inputs):
     """The same Philox stream and rules: a seeded row gives the CPU kernel's token (and the
