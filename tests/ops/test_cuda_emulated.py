@@ -78,7 +78,8 @@ def _emulator():
 
 @pytest.fixture(scope="module")
 def E():
-    """The emulator module (built once per tree; skipped without a C++ compiler or pybind11)."""
+    """The emulator module (built once per tree; skipped without a C++ compiler or pybind11, or
+    off x86-64)."""
     emu = _emulator()
     if isinstance(emu, Exception):
         pytest.skip(f"the CUDA emulator cannot be built here: {emu}")

@@ -14,6 +14,7 @@ import concurrent.futures
 import fcntl
 import hashlib
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -40,7 +41,7 @@ class BuildError(RuntimeError):
 
 
 class ToolchainMissing(BuildError):
-    """No C++ compiler or no pybind11: the emulator cannot be built on this machine at all."""
+    """No C++ compiler, no pybind11 or not x86-64: the emulator cannot be built here at all."""
 
 
 def _inputs() -> list[Path]:
@@ -71,6 +72,8 @@ def _pybind11_include() -> str:
 
 def module_path(sanitize: bool = False, jobs: int | None = None) -> Path:
     """Build the module if this tree has not been built yet; return the path of its .so."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        raise ToolchainMissing(f"the emulator's fiber switch is x86-64 assembly (this is {platform.machine()})")
     if shutil.which(_compiler()) is None:
         raise ToolchainMissing(f"no C++ compiler ({_compiler()!r}; set CXX)")
     flags = _FLAGS + (_SANITIZE if sanitize else [])
