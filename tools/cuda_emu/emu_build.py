@@ -5,6 +5,7 @@ headers of include/ and runtime.cpp into one Python extension module. The result
 build/cuda_emu/<hash of every input>/, so an unchanged tree reuses it.
 
     python tools/cuda_emu/emu_build.py [--sanitize]   # prints the module's path
+    EMU_CXXFLAGS="-g -O0" python tools/cuda_emu/emu_build.py   # a build to debug a kernel in
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ def module_path(sanitize: bool = False, jobs: int | None = None) -> Path:
         raise ToolchainMissing(f"the emulator's fiber switch is x86-64 assembly (this is {platform.machine()})")
     if shutil.which(_compiler()) is None:
         raise ToolchainMissing(f"no C++ compiler ({_compiler()!r}; set CXX)")
-    flags = _FLAGS + (_SANITIZE if sanitize else [])
+    # EMU_CXXFLAGS: more compiler flags (e.g. "-g -O0" to step through a kernel in gdb); they
+    # are part of the cache key like the rest.
+    flags = _FLAGS + (_SANITIZE if sanitize else []) + shlex.split(os.environ.get("EMU_CXXFLAGS", ""))
     out = ROOT / "build" / "cuda_emu" / _key(flags)
     target = out / (MODULE + sysconfig.get_config_var("EXT_SUFFIX"))
     if target.exists():
