@@ -42,6 +42,7 @@ from test_attention import cases as attention_cases
 from test_attention import make_case, tolerance
 from test_qlinear import QTYPES, case_data, check_close, make_weight
 from test_sampling import params as sampling_params
+from test_sampling import run as cpu_sample
 from test_sampling import sampling_inputs
 
 # pyllm.ops exports functions named qlinear and rope, which hide these modules as attributes.
@@ -315,22 +316,20 @@ def test_dequantize_is_the_reference_bit_for_bit(E, qtype):
 
 # ------------------------------------------------------------------ sampling
 
+def sampler_args(x, f, i, recent, bias) -> list[torch.Tensor]:
+    """The kernel's seven inputs (logits, parameter rows, penalty window, logit bias as rows, ids
+    and values)."""
+    rows, ids, vals = bias
+    return [x, f, i, recent, torch.tensor(rows, dtype=torch.int64), torch.tensor(ids, dtype=torch.int64),
+            torch.tensor(vals, dtype=torch.float32)]
+
+
 def emulated_sample(E, x, f, i, recent, bias, n):
     """pyllm/ops/sampling.py's CUDA launch (its workspace) on the emulator."""
-    rows, ids, vals = bias
-    args = [x, f, i, recent, torch.tensor(rows, dtype=torch.int64), torch.tensor(ids, dtype=torch.int64),
-            torch.tensor(vals, dtype=torch.float32)]
     outs = S._outputs(x, n)
     with emulated_cuda(E):
-        S._launch_cuda([a.contiguous() for a in args], outs)
+        S._launch_cuda([a.contiguous() for a in sampler_args(x, f, i, recent, bias)], outs)
     return outs
-
-
-def cpu_sample(x, f, i, recent, bias, n):
-    rows, ids, vals = bias
-    return ops.sample_tokens(x, f, i, recent, torch.tensor(rows, dtype=torch.int64),
-                             torch.tensor(ids, dtype=torch.int64), torch.tensor(vals, dtype=torch.float32),
-                             num_logprobs=n)
 
 
 @examples(25)
@@ -340,10 +339,8 @@ def test_sampler_draws_what_the_cpu_draws(E, inputs):
     reference's), its log-probs and top-n list."""
     x, f, i, recent, bias, n = inputs
     gpu = emulated_sample(E, x, f, i, recent, bias, n)
-    cpu = cpu_sample(x, f, i, recent, bias, n)
-    rows, ids, vals = bias
-    ref = sample_tokens_ref(x, f, i, recent, torch.tensor(rows, dtype=torch.int64),
-                            torch.tensor(ids, dtype=torch.int64), torch.tensor(vals, dtype=torch.float32), n)
+    cpu = cpu_sample(x, f, i, recent=recent, bias=bias, n=n)
+    ref = sample_tokens_ref(*sampler_args(x, f, i, recent, bias), n)
     assert torch.equal(gpu[0], cpu[0]) and torch.equal(gpu[0], ref[0])
     assert torch.equal(gpu[2], cpu[2])
     for g, c in zip((gpu[1], gpu[3], gpu[4]), (cpu[1], cpu[3], cpu[4])):
@@ -358,7 +355,7 @@ def test_sampler_large_vocabulary(E):
                            repetition=1.1)
     recent = torch.randint(0, 49152, (3, 64), generator=gen)
     gpu = emulated_sample(E, x, f, i, recent, ([], [], []), 5)
-    cpu = cpu_sample(x, f, i, recent, ([], [], []), 5)
+    cpu = cpu_sample(x, f, i, recent=recent, n=5)
     assert torch.equal(gpu[0], cpu[0]) and torch.equal(gpu[2], cpu[2])
 
 
