@@ -29,7 +29,8 @@ PYBIND11_MODULE(pyllm_cuda_emu, m) {
         c.seed = seed;
         emu::configure(c);
       },
-      py::arg("sm_count") = 132, py::arg("blocks_per_sm") = 4, py::arg("seed") = 0,
+      py::arg("sm_count") = emu::DeviceConfig{}.sm_count, py::arg("blocks_per_sm") = emu::DeviceConfig{}.blocks_per_sm,
+      py::arg("seed") = emu::DeviceConfig{}.seed,
       "Shape the emulated device (SMs, the occupancy query's answer) and seed the thread and block "
       "orders. The tuned attention asks the occupancy once per process.");
   m.def(
