@@ -71,7 +71,7 @@ def _pybind11_include() -> str:
     return pybind11.get_include()
 
 
-def module_path(sanitize: bool = False, jobs: int | None = None) -> Path:
+def module_path(sanitize: bool = False) -> Path:
     """Build the module if this tree has not been built yet; return the path of its .so."""
     if platform.machine() not in ("x86_64", "AMD64"):
         raise ToolchainMissing(f"the emulator's fiber switch is x86-64 assembly (this is {platform.machine()})")
@@ -88,7 +88,7 @@ def module_path(sanitize: bool = False, jobs: int | None = None) -> Path:
     with open(out / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build per tree at a time (pytest -n, two runs)
         if not target.exists():
-            _build(out, target, flags, jobs)
+            _build(out, target, flags)
             _prune(out.parent, keep=out)
     return target
 
@@ -101,7 +101,7 @@ def _prune(cache: Path, keep: Path, newest: int = 6) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _build(out: Path, target: Path, flags: list[str], jobs: int | None) -> None:
+def _build(out: Path, target: Path, flags: list[str]) -> None:
     src = out / "src"
     src.mkdir(parents=True, exist_ok=True)
     units = [HERE / "runtime.cpp", HERE / "module.cpp", CSRC / "bind_common.cpp",
@@ -126,7 +126,7 @@ def _build(out: Path, target: Path, flags: list[str], jobs: int | None) -> None:
             raise BuildError(f"{shlex.join(cmd)}\n{done.stderr}")
         return obj
 
-    with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool:
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         objects = list(pool.map(compile_one, units))
     partial = target.with_suffix(".partial")
     cmd = [_compiler(), "-shared", *flags, *map(str, objects), "-o", str(partial)]
