@@ -274,7 +274,7 @@ def test_qlinear_matches_reference(E, family, qtype, t, kb, n, with_bias, seed):
     """Every kernel: the GEMV (<= 8 tokens; the tuned one reads ahead), the tuned split-K tile
     (9..128 tokens) and the 64x64 tile (the general family above 8 tokens)."""
     w, x, bias, ref, wf = case_data(qtype, t, 32 * kb, n, with_bias, seed, False)
-    check_close(emulated_qlinear(E, x, w, QTYPE_CODES[qtype], n, bias, family), ref, x, wf)
+    check_close(emulated_qlinear(E, x, w, QTYPE_CODES[qtype], n, bias, family), ref, x, wf, bias)
 
 
 @pytest.mark.parametrize("qtype", ["q4_0", "q4_1", "q8_0"])
