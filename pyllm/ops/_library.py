@@ -65,6 +65,19 @@ def cuda_built() -> bool:
     return _C is not None and bool(getattr(_C, "has_cuda", False))
 
 
+def on_cuda(t: torch.Tensor) -> bool:
+    """Whether an op that bypasses the dispatcher (a validated hot path) takes its CUDA kernel
+    for `t`: `t.is_cuda`. The ops ask only here, so the CUDA emulator's model test
+    (tests/ops/test_model_emulated_cuda.py) can route a CPU model through their CUDA code."""
+    return t.is_cuda
+
+
+def has_entry(name: str) -> bool:
+    """Whether the compiled extension has the kernel entry `name` (a `*_cuda` one only in a CUDA
+    build)."""
+    return _C is not None and hasattr(_C, name) and (not name.endswith("_cuda") or cuda_built())
+
+
 def cuda_stream(device: torch.device | None = None) -> int:
     """The handle of torch's current CUDA stream, which every CUDA kernel launch takes.
 
@@ -127,6 +140,11 @@ def define(schema: str) -> str:
     return "pyllm::" + schema.split("(", 1)[0].strip()
 
 
+# Every op's CUDA implementation by op name, whether or not this build has its kernel: the CUDA
+# emulator's model test registers them for CPU tensors.
+CUDA_IMPLS: dict[str, Callable] = {}
+
+
 def register(
     qualname: str,
     *,
@@ -134,9 +152,11 @@ def register(
     fake: Callable,
     cpu: Callable | None = None,
     cuda: Callable | None = None,
+    cuda_entry: str = "",
 ) -> None:
     """Register the fake impl and the per-device kernels of one op.
 
+    `cuda` serves CUDA tensors when the extension has the entry `cuda_entry` (a CUDA build).
     With PYLLM_KERNELS=reference (or a device whose kernel is not built) the reference serves
     that device; with native kernels a missing CPU kernel is a programming error.
     """
@@ -144,7 +164,11 @@ def register(
     torch.library.register_fake(qualname, fake, lib=LIB)
     use_native = native()
     LIB.impl(name, cpu if (use_native and cpu is not None) else reference, "CPU")
-    LIB.impl(name, cuda if (use_native and cuda is not None and cuda_built()) else reference, "CUDA")
+    if cuda is not None:
+        check(cuda_entry.endswith("_cuda"), f"{qualname}: name the CUDA kernel entry its impl calls")
+        CUDA_IMPLS[name] = cuda
+    LIB.impl(name, cuda if (use_native and cuda is not None and has_entry(cuda_entry)) else reference,
+             "CUDA")
 
 
 def check(cond: bool, message: str) -> None:

@@ -56,8 +56,8 @@ def _silu_mul_cuda(x):
 
 
 L.register(SILU_MUL, reference=_silu_mul_reference, fake=_silu_mul_fake,
-           cpu=_silu_mul_cpu if hasattr(L._C, "silu_mul_cpu") else None,
-           cuda=_silu_mul_cuda if L.cuda_built() and hasattr(L._C, "silu_mul_cuda") else None)
+           cpu=_silu_mul_cpu if L.has_entry("silu_mul_cpu") else None,
+           cuda=_silu_mul_cuda, cuda_entry="silu_mul_cuda")
 
 
 def silu_mul(x: torch.Tensor) -> torch.Tensor:
@@ -103,8 +103,8 @@ def _gelu_cuda(x):
 
 
 L.register(GELU_TANH, reference=_gelu_reference, fake=_gelu_fake,
-           cpu=_gelu_cpu if hasattr(L._C, "gelu_tanh_cpu") else None,
-           cuda=_gelu_cuda if L.cuda_built() and hasattr(L._C, "gelu_tanh_cuda") else None)
+           cpu=_gelu_cpu if L.has_entry("gelu_tanh_cpu") else None,
+           cuda=_gelu_cuda, cuda_entry="gelu_tanh_cuda")
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

@@ -208,7 +208,7 @@ def _run_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, sc
     query_start, context_lens = query_start.contiguous(), context_lens.contiguous()
     block_tables = block_tables.contiguous()
     T, Hq, D = q.shape
-    if q.is_cuda:
+    if L.on_cuda(q):
         _launch_cuda(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window, out)
     else:  # raw addresses: seven TensorViews would cost more than a short decode's kernel
         codes = L._DTYPE_CODES
@@ -251,16 +251,12 @@ def _fake(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, s
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
-def _has(name: str) -> bool:
-    return L._C is not None and hasattr(L._C, name)
-
-
-_HAS_CPU = _has("paged_attention_cpu_ptr")
-_HAS_CUDA = L.cuda_built() and _has("paged_attention_cuda")
+_HAS_CPU = L.has_entry("paged_attention_cpu_ptr")
+_HAS_CUDA = L.has_entry("paged_attention_cuda")
 
 L.register(PAGED_ATTENTION, reference=_checked_ref, fake=_fake,
            cpu=_checked_kernel if _HAS_CPU else None,
-           cuda=_checked_kernel if _HAS_CUDA else None)
+           cuda=_checked_kernel, cuda_entry="paged_attention_cuda")
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -281,7 +277,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
             out.copy_(result)
             return out
         return result
-    native_here = _HAS_CUDA if q.is_cuda else _HAS_CPU
+    native_here = _HAS_CUDA if L.on_cuda(q) else _HAS_CPU
     if L.native() and native_here:
         return _run_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
                            sliding_window, out)

@@ -109,7 +109,7 @@ def _kernel(k, v, k_cache, v_cache, slot_mapping) -> None:
     if not k.shape[0] or not k_cache.numel():
         return
     slot_mapping = slot_mapping.contiguous()
-    if k_cache.is_cuda:
+    if L.on_cuda(k_cache):
         _write_cuda(k, v, k_cache, v_cache, slot_mapping)
     else:  # raw addresses: building five TensorViews would cost more than the copy
         k, v = k.contiguous(), v.contiguous()
@@ -142,16 +142,12 @@ def _fake(k, v, k_cache, v_cache, slot_mapping) -> None:
     return None
 
 
-def _has(name: str) -> bool:
-    return L._C is not None and hasattr(L._C, name)
-
-
-_HAS_CPU = _has("write_kv_cache_cpu_ptr")
-_HAS_CUDA = L.cuda_built() and _has("write_kv_cache_cuda")
+_HAS_CPU = L.has_entry("write_kv_cache_cpu_ptr")
+_HAS_CUDA = L.has_entry("write_kv_cache_cuda")
 
 L.register(WRITE_KV_CACHE, reference=_checked_ref, fake=_fake,
            cpu=_checked_kernel if _HAS_CPU else None,
-           cuda=_checked_kernel if _HAS_CUDA else None)
+           cuda=_checked_kernel, cuda_entry="write_kv_cache_cuda")
 
 
 def write_kv_cache_(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -166,7 +162,7 @@ def write_kv_cache_(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
     if not validated:
         torch.ops.pyllm.write_kv_cache_(k, v, k_cache, v_cache, slot_mapping)
         return
-    native_here = _HAS_CUDA if k_cache.is_cuda else _HAS_CPU
+    native_here = _HAS_CUDA if L.on_cuda(k_cache) else _HAS_CPU
     if L.native() and native_here:
         _kernel(k, v, k_cache, v_cache, slot_mapping)
     else:

@@ -11,11 +11,6 @@ import torch
 from pyllm.ops import _library as L
 
 
-def _cuda_entry(name: str):
-    """The CUDA kernel wrapper for `name` when this build has it, else None (reference serves)."""
-    return L.cuda_built() and hasattr(L._C, name)
-
-
 def _vector_ok(v: torch.Tensor, x: torch.Tensor) -> bool:
     return (v.dtype in L.FLOAT_DTYPES and v.dim() == 1 and v.shape[0] == x.shape[-1]
             and v.device == x.device)
@@ -82,8 +77,8 @@ def _rms_norm_cuda(x, weight, eps):
 
 
 L.register(RMS_NORM, reference=_rms_norm_reference, fake=_rms_norm_fake,
-           cpu=_rms_norm_cpu if hasattr(L._C, "rms_norm_cpu") else None,
-           cuda=_rms_norm_cuda if _cuda_entry("rms_norm_cuda") else None)
+           cpu=_rms_norm_cpu if L.has_entry("rms_norm_cpu") else None,
+           cuda=_rms_norm_cuda, cuda_entry="rms_norm_cuda")
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -151,8 +146,8 @@ def _fused_cuda(x, residual, weight, eps):
 
 
 L.register(FUSED_ADD_RMS_NORM, reference=_fused_reference, fake=_fused_fake,
-           cpu=_fused_cpu if hasattr(L._C, "fused_add_rms_norm_cpu") else None,
-           cuda=_fused_cuda if _cuda_entry("fused_add_rms_norm_cuda") else None)
+           cpu=_fused_cpu if L.has_entry("fused_add_rms_norm_cpu") else None,
+           cuda=_fused_cuda, cuda_entry="fused_add_rms_norm_cuda")
 
 
 def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
@@ -211,8 +206,8 @@ def _layer_norm_cuda(x, weight, bias, eps):
 
 
 L.register(LAYER_NORM, reference=_layer_norm_reference, fake=_layer_norm_fake,
-           cpu=_layer_norm_cpu if hasattr(L._C, "layer_norm_cpu") else None,
-           cuda=_layer_norm_cuda if _cuda_entry("layer_norm_cuda") else None)
+           cpu=_layer_norm_cpu if L.has_entry("layer_norm_cpu") else None,
+           cuda=_layer_norm_cuda, cuda_entry="layer_norm_cuda")
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

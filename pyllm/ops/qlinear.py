@@ -252,9 +252,9 @@ def _cuda(x, weight, qtype, out_features, bias):
     return out
 
 
-_HAVE_CPU = L._C is not None and hasattr(L._C, "qlinear_cpu")
+_HAVE_CPU = L.has_entry("qlinear_cpu")
 L.register(QLINEAR, reference=_reference, fake=_fake, cpu=_cpu if _HAVE_CPU else None,
-           cuda=_cuda if L.cuda_built() and hasattr(L._C, "qlinear_cuda") else None)
+           cuda=_cuda, cuda_entry="qlinear_cuda")
 
 
 def qlinear(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features: int,

@@ -211,12 +211,12 @@ def _rope_cuda(q, k, positions, cos_sin, neox, trusted: bool = False):
                         L.cuda_stream(), trusted=trusted)
 
 
-_HAS_CPU = L._C is not None and hasattr(L._C, "rope_cpu")
-_HAS_CUDA = L.cuda_built() and hasattr(L._C, "rope_cuda")
+_HAS_CPU = L.has_entry("rope_cpu")
+_HAS_CUDA = L.has_entry("rope_cuda")
 
 L.register(ROPE, reference=_rope_reference, fake=_rope_fake,
            cpu=_rope_cpu if _HAS_CPU else None,
-           cuda=_rope_cuda if _HAS_CUDA else None)
+           cuda=_rope_cuda, cuda_entry="rope_cuda")
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
@@ -235,8 +235,9 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: tor
     """
     if not validated:
         return torch.ops.pyllm.rope(q, k, positions, cos_sin, neox)
-    if L.native() and (_HAS_CUDA if q.is_cuda else _HAS_CPU):
-        kernel = _rope_cuda if q.is_cuda else _rope_cpu
+    on_cuda = L.on_cuda(q)
+    if L.native() and (_HAS_CUDA if on_cuda else _HAS_CPU):
+        kernel = _rope_cuda if on_cuda else _rope_cpu
         return kernel(q, k, positions, cos_sin, neox, trusted=True)
     _check_rope_args(q, k, positions, cos_sin)
     return rope_ref(q, k, positions, cos_sin, neox)

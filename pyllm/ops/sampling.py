@@ -298,7 +298,7 @@ def launch_sample_tokens(logits, fparams, iparams, recent_ids, bias_rows, bias_i
     outs = _outputs(logits, num_logprobs)
     if logits.shape[0] == 0:
         return outs
-    if logits.is_cuda:
+    if L.on_cuda(logits):
         _launch_cuda(args, outs)
     else:
         L._C.sample_tokens_cpu(*(L.view(t) for t in args), *(L.view(o) for o in outs))
@@ -328,7 +328,7 @@ def _checked_reference(logits, fparams, iparams, recent_ids, bias_rows, bias_ids
 
 
 L.register(SAMPLE_TOKENS, reference=_checked_reference, fake=_fake, cpu=_checked_kernel,
-           cuda=_checked_kernel if L.cuda_built() and hasattr(L._C, "sample_tokens_cuda") else None)
+           cuda=_checked_kernel, cuda_entry="sample_tokens_cuda")
 
 
 def sample_tokens(logits: torch.Tensor, fparams: torch.Tensor, iparams: torch.Tensor,
