@@ -1,0 +1,173 @@
+"""Whole models on the CUDA kernels, run by the CUDA emulator on the CPU, against the CPU path.
+
+test_cuda_emulated.py checks each kernel on its own; here every pyllm op of a model's forward
+(and the engine's sampler) takes its CUDA code: the op-by-op forward with the CUDA kernels of one
+family, the validated hot paths (`L.on_cuda`), the CUDA graph runner's static-buffer path
+(`graphs=False`: the same padded buffers and host metadata, without capture) and sampling as
+`decode_and_sample` does it. What this adds to the per-kernel tests is the wiring: the shapes the
+model really passes (v as a strided view of the QKV output, GQA heads, the prefill sizes that
+pick each qlinear path, workspace sizes), step after step on one paged cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyllm import plugins
+from pyllm.model.batch import build_metadata
+from pyllm.model.loader import load_model
+from pyllm.ops import _library as L
+from pyllm.ops import attention as A
+from pyllm.ops import kv_cache as K
+
+from test_cuda_emulated import FAMILIES, E, emulated_cuda  # noqa: F401  (E is a fixture)
+
+Q = importlib.import_module("pyllm.ops.qlinear")
+R = importlib.import_module("pyllm.ops.rope")
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))
+import make_random_llama as M  # noqa: E402
+from test_cuda_graph import AFTER_GRAPH, IN_GRAPH, VOCAB  # noqa: E402
+from test_cuda_graph import _generate as generate  # noqa: E402
+
+# A small Llama with SmolLM2's head layout (head dim 64, 3 query heads a KV head), so the tuned
+# attention serves it, and matrices wide enough for several qlinear blocks.
+SHAPE = dict(n_layer=2, n_embd=192, n_ff=320, n_head=3, n_kv_head=1, vocab=VOCAB, context=512,
+             rope_theta=10000.0)
+
+
+@contextlib.contextmanager
+def model_on_emulated_cuda(E, model: torch.nn.Module, family: str):
+    """Every pyllm op on CPU tensors runs its CUDA implementation on the emulator, as on a GPU
+    (the model's fast C++ CPU forward and qlinear's CPU shortcut are off meanwhile)."""
+    saved = L.on_cuda, A._HAS_CUDA, K._HAS_CUDA, R._HAS_CUDA, Q._FAST, model.fast_path
+    L.on_cuda = lambda t: True
+    A._HAS_CUDA = K._HAS_CUDA = R._HAS_CUDA = True
+    Q._FAST, model.fast_path = False, False
+    try:
+        with torch.library._scoped_library("pyllm", "IMPL") as lib:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
+                for name, impl in L.CUDA_IMPLS.items():
+                    lib.impl(name, impl, "CPU")
+            with emulated_cuda(E, family):
+                yield
+    finally:
+        L.on_cuda, A._HAS_CUDA, K._HAS_CUDA, R._HAS_CUDA, Q._FAST, model.fast_path = saved
+
+
+def test_every_op_has_a_cuda_implementation():
+    """The model test below replaces ops by their CUDA implementations: a new op without one
+    would silently keep its CPU kernel there."""
+    assert sorted("pyllm::" + n for n in L.CUDA_IMPLS) == sorted(L.LIB._op_defs)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("emulated-llama") / "model.gguf"
+    M.write_random_llama(path, SHAPE, seed=3, scale=0.12, embed_scale=0.5)
+    return load_model(path).model
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path):
+    return load_model(smollm2_path).model
+
+
+# New tokens per sequence, step by step, on three sequences: a prefill of 140 tokens (qlinear's
+# 64x64 tile, or cuBLAS in the tuned family), a decode step (the GEMV), a 13-token step of one
+# sequence (the tuned split-K tile), another decode step.
+EVERY_PATH = ([70, 50, 20], [1, 1, 1], [13, 0, 0], [1, 1, 1])
+
+
+def _steps(plan, vocab: int, seed: int):
+    """(token ids, num_cached, num_new, sequences) for each step of `plan`."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [0] * len(plan[0])
+    for new in plan:
+        seqs = [s for s, n in enumerate(new) if n]
+        counts = [new[s] for s in seqs]
+        ids = torch.randint(0, vocab, (sum(counts),), generator=g)
+        yield ids, [lengths[s] for s in seqs], counts, seqs
+        for s in seqs:
+            lengths[s] += new[s]
+
+
+def _block_tables(block_size: int, blocks_per_seq: int, seed: int) -> list[list[int]]:
+    """Each sequence's blocks scattered over the pool, as the engine's block manager leaves them."""
+    order = torch.randperm(3 * blocks_per_seq, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [order[s * blocks_per_seq:(s + 1) * blocks_per_seq] for s in range(3)]
+
+
+def _run_steps(model, plan, vocab: int, kv_dtype: torch.dtype) -> list[torch.Tensor]:
+    """Each step's last-token logits, on one paged cache."""
+    cfg, block_size = model.config, 8
+    tables = _block_tables(block_size, 12, seed=1)
+    caches = [(torch.zeros(36, block_size, cfg.n_kv_head, cfg.head_dim, dtype=kv_dtype),
+               torch.zeros(36, block_size, cfg.n_kv_head, cfg.head_dim, dtype=kv_dtype))
+              for _ in range(cfg.n_layer)]
+    out = []
+    with torch.inference_mode():
+        for ids, cached, new, seqs in _steps(plan, vocab, seed=2):
+            meta = build_metadata(cached, new, [tables[s] for s in seqs], block_size, "cpu")
+            out.append(model(ids, meta, caches, meta.last_token_rows()))
+    return out
+
+
+# A bfloat16 cache rounds what the layers before wrote: where the two paths' float32 sums differ
+# in the last bits, a value can round to the neighbouring bfloat16 (2**-8 apart), and later
+# layers read that.
+LOGITS_TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=4e-3, atol=4e-3)}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
+def test_small_model_logits_match_the_cpu_path(E, small_model, family, kv_dtype):
+    want = _run_steps(small_model, EVERY_PATH, SHAPE["vocab"], kv_dtype)
+    with model_on_emulated_cuda(E, small_model, family):
+        got = _run_steps(small_model, EVERY_PATH, SHAPE["vocab"], kv_dtype)
+    for step, (g, w) in enumerate(zip(got, want)):
+        torch.testing.assert_close(g, w, **LOGITS_TOL[kv_dtype], msg=lambda m: f"step {step}: {m}")
+        assert torch.equal(g.argmax(-1), w.argmax(-1))
+
+
+def test_smollm2_logits_match_the_cpu_path(E, smollm2):
+    """The default model's weights (30 layers; Q4_1 matrices, a Q8_0 head) on the tuned kernels,
+    the family no GPU has run yet: a 13-token prefill of two sequences (the split-K tile) and a
+    decode step (the GEMV, decode attention). ~20 s: the emulator switches threads at every
+    shuffle, so the general family's larger tiles are left to the small model above."""
+    plan = ([9, 4], [1, 1])
+    vocab = smollm2.config.vocab_size
+    want = _run_steps(smollm2, plan, vocab, torch.float32)
+    with model_on_emulated_cuda(E, smollm2, "tuned"):
+        got = _run_steps(smollm2, plan, vocab, torch.float32)
+    for step, (g, w) in enumerate(zip(got, want)):
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-3, msg=lambda m: f"step {step}: {m}")
+        assert torch.equal(g.argmax(-1), w.argmax(-1))
+
+
+def test_engine_samples_as_on_the_cpu(E, small_model):
+    """The engine with the CUDA graph runner's decode path (host metadata, static buffers, the
+    sampler run as in the graph) on the emulated tuned kernels: the CPU engine's seeded tokens,
+    for rows sampled in the graph and rows sampled after it (a penalty, a bias, top log-probs)."""
+    if not plugins.samplers():  # scripts/asan_tests.sh runs a staged tree, not an installed one
+        pytest.skip("the sampler steps are not registered: pyllm is not installed with its plugins")
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (11, 3, 25, 7, 1, 16)]
+    runner = dict(max_batch=8, graphs=False, host_metadata=True)
+    for params in (IN_GRAPH, IN_GRAPH[:3] + AFTER_GRAPH):
+        want, _ = generate(small_model, prompts, params=params)
+        with model_on_emulated_cuda(E, small_model, "tuned"):
+            got, engine = generate(small_model, prompts, runner_kwargs=runner, params=params)
+        assert [t for t, _ in got.values()] == [t for t, _ in want.values()]
+        for r in want:
+            torch.testing.assert_close(torch.tensor(got[r][1]), torch.tensor(want[r][1]), rtol=1e-4, atol=1e-4)
+        assert (engine.forward.stats["sampled"] > 0) == (params is IN_GRAPH)
