@@ -281,3 +281,14 @@ def test_device_option_reaches_chat_and_generate(monkeypatch, tmp_path, usable, 
         result = invoke(*command, *flags)
         assert result.exit_code == 1 and "stop here" in result.output, result.output
     assert seen == [expected, expected]
+
+
+@pytest.mark.parametrize("args,example", [(["Write a limerick about tea"], "'Write a limerick about tea'"),
+                                          (["smollm2"], "'Write a haiku about the sea'")])
+def test_run_without_a_prompt_says_the_model_comes_first(args, example) -> None:
+    """`pyllm run "text"` (as `llm` users type it) is a usage error that shows the right order,
+    before any model is loaded."""
+    result = invoke("run", *args)
+    assert result.exit_code == 2
+    assert f"the model comes first, then the prompt, e.g. pyllm run smollm2 {example}" in result.stderr
+    assert "pyllm run --help" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -14,7 +15,7 @@ from pyllm.cli.options import (device_option, int8_option, pop_sampling_params, 
 
 @click.command("run")
 @click.argument("model")
-@click.argument("prompt")
+@click.argument("prompt", required=False, metavar="PROMPT")
 @click.option("--chat", is_flag=True,
               help="Send PROMPT as a user message through the model's chat template.")
 @click.option("--system", default=None, help="A system message (implies --chat).")
@@ -26,10 +27,14 @@ from pyllm.cli.options import (device_option, int8_option, pop_sampling_params, 
 @sampling_options()
 @int8_option()
 @device_option()
-def run(model: str, prompt: str, chat: bool, system: str | None, as_json: bool, truncate: str,
+def run(model: str, prompt: str | None, chat: bool, system: str | None, as_json: bool, truncate: str,
         int8: bool, device: str, **kwargs: Any) -> None:
     """Generate a continuation of PROMPT ('-' reads it from stdin) with MODEL (a .gguf file, a
     Hugging Face folder, or a name such as smollm2, pulled on first use)."""
+    if prompt is None:  # `pyllm run "some text"`, as `llm` and `ollama run` users may type it
+        example = shlex.quote(model) if " " in model.strip() else "'Write a haiku about the sea'"
+        raise click.UsageError(f"Missing argument 'PROMPT': the model comes first, then the prompt, "
+                               f"e.g. pyllm run smollm2 {example}")
     params = pop_sampling_params(kwargs)
     if prompt == "-":
         prompt = sys.stdin.read()
