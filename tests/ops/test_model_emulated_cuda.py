@@ -7,6 +7,9 @@ family, the validated hot paths (`L.on_cuda`), the CUDA graph runner's static-bu
 `decode_and_sample` does it. What this adds to the per-kernel tests is the wiring: the shapes the
 model really passes (v as a strided view of the QKV output, GQA heads, the prefill sizes that
 pick each qlinear path, workspace sizes), step after step on one paged cache.
+
+It also checks what makes a decode step safe to replay as a CUDA graph, which the emulator
+cannot capture: every step of a bucket calls the same kernels with the same shapes and scalars.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import pytest
 import torch
 
 from pyllm import plugins
-from pyllm.model.batch import build_metadata
+from pyllm.model.batch import ContiguousKVCache, build_metadata
+from pyllm.model.cuda_graph import CudaGraphRunner
 from pyllm.model.loader import load_model
 from pyllm.ops import _library as L
 from pyllm.ops import attention as A
 from pyllm.ops import kv_cache as K
 
 from test_cuda_emulated import FAMILIES, E, emulated_cuda  # noqa: F401  (E is a fixture)
+from test_cuda_emulated import view as emulator_view
 
 Q = importlib.import_module("pyllm.ops.qlinear")
 R = importlib.import_module("pyllm.ops.rope")
@@ -171,3 +176,100 @@ def test_engine_samples_as_on_the_cpu(E, small_model):
         for r in want:
             torch.testing.assert_close(torch.tensor(got[r][1]), torch.tensor(want[r][1]), rtol=1e-4, atol=1e-4)
         assert (engine.forward.stats["sampled"] > 0) == (params is IN_GRAPH)
+
+
+class KernelCalls:
+    """Records every CUDA kernel entry the ops call: its name, each tensor argument's dtype,
+    shape and strides, and every other argument (scalars); not addresses."""
+
+    def __init__(self, E) -> None:
+        self.E, self.calls, self._views = E, [], {}
+
+    def view(self, t: torch.Tensor):
+        v = emulator_view(self.E, t)
+        self._views[id(v)] = (v, ("tensor", t.dtype, tuple(t.shape), t.stride()))
+        return v
+
+    def __getattr__(self, name: str):
+        fn = getattr(self.E, name)
+
+        def call(*args):
+            self.calls.append((name,) + tuple(self._views[id(a)][1] if id(a) in self._views else a
+                                              for a in args))
+            return fn(*args)
+        return call
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Inside model_on_emulated_cuda: route the CUDA entries and views through the log."""
+        saved = L._C, L.view
+        real = saved[0]
+        L._C = type("Entries", (), {"__getattr__": lambda _, n: getattr(self if "cuda" in n else real, n)})()
+        L.view = self.view
+        try:
+            yield self.calls
+        finally:
+            L._C, L.view = saved
+            self._views.clear()
+
+
+def _decode_step_calls(E, model, family: str, steps) -> list[list[tuple]]:
+    """The kernel calls of each decode step, run as CudaGraphRunner.decode_and_sample runs the
+    steps of one bucket (batch 4, block-table width 16), with the sampler in the step."""
+    cfg = model.config
+    cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 4, 120, block_size=8)
+    runner = CudaGraphRunner(model, max_batch=4, min_width=16, graphs=False)
+    g = torch.Generator().manual_seed(6)
+    lengths = [5, 17, 30, 44]
+    with torch.inference_mode():
+        for s, n in enumerate(lengths):
+            ids = torch.randint(0, VOCAB, (n,), generator=g)
+            model(ids, cache.metadata([s], [0], [n]), cache.kv_caches)
+    log = KernelCalls(E)
+    per_step = []
+    with model_on_emulated_cuda(E, model, family), log.recording() as calls:
+        for seqs, temperature, top_k in steps:
+            ids = torch.randint(0, VOCAB, (len(seqs),), generator=g)
+            meta = cache.metadata(seqs, [lengths[s] for s in seqs], [1] * len(seqs))
+            fparams = torch.tensor([[temperature, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]] * len(seqs))
+            iparams = torch.tensor([[top_k, 7, lengths[s]] for s in seqs])
+            calls.clear()
+            runner.decode_and_sample(ids, meta, cache.kv_caches, fparams, iparams)
+            per_step.append(list(calls))
+            for s in seqs:
+                lengths[s] += 1
+    assert runner.stats["sampled"] == len(steps)
+    return per_step
+
+
+# Decode steps of one bucket: other sequences, contexts and sampling settings each time.
+BUCKET_STEPS = [([0, 1, 2], 0.0, 0), ([1, 2, 3], 0.8, 20), ([0, 1, 2, 3], 1.3, 0), ([3, 0, 2], 0.5, 5)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decode_steps_of_a_bucket_call_the_same_kernels(E, small_model, family):
+    """What a CUDA graph replays: the kernels it captured, with the arguments it captured. So
+    every decode step of a bucket must call the same kernels with the same shapes and scalars,
+    whatever its sequences, context lengths and sampling settings (those are data in the
+    bucket's buffers); a host-side value read from the step's data would be frozen at capture
+    and wrong at every replay."""
+    calls = _decode_step_calls(E, small_model, family, BUCKET_STEPS)
+    assert len(calls[0]) > 5 * small_model.config.n_layer
+    names = {c[0] for c in calls[0]}
+    assert {"paged_attention_cuda", "qlinear_cuda", "sample_tokens_cuda"} <= names
+    for step in calls[1:]:
+        assert step == calls[0]
+
+
+def test_a_data_dependent_launch_is_caught(E, small_model, monkeypatch):
+    """The check above sees a plausible mistake: trimming the block table to the longest
+    context of the step (fewer columns to read, but a different shape every few steps)."""
+    launch = A._launch_cuda
+
+    def trimmed(q, k_cache, v_cache, query_start, context_lens, block_tables, *rest):
+        used = -(-int(context_lens.max()) // k_cache.shape[1])
+        launch(q, k_cache, v_cache, query_start, context_lens, block_tables[:, :used].contiguous(), *rest)
+
+    monkeypatch.setattr(A, "_launch_cuda", trimmed)
+    calls = _decode_step_calls(E, small_model, "general", BUCKET_STEPS)
+    assert any(step != calls[0] for step in calls[1:])
