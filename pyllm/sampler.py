@@ -39,6 +39,7 @@ __all__ = ["SampleResult", "Sampler", "parse_chain", "FUSED_ORDER"]
 # The built-in steps the fused kernel implements, in the order it applies them.
 FUSED_ORDER = tuple(split_chain(DEFAULT_SAMPLERS))
 SEED_KEY = "seed"  # where a row's effective seed lives in its state dict
+_GRAPH_ROW_KEY = "graph_row"  # (params, Sampler._graph_row(params)), cached in the state dict
 
 
 @dataclass
@@ -259,9 +260,21 @@ class Sampler:
     def _window(p: SamplingParams, names: tuple[str, ...], prompt: Sequence[int],
                 output: Sequence[int]) -> list[int]:
         """The ids the penalties look at for this row (empty when no penalty is on)."""
-        penalizes = "penalties" in names and (p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0
-                                              or p.presence_penalty != 0.0)
-        return penalty_window(p, prompt, output) if penalizes else []
+        return penalty_window(p, prompt, output) if Sampler._penalizes(p, names) else []
+
+    @staticmethod
+    def _penalizes(p: SamplingParams, names: tuple[str, ...]) -> bool:
+        return "penalties" in names and (p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0
+                                         or p.presence_penalty != 0.0)
+
+    def _graph_row(self, p: SamplingParams) -> tuple[list[float] | None, int, bool]:
+        """A request's constant part of its graph row: (fparams row, or None when the graph can
+        never sample it; its iparams top-k; whether a penalty window would disqualify a step)."""
+        names = self.chain(p)
+        if p.logprobs or not _fusable(names, self.steps) or (p.logit_bias and "logit_bias" in names):
+            return None, 0, False
+        frow, irow = self._param_row(p, names, 0, 0)
+        return frow, irow[0], self._penalizes(p, names)
 
     def graph_params(self, params: Sequence[SamplingParams], prompt_ids: Sequence[Sequence[int]],
                      output_ids: Sequence[Sequence[int]], state: list[dict[str, Any]]
@@ -276,13 +289,14 @@ class Sampler:
             return None
         frows, irows = [], []
         for p, prompt, output, st in zip(params, prompt_ids, output_ids, state):
-            names = self.chain(p)
-            if (p.logprobs or not _fusable(names, self.steps)
-                    or (p.logit_bias and "logit_bias" in names) or self._window(p, names, prompt, output)):
+            cached = st.get(_GRAPH_ROW_KEY)
+            if cached is None or cached[0] is not p:  # once per request: its params never change
+                cached = st[_GRAPH_ROW_KEY] = (p, *self._graph_row(p))
+            _, frow, top_k, penalizes = cached
+            if frow is None or (penalizes and penalty_window(p, prompt, output)):
                 return None
-            frow, irow = self._param_row(p, names, self._seed(p, st), len(prompt) + len(output))
             frows.append(frow)
-            irows.append(irow)
+            irows.append([top_k, _signed64(self._seed(p, st)), len(prompt) + len(output)])
         B = len(frows)
         return (torch.tensor(frows, dtype=torch.float32).reshape(B, len(sampling_ops.FPARAMS)),
                 torch.tensor(irows, dtype=torch.int64).reshape(B, len(sampling_ops.IPARAMS)))

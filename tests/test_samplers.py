@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyllm import plugins
-from pyllm.sampler import FUSED_ORDER, Sampler, parse_chain
+from pyllm.sampler import FUSED_ORDER, Sampler, _fusable, parse_chain
 from pyllm.sampling_params import SamplingParams as SP
 from pyllm.types import SamplingContext
 from pyllm_samplers.steps import dry_penalties
@@ -241,6 +241,41 @@ def test_fused_equals_step_by_step(inputs):
     if fused.top_ids is not None:
         assert torch.equal(fused.top_ids, steps.top_ids)
         torch.testing.assert_close(fused.top_logprobs, steps.top_logprobs, atol=1e-5, rtol=1e-6)
+
+
+@examples(40)
+@given(batch())
+def test_graph_rows_sample_what_the_sampler_samples(inputs):
+    """Sampler.graph_params (the parameter rows a decode graph samples with) and the fused kernel
+    give what Sampler.sample gives, step after step (the rows' constant part is cached in each
+    row's state); None exactly when a row needs what the graph has no room for: top log-probs,
+    a logit bias, a penalty window, a chain the kernel cannot run."""
+    from pyllm.ops import sampling as sampling_ops
+
+    x, params, prompts, outputs = inputs
+    sampler, state, want_state = Sampler(STEPS), [{} for _ in params], [{} for _ in params]
+    for step in range(2):
+        outs = [o + [step] * step for o in outputs]
+        rows = sampler.graph_params(params, prompts, outs, state)
+        want = sampler.sample(x, params, prompts, outs, want_state)
+        chains = [sampler.chain(p) for p in params]
+        fits = [not p.logprobs and not (p.logit_bias and "logit_bias" in c)
+                and not sampler._window(p, c, pr, o) and _fusable(c, STEPS)
+                for p, c, pr, o in zip(params, chains, prompts, outs)]
+        assert (rows is not None) == all(fits)
+        if rows is None:
+            continue
+        B = len(params)
+        empty_i = torch.empty(0, dtype=torch.int64)
+        tok, lp, _, _, probs = sampling_ops.launch_sample_tokens(
+            x, *rows, torch.empty(B, 0, dtype=torch.int64), empty_i, empty_i, torch.empty(0), 0)
+        assert torch.equal(tok, want.token_ids)
+        torch.testing.assert_close(lp, want.logprobs, atol=0, rtol=0)
+        torch.testing.assert_close(probs, want.probs, atol=0, rtol=0)
+    # a new params object for the same state (never done by the engine) is not served stale rows
+    if rows is not None:
+        greedy = [SP(temperature=0.0, seed=p.seed) for p in params]
+        assert sampler.graph_params(greedy, prompts, outputs, state)[0][:, 0].eq(0).all()
 
 
 def test_mixed_batch_keeps_rows_in_place():
