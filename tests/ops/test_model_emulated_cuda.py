@@ -32,6 +32,7 @@ from pyllm.ops import attention as A
 from pyllm.ops import kv_cache as K
 
 from test_cuda_emulated import FAMILIES, E, emulated_cuda  # noqa: F401  (E is a fixture)
+from test_cuda_emulated import _EmulatedEntries
 from test_cuda_emulated import view as emulator_view
 
 Q = importlib.import_module("pyllm.ops.qlinear")
@@ -70,8 +71,8 @@ def model_on_emulated_cuda(E, model: torch.nn.Module, family: str):
 
 
 def test_every_op_has_a_cuda_implementation():
-    """The model test below replaces ops by their CUDA implementations: a new op without one
-    would silently keep its CPU kernel there."""
+    """The tests below replace every op by its CUDA implementation: a new op without one would
+    reach its CPU kernel there, which fails on the emulator's tensor views."""
     assert sorted("pyllm::" + n for n in L.CUDA_IMPLS) == sorted(L.LIB._op_defs)
 
 
@@ -203,9 +204,7 @@ class KernelCalls:
     def recording(self):
         """Inside model_on_emulated_cuda: route the CUDA entries and views through the log."""
         saved = L._C, L.view
-        real = saved[0]
-        L._C = type("Entries", (), {"__getattr__": lambda _, n: getattr(self if "cuda" in n else real, n)})()
-        L.view = self.view
+        L._C, L.view = _EmulatedEntries(self, saved[0]), self.view
         try:
             yield self.calls
         finally:
