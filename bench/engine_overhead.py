@@ -39,28 +39,6 @@ SHAPE = M.SHAPES["tiny"]
 PROMPT_LEN = 16
 
 
-class ByteTokenizer:
-    """One token per byte; all the engine needs to detokenize the tiny model's ids."""
-
-    vocab_size = SHAPE["vocab"]
-    bos_id = eos_id = None
-    eos_ids: frozenset[int] = frozenset()
-    special_ids: frozenset[int] = frozenset()
-    add_bos = strip_leading_space = False
-
-    def encode(self, text, *, add_bos=None, parse_special=False):
-        return list(text.encode())
-
-    def decode(self, ids, *, skip_special=False):
-        return bytes(ids).decode("utf-8", "replace")
-
-    def token_bytes(self, i):
-        return bytes([i])
-
-    def decode_bytes(self, ids):
-        return bytes(ids)
-
-
 def prompts(batch: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(batch)
     return torch.randint(3, SHAPE["vocab"], (batch, PROMPT_LEN), generator=g).tolist()
@@ -72,7 +50,7 @@ def pyllm_step_ms(model, batch: int, new: int, graph_path: bool) -> float:
     from pyllm.model.cuda_graph import CudaGraphRunner
     from pyllm.sampling_params import SamplingParams
 
-    engine = LLMEngine(model, ByteTokenizer(), EngineConfig(kv_cache_tokens=batch * (PROMPT_LEN + new + 16),
+    engine = LLMEngine(model, M.ByteTokenizer(), EngineConfig(kv_cache_tokens=batch * (PROMPT_LEN + new + 16),
                                                             max_num_seqs=max(batch, 1),
                                                             max_num_batched_tokens=batch * PROMPT_LEN))
     if graph_path:

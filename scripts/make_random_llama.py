@@ -36,6 +36,31 @@ SHAPES = {
 Q4_1, Q8_0, F32 = 3, 8, 0
 
 
+class ByteTokenizer:
+    """The smallest Tokenizer pyllm's engine accepts, for the tiny shape's 256-token vocabulary
+    (random models carry no tokenizer): one token per byte, no specials."""
+
+    vocab_size = SHAPES["tiny"]["vocab"]
+    bos_id = eos_id = None
+    eos_ids: frozenset[int] = frozenset()
+    special_ids: frozenset[int] = frozenset()
+    add_bos = strip_leading_space = False
+
+    def encode(self, text, *, add_bos=None, parse_special=False):
+        return list(text.encode())
+
+    def decode(self, ids, *, skip_special=False):
+        return bytes(ids).decode("utf-8", "replace")
+
+    def token_bytes(self, i):
+        if not 0 <= i < self.vocab_size:
+            raise ValueError(i)
+        return bytes([i])
+
+    def decode_bytes(self, ids):
+        return bytes(ids)
+
+
 def permute_for_normal_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """llama.cpp's converter on Llama Q/K rows: per head, the NeoX halves become adjacent pairs.
     Works on float rows and on rows of quant blocks alike (blocks never span rows)."""

@@ -30,30 +30,6 @@ DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 VOCAB = M.SHAPES["tiny"]["vocab"]
 
 
-class ByteTokenizer:
-    """The smallest Tokenizer the engine accepts: one token per byte, no specials."""
-
-    vocab_size = VOCAB
-    bos_id = eos_id = None
-    eos_ids: frozenset[int] = frozenset()
-    special_ids: frozenset[int] = frozenset()
-    add_bos = strip_leading_space = False
-
-    def encode(self, text, *, add_bos=None, parse_special=False):
-        return list(text.encode())
-
-    def decode(self, ids, *, skip_special=False):
-        return bytes(ids).decode("utf-8", "replace")
-
-    def token_bytes(self, i):
-        if not 0 <= i < VOCAB:
-            raise ValueError(i)
-        return bytes([i])
-
-    def decode_bytes(self, ids):
-        return bytes(ids)
-
-
 @pytest.fixture(scope="module")
 def gguf_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-llama") / "model.gguf"
@@ -146,7 +122,7 @@ def _generate(model, prompts, runner_kwargs=None, graphs=False, max_tokens=12, p
     `runner_kwargs` forces a CudaGraphRunner."""
     config = EngineConfig(kv_cache_tokens=4096, block_size=8, cuda_graphs=graphs,
                           max_num_seqs=16, max_num_batched_tokens=batched_tokens)
-    engine = LLMEngine(model, ByteTokenizer(), config)
+    engine = LLMEngine(model, M.ByteTokenizer(), config)
     if runner_kwargs is not None:
         engine.forward = CudaGraphRunner(model, **runner_kwargs)
     if params is None:
@@ -306,7 +282,7 @@ def test_graph_decode_equals_eager_decode(gguf_path, batch, family):
 @needs_cuda
 def test_engine_config_turns_graphs_off(gguf_path):
     model = _model(gguf_path, "cuda")
-    engine = LLMEngine(model, ByteTokenizer(), EngineConfig(kv_cache_tokens=256, cuda_graphs=False))
+    engine = LLMEngine(model, M.ByteTokenizer(), EngineConfig(kv_cache_tokens=256, cuda_graphs=False))
     assert engine.forward is model
 
 
