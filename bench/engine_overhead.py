@@ -51,7 +51,7 @@ def pyllm_step_ms(model, batch: int, new: int, graph_path: bool) -> float:
     from pyllm.sampling_params import SamplingParams
 
     engine = LLMEngine(model, M.ByteTokenizer(), EngineConfig(kv_cache_tokens=batch * (PROMPT_LEN + new + 16),
-                                                            max_num_seqs=max(batch, 1),
+                                                            max_num_seqs=batch,
                                                             max_num_batched_tokens=batch * PROMPT_LEN))
     if graph_path:
         engine.forward = CudaGraphRunner(model, max_batch=batch, graphs=False, host_metadata=True)

@@ -30,6 +30,7 @@ from pyllm.model.loader import load_model
 from pyllm.ops import _library as L
 from pyllm.ops import attention as A
 from pyllm.ops import kv_cache as K
+from pyllm.ops.sampling import NEUTRAL_FPARAMS
 
 from test_cuda_emulated import FAMILIES, E, emulated_cuda  # noqa: F401  (E is a fixture)
 from test_cuda_emulated import _EmulatedEntries
@@ -107,18 +108,15 @@ def _steps(plan, vocab: int, seed: int):
             lengths[s] += new[s]
 
 
-def _block_tables(block_size: int, blocks_per_seq: int, seed: int) -> list[list[int]]:
-    """Each sequence's blocks scattered over the pool, as the engine's block manager leaves them."""
-    order = torch.randperm(3 * blocks_per_seq, generator=torch.Generator().manual_seed(seed)).tolist()
-    return [order[s * blocks_per_seq:(s + 1) * blocks_per_seq] for s in range(3)]
-
-
 def _run_steps(model, plan, vocab: int, kv_dtype: torch.dtype) -> list[torch.Tensor]:
-    """Each step's last-token logits, on one paged cache."""
-    cfg, block_size = model.config, 8
-    tables = _block_tables(block_size, 12, seed=1)
-    caches = [(torch.zeros(36, block_size, cfg.n_kv_head, cfg.head_dim, dtype=kv_dtype),
-               torch.zeros(36, block_size, cfg.n_kv_head, cfg.head_dim, dtype=kv_dtype))
+    """Each step's last-token logits, on one paged cache whose blocks each sequence holds
+    scattered over the pool, as the engine's block manager leaves them."""
+    cfg, block_size, blocks_per_seq = model.config, 8, 12
+    pool = len(plan[0]) * blocks_per_seq
+    order = torch.randperm(pool, generator=torch.Generator().manual_seed(1)).tolist()
+    tables = [order[s:s + blocks_per_seq] for s in range(0, pool, blocks_per_seq)]
+    caches = [(torch.zeros(pool, block_size, cfg.n_kv_head, cfg.head_dim, dtype=kv_dtype),
+               torch.zeros(pool, block_size, cfg.n_kv_head, cfg.head_dim, dtype=kv_dtype))
               for _ in range(cfg.n_layer)]
     out = []
     with torch.inference_mode():
@@ -126,6 +124,12 @@ def _run_steps(model, plan, vocab: int, kv_dtype: torch.dtype) -> list[torch.Ten
             meta = build_metadata(cached, new, [tables[s] for s in seqs], block_size, "cpu")
             out.append(model(ids, meta, caches, meta.last_token_rows()))
     return out
+
+
+def _assert_logits_match(got: list[torch.Tensor], want: list[torch.Tensor], **tol) -> None:
+    for step, (g, w) in enumerate(zip(got, want)):
+        torch.testing.assert_close(g, w, **tol, msg=lambda m: f"step {step}: {m}")
+        assert torch.equal(g.argmax(-1), w.argmax(-1))
 
 
 # A bfloat16 cache rounds what the layers before wrote: where the two paths' float32 sums differ
@@ -140,9 +144,7 @@ def test_small_model_logits_match_the_cpu_path(E, small_model, family, kv_dtype)
     want = _run_steps(small_model, EVERY_PATH, SHAPE["vocab"], kv_dtype)
     with model_on_emulated_cuda(E, small_model, family):
         got = _run_steps(small_model, EVERY_PATH, SHAPE["vocab"], kv_dtype)
-    for step, (g, w) in enumerate(zip(got, want)):
-        torch.testing.assert_close(g, w, **LOGITS_TOL[kv_dtype], msg=lambda m: f"step {step}: {m}")
-        assert torch.equal(g.argmax(-1), w.argmax(-1))
+    _assert_logits_match(got, want, **LOGITS_TOL[kv_dtype])
 
 
 def test_smollm2_logits_match_the_cpu_path(E, smollm2):
@@ -155,9 +157,7 @@ def test_smollm2_logits_match_the_cpu_path(E, smollm2):
     want = _run_steps(smollm2, plan, vocab, torch.float32)
     with model_on_emulated_cuda(E, smollm2, "tuned"):
         got = _run_steps(smollm2, plan, vocab, torch.float32)
-    for step, (g, w) in enumerate(zip(got, want)):
-        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-3, msg=lambda m: f"step {step}: {m}")
-        assert torch.equal(g.argmax(-1), w.argmax(-1))
+    _assert_logits_match(got, want, rtol=1e-3, atol=1e-3)
 
 
 def test_engine_samples_as_on_the_cpu(E, small_model):
@@ -188,6 +188,7 @@ class KernelCalls:
 
     def view(self, t: torch.Tensor):
         v = emulator_view(self.E, t)
+        # v is kept alive with its description, so its id is not reused by a later view
         self._views[id(v)] = (v, ("tensor", t.dtype, tuple(t.shape), t.stride()))
         return v
 
@@ -230,7 +231,7 @@ def _decode_step_calls(E, model, family: str, steps) -> list[list[tuple]]:
         for seqs, temperature, top_k in steps:
             ids = torch.randint(0, VOCAB, (len(seqs),), generator=g)
             meta = cache.metadata(seqs, [lengths[s] for s in seqs], [1] * len(seqs))
-            fparams = torch.tensor([[temperature, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]] * len(seqs))
+            fparams = torch.tensor([(temperature,) + NEUTRAL_FPARAMS[1:]] * len(seqs))
             iparams = torch.tensor([[top_k, 7, lengths[s]] for s in seqs])
             calls.clear()
             runner.decode_and_sample(ids, meta, cache.kv_caches, fparams, iparams)

@@ -1,5 +1,5 @@
 // CUDA emulator stand-in for <cuda_runtime.h>: the device side (emu/device.h) and the runtime
-// calls csrc makes, answered for an emulated device (runtime.cpp; emu::set_device shapes it).
+// calls csrc makes, answered for an emulated device (runtime.cpp; emu::configure shapes it).
 #pragma once
 
 #include "emu/device.h"
