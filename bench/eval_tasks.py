@@ -34,6 +34,7 @@ translate adapter's stop string does.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import random
 import re
@@ -198,6 +199,9 @@ class TransformersEngine:
         self.model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                           dtype=torch.float32).eval()
         self.tok = tokenizer
+        # transformers 5.2x renamed forward's and its outputs' past_key_values to cache.
+        forward_args = inspect.signature(self.model.forward).parameters
+        self.cache_name = "cache" if "cache" in forward_args else "past_key_values"
 
     def score(self, requests: list[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
         torch = self.torch
@@ -206,7 +210,7 @@ class TransformersEngine:
             for prompt, conts in requests:
                 res = self.model(input_ids=torch.tensor([prompt]), use_cache=True)
                 first = torch.log_softmax(res.logits[0, -1].float(), -1)
-                past = res.past_key_values
+                past = getattr(res, self.cache_name)
                 past.batch_repeat_interleave(len(conts))
                 width = max(len(c) for c in conts)
                 ids = torch.zeros(len(conts), width, dtype=torch.long)
@@ -216,9 +220,9 @@ class TransformersEngine:
                     ids[i, :len(c)] = torch.tensor(c)
                     mask[i, len(prompt):len(prompt) + len(c)] = 1
                 pos = torch.arange(len(prompt), len(prompt) + width)[None].expand(len(conts), -1)
-                later = torch.log_softmax(self.model(input_ids=ids, past_key_values=past,
-                                                     attention_mask=mask,
-                                                     position_ids=pos).logits.float(), -1)
+                later = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask,
+                                                     position_ids=pos,
+                                                     **{self.cache_name: past}).logits.float(), -1)
                 row = []
                 for i, c in enumerate(conts):
                     lp = float(first[c[0]]) + sum(float(later[i, j, c[j + 1]])

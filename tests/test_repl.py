@@ -282,14 +282,15 @@ def test_double_slash_sends_a_slash() -> None:
     assert backend.calls[0][0][-1]["content"] == "/etc/hosts is a file"
 
 
-def test_system_reset_regen() -> None:
+@pytest.mark.parametrize("reset", ["/reset", "/clear"])  # /clear: ollama's name for it
+def test_system_reset_regen(reset: str) -> None:
     counter = iter(range(100))
 
     def reply(messages: Sequence[dict[str, str]]) -> str:
         return f"answer {next(counter)}"
 
     backend = FakeBackend(reply=reply)
-    keys = (f"/system you are terse{ENTER}q1{ENTER}/regen{ENTER}/reset{ENTER}q2{ENTER}"
+    keys = (f"/system you are terse{ENTER}q1{ENTER}/regen{ENTER}{reset}{ENTER}q2{ENTER}"
             f"/exit{ENTER}")
     session, _ = run(keys, backend)
     sent = [c[0] for c in backend.calls]

@@ -15,6 +15,7 @@ SmolLM2's own, which pyllm follows). transformers takes ~20 s to load the GGUF: 
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -99,16 +100,23 @@ def test_next_token_logprobs_match_transformers(llm, hf, text_ids):
     assert worst <= 1e-3, f"largest log-prob difference {worst:.2e}"
 
 
+def _hf_cache_name(hf) -> str:
+    """transformers 5.2x renamed forward's and its outputs' `past_key_values` to `cache` (the
+    old name still works there, with a FutureWarning); older versions only know the old one."""
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
+
 def _hf_greedy(hf, prompt: list[int], n: int) -> list[int]:
     """transformers' greedy continuation, token by token with its KV cache, never stopping
     early (so the whole 32 tokens are compared)."""
+    cache = _hf_cache_name(hf)
     out: list[int] = []
     with torch.no_grad():
         res = hf(torch.tensor([prompt]), use_cache=True)
         for _ in range(n):
             tok = int(res.logits[0, -1].argmax())
             out.append(tok)
-            res = hf(torch.tensor([[tok]]), past_key_values=res.past_key_values, use_cache=True)
+            res = hf(torch.tensor([[tok]]), use_cache=True, **{cache: getattr(res, cache)})
     return out
 
 

@@ -268,7 +268,7 @@ def first_line(text: str, limit: int = 60) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-@command("reset", "Forget the conversation (the system prompt stays).")
+@command("reset", "Forget the conversation (the system prompt stays).", aliases=("clear",))
 def _reset(session: ChatSession, arg: str) -> None:
     session.conversation.reset()
     session.refresh_context()
