@@ -20,7 +20,7 @@ from typing import Any
 
 __all__ = ["SamplingParams", "DEFAULT_SAMPLERS", "MAX_LOGPROBS", "split_chain"]
 
-# The built-in steps in the order the fused kernel applies them (DESIGN.md §4).
+# The built-in steps in the order the fused kernel applies them (docs/kernels.md).
 DEFAULT_SAMPLERS = "penalties;logit_bias;top_k;typical_p;top_p;min_p;temperature"
 MAX_LOGPROBS = 20  # top-n alternatives per token, as OpenAI / vLLM's default cap
 _SEED_LIMIT = 2**64

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import gguf_builder as B  # noqa: E402  (the project's own GGUF writer; no `gguf` package needed)
 
 SHAPES = {
-    # SmolLM2-135M: FACTS.md
+    # SmolLM2-135M's shape (its GGUF metadata)
     "smollm2": dict(n_layer=30, n_embd=576, n_ff=1536, n_head=9, n_kv_head=3, vocab=49152,
                     context=8192, rope_theta=100000.0),
     "tiny": dict(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_kv_head=2, vocab=256,

@@ -1,7 +1,7 @@
 """The default model, end to end, against transformers: the exact-math proof.
 
 transformers loads the same GGUF (`gguf_file=`), dequantizes every weight to float32 and runs the
-model in float32: that is the exact model (a float64 forward agrees to 1e-5, FACTS.md). pyllm
+model in float32: that is the exact model (a float64 forward agrees to 1e-5). pyllm
 computes on the stored Q4_1/Q8_0 blocks with float32 activations, so it must agree:
 
 - next-token log-probs over a 256-token text within 1e-3 (the token's and the top-10 at every

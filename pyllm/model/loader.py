@@ -9,7 +9,7 @@ RoPE and GGUF Llama weights: llama.cpp's converter permutes the rows of Q and K 
 (pairs i, i+D/2) computes on the original weights. We keep the stored rows and rotate with
 `rope_layout="normal"` instead of un-permuting: the weights stay a zero-copy view of the file
 (un-permuting would copy every Q/K matrix), we compute exactly what llama.cpp computes on the
-same file, and the `rope` op supports both layouts at the same cost. FACTS.md: a float64
+same file, and the `rope` op supports both layouts at the same cost. A float64
 reference applying adjacent-pair RoPE to the stored weights agrees with transformers to 1e-5.
 """
 
