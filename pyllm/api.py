@@ -14,7 +14,6 @@ chat template), or a list of token ids. Prompts longer than the context length a
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -44,7 +43,8 @@ def load(name_or_path: str | Path | None = None, device: str = "cpu", *,
     folder; the default model is pulled (and hash-checked) on first use.
 
     `context_length` caps the tokens one sequence may hold (default: the model's trained
-    context); prompts beyond it are refused, or cut with `truncate="left"`.
+    context, at most 8192 tokens: see pyllm/model/context.py); prompts beyond it are refused,
+    or cut with `truncate="left"`.
 
     `int8_activations=True` opts in to the int8-activation kernels on the CPU (activations
     quantized per 32-value block, as llama.cpp does: ~1.3x faster decode, 2-3x faster batches;
@@ -83,16 +83,9 @@ class LLM:
 
         if kv_dtype not in KV_DTYPES:
             raise ValueError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
-        loaded = load_model(path, device=device)
+        _check_device(device)
+        loaded = load_model(path, device=device, context_length=context_length)
         loaded.model.int8_activations = int8_activations
-        if context_length is not None:
-            trained = loaded.config.max_position
-            if isinstance(context_length, bool) or not isinstance(context_length, int) \
-                    or not 1 <= context_length <= trained:
-                raise ValueError(f"context_length must be an integer in [1, {trained}] (the "
-                                 f"model's trained context), got {context_length!r}")
-            loaded.config = dataclasses.replace(loaded.config, max_position=context_length)
-            loaded.model.config = loaded.config
         if loaded.kind == "gguf":
             tok = load_tokenizer(loaded.metadata, origin=loaded.path)
         else:
@@ -228,7 +221,8 @@ class LLM:
         """One GenerationResult per prompt, in input order (a single prompt is a batch of one).
 
         `params`: one SamplingParams for every prompt or one per prompt (default:
-        SamplingParams()). All prompts run together through the engine (continuous batching).
+        SamplingParams()); a mapping such as {"temperature": 0} stands for SamplingParams of
+        those fields. All prompts run together through the engine (continuous batching).
         Results carry text, token_ids, finish_reason ("stop" | "length") and log-probs when
         params.logprobs is set. `progress=True` shows a progress bar of finished completions.
         """
@@ -252,14 +246,14 @@ class LLM:
         """Events of one request as they happen: text deltas, then a final event whose
         `completion` has the token ids and finish reason. Closing the iterator stops the
         request. Several streams may be consumed concurrently (they share one engine)."""
-        params = params or SamplingParams()
+        params = self._params_list(params, 1)[0]
         ids = self._fit(self.encode_prompt(prompt), 1, truncate, "prompt")
         return self.engine.stream(ids, params)
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None, *,
                truncate: str | None = None) -> Iterator[str]:
         """Text deltas of one completion as they are generated (stop strings never shown)."""
-        params = params or SamplingParams()
+        params = self._params_list(params, 1)[0]
         if params.n != 1:
             raise ValueError("stream() makes one completion; use generate() for n > 1")
         events = self.stream_events(prompt, params, truncate=truncate)
@@ -320,10 +314,19 @@ class LLM:
             return [SamplingParams()] * n
         if isinstance(params, SamplingParams):
             return [params] * n
-        plist = list(params)
-        if len(plist) != n or not all(isinstance(p, SamplingParams) for p in plist):
-            raise ValueError(f"params must be one SamplingParams or a list of {n} (one per "
-                             f"prompt), got {len(plist)} items")
+        if isinstance(params, Mapping):  # {"temperature": 0}: fields of one SamplingParams
+            return [SamplingParams.from_mapping(params)] * n
+        if isinstance(params, (str, bytes)) or not isinstance(params, Sequence):
+            raise TypeError(f"params must be a SamplingParams, a mapping of its fields or a list "
+                            f"of {n} (one per prompt), got {type(params).__name__}")
+        plist = [SamplingParams.from_mapping(p) if isinstance(p, Mapping) else p for p in params]
+        if len(plist) != n:
+            raise ValueError(f"params is a list of {len(plist)} but there are {n} prompts: give "
+                             f"one SamplingParams (or mapping) for all, or one per prompt")
+        bad = [i for i, p in enumerate(plist) if not isinstance(p, SamplingParams)]
+        if bad:
+            raise TypeError(f"params[{bad[0]}] must be a SamplingParams or a mapping of its "
+                            f"fields, got {type(plist[bad[0]]).__name__}")
         return plist
 
     def __repr__(self) -> str:
@@ -344,6 +347,18 @@ def _as_batch(prompts: Any) -> list[Prompt]:
             raise ValueError("no prompts given")
         return list(prompts)
     raise TypeError(f"prompts must be a prompt or a list of prompts, got {type(prompts).__name__}")
+
+
+def _check_device(device: Any) -> None:
+    """Refuse a device torch cannot use here with a message saying why (torch's own is a bare
+    AssertionError for CUDA on a CPU-only build)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA device here (no NVIDIA GPU or "
+                         f"driver, or a CPU-only torch build); use device='cpu'")
 
 
 def _piece(tok: Tokenizer, i: int | None) -> str:

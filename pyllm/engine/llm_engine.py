@@ -94,7 +94,8 @@ class LLMEngine:
             self.forward = CudaGraphRunner(model, max_batch=config.max_num_seqs)
         # The engine keeps a chosen token's log-prob only where its request asked for log-probs,
         # so its sampler may skip computing the others (the greedy fast path's main cost).
-        self.sampler = Sampler(skip_unrequested_logprobs=True)
+        # The tokenizer reaches steps that read token text (DRY's sequence breakers).
+        self.sampler = Sampler(tokenizer=tokenizer, skip_unrequested_logprobs=True)
         self._ids = itertools.count()
         self._arange: dict[int, torch.Tensor] = {}  # rows 0..n-1 (all-decode steps), per n
         self._requests: dict[Hashable, list[Sequence]] = {}
