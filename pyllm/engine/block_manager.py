@@ -74,7 +74,7 @@ class BlockManager:
         self._expected: dict[bytes, int] = {}    # key -> block the step being scheduled fills
         self._key_of: dict[int, bytes] = {}      # the reverse, for blocks registered in _cached
         self._seqs: dict[SeqId, _Seq] = {}
-        self._drops = 0  # how many times entries left _cached / _key_of (evictions, resets)
+        self._drops = 0  # how many times entries left _cached / _key_of (evictions)
 
     # ---------------------------------------------------------------- queries
 
@@ -290,15 +290,6 @@ class BlockManager:
             self._ref[block] -= 1
             if self._ref[block] == 0:
                 self._free[block] = None
-
-    def reset_prefix_cache(self) -> None:
-        """Forget every cached prefix (e.g. after the cache contents were discarded)."""
-        self._cached.clear()
-        self._expected.clear()
-        self._key_of.clear()
-        self._drops += 1
-        for seq in self._seqs.values():
-            seq.keys.clear()
 
     # ---------------------------------------------------------------- batch helpers
 

@@ -60,9 +60,6 @@ class IncrementalDetokenizer:
             self._emitted.append(delta)
         return delta
 
-    def add_many(self, token_ids: list[int]) -> str:
-        return "".join(self.add(i) for i in token_ids)
-
     def flush(self) -> str:
         """Return whatever is held back (an incomplete character comes out as U+FFFD)."""
         if self._fast:

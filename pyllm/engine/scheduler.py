@@ -32,11 +32,6 @@ class ScheduledBatch:
 
     items: list[tuple[Sequence, int]] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)
-    preempted: list[Sequence] = field(default_factory=list)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(n for _, n in self.items)
 
 
 class Scheduler:
@@ -101,7 +96,6 @@ class Scheduler:
         while (copies := self.blocks.try_append(seq.seq_id, missing)) is None:
             victim = self.running[-1]
             self.preempt(victim)
-            batch.preempted.append(victim)
             if victim is seq:
                 return False
         batch.copies.extend(copies)

@@ -86,11 +86,3 @@ class Sequence:
         if self.done and not self.stops.stopped:
             delta += self.stops.add(self.detok.flush()) + self.stops.flush()
         return delta
-
-    def fork(self, seq_id: int, index: int, params: SamplingParams) -> Sequence:
-        """A sibling that shares this sequence's prompt (and, through the block manager, its
-        cached blocks); used for the n > 1 completions of one request."""
-        child = Sequence(seq_id, self.request_id, index, list(self.prompt), params,
-                         self.detok.tokenizer, self.context_length)
-        child.cached = self.cached
-        return child
