@@ -103,22 +103,22 @@ def read_objects(path: Path) -> Iterator[tuple[int, str, dict[str, Any]] | BadRe
 def read_records(path: Path) -> Iterator[JobRecord | BadRecord]:
     """Generation records (a "prompt" or "messages" each); never raises for a bad line."""
     for item in read_objects(path):
-        if isinstance(item, BadRecord):
-            yield item
-            continue
-        line_no, rid, obj = item
-        has_prompt, has_messages = "prompt" in obj, "messages" in obj
-        if has_prompt == has_messages:
-            yield BadRecord(rid, line_no, rid, "invalid_record",
-                            f"record {rid!r}: give exactly one of \"prompt\" or \"messages\"")
-            continue
-        prompt = obj["prompt"] if has_prompt else obj["messages"]
-        problem = _check_prompt(prompt, has_prompt)
-        if problem:
-            yield BadRecord(rid, line_no, rid, "invalid_record", f"record {rid!r}: {problem}")
-            continue
-        overrides = {k: v for k, v in obj.items() if k not in RESERVED_FIELDS}
-        yield JobRecord(rid, line_no, prompt, overrides)
+        yield item if isinstance(item, BadRecord) else generation_record(*item)
+
+
+def generation_record(line_no: int, rid: str, obj: dict[str, Any]) -> JobRecord | BadRecord:
+    """One object with a usable id -> a JobRecord, or a BadRecord naming what is wrong with its
+    prompt (also used for records that arrive as table rows: pyllm.distributed)."""
+    has_prompt, has_messages = "prompt" in obj, "messages" in obj
+    if has_prompt == has_messages:
+        return BadRecord(rid, line_no, rid, "invalid_record",
+                         f"record {rid!r}: give exactly one of \"prompt\" or \"messages\"")
+    prompt = obj["prompt"] if has_prompt else obj["messages"]
+    problem = _check_prompt(prompt, has_prompt)
+    if problem:
+        return BadRecord(rid, line_no, rid, "invalid_record", f"record {rid!r}: {problem}")
+    overrides = {k: v for k, v in obj.items() if k not in RESERVED_FIELDS}
+    return JobRecord(rid, line_no, prompt, overrides)
 
 
 def _check_prompt(prompt: Any, is_text: bool) -> str | None:
