@@ -54,6 +54,10 @@ class RegisterSampler(Protocol):
     def __call__(self, name: str, step: SamplerStep) -> None: ...
 
 
+class RegisterConstraint(Protocol):
+    def __call__(self, name: str, kind: Callable[[object], str]) -> None: ...
+
+
 class RegisterTask(Protocol):
     def __call__(self, name: str, adapter: TaskAdapter) -> None: ...
 
@@ -128,6 +132,27 @@ def register_samplers(register: RegisterSampler) -> None:
         @hookimpl
         def register_samplers(register):
             register("no_digits", NoDigits())
+    """
+
+
+@hookspec
+def register_constraints(register: RegisterConstraint) -> None:
+    """Register structured-output constraint kinds (docs/structured.md).
+
+    :param register:
+        Call ``register(name, kind)`` where ``kind(spec) -> str`` turns a request's spec into a
+        grammar llguidance accepts: a Lark-style grammar (``start: ...``) or llguidance's JSON
+        grammar format. Raise ValueError naming what is wrong for a spec it cannot use.
+
+    A request picks a plugin's kind with ``SamplingParams(constraint=(name, spec))``. The
+    built-in kinds (``json_schema``, ``json_object``, ``regex``, ``choice``, ``grammar``) are
+    registered by ``pyllm_samplers`` through this same hook.
+
+    Example::
+
+        @hookimpl
+        def register_constraints(register):
+            register("yes_no", lambda spec: 'start: "yes" | "no"')
     """
 
 

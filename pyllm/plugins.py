@@ -49,6 +49,7 @@ __all__ = [
     "get_plugin_manager",
     "tokenizers",
     "samplers",
+    "constraints",
     "tasks",
     "model_sources",
     "commands",
@@ -69,6 +70,7 @@ log = logging.getLogger("pyllm.plugins")
 KINDS: dict[str, str] = {
     "tokenizers": "register_tokenizers",
     "samplers": "register_samplers",
+    "constraints": "register_constraints",
     "tasks": "register_tasks",
     "model_sources": "register_model_sources",
     "commands": "register_commands",
@@ -388,6 +390,11 @@ def tokenizers() -> dict[str, Any]:
 def samplers() -> dict[str, Any]:
     """name -> SamplerStep."""
     return get_host().registry("samplers")
+
+
+def constraints() -> dict[str, Any]:
+    """name -> constraint kind ``kind(spec) -> llguidance grammar``."""
+    return get_host().registry("constraints")
 
 
 def tasks() -> dict[str, Any]:

@@ -74,6 +74,13 @@ class SamplingParams:
         dry_multiplier, dry_base, dry_allowed_length, dry_penalty_last_n, dry_sequence_breakers:
             DRY repetition penalty (multiplier 0 = off).
         xtc_probability, xtc_threshold: Exclude Top Choices (probability 0 = off).
+    Structured output (at most one; see docs/structured.md):
+        json_schema: a JSON schema (dict or JSON text) the output must match.
+        json_object: True = the output is any JSON object.
+        regex: a regular expression the whole output must match.
+        choice: the output is exactly one of these strings.
+        grammar: a Lark-style context-free grammar (llguidance's dialect).
+        constraint: ``(kind, spec)`` for a kind registered through ``register_constraints``.
     Randomness and output:
         seed: 0..2**64-1, or None for a fresh random seed per request. A seeded request draws the
             same tokens alone or inside any batch (and on CPU or GPU).
@@ -115,6 +122,12 @@ class SamplingParams:
     dry_sequence_breakers: tuple[str, ...] = ("\n", ":", '"', "*")
     xtc_probability: float = 0.0
     xtc_threshold: float = 0.1
+    json_schema: str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    grammar: str | None = None
+    constraint: tuple[str, Any] | None = None
 
     # ------------------------------------------------------------------ validation
 
@@ -182,6 +195,11 @@ class SamplingParams:
              self._checked_strings("dry_sequence_breakers", self.dry_sequence_breakers))
         number("xtc_probability", 0.0, 1.0, "in [0, 1] (0 = off)")
         number("xtc_threshold", 0.0, 1.0, "in [0, 1] (> 0.5 = off)")
+        from pyllm.constraints.spec import CONSTRAINT_FIELDS, normalize_constraint_fields
+
+        for name, value in normalize_constraint_fields(
+                {name: getattr(self, name) for name in CONSTRAINT_FIELDS}).items():
+            set_(name, value)
 
     @staticmethod
     def _checked_logit_bias(bias: Any) -> dict[int, float] | None:
@@ -272,7 +290,8 @@ class SamplingParams:
 _INT_FIELDS = {"n", "max_tokens", "min_tokens", "top_k", "penalty_last_n", "dry_allowed_length",
                "dry_penalty_last_n"}
 _OPTIONAL_INT_FIELDS = {"seed", "logprobs"}
-_BOOL_FIELDS = {"ignore_eos"}
+_BOOL_FIELDS = {"ignore_eos", "json_object"}
+_TEXT_FIELDS = {"json_schema", "regex", "grammar"}  # kept as given (a regex "1" is not a number)
 _STR_LIST_FIELDS = {"stop", "dry_sequence_breakers"}
 
 
@@ -290,6 +309,16 @@ def _coerce(name: str, value: Any) -> Any:
     if not isinstance(value, str):
         return tuple(value) if isinstance(value, list) else value
     text = value.strip()
+    if name in _TEXT_FIELDS:
+        return value
+    if name in ("choice", "constraint"):  # a JSON list / object, or for choice "a,b,c"
+        if text.startswith(("[", "{")):
+            try:
+                parsed = json.loads(text)
+                return tuple(parsed) if isinstance(parsed, list) else parsed
+            except ValueError:
+                return value
+        return tuple(c.strip() for c in text.split(",")) if name == "choice" else value
     if name == "samplers":
         return None if text.lower() in ("", "none", "default") else text
     if text.lower() in ("none", "null") and name in _OPTIONAL_INT_FIELDS | {"logit_bias"}:

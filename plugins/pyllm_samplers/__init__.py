@@ -5,6 +5,9 @@ Registered through ``register_samplers`` like any plugin's steps: ``greedy``, ``
 kernel also implements, marked ``fusable``), and ``mirostat_v2``, ``dry``, ``xtc``. Each reads its
 settings from the row's SamplingParams. Loading this plugin is cheap: a step imports torch and
 its implementation (``pyllm_samplers.steps``) on first use.
+
+It also registers the built-in structured-output constraint kinds (``register_constraints``:
+``json_schema``, ``json_object``, ``regex``, ``choice``, ``grammar``; pyllm.constraints.kinds).
 """
 
 from __future__ import annotations
@@ -57,3 +60,11 @@ class LazyStep:
 def register_samplers(register):  # type: ignore[no-untyped-def]
     for name, (cls_name, fusable) in BUILTIN_STEPS.items():
         register(name, LazyStep(name, cls_name, fusable))
+
+
+@hookimpl
+def register_constraints(register):  # type: ignore[no-untyped-def]
+    from pyllm.constraints.kinds import BUILTIN_KINDS
+
+    for name, kind in BUILTIN_KINDS.items():
+        register(name, kind)
