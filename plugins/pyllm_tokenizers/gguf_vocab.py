@@ -155,6 +155,12 @@ def read_vocab(metadata: Mapping[str, Any], *, expect_model: str | Sequence[str]
         if v is not None:
             eot_ids.append(v)
 
+    bos_id = _id(metadata, "bos_token_id", n)
+    add_bos = _flag(metadata, "add_bos_token")
+    if add_bos and bos_id is None:
+        # Refused here rather than at the first encode, which would fail every request.
+        raise ModelFormatError(f"{PREFIX}add_bos_token: true, but {PREFIX}bos_token_id is "
+                               f"missing (no BOS token to add)")
     pre = _get(metadata, "pre")
     return GGUFVocab(
         model=str(model) if model is not None else accepted[0],
@@ -163,12 +169,12 @@ def read_vocab(metadata: Mapping[str, Any], *, expect_model: str | Sequence[str]
         scores=scores,
         merges=merges,
         pre=str(pre) if pre is not None else None,
-        bos_id=_id(metadata, "bos_token_id", n),
+        bos_id=bos_id,
         eos_id=_id(metadata, "eos_token_id", n),
         unk_id=_id(metadata, "unknown_token_id", n),
         pad_id=_id(metadata, "padding_token_id", n),
         eot_ids=tuple(eot_ids),
-        add_bos=_flag(metadata, "add_bos_token"),
+        add_bos=add_bos,
         add_space_prefix=_flag(metadata, "add_space_prefix"),
     )
 

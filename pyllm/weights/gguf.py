@@ -402,7 +402,9 @@ class GGUFFile:
         if t.type_name in KERNEL_QTYPES:
             return self.raw(name), t.type_name
         gt = quant.GGML_TYPES[t.ggml_type]
-        target = "f32" if gt.block_size == 1 else convert_to
+        if gt.block_size == 1:  # F64, I8/I16/I32/I64: element by element, no blocks
+            return self._plain_to_f32(name, t), "f32"
+        target = convert_to
         if target not in KERNEL_QTYPES:
             raise ValueError(f"convert_to must be one of {sorted(KERNEL_QTYPES)}, got {target!r}")
         if target not in FLOAT_TARGETS and t.shape[-1] % quant.block_size(target):
@@ -413,6 +415,17 @@ class GGUFFile:
         except ValueError as e:  # e.g. NaN/inf block scales in a damaged file
             raise ModelFormatError(f"{self.path}: tensor {name!r}: cannot convert "
                                    f"{gt.name} to {target}: {e}") from e
+
+    def _plain_to_f32(self, name: str, t: TensorInfo) -> torch.Tensor:
+        """An F64 or integer tensor as float32: integers beyond 2^24 round to the nearest
+        float32; an F64 value beyond float32's range is refused rather than made infinite."""
+        self._notice("f32")
+        raw = self.raw(name)
+        out = raw.to(torch.float32)
+        if t.type_name == "f64" and bool((torch.isinf(out) & torch.isfinite(raw)).any()):
+            raise ModelFormatError(f"{self.path}: tensor {name!r}: cannot convert f64 to f32: "
+                                   f"it holds values beyond float32's range (about 3.4e38)")
+        return out
 
     def _notice(self, target: str) -> None:
         if self._converted_notice:
