@@ -70,7 +70,7 @@ def test_subcommand_help(name: str) -> None:
 def test_usage_errors_exit_2_with_one_line() -> None:
     assert_one_line_error(invoke("no-such-command"), "no-such-command")
     assert_one_line_error(invoke("plugins", "--bogus"), "--bogus", "pyllm plugins --help")
-    assert_one_line_error(invoke("tokenize"), "MODEL")
+    assert_one_line_error(invoke("tokenize"), "give either TEXT or --file")
 
 
 def test_plugins_command() -> None:

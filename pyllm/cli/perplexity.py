@@ -9,7 +9,14 @@ from pathlib import Path
 
 import click
 
-from pyllm.cli.options import device_option, int8_option, resolve_device
+from pyllm.cli.options import (
+    device_option,
+    int8_option,
+    kv_dtype_option,
+    load_llm,
+    model_option,
+    pick_model,
+)
 
 PROTOCOL = """\
 Protocol: FILE is read as UTF-8 and tokenized once, as the model's tokenizer does by default (a
@@ -21,22 +28,28 @@ that window. Perplexity = exp(mean negative log-likelihood over all scored token
 
 
 @click.command("perplexity", help="Perplexity of MODEL on the text in FILE.\n\n" + PROTOCOL)
-@click.argument("model")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", required=False, metavar="[MODEL]")
+@click.argument("file", required=False, metavar="FILE")
+@model_option()
 @click.option("--ctx", type=click.IntRange(min=2), default=512, show_default=True,
               help="Window length in tokens (at most the model's context length).")
 @click.option("--json", "as_json", is_flag=True,
               help='Print one JSON object {"perplexity", "nll", "tokens_scored", "windows", '
                    '"ctx", "tokens"}.')
 @int8_option()
+@kv_dtype_option("KV-cache element type (half precision: half the memory).")
 @device_option()
-def perplexity(model: str, file: Path, ctx: int, as_json: bool, int8: bool, device: str) -> None:
-    from pyllm.api import load
+def perplexity(model: str | None, file: str | None, model_option: str | None, ctx: int,
+               as_json: bool, int8: bool, kv_dtype: str, device: str) -> None:
     from pyllm.errors import ContextLengthError
     from pyllm.generation import score_ids
 
-    text = file.read_text(encoding="utf-8")
-    llm = load(model, resolve_device(device, int8), progress=sys.stderr.isatty(), int8_activations=int8)
+    model, (file,) = pick_model(model_option, [model, file])
+    if file is None:
+        raise click.UsageError("Missing argument 'FILE': the text file to score")
+    path = click.Path(exists=True, dir_okay=False, path_type=Path).convert(file, None, None)
+    text = path.read_text(encoding="utf-8")
+    llm = load_llm(model, int8=int8, kv_dtype=kv_dtype, device=device)
     if ctx > llm.context_length:
         raise ContextLengthError(f"--ctx {ctx} is longer than the model's context length of "
                                  f"{llm.context_length} tokens")
@@ -44,7 +57,7 @@ def perplexity(model: str, file: Path, ctx: int, as_json: bool, int8: bool, devi
     windows = [ids[i:i + ctx] for i in range(0, len(ids), ctx)]
     windows = [w for w in windows if len(w) >= 2]
     if not windows:
-        raise click.UsageError(f"{file} holds {len(ids)} token(s): nothing to score")
+        raise click.UsageError(f"{path} holds {len(ids)} token(s): nothing to score")
     nll, scored = 0.0, 0
     show = not as_json and sys.stderr.isatty()
     for n, window in enumerate(windows, 1):

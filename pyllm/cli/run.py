@@ -1,58 +1,106 @@
-"""`pyllm run MODEL PROMPT`: generate once and stream the text to stdout."""
+"""`pyllm run [MODEL] [PROMPT]`: generate once and stream the text to stdout (ollama's `run`).
+
+The prompt comes from PROMPT, or from standard input when that is not a terminal; with neither
+(a terminal and no PROMPT) the chat opens, as `ollama run MODEL` does."""
 
 from __future__ import annotations
 
 import json
 import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from pyllm.cli.options import (device_option, int8_option, pop_sampling_params, resolve_device,
-                               sampling_options)
+from pyllm.cli.options import (
+    SAMPLING_DEFAULTS,
+    load_llm,
+    load_options,
+    model_option,
+    pick_model,
+    pop_sampling_params,
+    sampling_options,
+    stdin_text,
+    system_option,
+)
 
 
 @click.command("run")
-@click.argument("model")
-@click.argument("prompt", required=False, metavar="PROMPT")
+@click.argument("model", required=False, metavar="[MODEL]")
+@click.argument("prompt", required=False, metavar="[PROMPT]")
+@model_option()
+@system_option()
 @click.option("--chat", is_flag=True,
               help="Send PROMPT as a user message through the model's chat template.")
-@click.option("--system", default=None, help="A system message (implies --chat).")
 @click.option("--json", "as_json", is_flag=True,
               help='Print one JSON object {"text", "token_ids", "finish_reason"} instead of '
-                   "streaming text.")
+                   'streaming text; with --set logprobs=N also "logprobs", with n > 1 also '
+                   '"outputs" (every completion).')
 @click.option("--truncate", type=click.Choice(["none", "left"]), default="none", show_default=True,
               help="A prompt longer than the context is an error (none) or keeps its end (left).")
-@sampling_options()
-@int8_option()
-@device_option()
-def run(model: str, prompt: str | None, chat: bool, system: str | None, as_json: bool, truncate: str,
-        int8: bool, device: str, **kwargs: Any) -> None:
-    """Generate a continuation of PROMPT ('-' reads it from stdin) with MODEL (a .gguf file, a
-    Hugging Face folder, or a name such as smollm2, pulled on first use)."""
-    if prompt is None:  # `pyllm run "some text"`, as `llm` and `ollama run` users may type it
-        example = shlex.quote(model) if " " in model.strip() else "'Write a haiku about the sea'"
-        raise click.UsageError(f"Missing argument 'PROMPT': the model comes first, then the prompt, "
-                               f"e.g. pyllm run smollm2 {example}")
-    params = pop_sampling_params(kwargs)
-    if prompt == "-":
-        prompt = sys.stdin.read()
-    from pyllm.api import load
+@sampling_options(SAMPLING_DEFAULTS)
+@load_options()
+def run(model: str | None, prompt: str | None, model_option: str | None, system: str | None,
+        chat: bool, as_json: bool, truncate: str, int8: bool, kv_dtype: str, device: str,
+        ctx: int | None, **kwargs: Any) -> None:
+    """Generate a continuation of PROMPT with MODEL (a .gguf file, a Hugging Face folder, an
+    alias, or a name such as smollm2, pulled on first use; default: the one `pyllm models
+    default` set, else smollm2).
 
-    llm = load(model, resolve_device(device, int8), progress=sys.stderr.isatty(), int8_activations=int8)
+    PROMPT '-', or no PROMPT with a pipe or file on stdin, reads the prompt from stdin. No
+    PROMPT in a terminal opens the chat (pyllm chat). With n > 1 (--set n=3) every completion
+    is printed under a "--- completion i of n ---" line.
+    """
+    model, (prompt,) = pick_model(model_option, [model, prompt])
+    if prompt is None and model is not None and " " in model.strip() \
+            and not Path(model).expanduser().exists():
+        _missing_prompt(model)  # `pyllm run "some text"`, as `llm` users may type it
+    params = pop_sampling_params(kwargs, SAMPLING_DEFAULTS)
+    load = {"int8": int8, "kv_dtype": kv_dtype, "device": device, "ctx": ctx}
+    if prompt is None or prompt == "-":
+        text = stdin_text()
+        if text is None and prompt is None:  # a terminal: talk instead
+            from pyllm.cli.chat import start_chat
+
+            start_chat(model, params, system=system, **load)
+            return
+        prompt = sys.stdin.read() if text is None else text
+        if not prompt.strip():
+            _missing_prompt(model)
+    llm = load_llm(model, **load)
     if chat or system is not None:
         messages = [{"role": "system", "content": system}] if system is not None else []
         request: Any = messages + [{"role": "user", "content": prompt}]
     else:
         request = prompt
     policy = None if truncate == "none" else truncate
-    if as_json:
+    if as_json or params.n > 1:
         result = llm.generate([request], params, truncate=policy)[0]
-        click.echo(json.dumps({"text": result.text, "token_ids": result.token_ids,
-                               "finish_reason": result.finish_reason}, ensure_ascii=False))
+        if as_json:
+            click.echo(json.dumps(_record(result, llm.tokenizer), ensure_ascii=False))
+            return
+        for i, completion in enumerate(result.outputs, 1):
+            click.echo(f"--- completion {i} of {len(result.outputs)} ---", err=False)
+            click.echo(completion.text)
         return
     for delta in llm.stream(request, params, truncate=policy):
         click.echo(delta, nl=False)
         sys.stdout.flush()
     click.echo()
+
+
+def _record(result: Any, tokenizer: Any) -> dict[str, Any]:
+    from pyllm.completion_json import completion_json
+
+    record = completion_json(result.outputs[0], tokenizer)
+    if len(result.outputs) > 1:
+        record["outputs"] = [completion_json(c, tokenizer) for c in result.outputs]
+    return record
+
+
+def _missing_prompt(model: str | None) -> None:
+    example = shlex.quote(model) if model and " " in model.strip() \
+        else "'Write a haiku about the sea'"
+    raise click.UsageError(f"Missing argument 'PROMPT': the model comes first, then the prompt, "
+                           f"e.g. pyllm run smollm2 {example} (or pipe the prompt on stdin)")

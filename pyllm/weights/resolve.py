@@ -15,14 +15,18 @@ class ModelNotFoundError(PyllmError, ValueError):
 def resolve_model(spec: str | None, progress: bool = True) -> Path:
     """A local .gguf file or Hugging Face folder for `spec`.
 
-    `spec` may be a path, a name (`smollm2`, or one `pyllm models` lists), a Hub repo id
-    (`org/name`), or None / "" for the default model. The registered sources are asked in
+    `spec` may be a path, a name (`smollm2`, or one `pyllm models` lists), an alias
+    (`pyllm aliases`), a Hub repo id (`org/name`), or None / "" for the default model (the one
+    `pyllm models default` set, else smollm2). The registered sources are asked in
     order; the first that recognises the spec resolves it (downloading when that source does).
     """
     from pyllm import plugins
     from pyllm.weights.pull import DEFAULT_MODEL
 
-    spec = (spec or "").strip() or DEFAULT_MODEL.name
+    from pyllm import settings
+
+    # An alias or the user's default model (`pyllm aliases`, `pyllm models default`) first.
+    spec = settings.expand((spec or "").strip() or settings.default_model() or DEFAULT_MODEL.name)
     sources = plugins.model_sources()
     tried = []
     for name, source in sources.items():
