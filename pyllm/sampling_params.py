@@ -18,11 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["SamplingParams", "DEFAULT_SAMPLERS", "MAX_LOGPROBS", "split_chain"]
+__all__ = ["SamplingParams", "DEFAULT_SAMPLERS", "MAX_LOGPROBS", "MAX_N", "INT_LIMIT",
+           "split_chain"]
 
 # The built-in steps in the order the fused kernel applies them (docs/kernels.md).
 DEFAULT_SAMPLERS = "penalties;logit_bias;top_k;typical_p;top_p;min_p;temperature"
 MAX_LOGPROBS = 20  # top-n alternatives per token, as OpenAI / vLLM's default cap
+MAX_N = 128  # completions per prompt, OpenAI's cap: each one holds its own KV-cache and state
+INT_LIMIT = 2**31 - 1  # every other integer field (token counts, ids, top_k) fits an int32
 _SEED_LIMIT = 2**64
 
 
@@ -53,8 +56,9 @@ class SamplingParams:
     """How to sample one request.
 
     Generation length:
-        n: completions per prompt (>= 1).
+        n: completions per prompt (1..MAX_N = 128).
         max_tokens: most tokens to generate (>= 1).
+        (Every integer field but ``seed`` is at most ``INT_LIMIT`` = 2**31-1.)
         min_tokens: EOS and stop tokens are masked until this many were generated (0..max_tokens).
     Distribution shaping (applied in this order by default, see ``samplers``):
         repetition_penalty: > 0; 1 = off. Divides positive logits / multiplies negative ones of
@@ -139,7 +143,9 @@ class SamplingParams:
             if isinstance(v, float) and v.is_integer():
                 v = int(v)
             rng = allowed or (f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}")
-            if not _is_int(v) or v < lo or (hi is not None and v > hi):
+            if hi is None:
+                hi, rng = INT_LIMIT, f"{rng}, at most 2**31-1"
+            if not _is_int(v) or v < lo or v > hi:
                 _fail(name, rng, getattr(self, name))
             set_(name, int(v))
             return int(v)
@@ -152,7 +158,7 @@ class SamplingParams:
             set_(name, float(v))
             return float(v)
 
-        integer("n", 1)
+        integer("n", 1, MAX_N)
         integer("max_tokens", 1)
         if not _is_int(self.min_tokens) or not 0 <= self.min_tokens <= self.max_tokens:
             _fail("min_tokens", f"an integer in 0..max_tokens ({self.max_tokens})", self.min_tokens)
@@ -213,8 +219,9 @@ class SamplingParams:
                 tid = int(key)  # JSON object keys arrive as strings
             except (TypeError, ValueError):
                 tid = -1
-            if tid < 0 or isinstance(key, bool) or (isinstance(key, float) and not key.is_integer()):
-                _fail("logit_bias", "keyed by token ids (integers >= 0)", key)
+            if not 0 <= tid <= INT_LIMIT or isinstance(key, bool) \
+                    or (isinstance(key, float) and not key.is_integer()):
+                _fail("logit_bias", "keyed by token ids (integers in 0..2**31-1)", key)
             ok = _is_num(value) and (value == -math.inf or (math.isfinite(value) and abs(value) <= 100))
             if not ok:
                 _fail(f"logit_bias[{tid}]", "a number in [-100, 100] or -inf (ban)", value)
@@ -233,8 +240,9 @@ class SamplingParams:
     def _checked_ids(name: str, value: Any) -> tuple[int, ...]:
         if _is_int(value):
             value = (value,)
-        if not isinstance(value, (list, tuple)) or not all(_is_int(i) and i >= 0 for i in value):
-            _fail(name, "a list of token ids (integers >= 0)", value)
+        if not isinstance(value, (list, tuple)) \
+                or not all(_is_int(i) and 0 <= i <= INT_LIMIT for i in value):
+            _fail(name, "a list of token ids (integers in 0..2**31-1)", value)
         return tuple(int(i) for i in value)
 
     def __hash__(self) -> int:  # logit_bias is a dict: hash its items instead

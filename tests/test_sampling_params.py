@@ -20,7 +20,7 @@ def test_defaults_follow_vllm_and_llama_cpp():
 
 
 @pytest.mark.parametrize("field,value,range_text", [
-    ("n", 0, ">= 1"),
+    ("n", 0, "1..128"),
     ("max_tokens", 0, ">= 1"),
     ("min_tokens", 300, "0..max_tokens"),
     ("temperature", -0.1, ">= 0"),
@@ -115,3 +115,32 @@ def test_default_chain():
 def test_hashable_with_logit_bias():
     a, b = SamplingParams(logit_bias={1: 2.0}), SamplingParams(logit_bias={1: 2.0})
     assert a == b and hash(a) == hash(b) and len({a, b, SamplingParams()}) == 2
+
+
+# ---------------------------------------------------------------------- bounds on size
+
+
+@pytest.mark.parametrize("field,value,range_text", [
+    ("n", 10**9, "1..128"),  # each completion holds its own state: 10**9 exhausted memory
+    ("n", 129, "1..128"),
+    ("top_k", 2**63, "2**31-1"),  # an OverflowError deep in the sampler before
+    ("max_tokens", 2**63, "2**31-1"),
+    ("penalty_last_n", 2**40, "2**31-1"),
+    ("dry_allowed_length", 2**31, "2**31-1"),
+    ("dry_penalty_last_n", 2**64, "2**31-1"),
+    ("logprobs", 21, "0..20"),
+    ("logprobs", 2**63, "0..20"),
+    ("stop_token_ids", [2**40], "2**31-1"),
+    ("logit_bias", {2**40: 1.0}, "2**31-1"),
+])
+def test_sizes_have_bounds_that_the_error_names(field, value, range_text):
+    with pytest.raises(ValueError, match=f"SamplingParams.{field}") as e:
+        SamplingParams(**{field: value})
+    shown = next(iter(value)) if isinstance(value, dict) else value
+    assert range_text in str(e.value) and str(shown).strip("[]") in str(e.value)
+
+
+def test_the_bounds_themselves_are_allowed():
+    p = SamplingParams(n=128, top_k=2**31 - 1, max_tokens=2**31 - 1, logprobs=20,
+                       stop_token_ids=[2**31 - 1])
+    assert (p.n, p.top_k, p.logprobs) == (128, 2**31 - 1, 20)
