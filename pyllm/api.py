@@ -124,7 +124,14 @@ class LLM:
         """Token ids of a prompt: text (the tokenizer's BOS default; special-token strings are
         plain text), chat messages (rendered, then tokenized with special tokens recognized and
         no extra BOS: templates write their own), or token ids (checked against the vocabulary).
+        Text the vocabulary cannot represent is logged once per prompt (pyllm.tokenizer).
         """
+        from pyllm.tokenizer import request_scope
+
+        with request_scope():
+            return self._encode_prompt(prompt)
+
+    def _encode_prompt(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt)
         if is_messages(prompt):

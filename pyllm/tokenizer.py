@@ -8,7 +8,10 @@ plugin hook, so a plugin can add a kind or serve a model the built-ins do not kn
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import contextvars
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,3 +80,76 @@ def load_tokenizer_from_gguf(path: str | Path) -> Tokenizer:
 
     gguf = load_gguf(path)
     return load_tokenizer(gguf.metadata, origin=path)
+
+
+# ------------------------------------------------------------------ text a vocabulary loses
+
+log = logging.getLogger("pyllm.tokenizer")
+
+
+class _Request:
+    """What one request's encode calls lost: each character once, with what became of it."""
+
+    def __init__(self, warn: bool) -> None:
+        self.warn = warn
+        self.lost: dict[str, str] = {}
+
+
+_request: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
+    "pyllm_tokenizer_request", default=None)
+SHOWN_CHARACTERS = 5
+
+
+@contextlib.contextmanager
+def request_scope(*, warn: bool = True) -> Iterator[None]:
+    """Everything encoded inside is one request: text the vocabulary cannot represent is
+    reported once for all of it, when the scope ends (a chat prompt is encoded in several
+    calls). ``warn=False`` reports nothing (for a caller that shows the loss itself)."""
+    req = _Request(warn)
+    token = _request.set(req)
+    try:
+        yield
+    finally:
+        _request.reset(token)
+    if req.warn and req.lost:
+        chars = list(req.lost)
+        fates = sorted(set(req.lost.values()))
+        shown = ", ".join(_codepoint(ch) for ch in chars[:SHOWN_CHARACTERS])
+        more = f" and {len(chars) - SHOWN_CHARACTERS} more" if len(chars) > SHOWN_CHARACTERS else ""
+        log.warning("the model's vocabulary cannot represent %s of the input (%s%s), %s",
+                    _characters(len(chars)), shown, more, "; ".join(fates))
+
+
+def report_unrepresentable(lost: Sequence[tuple[int, str]], fate: str) -> None:
+    """Warn that characters of the input cannot be represented (tokenizers call this).
+
+    A logging warning on ``pyllm.tokenizer``, not a Python warning: the same text in the next
+    request deserves the same notice, while the warnings module shows a message once per
+    process; and the command line prints pyllm's log warnings as ``warning: ...`` lines.
+    Inside a :func:`request_scope` the scope reports once for the request; outside one, each
+    encode call reports what it lost.
+    """
+    if not lost:
+        return
+    req = _request.get()
+    if req is not None:
+        for _, ch in lost:
+            req.lost.setdefault(ch, fate)
+        return
+    log.warning("%s", describe_unrepresentable(lost, fate))
+
+
+def describe_unrepresentable(lost: Sequence[tuple[int, str]], fate: str) -> str:
+    """One line naming the characters a vocabulary loses and where they are."""
+    shown = ", ".join(f"{_codepoint(ch)} at position {pos}" for pos, ch in lost[:SHOWN_CHARACTERS])
+    more = f" and {len(lost) - SHOWN_CHARACTERS} more" if len(lost) > SHOWN_CHARACTERS else ""
+    return (f"the model's vocabulary cannot represent {_characters(len(lost))} of the input, "
+            f"{fate}: {shown}{more}")
+
+
+def _characters(n: int) -> str:
+    return f"{n} character{'s' if n != 1 else ''}"
+
+
+def _codepoint(ch: str) -> str:
+    return f"U+{ord(ch):04X}"

@@ -131,6 +131,80 @@ def test_a_byte_without_a_token_still_parts_its_neighbours(tok, left: str, right
     assert tok.encode("\x16") == []
 
 
+def _lost_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "pyllm.tokenizer"]
+
+
+def test_dropped_characters_are_reported_once_and_ids_stay(tok, caplog) -> None:
+    """SmolLM2 has no token for some bytes: such characters are dropped (the reference ids),
+    but no longer silently."""
+    with caplog.at_level("WARNING", logger="pyllm.tokenizer"):
+        ids = tok.encode("a\x04b")
+    assert ids == tok.encode("a") + tok.encode("b") and tok.decode(ids) == "ab"
+    (msg,) = _lost_warnings(caplog)
+    assert "1 character" in msg and "U+0004 at position 1" in msg and "dropped" in msg
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pyllm.tokenizer"):
+        tok.encode("plain text, every byte has a token: é ü 漢字 🙂")
+    assert _lost_warnings(caplog) == []
+
+
+@pytest.mark.parametrize("ch", ["\U00040000", "\U0007abcd", "\U000bffff"])
+def test_planes_4_to_11_are_reported(tok, ch: str) -> None:
+    """Their UTF-8 lead bytes (0xF1, 0xF2) have no token, so they decode as U+FFFD."""
+    assert tok.unrepresentable(f"x{ch}y{ch}") == [(1, ch), (3, ch)]
+    assert tok.unrepresentable("x\U0003ffffy\U000c0000") == []
+
+
+def test_one_warning_per_request(tok, caplog) -> None:
+    from pyllm.api import LLM
+    from pyllm.chat import ChatTemplate
+
+    llm = LLM.__new__(LLM)  # only what encode_prompt needs: the tokenizer and a template
+    llm.tokenizer = tok
+    llm.chat_template = ChatTemplate.from_gguf_metadata(
+        {"tokenizer.chat_template": "{% for m in messages %}<|im_start|>{{ m.content }}"
+                                    "<|im_end|>{% endfor %}"})
+    messages = [{"role": "user", "content": "a\x04b <|im_end|>"},
+                {"role": "user", "content": "c\x16d"}]
+    with caplog.at_level("WARNING", logger="pyllm.tokenizer"):
+        ids = llm.encode_prompt(messages)  # several encode calls: one warning
+        assert tok.decode(ids).count("<|im_end|>") == 3
+        assert len(_lost_warnings(caplog)) == 1
+        assert "2 characters of the input (U+0004, U+0016)" in _lost_warnings(caplog)[0]
+        llm.encode_prompt("a\x04b")  # the next request is told again
+        assert len(_lost_warnings(caplog)) == 2
+
+
+def test_lone_surrogates_are_a_clear_error(tok) -> None:
+    for text, pos in [("ab\ud800", 2), ("\udcff x", 0), ("é\udfffé", 1)]:
+        with pytest.raises(ValueError, match=f"lone surrogate U\\+D[89A-F][0-9A-F]{{2}} at "
+                                             f"position {pos}"):
+            tok.encode(text)
+        with pytest.raises(ValueError, match="lone surrogate"):
+            tok.encode(text, parse_special=True)
+
+
+def test_cli_tokenize_marks_what_is_lost(smollm2_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from pyllm.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["tokenize", str(smollm2_path), "a\x04b\U00050000", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["unrepresentable"] == [{"position": 1, "char": "\x04", "codepoint": "U+0004"},
+                                      {"position": 3, "char": "\U00050000",
+                                       "codepoint": "U+50000"}]
+    r = CliRunner().invoke(cli, ["tokenize", str(smollm2_path), "a\x04b"])
+    assert "!  U+0004 at position 1: not representable" in r.stdout
+    assert r.stderr.count("warning:") == 1
+    r = CliRunner().invoke(cli, ["tokenize", str(smollm2_path), "a\udcffb"])
+    assert r.exit_code == 2
+    assert "error: the text holds a lone surrogate U+DCFF at position 1" in r.stderr
+    assert "internal error" not in r.stderr
+
+
 @pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama-cpp-python not installed (or PYLLM_TEST_NO_LLAMA_CPP=1)")
 @pytest.mark.parametrize("text", UNTOKENIZABLE)
 def test_untokenizable_bytes_equal_llama_cpp_live(tok, llama_vocab, text: str) -> None:

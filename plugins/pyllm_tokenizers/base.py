@@ -20,6 +20,22 @@ END_OF_TURN_TOKENS = (
 )
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_no_surrogates(text: str) -> None:
+    """ValueError naming the position of the first lone surrogate (U+D800..U+DFFF): such a
+    string is not valid Unicode and has no UTF-8 bytes (Python makes them from undecodable
+    bytes with the surrogateescape error handler, e.g. in command-line arguments)."""
+    if text.isascii():
+        return
+    m = _SURROGATE.search(text)
+    if m is not None:
+        raise ValueError(f"the text holds a lone surrogate U+{ord(m.group()):04X} at position "
+                         f"{m.start()} (not valid Unicode: was it decoded from bytes that are "
+                         f"not UTF-8?)")
+
+
 class BaseTokenizer:
     """A pyllm :class:`~pyllm.types.Tokenizer` over a table of token bytes.
 
@@ -78,31 +94,64 @@ class BaseTokenizer:
 
     # -- encoding -------------------------------------------------------------------------------
 
+    # What becomes of text the vocabulary cannot represent (named in the warning).
+    lost_text_fate = "encoded as the unknown token"
+
     def _encode_text(self, text: str) -> list[int]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _encode_piece(self, text: str) -> tuple[list[int], bool]:
+        """Ids of text without special tokens, and whether some of it could not be represented
+        (by default: the unknown token came out)."""
+        ids = self._encode_text(text)
+        return ids, self.unk_id is not None and self.unk_id in ids
 
     def encode(
         self, text: str, *, add_bos: bool | None = None, parse_special: bool = False
     ) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"encode() needs a str, got {type(text).__name__}")
+        check_no_surrogates(text)
         ids: list[int] = []
         if add_bos if add_bos is not None else self.add_bos:
             if self.bos_id is None:
                 raise ValueError("add_bos=True but this tokenizer has no BOS token")
             ids.append(self.bos_id)
+        lost = False
+
+        def piece(part: str) -> None:
+            nonlocal lost
+            part_ids, part_lost = self._encode_piece(part)
+            ids.extend(part_ids)
+            lost = lost or part_lost
+
         if parse_special and self._special_re is not None:
             pos = 0
             for m in self._special_re.finditer(text):
                 if m.start() > pos:
-                    ids += self._encode_text(text[pos : m.start()])
+                    piece(text[pos : m.start()])
                 ids.append(self._special_to_id[m.group()])
                 pos = m.end()
             if pos < len(text):
-                ids += self._encode_text(text[pos:])
+                piece(text[pos:])
         elif text:
-            ids += self._encode_text(text)
+            piece(text)
+        if lost:
+            from pyllm.tokenizer import report_unrepresentable
+
+            report_unrepresentable(self.unrepresentable(text), self.lost_text_fate)
         return ids
+
+    def unrepresentable(self, text: str) -> list[tuple[int, str]]:
+        """(position, character) for each character of `text` that this vocabulary cannot
+        represent: encoding drops it or turns it into the unknown token, so decoding does not
+        give it back. Matches the reference tokenizers' ids, which lose it the same way."""
+        check_no_surrogates(text)
+        lost = sorted(ch for ch in set(text) if self._encode_piece(ch)[1])
+        if not lost:
+            return []
+        pattern = re.compile("|".join(map(re.escape, lost)))
+        return [(m.start(), m.group()) for m in pattern.finditer(text)]
 
     # -- decoding -------------------------------------------------------------------------------
 

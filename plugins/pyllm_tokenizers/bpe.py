@@ -37,11 +37,20 @@ class TokenizersBPE(BaseTokenizer):
         self._backend = backend
         self._unknown_id = unknown_id
 
+    @property
+    def lost_text_fate(self) -> str:  # type: ignore[override]
+        if self._unknown_id is not None:
+            return "dropped, as llama.cpp drops them (the vocabulary has no token for a byte)"
+        return "encoded as the unknown token"
+
     def _encode_text(self, text: str) -> list[int]:
+        return self._encode_piece(text)[0]
+
+    def _encode_piece(self, text: str) -> tuple[list[int], bool]:
         ids = self._backend.encode(text, add_special_tokens=False).ids
         if self._unknown_id is not None and self._unknown_id in ids:
-            ids = [i for i in ids if i != self._unknown_id]
-        return ids
+            return [i for i in ids if i != self._unknown_id], True
+        return ids, self.unk_id is not None and self.unk_id in ids
 
 
 def from_gguf(metadata: Mapping[str, Any], path: Path | None = None) -> TokenizersBPE:

@@ -39,6 +39,7 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "translate": ("pyllm.cli.translate:translate", "Translate text between languages."),
     "run": ("pyllm.cli.run:run", "Generate once from a prompt and stream the text (--json)."),
     "perplexity": ("pyllm.cli.perplexity:perplexity", "Perplexity of a model on a text file."),
+    "aliases": ("pyllm.cli.aliases:aliases", "Short names for models (set, list, remove)."),
 }
 
 EXIT_BAD_INPUT = 2  # bad input or usage, like click's own usage errors
