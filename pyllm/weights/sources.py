@@ -150,8 +150,8 @@ class HFHubSource:
             raise pull.PullError(f"{repo_id}: downloading from the Hugging Face Hub needs the "
                                  f"huggingface_hub package (pip install huggingface_hub)") from e
         dest.parent.mkdir(parents=True, exist_ok=True)
-        print(f"pyllm: downloading {repo_id} from the Hugging Face Hub into {dest}",
-              file=sys.stderr)
+        print(f"pyllm: downloading {repo_id} from the Hugging Face Hub into {dest} "
+              f"(PYLLM_OFFLINE=1 forbids downloads)", file=sys.stderr)
         with pull._lock(dest.parent / ".pull.lock"):
             if (dest / COMPLETE_MARKER).is_file():
                 return dest
