@@ -14,7 +14,9 @@ chat template), or a list of token ids. Prompts longer than the context length a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -22,6 +24,7 @@ import torch
 
 from pyllm.chat import ChatTemplate, is_messages
 from pyllm.errors import ContextLengthError
+from pyllm.embedding import embed_ids
 from pyllm.generation import GenerationResult, ScoredToken, StreamEvent, score_ids
 from pyllm.model.loader import LoadedModel, load_model
 from pyllm.sampling_params import SamplingParams
@@ -73,6 +76,7 @@ class LLM:
         self.name = name or loaded.path.name
         self._engine: EngineFrontend | None = None
         self._engine_config: EngineConfig | None = None
+        self._engine_lock = threading.Lock()  # two threads' first calls make one engine
         self.kv_dtype = kv_dtype  # the KV-cache's element type (one of KV_DTYPES)
 
     @classmethod
@@ -207,14 +211,27 @@ class LLM:
     def engine(self) -> EngineFrontend:
         """The engine behind generate/stream/chat, made on first use and kept: its KV-cache
         keeps finished requests' blocks as a prefix cache, so a chat's next turn (or prompts
-        sharing a system prompt) prefills only what is new."""
-        if self._engine is None:
-            from pyllm.engine.frontend import EngineFrontend
-            from pyllm.engine.llm_engine import EngineConfig, LLMEngine
+        sharing a system prompt) prefills only what is new.
 
-            config = self._engine_config or self.engine_config()
-            self._engine = EngineFrontend(LLMEngine(self.model, self.tokenizer, config))
+        It is thread-safe (pyllm/engine/frontend.py): one loop thread steps the engine, and
+        generate/stream/chat from any number of threads share its continuous batch. Whatever
+        else runs the model (score, embed, the task adapters) holds the engine still meanwhile:
+        the model's forward is not reentrant."""
+        if self._engine is None:
+            with self._engine_lock:
+                if self._engine is None:
+                    from pyllm.engine.frontend import EngineFrontend
+                    from pyllm.engine.llm_engine import LLMEngine
+
+                    config = self._engine_config or self.engine_config()
+                    self._engine = EngineFrontend(LLMEngine(self.model, self.tokenizer, config))
         return self._engine
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Use the model directly (not through the engine) while no step runs."""
+        with self.engine.exclusive():
+            yield
 
     def engine_config(self, **overrides: Any) -> EngineConfig:
         """An EngineConfig for this model's settings (its KV-cache dtype), with `overrides`."""
@@ -286,19 +303,22 @@ class LLM:
         """Probability per label (see pyllm.tasks.classify for the options)."""
         from pyllm import tasks
 
-        return tasks.classify(self, text, labels, **options)
+        with self.exclusive():
+            return tasks.classify(self, text, labels, **options)
 
     def answer(self, context: Any, question: Any, **options: Any) -> Any:
         """Answer a question from a context (see pyllm.tasks.answer; extractive=True gives a span)."""
         from pyllm import tasks
 
-        return tasks.answer(self, context, question, **options)
+        with self.exclusive():
+            return tasks.answer(self, context, question, **options)
 
     def translate(self, text: Any, src: str, tgt: str, **options: Any) -> Any:
         """Translate between named languages (see pyllm.tasks.translate)."""
         from pyllm import tasks
 
-        return tasks.translate(self, text, src, tgt, **options)
+        with self.exclusive():
+            return tasks.translate(self, text, src, tgt, **options)
 
     def score(self, texts: Prompt | Sequence[Prompt], top_n: int = 10, *,
               truncate: str | None = None) -> list[list[ScoredToken]]:
@@ -306,11 +326,26 @@ class LLM:
         the first token) and the top-n alternatives the model predicted there."""
         if not isinstance(top_n, int) or not 0 <= top_n <= self.config.vocab_size:
             raise ValueError(f"top_n must be an integer in [0, vocab size], got {top_n!r}")
-        out = []
-        for t in _as_batch(texts):
-            ids = self._fit(self.encode_prompt(t), 0, truncate, "text")
-            out.append(score_ids(self.model, ids, top_n))
-        return out
+        batch = [self._fit(self.encode_prompt(t), 0, truncate, "text") for t in _as_batch(texts)]
+        with self.exclusive():
+            return [score_ids(self.model, ids, top_n) for ids in batch]
+
+    def embed(self, texts: str | Sequence[str], *, truncate: str | None = None
+              ) -> list[list[float]]:
+        """One vector per text: the final hidden states (after the last norm) averaged over the
+        text's tokens and scaled to unit length.
+
+        A causal language model was not trained for this: the vectors carry some topical
+        similarity but are no match for a trained embedding model. They are what
+        `/v1/embeddings` and `pyllm embed` return."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, Sequence) or not texts \
+                or not all(isinstance(t, str) for t in texts):
+            raise ValueError("embed() takes a string or a non-empty list of strings")
+        batch = [self._fit(self.encode_prompt(t), 0, truncate, "text") for t in texts]
+        with self.exclusive():
+            return [embed_ids(self.model, ids) for ids in batch]
 
     # ------------------------------------------------------------------ helpers
 
