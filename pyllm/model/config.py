@@ -44,7 +44,9 @@ class ModelConfig:
     n_embd: int
     head_dim: int
     n_ff: int
-    max_position: int  # the context length the model was trained for
+    # The context length in use: the trained one, or less (pyllm/model/context.py picks it;
+    # the RoPE table and the KV-cache are sized by it).
+    max_position: int
     norm: str = "rms"  # "rms" | "layer"
     norm_eps: float = 1e-5
     activation: str = "swiglu"  # "swiglu" | "gelu_tanh"
@@ -64,12 +66,15 @@ class ModelConfig:
     tied_embeddings: bool = False
     sliding_window: int = 0  # 0: full attention
     window_layers: tuple[int, ...] | None = None  # layers that use sliding_window (None: all)
+    trained_context: int = 0  # the context the model was trained for (0 -> max_position)
     keys: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     source: str = field(default="config", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.rotary_dim:
             self.rotary_dim = self.head_dim
+        if not self.trained_context:
+            self.trained_context = self.max_position
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -91,6 +96,10 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
                 self._fail(name, f"must be an integer in [1, {hi}], got {value!r}")
+        if not isinstance(self.trained_context, int) or \
+                not self.max_position <= self.trained_context <= _MAX_POSITION:
+            self._fail("trained_context", f"must be an integer in [{self.max_position}, "
+                                          f"{_MAX_POSITION}], got {self.trained_context!r}")
         if self.n_head % self.n_kv_head:
             self._fail("n_kv_head", f"({self.n_kv_head}) must divide the number of heads "
                                     f"({self.n_head})")

@@ -25,6 +25,7 @@ import torch
 from pyllm import ops
 from pyllm.errors import ModelFormatError
 from pyllm.model.config import ModelConfig
+from pyllm.model.context import with_context
 from pyllm.model.gpt import GPT, MLP, Block, CausalSelfAttention
 from pyllm.model.layers import Embedding, Linear, Norm, as_qweight, fused_linear
 from pyllm.ops.qlinear import QWeight
@@ -40,13 +41,18 @@ class LoadedModel:
     gguf: Any = None  # the GGUFFile (keeps the memory map alive)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """A GGUF file or a Hugging Face folder (config.json + *.safetensors) -> LoadedModel."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", *,
+               context_length: int | None = None) -> LoadedModel:
+    """A GGUF file or a Hugging Face folder (config.json + *.safetensors) -> LoadedModel.
+
+    `context_length`: the context to run with (1 .. the trained context); None picks the
+    trained context capped at pyllm.model.context.DEFAULT_CONTEXT_CAP.
+    """
     path = Path(path)
     if path.is_dir():
-        loaded = load_hf(path)
+        loaded = load_hf(path, context_length=context_length)
     elif path.is_file():
-        loaded = load_gguf_model(path)
+        loaded = load_gguf_model(path, context_length=context_length)
     else:
         raise FileNotFoundError(f"no model at {path}")
     if torch.device(device) != torch.device("cpu"):
@@ -220,7 +226,7 @@ def build_gpt(cfg: ModelConfig, w: _Weights, names: _Names,
     embed = w.matrix(names.embed, cfg.vocab_size, C)
     wpe = None
     if cfg.position == "learned":
-        wpe = Embedding(w.matrix(names.pos_embed, cfg.max_position, C))
+        wpe = Embedding(w.matrix(names.pos_embed, cfg.trained_context, C))
     if cfg.tied_embeddings or not w.has(names.lm_head):
         if not cfg.tied_embeddings:
             raise ModelFormatError(f"{w.where}: tensor {names.lm_head!r} is missing")
@@ -229,19 +235,34 @@ def build_gpt(cfg: ModelConfig, w: _Weights, names: _Names,
         lm_head = Linear(w.matrix(names.lm_head, cfg.vocab_size, C))
     cos_sin = None
     if cfg.position == "rope":
-        cos_sin = ops.rope_cos_sin(cfg.max_position, cfg.rotary_dim, cfg.rope_theta,
-                                   rope_scaling if rope_scaling is not None else cfg.rope_scaling)
+        cos_sin = _rope_table(cfg, w.where,
+                              rope_scaling if rope_scaling is not None else cfg.rope_scaling)
     return GPT(cfg, Embedding(embed), wpe, blocks, norm(names.norm_f), lm_head, cos_sin)
+
+
+def _rope_table(cfg: ModelConfig, where: str, scaling: dict[str, Any] | None) -> torch.Tensor:
+    """ops.rope_cos_sin for the context in use; running out of memory is a clear error that
+    names the size, not the allocator's message."""
+    try:
+        return ops.rope_cos_sin(cfg.max_position, cfg.rotary_dim, cfg.rope_theta, scaling)
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "alloc" not in str(exc).lower():
+            raise
+        size = cfg.max_position * cfg.rotary_dim * 4
+        raise ModelFormatError(
+            f"{where}: the RoPE table for a context of {cfg.max_position} tokens needs "
+            f"{size / 2**20:.0f} MiB, which could not be allocated; use a smaller context "
+            "(--ctx / context_length)") from None
 
 
 # ---------------------------------------------------------------------- GGUF
 
 
-def load_gguf_model(path: str | Path) -> LoadedModel:
+def load_gguf_model(path: str | Path, *, context_length: int | None = None) -> LoadedModel:
     from pyllm.weights.gguf import load_gguf
 
     g = load_gguf(path)
-    cfg = ModelConfig.from_gguf(g)
+    cfg = with_context(ModelConfig.from_gguf(g), context_length, str(g.path))
     w = _Weights(str(g.path), set(g.tensors), lambda n: g.tensors[n].shape, g.weight,
                  release=g.release)
     names = GGUF_GPT2_NAMES if cfg.family == "gpt2" else GGUF_NAMES
@@ -258,11 +279,12 @@ def load_gguf_model(path: str | Path) -> LoadedModel:
 # ---------------------------------------------------------------------- Hugging Face
 
 
-def load_hf(folder: str | Path) -> LoadedModel:
+def load_hf(folder: str | Path, *, context_length: int | None = None) -> LoadedModel:
     from pyllm.weights.safetensors import load_folder, load_hf_config
 
     folder = Path(folder)
-    cfg = ModelConfig.from_hf(load_hf_config(folder), where=str(folder / "config.json"))
+    cfg = with_context(ModelConfig.from_hf(load_hf_config(folder), where=str(folder / "config.json")),
+                       context_length, str(folder))
     tensors: dict[str, torch.Tensor] = load_folder(folder)
 
     def fetch(name: str) -> tuple[torch.Tensor, str]:

