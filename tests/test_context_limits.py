@@ -16,12 +16,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-import make_random_llama as M  # noqa: E402
+import make_random_llama as M
 
-from pyllm import ops  # noqa: E402
-from pyllm.ops.rope import rope_inv_freq  # noqa: E402
-from pyllm.model.context import DEFAULT_CONTEXT_CAP, choose_context  # noqa: E402
-from pyllm.model.loader import load_model  # noqa: E402
+from pyllm import ops
+from pyllm.model.context import DEFAULT_CONTEXT_CAP, choose_context
+from pyllm.model.loader import load_model
+from pyllm.ops.rope import rope_inv_freq
 
 HUGE = 1 << 24  # the largest context a config may state
 
@@ -41,7 +41,7 @@ def _run_limited(code: str, memory_bytes: int, timeout: float = 60) -> dict:
         sys.path.insert(0, {str(ROOT / 'scripts')!r})
     """) + textwrap.dedent(code)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=timeout)
+                          check=False, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
