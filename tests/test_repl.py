@@ -549,14 +549,15 @@ def test_pyllm_chat_command_reads_a_pipe(monkeypatch: pytest.MonkeyPatch) -> Non
     llm = StubLLM()
     loaded: list[tuple[str, dict[str, object]]] = []
 
-    def fake_load(model: str, *, context_length: int | None = None) -> StubLLM:
+    def fake_load(model: str, device: str = "cpu", *, context_length: int | None = None,
+                  **options: object) -> StubLLM:
         loaded.append((model, {"context_length": context_length}))
         return llm
 
     monkeypatch.setattr("pyllm.api.load", fake_load)
     result = CliRunner().invoke(
         cli, ["chat", "some-model", "--system", "be nice", "--temperature", "0.5", "--seed", "7",
-              "--set", "typical_p=0.9", "-c", "2048", "--device", "cpu"],
+              "--set", "typical_p=0.9", "--ctx", "2048", "--device", "cpu"],
         input="hi there\n/show\n", standalone_mode=False)
     assert result.exception is None, result.output
     assert loaded == [("some-model", {"context_length": 2048})]
@@ -575,3 +576,101 @@ def test_pyllm_chat_bad_option_names_the_field() -> None:
     result = CliRunner().invoke(cli, ["chat", "--top-p", "3"])
     assert result.exit_code == 2
     assert "top_p" in result.output and "(0, 1]" in result.output
+
+
+# ------------------------------------------------------------------------------------------------
+# ollama's spellings, /show info and system, wrapping, n
+# ------------------------------------------------------------------------------------------------
+
+
+class TemplateBackend(FakeBackend):
+    """A FakeBackend whose chat template adds a system prompt by itself, with /show info rows."""
+
+    template_system_prompt = "You are a helpful AI assistant named SmolLM"
+
+    def info(self) -> list[tuple[str, str]]:
+        return [("model", self.model_name), ("architecture", "llama, 30 layers")]
+
+
+def test_set_system_and_set_parameter_as_in_ollama() -> None:
+    session, out = run(f"/set system Answer in French.{ENTER}/set parameter temperature 0.3{ENTER}"
+                       f"/set parameter top_k 5{ENTER}/set parameter{ENTER}hi{ENTER}")
+    assert session.conversation.system == "Answer in French."
+    assert (session.params.temperature, session.params.top_k) == (0.3, 5)
+    assert "usage: /set parameter NAME VALUE" in out
+    messages, params = session.backend.calls[0]
+    assert messages[0] == {"role": "system", "content": "Answer in French."}
+
+
+def test_set_n_above_1_is_refused_and_chat_goes_on() -> None:
+    session, out = run(f"/set n 3{ENTER}hi{ENTER}")
+    assert "n = 3: the chat shows one reply per message" in out
+    assert session.params.n == 1
+    assert len(session.backend.calls) == 1 and "You said" in out
+    session, out = run(f"/set n 1{ENTER}")
+    assert "error" not in out and session.params.n == 1
+
+
+def test_show_system_and_info_include_what_the_template_adds() -> None:
+    session, out = run(f"/show system{ENTER}/show{ENTER}/show info{ENTER}/system{ENTER}",
+                       TemplateBackend())
+    shown = [line for line in out.splitlines() if "named SmolLM" in line]
+    assert len(shown) == 3 and all("added by the chat template" in line for line in shown)
+    assert re.search(r"^  system +You are a helpful AI assistant named SmolLM", out, re.M)
+    assert re.search(r"^  architecture +llama, 30 layers$", out, re.M)
+    session, out = run(f"/set system Be terse.{ENTER}/show system{ENTER}", TemplateBackend())
+    assert out.splitlines()[-1] == "Be terse."
+    _, out = run(f"/show system{ENTER}")  # a template without one
+    assert out.splitlines()[-1] == "(none)"
+
+
+def test_llm_backend_finds_the_template_system_prompt() -> None:
+    from pyllm.chat import ChatTemplate
+    from pyllm.repl.backend import LLMBackend
+
+    llm = StubLLM()
+    llm.chat_template = ChatTemplate(
+        "{% if messages[0].role != 'system' %}<s>system: Default helper.</s>{% endif %}"
+        "{% for m in messages %}<s>{{ m.role }}: {{ m.content }}</s>{% endfor %}")
+    assert LLMBackend(llm).template_system_prompt == "Default helper."
+    llm.chat_template = ChatTemplate("{% for m in messages %}<s>{{ m.role }}: {{ m.content }}</s>"
+                                     "{% endfor %}")
+    assert LLMBackend(llm).template_system_prompt is None
+
+
+def test_streamed_reply_wraps_between_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a 24-column terminal no word is cut across two lines, whatever the deltas."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    words = "The fierce wind blew across Augustus and his extraordinarily long caravan".split()
+    reply = " ".join(words)
+    _, out = run(f"hi{ENTER}", FakeBackend(reply=lambda m: reply), force_terminal=True,
+                 width=24, markdown=False)
+    lines = out.splitlines()
+    body = [line for line in lines if line.strip() and not line.startswith("fake-model")]
+    assert " ".join(" ".join(body).split()) == reply
+    assert all(len(line) <= 24 for line in body), body
+    assert all(w in line.split() for line in body for w in line.split())  # whole words only
+    assert set(" ".join(body).split()) == set(words)
+
+
+def test_word_wrapper_keeps_words_whole() -> None:
+    from pyllm.repl.render import WordWrapper
+
+    wrapper = WordWrapper(10)
+    text = "".join(wrapper.feed(piece) for piece in ["The fi", "erce w", "ind\nis ", "co", "ld"])
+    text += wrapper.flush()
+    assert text == "The fierce\nwind\nis cold"
+    wrapper = WordWrapper(5)
+    # too wide for a line: written whole (the terminal breaks it), the next word goes on after
+    assert wrapper.feed("abcdefgh ij") + wrapper.flush() == "abcdefgh \nij"
+
+
+def test_help_wraps_with_a_hanging_indent() -> None:
+    _, out = run(f"/help{ENTER}", width=60, force_terminal=False)
+    lines = out.splitlines()
+    lines = lines[lines.index("Commands:"):]
+    start = next(i for i, line in enumerate(lines) if line.startswith("  /set"))
+    assert all(len(line) <= 60 for line in lines), [x for x in lines if len(x) > 60]
+    column = lines[start].index("Set a sampling")
+    continued = lines[start + 1]
+    assert continued.startswith(" " * column) and continued[column] != " "

@@ -12,6 +12,8 @@ engine's job (prefix caching), so the REPL stays stateless about the model.
 
 from __future__ import annotations
 
+import functools
+
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -106,6 +108,54 @@ class LLMBackend:
     def chat_template(self) -> str:
         template = getattr(self.llm, "chat_template", None)
         return getattr(template, "source", None) or str(template or "")
+
+    @functools.cached_property
+    def template_system_prompt(self) -> str | None:
+        """The system prompt the chat template writes when the conversation has none (SmolLM2's
+        "You are a helpful AI assistant named SmolLM, ..."), or None.
+
+        Found by rendering one user turn with a marker system prompt and without one: the text
+        that stands where the marker stood is the template's own."""
+        marker, user = "\x00pyllm-system\x00", [{"role": "user", "content": "\x00pyllm-user\x00"}]
+        try:
+            with_marker = self.render([{"role": "system", "content": marker}, *user])
+            without = self.render(user)
+        except Exception:  # noqa: BLE001 - a template that refuses system turns has none
+            return None
+        at = with_marker.find(marker)
+        if at < 0:
+            return None
+        before, after = with_marker[:at], with_marker[at + len(marker):]
+        if len(without) <= len(before) + len(after) or not without.startswith(before) \
+                or not without.endswith(after):
+            return None
+        return without[len(before):len(without) - len(after)].strip() or None
+
+    def info(self) -> list[tuple[str, str]]:
+        """Rows for /show info: what the model is and how it was loaded."""
+        llm = self.llm
+        rows = [("model", self.model_name)]
+        loaded = getattr(llm, "loaded", None)
+        if getattr(loaded, "path", None) is not None:
+            rows.append(("file", f"{loaded.path} ({loaded.kind})"))
+        config = getattr(llm, "config", None)
+        if config is not None:
+            rows.append(("architecture", f"{config.family}, {config.n_layer} layers, n_embd "
+                                         f"{config.n_embd}, {config.n_head} heads "
+                                         f"({config.n_kv_head} KV)"))
+            rows.append(("vocabulary", f"{config.vocab_size} tokens"))
+            rows.append(("context", f"{self.context_length} tokens"))
+        else:
+            rows.append(("context", f"{self.context_length} tokens"))
+        if getattr(llm, "kv_dtype", None):
+            rows.append(("KV cache", str(llm.kv_dtype)))
+        model = getattr(llm, "model", None)
+        if model is not None and getattr(model, "int8_activations", None) is not None:
+            rows.append(("activations", "int8" if model.int8_activations else "exact (float32)"))
+        if self.device:
+            rows.append(("device", self.device))
+        rows.append(("system", self.template_system_prompt or "(none from the template)"))
+        return rows
 
     def render(self, messages: Sequence[Message]) -> str:
         """The prompt text the model sees for ``messages`` (generation prompt included)."""

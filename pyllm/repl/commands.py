@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,21 +170,35 @@ def _help(session: ChatSession, arg: str) -> None:
                          + ", ".join(SamplingParams.field_names()))
         return
     commands = list(session.registry)
-    width = max(len(c.synopsis) for c in commands) + 2
+    screen = session.renderer.console.width
+    width = min(max(len(c.synopsis) for c in commands) + 2, max(screen // 3, 12))
     for heading, group in (("Commands", [c for c in commands if not c.source]),
                            ("Plugin commands", [c for c in commands if c.source])):
         if group:
             session.echo(f"{heading}:")
             for c in group:
-                session.echo(f"  {c.synopsis:<{width}}{c.help}")
-    session.echo(KEYS_HELP)
+                session.echo(hanging(c.synopsis, c.help, width, screen))
+    session.echo(textwrap.fill(" ".join(KEYS_HELP.split()), width=max(screen - 1, 20)))
+
+
+def hanging(term: str, text: str, width: int, screen: int) -> str:
+    """``  TERM  text`` with the text wrapped to the screen and its later lines indented under
+    its first (a term longer than the column gets a line of its own)."""
+    indent = " " * (2 + width)
+    lines = textwrap.wrap(text, width=max(screen - 1 - len(indent), 20),
+                          break_on_hyphens=False) or [""]
+    head = f"  {term:<{width}}"
+    if len(term) + 2 > width:
+        return "\n".join([f"  {term}", *(indent + line for line in lines)])
+    return "\n".join([head + lines[0], *(indent + line for line in lines[1:])])
 
 
 @command("system", "Set the system prompt (no text: show it; 'none' removes it).",
          usage="/system [TEXT]")
 def _system(session: ChatSession, arg: str) -> None:
     if not arg:
-        session.echo(session.conversation.system or "(no system prompt)")
+        shown = system_prompt_shown(session)
+        session.echo("(no system prompt)" if shown == "(none)" else shown)
         return
     session.conversation.system = None if arg.lower() in ("none", "off") else arg
     session.refresh_context()
@@ -192,10 +207,24 @@ def _system(session: ChatSession, arg: str) -> None:
 
 
 @command("set", "Set a sampling parameter (e.g. temperature 0.7, samplers ...) or a REPL "
-         "setting (markdown on/off).", usage="/set NAME VALUE")
+         "setting (markdown on/off); as in ollama, '/set parameter NAME VALUE' and "
+         "'/set system TEXT' work too.", usage="/set NAME VALUE")
 def _set(session: ChatSession, arg: str) -> None:
     name, _, value = arg.partition(" ")
     name, value = name.strip().lower().replace("-", "_"), value.strip()
+    if name == "system":  # ollama's spelling of /system TEXT
+        _system(session, value)
+        return
+    if name == "parameter":  # ollama's /set parameter NAME VALUE
+        if not value:
+            session.error("usage: /set parameter NAME VALUE")
+            return
+        _set(session, value)
+        return
+    if name == "n" and value and value.strip("\"' ") != "1":
+        session.error(f"n = {value}: the chat shows one reply per message, so n stays 1 "
+                      f"(pyllm run --set n={value} prints several completions)")
+        return
     if not name:
         for key in SETTINGS:
             session.echo(f"  {key} = {_format_value(session.settings[key])}")
@@ -227,8 +256,9 @@ def _set(session: ChatSession, arg: str) -> None:
     session.notice(f"{name} = {_format_value(shown)}")
 
 
-@command("show", "Show the model, parameters, context use; '/show template', "
-         "'/show conversation'.", usage="/show [template|conversation|params]")
+@command("show", "Show the model, parameters, context use; '/show info' (the model), "
+         "'/show system', '/show template', '/show conversation', '/show params'.",
+         usage="/show [info|system|template|conversation|params]")
 def _show(session: ChatSession, arg: str) -> None:
     what = arg.lower()
     backend = session.backend
@@ -242,8 +272,20 @@ def _show(session: ChatSession, arg: str) -> None:
         for key, v in session.params.to_dict().items():
             session.echo(f"  {key} = {_format_value(v)}")
         return
+    if what in ("system", "s"):
+        session.echo(system_prompt_shown(session))
+        return
+    if what in ("info", "i"):
+        info = getattr(backend, "info", None)
+        rows = info() if info is not None else [("model", backend.model_name),
+                                                ("context", f"{backend.context_length} tokens")]
+        width = max(len(k) for k, _ in rows)
+        for key, value in rows:
+            session.echo(f"  {key:<{width}}  {value}")
+        return
     if what:
-        session.error(f"/show {what}: unknown topic; try template, conversation or params")
+        session.error(f"/show {what}: unknown topic; try info, system, template, conversation "
+                      f"or params")
         return
     used, total = session.context_used, backend.context_length
     cut = sum(1 for m in session.conversation.messages if m.get("cut"))
@@ -252,7 +294,7 @@ def _show(session: ChatSession, arg: str) -> None:
     rows = [
         ("model", backend.model_name + (f" on {device}" if device else "")),
         ("context", f"{used} / {total} tokens ({100 * used / max(total, 1):.0f}%)"),
-        ("system", session.conversation.system or "(none)"),
+        ("system", system_prompt_shown(session)),
         ("messages", f"{len(session.conversation.messages)}" + (f" ({cut} cut)" if cut else "")),
         ("sampling", " ".join(f"{k}={_format_value(v)}" for k, v in changed.items())
          or "(defaults)"),
@@ -261,6 +303,16 @@ def _show(session: ChatSession, arg: str) -> None:
     ]
     for key, value in rows:
         session.echo(f"  {key:<9} {value}")
+
+
+def system_prompt_shown(session: ChatSession) -> str:
+    """The system prompt the model sees: the one set, else the one the chat template adds by
+    itself (SmolLM2's names the model), else "(none)"."""
+    if session.conversation.system:
+        return session.conversation.system
+    default = getattr(session.backend, "template_system_prompt", None)
+    return f"{default}  (added by the chat template; /set system TEXT replaces it)" if default \
+        else "(none)"
 
 
 def first_line(text: str, limit: int = 60) -> str:

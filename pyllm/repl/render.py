@@ -54,6 +54,53 @@ def rows_used(text: str, width: int) -> int:
     return sum(max(1, math.ceil(cell_len(line.expandtabs()) / width)) for line in lines)
 
 
+class WordWrapper:
+    """Streamed text -> the same text with a newline wherever the next word would not fit the
+    line (a terminal would otherwise break it anywhere: "fi" at one line's end, "erce" on the
+    next). A word is held back until the whitespace after it arrives, since only then is its
+    width known; :meth:`flush` writes the last one. A word wider than the screen is left for the
+    terminal to break."""
+
+    def __init__(self, width: int) -> None:
+        self.width = max(width, 1)
+        self.column = 0
+        self.word = ""
+
+    def feed(self, text: str) -> str:
+        out: list[str] = []
+        for ch in text:
+            if ch == "\n":
+                out.append(self._word() + "\n")
+                self.column = 0
+            elif ch in " \t":
+                out.append(self._word())
+                step = 8 - self.column % 8 if ch == "\t" else 1
+                if self.column + step > self.width:  # whitespace at the edge: a new line instead
+                    out.append("\n")
+                    self.column = 0
+                else:
+                    out.append(ch)
+                    self.column += step
+            else:
+                self.word += ch
+        return "".join(out)
+
+    def flush(self) -> str:
+        return self._word()
+
+    def _word(self) -> str:
+        word, self.word = self.word, ""
+        if not word:
+            return ""
+        cells = cell_len(word)
+        prefix = ""
+        if self.column > 0 and self.column + cells > self.width:
+            prefix, self.column = "\n", 0
+        self.column = (self.column + cells) % self.width if cells > self.width \
+            else self.column + cells
+        return prefix + word
+
+
 class Renderer:
     """Prints to ``file`` (default stdout) through a rich console.
 
@@ -77,6 +124,7 @@ class Renderer:
         )
         self.markdown = True
         self._streamed: list[str] = []
+        self._wrapper: WordWrapper | None = None
 
     @property
     def fancy(self) -> bool:
@@ -99,9 +147,17 @@ class Renderer:
 
     def begin_reply(self) -> None:
         self._streamed = []
+        self._wrapper = WordWrapper(self.console.width) if self.console.is_terminal else None
 
     def delta(self, text: str) -> None:
         text = sanitize(text)
+        if self._wrapper is not None:  # a terminal: break lines between words, not inside them
+            text = self._wrapper.feed(text)
+        self._write(text)
+
+    def _write(self, text: str) -> None:
+        if not text:
+            return
         self._streamed.append(text)
         file = self.console.file
         file.write(text)
@@ -109,6 +165,9 @@ class Renderer:
 
     def end_reply(self, text: str, *, cut: bool = False) -> None:
         """Finish the line; re-render the reply as Markdown when that is on and possible."""
+        if self._wrapper is not None:
+            self._write(self._wrapper.flush())
+            self._wrapper = None
         shown = "".join(self._streamed)
         file = self.console.file
         unfinished = shown and not shown.endswith("\n")
