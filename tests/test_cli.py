@@ -555,3 +555,22 @@ def test_model_source_docs_say_when_pyllm_downloads() -> None:
     assert "Hub id ``ORG/REPO`` that is not cached yet" in doc and "PYLLM_OFFLINE" in doc
     root = Path(__file__).resolve().parents[1]
     assert "PYLLM_OFFLINE" in (root / "docs" / "plugins.md").read_text()
+
+
+def test_classify_refuses_empty_text(tmp_path) -> None:
+    """An empty text is refused, alone (an error, not a confident label) or as a JSONL record
+    (an error line, so --eval never counts it)."""
+    from pyllm import tasks
+
+    adapter = tasks.get("classify")
+    for text in ("", "  \n"):
+        with pytest.raises(ValueError, match='"text" is empty'):
+            adapter.run(None, [{"text": text}], labels=["yes", "no"])  # refused before the model
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"id": "a", "text": ""}\n{"id": "b", "text": " "}\n')
+    summary = tasks.run_jsonl(adapter, None, src, out, {"labels": ["yes", "no"]})
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert (summary.completed, summary.errors) == (0, 2)
+    assert [(x["id"], x["error"]["type"]) for x in lines] == [("a", "invalid_record"),
+                                                              ("b", "invalid_record")]
+    assert all('"text" is empty' in x["error"]["message"] for x in lines)

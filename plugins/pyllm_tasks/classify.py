@@ -249,4 +249,6 @@ def _text(record: Mapping[str, Any]) -> str:
     text = record.get("text") if isinstance(record, Mapping) else None
     if not isinstance(text, str):
         raise ValueError('a record needs a string "text"')
+    if not text.strip():  # a score of nothing would still name a label, with confidence
+        raise ValueError('"text" is empty: there is nothing to classify')
     return text
