@@ -1,171 +1,388 @@
-"""JSONL batch jobs that survive being killed.
+"""JSONL batch jobs that survive being killed: the file rules `pyllm generate` and the task jobs
+share (what a record asks for is theirs: pyllm/generate_job.py, pyllm/tasks.py).
 
-Input: one JSON object a line, `{"id": str, "prompt": str}` or `{"id": str, "messages": [...]}`,
-with optional sampling fields (any `SamplingParams` name). Output: one line per input record,
-appended as each finishes: `{"id", "text", "token_ids", "finish_reason", "usage"}` or, for a bad
-record, `{"id", "line", "error": {"type", "message"}}`.
+Input: one JSON object a line, each with an id: a non-empty string or an integer (written back as
+its decimal string, so ``7`` and ``"7"`` are the same id). The file is read as bytes: a UTF-8 BOM
+before the first line is skipped; a line that is not UTF-8, not JSON, nested deeper than
+:data:`MAX_DEPTH` levels, not an object, or without a usable id becomes an error line and the job
+goes on. Blank lines are skipped.
+
+Output: one line per input record, appended as each finishes.
+
+Keys. Every output line marks one key as done, in one of two spaces that cannot collide:
+
+- a ``str``: the id of the record the line answers (its ``"id"``, or ``"custom_id"`` in OpenAI's
+  batch format);
+- an ``int``: the number of an input line that has no usable id (not UTF-8, not JSON, too deep, no
+  id, a bad id, or an id an earlier line already used). Such error lines are
+  ``{"id": null, "line": N, "error": {...}}``: an id appears in the output only on the line that
+  answers its record, never on a duplicate's error.
+
+So the record with the id ``"2"`` and input line 2 are different keys. (Files written before this
+rule, whose ``duplicate_id`` / ``missing_id`` / ``invalid_json`` error lines carried the id, are
+read by their ``"line"`` as well.)
 
 Crash safety rests on three rules:
-1. a record is done exactly when its complete line (ending in "\\n") is in the output file;
+1. a key is done exactly when its complete line (ending in "\\n") is in the output file;
 2. on start, a torn last line (a kill mid-write) is cut off, and every done key is skipped;
 3. output is flushed and fsynced in small groups, so a kill loses at most the records of the last
    group, which the next run simply redoes — never a duplicate, never a gap.
-Bad records are keyed by their line number (`line:N`), good ones by their id.
+
+Failed records: an error line marks its key as done, so a re-run does not redo it, unless the run
+asks to retry errors: then the error lines are first removed from the output (a complete new copy
+replaces the file, so a kill leaves either the old file or the new one) and their records run
+again.
+
+Files: input and output must be different files (compared by device and inode, so a symlink, a
+hard link or ``./X`` is caught) and the output a regular file, new or existing, since a job reads
+it back to resume (``/dev/stdout``, ``/dev/null``, a pipe or a terminal cannot be). An input that is
+not a regular file (``-`` for standard input, a pipe) is copied to a temporary file first, since a
+job reads its input twice: to count the records, then to run them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-RESERVED_FIELDS = {"id", "prompt", "messages"}
+Key = str | int  # a record's id, or the line number of a line without a usable id
+MAX_DEPTH = 100  # deepest nesting of [ and { a record may have (json.loads recurses per level)
+STDIN = "-"
 
-
-@dataclass
-class JobRecord:
-    """One valid input record, ready to run."""
-
-    key: str
-    line: int
-    prompt: Any  # str or list of messages
-    overrides: dict[str, Any] = field(default_factory=dict)
+_BOM = b"\xef\xbb\xbf"
+# Error types whose lines were keyed by their line number although they carried an id (files
+# written before error lines without a usable id got "id": null).
+_LEGACY_LINE_KEYED = {"invalid_json", "missing_id", "duplicate_id"}
 
 
 @dataclass
 class BadRecord:
-    """An input line that cannot run; it becomes an error line in the output."""
+    """An input line or record that cannot run; it becomes an error line in the output.
 
-    key: str
+    `key` is the record's id (str) when it has a usable one, else its line number (int)."""
+
+    key: Key
     line: int
-    record_id: Any
     error_type: str
     message: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.record_id, "line": self.line,
-                "error": {"type": self.error_type, "message": self.message}}
+        return error_line(self.key, self.line, self.error_type, self.message)
 
 
-def error_line(record_id: Any, line: int, error_type: str, message: str) -> dict[str, Any]:
-    return BadRecord(f"line:{line}", line, record_id, error_type, message).to_json()
+def error_line(key: Key, line: int, error_type: str, message: str) -> dict[str, Any]:
+    """The output line for a failed record: ``"id"`` is the key when it is an id, else null."""
+    return {"id": key if isinstance(key, str) else None, "line": line,
+            "error": {"type": error_type, "message": message}}
 
 
-def output_key(obj: dict[str, Any]) -> str | None:
-    """The key an output line marks as done (None if the line is not one of ours)."""
-    if not isinstance(obj, dict):
+# ---------------------------------------------------------------------- reading the input
+
+
+def nesting_depth(text: str, limit: int = MAX_DEPTH) -> int | None:
+    """How deeply `text` (a JSON value) nests arrays and objects when that is more than `limit`,
+    else None; found without parsing (so without recursion): brackets inside strings do not
+    count."""
+    if text.count("[") + text.count("{") <= limit:
+        return None  # too few brackets to be that deep: skip the scan
+    depth = deepest = 0
+    for m in _BRACKET.finditer(_STRING.sub('""', text)):
+        if m.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest if deepest > limit else None
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def parse_line(raw: bytes, line_no: int) -> dict[str, Any] | BadRecord | None:
+    """One input line: its object, a BadRecord keyed by the line number, or None when blank."""
+    if line_no == 1 and raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        return BadRecord(line_no, line_no, "invalid_utf8",
+                         f"line {line_no}: not UTF-8 (byte {exc.start + 1} is "
+                         f"{raw[exc.start:exc.start + 1]!r})")
+    if not text:
         return None
-    if "error" in obj:
-        if isinstance(obj.get("id"), str) and obj.get("error", {}).get("type") not in _LINE_KEYED:
-            return obj["id"]
-        return f"line:{obj.get('line')}"
-    return obj["id"] if isinstance(obj.get("id"), str) else None
+    depth = nesting_depth(text)
+    if depth is not None:
+        return BadRecord(line_no, line_no, "too_deep",
+                         f"line {line_no}: nested {depth} levels deep; at most {MAX_DEPTH} are accepted")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, a 5,000-digit int
+        return BadRecord(line_no, line_no, "invalid_json", f"line {line_no}: {exc}")
+    if not isinstance(obj, dict):
+        return BadRecord(line_no, line_no, "invalid_record",
+                         f"line {line_no}: expected a JSON object, got {json_type(obj)}")
+    return obj
 
 
-# Errors that make the id unusable as a key (no id, a bad id, or a repeated one).
-_LINE_KEYED = {"invalid_json", "missing_id", "duplicate_id"}
-
-
-def read_objects(path: Path) -> Iterator[tuple[int, str, dict[str, Any]] | BadRecord]:
-    """The shared JSONL rules: `(line, id, object)` for a JSON object with a unique non-empty
-    string "id", a BadRecord for anything else. Never raises for a bad line."""
-    seen: set[str] = set()
-    with open(path, encoding="utf-8", errors="replace") as f:
+def read_objects(path: Path, id_fields: Sequence[str] = ("id",)
+                 ) -> Iterator[tuple[int, str, dict[str, Any]] | BadRecord]:
+    """The shared JSONL rules: `(line, id, object)` for a JSON object with a unique usable id (the
+    first of `id_fields` it has), a BadRecord for anything else. Never raises for a bad line."""
+    seen: dict[str, int] = {}
+    names = " or ".join(f'"{f}"' for f in id_fields)
+    with open(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
-            text = raw.strip()
-            if not text:
+            obj = parse_line(raw, line_no)
+            if obj is None or isinstance(obj, BadRecord):
+                if obj is not None:
+                    yield obj
                 continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield BadRecord(f"line:{line_no}", line_no, None, "invalid_json", f"line {line_no}: {exc}")
+            name = next((f for f in id_fields if f in obj), id_fields[0])
+            value = obj.get(name)
+            if value is None:
+                yield BadRecord(line_no, line_no, "missing_id", f"line {line_no}: every record needs an {names}")
                 continue
-            if not isinstance(obj, dict):
-                yield BadRecord(f"line:{line_no}", line_no, None, "invalid_record",
-                                f"line {line_no}: expected a JSON object, got {type(obj).__name__}")
-                continue
-            rid = obj.get("id")
-            if not isinstance(rid, str) or not rid:
-                yield BadRecord(f"line:{line_no}", line_no, rid, "missing_id",
-                                f"line {line_no}: every record needs a non-empty string \"id\"")
+            rid = record_id(value)
+            if rid is None:
+                yield BadRecord(line_no, line_no, "invalid_id",
+                                f"line {line_no}: \"{name}\" must be a non-empty string or an integer, "
+                                f"got {json_type(value)} {_short(value)}")
                 continue
             if rid in seen:
-                yield BadRecord(f"line:{line_no}", line_no, rid, "duplicate_id",
-                                f"line {line_no}: id {rid!r} already appeared earlier in the input")
+                yield BadRecord(line_no, line_no, "duplicate_id",
+                                f"line {line_no}: id {rid!r} was already used on line {seen[rid]}")
                 continue
-            seen.add(rid)
+            seen[rid] = line_no
             yield line_no, rid, obj
 
 
-def read_records(path: Path) -> Iterator[JobRecord | BadRecord]:
-    """Generation records (a "prompt" or "messages" each); never raises for a bad line."""
-    for item in read_objects(path):
-        yield item if isinstance(item, BadRecord) else generation_record(*item)
-
-
-def generation_record(line_no: int, rid: str, obj: dict[str, Any]) -> JobRecord | BadRecord:
-    """One object with a usable id -> a JobRecord, or a BadRecord naming what is wrong with its
-    prompt (also used for records that arrive as table rows: pyllm.distributed)."""
-    has_prompt, has_messages = "prompt" in obj, "messages" in obj
-    if has_prompt == has_messages:
-        return BadRecord(rid, line_no, rid, "invalid_record",
-                         f"record {rid!r}: give exactly one of \"prompt\" or \"messages\"")
-    prompt = obj["prompt"] if has_prompt else obj["messages"]
-    problem = _check_prompt(prompt, has_prompt)
-    if problem:
-        return BadRecord(rid, line_no, rid, "invalid_record", f"record {rid!r}: {problem}")
-    overrides = {k: v for k, v in obj.items() if k not in RESERVED_FIELDS}
-    return JobRecord(rid, line_no, prompt, overrides)
-
-
-def _check_prompt(prompt: Any, is_text: bool) -> str | None:
-    if is_text:
-        return None if isinstance(prompt, str) else "\"prompt\" must be a string"
-    if not isinstance(prompt, list) or not prompt:
-        return "\"messages\" must be a non-empty list"
-    for i, m in enumerate(prompt):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            return f"messages[{i}] must be an object with string \"role\" and \"content\""
+def record_id(value: Any) -> str | None:
+    """A usable id as the string it is known by (an integer's decimal digits), else None."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     return None
 
 
-def repair_and_scan(path: Path) -> set[str]:
-    """Cut a torn last line off the output file and return the keys already done."""
-    done: set[str] = set()
-    if not path.exists():
-        return done
+def json_type(value: Any) -> str:
+    """A JSON value's type in words ("an object", "a number", ...), for error messages."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# ---------------------------------------------------------------------- reading the output
+
+
+def output_key(obj: Any) -> Key | None:
+    """The key an output line marks as done (None if the line is not one of ours)."""
+    if not isinstance(obj, dict):
+        return None
+    if "custom_id" in obj:  # OpenAI's batch output format
+        cid = obj["custom_id"]
+        return cid if isinstance(cid, str) and cid else None
+    rid, line = obj.get("id"), obj.get("line")
+    if "error" in obj:
+        err = obj["error"]
+        legacy = isinstance(err, dict) and err.get("type") in _LEGACY_LINE_KEYED
+        if isinstance(rid, str) and rid and not legacy:
+            return rid
+        return line if isinstance(line, int) and not isinstance(line, bool) else None
+    return rid if isinstance(rid, str) and rid else None
+
+
+def is_error_line(obj: dict[str, Any]) -> bool:
+    """Whether an output line records a failure (pyllm's `"error"`, or OpenAI's non-null
+    `"error"` / a response whose status is not 200)."""
+    if "custom_id" in obj:
+        response = obj.get("response")
+        ok = isinstance(response, dict) and response.get("status_code") == 200
+        return obj.get("error") is not None or not ok
+    return "error" in obj
+
+
+def _line_key(raw: bytes) -> tuple[Key, bool] | None:
+    """(key, is an error) of one output line; None for a line that is not one of ours."""
+    try:
+        text = raw.decode("utf-8")
+        if nesting_depth(text, MAX_DEPTH + 8) is not None:  # ours add a few levels to a record
+            return None
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    key = output_key(obj)
+    return None if key is None else (key, is_error_line(obj))
+
+
+def _cut_torn_line(path: Path) -> bytes:
+    """Cut a torn last line (a kill mid-write) off the file; return the complete lines."""
     with open(path, "rb+") as f:
         data = f.read()
         end = data.rfind(b"\n") + 1
-        if end != len(data):  # a kill mid-write left a partial line: drop it
+        if end != len(data):
             f.truncate(end)
             f.flush()
             os.fsync(f.fileno())
-    for raw in data[:end].splitlines():
+    return data[:end]
+
+
+def repair_and_scan(path: Path) -> set[Key]:
+    """Cut a torn last line off the output file and return the keys already done (failed ones
+    included)."""
+    if not path.exists():
+        return set()
+    keys = (_line_key(raw) for raw in _cut_torn_line(path).splitlines())
+    return {k[0] for k in keys if k is not None}
+
+
+@dataclass
+class OutputState:
+    """What an output file already holds, as a run starts."""
+
+    done: set[Key] = field(default_factory=set)  # keys to skip
+    earlier_errors: int = 0  # of them, keys whose only line is an error line
+    retried: int = 0  # error lines removed so that their records run again
+
+
+def prepare_output(path: Path, *, retry_errors: bool = False) -> OutputState:
+    """Repair the output file (a torn last line) and read which keys are done; with
+    `retry_errors`, first remove the error lines (an atomic replace) so their records run again."""
+    state = OutputState()
+    if not path.exists():
+        return state
+    data = _cut_torn_line(path)
+    lines = data.splitlines(keepends=True)
+    keys = [_line_key(raw) for raw in lines]
+    succeeded = {k[0] for k in keys if k is not None and not k[1]}
+    failed = {k[0] for k in keys if k is not None and k[1]} - succeeded
+    if retry_errors and any(k is not None and k[1] for k in keys):
+        kept = [raw for raw, k in zip(lines, keys) if k is None or not k[1]]
+        _replace_contents(path, b"".join(kept))
+        state.retried = len(lines) - len(kept)
+        state.done = succeeded
+    else:
+        state.done = succeeded | failed
+        state.earlier_errors = len(failed)
+    return state
+
+
+def _replace_contents(path: Path, data: bytes) -> None:
+    """Give `path` (a symlink's target, when it is one) these contents, all or nothing."""
+    target = Path(os.path.realpath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        shutil.copymode(target, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# ---------------------------------------------------------------------- the two files
+
+
+def check_job_files(input_path: Path | str, output_path: Path) -> None:
+    """Refuse, before anything is written, an output that is not a regular file (new or
+    existing) and an output that is the input file itself (by device and inode)."""
+    supported = ("a job's output must be a regular file (new or existing), since the job appends "
+                 "to it and reads it back to resume; write to a file and copy or print it afterwards")
+    if os.path.abspath(output_path).startswith(("/dev/", "/proc/")):  # /dev/stdout, /dev/fd/N, ...
+        raise ValueError(f"the output {output_path} is a device or a stream: {supported}")
+    try:
+        out = os.stat(output_path)
+    except FileNotFoundError:
+        return  # a new file: it cannot be the input
+    if not stat.S_ISREG(out.st_mode):
+        raise ValueError(f"the output {output_path} is {_file_kind(out.st_mode)}: {supported}")
+    if str(input_path) == STDIN:
         try:
-            key = output_key(json.loads(raw))
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            continue
-        if key is not None:
-            done.add(key)
-    return done
+            src = os.fstat(sys.stdin.fileno())
+        except (AttributeError, OSError, ValueError):  # no real descriptor (tests, an embedded host)
+            return
+    else:
+        src = os.stat(input_path)
+    if (src.st_dev, src.st_ino) == (out.st_dev, out.st_ino):
+        where = "standard input" if str(input_path) == STDIN else f"the input {input_path}"
+        raise ValueError(f"{where} and the output {output_path} are the same file: the output "
+                         f"gets one line per finished record and is read back to resume, so it "
+                         f"must be another file")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket")]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+@contextmanager
+def readable_input(input_path: Path | str) -> Iterator[Path]:
+    """The input as a regular file that can be read twice: ``-`` (standard input), a pipe or a
+    device is copied to a temporary file first (removed afterwards)."""
+    if str(input_path) != STDIN and stat.S_ISREG(os.stat(input_path).st_mode):
+        yield Path(input_path)
+        return
+    fd, tmp = tempfile.mkstemp(prefix="pyllm-input-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            if str(input_path) == STDIN:
+                if sys.stdin is None or sys.stdin.isatty():
+                    raise ValueError("the input is standard input (-), which is a terminal: pipe or "
+                                     "redirect the JSONL into it")
+                shutil.copyfileobj(sys.stdin.buffer, dst)
+            else:
+                with open(input_path, "rb") as src:
+                    shutil.copyfileobj(src, dst)
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- writing
 
 
 class JsonlWriter:
     """Appends complete lines; flushes and fsyncs every `group` lines or `interval` seconds."""
 
     def __init__(self, path: Path, group: int = 8, interval: float = 1.0) -> None:
-        self._f = open(path, "a", encoding="utf-8")
+        self._f = open(path, "ab")
         self._group, self._interval = group, interval
         self._pending = 0
         self._last_sync = time.monotonic()
 
     def write(self, obj: dict[str, Any]) -> None:
+        try:
+            data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the input): escape it
+            data = (json.dumps(obj) + "\n").encode("ascii")
         # One write call per complete line: a kill leaves at most one torn line, at the end.
-        self._f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._f.write(data)
         self._pending += 1
         if self._pending >= self._group or time.monotonic() - self._last_sync >= self._interval:
             self.sync()
@@ -181,132 +398,8 @@ class JsonlWriter:
             self.sync()
             self._f.close()
 
-    def __enter__(self) -> "JsonlWriter":
+    def __enter__(self) -> JsonlWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# ---------------------------------------------------------------------- running a job
-
-
-@dataclass
-class JobSummary:
-    total: int = 0
-    skipped: int = 0      # already in the output from an earlier run
-    completed: int = 0
-    errors: int = 0
-    generated_tokens: int = 0
-    seconds: float = 0.0
-    interrupted: bool = False
-
-    def describe(self) -> str:
-        rate = self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
-        state = "interrupted (re-run the same command to resume)" if self.interrupted else "done"
-        return (f"{state}: {self.completed} completed, {self.errors} errors, {self.skipped} "
-                f"already done, of {self.total} records; {self.generated_tokens} tokens in "
-                f"{self.seconds:.1f} s ({rate:.1f} tokens/s)")
-
-
-def result_line(key: str, prompt_ids: list[int], completions: list[Any]) -> dict[str, Any]:
-    first = completions[0]
-    line: dict[str, Any] = {
-        "id": key, "text": first.text, "token_ids": first.token_ids,
-        "finish_reason": first.finish_reason,
-        "usage": {"prompt_tokens": len(prompt_ids),
-                  "completion_tokens": sum(len(c.token_ids) for c in completions)},
-    }
-    if len(completions) > 1:
-        line["outputs"] = [{"text": c.text, "token_ids": c.token_ids,
-                            "finish_reason": c.finish_reason} for c in completions]
-    return line
-
-
-def run_job(input_path: Path, output_path: Path, *, model: Any, base_params: Any,
-            max_num_seqs: int = 64, progress: bool = False, int8_activations: bool = False,
-            kv_dtype: str = "float32", device: str = "cpu") -> JobSummary:
-    """Run (or resume) a JSONL job. `model` is a name/path or a loaded `pyllm.LLM`
-    (`int8_activations`, `kv_dtype` and `device` apply when it is a name or path: see
-    `pyllm.load`)."""
-    import signal
-
-    from tqdm import tqdm
-
-    from pyllm.engine.llm_engine import LLMEngine
-    from pyllm.errors import ContextLengthError
-    from pyllm.sampling_params import SamplingParams
-
-    summary = JobSummary()
-    done = repair_and_scan(output_path)
-    summary.total = sum(1 for _ in read_records(input_path))
-    if isinstance(model, (str, Path)) or model is None:
-        import pyllm
-
-        llm = pyllm.load(model, device, int8_activations=int8_activations, kv_dtype=kv_dtype)
-    else:
-        llm = model
-    engine = LLMEngine(llm.model, llm.tokenizer, llm.engine_config(max_num_seqs=max_num_seqs))
-    interrupted = {"flag": False}
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        interrupted["flag"] = True
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    start = time.monotonic()
-    prompts: dict[str, list[int]] = {}
-    partial: dict[str, dict[int, Any]] = {}
-    n_of: dict[str, int] = {}
-    bar = tqdm(total=summary.total, unit="rec", disable=not progress, dynamic_ncols=True,
-               desc="generate")
-    try:
-        with JsonlWriter(output_path) as writer:
-
-            def requests() -> Iterator[tuple[str, list[int], Any]]:
-                for rec in read_records(input_path):
-                    if interrupted["flag"]:
-                        return
-                    if rec.key in done:
-                        summary.skipped += 1
-                        bar.update(1)
-                        continue
-                    if isinstance(rec, BadRecord):
-                        writer.write(rec.to_json())
-                        summary.errors += 1
-                        bar.update(1)
-                        continue
-                    try:
-                        params = SamplingParams.from_mapping(rec.overrides, base=base_params)
-                        ids = llm.encode_prompt(rec.prompt)
-                        engine.check_request(ids, params)
-                    except (ValueError, TypeError, ContextLengthError) as exc:
-                        kind = "context_length" if isinstance(exc, ContextLengthError) else "invalid_record"
-                        writer.write(error_line(rec.key, rec.line, kind, str(exc)))
-                        summary.errors += 1
-                        bar.update(1)
-                        continue
-                    prompts[rec.key], n_of[rec.key] = ids, params.n
-                    yield rec.key, ids, params
-
-            for event in engine.run(requests(), lookahead=2 * max_num_seqs):
-                if event.finished:
-                    summary.generated_tokens += len(event.completion.token_ids)
-                    got = partial.setdefault(event.request, {})
-                    got[event.output] = event.completion
-                    if len(got) == n_of[event.request]:
-                        key = event.request
-                        writer.write(result_line(key, prompts.pop(key),
-                                                 [got[i] for i in sorted(got)]))
-                        del partial[key]
-                        summary.completed += 1
-                        bar.update(1)
-                        elapsed = time.monotonic() - start
-                        bar.set_postfix_str(f"{summary.generated_tokens / max(elapsed, 1e-9):.1f} tok/s")
-                if interrupted["flag"]:
-                    break
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        bar.close()
-    summary.interrupted = interrupted["flag"]
-    summary.seconds = time.monotonic() - start
-    return summary

@@ -113,7 +113,7 @@ def read_task_records(path: Path, required: Sequence[str]) -> Iterator[Any]:
         n, rid, obj = item
         missing = [k for k in required if not isinstance(obj.get(k), str)]
         if missing:
-            yield BadRecord(rid, n, rid, "invalid_record", f"record {rid!r}: needs a string {missing[0]!r}")
+            yield BadRecord(rid, n, "invalid_record", f"record {rid!r}: needs a string {missing[0]!r}")
             continue
         yield TaskRecord(rid, n, obj)
 
@@ -134,19 +134,21 @@ class TaskJobSummary:
 
 def run_jsonl(task: TaskAdapter | str, llm: Any, input_path: Path, output_path: Path,
               options: Mapping[str, Any], *, batch_size: int = 16,
-              progress: bool = False) -> TaskJobSummary:
+              progress: bool = False, retry_errors: bool = False) -> TaskJobSummary:
     """Run a task over a JSONL file (see the module docstring): records in batches of
     `batch_size` through ``adapter.run(llm, records, **options)``; a batch that raises
-    ValueError is retried one record at a time so that only the bad record gets an error line."""
+    ValueError is retried one record at a time so that only the bad record gets an error line;
+    `retry_errors` runs the records whose output line is an error again."""
     from tqdm import tqdm
 
     from pyllm.errors import ContextLengthError
-    from pyllm.jobs import BadRecord, JsonlWriter, error_line, repair_and_scan
+    from pyllm.jobs import BadRecord, JsonlWriter, check_job_files, error_line, prepare_output
 
     adapter = get(task) if isinstance(task, str) else task
     required = tuple(getattr(adapter, "input_fields", ("text",)))
     summary = TaskJobSummary()
-    done = repair_and_scan(output_path)
+    check_job_files(input_path, output_path)
+    done = prepare_output(output_path, retry_errors=retry_errors).done
     summary.total = sum(1 for _ in read_task_records(input_path, required))
     start = time.monotonic()
     bar = tqdm(total=summary.total, unit="rec", disable=not progress, desc=adapter.name)

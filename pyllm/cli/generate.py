@@ -1,6 +1,7 @@
 """``pyllm generate -i IN.jsonl -o OUT.jsonl``: batch generation that survives being killed.
 
-See pyllm/jobs.py for the file rules (what a record is, how a run resumes)."""
+See pyllm/generate_job.py for what a record is and pyllm/jobs.py for the file rules (keys,
+resume, error lines, retrying errors)."""
 
 from __future__ import annotations
 
@@ -13,26 +14,44 @@ import click
 from pyllm.cli.options import (device_option, int8_option, kv_dtype_option, pop_sampling_params, resolve_device,
                                sampling_options)
 
+EXIT_RECORDS_FAILED = 3  # the job finished, but some records got an error line in this run
+EXIT_INTERRUPTED = 130
+
 HELP = """Generate a completion for every record of a JSONL file.
 
 \b
 Input lines:  {"id": "a", "prompt": "text"}  or  {"id": "b", "messages": [{"role": "user",
-              "content": "..."}]}, optionally with sampling fields ({"temperature": 0.2, ...}).
+              "content": "..."}]}; ids are strings or integers. Sampling fields sit at the top
+              level or under "params" ({"temperature": 0.2, ...}); other fields ("metadata",
+              ...) are copied to the output line. OpenAI batch requests ({"custom_id",
+              "method", "url", "body"}) are answered in OpenAI's batch output format.
 Output lines: {"id", "text", "token_ids", "finish_reason", "usage"} appended as each record
-              finishes; a bad record (invalid JSON, missing or duplicate id, a prompt over the
-              context length, a bad sampling field) gets {"id", "line", "error": {"type",
-              "message"}} and the run goes on.
+              finishes; a bad record (invalid JSON or UTF-8, missing or duplicate id, a prompt
+              over the context length, a bad sampling field) gets {"id", "line", "error":
+              {"type", "message"}} and the run goes on ("id" is null when the line has no
+              usable id of its own, e.g. a duplicate).
 
-Re-running with the same output file resumes: finished ids are skipped and a torn last line
-(from a kill) is repaired. Ctrl-C stops after flushing what has finished.
+\b
+-i - reads standard input. The output must be a regular file other than the input.
+Re-running with the same output file resumes: finished records (failed ones too) are skipped
+and a torn last line (from a kill) is repaired; --retry-errors runs the failed ones again.
+Ctrl-C stops after flushing what has finished.
+
+\b
+Exit status: 0 every record ran; 3 some records failed in this run (see their error lines);
+2 bad usage or files; 130 interrupted.
 """
 
 
 @click.command("generate", help=HELP)
 @click.option("-i", "--input", "input_path", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Input JSONL file.")
+              type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+              help="Input JSONL file (- for standard input).")
 @click.option("-o", "--output", "output_path", required=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="Output JSONL file (appended).")
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Output JSONL file (appended; a regular file).")
+@click.option("--retry-errors", is_flag=True,
+              help="Run again the records whose output line is an error (that line is removed).")
 @click.option("--model", "-m", default="smollm2", show_default=True,
               help="Model name, .gguf path or Hugging Face folder.")
 @sampling_options({"max_tokens": 256, "temperature": 1.0})
@@ -45,15 +64,21 @@ Re-running with the same output file resumes: finished ids are skipped and a tor
                  "memory traffic (batches ~15% faster with --int8; llama.cpp's default is "
                  "float16); float32 is exact.")
 @device_option()
-def generate(input_path: Path, output_path: Path, model: str, max_num_seqs: int,
+def generate(input_path: Path, output_path: Path, retry_errors: bool, model: str, max_num_seqs: int,
              progress: bool | None, int8: bool, kv_dtype: str, device: str, **kwargs: Any) -> None:
     base = pop_sampling_params(kwargs)
-    from pyllm.jobs import run_job
+    from pyllm.generate_job import run_job
 
     summary = run_job(input_path, output_path, model=model, base_params=base,
                       max_num_seqs=max_num_seqs, int8_activations=int8, kv_dtype=kv_dtype,
-                      device=resolve_device(device, int8),
+                      device=resolve_device(device, int8), retry_errors=retry_errors,
                       progress=sys.stderr.isatty() if progress is None else progress)
     click.echo(summary.describe(), err=True)
+    sys.exit(exit_status(summary))
+
+
+def exit_status(summary: Any) -> int:
+    """The documented exit status of a finished (or interrupted) job."""
     if summary.interrupted:
-        sys.exit(130)
+        return EXIT_INTERRUPTED
+    return EXIT_RECORDS_FAILED if summary.errors else 0
