@@ -39,6 +39,8 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "translate": ("pyllm.cli.translate:translate", "Translate text between languages."),
     "run": ("pyllm.cli.run:run", "Generate once from a prompt and stream the text (--json)."),
     "perplexity": ("pyllm.cli.perplexity:perplexity", "Perplexity of a model on a text file."),
+    "serve": ("pyllm.cli.serve:serve", "Serve a model over an OpenAI-compatible HTTP API."),
+    "embed": ("pyllm.cli.embed:embed", "Embedding vectors of texts (mean-pooled hidden states)."),
     "aliases": ("pyllm.cli.aliases:aliases", "Short names for models (set, list, remove)."),
 }
 
