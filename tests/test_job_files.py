@@ -285,3 +285,12 @@ def test_read_objects_takes_the_first_id_field_present(tmp_path):
     assert [i[1] for i in read_objects(src, ("id", "custom_id"))] == ["x", "y"]
     first = next(iter(read_objects(src)))
     assert isinstance(first, BadRecord) and first.error_type == "missing_id"
+
+
+def test_a_carried_field_spelled_like_a_sampling_parameter_is_warned_about(caplog):
+    from pyllm.generate_job import _warn_near_misses
+
+    with caplog.at_level("WARNING", logger="pyllm"):
+        _warn_near_misses({"temprature", "metadata"})
+    assert len(caplog.records) == 1
+    assert "'temprature'" in caplog.text and "did you mean 'temperature'" in caplog.text
