@@ -307,26 +307,14 @@ class LLM:
 
     # ------------------------------------------------------------------ tasks
 
-    def classify(self, text: Any, labels: Any, **options: Any) -> Any:
-        """Probability per label (see pyllm.tasks.classify for the options)."""
+    def run_task(self, name: str, inputs: Any, **options: Any) -> Any:
+        """Run a registered task on this model: ``llm.run_task("classify", "Great match!",
+        labels=["sport", "politics"])``. `inputs`: a string (for a task with one input field),
+        a record, or a list of them; see :func:`pyllm.tasks.run` and ``pyllm.tasks.names()``."""
         from pyllm import tasks
 
         with self.exclusive():
-            return tasks.classify(self, text, labels, **options)
-
-    def answer(self, context: Any, question: Any, **options: Any) -> Any:
-        """Answer a question from a context (see pyllm.tasks.answer; extractive=True gives a span)."""
-        from pyllm import tasks
-
-        with self.exclusive():
-            return tasks.answer(self, context, question, **options)
-
-    def translate(self, text: Any, src: str, tgt: str, **options: Any) -> Any:
-        """Translate between named languages (see pyllm.tasks.translate)."""
-        from pyllm import tasks
-
-        with self.exclusive():
-            return tasks.translate(self, text, src, tgt, **options)
+            return tasks.run(self, name, inputs, **options)
 
     def score(self, texts: Prompt | Sequence[Prompt], top_n: int = 10, *,
               truncate: str | None = None) -> list[list[ScoredToken]]:

@@ -2,13 +2,24 @@
 register.
 
 Nothing is imported until a registry is first asked for (``tokenizers()``, ``commands()``...):
-then every selected entry point is loaded, and each hook is called once per plugin, separately, so
-that one plugin failing to import or raising inside a hook is reported once (a ``warning`` on the
-``pyllm.plugins`` logger, which the CLI prints on stderr) and skipped while the rest keeps working.
+then every selected entry point is loaded, and each hook is called once through pluggy
+(``pm.hook.register_tasks(register=...)``), so pluggy's rules hold: ``tryfirst``/``trylast`` set
+the order in which plugins are asked, and ``wrapper=True`` (or old-style ``hookwrapper=True``)
+implementations run around all the others. Each ``register(...)`` call is checked against the
+protocols in :mod:`pyllm.types` (:mod:`pyllm.plugin_checks`); a registration that fails the check
+is refused, named with its plugin in a warning and in ``pyllm plugins``.
 
-The built-in plugins (``pyllm_tokenizers``, ``pyllm_samplers``, ``pyllm_tasks``, ``pyllm_sources``)
-are entry points of the ``pyllm`` distribution itself and load first, so their names win over a
-third-party plugin registering the same name.
+Failures are isolated: a plugin that fails to import, or whose hook raises, is reported once (a
+``warning`` on the ``pyllm.plugins`` logger, which the CLI prints on stderr) and skipped, and the
+hook is called again without it, so that what the failing call had registered is discarded and
+every other plugin keeps working. Hooks should therefore only register (no other side effects).
+
+When two plugins register the same name, pyllm's built-in plugins (``pyllm_tokenizers``,
+``pyllm_samplers``, ``pyllm_tasks``, ``pyllm_sources``, entry points of the ``pyllm`` distribution
+itself) win; among the others, the registration made first in pluggy's call order wins. The
+built-ins are asked first, then third-party plugins in distribution-name order (plugins added at
+run time with :func:`registered` before those), unless ``tryfirst``/``trylast`` say otherwise.
+Registries list the built-ins' entries first.
 
 ``PYLLM_PLUGINS`` restricts which plugins load: a comma-separated list of entry-point names or
 distribution names; ``builtin`` stands for every built-in plugin. Unset means all; an empty value
@@ -23,18 +34,22 @@ Tests add a plugin object for the duration of a ``with`` block::
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
-from collections.abc import Callable, Collection, Iterator
+import sys
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import CodeType, FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from pyllm import hookspecs
 from pyllm.hookspecs import hookimpl
+from pyllm.plugin_checks import Refused, ReplCommand, check_registration
 
 if TYPE_CHECKING:  # pragma: no cover
     from importlib.metadata import EntryPoint
@@ -42,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import click
 
 __all__ = [
+    "PUBLIC_MODULES",
     "hookimpl",
     "PluginHost",
     "ReplCommand",
@@ -58,6 +74,19 @@ __all__ = [
     "registered",
     "reset",
 ]
+
+# The modules of pyllm a plugin may import (docs/plugins.md, "What a plugin may import"):
+# pyllm's side of the plugin boundary. tests/test_import_rules.py checks every plugin in plugins/.
+PUBLIC_MODULES: tuple[str, ...] = (
+    "pyllm",  # load, LLM, SamplingParams, Message, the errors
+    "pyllm.types",  # the protocols a plugin implements
+    "pyllm.hookspecs",  # hookimpl and the hooks
+    "pyllm.plugins",  # hookimpl, registered() and the registries (for tests)
+    "pyllm.errors",
+    "pyllm.sampling_params",
+    "pyllm.tasks",  # other tasks by name, JSONL task jobs
+    "pyllm.cli_options",  # the options and task I/O of pyllm's commands
+)
 
 ENTRY_POINT_GROUP = "pyllm"
 ENV_VAR = "PYLLM_PLUGINS"
@@ -78,17 +107,6 @@ KINDS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class ReplCommand:
-    """A REPL slash command registered by a plugin."""
-
-    name: str
-    handler: Callable[..., Any]
-    help: str
-    aliases: tuple[str, ...] = ()
-    plugin: str = ""
-
-
 @dataclass
 class PluginInfo:
     """What pyllm knows about one plugin (a row of ``pyllm plugins``)."""
@@ -99,6 +117,7 @@ class PluginInfo:
     module: str | None = None
     builtin: bool = False
     registered: dict[str, list[str]] = field(default_factory=dict)
+    refused: list[dict[str, str]] = field(default_factory=list)  # {kind, name, reason}
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -109,6 +128,7 @@ class PluginInfo:
             "module": self.module,
             "builtin": self.builtin,
             "registered": {k: list(v) for k, v in self.registered.items() if v},
+            "refused": [dict(r) for r in self.refused],
             "error": "; ".join(self.errors) or None,
         }
 
@@ -169,6 +189,7 @@ class PluginHost:
             key=lambda ep: (_normalize(self._dist_name(ep) or ""), ep.name),
         )
         matched: set[str] = set()
+        chosen: list[tuple[PluginInfo, EntryPoint]] = []
         for ep in builtin + others:
             keys = self._selection_keys(ep)
             if self._selection is not None:
@@ -176,7 +197,11 @@ class PluginHost:
                 if not hit:
                     continue
                 matched |= hit
-            self._load_one(pm, ep)
+            chosen.append((self._new_info(ep), ep))
+        # pluggy asks the last registered plugin first: register in reverse so that the
+        # built-ins are asked first and the others in distribution-name order.
+        for info, ep in reversed(chosen):
+            self._load_one(pm, info, ep)
         if self._selection is not None:
             for name in sorted(self._selection - matched):
                 self._warn(("selection", name),
@@ -203,7 +228,7 @@ class PluginHost:
             keys.add(BUILTIN_ALIAS)
         return keys
 
-    def _load_one(self, pm: pluggy.PluginManager, ep: EntryPoint) -> None:
+    def _new_info(self, ep: EntryPoint) -> PluginInfo:
         name = ep.name
         dist = self._dist_name(ep)
         if name in self._infos:  # two distributions use the same entry-point name
@@ -216,6 +241,10 @@ class PluginHost:
             builtin=self._is_builtin(ep),
         )
         self._infos[name] = info
+        return info
+
+    def _load_one(self, pm: pluggy.PluginManager, info: PluginInfo, ep: EntryPoint) -> None:
+        name = info.name
         try:
             plugin = ep.load()
             pm.register(plugin, name=name)
@@ -241,34 +270,79 @@ class PluginHost:
         return self._registries[kind]
 
     def _collect(self, kind: str) -> dict[str, Any]:
+        """Call the kind's hook through pluggy; on a failure, report the failing plugin, call
+        again without it (its registrations are discarded with that call)."""
         hook_name = KINDS[kind]
-        caller = getattr(self.pm.hook, hook_name)
+        skipped: list[object] = []  # plugins whose hook raised
+        while True:
+            caller = (self.pm.subset_hook_caller(hook_name, skipped) if skipped
+                      else getattr(self.pm.hook, hook_name))
+            recorder = _Recorder(kind, _impl_owners(caller))
+            try:
+                caller(register=recorder.register)
+            except Exception as e:  # noqa: BLE001 - isolate the plugin, keep the others
+                culprits = recorder.culprits(e) or self._failing_alone(hook_name, skipped)
+                if not culprits:
+                    self._warn(("hook", hook_name), f"{hook_name} failed and no plugin could be "
+                                                    f"blamed: {_error_text(e)}")
+                    return {}
+                for plugin_name, error in culprits.items():
+                    self._hook_failed(plugin_name, hook_name, error)
+                    skipped.append(self.pm.get_plugin(plugin_name))
+                continue
+            finally:
+                recorder.closed = True
+            return self._accept(kind, recorder)
+
+    def _hook_failed(self, plugin: str, hook_name: str, exc: BaseException) -> None:
+        self._info(plugin).errors.append(f"{hook_name}: {_error_text(exc)}")
+        self._warn((plugin, hook_name), f"plugin {plugin!r} raised in {hook_name} and is skipped "
+                                        f"for it: {_error_text(exc)}")
+
+    def _failing_alone(self, hook_name: str, skipped: list[object]) -> dict[str, BaseException]:
+        """The plugins whose hook raises when called on its own (when the traceback of a failed
+        call names none, e.g. a wrapper that did not yield)."""
+        failing: dict[str, BaseException] = {}
+        everyone = [p for _, p in self.pm.list_name_plugin()]
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            if impl.plugin in skipped:
+                continue
+            alone = self.pm.subset_hook_caller(hook_name,
+                                               [p for p in everyone if p is not impl.plugin])
+            recorder = _Recorder(KIND_OF_HOOK[hook_name], _impl_owners(alone))
+            try:
+                alone(register=recorder.register)
+            except Exception as e:  # noqa: BLE001 - looking for the failing plugin
+                failing[impl.plugin_name] = e
+        return failing
+
+    def _accept(self, kind: str, recorder: _Recorder) -> dict[str, Any]:
+        """The registry from one successful hook call: the built-ins' registrations first, then
+        the others in call order; a name already taken and a refused registration are reported."""
+        label = kind[:-1].replace("_", " ")
+        for plugin, name, reason in recorder.refused:
+            self._refuse(plugin, kind, name, reason,
+                         f"plugin {plugin!r}: {label} {name!r} refused: {reason}")
         result: dict[str, Any] = {}
         owner: dict[str, str] = {}
-        for impl in caller.get_hookimpls():  # registration order: built-ins first
-            plugin = impl.plugin_name
-            items: list[tuple[str, Any]] = []
-            register = _make_register(kind, plugin, items)
-            try:
-                impl.function(**{arg: register for arg in impl.argnames})
-            except Exception as e:  # noqa: BLE001 - isolate the plugin, keep the others
-                self._info(plugin).errors.append(f"{hook_name}: {_error_text(e)}")
-                self._warn((plugin, hook_name),
-                           f"plugin {plugin!r} raised in {hook_name} and is skipped for it: "
-                           f"{_error_text(e)}")
+        for plugin in {p for p, _, _ in recorder.items}:
+            self._info(plugin).registered.setdefault(kind, []).clear()
+        ordered = sorted(enumerate(recorder.items),
+                         key=lambda item: (not self._info(item[1][0]).builtin, item[0]))
+        for _, (plugin, name, obj) in ordered:
+            if name in result:
+                self._refuse(plugin, kind, name, f"already registered by {owner[name]!r}",
+                             f"plugin {plugin!r} registers {label} {name!r}, already "
+                             f"registered by {owner[name]!r}; ignored")
                 continue
-            names = self._info(plugin).registered.setdefault(kind, [])
-            names.clear()
-            for name, obj in items:
-                if name in result:
-                    self._warn((plugin, f"{kind}:{name}"),
-                               f"plugin {plugin!r} registers {kind[:-1].replace('_', ' ')} "
-                               f"{name!r}, already registered by {owner[name]!r}; ignored")
-                    continue
-                result[name] = obj
-                owner[name] = plugin
-                names.append(name)
+            result[name] = obj
+            owner[name] = plugin
+            self._info(plugin).registered.setdefault(kind, []).append(name)
         return result
+
+    def _refuse(self, plugin: str, kind: str, name: str, reason: str, message: str) -> None:
+        self._info(plugin).refused.append({"kind": kind, "name": name, "reason": reason})
+        self._warn((plugin, f"{kind}:{name}"), message)
 
     def _info(self, plugin: str) -> PluginInfo:
         if plugin not in self._infos:  # registered directly (tests), not from an entry point
@@ -282,6 +356,7 @@ class PluginHost:
         self._registries.clear()
         for info in self._infos.values():
             info.registered.clear()
+            info.refused.clear()
             info.errors = [e for e in info.errors if e.startswith("failed to load")]
 
     def report(self) -> list[dict[str, Any]]:
@@ -317,44 +392,97 @@ class PluginHost:
             self.unregister(plugin_name)
 
 
-def _make_register(kind: str, plugin: str, items: list[tuple[str, Any]]) -> Callable[..., None]:
-    """The ``register`` callable passed to a hook; checks its arguments, collects into ``items``."""
+KIND_OF_HOOK = {hook: kind for kind, hook in KINDS.items()}
 
-    def check_name(name: object) -> str:
-        if not isinstance(name, str) or not name.strip():
-            raise TypeError(f"register() needs a non-empty name string, got {name!r}")
-        return name
 
-    if kind == "commands":
+def _code_of(function: Any) -> list[CodeType]:
+    """The code objects whose frames are on the stack while ``function`` runs."""
+    base = getattr(function, "__func__", function)
+    codes = []
+    for f in (base, inspect.unwrap(base)):
+        code = getattr(f, "__code__", None)
+        if code is not None and code not in codes:
+            codes.append(code)
+    return codes
 
-        def register_command(command: click.Command) -> None:
-            import click
 
-            if not isinstance(command, click.Command) or not command.name:
-                raise TypeError(f"register() needs a named click.Command, got {command!r}")
-            items.append((command.name, command))
+def _impl_owners(caller: pluggy.HookCaller) -> dict[CodeType, list[tuple[object, str]]]:
+    """code object of each hook implementation -> [(bound instance or None, plugin name)]."""
+    owners: dict[CodeType, list[tuple[object, str]]] = {}
+    for impl in caller.get_hookimpls():
+        instance = getattr(impl.function, "__self__", None)
+        for code in _code_of(impl.function):
+            owners.setdefault(code, []).append((instance, impl.plugin_name))
+    return owners
 
-        return register_command
 
-    if kind == "repl_commands":
+class _Recorder:
+    """The ``register`` callable handed to every implementation of one hook call.
 
-        def register_repl(name: str, handler: Callable[..., Any], help: str,
-                          aliases: tuple[str, ...] = ()) -> None:
-            name = check_name(name).lstrip("/")
-            if not callable(handler):
-                raise TypeError(f"register({name!r}, ...) needs a callable handler")
-            aliases = tuple(a.lstrip("/") for a in aliases)
-            items.append((name, ReplCommand(name, handler, str(help), aliases, plugin)))
+    One call through pluggy serves every plugin, so a registration is attributed to the plugin
+    whose hook implementation is running: the nearest frame on the stack that belongs to one
+    (two instances of one plugin class are told apart by their ``self``).
+    """
 
-        return register_repl
+    def __init__(self, kind: str, owners: dict[CodeType, list[tuple[object, str]]]) -> None:
+        self.kind = kind
+        self.owners = owners
+        self.items: list[tuple[str, str, Any]] = []  # (plugin, name, object), in call order
+        self.refused: list[tuple[str, str, str]] = []  # (plugin, name, reason)
+        self.closed = False
 
-    def register(name: str, obj: Any) -> None:
-        name = check_name(name)
-        if (kind == "tokenizers" or kind == "samplers") and not callable(obj):
-            raise TypeError(f"register({name!r}, ...) needs a callable, got {obj!r}")
-        items.append((name, obj))
+    def _owner(self, frame: FrameType) -> str | None:
+        entries = self.owners.get(frame.f_code)
+        if not entries:
+            return None
+        if len(entries) > 1 and frame.f_code.co_argcount:
+            first = frame.f_locals.get(frame.f_code.co_varnames[0])
+            for instance, name in entries:
+                if instance is first:
+                    return name
+        return entries[0][1]
 
-    return register
+    def _calling_plugin(self) -> str | None:
+        frame: FrameType | None = sys._getframe(2)
+        while frame is not None:
+            owner = self._owner(frame)
+            if owner is not None:
+                return owner
+            frame = frame.f_back
+        return None
+
+    def culprits(self, exc: BaseException) -> dict[str, BaseException]:
+        """{plugin: exc} for the innermost hook implementation in the exception's traceback."""
+        culprit = None
+        tb: TracebackType | None = exc.__traceback__
+        while tb is not None:
+            culprit = self._owner(tb.tb_frame) or culprit
+            tb = tb.tb_next
+        return {culprit: exc} if culprit is not None else {}
+
+    def register(self, *args: Any, **kwargs: Any) -> None:
+        hook = KINDS[self.kind]
+        if self.closed:
+            raise RuntimeError(f"the register() of {hook} was called after the hook returned")
+        plugin = self._calling_plugin()
+        if plugin is None:
+            raise RuntimeError(f"the register() of {hook} was called from outside a hook "
+                               f"implementation")
+        try:
+            name, obj = check_registration(self.kind, plugin, args, kwargs)
+        except Refused as e:
+            self.refused.append((plugin, e.name, e.reason))
+            return
+        except TypeError as e:  # the call does not match register's signature
+            raise TypeError(f"{hook}: bad register() call {_call_text(args, kwargs)}: "
+                            f"{e}") from None
+        self.items.append((plugin, name, obj))
+
+
+def _call_text(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    text = ", ".join(parts)
+    return f"({text if len(text) <= 80 else text[:77] + '...'})"
 
 
 # -- the process-wide host ------------------------------------------------------------------------

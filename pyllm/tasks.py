@@ -1,16 +1,15 @@
-"""Tasks: classification, question answering, translation (and whatever plugins add).
+"""Tasks: what plugins register through ``register_tasks`` (classification, question answering
+and translation come with the built-in ``pyllm_tasks`` plugin).
 
-Every task is a :class:`pyllm.types.TaskAdapter` registered by a plugin through
-``register_tasks``; the built-ins live in ``plugins/pyllm_tasks``. This module finds them by name
-and offers one-call helpers for the Python API::
+Every task is a :class:`pyllm.types.TaskAdapter`; this module finds them by name and runs them,
+knowing none of them in particular::
 
     import pyllm, pyllm.tasks as tasks
     llm = pyllm.load()
-    tasks.classify(llm, "The match ended 2-1.", ["sport", "politics", "tech"])
+    tasks.run(llm, "classify", "The match ended 2-1.", labels=["sport", "politics", "tech"])
     # {'label': 'sport', 'scores': {'sport': 0.91, 'politics': 0.04, 'tech': 0.05}}
-    tasks.answer(llm, context, "Who founded the company?", extractive=True)
-    tasks.translate(llm, "Good morning.", "en", "fr")
-    tasks.get("sentiment").run(llm, [{"text": "I loved it"}])   # a plugin's task
+    tasks.run(llm, "qa", {"context": context, "question": "Who founded it?"}, extractive=True)
+    tasks.run(llm, "translate", ["Good morning.", "Thank you."], src="en", tgt="fr")
 
 `run_jsonl` runs any task over a JSONL file with the batch-job rules of :mod:`pyllm.jobs`: one
 output line per input record (`{"id", ...result}`, or an error line for a bad record), appended
@@ -27,7 +26,7 @@ from typing import Any
 
 from pyllm.types import TaskAdapter
 
-__all__ = ["get", "names", "classify", "answer", "translate", "run_jsonl", "read_task_records"]
+__all__ = ["get", "names", "run", "result_text", "run_jsonl", "read_task_records"]
 
 
 def names() -> list[str]:
@@ -47,48 +46,42 @@ def get(name: str) -> TaskAdapter:
     return registry[name]
 
 
-def classify(llm: Any, text: str | Sequence[str], labels: str | Sequence[str], *,
-             examples: Sequence[Any] = (), calibrate: bool = True, multi_label: bool = False,
-             threshold: float = 0.5, normalize: bool = False, instruction: str | None = None
-             ) -> Any:
-    """``{"label", "scores": {label: probability}}`` for a text (a list for a list of texts).
+def as_record(adapter: TaskAdapter, value: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A record for ``adapter.run``: a mapping as it is, a string as the task's one input field
+    (a ValueError for a task with several fields)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if not isinstance(value, str):
+        raise ValueError(f"task {adapter.name!r}: an input is a string or a record (a mapping "
+                         f"with {', '.join(map(repr, adapter.input_fields))}), got {value!r}")
+    fields = tuple(adapter.input_fields)
+    if len(fields) != 1:
+        raise ValueError(f"task {adapter.name!r} takes records with the fields "
+                         f"{', '.join(map(repr, fields))}, not a plain string")
+    return {fields[0]: value}
 
-    `labels`: a list or a comma-separated string; `examples`: few-shot ``(text, label)`` pairs
-    or ``{"text", "label"}`` mappings; `calibrate`: contextual calibration (default on);
-    `multi_label`: every label whose probability reaches `threshold` (in ``"labels"``);
-    `normalize`: mean instead of summed token log-probs; `instruction`: replaces the default
-    instruction.
-    """
-    single = isinstance(text, str)
-    texts = [text] if single else list(text)
-    out = get("classify").run(llm, [{"text": t} for t in texts], labels=labels,
-                              examples=examples, calibrate=calibrate, multi_label=multi_label,
-                              threshold=threshold, normalize=normalize,
-                              instruction=instruction)
+
+def run(llm: Any, name: str, inputs: str | Mapping[str, Any] | Sequence[Any],
+        **options: Any) -> Any:
+    """Run the task registered as `name` on one input (a string for a task with one input
+    field, or a record) or a list of them; one result dict, or a list for a list. The options
+    are the task's own keyword arguments."""
+    adapter = get(name)
+    single = isinstance(inputs, (str, Mapping))
+    items = [inputs] if single else list(inputs)  # type: ignore[list-item]
+    out = adapter.run(llm, [as_record(adapter, i) for i in items], **options)
     return out[0] if single else out
 
 
-def answer(llm: Any, context: str, question: str | Sequence[str], *, extractive: bool = False,
-           max_tokens: int = 64) -> Any:
-    """``{"answer"}`` (extractive: with ``"start"``, ``"end"`` character offsets into
-    `context`) for a question (a list for a list of questions about the same context)."""
-    single = isinstance(question, str)
-    qs = [question] if single else list(question)
-    out = get("qa").run(llm, [{"context": context, "question": q} for q in qs],
-                        extractive=extractive, max_tokens=max_tokens)
-    return out[0] if single else out
+def result_text(result: Mapping[str, Any]) -> str:
+    """A task's result for a person to read: its one string value, else the JSON object."""
+    if len(result) == 1:
+        (value,) = result.values()
+        if isinstance(value, str):
+            return value
+    import json
 
-
-def translate(llm: Any, text: str | Sequence[str], src: str | None, tgt: str, *,
-              max_chunk_tokens: int = 200) -> Any:
-    """The translation of a text (a list for a list of texts) from `src` to `tgt` (codes like
-    ``en`` or names like ``English``; `src` None: not named in the prompt)."""
-    single = isinstance(text, str)
-    texts = [text] if single else list(text)
-    out = get("translate").run(llm, [{"text": t} for t in texts], src=src, tgt=tgt,
-                               max_chunk_tokens=max_chunk_tokens)
-    res = [o["translation"] for o in out]
-    return res[0] if single else res
+    return json.dumps(dict(result), ensure_ascii=False)
 
 
 # ---------------------------------------------------------------------- JSONL jobs

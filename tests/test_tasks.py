@@ -150,8 +150,8 @@ def test_registered_tasks():
 
 
 def test_classify_calibrated_is_calibration_of_raw(llm):
-    raw = tasks.classify(llm, TEXT, LABELS, calibrate=False)
-    cal = tasks.classify(llm, TEXT, LABELS)
+    raw = tasks.run(llm, "classify", TEXT, labels=LABELS, calibrate=False)
+    cal = llm.run_task("classify", TEXT, labels=LABELS)
     for res in (raw, cal):
         assert set(res["scores"]) == set(LABELS)
         assert sum(res["scores"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -164,28 +164,29 @@ def test_classify_calibrated_is_calibration_of_raw(llm):
 
 
 def test_classify_few_shot_and_multi_label(llm):
-    res = tasks.classify(llm, [TEXT], LABELS,
-                         examples=[("Great fun!", "positive"), ("Dull.", "negative")])
+    res = tasks.run(llm, "classify", [TEXT], labels=LABELS,
+                    examples=[("Great fun!", "positive"), ("Dull.", "negative")])
     assert len(res) == 1 and res[0]["label"] in LABELS
     with pytest.raises(ValueError, match="not one of the labels"):
-        tasks.classify(llm, TEXT, LABELS, examples=[("x", "neutral")])
-    multi = tasks.classify(llm, TEXT, LABELS, multi_label=True, threshold=0.4)
+        tasks.run(llm, "classify", TEXT, labels=LABELS, examples=[("x", "neutral")])
+    multi = tasks.run(llm, "classify", TEXT, labels=LABELS, multi_label=True, threshold=0.4)
     assert all(0.0 <= p <= 1.0 for p in multi["scores"].values())
     assert multi["labels"] == [lab for lab in LABELS if multi["scores"][lab] >= 0.4]
 
 
 def test_extractive_answer_is_a_span_of_the_context(llm):
-    res = tasks.answer(llm, CONTEXT, "Who built the Eiffel Tower?", extractive=True,
-                       max_tokens=12)
+    res = tasks.run(llm, "qa", {"context": CONTEXT, "question": "Who built the Eiffel Tower?"},
+                    extractive=True, max_tokens=12)
     assert res["answer"]
     assert CONTEXT[res["start"]:res["end"]] == res["answer"]
-    free = tasks.answer(llm, CONTEXT, "How tall is it?", max_tokens=8)
+    free = tasks.run(llm, "qa", {"context": CONTEXT, "question": "How tall is it?"},
+                     max_tokens=8)
     assert isinstance(free["answer"], str) and free["answer"]
 
 
 def test_translate_keeps_the_layout(llm):
     text = "Good morning.\n\nThank you."
-    out = tasks.translate(llm, text, "en", "fr", max_chunk_tokens=8)
+    out = tasks.run(llm, "translate", text, src="en", tgt="fr", max_chunk_tokens=8)["translation"]
     first, sep, second = out.partition("\n\n")
     assert sep and first.strip() and second.strip() and "\n" not in first + second
 
@@ -195,7 +196,7 @@ def test_translate_keeps_the_layout(llm):
 
 @pytest.fixture
 def cli(llm, monkeypatch):
-    import pyllm_tasks.cli_support as support
+    import pyllm.cli_options as support
 
     monkeypatch.setattr(support, "load_llm", lambda model, device="auto": llm)  # load once for the module
     from pyllm.cli.main import cli as group

@@ -2,8 +2,10 @@
 
 Registers three task adapters through ``register_tasks`` — ``classify`` (label scoring with
 contextual calibration), ``qa`` (answers from a context, optionally an extracted span) and
-``translate`` — and their REPL commands ``/classify``, ``/qa``, ``/translate``. Importing this
-package is cheap: the adapters load torch and the model code only when they run.
+``translate``. Every task gets ``pyllm <task>`` and ``/<task>`` from pyllm; these three replace
+the generic ones with their own (``register_commands``: ``classify_cmd.py``, ``qa_cmd.py``,
+``translate_cmd.py``; ``register_repl_commands``: ``repl.py``), as any plugin's task may.
+Importing this package is cheap: the adapters load torch and the model code only when they run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ def register_tasks(register):  # type: ignore[no-untyped-def]
 
     for adapter in (ClassifyTask(), QATask(), TranslateTask()):
         register(adapter.name, adapter)
+
+
+@hookimpl
+def register_commands(register):  # type: ignore[no-untyped-def]
+    from pyllm_tasks.classify_cmd import classify
+    from pyllm_tasks.qa_cmd import qa
+    from pyllm_tasks.translate_cmd import translate
+
+    for command in (classify, qa, translate):
+        register(command)
 
 
 @hookimpl

@@ -14,7 +14,6 @@ traceback instead.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 import os
@@ -34,9 +33,6 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "pull": ("pyllm.cli.pull:pull", "Download a model into the cache (default: smollm2)."),
     "models": ("pyllm.cli.models:models", "List the models in the cache with size, type and path."),
     "tokenize": ("pyllm.cli.tokenize:tokenize", "Show the token ids and pieces of a text."),
-    "classify": ("pyllm.cli.classify:classify", "Classify text by scoring each label (calibrated)."),
-    "qa": ("pyllm.cli.qa:qa", "Answer a question from a context (--extractive: a span of it)."),
-    "translate": ("pyllm.cli.translate:translate", "Translate text between languages."),
     "run": ("pyllm.cli.run:run", "Generate once from a prompt and stream the text (--json)."),
     "perplexity": ("pyllm.cli.perplexity:perplexity", "Perplexity of a model on a text file."),
     "serve": ("pyllm.cli.serve:serve", "Serve a model over an OpenAI-compatible HTTP API."),
@@ -168,18 +164,13 @@ def _fail(message: str, code: int, exc: BaseException, debug: bool) -> NoReturn:
 
 
 def _plugin_commands() -> dict[str, click.Command]:
-    """Commands registered by plugins, minus names that a built-in command already uses."""
+    """Commands registered by plugins (the plugin host refuses built-in names), then a command
+    for each registered task that has none of its own (pyllm/cli/task_commands.py)."""
     from pyllm import plugins
+    from pyllm.cli.task_commands import task_commands
 
     registered = plugins.commands()
-    for name in sorted(set(registered) & set(BUILTIN_COMMANDS)):
-        _warn_shadowed(name)
-    return {n: c for n, c in registered.items() if n not in BUILTIN_COMMANDS}
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_shadowed(name: str) -> None:
-    log.warning("a plugin registers the command %r, which is a built-in command; ignored", name)
+    return {**registered, **task_commands({*BUILTIN_COMMANDS, *registered})}
 
 
 @click.group(name="pyllm", cls=PyllmGroup,

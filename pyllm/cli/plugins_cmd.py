@@ -1,4 +1,5 @@
-"""`pyllm plugins`: list installed plugins, their distribution, and what they registered."""
+"""`pyllm plugins`: list installed plugins, their distribution, what they registered and what
+pyllm refused."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ def plugins(as_json: bool) -> None:
     """List installed plugins and what they registered.
 
     Each plugin is an entry point in the `pyllm` group; the built-ins come with pyllm itself.
-    A plugin that failed to load or raised in a hook is listed with its error.
+    A plugin that failed to load or raised in a hook is listed with its error, and each
+    registration pyllm refused (a taken name, an object that is not what the hook asks for)
+    with the reason.
     Set PYLLM_PLUGINS=name1,name2 to choose which plugins load (`builtin` = pyllm's own).
     """
     from pyllm.plugins import plugin_report
@@ -32,5 +35,7 @@ def plugins(as_json: bool) -> None:
         click.echo(f"{row['name']}: {where}{version}{tag}")
         for kind, names in sorted(row["registered"].items()):
             click.echo(f"  {kind}: {', '.join(names)}")
+        for refusal in row["refused"]:
+            click.echo(f"  refused {refusal['kind']}: {refusal['name']} ({refusal['reason']})")
         if row["error"]:
             click.echo(f"  error: {row['error']}")

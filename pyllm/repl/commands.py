@@ -446,8 +446,21 @@ def plugin_commands() -> list[Any]:
         return []
 
 
+def task_adapters() -> dict[str, Any]:
+    """name -> TaskAdapter of every registered task; empty (a warning logged) when the plugin
+    registries cannot be read."""
+    try:
+        from pyllm import plugins
+
+        return dict(plugins.tasks())
+    except Exception as e:  # noqa: BLE001 - the REPL works without plugins
+        log.warning("REPL task commands unavailable: %s: %s", type(e).__name__, e)
+        return {}
+
+
 def build_registry(*, with_plugins: bool = True) -> CommandRegistry:
-    """The built-in commands plus every plugin command whose names are free."""
+    """The built-in commands, every plugin command whose names are free, then ``/<task>`` for
+    each registered task that no command has taken (pyllm/repl/task_command.py)."""
     registry = BUILTINS.copy()
     if not with_plugins:
         return registry
@@ -458,4 +471,10 @@ def build_registry(*, with_plugins: bool = True) -> CommandRegistry:
             log.warning("plugin %r: REPL command /%s is already taken; ignored", source, rc.name)
             continue
         registry.register(rc.name, rc.handler, rc.help, aliases, source=source)
+    from pyllm.repl.task_command import task_handler, usage
+
+    for name, adapter in task_adapters().items():
+        if registry.get(name) is None:
+            registry.register(name, task_handler(adapter), adapter.description,
+                              usage=usage(adapter), source=f"task {name}")
     return registry

@@ -50,19 +50,19 @@ def shout(session: Any, arg: str) -> None:
 
 class Sentiment:
     """A task built on pyllm's public API: positive or negative, through the built-in
-    classifier (label scoring with calibration). ``pyllm.tasks.get("sentiment").run(llm,
+    ``classify`` task (label scoring with calibration). ``pyllm.tasks.get("sentiment").run(llm,
     [{"text": "I loved it"}])`` -> ``[{"sentiment": "positive", "positive": 0.93}]``."""
 
     name = "sentiment"
-    description = "Positive or negative? (pyllm-example, built on pyllm.tasks.classify)"
+    description = "Positive or negative? (pyllm-example, built on the classify task)"
     input_fields = ("text",)
 
     def run(self, llm: Any, records: Any, **options: Any) -> list[dict[str, Any]]:
         from pyllm import tasks
 
-        results = tasks.classify(llm, [r["text"] for r in records], ["positive", "negative"],
-                                 instruction="Say whether the text is positive or negative.",
-                                 **options)
+        results = tasks.run(llm, "classify", [r["text"] for r in records],
+                            labels=["positive", "negative"],
+                            instruction="Say whether the text is positive or negative.", **options)
         return [{"sentiment": r["label"], "positive": r["scores"]["positive"]} for r in results]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from pyllm_tasks.cli_support import check_io, input_options, print_single, text_argument
+from pyllm.cli_options import check_io, input_options, print_single, text_argument
 
 HELP = """Translate TEXT (or every record of -i IN.jsonl) from one language to another.
 
@@ -20,7 +20,7 @@ JSONL: lines in {"id", "text"}, out {"id", "translation"}; --eval reads each rec
 """
 
 
-@click.command("translate", help=HELP)
+@click.command("translate", help=HELP, short_help="Translate text between languages.")
 @click.argument("text", required=False)
 @click.option("--from", "src", default=None, help="Source language (default: not named).")
 @click.option("--to", "tgt", required=True, help="Target language.")
@@ -38,7 +38,7 @@ def translate(text: str | None, src: str | None, tgt: str, max_chunk_tokens: int
     options: dict[str, Any] = {"src": src, "tgt": tgt, "max_chunk_tokens": max_chunk_tokens}
     if input_path is None:
         text = text_argument(text)
-    from pyllm_tasks.cli_support import load_llm, run_file
+    from pyllm.cli_options import load_llm, run_file
 
     llm = load_llm(model, device)
     if input_path is not None:

@@ -1,4 +1,5 @@
-"""``pyllm classify``: pick a label for a text by scoring every label's log-likelihood."""
+"""``pyllm classify`` (this plugin's ``register_commands``): pick a label for a text by scoring
+every label's log-likelihood."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import click
 
-from pyllm_tasks.cli_support import check_io, input_options, print_single, text_argument
+from pyllm.cli_options import check_io, input_options, print_single, text_argument
 
 HELP = """Classify TEXT (or every record of -i IN.jsonl) with one of the labels.
 
@@ -47,7 +48,8 @@ def _read_examples(path: Path) -> list[dict[str, str]]:
     return out
 
 
-@click.command("classify", help=HELP)
+@click.command("classify", help=HELP,
+               short_help="Classify text by scoring each label (calibrated).")
 @click.argument("text", required=False)
 @click.option("--labels", help="Comma-separated labels, e.g. sport,politics,tech.")
 @click.option("--labels-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -85,7 +87,7 @@ def classify(text: str | None, labels: str | None, labels_file: Path | None,
                                "normalize": length_normalize, "instruction": instruction}
     if input_path is None:
         text = text_argument(text)
-    from pyllm_tasks.cli_support import load_llm, run_file
+    from pyllm.cli_options import load_llm, run_file
 
     llm = load_llm(model, device)
     if input_path is not None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from pyllm_tasks.cli_support import check_io, input_options, print_single
+from pyllm.cli_options import check_io, input_options, print_single
 
 HELP = """Answer QUESTION from a context (or every record of -i IN.jsonl).
 
@@ -21,7 +21,8 @@ record's gold "answers" (a list of strings, or "answer") and prints exact match 
 """
 
 
-@click.command("qa", help=HELP)
+@click.command("qa", help=HELP,
+               short_help="Answer a question from a context (--extractive: a span of it).")
 @click.option("--context", "context", help="The context text.")
 @click.option("--context-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Read the context from a file.")
@@ -43,7 +44,7 @@ def qa(context: str | None, context_file: Path | None, question: str | None, ext
         if context is None or not question:
             raise click.UsageError("give --context TEXT (or --context-file F) and --question Q, "
                                    "or -i IN.jsonl")
-    from pyllm_tasks.cli_support import load_llm, run_file
+    from pyllm.cli_options import load_llm, run_file
 
     llm = load_llm(model, device)
     if input_path is not None:

@@ -1,9 +1,21 @@
-"""What `pyllm classify | qa | translate` share: one text or a JSONL file, --json, --eval.
+"""Public helpers for the commands a plugin adds (``register_commands``): the options every
+model command shares, and the one-text-or-a-JSONL-file shape of the task commands.
 
-A single input prints the result (``--json``: the result object on one line). A JSONL file runs
-through :func:`pyllm.tasks.run_jsonl` (the batch-job rules of :mod:`pyllm.jobs`: error lines for
-bad records, resume on re-run). ``--eval`` scores the output against the gold field of each input
-record and prints the metric (``--json``: as one JSON object).
+This module and :mod:`pyllm.types` are what a plugin's command may build on (docs/plugins.md):
+
+- :func:`device_option` / :func:`resolve_device`, :func:`int8_option`, :func:`kv_dtype_option`,
+  :func:`sampling_options` / :func:`pop_sampling_params`: the flags of pyllm's own commands;
+- :func:`input_options` (a decorator: ``-m/--model``, ``-i/-o``, ``--json``, ``--eval``,
+  ``--batch-size``, ``--progress``, ``--device``; :func:`task_input_options` leaves ``--eval``
+  out), :func:`check_io`, :func:`text_argument`, :func:`load_llm`, :func:`run_file`,
+  :func:`print_single`: a task command. A single input prints the result (``--json``: the
+  result object on one line). A JSONL file runs through :func:`pyllm.tasks.run_jsonl` (the
+  batch-job rules of :mod:`pyllm.jobs`: error lines for bad records, resume on re-run).
+  ``--eval`` scores the output against the gold field of each input record and prints the
+  metric (``--json``: as one JSON object).
+
+Errors a command raises as ``click.UsageError`` / ``click.ClickException`` (or ``ValueError``)
+are printed by pyllm as one ``error: ...`` line.
 """
 
 from __future__ import annotations
@@ -17,19 +29,47 @@ from typing import Any
 
 import click
 
+from pyllm.cli.options import (
+    device_option,
+    int8_option,
+    kv_dtype_option,
+    pop_sampling_params,
+    resolve_device,
+    sampling_options,
+)
+
+__all__ = [
+    "device_option", "resolve_device", "int8_option", "kv_dtype_option", "sampling_options",
+    "pop_sampling_params", "input_options", "task_input_options", "load_llm", "text_argument",
+    "check_io", "run_file", "print_single",
+]
+
 
 def input_options(f: Any) -> Any:
     """-i/-o, --model, --device, --json, --eval, --batch-size, --progress."""
-    from pyllm.cli.options import device_option
+    return task_input_options(evaluate=True)(f)
 
-    f = device_option()(f)
-    f = click.option("--progress/--no-progress", default=None,
-                     help="Progress bar for -i (default: when stderr is a terminal).")(f)
-    f = click.option("--batch-size", type=click.IntRange(1, 1024), default=16,
-                     show_default=True, help="Records run together (-i).")(f)
-    f = click.option("--eval", "evaluate", is_flag=True,
-                     help="With -i: score the results against each record's gold field and "
-                          "print the metric.")(f)
+
+def task_input_options(evaluate: bool = True) -> Callable[[Any], Any]:
+    """The options of :func:`input_options`; ``evaluate=False`` leaves ``--eval`` out (the
+    command then receives no ``evaluate`` argument)."""
+
+    def decorate(f: Any) -> Any:
+        f = device_option()(f)
+        f = click.option("--progress/--no-progress", default=None,
+                         help="Progress bar for -i (default: when stderr is a terminal).")(f)
+        f = click.option("--batch-size", type=click.IntRange(1, 1024), default=16,
+                         show_default=True, help="Records run together (-i).")(f)
+        if evaluate:
+            f = click.option("--eval", "evaluate", is_flag=True,
+                             help="With -i: score the results against each record's gold field "
+                                  "and print the metric.")(f)
+        return _io_options(f)
+
+    return decorate
+
+
+def _io_options(f: Any) -> Any:
     f = click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")(f)
     f = click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
                      help="Output JSONL (appended; a re-run resumes).")(f)
@@ -42,8 +82,8 @@ def input_options(f: Any) -> Any:
 
 
 def load_llm(model: str, device: str = "auto") -> Any:
+    """The model for a command: ``pyllm.load`` on the device ``--device`` resolves to."""
     import pyllm
-    from pyllm.cli.options import resolve_device
 
     return pyllm.load(model, resolve_device(device), progress=sys.stderr.isatty())
 
@@ -59,6 +99,7 @@ def text_argument(text: str | None, what: str = "TEXT") -> str:
 
 def check_io(input_path: Path | None, output_path: Path | None, evaluate: bool,
              has_single: bool) -> None:
+    """Usage errors for a task command's mix of a single input, -i, -o and --eval."""
     if input_path is not None and has_single:
         raise click.UsageError("give either a single input or -i IN.jsonl, not both")
     if input_path is None and (output_path is not None or evaluate):
@@ -120,5 +161,7 @@ def _joined(input_path: Path, output_path: Path) -> list[tuple[dict[str, Any], d
     return pairs
 
 
-def print_single(result: Mapping[str, Any], as_json: bool, text: Callable[[Mapping[str, Any]], str]) -> None:
+def print_single(result: Mapping[str, Any], as_json: bool,
+                 text: Callable[[Mapping[str, Any]], str]) -> None:
+    """One result: the JSON object with ``--json``, else ``text(result)``."""
     click.echo(json.dumps(result, ensure_ascii=False) if as_json else text(result))
