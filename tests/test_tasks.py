@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import pyllm
 import pyllm.tasks as tasks
 from pyllm import plugins
+from pyllm.hookspecs import hookimpl
 from pyllm.types import TaskAdapter
 from pyllm_tasks.classify import CONTENT_FREE, calibrate_probs, read_labels, softmax
 from pyllm_tasks.extractive import SpanConstraint
@@ -305,3 +306,107 @@ def test_third_party_task_from_the_example_plugin(llm, monkeypatch):
         out = tasks.get("sentiment").run(llm, [{"text": TEXT}])
         assert out[0]["sentiment"] in LABELS and 0.0 <= out[0]["positive"] <= 1.0
     assert "sentiment" not in tasks.names()
+
+
+# ---------------------------------------------------------------------- tasks from any plugin
+
+
+class Keywords:
+    """A model-free third-party task: the longest words of a text."""
+
+    name = "keywords"
+    description = "The longest words of a text (a test plugin's task)."
+    input_fields = ("text",)
+
+    def run(self, llm, records, *, top=2, **options):
+        out = []
+        for r in records:
+            words = sorted(set(r["text"].replace(".", "").split()), key=lambda w: (-len(w), w))
+            out.append({"keywords": ", ".join(words[:top])})
+        return out
+
+
+class Join:
+    """A two-field task."""
+
+    name = "join-test"
+    description = "Joins two fields."
+    input_fields = ("left", "right")
+
+    def run(self, llm, records, sep="+", **options):
+        return [{"joined": f"{r['left']}{sep}{r['right']}", "n": 2} for r in records]
+
+
+class TaskPlugin:
+    @hookimpl
+    def register_tasks(self, register):
+        register("keywords", Keywords())
+        register("join-test", Join())
+
+
+@pytest.fixture
+def task_plugin(monkeypatch):
+    import pyllm.cli_options as support
+
+    loaded = []
+    monkeypatch.setattr(support, "load_llm", lambda model, device="auto": loaded.append(model))
+    with plugins.registered(TaskPlugin(), name="task-plugin"):
+        yield loaded
+
+
+def invoke(*args: str, input: str | None = None):
+    from pyllm.cli.main import cli as group
+
+    return CliRunner().invoke(group, list(args), input=input)
+
+
+def test_a_plugin_task_gets_a_command(task_plugin, tmp_path):
+    assert "keywords" in invoke("--help").stdout
+    result = invoke("keywords", "-m", "some-model", "A fierce dragon sleeps.", "-O", "top=1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "dragon" and task_plugin == ["some-model"]
+    result = invoke("keywords", "--json", input="a bb ccc\n")  # standard input when piped
+    assert json.loads(result.stdout) == {"keywords": "ccc, bb"}
+    result = invoke("join-test", "--left", "a", "--right", "b", "-O", 'sep="-"')
+    assert json.loads(result.stdout) == {"joined": "a-b", "n": 2}
+    result = invoke("join-test", "--left", "a")
+    assert result.exit_code == 2 and "error: give --right TEXT, or -i IN.jsonl" in result.stderr
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"id": "1", "text": "one three"}\n{"id": "2"}\n')
+    result = invoke("keywords", "-i", str(src), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    lines = {x["id"]: x for x in map(json.loads, out.read_text().splitlines())}
+    assert lines["1"] == {"id": "1", "keywords": "three, one"} and "error" in lines["2"]
+
+
+def test_a_plugin_task_gets_a_repl_command(task_plugin):
+    from pyllm.repl.commands import build_registry
+
+    registry = build_registry()
+    said: list[str] = []
+    session = SimpleNamespace(llm=object(), echo=said.append, error=lambda m: said.append("E " + m))
+    registry.get("keywords").handler(session, "A fierce dragon sleeps.")
+    registry.get("join-test").handler(session, 'left=x right="y z" sep=" & "')
+    registry.get("join-test").handler(session, "left=x")
+    assert said[:2] == ["dragon, fierce", '{"joined": "x & y z", "n": 2}']
+    assert said[2].startswith("E /join-test: missing right")
+    assert registry.get("classify").source != "task classify"  # the plugin's own /classify
+
+
+def test_without_the_tasks_plugin_no_task_command_exists(monkeypatch):
+    monkeypatch.setenv("PYLLM_PLUGINS", "tokenizers,samplers,sources")
+    plugins.reset()
+    try:
+        from pyllm.repl.commands import build_registry
+
+        assert tasks.names() == []
+        help_text = invoke("--help").stdout
+        assert "tokenize" in help_text and "classify" not in help_text
+        result = invoke("classify", "hi", "--labels", "a,b")
+        assert result.exit_code == 2 and "No such command 'classify'" in result.stderr
+        listing = invoke("plugins")
+        assert listing.exit_code == 0 and "tasks" not in listing.stdout
+        assert build_registry().get("classify") is None and build_registry().get("help")
+    finally:
+        monkeypatch.delenv("PYLLM_PLUGINS")
+        plugins.reset()
