@@ -18,6 +18,11 @@ sampled in the whole sequence (prompt length + tokens generated so far). A seede
 therefore draws the same tokens alone or in any batch.
 
 Log-probs are those of the model's distribution (log-softmax of the logits as given).
+
+A ``token_mask`` (int32 ``[B, ceil(V/32)]``, one bit per token; structured output's constraint,
+pyllm/constraints) removes the tokens whose bit is 0 before every step of the chain: the fused
+kernel takes it as an input; the step-by-step path applies it to the logits first. Log-probs stay
+those of the unmasked model distribution.
 """
 
 from __future__ import annotations
@@ -165,9 +170,11 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, params: Sequence[SamplingParams],
                prompt_ids: Sequence[Sequence[int]], output_ids: Sequence[Sequence[int]],
-               state: list[dict[str, Any]] | None = None) -> SampleResult:
+               state: list[dict[str, Any]] | None = None,
+               token_mask: torch.Tensor | None = None) -> SampleResult:
         """One token per row of ``logits`` [B, V] (float32). ``state`` holds a dict per row that
-        lives as long as the request (the row's seed when unseeded, mirostat's mu...)."""
+        lives as long as the request (the row's seed when unseeded, mirostat's mu...).
+        ``token_mask`` (int32 [B, ceil(V/32)], or None) allows only the tokens whose bit is set."""
         B = logits.shape[0]
         if not (len(params) == len(prompt_ids) == len(output_ids) == B):
             raise ValueError(f"logits has {B} rows but got {len(params)} params, "
@@ -177,7 +184,13 @@ class Sampler:
         elif len(state) != B:
             raise ValueError(f"state must hold one dict per row ({B}), got {len(state)}")
         logits = logits.float()
-        if (B and self.fused and logits.device.type == "cpu" and _GREEDY_KERNEL
+        if token_mask is not None:
+            W = (logits.shape[1] + 31) // 32
+            if token_mask.dtype != torch.int32 or tuple(token_mask.shape) != (B, W):
+                raise ValueError(f"token_mask must be int32 [{B}, {W}], got {token_mask.dtype} "
+                                 f"{list(token_mask.shape)}")
+            token_mask = token_mask.to(logits.device, non_blocking=True)
+        if (B and self.fused and token_mask is None and logits.device.type == "cpu" and _GREEDY_KERNEL
                 and all(self._plain_greedy(p) for p in params)):
             for p, s in zip(params, state):
                 self._seed(p, s)  # as the full path does: the state holds the row's seed
@@ -191,7 +204,7 @@ class Sampler:
         fused_rows = [b for b in range(B) if self.fused and _fusable(chains[b], self.steps)]
         if len(fused_rows) == B:
             result = self._fused(logits, params, prompt_ids, output_ids, chains, seeds, positions,
-                                 n_top)
+                                 n_top, token_mask)
         else:
             result = self._empty(B, n_top, logits.device)
             if fused_rows:
@@ -199,7 +212,8 @@ class Sampler:
                     logits[fused_rows], [params[b] for b in fused_rows],
                     [prompt_ids[b] for b in fused_rows], [output_ids[b] for b in fused_rows],
                     [chains[b] for b in fused_rows], [seeds[b] for b in fused_rows],
-                    [positions[b] for b in fused_rows], n_top))
+                    [positions[b] for b in fused_rows], n_top,
+                    None if token_mask is None else token_mask[fused_rows]))
             groups: dict[tuple[str, ...], list[int]] = {}
             for b in range(B):
                 if b not in fused_rows:
@@ -212,7 +226,8 @@ class Sampler:
                 ctx.tokenizer = self.tokenizer  # type: ignore[attr-defined]
                 self._scatter(result, rows, self._stepwise(
                     logits[rows], ctx, names, [seeds[b] for b in rows],
-                    [positions[b] for b in rows], n_top))
+                    [positions[b] for b in rows], n_top,
+                    None if token_mask is None else token_mask[rows]))
         if n_top == 0:
             result.top_ids = result.top_logprobs = None
         return result
@@ -301,7 +316,8 @@ class Sampler:
         return (torch.tensor(frows, dtype=torch.float32).reshape(B, len(sampling_ops.FPARAMS)),
                 torch.tensor(irows, dtype=torch.int64).reshape(B, len(sampling_ops.IPARAMS)))
 
-    def _fused(self, logits, params, prompt_ids, output_ids, chains, seeds, positions, n_top):
+    def _fused(self, logits, params, prompt_ids, output_ids, chains, seeds, positions, n_top,
+               token_mask=None):
         B, V = logits.shape
         dev = logits.device
         frows, irows, windows = [], [], []
@@ -328,14 +344,18 @@ class Sampler:
                    torch.tensor(bias_ids, dtype=torch.int64), torch.tensor(bias_values, dtype=torch.float32)]
         tensors = [t.to(dev, non_blocking=True) for t in tensors]
         # Everything was built here from validated SamplingParams: call the kernel directly.
-        tok, lp, top_ids, top_lp, probs = sampling_ops.launch_sample_tokens(logits, *tensors, n_top)
+        tok, lp, top_ids, top_lp, probs = sampling_ops.launch_sample_tokens(logits, *tensors, n_top,
+                                                                            token_mask)
         return SampleResult(tok, lp, top_ids, top_lp, probs)
 
     # ------------------------------------------------------------------------ step-by-step path
 
-    def _stepwise(self, logits, ctx: SamplingContext, names, seeds, positions, n_top):
+    def _stepwise(self, logits, ctx: SamplingContext, names, seeds, positions, n_top,
+                  token_mask=None):
         raw = logits
         z = logits.clone()
+        if token_mask is not None:
+            z = z.masked_fill(~sampling_ops.token_mask_bits(token_mask, z.shape[1]), float("-inf"))
         for name in names:
             z = self.steps[name](z, ctx)
             if z.shape != raw.shape:

@@ -11,8 +11,9 @@ namespace pyllm {
 void bind_sampling(py::module_& m) {
   m.def("sample_tokens_cpu", &sample_tokens_cpu, py::arg("logits"), py::arg("fparams"),
         py::arg("iparams"), py::arg("recent_ids"), py::arg("bias_rows"), py::arg("bias_ids"),
-        py::arg("bias_values"), py::arg("token_ids"), py::arg("logprobs"), py::arg("top_ids"),
-        py::arg("top_logprobs"), py::arg("probs"), py::call_guard<py::gil_scoped_release>());
+        py::arg("bias_values"), py::arg("token_mask"), py::arg("token_ids"), py::arg("logprobs"),
+        py::arg("top_ids"), py::arg("top_logprobs"), py::arg("probs"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("greedy_tokens_cpu", &greedy_tokens_cpu, py::arg("logits"), py::arg("token_ids"),
         py::arg("logprobs"), py::arg("probs"), py::call_guard<py::gil_scoped_release>());
   m.def(

@@ -14,7 +14,7 @@ namespace pyllm {
 void bind_sampling_cuda(py::module_& m) {
   m.def("sample_tokens_cuda", &sample_tokens_cuda, py::arg("logits"), py::arg("fparams"),
         py::arg("iparams"), py::arg("recent_ids"), py::arg("bias_rows"), py::arg("bias_ids"),
-        py::arg("bias_values"), py::arg("workspace"), py::arg("token_ids"), py::arg("logprobs"),
+        py::arg("bias_values"), py::arg("token_mask"), py::arg("workspace"), py::arg("token_ids"), py::arg("logprobs"),
         py::arg("top_ids"), py::arg("top_logprobs"), py::arg("probs"), py::arg("stream"));
 }
 

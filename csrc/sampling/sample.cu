@@ -44,13 +44,14 @@ struct Args {
   const int64_t* bias_rows;
   const int64_t* bias_ids;
   const float* bias_values;
+  const int32_t* token_mask;  // [B, W] or null (W = 0)
   double* workspace;
   int64_t* token_ids;
   float* logprobs;
   int64_t* top_ids;
   float* top_logprobs;
   float* probs;
-  int64_t V, N, K, n_top, ws_row;  // ws_row: workspace doubles per row
+  int64_t V, N, K, n_top, ws_row, W;  // ws_row: workspace doubles per row; W: mask words
 };
 
 // ------------------------------------------------------------------ block reductions (fixed order)
@@ -264,8 +265,11 @@ __global__ void __launch_bounds__(kThreads) sample_rows(Args a) {
   for (int64_t i = tid; i < V; i += kThreads) sx += exp_nonpos(static_cast<double>(r.x[i]) - xm);
   const double lse = xm + log(block_sum(sx, sh));
 
-  // z = logits + penalties + bias.
-  for (int64_t i = tid; i < V; i += kThreads) r.z[i] = r.x[i];
+  // z = logits (-inf where the token mask clears the bit) + penalties + bias.
+  const int32_t* mrow = a.W > 0 ? a.token_mask + b * a.W : nullptr;
+  const float neg_inf = float_of_order_key(kNegInfKey);
+  for (int64_t i = tid; i < V; i += kThreads)
+    r.z[i] = (mrow == nullptr || ((static_cast<uint32_t>(mrow[i >> 5]) >> (i & 31)) & 1u)) ? r.x[i] : neg_inf;
   __syncthreads();
   if (rep != 1.0f || freq != 0.0f || pres != 0.0f) {
     // Count each id of the window (integer atomics: the totals do not depend on the order), then
@@ -429,7 +433,8 @@ __global__ void __launch_bounds__(kThreads) sample_rows(Args a) {
 void sample_tokens_cuda(const TensorView& logits, const TensorView& fparams, const TensorView& iparams,
                         const TensorView& recent_ids, const TensorView& bias_rows,
                         const TensorView& bias_ids, const TensorView& bias_values,
-                        const TensorView& workspace, const TensorView& token_ids,
+                        const TensorView& token_mask, const TensorView& workspace,
+                        const TensorView& token_ids,
                         const TensorView& logprobs, const TensorView& top_ids,
                         const TensorView& top_logprobs, const TensorView& probs, uintptr_t stream) {
   using namespace sampling;
@@ -447,6 +452,10 @@ void sample_tokens_cuda(const TensorView& logits, const TensorView& fparams, con
   a.bias_rows = bias_rows.ptr<int64_t>();
   a.bias_ids = bias_ids.ptr<int64_t>();
   a.bias_values = bias_values.ptr<float>();
+  a.W = token_mask.size(1);
+  require(a.W == 0 || (token_mask.dtype == DType::I32 && token_mask.is_contiguous() && a.W * 32 >= V),
+          "token_mask int32 [B, ceil(V / 32)] or [B, 0]");
+  a.token_mask = a.W ? token_mask.ptr<int32_t>() : nullptr;
   a.workspace = static_cast<double*>(workspace.data);
   a.token_ids = token_ids.ptr<int64_t>();
   a.logprobs = logprobs.ptr<float>();

@@ -95,6 +95,24 @@ struct Kept {
 
 // Repetition (CTRL: divide positive logits, multiply negative ones), then frequency and presence
 // (OpenAI: subtract count * frequency + presence), once per distinct id in the window.
+// z[i] = -inf for each token whose bit is clear in this row's mask; true when any was.
+bool apply_token_mask(float* z, int64_t V, const int32_t* words, int64_t W) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  bool any = false;
+  for (int64_t w = 0; w < W && w * 32 < V; ++w) {
+    const uint32_t bits = static_cast<uint32_t>(words[w]);
+    if (bits == 0xFFFFFFFFu) continue;
+    const int64_t end = std::min<int64_t>(32, V - w * 32);
+    for (int64_t k = 0; k < end; ++k) {
+      if (!((bits >> k) & 1u)) {
+        z[w * 32 + k] = neg_inf;
+        any = true;
+      }
+    }
+  }
+  return any;
+}
+
 bool apply_penalties(float* z, int64_t V, const int64_t* recent, int64_t N, const RowParams& p,
                      std::vector<int64_t>& buf) {
   if (p.repetition == 1.0f && p.frequency == 0.0f && p.presence == 0.0f) return false;
@@ -494,9 +512,9 @@ void greedy_tokens_cpu(const TensorView& logits, const TensorView& token_ids,
 void sample_tokens_cpu(const TensorView& logits, const TensorView& fparams, const TensorView& iparams,
                        const TensorView& recent_ids, const TensorView& bias_rows,
                        const TensorView& bias_ids, const TensorView& bias_values,
-                       const TensorView& token_ids, const TensorView& logprobs,
-                       const TensorView& top_ids, const TensorView& top_logprobs,
-                       const TensorView& probs) {
+                       const TensorView& token_mask, const TensorView& token_ids,
+                       const TensorView& logprobs, const TensorView& top_ids,
+                       const TensorView& top_logprobs, const TensorView& probs) {
   using namespace sampling;
   require(logits.dtype == DType::F32 && logits.ndim == 2 && logits.is_contiguous(), "logits f32 [B, V]");
   const int64_t B = logits.size(0), V = logits.size(1);
@@ -510,6 +528,10 @@ void sample_tokens_cpu(const TensorView& logits, const TensorView& fparams, cons
   const int64_t* brow = bias_rows.ptr<int64_t>();
   const int64_t* bid = bias_ids.ptr<int64_t>();
   const float* bval = bias_values.ptr<float>();
+  const int64_t W = token_mask.size(1);
+  require(W == 0 || (token_mask.dtype == DType::I32 && token_mask.is_contiguous() && W * 32 >= V),
+          "token_mask int32 [B, ceil(V / 32)] or [B, 0]");
+  const int32_t* mask = W ? token_mask.ptr<int32_t>() : nullptr;
 
 #pragma omp parallel for schedule(dynamic, 1) if (B > 1)
   for (int64_t b = 0; b < B; ++b) {
@@ -529,7 +551,8 @@ void sample_tokens_cpu(const TensorView& logits, const TensorView& fparams, cons
 
     s.z.assign(x, x + V);
     float* z = s.z.data();
-    bool raw = !apply_penalties(z, V, recent + b * N, N, p, s.recent);
+    const bool masked = mask != nullptr && apply_token_mask(z, V, mask + b * W, W);
+    bool raw = !apply_penalties(z, V, recent + b * N, N, p, s.recent) && !masked;
     for (int64_t j = 0; j < K; ++j) {
       if (brow[j] == b && bid[j] >= 0 && bid[j] < V) {
         z[bid[j]] += bval[j];

@@ -11,14 +11,16 @@ namespace pyllm {
 
 // logits [B, V] f32; fparams [B, 7] f32 and iparams [B, 3] i64 (columns in sample_math.h);
 // recent_ids [B, N] i64 (-1 = padding); bias_rows / bias_ids [K] i64, bias_values [K] f32;
+// token_mask [B, W] i32: W = 0 (no mask) or W = ceil(V / 32), token i of row b allowed when bit
+// i % 32 of word i / 32 is set; a disallowed token's logit is -inf before everything else;
 // outputs token_ids [B] i64, logprobs [B] f32, top_ids [B, n] i64, top_logprobs [B, n] f32,
 // probs [B] f32 (the chosen token's probability under the filtered, tempered distribution).
 void sample_tokens_cpu(const TensorView& logits, const TensorView& fparams, const TensorView& iparams,
                        const TensorView& recent_ids, const TensorView& bias_rows,
                        const TensorView& bias_ids, const TensorView& bias_values,
-                       const TensorView& token_ids, const TensorView& logprobs,
-                       const TensorView& top_ids, const TensorView& top_logprobs,
-                       const TensorView& probs);
+                       const TensorView& token_mask, const TensorView& token_ids,
+                       const TensorView& logprobs, const TensorView& top_ids,
+                       const TensorView& top_logprobs, const TensorView& probs);
 
 // Greedy rows only: what sample_tokens_cpu returns for rows with temperature 0, no penalties, no
 // logit bias, typical_p 1 and no top-n log-probs (top_k, top_p and min_p never remove the best
@@ -40,7 +42,8 @@ void greedy_tokens(const float* logits, int64_t B, int64_t V, int64_t* token_ids
 void sample_tokens_cuda(const TensorView& logits, const TensorView& fparams, const TensorView& iparams,
                         const TensorView& recent_ids, const TensorView& bias_rows,
                         const TensorView& bias_ids, const TensorView& bias_values,
-                        const TensorView& workspace, const TensorView& token_ids,
+                        const TensorView& token_mask, const TensorView& workspace,
+                        const TensorView& token_ids,
                         const TensorView& logprobs, const TensorView& top_ids,
                         const TensorView& top_logprobs, const TensorView& probs, uintptr_t stream);
 #endif

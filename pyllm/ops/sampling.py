@@ -20,7 +20,10 @@ from: after every filter and the temperature; 1 when greedy, 0 for a row with no
 
 What one row computes (the CPU and CUDA kernels and ``sample_tokens_ref`` all follow this):
 
-1. ``z = logits`` (float32). Penalties, once per distinct id t in the window with count c:
+0. Token mask (optional, ``token_mask`` int32 ``[B, ceil(V/32)]``, one bit per id: id i is bit
+   ``i % 32`` of word ``i // 32``): ``z[i] = -inf`` where the bit is 0 (structured output's
+   constraint, pyllm/constraints). A row whose mask allows nothing returns token 0, as below.
+1. ``z = logits`` (float32), masked as in 0. Penalties, once per distinct id t in the window with count c:
    repetition (CTRL): ``z[t] = z[t] / r if z[t] > 0 else z[t] * r``; then frequency and
    presence (OpenAI): ``z[t] -= c * frequency + presence``.
 2. Logit bias: ``z[id] += bias`` for each (row, id, bias) entry of this row.
@@ -68,6 +71,7 @@ __all__ = [
     "philox_uniform",
     "sample_tokens",
     "sample_tokens_ref",
+    "token_mask_bits",
     "launch_sample_tokens",
 ]
 
@@ -173,10 +177,19 @@ def _choose_ref(z: torch.Tensor, f: list[float], top_k: int, seed: int, position
     return (int(ids[j]), float(v[j]) / total) if j < ids.numel() else best()
 
 
+def token_mask_bits(token_mask: torch.Tensor, V: int) -> torch.Tensor:
+    """bool [B, V]: True where ``token_mask`` (int32 [B, ceil(V/32)]) allows the token."""
+    shifts = torch.arange(32, dtype=torch.int32, device=token_mask.device)
+    bits = (token_mask.to(torch.int32).unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(token_mask.shape[0], -1)[:, :V] != 0
+
+
 def sample_tokens_ref(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values,
-                      num_logprobs):
+                      num_logprobs, token_mask=None):
     """Plain PyTorch, row by row: the meaning of `sample_tokens` (see the module docstring)."""
     device = logits.device
+    allowed = (token_mask_bits(token_mask.cpu(), logits.shape[1])
+               if token_mask is not None and token_mask.numel() else None)
     logits, fparams, iparams = logits.float().cpu(), fparams.float().cpu(), iparams.cpu()
     recent_ids, bias_rows, bias_ids = recent_ids.cpu(), bias_rows.cpu(), bias_ids.cpu()
     bias_values = bias_values.float().cpu()
@@ -185,6 +198,8 @@ def sample_tokens_ref(logits, fparams, iparams, recent_ids, bias_rows, bias_ids,
     probs = torch.zeros(B, dtype=torch.float32)
     for b in range(B):
         z = logits[b].clone()
+        if allowed is not None:
+            z[~allowed[b]] = float("-inf")
         f = fparams[b]
         rep, freq, pres = f[4], f[5], f[6]
         if rep != 1 or freq != 0 or pres != 0:
@@ -210,7 +225,7 @@ def sample_tokens_ref(logits, fparams, iparams, recent_ids, bias_rows, bias_ids,
 # ------------------------------------------------------------------------------ checks
 
 def _check_shapes(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values,
-                  num_logprobs) -> None:
+                  num_logprobs, token_mask=None) -> None:
     L.check(logits.dtype == torch.float32 and logits.dim() == 2,
             f"logits must be float32 [B, V], got {logits.dtype} {list(logits.shape)}")
     B, V = logits.shape
@@ -230,6 +245,12 @@ def _check_shapes(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bia
             f"{bias_rows.dtype} {list(bias_rows.shape)}, {bias_ids.dtype} {list(bias_ids.shape)}, "
             f"{bias_values.dtype} {list(bias_values.shape)}")
     L.check(0 <= num_logprobs <= V, f"num_logprobs must be in 0..{V}, got {num_logprobs}")
+    if token_mask is not None:
+        L.check(token_mask.dtype == torch.int32 and token_mask.dim() == 2
+                and token_mask.shape[0] == B and token_mask.shape[1] in (0, (V + 31) // 32),
+                f"token_mask must be int32 [{B}, {(V + 31) // 32}] (or [{B}, 0]), got "
+                f"{token_mask.dtype} {list(token_mask.shape)}")
+        L.check_same_device(logits=logits, token_mask=token_mask)
     L.check_same_device(logits=logits, fparams=fparams, iparams=iparams, recent_ids=recent_ids,
                         bias_rows=bias_rows, bias_ids=bias_ids, bias_values=bias_values)
 
@@ -269,7 +290,8 @@ def _check_values(logits, fparams, iparams, recent_ids, bias_rows, bias_ids) -> 
 
 SAMPLE_TOKENS = L.define(
     "sample_tokens(Tensor logits, Tensor fparams, Tensor iparams, Tensor recent_ids, "
-    "Tensor bias_rows, Tensor bias_ids, Tensor bias_values, int num_logprobs) "
+    "Tensor bias_rows, Tensor bias_ids, Tensor bias_values, int num_logprobs, "
+    "Tensor? token_mask=None) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
@@ -282,19 +304,24 @@ def _outputs(logits: torch.Tensor, num_logprobs: int):
             torch.empty(B, dtype=torch.float32, device=dev))
 
 
-def _fake(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs):
-    _check_shapes(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs)
+def _fake(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs,
+          token_mask=None):
+    _check_shapes(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs,
+                  token_mask)
     return _outputs(logits, num_logprobs)
 
 
 def launch_sample_tokens(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values,
-                         num_logprobs: int):
+                         num_logprobs: int, token_mask: torch.Tensor | None = None):
     """Run the kernel for the tensors' device with no checks (the caller built and checked them).
 
     The decode hot path (pyllm.sampler) uses this; `torch.ops.pyllm.sample_tokens` checks
     everything first and then does the same.
     """
-    args = [t.contiguous() for t in (logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values)]
+    if token_mask is None:
+        token_mask = torch.empty(logits.shape[0], 0, dtype=torch.int32, device=logits.device)
+    args = [t.contiguous() for t in (logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values,
+                                     token_mask)]
     outs = _outputs(logits, num_logprobs)
     if logits.shape[0] == 0:
         return outs
@@ -306,25 +333,32 @@ def launch_sample_tokens(logits, fparams, iparams, recent_ids, bias_rows, bias_i
 
 
 def _launch_cuda(args: list[torch.Tensor], outs) -> None:
-    """The CUDA kernel on contiguous inputs (logits first), with its float64 workspace."""
+    """The CUDA kernel on contiguous inputs (logits first; the token mask last, or left out for
+    none), with its float64 workspace."""
     B, V = args[0].shape
+    if len(args) == 7:
+        args = [*args, torch.empty(B, 0, dtype=torch.int32, device=args[0].device)]
     workspace = torch.empty(B, 2 * V, dtype=torch.float64, device=args[0].device)
     L._C.sample_tokens_cuda(*(L.view(t) for t in args), L.view(workspace), *(L.view(o) for o in outs),
                             L.cuda_stream(args[0].device))
 
 
-def _checked_kernel(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs):
-    _check_shapes(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs)
+def _checked_kernel(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs,
+                    token_mask=None):
+    _check_shapes(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs,
+                  token_mask)
     _check_values(logits, fparams, iparams, recent_ids, bias_rows, bias_ids)
     return launch_sample_tokens(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values,
-                                num_logprobs)
+                                num_logprobs, token_mask)
 
 
-def _checked_reference(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs):
-    _check_shapes(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs)
+def _checked_reference(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs,
+                       token_mask=None):
+    _check_shapes(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs,
+                  token_mask)
     _check_values(logits, fparams, iparams, recent_ids, bias_rows, bias_ids)
     return sample_tokens_ref(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values,
-                             num_logprobs)
+                             num_logprobs, token_mask)
 
 
 L.register(SAMPLE_TOKENS, reference=_checked_reference, fake=_fake, cpu=_checked_kernel,
@@ -334,8 +368,9 @@ L.register(SAMPLE_TOKENS, reference=_checked_reference, fake=_fake, cpu=_checked
 def sample_tokens(logits: torch.Tensor, fparams: torch.Tensor, iparams: torch.Tensor,
                   recent_ids: torch.Tensor | None = None, bias_rows: torch.Tensor | None = None,
                   bias_ids: torch.Tensor | None = None, bias_values: torch.Tensor | None = None,
-                  num_logprobs: int = 0):
-    """Sample one token per row (see the module docstring); absent penalty/bias inputs are empty.
+                  num_logprobs: int = 0, token_mask: torch.Tensor | None = None):
+    """Sample one token per row (see the module docstring); absent penalty/bias inputs are empty,
+    an absent ``token_mask`` allows every token.
 
     Returns (token_ids [B] int64, logprobs [B] float32, top_ids [B, n], top_logprobs [B, n],
     probs [B] float32).
@@ -348,4 +383,4 @@ def sample_tokens(logits: torch.Tensor, fparams: torch.Tensor, iparams: torch.Te
         bias_ids = torch.empty(0, dtype=torch.int64, device=dev)
         bias_values = torch.empty(0, dtype=torch.float32, device=dev)
     return torch.ops.pyllm.sample_tokens(logits, fparams, iparams, recent_ids, bias_rows, bias_ids,
-                                         bias_values, int(num_logprobs))
+                                         bias_values, int(num_logprobs), token_mask)

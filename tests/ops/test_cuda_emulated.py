@@ -42,6 +42,7 @@ from test_attention import cases as attention_cases
 from test_attention import make_case, tolerance
 from test_qlinear import QTYPES, case_data, check_close, make_weight
 from test_sampling import params as sampling_params
+from test_sampling import random_mask
 from test_sampling import run as cpu_sample
 from test_sampling import sampling_inputs
 
@@ -344,6 +345,24 @@ def test_sampler_draws_what_the_cpu_draws(E, inputs):
     assert torch.equal(gpu[0], cpu[0]) and torch.equal(gpu[0], ref[0])
     assert torch.equal(gpu[2], cpu[2])
     for g, c in zip((gpu[1], gpu[3], gpu[4]), (cpu[1], cpu[3], cpu[4])):
+        torch.testing.assert_close(g, c, atol=1e-5, rtol=1e-6, equal_nan=True)
+
+
+@examples(15)
+@given(inputs=sampling_inputs(), density=st.sampled_from([0.0, 0.05, 0.5]),
+       mask_seed=st.integers(0, 2**31 - 1))
+def test_sampler_token_mask_draws_what_the_cpu_draws(E, inputs, density, mask_seed):
+    """Structured output's token bitmask: the CUDA kernel masks the same ids as the CPU kernel
+    and the reference, before penalties and filters."""
+    x, f, i, recent, bias, n = inputs
+    mask = random_mask(x.shape[0], x.shape[1], torch.Generator().manual_seed(mask_seed), density)
+    outs = S._outputs(x, n)
+    with emulated_cuda(E):
+        S._launch_cuda([a.contiguous() for a in [*sampler_args(x, f, i, recent, bias), mask]], outs)
+    cpu = ops.sample_tokens(*sampler_args(x, f, i, recent, bias), num_logprobs=n, token_mask=mask)
+    ref = sample_tokens_ref(*sampler_args(x, f, i, recent, bias), n, mask)
+    assert torch.equal(outs[0], cpu[0]) and torch.equal(outs[0], ref[0])
+    for g, c in zip((outs[1], outs[3], outs[4]), (cpu[1], cpu[3], cpu[4])):
         torch.testing.assert_close(g, c, atol=1e-5, rtol=1e-6, equal_nan=True)
 
 

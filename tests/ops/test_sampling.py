@@ -349,6 +349,76 @@ def test_kernel_matches_reference(inputs):
     torch.testing.assert_close(got[4], ref[4], atol=1e-6, rtol=0)
 
 
+def random_mask(B: int, V: int, gen: torch.Generator, density: float) -> torch.Tensor:
+    """int32 [B, ceil(V/32)] token bitmask with about `density` of the ids allowed (at least one
+    per row, except where density is 0)."""
+    allowed = torch.rand(B, V, generator=gen) < density
+    if density > 0:
+        allowed[torch.arange(B), torch.randint(0, V, (B,), generator=gen)] = True
+    W = (V + 31) // 32
+    padded = torch.zeros(B, W * 32, dtype=torch.int64)
+    padded[:, :V] = allowed.to(torch.int64)
+    words = (padded.reshape(B, W, 32) << torch.arange(32)).sum(-1)
+    words = torch.where(words >= 2**31, words - 2**32, words)  # the int32 bit pattern
+    if V % 32:  # bits past V are junk the kernels must ignore
+        words[:, -1] |= torch.tensor(-(1 << (V % 32)) if V % 32 else 0, dtype=torch.int64)
+    return words.to(torch.int32)
+
+
+@examples(60)
+@given(sampling_inputs(), st.sampled_from([0.0, 0.02, 0.3, 1.0]), st.integers(0, 2**31 - 1))
+def test_token_mask_kernel_matches_reference(inputs, density, mask_seed):
+    """The mask goes in before penalties and filters: kernel == reference, no masked token is ever
+    drawn, and log-probs stay the unmasked model's."""
+    x, f, i, recent, bias, n = inputs
+    B, V = x.shape
+    mask = random_mask(B, V, torch.Generator().manual_seed(mask_seed), density)
+    rows, ids, vals = bias
+    bias_t = (torch.tensor(rows, dtype=torch.int64), torch.tensor(ids, dtype=torch.int64),
+              torch.tensor(vals, dtype=torch.float32))
+    got = ops.sample_tokens(x, f, i, recent, *bias_t, num_logprobs=n, token_mask=mask)
+    ref = sample_tokens_ref(x, f, i, recent, *bias_t, n, mask)
+    assert torch.equal(got[0], ref[0])
+    torch.testing.assert_close(got[1], ref[1], atol=1e-5, rtol=1e-6, equal_nan=True)
+    torch.testing.assert_close(got[4], ref[4], atol=1e-6, rtol=0)
+    allowed = ops.sampling.token_mask_bits(mask, V)
+    model_lp = torch.log_softmax(x.double(), -1).gather(1, got[0][:, None])[:, 0].float()
+    torch.testing.assert_close(got[1], model_lp, atol=1e-5, rtol=1e-6, equal_nan=True)
+    for b in range(B):
+        finite = allowed[b] & (x[b] > NEG_INF)
+        if bool(finite.any()):
+            assert bool(allowed[b, got[0][b]]), (b, int(got[0][b]))
+
+
+def test_token_mask_all_allowed_changes_nothing():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 100, generator=gen)
+    f, i = params(4, temperature=0.9, top_p=0.9)
+    full = torch.full((4, 4), -1, dtype=torch.int32)
+    assert torch.equal(ops.sample_tokens(x, f, i, token_mask=full)[0], ops.sample_tokens(x, f, i)[0])
+
+
+def test_token_mask_single_token_is_forced_through_every_filter():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 70, generator=gen)
+    x[:, 65] = -30.0  # far outside top-k/top-p/min-p of the unmasked row
+    f, i = params(3, temperature=0.7, top_k=2, top_p=0.5, min_p=0.3)
+    mask = torch.zeros(3, 3, dtype=torch.int32)
+    mask[:, 2] = 1 << 1  # only id 65
+    assert ops.sample_tokens(x, f, i, token_mask=mask)[0].tolist() == [65, 65, 65]
+
+
+@pytest.mark.parametrize("mask,message", [
+    (torch.zeros(2, 2, dtype=torch.int32), "token_mask must be int32"),
+    (torch.zeros(2, 1, dtype=torch.int64), "token_mask must be int32"),
+    (torch.zeros(3, 1, dtype=torch.int32), "token_mask must be int32"),
+])
+def test_bad_token_masks_are_refused(mask, message):
+    f, i = params(2)
+    with pytest.raises(ValueError, match=message):
+        ops.sample_tokens(torch.randn(2, 10), f, i, token_mask=mask)
+
+
 def test_large_vocabulary_matches_reference():
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(3, 49152, generator=gen) * 3
