@@ -90,20 +90,17 @@ def error_line(key: Key, line: int, error_type: str, message: str) -> dict[str, 
 # ---------------------------------------------------------------------- reading the input
 
 
-def nesting_depth(text: str, limit: int = MAX_DEPTH) -> int | None:
-    """How deeply `text` (a JSON value) nests arrays and objects when that is more than `limit`,
-    else None; found without parsing (so without recursion): brackets inside strings do not
-    count."""
+def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether `text` (a JSON value) nests arrays and objects more than `limit` levels deep,
+    found without parsing (so without recursion): brackets inside strings do not count."""
     if text.count("[") + text.count("{") <= limit:
-        return None  # too few brackets to be that deep: skip the scan
-    depth = deepest = 0
+        return False  # too few brackets to be that deep: skip the scan
+    depth = 0
     for m in _BRACKET.finditer(_STRING.sub('""', text)):
-        if m.group() in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest if deepest > limit else None
+        depth += 1 if m.group() in "[{" else -1
+        if depth > limit:
+            return True
+    return False
 
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -122,10 +119,9 @@ def parse_line(raw: bytes, line_no: int) -> dict[str, Any] | BadRecord | None:
                          f"{raw[exc.start:exc.start + 1]!r})")
     if not text:
         return None
-    depth = nesting_depth(text)
-    if depth is not None:
+    if too_deep(text):
         return BadRecord(line_no, line_no, "too_deep",
-                         f"line {line_no}: nested {depth} levels deep; at most {MAX_DEPTH} are accepted")
+                         f"line {line_no}: nested more than {MAX_DEPTH} levels deep (arrays and objects)")
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, a 5,000-digit int
@@ -223,7 +219,7 @@ def _line_key(raw: bytes) -> tuple[Key, bool] | None:
     """(key, is an error) of one output line; None for a line that is not one of ours."""
     try:
         text = raw.decode("utf-8")
-        if nesting_depth(text, MAX_DEPTH + 8) is not None:  # ours add a few levels to a record
+        if too_deep(text, MAX_DEPTH + 8):  # ours add a few levels to a record
             return None
         obj = json.loads(text)
     except (ValueError, RecursionError):
@@ -313,8 +309,8 @@ def check_job_files(input_path: Path | str, output_path: Path) -> None:
     existing) and an output that is the input file itself (by device and inode)."""
     supported = ("a job's output must be a regular file (new or existing), since the job appends "
                  "to it and reads it back to resume; write to a file and copy or print it afterwards")
-    if os.path.abspath(output_path).startswith(("/dev/", "/proc/")):  # /dev/stdout, /dev/fd/N, ...
-        raise ValueError(f"the output {output_path} is a device or a stream: {supported}")
+    if os.path.abspath(output_path).startswith(_STREAM_PATHS):  # a regular file when redirected
+        raise ValueError(f"the output {output_path} is a stream, not a file: {supported}")
     try:
         out = os.stat(output_path)
     except FileNotFoundError:
@@ -333,6 +329,9 @@ def check_job_files(input_path: Path | str, output_path: Path) -> None:
         raise ValueError(f"{where} and the output {output_path} are the same file: the output "
                          f"gets one line per finished record and is read back to resume, so it "
                          f"must be another file")
+
+
+_STREAM_PATHS = ("/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/")
 
 
 def _file_kind(mode: int) -> str:

@@ -68,6 +68,28 @@ def test_a_directory_as_output_is_refused_by_the_library_too(tmp_path):
         jobs.check_job_files(src, tmp_path)
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_a_regular_file_under_dev_shm_is_a_fine_output(tmp_path):
+    src, out = tmp_path / "in.jsonl", Path(f"/dev/shm/pyllm-test-{os.getpid()}.jsonl")
+    _write(src, ['{"id": "a", "prompt": "x"}'])
+    try:
+        out.write_text('{"id": "a", "text": "x"}\n')
+        jobs.check_job_files(src, out)  # no error
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def test_a_huge_line_of_brackets_is_refused_quickly(tmp_path):
+    import time
+
+    src = tmp_path / "in.jsonl"
+    _write(src, ["[" * 10_000_000, '{"id": "a", "prompt": "x"}'])
+    start = time.monotonic()
+    recs = list(read_records(src))
+    assert [getattr(r, "error_type", "ok") for r in recs] == ["too_deep", "ok"]
+    assert time.monotonic() - start < 5
+
+
 def test_stdin_redirected_from_the_output_is_the_same_file(tmp_path):
     out = tmp_path / "out.jsonl"
     _write(out, ['{"id": "a", "text": "done"}'])
