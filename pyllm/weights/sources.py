@@ -10,6 +10,8 @@ Each turns a model spec into a local path: a `.gguf` file or a Hugging Face fold
 - ``hf-hub``: a Hugging Face Hub repo id ``org/name`` (or ``hf:org/name``): config, safetensors
   and tokenizer files downloaded with ``huggingface_hub`` into ``<home>/models/org--name``;
   pickled ``.bin`` weights are never fetched
+- ``hf-gguf``: ``hf.co/ORG/REPO[:QUANT]``, one GGUF file of a Hub repository, once
+  ``pyllm pull`` has fetched it (pyllm/weights/hub.py)
 
 Nothing here imports torch.
 """
@@ -106,7 +108,27 @@ class CacheSource:
         p = self._find(spec)
         if p is None:
             raise FileNotFoundError(f"{spec} is no longer in {pull.models_dir()}")
+        sha = pull.recorded_sha256(p) if p.is_file() else None
+        if sha is not None:  # pulled with a known hash: checked (cheaply, unless it changed)
+            pull.check_cached(p, sha, None, spec)
         return p
+
+
+class HubGGUFSource:
+    """``hf.co/ORG/REPO[:QUANT]``: a GGUF file pulled from the Hub by `pyllm pull` (running
+    the name uses the cached file, never downloads: see pyllm/weights/hub.py)."""
+
+    name = "hf-gguf"
+
+    def can_resolve(self, spec: str) -> bool:
+        from pyllm.weights import hub
+
+        return hub.is_hub_gguf_name(spec)
+
+    def resolve(self, spec: str, *, progress: bool = True) -> Path:
+        from pyllm.weights import hub
+
+        return hub.resolve_cached(hub.parse_name(spec))
 
 
 # A Hub repo id: "org/name" (letters, digits, - _ .), optionally as hf:org/name or a
@@ -197,4 +219,5 @@ def _silent_tqdm():
 
 def builtin_sources() -> list:
     """In resolution order: local paths first, then names, then the Hub."""
-    return [GGUFFileSource(), HFFolderSource(), DefaultSource(), CacheSource(), HFHubSource()]
+    return [GGUFFileSource(), HFFolderSource(), DefaultSource(), CacheSource(), HFHubSource(),
+            HubGGUFSource()]
