@@ -116,10 +116,12 @@ def post(server, path: str, body, headers=None) -> httpx.Response:
 # ---------------------------------------------------------------------- the happy paths
 
 
-def test_models_and_health(server, client, tiny):
+def test_models_health_tokenize(server, client, tiny):
     (card,) = client.models.list().data
     assert card.id == tiny.name
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    r = post(server, "/tokenize", {"messages": CHAT}).json()
+    assert r["tokens"] == tiny.encode_prompt(CHAT) and r["max_model_len"] == tiny.context_length
 
 
 def test_chat_matches_the_python_api(client, tiny):
@@ -434,3 +436,39 @@ def test_default_model(smollm2_path):
         streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
             model=llm.name, messages=messages, max_tokens=16, temperature=0, stream=True))
         assert streamed == want.text
+
+
+# ---------------------------------------------------------------------- the REPL as a client
+
+
+def test_repl_http_backend(server, tiny):
+    from pyllm.repl.http_backend import HTTPBackend
+
+    backend = HTTPBackend(server.url)
+    assert backend.model_name == tiny.name and backend.context_length == tiny.context_length
+    messages = [{"role": "system", "content": "Be brief."}, *CHAT]
+    assert backend.count_tokens(messages) == len(tiny.encode_prompt(messages))
+    assert backend.tokenize("hi there")[0] == tiny.tokenizer.encode("hi there", add_bos=False)
+    params = SamplingParams(seed=3, max_tokens=10, temperature=0.8, top_k=40, min_p=0.05)
+    reply = "".join(backend.stream_reply(messages, params))
+    assert reply == tiny.chat(messages, params).text
+    assert backend.last_stats.tokens == 10 and backend.last_stats.finish_reason == "length"
+    stream = backend.stream_reply(messages, SamplingParams(max_tokens=400, ignore_eos=True))
+    next(stream)
+    stream.close()  # Ctrl-C in the REPL: the server aborts the request
+    assert wait_idle(tiny)
+
+
+def test_pyllm_chat_url(server, tiny):
+    from click.testing import CliRunner
+
+    from pyllm.cli.main import cli
+    from pyllm.cli.options import SAMPLING_DEFAULTS
+
+    params = SamplingParams(**{**SAMPLING_DEFAULTS, "temperature": 0.0, "max_tokens": 6})
+    want = tiny.chat(CHAT, params).text  # the chat's defaults, made greedy
+    result = CliRunner().invoke(cli, ["chat", "--url", server.url, "--temperature", "0",
+                                      "--max-tokens", "6", "--no-history"],
+                                input=CHAT[0]["content"] + "\n")
+    assert result.exit_code == 0, result.output
+    assert want.strip() in result.output

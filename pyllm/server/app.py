@@ -119,6 +119,20 @@ def create_app(llm: Any, *, api_key: str | None = None, model_name: str | None =
     async def embeddings(req: P.EmbeddingRequest) -> P.EmbeddingList:
         return await _embeddings(state, req)
 
+    @app.post("/tokenize", dependencies=auth)
+    async def tokenize(req: P.TokenizeRequest) -> P.TokenizeResponse:
+        """Token ids of a text or of a conversation as the model will see it (vLLM has the
+        same route; `pyllm chat --url` counts its context with it)."""
+        if (req.prompt is None) == (req.messages is None):
+            raise P.APIError(400, "give either prompt or messages", param="prompt")
+        if req.messages is not None:
+            ids = _encode(state, [{"role": m.role, "content": m.text(i)}
+                                  for i, m in enumerate(req.messages)], "messages")
+        else:
+            ids = llm.tokenizer.encode(req.prompt, add_bos=req.add_special_tokens)
+        return P.TokenizeResponse(tokens=ids, count=len(ids), max_model_len=llm.context_length,
+                                  pieces=[state.token_text(i)[0] for i in ids])
+
     from pyllm.server.tasks import install_task_routes
 
     install_task_routes(app, state, auth)
