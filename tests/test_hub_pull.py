@@ -322,3 +322,26 @@ def test_damaged_hub_file_says_how_to_fix_it(fake_hub) -> None:
     path2, downloaded = hub.pull_gguf("hf.co/org/tiny-GGUF:Q8_0", progress=False)
     assert downloaded and path2 == path
     assert path.read_bytes() == fake_hub.repos["org/tiny-GGUF"]["Tiny-Q8_0.gguf"]
+
+
+def test_show_hf_folder(tmp_path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "llama", "max_position_embeddings": 2048}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ x }}"}))
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"temperature": 0.3, "top_p": 0.9, "bos_token_id": 1}))
+    save_file({"a": torch.zeros(3, 4, dtype=torch.bfloat16), "b": torch.zeros(5)},
+              str(tmp_path / "model.safetensors"))
+    r = CliRunner().invoke(cli, ["show", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.stdout)
+    assert (shown["architecture"], shown["parameters"], shown["context_length"]) == \
+        ("llama", 17, 2048)
+    assert shown["quant_types"] == {"BF16": 1, "F32": 1}
+    assert shown["chat_template"] == "{{ x }}"
+    assert shown["sampling_suggested_by_file"] == {"temperature": 0.3, "top_p": 0.9}
+    r = CliRunner().invoke(cli, ["show", "no-such-model"])
+    assert r.exit_code == 2 and "never downloads" in r.stderr
