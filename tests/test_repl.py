@@ -1,7 +1,8 @@
 """The chat REPL driven through prompt-toolkit's pipe input, with a fake model.
 
 Every test types keys into a real PromptSession (``create_pipe_input()`` / ``DummyOutput()``) and
-reads what the REPL printed; the FakeBackend records what the model was asked.
+reads what the REPL printed; the FakeBackend (tests/fake_backend.py) records what the model was
+asked.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from fake_backend import FakeBackend, echo_reply
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from pyllm.repl.backend import ChatBackend, FakeBackend, echo_reply
+from pyllm.repl.backend import ChatBackend
 from pyllm.repl.commands import build_registry
 from pyllm.repl.completion import ReplCompleter
 from pyllm.repl.conversation import Conversation
@@ -541,7 +543,6 @@ def test_llm_backend_adapts_the_api() -> None:
 
 
 def test_pyllm_chat_command_reads_a_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("pyllm.api")
     from click.testing import CliRunner
 
     from pyllm.cli.main import cli

@@ -24,6 +24,7 @@ from pyllm.cli.options import (
     stdin_text,
     system_option,
 )
+from pyllm.constraints.cli import structured_options, structured_overrides
 
 
 @click.command("run")
@@ -40,6 +41,7 @@ from pyllm.cli.options import (
 @click.option("--truncate", type=click.Choice(["none", "left"]), default="none", show_default=True,
               help="A prompt longer than the context is an error (none) or keeps its end (left).")
 @sampling_options(SAMPLING_DEFAULTS)
+@structured_options()
 @load_options()
 def run(model: str | None, prompt: str | None, model_option: str | None, system: str | None,
         chat: bool, as_json: bool, truncate: str, int8: bool, kv_dtype: str, device: str,
@@ -57,6 +59,9 @@ def run(model: str | None, prompt: str | None, model_option: str | None, system:
             and not Path(model).expanduser().exists():
         _missing_prompt(model)  # `pyllm run "some text"`, as `llm` users may type it
     params = pop_sampling_params(kwargs, SAMPLING_DEFAULTS)
+    structured = structured_overrides(kwargs)
+    if structured:
+        params = params.replace(**structured)
     load = {"int8": int8, "kv_dtype": kv_dtype, "device": device, "ctx": ctx}
     if prompt is None or prompt == "-":
         text = stdin_text()

@@ -1,7 +1,7 @@
 """The `pyllm chat` REPL, one job per module.
 
 - backend.py: :class:`ChatBackend`, what the REPL needs from a model; :class:`LLMBackend` adapts
-  ``pyllm.api.LLM``; :class:`FakeBackend` streams canned words for tests.
+  ``pyllm.api.LLM`` (the REPL's tests use a fake one, tests/fake_backend.py).
 - conversation.py: the messages, the system prompt, cut replies, context overflow, JSON files.
 - commands.py: the slash-command registry (built-ins by decorator, plugins merged in).
 - completion.py, keys.py, toolbar.py: prompt-toolkit pieces (tab completion, key bindings,

@@ -231,6 +231,16 @@ def _set(session: ChatSession, arg: str) -> None:
         for key, v in session.params.to_dict().items():
             session.echo(f"  {key} = {_format_value(v)}")
         return
+    if name in ("format", "schema") and value:  # structured output (docs/structured.md)
+        from pyllm.constraints.cli import repl_overrides
+
+        try:
+            session.params = session.params.replace(**repl_overrides(name, value))
+        except ValueError as e:
+            session.error(str(e))
+            return
+        session.notice(f"{name} = {value}")
+        return
     if name not in SETTINGS and name not in SamplingParams.field_names():
         near = difflib.get_close_matches(name, settable_names(), n=1, cutoff=0.5)
         hint = f"; did you mean {near[0]!r}?" if near else " (/help set lists them)"

@@ -6,8 +6,9 @@ While a reply streams the prompt is not running, so Ctrl-C arrives as ``Keyboard
 :meth:`ChatSession._reply`: the stream is closed (the engine cancels the request) and the partial
 reply stays in the conversation, marked as cut.
 
-Tests drive a session with ``create_pipe_input()`` / ``DummyOutput()`` and a
-:class:`~pyllm.repl.backend.FakeBackend`; ``stdout`` receives everything the REPL prints.
+Tests drive a session with ``create_pipe_input()`` / ``DummyOutput()`` and a fake
+:class:`~pyllm.repl.backend.ChatBackend` (tests/fake_backend.py); ``stdout`` receives everything
+the REPL prints.
 """
 
 from __future__ import annotations
