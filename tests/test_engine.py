@@ -4,6 +4,9 @@ single greedy token."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,7 +14,12 @@ from pyllm.engine.llm_engine import CannotFitError, EngineConfig, LLMEngine
 from pyllm.generation import generate_stream
 from pyllm.sampling_params import SamplingParams
 
-transformers = pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import make_random_llama as M  # noqa: E402
+
+# SmolLM2's vocabulary (its tokenizer below) on a 2-layer model
+SHAPE = dict(n_layer=2, n_embd=64, n_ff=128, n_head=4, n_kv_head=2, vocab=49152, context=256,
+             rope_theta=10000.0)
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +28,10 @@ def tiny(tmp_path_factory, smollm2_path):
     from pyllm.tokenizer import load_tokenizer
     from pyllm.weights.gguf import load_gguf
 
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=256,
-                                   tie_word_embeddings=True)
     folder = tmp_path_factory.mktemp("tiny-llama")
-    transformers.LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
-    model = load_hf(folder).model
+    state = M.write_random_llama(folder / "tiny.gguf", SHAPE, seed=0)
+    M.write_hf_folder(folder / "hf", SHAPE, state, torch.float32)
+    model = load_hf(folder / "hf").model
     tokenizer = load_tokenizer(load_gguf(smollm2_path).metadata)
     return model, tokenizer
 

@@ -160,12 +160,25 @@ def test_smollm2_logits_match_the_cpu_path(E, smollm2):
     _assert_logits_match(got, want, rtol=1e-3, atol=1e-3)
 
 
-def test_engine_samples_as_on_the_cpu(E, small_model):
+@pytest.fixture
+def builtin_samplers():
+    """The built-in sampler steps, registered from the plugin module itself when no entry point
+    brought them (scripts/asan_tests.sh runs a staged tree, not an installed one): a missing or
+    broken plugin then fails the test instead of skipping it."""
+    if plugins.samplers():
+        yield
+        return
+    import pyllm_samplers
+
+    with plugins.registered(pyllm_samplers, name="samplers"):
+        assert "top_k" in plugins.samplers()
+        yield
+
+
+def test_engine_samples_as_on_the_cpu(E, small_model, builtin_samplers):
     """The engine with the CUDA graph runner's decode path (host metadata, static buffers, the
     sampler run as in the graph) on the emulated tuned kernels: the CPU engine's seeded tokens,
     for rows sampled in the graph and rows sampled after it (a penalty, a bias, top log-probs)."""
-    if not plugins.samplers():  # scripts/asan_tests.sh runs a staged tree, not an installed one
-        pytest.skip("the sampler steps are not registered: pyllm is not installed with its plugins")
     g = torch.Generator().manual_seed(4)
     prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (11, 3, 25, 7, 1, 16)]
     runner = dict(max_batch=8, graphs=False, host_metadata=True)
