@@ -10,6 +10,11 @@ Templates come from the model (GGUF `tokenizer.chat_template`, or a Hugging Face
 - at render time any unsafe attribute reached dynamically (e.g. `x[name]` with a computed name)
   raises at once instead of becoming a silently-false Undefined.
 
+Rendering is bounded too (pyllm/chat_limits.py): a deadline (`max_seconds`), a size for every
+value and for the output (`max_chars`), a call depth; `include`/`import`/`extends` are refused
+(templates are one self-contained string). A template from a model file that is refused at
+compile time does not stop the model from loading: only rendering a conversation fails.
+
 A model without a template gets ChatML (`<|im_start|>role\\ncontent<|im_end|>\\n`).
 """
 
@@ -26,6 +31,7 @@ from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from pyllm import chat_limits as limits
 from pyllm.errors import PyllmError
 
 CHATML_TEMPLATE = (
@@ -42,15 +48,48 @@ _FORBIDDEN_NAMES = frozenset({
 })
 
 
+MAX_TEMPLATE_SOURCE = 1 << 20  # characters of template source (real ones are < 50 KB)
+MAX_RENDER_SECONDS = 2.0  # real templates render in milliseconds
+MAX_RENDER_CHARS = 1 << 22  # besides twice the conversation's own characters
+
+# Tags that load other templates: a chat template is one string, with nothing to load.
+_LOADING_TAGS = {nodes.Include: "include", nodes.Import: "import", nodes.FromImport: "import",
+                 nodes.Extends: "extends"}
+
+
 class ChatTemplateError(PyllmError, ValueError):
     """A chat template is unsafe, malformed, or failed while rendering."""
 
 
 class _Env(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
     def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
         raise SecurityError(
             f"chat template tried to reach {attribute!r} of a {type(obj).__name__}: refused"
         )
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        limits.check_binop(operator, left, right)
+        result = super().call_binop(context, operator, left, right)
+        return limits.active().sized(result, f"the result of {operator!r}")
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        budget = limits.active()
+        budget.tick()
+        target = getattr(obj, "__wrapped__", obj)  # the sandbox wraps str.format
+        owner = getattr(target, "__self__", None)
+        if isinstance(owner, str):
+            limits.check_str_method(owner, getattr(target, "__name__", ""), args, kwargs)
+        budget.depth += 1
+        try:
+            if budget.depth > limits.MAX_DEPTH:
+                raise limits.TemplateLimitError(f"calls nest deeper than {limits.MAX_DEPTH} "
+                                                "(a macro that calls itself?)")
+            result = super().call(context, obj, *args, **kwargs)
+        finally:
+            budget.depth -= 1
+        return budget.sized(result, "a call's result")
 
 
 def _raise_exception(message: str) -> None:
@@ -66,7 +105,12 @@ def _strftime_now(fmt: str) -> str:
 
 
 def _check_tree(tree: nodes.Template) -> None:
-    """Refuse a template whose source names a private or frame-reaching attribute."""
+    """Refuse a template whose source names a private or frame-reaching attribute, or that
+    loads other templates."""
+    for node in tree.find_all(tuple(_LOADING_TAGS)):
+        raise ChatTemplateError(
+            f"chat template refused: it uses {{% {_LOADING_TAGS[type(node)]} %}} (line "
+            f"{node.lineno}); a chat template must be self-contained")
     for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):
         if isinstance(node, nodes.Getattr):
             name = node.attr
@@ -98,34 +142,91 @@ class ChatTemplate:
     """
 
     def __init__(self, source: str | None = None, *, bos_token: str = "", eos_token: str = "",
-                 default: bool = False) -> None:
+                 default: bool = False, max_seconds: float = MAX_RENDER_SECONDS,
+                 max_chars: int = MAX_RENDER_CHARS) -> None:
         self.source = source if source else CHATML_TEMPLATE
         self.is_fallback = not source or default
         self.bos_token, self.eos_token = bos_token, eos_token
+        self.max_seconds, self.max_chars = max_seconds, max_chars
+        self.error: ChatTemplateError | None = None  # set when a lenient load kept a refusal
+        if len(self.source) > MAX_TEMPLATE_SOURCE:
+            raise ChatTemplateError(f"chat template refused: {len(self.source):,} characters, "
+                                    f"more than the limit of {MAX_TEMPLATE_SOURCE:,}")
         env = _Env(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
         env.filters["tojson"] = _tojson
+        env.filters = {name: limits.guard_filter(name, fn) for name, fn in env.filters.items()}
+        env.filters[limits.LOOP_FILTER] = limits.loop_guard
+        env.filters[limits.SIZE_FILTER] = limits.size_guard
+        env.globals.pop("lipsum", None)  # placeholder text: no template needs it
+        env.globals["range"] = limits.bounded_range
+        env.globals["namespace"] = limits.BoundedNamespace
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
         try:
-            _check_tree(env.parse(self.source))
-            self._template = env.from_string(self.source)
+            tree = env.parse(self.source)
+            _check_tree(tree)
+            self._template = env.from_string(limits.guard_tree(tree))
+        except ChatTemplateError:
+            raise
         except TemplateError as exc:
             raise ChatTemplateError(f"chat template does not compile: {exc}") from exc
+        except (RecursionError, MemoryError, limits.TemplateLimitError) as exc:
+            raise ChatTemplateError(f"chat template does not compile: {type(exc).__name__}: "
+                                    f"{exc}") from None
+
+    @classmethod
+    def lenient(cls, source: str | None, **options: Any) -> ChatTemplate:
+        """`cls(source, ...)`, or a template that keeps the refusal and raises it on every
+        render: a model whose template is refused still loads and runs without chat."""
+        try:
+            return cls(source, **options)
+        except ChatTemplateError as exc:
+            t = cls(None, bos_token=options.get("bos_token", ""),
+                    eos_token=options.get("eos_token", ""))
+            t.source, t.is_fallback, t.error = source or "", False, exc
+            return t
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
                **extra: Any) -> str:
         msgs = validate_messages(messages)
+        if self.error is not None:
+            raise ChatTemplateError(str(self.error))
+        size = sum(len(m["content"]) for m in msgs)
+        budget = limits.Budget(self.max_seconds, self.max_chars + 2 * size).start()
+        token = limits.current.set(budget)
         try:
-            return self._template.render(
-                messages=msgs, add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token, eos_token=self.eos_token, **extra,
-            )
-        except ChatTemplateError:
-            raise
+            return self._render(budget, msgs, add_generation_prompt, extra)
+        except (ChatTemplateError, ValueError) as exc:
+            if isinstance(exc, ChatTemplateError):
+                raise
+            raise ChatTemplateError(f"chat template failed: {type(exc).__name__}: {exc}") from None
+        except limits.TemplateLimitError as exc:
+            raise ChatTemplateError(f"chat template refused: {exc}") from None
         except SecurityError as exc:
             raise ChatTemplateError(f"chat template refused: {exc}") from exc
         except TemplateError as exc:
             raise ChatTemplateError(f"chat template failed: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - whatever untrusted template code raised
+            raise ChatTemplateError(f"chat template failed: {type(exc).__name__}: "
+                                    f"{_short(exc)}") from None
+        finally:
+            limits.current.reset(token)
+
+    def _render(self, budget: limits.Budget, msgs: list[dict[str, Any]],
+                add_generation_prompt: bool, extra: dict[str, Any]) -> str:
+        """Render piece by piece, counting the output against the budget."""
+        parts: list[str] = []
+        total = 0
+        for piece in self._template.generate(
+                messages=msgs, add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token, eos_token=self.eos_token, **extra):
+            total += len(piece)
+            if total > budget.max_chars:
+                raise limits.TemplateLimitError(f"the rendered prompt is longer than "
+                                                f"{budget.max_chars:,} characters")
+            budget.tick()
+            parts.append(piece)
+        return "".join(parts)
 
     # ---------------------------------------------------------------- where templates come from
 
@@ -134,8 +235,11 @@ class ChatTemplate:
                            eos_token: str = "") -> ChatTemplate:
         source = metadata.get("tokenizer.chat_template")
         if source is not None and not isinstance(source, str):
-            raise ChatTemplateError("tokenizer.chat_template must be a string")
-        return cls(source or None, bos_token=bos_token, eos_token=eos_token)
+            t = cls.lenient(None, bos_token=bos_token, eos_token=eos_token)
+            t.is_fallback = False
+            t.error = ChatTemplateError("tokenizer.chat_template must be a string")
+            return t
+        return cls.lenient(source or None, bos_token=bos_token, eos_token=eos_token)
 
     @classmethod
     def from_hf_folder(cls, folder: Path, *, bos_token: str = "",
@@ -147,7 +251,12 @@ class ChatTemplate:
             source = jinja_file.read_text(encoding="utf-8")
         else:
             source = _template_from_config(folder)
-        return cls(source, bos_token=bos_token, eos_token=eos_token)
+        return cls.lenient(source, bos_token=bos_token, eos_token=eos_token)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _template_from_config(folder: Path) -> str | None:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from pyllm.chat import CHATML_TEMPLATE, ChatTemplate, ChatTemplateError, validate_messages
+from pyllm.chat import (
+    CHATML_TEMPLATE,
+    ChatTemplate,
+    ChatTemplateError,
+    validate_messages,
+)
 
 MSGS = [{"role": "user", "content": "Hi there"}]
 
@@ -116,3 +122,104 @@ def test_smollm2_template_renders_chatml_with_default_system_prompt(smollm2_meta
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
     assert t.render(msgs) == ChatTemplate(None).render(msgs)
+
+
+# ---------------------------------------------------------------------- bounded rendering
+
+# Each must end in a ChatTemplateError, quickly: before, they hung, took minutes and gigabytes,
+# or raised TypeError / MemoryError / RecursionError / OverflowError.
+HOSTILE = {
+    "nested range loops": "{% for a in range(100000) %}{% for b in range(100000) %}"
+                          "{% endfor %}{% endfor %}",
+    "tower of powers": "{% set n = 10 %}{{ n ** (n ** n ** 2) }}",
+    "lipsum": "{{ lipsum(100000, false, 100000, 100001) }}",
+    "string product": "{{ 'hello ' * 17000000 }}",
+    "string product, reversed": "{{ 17000000 * 'hello ' }}",
+    "list product": "{{ [1, 2, 3] * 100000000 }}",
+    "product of products": "{{ ([1] * 100000) * 100000 }}",
+    "include": "{% include 'other.jinja' %}",
+    "import": "{% import 'macros.jinja' as m %}",
+    "from import": "{% from 'macros.jinja' import m %}",
+    "extends": "{% extends 'base.jinja' %}",
+    "self-recursive macro": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+    "branching recursion": "{% macro f(n) %}{{ f(n + 1) }}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+    "recursive loop": "{% for x in messages recursive %}{{ loop([x]) }}{% endfor %}",
+    "doubling namespace": "{% set ns = namespace(s='ab') %}{% for i in range(64) %}"
+                          "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+    "doubling with +": "{% set ns = namespace(s='ab') %}{% for i in range(64) %}"
+                       "{% set ns.s = ns.s + ns.s %}{% endfor %}",
+    "huge integer": "{% set ns = namespace(n=3) %}{% for i in range(40) %}"
+                    "{% set ns.n = ns.n * ns.n %}{% endfor %}",
+    "center filter": "{{ 'a' | center(1000000000) }}",
+    "center method": "{{ 'a'.center(1000000000) }}",
+    "replace filter": "{{ ('x' * 100000) | replace('x', 'y' * 100) }}",
+    "replace method": "{{ ('x' * 1000000).replace('', 'yyyyyyyyyy') }}",
+    "percent width": "{{ '%0999999999d' % 1 }}",
+    "percent star": "{{ '%*d' % (999999999, 1) }}",
+    "format width": "{{ '{:>999999999}'.format(1) }}",
+    "format nested width": "{{ '{:{w}}'.format(1, w=999999999) }}",
+    "expandtabs": "{{ ('\t' * 100000).expandtabs(1000) }}",
+    "join": "{{ ([('x' * 100000)] * 100000) | join }}",
+    "tojson indent": "{{ [[[[1]]]] | tojson(indent=1000000) }}",
+    "output size": "{% set s = 'x' * 3000000 %}{% for i in range(100) %}{{ s }}{% endfor %}",
+    "loop over a long string": "{% set s = 'x' * 4000 %}{% for c in s %}{% for d in s %}"
+                               "{% for e in s %}{% endfor %}{% endfor %}{% endfor %}",
+    "float overflow": "{{ 2.0 ** 100000 }}",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_unbounded_work_is_refused_quickly(name):
+    start = time.perf_counter()
+    with pytest.raises(ChatTemplateError):
+        ChatTemplate(HOSTILE[name], max_seconds=0.5).render(MSGS)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_the_default_deadline_applies():
+    from pyllm.chat import MAX_RENDER_SECONDS
+
+    t = ChatTemplate(HOSTILE["nested range loops"])
+    start = time.perf_counter()
+    with pytest.raises(ChatTemplateError, match=f"longer than {MAX_RENDER_SECONDS:g} s"):
+        t.render(MSGS)
+    assert time.perf_counter() - start < MAX_RENDER_SECONDS + 1.0
+
+
+def test_limit_messages_say_what_was_too_big():
+    with pytest.raises(ChatTemplateError, match="102,000,000"):
+        ChatTemplate(HOSTILE["string product"]).render(MSGS)
+    with pytest.raises(ChatTemplateError, match="include"):
+        ChatTemplate(HOSTILE["include"])
+    with pytest.raises(ChatTemplateError, match="nest deeper than"):
+        ChatTemplate(HOSTILE["self-recursive macro"]).render(MSGS)
+
+
+def test_the_output_limit_grows_with_the_conversation():
+    """Big messages are fine: the limit is a fixed allowance plus twice the messages' text."""
+    big = [{"role": "user", "content": "y" * 5_000_000}]
+    out = ChatTemplate(None).render(big)
+    assert len(out) > 5_000_000
+    with pytest.raises(ChatTemplateError, match="longer than"):
+        ChatTemplate("{% for i in range(5) %}{{ messages[0].content }}{% endfor %}",
+                     max_chars=1000).render([{"role": "user", "content": "y" * 600}])
+
+
+def test_bounded_features_still_work():
+    src = ("{% set ns = namespace(s='') %}{% for i in range(3) %}{% set ns.s = ns.s ~ i %}"
+           "{% endfor %}{{ ns.s }}|{{ 'ab' * 2 }}|{{ 2 ** 10 }}|{{ '%05d' % 42 }}|"
+           "{{ '{:>4}'.format('x') }}|{{ 'a-b' | replace('-', '+') }}|{{ ['a', 'b'] | join(',') }}"
+           "|{{ 'x' | center(5) }}|{{ {'k': [1]} | tojson(indent=2) }}")
+    assert ChatTemplate(src).render(MSGS) == ("012|abab|1024|00042|   x|a+b|a,b|  x  |"
+                                              + json.dumps({"k": [1]}, indent=2))
+
+
+def test_a_refused_template_from_a_model_file_fails_only_when_rendering():
+    for source in (HOSTILE["include"], "{{ ''.__class__.__mro__ }}", "{% for %}"):
+        t = ChatTemplate.from_gguf_metadata({"tokenizer.chat_template": source})
+        assert t.error is not None and not t.is_fallback
+        with pytest.raises(ChatTemplateError, match="refused|does not compile"):
+            t.render(MSGS)
+    t = ChatTemplate.from_gguf_metadata({"tokenizer.chat_template": 42})
+    with pytest.raises(ChatTemplateError, match="must be a string"):
+        t.render(MSGS)
