@@ -132,14 +132,19 @@ class LLM:
         """The prompt text the chat template makes of `messages`."""
         return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
 
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
+    def encode_prompt(self, prompt: Prompt, *, truncate: str | None = None) -> list[int]:
         """Token ids of a prompt: text (the tokenizer's BOS default; special-token strings are
         plain text), chat messages (rendered, then tokenized with special tokens recognized and
         no extra BOS: templates write their own), or token ids (checked against the vocabulary).
         Text the vocabulary cannot represent is logged once per prompt (pyllm.tokenizer).
+        A prompt too long to fit in any case is refused (or cut, with truncate="left") before
+        it is tokenized: see pyllm/prompt_limits.py.
         """
+        from pyllm.prompt_limits import bound_prompt
         from pyllm.tokenizer import request_scope
 
+        prompt = bound_prompt(prompt, context_length=self.context_length,
+                              tokenizer=self.tokenizer, truncate=truncate)
         with request_scope():
             return self._encode_prompt(prompt)
 
@@ -260,7 +265,8 @@ class LLM:
         """
         batch = _as_batch(prompts)
         plist = self._params_list(params, len(batch))
-        ids = [self._fit(self.encode_prompt(p), 1, truncate, "prompt") for p in batch]
+        ids = [self._fit(self.encode_prompt(p, truncate=truncate), 1, truncate, "prompt")
+               for p in batch]
         bar = None
         if progress:
             from tqdm import tqdm
@@ -279,7 +285,7 @@ class LLM:
         `completion` has the token ids and finish reason. Closing the iterator stops the
         request. Several streams may be consumed concurrently (they share one engine)."""
         params = self._params_list(params, 1)[0]
-        ids = self._fit(self.encode_prompt(prompt), 1, truncate, "prompt")
+        ids = self._fit(self.encode_prompt(prompt, truncate=truncate), 1, truncate, "prompt")
         return self.engine.stream(ids, params)
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None, *,
@@ -322,7 +328,8 @@ class LLM:
         the first token) and the top-n alternatives the model predicted there."""
         if not isinstance(top_n, int) or not 0 <= top_n <= self.config.vocab_size:
             raise ValueError(f"top_n must be an integer in [0, vocab size], got {top_n!r}")
-        batch = [self._fit(self.encode_prompt(t), 0, truncate, "text") for t in _as_batch(texts)]
+        batch = [self._fit(self.encode_prompt(t, truncate=truncate), 0, truncate, "text")
+                 for t in _as_batch(texts)]
         with self.exclusive():
             return [score_ids(self.model, ids, top_n) for ids in batch]
 
@@ -339,7 +346,8 @@ class LLM:
         if not isinstance(texts, Sequence) or not texts \
                 or not all(isinstance(t, str) for t in texts):
             raise ValueError("embed() takes a string or a non-empty list of strings")
-        batch = [self._fit(self.encode_prompt(t), 0, truncate, "text") for t in texts]
+        batch = [self._fit(self.encode_prompt(t, truncate=truncate), 0, truncate, "text")
+                 for t in texts]
         with self.exclusive():
             return [embed_ids(self.model, ids) for ids in batch]
 
