@@ -27,4 +27,6 @@ def completion_json(completion: Any, tokenizer: Any = None) -> dict[str, Any]:
                            "finish_reason": completion.finish_reason}
     if completion.logprobs is not None:
         out["logprobs"] = logprobs_json(completion.logprobs, tokenizer)
+    if getattr(completion, "incomplete", False):  # structured output cut before it was complete
+        out["incomplete"] = True
     return out

@@ -47,6 +47,9 @@ class Completion:
     token_ids: list[int]
     finish_reason: str | None  # "stop" | "length"
     logprobs: list[TokenLogprob] | None = None
+    # Structured output: True when the request had a constraint and the output ended before
+    # satisfying it (cut by max_tokens, the context or a stop string): it will not parse.
+    incomplete: bool = False
 
 
 @dataclass
@@ -115,22 +118,23 @@ class _Seq:
 # ---------------------------------------------------------------------- sampling
 
 
-def sample(logits: torch.Tensor, seqs: Sequence[Any], sampler: Sampler | None = None
-           ) -> tuple[list[int], list[TokenLogprob]]:
+def sample(logits: torch.Tensor, seqs: Sequence[Any], sampler: Sampler | None = None,
+           token_mask: torch.Tensor | None = None) -> tuple[list[int], list[TokenLogprob]]:
     """Pick one token per row of `logits` [B, V] (float32) through the sampler chain of each
     row's SamplingParams; returns the ids and their log-probs under the model's distribution
     (with the top alternatives when a sequence asked for them).
 
     A sequence is anything with `params`, `prompt`, `out` (ids so far), `stop_ids` and `state`
     (a dict kept for the request's life): this loop's `_Seq` and the engine's `Sequence`.
-    Before `min_tokens` tokens exist, the sequence's ending ids are masked out.
+    Before `min_tokens` tokens exist, the sequence's ending ids are masked out. `token_mask`
+    (int32 [B, ceil(V/32)], structured output) allows only the tokens whose bit is set.
     """
     for row, s in enumerate(seqs):
         if len(s.out) < s.params.min_tokens and s.stop_ids:
             logits[row, list(s.stop_ids)] = float("-inf")
     sampler = sampler or _default_sampler()
     res = sampler.sample(logits, [s.params for s in seqs], [s.prompt for s in seqs],
-                         [s.out for s in seqs], [s.state for s in seqs])
+                         [s.out for s in seqs], [s.state for s in seqs], token_mask=token_mask)
     return sampled_tokens(res, seqs)
 
 

@@ -14,8 +14,16 @@ from __future__ import annotations
 
 from pyllm.constraints.spec import CONSTRAINT_FIELDS, requested_constraint
 
-__all__ = ["CONSTRAINT_FIELDS", "requested_constraint", "compile_constraint", "ConstraintMatcher",
-           "MaskWorker", "compute_masks", "apply_token_mask", "mask_words"]
+__all__ = [
+    "CONSTRAINT_FIELDS",
+    "ConstraintMatcher",
+    "MaskWorker",
+    "apply_token_mask",
+    "compile_constraint",
+    "compute_masks",
+    "mask_words",
+    "requested_constraint",
+]
 
 
 def __getattr__(name: str):  # the matcher side imports numpy, torch and llguidance: on demand

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["BUILTIN_KINDS", "json_schema", "json_object", "regex", "choice", "grammar"]
+__all__ = ["BUILTIN_KINDS", "choice", "grammar", "json_object", "json_schema", "regex"]
 
 
 def _llg() -> Any:
@@ -21,11 +21,18 @@ def _llg() -> Any:
     return llguidance.LLMatcher
 
 
+# How pyllm's JSON looks: json.dumps's separators and no other whitespace. llguidance's own default
+# allows any whitespace between tokens, which a weak model fills forever ("{\n\n\t\t ..."
+# until max_tokens). A schema's "x-guidance" object still overrides these.
+JSON_DEFAULTS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
 def json_schema(spec: Any) -> str:
-    """A JSON schema (dict or JSON text). llguidance's defaults: compact separators are not
-    forced, extra properties follow the schema's own ``additionalProperties``."""
+    """A JSON schema (dict or JSON text); extra properties follow the schema's own
+    ``additionalProperties``; formatting as `JSON_DEFAULTS`."""
     try:
-        return _llg().grammar_from_json_schema(spec if isinstance(spec, str) else json.dumps(spec))
+        return _llg().grammar_from_json_schema(
+            spec if isinstance(spec, str) else json.dumps(spec), defaults=JSON_DEFAULTS)
     except ValueError as exc:
         raise ValueError(f"json_schema: {exc}") from None
 

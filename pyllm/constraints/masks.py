@@ -18,7 +18,7 @@ import torch
 
 from pyllm.constraints.matcher import ConstraintMatcher, mask_words
 
-__all__ = ["MaskJob", "MaskWorker", "compute_masks", "apply_token_mask"]
+__all__ = ["MaskJob", "MaskWorker", "apply_token_mask", "compute_masks"]
 
 
 def compute_masks(matchers: Sequence[ConstraintMatcher | None], vocab_size: int,

@@ -41,6 +41,10 @@ class ConstraintMatcher:
         """Write the allowed next tokens into ``row`` (int32, C-contiguous, `mask_words` long)."""
         self._m.unsafe_compute_mask_ptr(row.ctypes.data, row.nbytes)
 
+    def copy(self) -> ConstraintMatcher:
+        """An independent matcher in the same state (n > 1 completions of one request)."""
+        return ConstraintMatcher(self._m.deep_copy(), self.kind)
+
     @property
     def llg_matcher(self) -> Any:
         return self._m
@@ -86,7 +90,7 @@ def _compile(tokenizer: Any, kind: str, spec: Any) -> Any:
         raise ValueError(f"unknown constraint kind {kind!r}; registered kinds: {known}")
     grammar = build(spec)
     if not isinstance(grammar, str):
-        raise ValueError(f"constraint kind {kind!r} returned {type(grammar).__name__}, "
+        raise ValueError(f"constraint kind {kind!r} returned {type(grammar).__name__}, "  # noqa: TRY004
                          "not a grammar string")
     matcher = llguidance.LLMatcher(llg_tokenizer(tokenizer), grammar, log_level=0)
     if matcher.is_error():

@@ -96,6 +96,7 @@ class LLMEngine:
         # so its sampler may skip computing the others (the greedy fast path's main cost).
         # The tokenizer reaches steps that read token text (DRY's sequence breakers).
         self.sampler = Sampler(tokenizer=tokenizer, skip_unrequested_logprobs=True)
+        self._masks = None  # pyllm.constraints.MaskWorker, made on the first constrained request
         self._ids = itertools.count()
         self._arange: dict[int, torch.Tensor] = {}  # rows 0..n-1 (all-decode steps), per n
         self._requests: dict[Hashable, list[Sequence]] = {}
@@ -123,6 +124,8 @@ class LLMEngine:
         if request_id in self._requests:
             raise ValueError(f"request {request_id!r} is already running")
         self.check_request(prompt_ids, params)
+        # Structured output: compiled now, so a bad schema is a ValueError here, not a hang.
+        constraint = self.compile_constraint(params)
         seqs = []
         for index in range(params.n):
             p = params
@@ -130,10 +133,25 @@ class LLMEngine:
                 p = params.replace(seed=(params.seed + index) % 2**64)  # n different draws
             seqs.append(Sequence(next(self._ids), request_id, index, list(prompt_ids), p,
                                  self.tokenizer, self.context_length))
+            if constraint is not None:
+                seqs[-1].constraint = constraint if index == 0 else constraint.copy()
         parent, parent.children = seqs[0], seqs[1:]  # siblings fork once the prompt is cached
         self._requests[request_id] = seqs
         self.scheduler.add(parent)
         self.stats["prompt_tokens"] += len(prompt_ids)
+
+    def compile_constraint(self, params: SamplingParams):
+        """The request's structured-output matcher (pyllm.constraints), or None without one;
+        ValueError when the constraint is unknown, invalid or unsatisfiable."""
+        from pyllm.constraints.spec import requested_constraint
+
+        if requested_constraint(params) is None:
+            return None
+        from pyllm.constraints import MaskWorker, compile_constraint
+
+        if self._masks is None:
+            self._masks = MaskWorker(self.tokenizer.vocab_size, self.model.config.vocab_size)
+        return compile_constraint(params, self.tokenizer)
 
     def abort(self, request_id: Hashable) -> None:
         """Stop a request now (its blocks are freed; its cached prefix stays reusable)."""
@@ -178,6 +196,12 @@ class LLMEngine:
                 ready.append(i)
                 rows.append(end - 1)  # the row of its last token
         in_graph = None
+        masks = None
+        if ready and self._masks is not None:
+            # The rows sampled this step, in the order of `sampled` below: their matchers have
+            # consumed every earlier token, so the masks are computed while the forward runs.
+            rows_seqs = [x for i in ready for x in (seqs[i], *seqs[i].children)]
+            masks = self._masks.start([x.constraint for x in rows_seqs])
         try:
             if ready:
                 input_ids = torch.tensor(ids, dtype=torch.int64, device=device)
@@ -222,7 +246,7 @@ class LLMEngine:
             s.children = []
         if len(row_of) != logits.shape[0]:
             logits = logits[torch.tensor(row_of, device=logits.device)]
-        return self._sample_and_append(logits, sampled)
+        return self._sample_and_append(logits, sampled, None if masks is None else masks.result())
 
     def _rows_tensor(self, rows: list[int]) -> torch.Tensor:
         """int64 `rows` on the device; a decode-only step's rows are 0..n-1, made once per n
@@ -242,7 +266,8 @@ class LLMEngine:
         masking their stop ids for min_tokens, and n > 1 forks, take the usual path too)."""
         decode_and_sample = getattr(self.forward, "decode_and_sample", None)
         if (decode_and_sample is None or ready != len(seqs)
-                or any(s.children or (len(s.out) < s.params.min_tokens and s.stop_ids) for s in seqs)):
+                or any(s.children or (len(s.out) < s.params.min_tokens and s.stop_ids)
+                       or s.constraint is not None for s in seqs)):
             return None
         plan = self.sampler.graph_params([s.params for s in seqs], [s.prompt for s in seqs],
                                          [s.out for s in seqs], [s.state for s in seqs])
@@ -250,16 +275,25 @@ class LLMEngine:
             return None
         return decode_and_sample(input_ids, meta, self.kv_caches, *plan)
 
-    def _sample_and_append(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[StreamEvent]:
+    def _sample_and_append(self, logits: torch.Tensor, seqs: list[Sequence],
+                           token_mask: torch.Tensor | None = None) -> list[StreamEvent]:
         # (looked up on the module at each call, so a wrapped generation.sample is the one used)
-        token_ids, logprobs = generation.sample(logits, seqs, self.sampler)
+        if token_mask is None:
+            token_ids, logprobs = generation.sample(logits, seqs, self.sampler)
+        else:
+            token_ids, logprobs = generation.sample(logits, seqs, self.sampler, token_mask=token_mask)
         return self._append(seqs, token_ids, logprobs)
 
     def _append(self, seqs: list[Sequence], token_ids: list[int], logprobs) -> list[StreamEvent]:
         self.stats["generated_tokens"] += len(seqs)
         events = []
         for s, tok, lp in zip(seqs, token_ids, logprobs):
-            delta = s.append(tok, lp)
+            done = False
+            if s.constraint is not None and tok not in s.stop_ids:
+                # The matcher follows the output; the sequence ends once the constraint is
+                # complete (or, never expected, when the token was not one it allowed).
+                done = not s.constraint.advance(tok) or s.constraint.complete
+            delta = s.append(tok, lp, constraint_done=done)
             if s.done:
                 self.scheduler.finish(s)
             if delta or s.done:

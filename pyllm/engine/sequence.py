@@ -44,6 +44,8 @@ class Sequence:
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.state: dict[str, Any] = {}  # per-sequence sampler state (mirostat's mu, ...)
         self.children: list[Sequence] = []  # n > 1: siblings forked once the prompt is cached
+        # Structured output: this sequence's pyllm.constraints.ConstraintMatcher, or None.
+        self.constraint: Any = None
         self.detok = IncrementalDetokenizer(tokenizer, skip_special=True)
         self.stops = StopStringChecker(params.stop)
         self.stop_ids = frozenset(params.stop_token_ids) | (
@@ -64,13 +66,17 @@ class Sequence:
         return self.finish_reason is not None
 
     def completion(self) -> Completion:
-        return Completion(self.stops.text, list(self.out), self.finish_reason, self.logprobs)
+        incomplete = (self.constraint is not None and self.done
+                      and (self.constraint.failed or not self.constraint.accepting))
+        return Completion(self.stops.text, list(self.out), self.finish_reason, self.logprobs,
+                          incomplete)
 
     # ------------------------------------------------------------------ growth
 
-    def append(self, token: int, logprob: TokenLogprob) -> str:
+    def append(self, token: int, logprob: TokenLogprob, constraint_done: bool = False) -> str:
         """Record a sampled token; returns the newly visible text and sets `finish_reason`
-        when a stop condition is met (EOS / stop ids, stop strings, max tokens, context)."""
+        when a stop condition is met (EOS / stop ids, stop strings, max tokens, context, or
+        ``constraint_done``: the structured-output constraint is complete with this token)."""
         self.out.append(token)
         if self.logprobs is not None:
             self.logprobs.append(logprob)
@@ -79,7 +85,7 @@ class Sequence:
             self.finish_reason = "stop"
         else:
             delta = self.stops.add(self.detok.add(token))
-            if self.stops.stopped:
+            if self.stops.stopped or constraint_done:
                 self.finish_reason = "stop"
             elif len(self.out) >= self.params.max_tokens or self.num_tokens > self.context_length:
                 self.finish_reason = "length"

@@ -1,0 +1,196 @@
+"""Structured output (pyllm/constraints): every finished output of a constrained request parses
+and validates, on a random-weight model (it has no idea what JSON is, so only the constraint
+keeps it in shape) and on the default model; errors come when the request is made.
+
+Schemas are checked with the `jsonschema` library, an implementation independent of llguidance.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+
+import pyllm
+from pyllm import SamplingParams
+from pyllm.hookspecs import hookimpl
+from tiny_chat import write_tiny_chat_model
+
+SCHEMAS = {
+    "nested": {
+        "type": "object",
+        "properties": {
+            "user": {"type": "object",
+                     "properties": {"id": {"type": "integer", "minimum": 1, "maximum": 999},
+                                    "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]},
+                                             "minItems": 1, "maxItems": 3}},
+                     "required": ["id", "tags"], "additionalProperties": False},
+        },
+        "required": ["user"], "additionalProperties": False,
+    },
+    "array_bounds": {"type": "array", "items": {"type": "integer", "minimum": -5, "maximum": 5},
+                     "minItems": 2, "maxItems": 4},
+    "enum_and_optional": {
+        "type": "object",
+        "properties": {"color": {"enum": ["red", "green", "blue"]},
+                       "shade": {"type": "number", "minimum": 0, "maximum": 1},
+                       "note": {"type": "string", "maxLength": 6}},
+        "required": ["color"], "additionalProperties": False,
+    },
+    "pattern": {"type": "object",
+                "properties": {"code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+                               "ok": {"type": "boolean"}},
+                "required": ["code", "ok"], "additionalProperties": False},
+    "ref": {
+        "$defs": {"point": {"type": "object",
+                            "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 9},
+                                           "y": {"type": "integer", "minimum": 0, "maximum": 9}},
+                            "required": ["x", "y"], "additionalProperties": False}},
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/point"}, "b": {"$ref": "#/$defs/point"}},
+        "required": ["a", "b"], "additionalProperties": False,
+    },
+}
+SEEDS = range(6)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, smollm2_path):
+    path = write_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat") / "model.gguf", smollm2_path)
+    return pyllm.load(path, progress=False)
+
+
+def _check_finished(results, validate):
+    """Every output that finished ("stop") validates; cut ones are flagged incomplete. Returns
+    how many finished."""
+    finished = 0
+    for r in results:
+        c = r.outputs[0]
+        if c.finish_reason == "stop":
+            assert not c.incomplete
+            validate(c.text)
+            finished += 1
+        else:
+            assert c.finish_reason == "length" and c.incomplete
+    return finished
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_random_model_outputs_validate(tiny, name):
+    schema = SCHEMAS[name]
+    params = [SamplingParams(temperature=1.0, seed=s, max_tokens=80, json_schema=schema)
+              for s in SEEDS]
+    results = tiny.generate(["Answer in JSON."] * len(params), params)
+    finished = _check_finished(results, lambda t: jsonschema.validate(json.loads(t), schema))
+    assert finished >= len(params) // 2  # bounded strings and numbers: most end in 80 tokens
+
+
+@pytest.mark.parametrize("kwargs,check", [
+    (dict(regex=r"[a-z]{3}-[0-9]{2}"), lambda t: re.fullmatch(r"[a-z]{3}-[0-9]{2}", t)),
+    (dict(choice=["red", "green", "blue"]), lambda t: t in ("red", "green", "blue")),
+    (dict(grammar='start: "(" NUM ("," NUM)* ")"\nNUM: /[0-9]{1,3}/'),
+     lambda t: re.fullmatch(r"\((\d{1,3})(,\d{1,3})*\)", t)),
+    (dict(json_object=True), lambda t: isinstance(json.loads(t), dict)),
+])
+def test_other_kinds(tiny, kwargs, check):
+    params = [SamplingParams(temperature=1.0, seed=s, max_tokens=40, **kwargs) for s in SEEDS]
+    results = tiny.generate(["x"] * len(params), params)
+
+    def validate(text):
+        assert check(text), text
+
+    finished = _check_finished(results, validate)
+    if "json_object" not in kwargs:  # `{}` ends it; a random model rarely closes a string
+        assert finished == len(params)
+
+
+def test_choice_covers_the_options_at_high_temperature(tiny):
+    params = [SamplingParams(temperature=5.0, seed=s, choice=["yes", "no", "maybe"]) for s in range(20)]
+    texts = {r.text for r in tiny.generate(["?"] * 20, params)}
+    assert texts == {"yes", "no", "maybe"}
+
+
+def test_cut_by_max_tokens_is_length_and_incomplete(tiny):
+    schema = {"type": "object", "properties": {"s": {"type": "string", "minLength": 30}},
+              "required": ["s"]}
+    r = tiny.generate(["x"], SamplingParams(temperature=1.0, seed=1, max_tokens=5, json_schema=schema))[0]
+    assert r.finish_reason == "length" and r.outputs[0].incomplete
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(r.text)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(json_schema={"type": "integer", "minimum": 5, "maximum": 3}), "unsatisfiable|Unsatisfiable"),
+    (dict(json_schema={"type": "nope"}), "json_schema"),
+    (dict(json_schema='{"type": '), "not valid JSON"),
+    (dict(regex="(ab"), "regex"),
+    (dict(grammar="start: undefined_rule"), "grammar"),
+    (dict(constraint=("no_such_kind", "x")), "unknown constraint kind 'no_such_kind'"),
+])
+def test_bad_constraints_fail_when_the_request_is_made(tiny, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny.generate(["x"], SamplingParams(max_tokens=5, **kwargs))
+
+
+def test_one_constraint_at_a_time():
+    with pytest.raises(ValueError, match="one constraint at a time"):
+        SamplingParams(regex="a+", choice=["a"])
+    with pytest.raises(ValueError, match="SamplingParams.choice"):
+        SamplingParams(choice="abc")
+
+
+def test_seeded_constrained_sampling_is_the_same_alone_and_in_a_batch(tiny):
+    schema = SCHEMAS["enum_and_optional"]
+    mine = SamplingParams(temperature=1.0, seed=42, max_tokens=40, json_schema=schema)
+    alone = tiny.generate(["Colour?"], mine)[0]
+    others = [SamplingParams(temperature=1.0, seed=s, max_tokens=30, regex="[0-9]+")
+              for s in range(3)] + [SamplingParams(temperature=0.8, seed=7, max_tokens=30)]
+    batch = tiny.generate(["a", "Colour?", "b", "c", "d"], [others[0], mine, *others[1:]])
+    assert batch[1].token_ids == alone.token_ids
+
+
+def test_n_completions_each_follow_the_constraint(tiny):
+    r = tiny.generate(["x"], SamplingParams(n=3, temperature=1.0, seed=3, max_tokens=40,
+                                          json_schema=SCHEMAS["array_bounds"]))[0]
+    assert len(r.outputs) == 3
+    for c in r.outputs:
+        if c.finish_reason == "stop":
+            jsonschema.validate(json.loads(c.text), SCHEMAS["array_bounds"])
+
+
+class YesNoPlugin:
+    @hookimpl
+    def register_constraints(self, register):
+        register("yes_no", lambda spec: 'start: "yes" | "no"')
+
+
+def test_a_plugin_registers_a_constraint_kind(tiny):
+    with pyllm.plugins.registered(YesNoPlugin()):
+        assert {"yes_no", "json_schema", "regex"} <= set(pyllm.plugins.constraints())
+        results = tiny.generate(["?"] * 4, [SamplingParams(temperature=1.0, seed=s,
+                                                           constraint=("yes_no", ""))
+                                           for s in range(4)])
+    assert {r.text for r in results} <= {"yes", "no"}
+
+
+def test_jsonl_record_fields_build_the_constraint():
+    p = SamplingParams.from_mapping({"json_schema": {"type": "object"}, "max_tokens": "7"})
+    assert json.loads(p.json_schema) == {"type": "object"}
+    assert SamplingParams.from_mapping({"choice": "a, b,c"}).choice == ("a", "b", "c")
+    assert SamplingParams.from_mapping({"regex": "12"}).regex == "12"  # text, not a number
+
+
+def test_default_model_json_validates(smollm2_path):
+    llm = pyllm.load(smollm2_path, progress=False)
+    schema = {"type": "object",
+              "properties": {"city": {"type": "string", "maxLength": 20},
+                             "population": {"type": "integer", "minimum": 0}},
+              "required": ["city", "population"], "additionalProperties": False}
+    prompt = [{"role": "user", "content": "Give the capital of France and its population as JSON."}]
+    results = llm.generate([prompt] * 2, [SamplingParams(temperature=1.0, seed=s, max_tokens=40,
+                                                         json_schema=schema) for s in (1, 2)])
+    for r in results:
+        assert r.finish_reason == "stop", r.text
+        jsonschema.validate(json.loads(r.text), schema)
