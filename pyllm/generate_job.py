@@ -34,6 +34,7 @@ log = logging.getLogger("pyllm")
 ID_FIELDS = ("id", "custom_id")
 PROMPT_FIELDS = ("prompt", "messages")
 PARAMS_FIELD = "params"
+_RECORD_FIELDS = frozenset({"id", PARAMS_FIELD, *PROMPT_FIELDS})  # read, not carried
 OUTPUT_FIELDS = {"id", "line", "error", "text", "token_ids", "finish_reason", "usage", "outputs",
                  "custom_id", "response"}
 
@@ -81,6 +82,9 @@ def read_records(path: Path) -> Iterator[JobRecord | BadRecord]:
     """Every input line's record: a JobRecord (`problem` set when it cannot run) for a record
     with a usable id, a BadRecord (keyed by its line) for a line without one. Never raises for a
     bad line."""
+    from pyllm.sampling_params import SamplingParams
+
+    sampling = frozenset(SamplingParams.field_names())
     for item in read_objects(path, ID_FIELDS):
         if isinstance(item, BadRecord):
             yield item
@@ -89,16 +93,12 @@ def read_records(path: Path) -> Iterator[JobRecord | BadRecord]:
         if openai_batch.is_request(obj):
             yield _openai_record(rid, line_no, obj)
         else:
-            yield _pyllm_record(rid, line_no, obj)
+            yield _pyllm_record(rid, line_no, obj, sampling)
 
 
-def _pyllm_record(rid: str, line_no: int, obj: dict[str, Any]) -> JobRecord:
-    from pyllm.sampling_params import SamplingParams
-
-    sampling = SamplingParams.field_names()
+def _pyllm_record(rid: str, line_no: int, obj: dict[str, Any], sampling: frozenset[str]) -> JobRecord:
     rec = JobRecord(rid, line_no)
-    reserved = {"id", PARAMS_FIELD, *PROMPT_FIELDS}
-    rec.carried = {k: v for k, v in obj.items() if k not in reserved and k not in sampling}
+    rec.carried = {k: v for k, v in obj.items() if k not in _RECORD_FIELDS and k not in sampling}
     top = {k: v for k, v in obj.items() if k in sampling}
     params = obj.get(PARAMS_FIELD)
     params = {} if params is None else params
