@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,9 +35,8 @@ def resolve_model_path(spec: str | None) -> Path:
 def tokenizer_for(spec: str | None) -> Tokenizer:
     """The tokenizer of a model: a .gguf file, a Hugging Face folder, a tokenizer.json or a
     SentencePiece .model file, or a model name."""
-    from pyllm.tokenizer import load_tokenizer
-
     from pyllm.errors import ModelFormatError
+    from pyllm.tokenizer import load_tokenizer
     from pyllm.weights.pull import damaged_hint
 
     path = resolve_model_path(spec)
@@ -122,5 +122,5 @@ def tokenize(model: str | None, text: str | None, model_option: str | None, file
 
 def _unrepresentable(tok: Tokenizer, text: str) -> list[tuple[int, str]]:
     """What the tokenizer loses of `text` (tokenizers from plugins may not say: none then)."""
-    find = getattr(tok, "unrepresentable", None)
-    return list(find(text)) if callable(find) else []
+    find: Callable[[str], list[tuple[int, str]]] | None = getattr(tok, "unrepresentable", None)
+    return list(find(text)) if find is not None else []
