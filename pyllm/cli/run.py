@@ -89,10 +89,17 @@ def run(model: str | None, prompt: str | None, model_option: str | None, system:
             click.echo(f"--- completion {i} of {len(result.outputs)} ---", err=False)
             click.echo(completion.text)
         return
+    wrapper = None
+    if sys.stdout.isatty():  # break lines between words, as the chat does
+        import shutil
+
+        from pyllm.repl.render import WordWrapper
+
+        wrapper = WordWrapper(shutil.get_terminal_size().columns)
     for delta in llm.stream(request, params, truncate=policy):
-        click.echo(delta, nl=False)
+        click.echo(wrapper.feed(delta) if wrapper else delta, nl=False)
         sys.stdout.flush()
-    click.echo()
+    click.echo(wrapper.flush() if wrapper else "")
 
 
 def _record(result: Any, tokenizer: Any) -> dict[str, Any]:

@@ -289,9 +289,9 @@ def _show(session: ChatSession, arg: str) -> None:
         info = getattr(backend, "info", None)
         rows = info() if info is not None else [("model", backend.model_name),
                                                 ("context", f"{backend.context_length} tokens")]
-        width = max(len(k) for k, _ in rows)
+        width = max(len(k) for k, _ in rows) + 2
         for key, value in rows:
-            session.echo(f"  {key:<{width}}  {value}")
+            session.echo(hanging(key, str(value), width, session.renderer.console.width))
         return
     if what:
         session.error(f"/show {what}: unknown topic; try info, system, template, conversation "
@@ -312,7 +312,7 @@ def _show(session: ChatSession, arg: str) -> None:
         ("template", first_line(backend.chat_template) + "  (/show template)"),
     ]
     for key, value in rows:
-        session.echo(f"  {key:<9} {value}")
+        session.echo(hanging(key, value, 10, session.renderer.console.width))
 
 
 def system_prompt_shown(session: ChatSession) -> str:

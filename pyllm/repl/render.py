@@ -133,15 +133,20 @@ class Renderer:
 
     # ---------------------------------------------------------------- plain messages
 
+    @property
+    def _soft_wrap(self) -> bool:
+        # A terminal gets lines broken between words by rich; a pipe or file gets them whole.
+        return not self.console.is_terminal
+
     def echo(self, text: str = "") -> None:
-        self.console.print(text, soft_wrap=True)
+        self.console.print(text, soft_wrap=self._soft_wrap)
 
     def notice(self, text: str) -> None:
         """A one-line remark from the REPL (dimmed when colour is allowed)."""
-        self.console.print(text, style="dim", soft_wrap=True)
+        self.console.print(text, style="dim", soft_wrap=self._soft_wrap)
 
     def error(self, text: str) -> None:
-        self.console.print(f"error: {text}", style="red", soft_wrap=True)
+        self.console.print(f"error: {text}", style="red", soft_wrap=self._soft_wrap)
 
     # ---------------------------------------------------------------- a streamed reply
 
