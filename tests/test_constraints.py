@@ -134,6 +134,15 @@ def test_bad_constraints_fail_when_the_request_is_made(tiny, kwargs, message):
         tiny.generate(["x"], SamplingParams(max_tokens=5, **kwargs))
 
 
+def test_check_request_refuses_a_bad_constraint(tiny):
+    """Every door (generate jobs, the server, run_all) checks requests with check_request first:
+    a bad record becomes that record's error, not the whole job's."""
+    with tiny.engine.exclusive() as engine:
+        with pytest.raises(ValueError, match="regex"):
+            engine.check_request([1, 2], SamplingParams(regex="("))
+        engine.check_request([1, 2], SamplingParams(regex="a+"))
+
+
 def test_one_constraint_at_a_time():
     with pytest.raises(ValueError, match="one constraint at a time"):
         SamplingParams(regex="a+", choice=["a"])

@@ -117,6 +117,7 @@ class LLMEngine:
         if need > self.num_blocks:
             raise CannotFitError(f"{longest} tokens need {need} cache blocks; the cache has "
                                  f"{self.num_blocks} (raise kv_cache_tokens / PYLLM_KV_CACHE_MB)")
+        self.compile_constraint(params)  # a bad constraint is refused here (compiled once, cached)
 
     def add_request(self, request_id: Hashable, prompt_ids: list[int],
                     params: SamplingParams) -> None:
