@@ -36,7 +36,8 @@ from typing import IO
 from pyllm.weights import pull
 
 DEFAULT_QUANT = "Q4_K_M"
-HOST_PREFIXES = ("hf.co/", "huggingface.co/", "https://hf.co/", "https://huggingface.co/")
+# (https://huggingface.co/ORG/NAME stays a safetensors repository: the hf-hub source's form.)
+HOST_PREFIXES = ("hf.co/", "huggingface.co/", "https://hf.co/")
 _PART = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 USER_AGENT = "pyllm-pull"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -82,7 +83,7 @@ def is_hub_gguf_name(spec: str) -> bool:
 
 
 def parse_name(spec: str) -> HubGGUFName:
-    """``hf.co/ORG/REPO[:QUANT]`` (also huggingface.co/..., with or without https://);
+    """``hf.co/ORG/REPO[:QUANT]`` (also huggingface.co/... and https://hf.co/...);
     HubNameError saying what is wrong otherwise."""
     s = spec.strip()
     rest = next((s[len(p):] for p in HOST_PREFIXES if s.lower().startswith(p)), None)

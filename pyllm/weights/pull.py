@@ -513,9 +513,9 @@ def find_cached(name: str) -> dict[str, Any]:
     name, or an hf.co name without its quant (Q4_K_M). ValueError listing the names if none."""
     rows = cached_models()
     wanted = name.strip()
-    if wanted.lower().startswith(("hf.co/", "huggingface.co/", "https://")):
-        from pyllm.weights import hub
+    from pyllm.weights import hub
 
+    if hub.is_hub_gguf_name(wanted):
         wanted = hub.parse_name(wanted).name
     for r in rows:
         p = Path(r["path"])
