@@ -13,10 +13,16 @@ values are ignored.
 
 Rules that hold for every hook:
 
-- Names are unique within a kind. When two plugins register the same name, the first one loaded
-  wins (pyllm's built-ins load first) and the other is reported as a warning.
-- A hook that raises is reported once (plugin name and error) and whatever that call registered
-  is discarded; the other plugins are unaffected.
+- Hooks are called through pluggy: ``@hookimpl(tryfirst=True)`` / ``trylast=True`` set where a
+  plugin is asked, and ``@hookimpl(wrapper=True)`` implementations run around the others.
+- Names are unique within a kind. A name registered by one of pyllm's built-in plugins cannot be
+  taken; otherwise the registration made first in call order wins. The loser is reported as a
+  warning naming both plugins.
+- Each registration is checked against its protocol in :mod:`pyllm.types`; one that fails is
+  refused (a warning naming the plugin, and a line in ``pyllm plugins``), the others count.
+- A hook that raises is reported once (plugin name and error) and the hook is called again
+  without that plugin, so whatever it registered is discarded; the other plugins are unaffected.
+  Hooks should only register: they may run more than once.
 - Keep module import cheap: import heavy libraries (torch, transformers...) inside the factories
   and commands, not at the top of the plugin module, so ``pyllm --help`` stays fast.
 
@@ -167,8 +173,13 @@ def register_tasks(register: RegisterTask) -> None:
 
     :param register:
         Call ``register(name, adapter)`` where ``adapter`` is a :class:`pyllm.types.TaskAdapter`
-        with a ``name`` and a one-line ``description``. ``pyllm <task>`` and the REPL's
-        ``/<task>`` command find adapters by name.
+        with the same ``name``, a one-line ``description``, its ``input_fields`` and
+        ``run(llm, records, **options)``.
+
+    Every task gets ``pyllm <name>`` and the REPL's ``/<name>``, generated from the adapter (the
+    input fields as arguments, ``-O NAME=VALUE`` for options, ``-i``/``-o`` JSONL files), and
+    ``pyllm.tasks.run(llm, name, ...)``. A plugin replaces the generated commands with its own by
+    registering a command (``register_commands``) or REPL command under the task's name.
     """
 
 

@@ -124,6 +124,9 @@ def check_registration(kind: str, plugin: str, args: tuple[Any, ...],
     if kind == "samplers" and not callable(obj):
         raise Refused(name, f"{_shown(obj)} is not a SamplerStep (a callable "
                             f"step(logits, context) -> logits)")
+    if kind == "constraints" and not callable(obj):
+        raise Refused(name, f"{_shown(obj)} is not a constraint kind (a callable "
+                            f"kind(spec) -> grammar)")
     if kind == "tasks":
         _task(name, obj)
     if kind == "model_sources":

@@ -434,3 +434,18 @@ def test_two_instances_of_one_plugin_class_are_told_apart(host: PluginHost) -> N
     assert rows["b"]["registered"]["samplers"] == ["clash", "own_a"]
     assert "samplers" not in rows["a"]["registered"]
     assert [r["reason"] for r in rows["a"]["refused"]] == ["already registered by 'b'"] * 2
+
+
+def test_a_constraint_kind_must_be_callable(host: PluginHost) -> None:
+    class Kinds:
+        @hookimpl
+        def register_constraints(self, register):
+            register("yes_no", lambda spec: 'start: "yes" | "no"')
+            register("not_a_kind", 'start: "x"')
+
+    with host.registered(Kinds(), name="kinds"):
+        kinds = host.registry("constraints")
+        assert "yes_no" in kinds and "not_a_kind" not in kinds
+        row = next(r for r in host.report() if r["name"] == "kinds")
+        assert [(r["name"], r["reason"][:30]) for r in row["refused"]] == [
+            ("not_a_kind", "'start: \"x\"' is not a constrai")]
