@@ -165,3 +165,12 @@ def test_default_model_from_threads(smollm2_path):
         futures = [pool.submit(lambda i=i: llm.chat(prompts[i % 4], params).token_ids)
                    for i in range(8)]
         assert [f.result() for f in futures] == [serial[i % 4] for i in range(8)]
+
+
+def test_a_bad_sampler_chain_is_refused_before_it_reaches_the_batch(tiny):
+    stream = tiny.stream(PROMPTS[0] * 4, greedy(60))
+    first = next(stream)
+    with pytest.raises(ValueError, match="unknown sampler step 'bogus'"):
+        tiny.generate(PROMPTS[1], SamplingParams(max_tokens=3, samplers="bogus;temperature"))
+    rest = "".join(stream)  # the running request was not failed with it
+    assert first + rest == tiny.generate(PROMPTS[0] * 4, greedy(60))[0].text

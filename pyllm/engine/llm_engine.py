@@ -118,6 +118,7 @@ class LLMEngine:
             raise CannotFitError(f"{longest} tokens need {need} cache blocks; the cache has "
                                  f"{self.num_blocks} (raise kv_cache_tokens / PYLLM_KV_CACHE_MB)")
         self.compile_constraint(params)  # a bad constraint is refused here (compiled once, cached)
+        self.sampler.chain(params)  # an unknown sampler step too (in a step it fails the batch)
 
     def add_request(self, request_id: Hashable, prompt_ids: list[int],
                     params: SamplingParams) -> None:
