@@ -160,8 +160,11 @@ def test_one_warning_per_request(tok, caplog) -> None:
     from pyllm.api import LLM
     from pyllm.chat import ChatTemplate
 
-    llm = LLM.__new__(LLM)  # only what encode_prompt needs: the tokenizer and a template
+    from types import SimpleNamespace
+
+    llm = LLM.__new__(LLM)  # only what encode_prompt needs: tokenizer, template, sizes
     llm.tokenizer = tok
+    llm.config = SimpleNamespace(max_position=8192, vocab_size=tok.vocab_size)
     llm.chat_template = ChatTemplate.from_gguf_metadata(
         {"tokenizer.chat_template": "{% for m in messages %}<|im_start|>{{ m.content }}"
                                     "<|im_end|>{% endfor %}"})
