@@ -13,6 +13,8 @@ import click
 
 from pyllm.cli.options import (device_option, int8_option, kv_dtype_option, pop_sampling_params, resolve_device,
                                sampling_options)
+from pyllm.distributed.cli import (PathOrURL, check_local_only, generate_on_ray, pop_ray_options,
+                                   ray_options)
 
 EXIT_RECORDS_FAILED = 3  # the job finished, but some records got an error line in this run
 EXIT_INTERRUPTED = 130
@@ -45,15 +47,16 @@ Exit status: 0 every record ran; 3 some records failed in this run (see their er
 
 @click.command("generate", help=HELP)
 @click.option("-i", "--input", "input_path", required=True,
-              type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+              type=PathOrURL(click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)),
               help="Input JSONL file (- for standard input).")
 @click.option("-o", "--output", "output_path", required=True,
-              type=click.Path(dir_okay=False, path_type=Path),
+              type=PathOrURL(click.Path(dir_okay=False, path_type=Path)),
               help="Output JSONL file (appended; a regular file).")
 @click.option("--retry-errors", is_flag=True,
               help="Run again the records whose output line is an error (that line is removed).")
-@click.option("--model", "-m", default="smollm2", show_default=True,
-              help="Model name, .gguf path or Hugging Face folder.")
+@click.option("--model", "-m", default=None,
+              help="Model name, alias, .gguf path or Hugging Face folder  [default: the one "
+                   "`pyllm models default` set, else smollm2]")
 @sampling_options({"max_tokens": 256, "temperature": 1.0})
 @click.option("--max-num-seqs", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="Sequences decoded together (continuous batching).")
@@ -64,15 +67,25 @@ Exit status: 0 every record ran; 3 some records failed in this run (see their er
                  "memory traffic (batches ~15% faster with --int8; llama.cpp's default is "
                  "float16); float32 is exact.")
 @device_option()
+@ray_options()
 def generate(input_path: Path, output_path: Path, retry_errors: bool, model: str, max_num_seqs: int,
              progress: bool | None, int8: bool, kv_dtype: str, device: str, **kwargs: Any) -> None:
+    ray = pop_ray_options(kwargs)
+    check_local_only(ray, input_path, output_path)
     base = pop_sampling_params(kwargs)
+    show = sys.stderr.isatty() if progress is None else progress
+    if ray["ray_address"] is not None:  # the same job on a Ray cluster (pyllm/distributed/)
+        summary = generate_on_ray(ray, input_path, output_path, model=model, base_params=base,
+                                  max_num_seqs=max_num_seqs, int8_activations=int8, kv_dtype=kv_dtype,
+                                  device=device, retry_errors=retry_errors, progress=show)
+        click.echo(summary.describe(), err=True)
+        sys.exit(exit_status(summary))
     from pyllm.generate_job import run_job
 
     summary = run_job(input_path, output_path, model=model, base_params=base,
                       max_num_seqs=max_num_seqs, int8_activations=int8, kv_dtype=kv_dtype,
                       device=resolve_device(device, int8), retry_errors=retry_errors,
-                      progress=sys.stderr.isatty() if progress is None else progress)
+                      progress=show)
     click.echo(summary.describe(), err=True)
     sys.exit(exit_status(summary))
 
