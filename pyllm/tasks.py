@@ -18,6 +18,7 @@ as each batch finishes, and a re-run resumes where a killed run stopped.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 
 from pyllm.types import TaskAdapter
 
-__all__ = ["get", "names", "run", "result_text", "run_jsonl", "read_task_records"]
+__all__ = ["get", "names", "read_task_records", "result_text", "run", "run_jsonl"]
 
 
 def names() -> list[str]:
@@ -79,8 +80,6 @@ def result_text(result: Mapping[str, Any]) -> str:
         (value,) = result.values()
         if isinstance(value, str):
             return value
-    import json
-
     return json.dumps(dict(result), ensure_ascii=False)
 
 
