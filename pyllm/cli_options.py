@@ -76,8 +76,9 @@ def _io_options(f: Any) -> Any:
     f = click.option("-i", "--input", "input_path",
                      type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Input JSONL, one record a line with an \"id\".")(f)
-    f = click.option("--model", "-m", default="smollm2", show_default=True,
-                     help="Model name, .gguf path or Hugging Face folder.")(f)
+    f = click.option("--model", "-m", default=None,
+                     help="Model name, alias, .gguf path or Hugging Face folder  [default: the "
+                          "one `pyllm models default` set, else smollm2]")(f)
     return f
 
 

@@ -574,3 +574,28 @@ def test_classify_refuses_empty_text(tmp_path) -> None:
     assert [(x["id"], x["error"]["type"]) for x in lines] == [("a", "invalid_record"),
                                                               ("b", "invalid_record")]
     assert all('"text" is empty' in x["error"]["message"] for x in lines)
+
+
+def test_commands_without_a_model_leave_the_choice_to_the_default_setting(monkeypatch, tmp_path) -> None:
+    """No -m: every model command asks the loader for the default (None), which is the model
+    `pyllm models default` set, else smollm2 (resolve_model)."""
+    from pyllm.cli import options
+
+    monkeypatch.setattr(options, "cuda_unusable_reason", lambda: "no GPU here")
+    models_seen = []
+    import pyllm
+    import pyllm.api
+
+    def fake_load(model=None, device="cpu", **kwargs):
+        models_seen.append(model)
+        raise click.ClickException("stop here")
+
+    monkeypatch.setattr(pyllm, "load", fake_load)
+    monkeypatch.setattr(pyllm.api, "load", fake_load)
+    job = tmp_path / "in.jsonl"
+    job.write_text('{"id": "a", "prompt": "Hi"}\n')
+    for command in (["run", "--json"], ["chat"], ["classify", "Hi", "--labels", "a,b"],
+                    ["generate", "-i", str(job), "-o", str(tmp_path / "out.jsonl")]):
+        result = CliRunner().invoke(cli, command, input="Hi\n")
+        assert "stop here" in result.output, (command, result.output)
+    assert models_seen == [None] * 4
