@@ -206,10 +206,15 @@ class PluginHost:
             for name in sorted(self._selection - matched):
                 self._warn(("selection", name),
                            f"{ENV_VAR} names {name!r} but no such plugin is installed")
+        self._check_pending(pm)
+
+    def _check_pending(self, pm: pluggy.PluginManager) -> None:
+        """Warn about implementations of hooks pyllm does not have (a misspelt hook name)."""
         try:
             pm.check_pending()
         except pluggy.PluginValidationError as e:
-            self._warn(("pending", str(e)), f"plugin {e.plugin_name!r}: {e}")
+            name = pm.get_name(e.plugin) or repr(e.plugin)
+            self._warn(("pending", name), f"plugin {name!r}: {' '.join(str(e).split())}")
 
     @staticmethod
     def _dist_name(ep: EntryPoint) -> str | None:
@@ -236,7 +241,7 @@ class PluginHost:
         info = PluginInfo(
             name=name,
             distribution=dist,
-            version=ep.dist.version if getattr(ep, "dist", None) is not None else None,
+            version=dist_info.version if (dist_info := getattr(ep, "dist", None)) else None,
             module=ep.value,
             builtin=self._is_builtin(ep),
         )
@@ -374,6 +379,7 @@ class PluginHost:
         registered = self.pm.register(plugin, name=name)
         if registered is None:
             raise ValueError(f"plugin {name or plugin!r} is blocked or already registered")
+        self._check_pending(self.pm)
         self.invalidate()
         return registered
 

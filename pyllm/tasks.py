@@ -69,7 +69,7 @@ def run(llm: Any, name: str, inputs: str | Mapping[str, Any] | Sequence[Any],
     are the task's own keyword arguments."""
     adapter = get(name)
     single = isinstance(inputs, (str, Mapping))
-    items = [inputs] if single else list(inputs)  # type: ignore[list-item]
+    items: list[Any] = [inputs] if single else list(inputs)
     out = adapter.run(llm, [as_record(adapter, i) for i in items], **options)
     return out[0] if single else out
 

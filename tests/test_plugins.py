@@ -449,3 +449,24 @@ def test_a_constraint_kind_must_be_callable(host: PluginHost) -> None:
         row = next(r for r in host.report() if r["name"] == "kinds")
         assert [(r["name"], r["reason"][:30]) for r in row["refused"]] == [
             ("not_a_kind", "'start: \"x\"' is not a constrai")]
+
+
+def test_an_unknown_hook_is_named_not_fatal(monkeypatch, caplog) -> None:
+    """A plugin implementing a hook pyllm does not have (a typo) is reported with its name."""
+    import importlib.metadata
+    import types
+
+    module = types.ModuleType("typo_plugin")
+
+    @hookimpl
+    def register_samplerz(register):
+        register("never", lambda logits, context: logits)
+
+    module.register_samplerz = register_samplerz
+    monkeypatch.setitem(sys.modules, "typo_plugin", module)
+    ep = importlib.metadata.EntryPoint(name="typo", value="typo_plugin", group="pyllm")
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [ep])
+    host = PluginHost(None)
+    assert host.registry("samplers") == {}
+    assert any(r.getMessage().startswith("plugin 'typo': ") and "register_samplerz" in r.getMessage()
+               for r in caplog.records)
