@@ -58,7 +58,7 @@ def test_a_huge_stated_context_loads_quickly_and_small(huge_gguf):
         m = load_model({str(huge_gguf)!r})
         seconds = time.perf_counter() - start
         grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-        print(json.dumps({{"seconds": seconds, "grew_kb": grew, "rows": m.model.cos_sin.shape[0],
+        print(json.dumps({{"seconds": seconds, "grew_kb": grew, "rows": m.model.gpt.cos_sin.shape[0],
                           "context": m.config.max_position,
                           "trained": m.config.trained_context}}))
     """, 2 << 30)
@@ -80,8 +80,8 @@ def test_context_length_picks_more_or_less(huge_gguf, caplog):
         more = load_model(huge_gguf, context_length=20000)
         less = load_model(huge_gguf, context_length=100)
     assert not [r for r in caplog.records if "trained for a context" in r.getMessage()]
-    assert more.config.max_position == more.model.cos_sin.shape[0] == 20000
-    assert less.config.max_position == less.model.cos_sin.shape[0] == 100
+    assert more.config.max_position == more.model.gpt.cos_sin.shape[0] == 20000
+    assert less.config.max_position == less.model.gpt.cos_sin.shape[0] == 100
     assert more.config.trained_context == less.config.trained_context == HUGE
 
 
@@ -105,7 +105,7 @@ def test_a_hugging_face_config_is_capped_too(tmp_path):
     M.write_hf_folder(tmp_path / "hf", shape, state)
     m = load_model(tmp_path / "hf")
     assert (m.config.max_position, m.config.trained_context) == (DEFAULT_CONTEXT_CAP, HUGE)
-    assert m.model.cos_sin.shape[0] == DEFAULT_CONTEXT_CAP
+    assert m.model.gpt.cos_sin.shape[0] == DEFAULT_CONTEXT_CAP
 
 
 def test_the_kv_pool_follows_the_context_in_use(huge_gguf):
@@ -143,3 +143,27 @@ def test_the_table_is_the_same_made_in_slices():
     want = torch.cat([angles.cos(), angles.sin()], dim=-1).float()
     assert torch.equal(ops.rope_cos_sin(n, 8, 10000.0), want)
 
+
+
+def test_the_cli_announces_the_cap_and_ctx_lifts_it(smollm2_path, tmp_path):
+    """The default model with a header that claims 2**24 tokens of context runs as before, with
+    a one-line warning; --ctx N runs with N and says nothing."""
+    from click.testing import CliRunner
+
+    from pyllm.cli.main import cli
+
+    data = bytearray(smollm2_path.read_bytes())
+    key = b"llama.context_length"
+    at = data.index(key) + len(key) + 4  # after the key and its uint32 type tag
+    assert int.from_bytes(data[at:at + 4], "little") == 8192
+    data[at:at + 4] = HUGE.to_bytes(4, "little")
+    path = tmp_path / "claims-16m.gguf"
+    path.write_bytes(bytes(data))
+    args = ["run", str(path), "Hello", "--max-tokens", "1", "--temperature", "0"]
+    capped = CliRunner().invoke(cli, args)
+    assert capped.exit_code == 0, capped.output
+    assert f"warning: {path} was trained for a context of {HUGE} tokens; using 8192" \
+        in capped.stderr
+    chosen = CliRunner().invoke(cli, [*args, "--ctx", "9000"])
+    assert chosen.exit_code == 0, chosen.output
+    assert "trained for a context" not in chosen.stderr
