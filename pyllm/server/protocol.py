@@ -52,7 +52,6 @@ class APIError(Exception):
 
 # OpenAI fields this server knows of but does not implement: refused with a clear 400.
 UNSUPPORTED_FIELDS: dict[str, str] = {
-    "response_format": "structured output (response_format) is not supported by this server",
     "tools": "tool calling is not supported by this server",
     "tool_choice": "tool calling is not supported by this server",
     "functions": "function calling is not supported by this server",
@@ -102,6 +101,14 @@ class _SamplingRequest(BaseModel):
             if key in UNSUPPORTED_FIELDS:
                 raise APIError(400, UNSUPPORTED_FIELDS[key], param=key, code="unsupported_parameter")
             if key in IGNORED_FIELDS:
+                continue
+            if key == "response_format":  # structured output (docs/structured.md)
+                from pyllm.constraints.openai import response_format_fields
+
+                try:
+                    out.update(response_format_fields(value))
+                except ValueError as exc:
+                    raise APIError(400, str(exc), param=key, code="invalid_value") from None
                 continue
             if key not in PYLLM_EXTRA_FIELDS:
                 known = list(type(self).model_fields) + list(PYLLM_EXTRA_FIELDS)
