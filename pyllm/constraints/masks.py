@@ -47,15 +47,18 @@ def apply_token_mask(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class MaskJob:
     """The masks of one step, being computed (or already computed) on the worker thread."""
 
-    def __init__(self, future: Future[torch.Tensor] | None, value: torch.Tensor | None = None) -> None:
+    def __init__(self, future: Future[torch.Tensor], worker: MaskWorker) -> None:
         self._future = future
-        self._value = value
-        self.seconds = 0.0
+        self._worker = worker
+        self._value: torch.Tensor | None = None
 
     def result(self) -> torch.Tensor:
-        if self._value is None and self._future is not None:
+        """The masks; waits for the worker if they are not ready yet (the wait is counted in
+        ``MaskWorker.wait_seconds``: the part of the mask's time the forward did not hide)."""
+        if self._value is None:
+            t0 = time.perf_counter()
             self._value = self._future.result()
-        assert self._value is not None
+            self._worker.wait_seconds += time.perf_counter() - t0
         return self._value
 
 
@@ -67,6 +70,7 @@ class MaskWorker:
         self.logits_width = logits_width
         self._pool: ThreadPoolExecutor | None = None
         self.total_seconds = 0.0  # mask time summed over steps (the mask's own cost)
+        self.wait_seconds = 0.0  # how long the engine waited for masks after the forward
         self.steps = 0
 
     def start(self, matchers: Sequence[ConstraintMatcher | None]) -> MaskJob | None:
@@ -84,7 +88,7 @@ class MaskWorker:
             self.steps += 1
             return mask
 
-        return MaskJob(self._pool.submit(work))
+        return MaskJob(self._pool.submit(work), self)
 
     def close(self) -> None:
         if self._pool is not None:
