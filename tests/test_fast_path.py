@@ -9,33 +9,48 @@ is written. On SmolLM2, with the kernels' default threads, the logits agree to 1
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-transformers = pytest.importorskip("transformers")
+from pyllm.ops import _library as L
+from pyllm.model.batch import allocate_kv_caches, build_metadata
+from pyllm.model.fast import FastForward, available
+from pyllm.model.loader import load_model
 
-import test_model_parity as parity  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import make_random_llama as M  # noqa: E402
 
-from pyllm.ops import _library as L  # noqa: E402
-from pyllm.model.batch import allocate_kv_caches, build_metadata  # noqa: E402
-from pyllm.model.fast import FastForward, available  # noqa: E402
-from pyllm.model.loader import load_model  # noqa: E402
+# The Hugging Face families are built with transformers (random weights from its configs); the
+# llama.cpp-shaped random Llama of scripts/make_random_llama.py needs nothing else, so the suite
+# runs without transformers too, on that model.
+HAVE_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+if HAVE_TRANSFORMERS:
+    import test_model_parity as parity
+    import transformers
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs the native kernels (pyllm._C.Runner)")
 
-VOCAB = parity.VOCAB
+VOCAB = 160  # every model here (test_model_parity.VOCAB)
+RANDOM_SHAPE = dict(M.SHAPES["tiny"], vocab=VOCAB)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """name -> LoadedModel: every Hugging Face family of the parity tests, and the two GGUF
     layouts (llama.cpp-permuted Q/K with mixed block formats -> a ConcatLinear QKV; Qwen2 with
-    biases, f16 and q8_0 matrices)."""
-    out = {}
+    biases, f16 and q8_0 matrices), and scripts/make_random_llama.py's tiny Llama."""
+    path = tmp_path_factory.mktemp("random-llama") / "tiny.gguf"
+    M.write_random_llama(path, RANDOM_SHAPE, seed=3)
+    out = {"random-llama": load_model(path)}
+    if not HAVE_TRANSFORMERS:
+        return out
     for case in parity.CASES:
         folder = tmp_path_factory.mktemp(case)
         parity._make(case, folder)
@@ -53,7 +68,20 @@ def models(tmp_path_factory):
     return out
 
 
-ALL = list(parity.CASES) + [f"gguf-{c}" for c in parity.GGUF_CASES]
+HF_CASES = ["gpt2", "llama-gqa", "llama-mqa-llama3", "llama-linear", "qwen2", "mistral-window",
+            "gguf-llama", "gguf-qwen2"]
+if HAVE_TRANSFORMERS:
+    assert HF_CASES == list(parity.CASES) + [f"gguf-{c}" for c in parity.GGUF_CASES]
+
+
+def cases(*names: str) -> list:
+    """Parameters for `names`; those built with transformers are skipped without it."""
+    needs = pytest.mark.skipif(not HAVE_TRANSFORMERS,
+                               reason="this family's random model is built with transformers")
+    return [pytest.param(n, marks=needs) if n in HF_CASES else n for n in names]
+
+
+ALL = cases("random-llama", *HF_CASES)
 
 
 def _caches(cfg, num_blocks: int, block_size: int, dtype=torch.float32):
@@ -149,7 +177,7 @@ def test_mixed_batch_equals_op_by_op(models, case):
     _compare(model, steps, num_blocks=10, block_size=4, hidden=True)
 
 
-@pytest.mark.parametrize("case", ["gguf-llama", "gpt2", "mistral-window"])
+@pytest.mark.parametrize("case", cases("random-llama", "gguf-llama", "gpt2", "mistral-window"))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_cache_equals_op_by_op(models, case, dtype):
     model = models[case].model
@@ -170,7 +198,8 @@ def test_half_precision_cache_equals_op_by_op(models, case, dtype):
 def test_random_batches_equal_op_by_op(models, data):
     """Random batch layouts: 1-4 sequences, each with a cached prefix written by an earlier step
     and 1-9 new tokens, blocks of 1-8 slots scattered through the pool, logits at random rows."""
-    case = data.draw(st.sampled_from(["gguf-llama", "gpt2", "qwen2", "mistral-window"]))
+    case = data.draw(st.sampled_from(["random-llama", "gguf-llama", "gpt2", "qwen2",
+                                      "mistral-window"] if HAVE_TRANSFORMERS else ["random-llama"]))
     model = models[case].model
     block = data.draw(st.sampled_from([1, 2, 4, 8]))
     B = data.draw(st.integers(1, 4))
@@ -205,7 +234,7 @@ def test_random_batches_equal_op_by_op(models, data):
 
 @pytest.mark.parametrize("bad", ["token", "position", "block", "slot", "row"])
 def test_bad_metadata_is_refused_before_anything_is_written(models, bad):
-    model = models["gguf-llama"].model
+    model = models["random-llama"].model
     cfg = model.config
     caches = _caches(cfg, num_blocks=4, block_size=4)
     meta = build_metadata([0], [5], [[2, 1]], 4)
@@ -233,7 +262,7 @@ def test_bad_metadata_is_refused_before_anything_is_written(models, bad):
 
 
 def test_moving_the_model_drops_the_runner(models):
-    model = models["llama-gqa"].model
+    model = models["random-llama"].model
     caches = _caches(model.config, 4, 4)
     with torch.inference_mode():
         model(_ids(3, 1), build_metadata([0], [3], [[0]], 4), caches)
@@ -272,7 +301,7 @@ def test_capped_context_keeps_the_fast_path(models):
     the runner is rebuilt for it, still used, and refuses positions past the cap."""
     import dataclasses
 
-    model = models["gguf-llama"].model
+    model = models["random-llama"].model
     full = model.config
     caches = _caches(full, 4, 4)
     try:
@@ -309,7 +338,7 @@ def _int8_run(model, isa: str | None = None):
         L._C.set_cpu_isa(before)
 
 
-@pytest.mark.parametrize("case", ["gguf-llama", "gguf-qwen2"])
+@pytest.mark.parametrize("case", cases("random-llama", "gguf-llama", "gguf-qwen2"))
 def test_int8_activations_stay_near_exact_and_switch_back(models, case):
     """int8 activations move the logits a little (prefill and decode rows alike; with the
     prepacked AVX-512 panels and with the per-call AVX2 kernels), and switching int8 off gives the
