@@ -225,10 +225,12 @@ def test_run_command_json_matches_generate(llm, smollm2_path):
 
 @pytest.fixture(scope="module")
 def tiny_hf_folder(tmp_path_factory):
-    """A tiny random Llama saved by transformers with a byte-level BPE tokenizer.json trained
-    here, a tokenizer_config.json (EOS, chat template) — a complete Hugging Face model folder."""
-    transformers = pytest.importorskip("transformers")
+    """A tiny random Llama (scripts/make_random_llama.py's Hugging Face layout) with a byte-level
+    BPE tokenizer.json trained here, a tokenizer_config.json (EOS, chat template) — a complete
+    Hugging Face model folder."""
     import json
+    import sys
+    from pathlib import Path
 
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -246,17 +248,14 @@ def tiny_hf_folder(tmp_path_factory):
         "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}: {{ m.content }}"
                          "<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>"
                          "assistant: {% endif %}"}))
-    cfg = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64,
-                                   intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=128)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    model.save_pretrained(folder, safe_serialization=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import make_random_llama as M
+
+    shape = dict(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_kv_head=2,
+                 vocab=tok.get_vocab_size(), context=128, rope_theta=10000.0)
+    state = M.write_random_llama(folder / "random.gguf", shape, seed=0, scale=0.2, embed_scale=0.2)
+    (folder / "random.gguf").unlink()  # the folder is the Hugging Face layout only
+    M.write_hf_folder(folder, shape, state, torch.float32)
     return folder
 
 

@@ -52,8 +52,6 @@ class APIError(Exception):
 
 # OpenAI fields this server knows of but does not implement: refused with a clear 400.
 UNSUPPORTED_FIELDS: dict[str, str] = {
-    "tools": "tool calling is not supported by this server",
-    "tool_choice": "tool calling is not supported by this server",
     "functions": "function calling is not supported by this server",
     "function_call": "function calling is not supported by this server",
     "audio": "audio output is not supported",
@@ -102,6 +100,11 @@ class _SamplingRequest(BaseModel):
                 raise APIError(400, UNSUPPORTED_FIELDS[key], param=key, code="unsupported_parameter")
             if key in IGNORED_FIELDS:
                 continue
+            if key in ("tools", "tool_choice") and isinstance(self, ChatCompletionRequest):
+                continue  # read by the chat route (pyllm.constraints.openai.tool_call_mode)
+            if key in ("tools", "tool_choice"):
+                raise APIError(400, f"{key} is a chat completions field", param=key,
+                               code="unsupported_parameter")
             if key == "response_format":  # structured output (docs/structured.md)
                 from pyllm.constraints.openai import response_format_fields
 
@@ -172,6 +175,7 @@ class ChatChoiceLogprobs(BaseModel):
 class ChatResponseMessage(BaseModel):
     role: str = "assistant"
     content: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None
 
 
 class ChatChoice(BaseModel):
