@@ -72,3 +72,52 @@ def test_pyllm_constraint_fields_as_extra_body(client):
     r = client.completions.create(model="model.gguf", prompt="Pick:", seed=2, max_tokens=10,
                                   extra_body={"choice": ["left", "right"]})
     assert r.choices[0].text in ("left", "right") and r.choices[0].finish_reason == "stop"
+
+
+WEATHER = {"type": "function",
+           "function": {"name": "get_weather", "description": "Weather in a city",
+                        "parameters": {"type": "object",
+                                       "properties": {"city": {"enum": ["Paris", "Rome"]},
+                                                      "days": {"type": "integer", "minimum": 1,
+                                                               "maximum": 7}},
+                                       "required": ["city", "days"],
+                                       "additionalProperties": False}}}
+TIME = {"type": "function",
+        "function": {"name": "get_time", "parameters": {
+            "type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}},
+            "required": ["zone"], "additionalProperties": False}}}
+
+
+@pytest.mark.parametrize("tool_choice,names", [
+    ("required", {"get_weather", "get_time"}),
+    ({"type": "function", "function": {"name": "get_time"}}, {"get_time"}),
+])
+def test_tool_choice_constrains_the_reply_to_a_tool_call(client, tool_choice, names):
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
+    for seed in range(3):
+        r = client.chat.completions.create(model="model.gguf", messages=CHAT, seed=seed,
+                                           max_tokens=40, tools=[WEATHER, TIME],
+                                           tool_choice=tool_choice)
+        choice = r.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        (call,) = choice.message.tool_calls
+        assert call.type == "function" and call.id.startswith("call")
+        assert call.function.name in names
+        jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+
+
+def test_tool_choice_auto_answers_in_text(client):
+    r = client.chat.completions.create(model="model.gguf", messages=CHAT, seed=1, max_tokens=5,
+                                       tools=[WEATHER], tool_choice="auto")
+    assert r.choices[0].message.tool_calls is None and r.choices[0].message.content
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}),
+     "not one of the tools"),
+    (dict(tools=[{"type": "function"}], tool_choice="required"), "tools\\[0\\]"),
+    (dict(tool_choice="required"), "tool_choice needs tools"),
+])
+def test_bad_tools_are_a_400(client, kwargs, message):
+    with pytest.raises(openai.BadRequestError, match=message):
+        client.chat.completions.create(model="model.gguf", messages=CHAT, max_tokens=5, **kwargs)
