@@ -28,7 +28,7 @@ from pyllm.sampler import SampleResult, Sampler
 from pyllm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyllm.model.gpt import GPT
+    from pyllm.model.runtime import ModelRunner
     from pyllm.types import Tokenizer
 
 
@@ -64,7 +64,7 @@ class CannotFitError(ContextLengthError):
 
 
 class LLMEngine:
-    def __init__(self, model: GPT, tokenizer: Tokenizer, config: EngineConfig | None = None) -> None:
+    def __init__(self, model: ModelRunner, tokenizer: Tokenizer, config: EngineConfig | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config = config or EngineConfig()

@@ -28,12 +28,13 @@ from pyllm.model.config import ModelConfig
 from pyllm.model.context import with_context
 from pyllm.model.gpt import GPT, MLP, Block, CausalSelfAttention
 from pyllm.model.layers import Embedding, Linear, Norm, as_qweight, fused_linear
+from pyllm.model.runtime import ModelRunner
 from pyllm.ops.qlinear import QWeight
 
 
 @dataclass
 class LoadedModel:
-    model: GPT
+    model: ModelRunner  # the GPT (`model.gpt`) and how it is run (pyllm/model/runtime.py)
     config: ModelConfig
     path: Path
     kind: str  # "gguf" | "hf"
@@ -271,8 +272,7 @@ def load_gguf_model(path: str | Path, *, context_length: int | None = None) -> L
         # Llama 3.x GGUFs carry the per-frequency divisors as a tensor instead of the formula.
         scaling = {"type": "none",
                    "freq_factors": w.vector("rope_freqs.weight", cfg.rotary_dim // 2)}
-    model = build_gpt(cfg, w, names, scaling)
-    model.release_pages = g.release
+    model = ModelRunner(build_gpt(cfg, w, names, scaling), release_pages=g.release)
     return LoadedModel(model, cfg, Path(path), "gguf", dict(g.metadata), g)
 
 
@@ -305,5 +305,5 @@ def load_hf(folder: str | Path, *, context_length: int | None = None) -> LoadedM
     else:
         names, transposed = HF_LLAMA_NAMES, (lambda name: False)
     w = _Weights(str(folder), set(tensors), lambda n: tuple(tensors[n].shape), fetch, transposed)
-    model = build_gpt(cfg, w, names)
+    model = ModelRunner(build_gpt(cfg, w, names))
     return LoadedModel(model, cfg, folder, "hf")
