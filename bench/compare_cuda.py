@@ -181,7 +181,7 @@ def pyllm_forward(llm, batch: int, context: int, kv_dtype=torch.float32) -> dict
         runner(ids, meta, cache.kv_caches)  # checks, copies, replay, logits copy
     sync()
     call = (time.perf_counter() - t) / 20
-    wb = weight_bytes(model)
+    wb = weight_bytes(model.gpt)
     kvb = batch * (context + 1) * kv_bytes_per_token(cfg, kv_dtype)
     step = median(times)
     del cache

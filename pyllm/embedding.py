@@ -15,10 +15,10 @@ import torch
 from pyllm.model.batch import ContiguousKVCache
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyllm.model.gpt import GPT
+    from pyllm.model.runtime import ModelRunner
 
 
-def embed_ids(model: GPT, ids: Sequence[int]) -> list[float]:
+def embed_ids(model: ModelRunner, ids: Sequence[int]) -> list[float]:
     """The unit-length mean of the final normed hidden states of `ids` (one non-empty sequence
     within the context length)."""
     if not ids:
@@ -29,5 +29,5 @@ def embed_ids(model: GPT, ids: Sequence[int]) -> list[float]:
     with torch.inference_mode():
         x = torch.tensor(list(ids), dtype=torch.int64, device=model.device)
         hidden = model.hidden_states(x, cache.metadata([0], [0], [len(ids)]), cache.kv_caches)
-        pooled = model.norm_f(hidden).float().mean(dim=0)
+        pooled = model.final_norm(hidden).float().mean(dim=0)
         return torch.nn.functional.normalize(pooled, dim=0).tolist()

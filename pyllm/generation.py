@@ -25,7 +25,7 @@ from pyllm.sampler import SampleResult, Sampler
 from pyllm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyllm.model.gpt import GPT
+    from pyllm.model.runtime import ModelRunner
     from pyllm.types import Tokenizer
 
 
@@ -166,7 +166,7 @@ def _default_sampler() -> Sampler:
 # ---------------------------------------------------------------------- the loop
 
 
-def generate_stream(model: GPT, tokenizer: Tokenizer, prompts: Sequence[list[int]],
+def generate_stream(model: ModelRunner, tokenizer: Tokenizer, prompts: Sequence[list[int]],
                     params: Sequence[SamplingParams], *, max_batch: int = 16
                     ) -> Iterator[StreamEvent]:
     """Generate for every prompt (already tokenized and within the context length), yielding
@@ -177,7 +177,7 @@ def generate_stream(model: GPT, tokenizer: Tokenizer, prompts: Sequence[list[int
         yield from _run_group(model, tokenizer, prompts, params, group)
 
 
-def _run_group(model: GPT, tokenizer: Tokenizer, prompts: Sequence[list[int]],
+def _run_group(model: ModelRunner, tokenizer: Tokenizer, prompts: Sequence[list[int]],
                params: Sequence[SamplingParams], group: list[tuple[int, int]]
                ) -> Iterator[StreamEvent]:
     cfg = model.config
@@ -208,7 +208,7 @@ def _run_group(model: GPT, tokenizer: Tokenizer, prompts: Sequence[list[int]],
                 logits = decode_step(model, cache, running)
 
 
-def prefill(model: GPT, cache: ContiguousKVCache, seqs: Sequence[_Seq]) -> torch.Tensor:
+def prefill(model: ModelRunner, cache: ContiguousKVCache, seqs: Sequence[_Seq]) -> torch.Tensor:
     """Run every prompt through the model at once; logits [B, V] at each prompt's last token."""
     ids = torch.tensor([t for s in seqs for t in s.prompt], dtype=torch.int64)
     meta = cache.metadata([s.slot for s in seqs], [0] * len(seqs), [len(s.prompt) for s in seqs])
@@ -218,7 +218,7 @@ def prefill(model: GPT, cache: ContiguousKVCache, seqs: Sequence[_Seq]) -> torch
     return logits.float()
 
 
-def decode_step(model: GPT, cache: ContiguousKVCache, seqs: Sequence[_Seq]) -> torch.Tensor:
+def decode_step(model: ModelRunner, cache: ContiguousKVCache, seqs: Sequence[_Seq]) -> torch.Tensor:
     """Feed each sequence's last sampled token; logits [B, V] for the next one."""
     ids = torch.tensor([s.out[-1] for s in seqs], dtype=torch.int64)
     meta = cache.metadata([s.slot for s in seqs], [s.cached for s in seqs], [1] * len(seqs))
@@ -261,7 +261,7 @@ class ScoredToken:
     top: list[tuple[int, float]] = field(default_factory=list)
 
 
-def score_ids(model: GPT, ids: Sequence[int], top_n: int = 10,
+def score_ids(model: ModelRunner, ids: Sequence[int], top_n: int = 10,
               chunk: int = 256) -> list[ScoredToken]:
     """Teacher-forced log-probs of `ids` (one sequence within the context length).
 

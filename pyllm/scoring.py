@@ -31,7 +31,7 @@ from pyllm.errors import ContextLengthError
 from pyllm.model.batch import KVCaches, allocate_kv_caches, build_metadata
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyllm.model.gpt import GPT
+    from pyllm.model.runtime import ModelRunner
 
 __all__ = ["ContinuationScore", "ContinuationScorer", "score_continuations"]
 
@@ -61,7 +61,7 @@ class ContinuationScorer:
     :param max_batch_tokens: roughly how many tokens one forward pass may hold.
     """
 
-    def __init__(self, model: GPT, *, block_size: int = 16, cache_tokens: int = 4096,
+    def __init__(self, model: ModelRunner, *, block_size: int = 16, cache_tokens: int = 4096,
                  max_batch_tokens: int = 1024) -> None:
         self.model = model
         self.block_size = block_size
@@ -236,7 +236,7 @@ class ContinuationScorer:
                 bm.free(sid)  # the prompt's blocks stay cached for later calls
 
 
-def score_continuations(model: GPT, prompt_ids: Sequence[int],
+def score_continuations(model: ModelRunner, prompt_ids: Sequence[int],
                         continuations: Sequence[Sequence[int]]) -> list[ContinuationScore]:
     """One prompt, several continuations: each continuation's summed (and mean) token log-prob
     given the prompt, the prompt prefilled once (see the module docstring)."""

@@ -192,7 +192,7 @@ def test_bf16_checkpoint_matches_transformers(tmp_path):
     on the same bf16-rounded weights."""
     hf = _make("llama-gqa", tmp_path, dtype=torch.bfloat16)
     loaded = load_model(tmp_path)
-    assert loaded.model.blocks[0].attn.qkv.weight.qtype == "bf16"
+    assert loaded.model.gpt.blocks[0].attn.qkv.weight.qtype == "bf16"
     ids = _ids(19, seed=3)
     assert (_full_forward(loaded, ids) - _hf_logits(hf, ids)).abs().max().item() <= TOL
 
@@ -394,7 +394,7 @@ def test_gguf_quantized_model_matches_transformers(tmp_path, case):
     _write_gguf(hf, tmp_path / "tiny.gguf", arch, qtypes)
     loaded = load_model(tmp_path / "tiny.gguf")
     assert loaded.config.rope_layout == ("normal" if arch == "llama" else "neox")
-    qkv = loaded.model.blocks[0].attn.qkv
+    qkv = loaded.model.gpt.blocks[0].attn.qkv
     assert type(qkv).__name__ == ("ConcatLinear" if case == "llama" else "Linear")
     ids = _ids(23, seed=4)
     ref = _hf_logits(hf, ids)

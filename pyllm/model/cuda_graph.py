@@ -11,7 +11,7 @@ logits_at=None) -> logits`, so the engine can call it in the model's place:
 - prefill and mixed steps (some sequence has more than one new token), batches larger than the
   biggest bucket, and models on the CPU call the model directly;
 - a decode step of B sequences is validated once on the host with the model's own checks
-  (`GPT._check_step`: ids, positions, slots and block tables in range), then its ids, positions,
+  (`GPT.check_step`: ids, positions, slots and block tables in range), then its ids, positions,
   slots, context lengths and block tables are copied into the static buffers of the bucket
   (B rounded up to 1, 2, 4, 8, ...; the block-table width rounded up to a power of two, at least
   `min_width`), and the bucket's graph is replayed (captured on first use, with the model's
@@ -212,14 +212,14 @@ class CudaGraphRunner:
 
     def _load(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches) -> _Bucket:
         """Check a decode step, find (or make) its bucket and copy the step in."""
-        if len(kv_caches) != len(self.model.blocks):
-            raise ValueError(f"need one KV cache per layer ({len(self.model.blocks)}), "
+        if len(kv_caches) != self.model.config.n_layer:
+            raise ValueError(f"need one KV cache per layer ({self.model.config.n_layer}), "
                              f"got {len(kv_caches)}")
         self._track_caches(kv_caches)
         # Everything the graph will trust is checked here, on this step's own tensors: on the
         # host against CPU stand-ins of the caches (the same shapes and dtype), or on the device.
         on_host = self.takes_host_metadata and input_ids.device.type == "cpu"
-        self.model._check_step(input_ids, meta, self._host_caches if on_host else kv_caches)
+        self.model.check_step(input_ids, meta, self._host_caches if on_host else kv_caches)
         key = self.bucket_of(input_ids.shape[0], meta.block_tables.shape[1])
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -254,7 +254,7 @@ class CudaGraphRunner:
                 check_cache_pair(k0, v0)
                 if k0.device != self.device:
                     raise ValueError(f"the KV caches are on {k0.device}, the model on {self.device}")
-                self.model._check_caches(kv_caches)
+                self.model.check_caches(kv_caches)
                 stand_in = torch.empty(k0.shape, dtype=k0.dtype)
                 self._host_caches = [(stand_in, stand_in)] * len(kv_caches)
             self._cache_key = key

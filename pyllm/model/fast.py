@@ -10,13 +10,14 @@ buffers are set up once; a step passes its ids and metadata as a dozen integers.
 It is used on CPU with the native kernels (`PYLLM_KERNELS=native`, the default); anything
 unusual (another device, a weight that is not a contiguous CPU tensor, a metadata tensor of an
 unexpected dtype or layout) falls back to the op-by-op path, which raises the documented errors.
-`PYLLM_FAST_FORWARD=0` or `model.fast_path = False` turns it off.
+`PYLLM_FAST_FORWARD=0` or `ModelRunner.fast_path = False` turns it off (pyllm/model/runtime.py
+decides when it runs).
 
 Safety: the Python side checks dtypes, shapes and contiguity (cheap attribute reads); the runner
 checks every value a kernel could index with (token ids, positions, slots, query offsets, context
 lengths, block-table entries, logits rows) before any kernel runs, with the messages of
-`GPT._check_step`. The runner borrows the tensors' memory; this object keeps them alive, and the
-GPT drops it whenever its tensors are replaced (`.to()`, `.float()`, ...).
+`GPT.check_step`. The runner borrows the tensors' memory; this object keeps them alive, and the
+ModelRunner drops it whenever the model's tensors are replaced (`.to()`, `.float()`, ...).
 """
 
 from __future__ import annotations

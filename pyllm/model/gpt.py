@@ -4,9 +4,10 @@ The forward pass runs on a flattened batch (vLLM style): `input_ids [T]` are the
 sequences back to back, `AttentionMetadata` says which rows belong to which sequence and where
 their K/V go in the paged cache. Prefill (many tokens a sequence) and decode (one) are the same
 call. Every computation goes through `pyllm.ops`, so the compiled kernels (or the references,
-with PYLLM_KERNELS=reference) run the whole model. This op-by-op forward is the meaning; on CPU
-with the native kernels `pyllm.model.fast` runs the same kernels in the same order from C++ (one
-call a step instead of a few hundred Python op calls), with the same results bit for bit.
+with PYLLM_KERNELS=reference) run the whole model. This op-by-op forward is the meaning. How a
+step is run (the C++ runner of `pyllm/model/fast.py`, int8 activations, page release, CUDA
+graphs) is chosen outside the model, by `pyllm/model/runtime.py`'s `ModelRunner` and
+`pyllm/model/cuda_graph.py`; this module imports neither.
 
 Shape legend: T tokens in the step, C = n_embd, Hq / Hkv heads, D head dim, V vocabulary.
 """
@@ -14,7 +15,6 @@ Shape legend: T tokens in the step, C = n_embd, Hq / Hkv heads, D head dim, V vo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -22,8 +22,6 @@ from torch import nn
 from pyllm import ops
 from pyllm.model.batch import AttentionMetadata, KVCaches
 from pyllm.model.config import ModelConfig
-from pyllm.model.fast import FastForward, Unsupported
-from pyllm.model.fast import available as fast_available
 from pyllm.model.layers import Embedding, Linear, Norm
 from pyllm.ops.attention import check_attention_metadata
 from pyllm.ops.kv_cache import check_write_kv_cache
@@ -98,6 +96,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    """Embeddings -> n_layer Blocks -> final norm -> lm_head, over a flattened batch."""
+
     def __init__(self, cfg: ModelConfig, wte: Embedding, wpe: Embedding | None,
                  blocks: list[Block], norm_f: Norm, lm_head: Linear,
                  cos_sin: torch.Tensor | None) -> None:
@@ -108,74 +108,19 @@ class GPT(nn.Module):
         self.norm_f = norm_f
         self.lm_head = lm_head  # C -> V (may share the embedding's storage)
         self.register_buffer("cos_sin", cos_sin, persistent=False)  # (max_position, R) or None
-        # The fast CPU forward (pyllm/model/fast.py): the same kernels called from C++, built on
-        # first use; False when this model cannot use it. `fast_path = False` forces op by op.
-        self.fast_path = True
-        self._fast: FastForward | bool | None = None
-        self._int8_activations = False
-        # Set by a loader whose weights are views of a memory-mapped file: drops a tensor's
-        # resident pages (see GGUFFile.release). Used once int8 panels replace the matrices.
-        self.release_pages: Callable[[torch.Tensor], int] | None = None
-
-    @property
-    def int8_activations(self) -> bool:
-        """Opt-in: the fast CPU forward runs Q4_0/Q4_1/Q8_0 matrices on int8-quantized
-        activations (csrc/quant/qlinear_int8.h) when a step has enough tokens for it to pay
-        (prefill, batches). Faster, but no longer the exact float32 product: the op-by-op path
-        and the default stay exact. See docs/kernels.md for the measured error."""
-        return self._int8_activations
-
-    @int8_activations.setter
-    def int8_activations(self, on: bool) -> None:
-        self._int8_activations = bool(on)
-        if self._fast:
-            self._set_runner_int8(self._fast)
-
-    def _set_runner_int8(self, fast: FastForward) -> None:
-        fast.runner.int8_activations = self._int8_activations
-        if self._int8_activations and fast.runner.packed_bytes and self.release_pages:
-            # The packed panels are a copy of every block matrix: their memory-mapped source
-            # pages are not read while int8 is on (a page touched again, e.g. an embedding row
-            # of a tied table, is read back from the file).
-            for module in self.modules():
-                w = getattr(module, "weight", None) if isinstance(module, Linear) else None
-                if w is not None and w.qtype in ("q4_0", "q4_1", "q8_0") and w.in_features % 32 == 0:
-                    self.release_pages(w.data)
 
     @property
     def device(self) -> torch.device:
         return self.norm_f.weight.device
 
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
-        self._fast = None  # the runner points at the old tensors: rebuild it on next use
-        return super()._apply(fn, recurse)
-
-    def _fast_forward(self) -> FastForward | None:
-        fast = self._fast
-        if fast is None or (fast and fast.config is not self.config):  # e.g. a capped context
-            fast = False
-            if fast_available() and self.device.type == "cpu":
-                try:
-                    fast = FastForward(self)
-                    self._set_runner_int8(fast)
-                except Unsupported:
-                    fast = False
-            self._fast = fast
-        return fast if (fast and self.fast_path and not torch.compiler.is_compiling()) else None
-
     def hidden_states(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                       kv_caches: KVCaches, *, validated: bool = False) -> torch.Tensor:
         """The final-layer residual stream [T, C], before the last norm."""
-        fast = self._fast_forward()
-        if fast is not None:
-            h = fast.hidden(input_ids, meta, kv_caches)
-            if h is not None:
-                return h
         if len(kv_caches) != len(self.blocks):
             raise ValueError(f"need one KV cache per layer ({len(self.blocks)}), "
                              f"got {len(kv_caches)}")
-        if not validated:  # True: the caller ran _check_step on this step (a CUDA graph's replay)
-            self._check_step(input_ids, meta, kv_caches)
+        if not validated:  # True: the caller ran check_step on this step (a CUDA graph's replay)
+            self.check_step(input_ids, meta, kv_caches)
         x = self.wte(input_ids)  # (T, C)
         if self.wpe is not None:
             x = x + self.wpe(meta.positions)  # (T, C)
@@ -186,23 +131,22 @@ class GPT(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[R, C] final-layer states -> [R, V] logits (float32)."""
-        return self.lm_head(self.norm_f(hidden))  # (R, V)
+        return self.lm_head(self.final_norm(hidden))  # (R, V)
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[R, C] final-layer states -> [R, C] normed states (what the head reads)."""
+        return self.norm_f(hidden)
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches,
                 logits_at: torch.Tensor | None = None, *, validated: bool = False) -> torch.Tensor:
         """Logits [R, V] at the rows `logits_at` (int64 indices into the T tokens; every row
         when None). `meta.last_token_rows()` gives each sequence's next-token row."""
-        fast = self._fast_forward()
-        if fast is not None:
-            logits = fast.logits(input_ids, meta, kv_caches, logits_at)
-            if logits is not None:
-                return logits
         h = self.hidden_states(input_ids, meta, kv_caches, validated=validated)  # (T, C)
         if logits_at is not None:
             h = h.index_select(0, logits_at)  # (R, C)
         return self.logits(h)  # (R, V)
 
-    def _check_step(self, input_ids: torch.Tensor, meta: AttentionMetadata,
+    def check_step(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                     kv_caches: KVCaches) -> None:
         """Validate this step's ids and metadata once, so every layer can take the ops' trusted
         path (the metadata is the same for all layers)."""
@@ -231,10 +175,10 @@ class GPT(nn.Module):
         q_rows = torch.empty((T, cfg.n_head, cfg.head_dim), device=k_cache.device)
         check_attention_metadata(q_rows, k_cache, v_cache, meta.query_start, meta.context_lens,
                                  meta.block_tables)
-        self._check_caches(kv_caches)
+        self.check_caches(kv_caches)
 
     @staticmethod
-    def _check_caches(kv_caches: KVCaches) -> None:
+    def check_caches(kv_caches: KVCaches) -> None:
         """Every layer's K/V pools are contiguous and alike (layer 0 was checked by the ops)."""
         k_cache = kv_caches[0][0]
         for k, v in kv_caches[1:]:

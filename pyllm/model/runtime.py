@@ -1,0 +1,158 @@
+"""How a GPT is run: the runtime choices around the model, kept out of the model.
+
+`pyllm/model/gpt.py` is the model: its op-by-op forward is the meaning of every step. A
+`ModelRunner` owns one GPT and decides how each step runs:
+
+- the fast CPU forward (pyllm/model/fast.py, the C++ runner): used when the kernels are native
+  and built, the model is on the CPU and `fast_path` is on; anything it does not take runs op by
+  op, with the same results bit for bit;
+- int8 activations (`int8_activations`, opt-in): the runner's Q4_0/Q4_1/Q8_0 matrices run on
+  int8-quantized activations, and, once their int8 panels are packed, the memory-mapped source
+  pages of those matrices are released (`release_pages`, given by a loader whose weights are
+  views of a file);
+- CUDA graphs are chosen by the engine (pyllm/model/cuda_graph.py wraps a runner the same way).
+
+A runner has the model's call signature, `runner(input_ids, meta, kv_caches, logits_at=None)
+-> logits`, plus `hidden_states`, `logits`, `config` and `device`, so the engine, the scorer and
+the CUDA-graph runner call it where they would call the model. The GPT itself is `runner.gpt`.
+Move the model with `runner.to(...)`: the C++ runner borrows the weights' memory and is rebuilt
+on the next step whenever the model's tensors were replaced (checked cheaply every step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from pyllm.model.batch import AttentionMetadata, KVCaches
+from pyllm.model.config import ModelConfig
+from pyllm.model.fast import FastForward, Unsupported
+from pyllm.model.fast import available as fast_available
+from pyllm.model.gpt import GPT
+from pyllm.model.layers import Linear
+
+# Matrices the int8-activation kernels take (and pack into panels).
+_INT8_QTYPES = ("q4_0", "q4_1", "q8_0")
+
+
+class ModelRunner:
+    """Runs one GPT: the C++ fast forward where it applies, else the model op by op."""
+
+    def __init__(self, gpt: GPT, *,
+                 release_pages: Callable[[torch.Tensor], int] | None = None) -> None:
+        self.gpt = gpt
+        # `fast_path = False` forces op by op (the fast forward stays built for later).
+        self.fast_path = True
+        # Drops a tensor's resident pages (see GGUFFile.release); None: weights not mapped.
+        self.release_pages = release_pages
+        self._fast: FastForward | bool | None = None  # None: not built yet; False: unusable
+        self._fast_key: tuple[ModelConfig, int] | None = None
+        self._int8_activations = False
+
+    # ------------------------------------------------------------------ the model's surface
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.gpt.config
+
+    @config.setter
+    def config(self, cfg: ModelConfig) -> None:
+        self.gpt.config = cfg
+
+    @property
+    def device(self) -> torch.device:
+        return self.gpt.device
+
+    def to(self, *args: Any, **kwargs: Any) -> ModelRunner:
+        """Move or cast the model (nn.Module.to); the fast forward is rebuilt on next use."""
+        self.gpt.to(*args, **kwargs)
+        self._fast = None
+        return self
+
+    def check_step(self, input_ids: torch.Tensor, meta: AttentionMetadata,
+                   kv_caches: KVCaches) -> None:
+        self.gpt.check_step(input_ids, meta, kv_caches)
+
+    def check_caches(self, kv_caches: KVCaches) -> None:
+        self.gpt.check_caches(kv_caches)
+
+    # ------------------------------------------------------------------ int8 activations
+
+    @property
+    def int8_activations(self) -> bool:
+        """Opt-in: the fast CPU forward runs Q4_0/Q4_1/Q8_0 matrices on int8-quantized
+        activations (csrc/quant/qlinear_int8.h) when a step has enough tokens for it to pay
+        (prefill, batches). Faster, but no longer the exact float32 product: the op-by-op path
+        and the default stay exact. See docs/kernels.md for the measured error."""
+        return self._int8_activations
+
+    @int8_activations.setter
+    def int8_activations(self, on: bool) -> None:
+        self._int8_activations = bool(on)
+        if self._fast:
+            self._set_runner_int8(self._fast)
+
+    def _set_runner_int8(self, fast: FastForward) -> None:
+        fast.runner.int8_activations = self._int8_activations
+        if self._int8_activations and fast.runner.packed_bytes and self.release_pages:
+            # The packed panels are a copy of every block matrix: their memory-mapped source
+            # pages are not read while int8 is on (a page touched again, e.g. an embedding row
+            # of a tied table, is read back from the file).
+            for module in self.gpt.modules():
+                w = module.weight if isinstance(module, Linear) else None
+                if w is not None and w.qtype in _INT8_QTYPES and w.in_features % 32 == 0:
+                    self.release_pages(w.data)
+
+    # ------------------------------------------------------------------ the fast forward
+
+    def _key(self) -> tuple[ModelConfig, int]:
+        """What the fast forward was built on: the config (a capped context replaces it) and
+        the final norm's storage (replaced whenever the model's tensors are, e.g. by `.to()`
+        on the GPT itself)."""
+        return self.gpt.config, self.gpt.norm_f.weight.data_ptr()
+
+    def _fast_forward(self) -> FastForward | None:
+        fast = self._fast
+        if fast is None or (fast and self._fast_key != self._key()):
+            fast = False
+            if fast_available() and self.device.type == "cpu":
+                try:
+                    fast = FastForward(self.gpt)
+                    self._set_runner_int8(fast)
+                except Unsupported:
+                    fast = False
+            self._fast, self._fast_key = fast, self._key()
+        return fast if (fast and self.fast_path and not torch.compiler.is_compiling()) else None
+
+    # ------------------------------------------------------------------ a step
+
+    def hidden_states(self, input_ids: torch.Tensor, meta: AttentionMetadata,
+                      kv_caches: KVCaches, *, validated: bool = False) -> torch.Tensor:
+        """The final-layer residual stream [T, C], before the last norm (GPT.hidden_states)."""
+        fast = self._fast_forward()
+        if fast is not None:
+            h = fast.hidden(input_ids, meta, kv_caches)
+            if h is not None:
+                return h
+        return self.gpt.hidden_states(input_ids, meta, kv_caches, validated=validated)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[R, C] final-layer states -> [R, V] logits (float32)."""
+        return self.gpt.logits(hidden)
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.gpt.final_norm(hidden)
+
+    def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches,
+                logits_at: torch.Tensor | None = None, *, validated: bool = False) -> torch.Tensor:
+        """Logits [R, V] at the rows `logits_at` (GPT.forward)."""
+        fast = self._fast_forward()
+        if fast is not None:
+            logits = fast.logits(input_ids, meta, kv_caches, logits_at)
+            if logits is not None:
+                return logits
+        return self.gpt(input_ids, meta, kv_caches, logits_at, validated=validated)
+
+    __call__ = forward
