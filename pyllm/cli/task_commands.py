@@ -68,21 +68,22 @@ def task_command(adapter: TaskAdapter) -> click.Command:
         result = adapter.run(llm, [values], **options)[0]
         print_single(result, kwargs["as_json"], result_text)
 
-    help_text = (f"{adapter.description}\n\n\b\nThe task {name!r} on one input or on every "
-                 f"record of -i IN.jsonl (lines {{\"id\", {', '.join(map(repr, fields))}}}). "
-                 f"Task options: -O NAME=VALUE.")
-    params: list[click.Parameter] = []
+    record = ", ".join(f'"{f}"' for f in ("id", *fields))
+    help_text = (f"{adapter.description}\n\nThe task {name!r} on one input or on every "
+                 f"record of -i IN.jsonl (lines {{{record}}}). Task options: -O NAME=VALUE.")
+    # click lists options in the reverse order of the decorators applied here
+    decorate = [task_input_options(evaluate=False),
+                click.option("-O", "--option", "task_options", multiple=True,
+                             metavar="NAME=VALUE", help="A task option (repeatable).")]
     if single:
-        params.append(click.Argument([f"field_{fields[0]}"], required=False,
-                                     metavar=fields[0].upper()))
+        decorate.append(click.argument(f"field_{fields[0]}", required=False,
+                                       metavar=fields[0].upper()))
     else:
-        params += [click.Option([f"--{f.replace('_', '-')}", f"field_{f}"], help=f"The {f}.")
-                   for f in fields]
-    params.append(click.Option(["-O", "--option", "task_options"], multiple=True,
-                               metavar="NAME=VALUE", help="A task option (repeatable)."))
-    command = click.Command(name, callback=callback, params=params, help=help_text,
-                            short_help=adapter.description)
-    return task_input_options(evaluate=False)(command)
+        decorate += [click.option(f"--{f.replace('_', '-')}", f"field_{f}", help=f"The {f}.")
+                     for f in reversed(fields)]
+    for decorator in decorate:
+        callback = decorator(callback)
+    return click.command(name, help=help_text, short_help=adapter.description)(callback)
 
 
 def task_commands(taken: Collection[str]) -> dict[str, click.Command]:
