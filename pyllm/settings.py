@@ -142,3 +142,11 @@ def expand(spec: str) -> str:
             raise SettingsError(f"aliases loop: {' -> '.join([*seen, spec])}")
         seen.append(spec)
     return spec
+
+
+def model_spec(spec: str | None) -> str:
+    """The spec a command's model comes from: `spec`, else the default model's (as logged, so
+    that `--continue` loads the same one)."""
+    from pyllm.weights.pull import DEFAULT_MODEL
+
+    return (spec or "").strip() or default_model() or DEFAULT_MODEL.name

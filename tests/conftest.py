@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _no_conversation_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands run by tests do not log into the user's $PYLLM_HOME/logs.db; the log's own
+    tests turn it back on (PYLLM_LOG=1) with a temporary PYLLM_HOME."""
+    monkeypatch.setenv("PYLLM_LOG", "0")
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """Path to SmolLM2-135M-Instruct.Q4_1.gguf, pulled (and hash-checked) on first use."""

@@ -20,8 +20,8 @@ from pyllm.hookspecs import hookimpl
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pyllm.cli.main", *args], capture_output=True,
-                          text=True, env=full_env, timeout=180)
+    return subprocess.run([sys.executable, "-m", "pyllm.cli.main", *args], check=False,
+                          capture_output=True, text=True, env=full_env, timeout=180)
 
 
 def invoke(*args: str):
@@ -52,7 +52,7 @@ def test_help_lists_builtin_commands_without_importing_them() -> None:
         assert short_help[:30] in out.stdout.replace("\n", " ") or name in out.stdout
     # --help imports neither torch nor any command module nor the tokenizer implementations
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "pyllm.cli.main", "--help"],
-                         capture_output=True, text=True, timeout=120)
+                         check=False, capture_output=True, text=True, timeout=120)
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()}
     assert "torch" not in imported
     assert "pyllm_tokenizers.bpe" not in imported
@@ -325,9 +325,21 @@ class FakeLLM:
             outputs.append(Completion(f"reply {j}", [10 + j], "stop", logprobs))
         return [GenerationResult([1, 2], outputs)]
 
-    def stream(self, prompt, params, truncate=None):
+    def stream_events(self, prompt, params, truncate=None):
+        from pyllm.generation import Completion, StreamEvent
+
         self.calls.append(("stream", prompt, params))
-        yield from ("hel", "lo")
+        done = Completion("hello", [7, 8], "stop")
+
+        def events():
+            yield StreamEvent(0, 0, "hel", False, done)
+            yield StreamEvent(0, 0, "lo", False, done)
+            yield StreamEvent(0, 0, "", True, done)
+
+        return events()
+
+    def encode_prompt(self, prompt):
+        return [1, 2, 3]
 
 
 @pytest.fixture
@@ -400,8 +412,9 @@ def test_run_without_a_prompt_in_a_terminal_opens_the_chat(fake_llm, monkeypatch
                         lambda model, params, **kw: opened.append((model, params.temperature, kw)))
     result = invoke("run", "smollm2", "--temperature", "0.2", "-s", "Be brief.", "--ctx", "256")
     assert result.exit_code == 0, result.output
-    assert opened == [("smollm2", 0.2, {"system": "Be brief.", "int8": False,
-                                         "kv_dtype": "float32", "device": "auto", "ctx": 256})]
+    assert opened == [("smollm2", 0.2, {"system": "Be brief.", "continue_": False, "log": True,
+                                         "int8": False, "kv_dtype": "float32", "device": "auto",
+                                         "ctx": 256})]
     assert fake_llm.calls == []
 
 
@@ -463,9 +476,11 @@ def test_load_options_reach_the_loader(monkeypatch) -> None:
     assert [(k["kv_dtype"], k["context_length"]) for k in seen] == [("float16", 128)] * 2
 
 
-def test_chat_context_length_is_ctx_and_c_is_free() -> None:
-    assert "--ctx" in invoke("chat", "--help").stdout
-    assert_one_line_error(invoke("chat", "-c", "64"), "No such option")
+def test_chat_context_length_is_ctx_and_c_is_continue() -> None:
+    """`-c` means --continue, as in `llm chat -c`; the context length is --ctx."""
+    help_text = invoke("chat", "--help").stdout
+    assert "--ctx" in help_text and "-c, --continue" in help_text
+    assert "-c, --context-length" not in help_text
 
 
 def test_chat_refuses_n_above_1(fake_llm) -> None:
@@ -599,3 +614,74 @@ def test_commands_without_a_model_leave_the_choice_to_the_default_setting(monkey
         result = CliRunner().invoke(cli, command, input="Hi\n")
         assert "stop here" in result.output, (command, result.output)
     assert models_seen == [None] * 4
+
+
+# ------------------------------------------------------------------ conversation logs
+
+
+@pytest.fixture
+def logged(home, monkeypatch):
+    monkeypatch.setenv("PYLLM_LOG", "1")
+    return home / "logs.db"
+
+
+def test_run_logs_and_continue_resumes_the_conversation(logged, fake_llm) -> None:
+    from pyllm import logs
+
+    assert invoke("run", "smollm2", "Hi", "--chat", "-s", "Be brief.", "--temperature", "0.2",
+                  ).exit_code == 0
+    assert invoke("run", "-c", "And then?").exit_code == 0
+    first, second = logs.recent(None)
+    assert (first.model, first.prompt, first.reply, first.system) == ("smollm2", "Hi", "hello",
+                                                                       "Be brief.")
+    assert first.settings["temperature"] == 0.2
+    assert (first.prompt_tokens, first.completion_tokens, first.finish_reason) == (3, 2, "stop")
+    assert second.conversation_id == first.conversation_id
+    assert fake_llm.loads[-1][0] == "smollm2"  # the conversation's model
+    assert fake_llm.calls[-1][1] == [{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": "Hi"},
+                                     {"role": "assistant", "content": "hello"},
+                                     {"role": "user", "content": "And then?"}]
+    assert invoke("run", "smollm2", "Other", "--no-log").exit_code == 0
+    assert len(logs.recent(None)) == 2
+
+
+def test_logs_command_shows_searches_and_prints_json(logged, fake_llm) -> None:
+    for prompt in ("about cats", "about dogs", "about birds"):
+        invoke("run", "smollm2", prompt)
+    out = invoke("logs", "-n", "2").stdout
+    assert "about cats" not in out and out.index("about dogs") < out.index("about birds")
+    assert "## Prompt" in out and "## Reply" in out and "smollm2" in out
+    found = json.loads(invoke("logs", "-q", "CATS", "--json", "-n", "0").stdout)
+    assert [r["prompt"] for r in found] == ["about cats"] and found[0]["reply"] == "hello"
+    assert invoke("logs", "--path").stdout.strip() == str(logged)
+
+
+def test_pyllm_log_0_turns_logging_off(home, fake_llm, monkeypatch) -> None:
+    monkeypatch.setenv("PYLLM_LOG", "0")
+    assert invoke("run", "smollm2", "Hi").exit_code == 0
+    assert not (home / "logs.db").exists()
+    assert_one_line_error(invoke("run", "-c", "more"), "--continue: no conversation logged yet")
+
+
+def test_chat_turns_are_logged_and_continue_reloads_them(logged, monkeypatch) -> None:
+    from test_repl import StubLLM
+
+    from pyllm import logs
+
+    llm = StubLLM()
+    monkeypatch.setattr("pyllm.cli.chat.load_llm", lambda model, **kw: llm)
+    result = CliRunner().invoke(cli, ["chat", "smollm2", "-s", "Be nice."],
+                                input="first\nsecond\n/reset\nthird\n")
+    assert result.exit_code == 0, result.output
+    rows = logs.recent(None)
+    assert [r.prompt for r in rows] == ["first", "second", "third"]
+    assert rows[0].conversation_id == rows[1].conversation_id != rows[2].conversation_id
+    assert rows[1].messages[-1] == {"role": "user", "content": "second"}
+    assert rows[0].reply == "Hello world" and rows[0].system == "Be nice."
+    result = CliRunner().invoke(cli, ["chat", "-c"], input="fourth\n/show conversation\n")
+    assert result.exit_code == 0, result.output
+    assert "continuing conversation" in result.output
+    messages, _ = llm.seen[-1]
+    assert [m["content"] for m in messages] == ["Be nice.", "third", "Hello world", "fourth"]
+    assert logs.recent(1)[0].conversation_id == rows[2].conversation_id

@@ -40,6 +40,7 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("pyllm.cli.serve:serve", "Serve a model over an OpenAI-compatible HTTP API."),
     "embed": ("pyllm.cli.embed:embed", "Embedding vectors of texts (mean-pooled hidden states)."),
     "aliases": ("pyllm.cli.aliases:aliases", "Short names for models (set, list, remove)."),
+    "logs": ("pyllm.cli.logs:logs", "Show the logged prompts and replies of run and chat."),
 }
 
 EXIT_BAD_INPUT = 2  # bad input or usage, like click's own usage errors

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -64,6 +64,8 @@ class ChatSession:
     :param stdout: where replies and messages go (default sys.stdout).
     :param force_terminal, width, height: passed to the :class:`~pyllm.repl.render.Renderer`.
     :param registry: the slash commands (default: built-ins and plugin commands).
+    :param on_reply: called after each reply as ``on_reply(session, messages, reply, cut)``:
+        ``messages`` the conversation the model was given (``pyllm chat`` logs the turn there).
     """
 
     def __init__(self, backend: ChatBackend, *, params: SamplingParams | None = None,
@@ -71,8 +73,11 @@ class ChatSession:
                  input: Input | None = None, output: Output | None = None,
                  stdout: IO[str] | None = None, force_terminal: bool | None = None,
                  width: int | None = None, height: int | None = None, markdown: bool = True,
-                 registry: CommandRegistry | None = None) -> None:
+                 registry: CommandRegistry | None = None,
+                 on_reply: Callable[[ChatSession, list[dict[str, str]], str, bool], None]
+                 | None = None) -> None:
         self.backend = backend
+        self.on_reply = on_reply
         self.params = params if params is not None else SamplingParams()
         self.conversation = Conversation(system=system or None)
         self.renderer = Renderer(stdout, force_terminal=force_terminal, width=width,
@@ -259,7 +264,8 @@ class ChatSession:
         parts: list[str] = []
         cut = False
         self.renderer.begin_reply()
-        stream = self.backend.stream_reply(self.conversation.for_model(), params)
+        messages = self.conversation.for_model()
+        stream = self.backend.stream_reply(messages, params)
         try:
             for delta in stream:
                 parts.append(delta)
@@ -279,6 +285,8 @@ class ChatSession:
         self.conversation.add("assistant", text, cut=cut)
         self.renderer.end_reply(text, cut=cut)
         self.refresh_context()
+        if self.on_reply is not None:
+            self.on_reply(self, messages, text, cut)
         if self.settings["stats"] and self.backend.last_stats is not None:
             s = self.backend.last_stats
             tps = s.tokens_per_s
