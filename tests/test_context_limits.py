@@ -167,3 +167,16 @@ def test_the_cli_announces_the_cap_and_ctx_lifts_it(smollm2_path, tmp_path):
     chosen = CliRunner().invoke(cli, [*args, "--ctx", "9000"])
     assert chosen.exit_code == 0, chosen.output
     assert "trained for a context" not in chosen.stderr
+
+
+def test_a_context_whose_kv_cache_cannot_fit_is_refused_at_load(huge_gguf):
+    """The engine reserves one full context of KV-cache: a context that no memory of this
+    machine holds is refused when the model loads, naming the size, not at the first request
+    by the allocator."""
+    from pyllm.model.context import check_kv_memory, with_context
+
+    cfg = with_context(load_model(huge_gguf).config, HUGE)
+    need = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * 2 * HUGE  # half precision
+    with pytest.raises(ValueError, match=rf"16777216 tokens needs {need / 2**30:.1f} GiB of KV"):
+        check_kv_memory(cfg, memory=need - 1)
+    check_kv_memory(cfg, memory=need)

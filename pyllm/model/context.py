@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 from pyllm.model.config import ModelConfig
 
-__all__ = ["DEFAULT_CONTEXT_CAP", "choose_context", "with_context"]
+__all__ = ["DEFAULT_CONTEXT_CAP", "check_kv_memory", "choose_context", "with_context"]
 
 DEFAULT_CONTEXT_CAP = 8192
 
@@ -52,3 +53,25 @@ def with_context(cfg: ModelConfig, requested: int | None, where: str = "the mode
     if n == cfg.max_position:
         return cfg
     return dataclasses.replace(cfg, max_position=n, trained_context=trained)
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_kv_memory(cfg: ModelConfig, where: str = "the model",
+                    memory: int | None = None) -> None:
+    """Refuse a context whose KV-cache for one sequence could never fit in this machine's
+    memory (the engine reserves at least one full context), instead of letting the first
+    request fail in the allocator. Counted at 2 bytes per element, the smallest KV dtype, so
+    only contexts that fit in no configuration are refused."""
+    memory = _physical_memory() if memory is None else memory
+    need = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * 2 * cfg.max_position
+    if memory and need > memory:
+        raise ValueError(
+            f"{where}: a context of {cfg.max_position} tokens needs {need / 2**30:.1f} GiB of "
+            f"KV-cache for one sequence (half precision), more than this machine's "
+            f"{memory / 2**30:.1f} GiB of memory; pass a smaller --ctx / context_length")

@@ -25,7 +25,7 @@ import torch
 from pyllm import ops
 from pyllm.errors import ModelFormatError
 from pyllm.model.config import ModelConfig
-from pyllm.model.context import with_context
+from pyllm.model.context import check_kv_memory, with_context
 from pyllm.model.gpt import GPT, MLP, Block, CausalSelfAttention
 from pyllm.model.layers import Embedding, Linear, Norm, as_qweight, fused_linear
 from pyllm.model.runtime import ModelRunner
@@ -56,7 +56,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *,
         loaded = load_gguf_model(path, context_length=context_length)
     else:
         raise FileNotFoundError(f"no model at {path}")
-    if torch.device(device) != torch.device("cpu"):
+    if torch.device(device) == torch.device("cpu"):
+        check_kv_memory(loaded.config, str(path))
+    else:
         loaded.model.to(device)
     return loaded
 
