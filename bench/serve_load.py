@@ -32,9 +32,9 @@ import os
 import shlex
 import signal
 import socket
-import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,15 +88,17 @@ class Server:
     def __init__(self, name: str, argv: list[str], port: int, extra_body: dict) -> None:
         self.name, self.port, self.extra_body = name, port, extra_body
         self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+        # the log goes to a file: a pipe nobody reads fills up and stalls a chatty server
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by stop())
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, text=True)
         self.model = None
 
     def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.proc.stderr.read()[-2000:]}")
+                self.log.seek(0)
+                raise RuntimeError(f"{self.name} exited: {self.log.read()[-2000:]}")
             try:
                 r = httpx.get(self.url + "/v1/models", timeout=2)
                 if r.status_code == 200:
@@ -115,6 +117,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.log.close()
         return rss
 
 

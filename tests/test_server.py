@@ -27,11 +27,12 @@ import uvicorn
 
 openai = pytest.importorskip("openai")
 
-import pyllm  # noqa: E402
-from pyllm import SamplingParams  # noqa: E402
-from pyllm.server.app import create_app  # noqa: E402
-from pyllm.server.params import Limits  # noqa: E402
-from tiny_chat import write_tiny_chat_model  # noqa: E402
+from tiny_chat import write_tiny_chat_model
+
+import pyllm
+from pyllm import SamplingParams
+from pyllm.server.app import create_app
+from pyllm.server.params import Limits
 
 KEY = "test-key-123"
 CHAT = [{"role": "user", "content": "Tell me about the sea."}]

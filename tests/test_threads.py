@@ -13,10 +13,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from tiny_chat import write_tiny_chat_model
 
 import pyllm
 from pyllm import SamplingParams
-from tiny_chat import write_tiny_chat_model
 
 PROMPTS = ["The cat sat on", "Numbers: 1, 2, 3,", "Once upon a time", "def main():",
            "Paris is the capital of", "A B C D", "The weather today", "import torch\n"]

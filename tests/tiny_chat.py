@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import gguf_builder as B  # noqa: E402
-import make_random_llama as M  # noqa: E402
+import gguf_builder as B
+import make_random_llama as M
 
 _NUMPY_TYPES = {np.dtype(np.int32): B.INT32, np.dtype(np.float32): B.FLOAT32,
                 np.dtype(np.uint32): B.UINT32, np.dtype(np.int64): B.INT64}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import queue
 import threading
 from collections import deque
@@ -29,6 +30,8 @@ from typing import Any
 from pyllm.engine.llm_engine import LLMEngine
 from pyllm.generation import Completion, StreamEvent
 from pyllm.sampling_params import SamplingParams
+
+log = logging.getLogger("pyllm.engine")
 
 Sink = Callable[[Any], None]  # receives StreamEvents, or a BaseException when a step failed
 
@@ -102,8 +105,8 @@ class EngineFrontend:
             if self.on_step is not None:
                 try:
                     self.on_step(events)
-                except Exception:  # noqa: BLE001 - a metrics hook must not stop the engine
-                    pass
+                except Exception:  # a metrics hook must not stop the engine
+                    log.exception("the engine's on_step hook failed")
 
     def _apply(self, command: tuple[Any, ...]) -> None:
         kind = command[0]

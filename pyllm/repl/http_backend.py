@@ -67,8 +67,7 @@ class HTTPBackend:
     def __init__(self, url: str, *, api_key: str | None = None, model: str | None = None,
                  context_length: int | None = None, timeout: float = 600.0) -> None:
         self.base = url.rstrip("/")
-        if self.base.endswith("/v1"):
-            self.base = self.base[:-3]
+        self.base = self.base.removesuffix("/v1")
         self.api_key = api_key
         self.timeout = timeout
         self.last_stats: ReplyStats | None = None
@@ -81,7 +80,7 @@ class HTTPBackend:
                 raise ServerError(f"{self.base}/v1/models lists no model: pass --model")
             model = str(cards[0].get("id"))
         self.model_name = model
-        card = next((c for c in cards if c.get("id") == model), {})
+        card: dict[str, Any] = next((c for c in cards if c.get("id") == model), {})
         reported = card.get("context_length") or card.get("max_model_len")
         self.context_length = int(context_length or reported or 4096)
 
@@ -97,7 +96,7 @@ class HTTPBackend:
             headers["Authorization"] = f"Bearer {self.api_key}"
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout)  # noqa: S310 (the user's URL)
+            return urllib.request.urlopen(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             raise ServerError(f"{method} {self.base}{path}: HTTP {exc.code}: "
                               f"{_error_message(exc.read())}") from None

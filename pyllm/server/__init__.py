@@ -13,4 +13,4 @@ from __future__ import annotations
 from pyllm.server.app import create_app
 from pyllm.server.params import Limits
 
-__all__ = ["create_app", "Limits"]
+__all__ = ["Limits", "create_app"]

@@ -13,19 +13,13 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
-from pyllm.constraints.openai import (
-    ToolCallMode,
-    parse_tool_calls,
-    tool_call_mode,
-    tools_prompt,
-)
 from pyllm.generation import Completion as EngineCompletion
 from pyllm.server import protocol as P
 from pyllm.server.bridge import Generation, until_disconnected
@@ -163,27 +157,6 @@ def _chat_messages(req: P.ChatCompletionRequest) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.text(i)} for i, m in enumerate(req.messages)]
 
 
-def _tool_call_mode(req: P.ChatCompletionRequest) -> ToolCallMode | None:
-    """The request's tool-call constraint (tool_choice "required" or a named function)."""
-    extra = req.model_extra or {}
-    try:
-        return tool_call_mode(extra.get("tools"), extra.get("tool_choice"))
-    except ValueError as exc:
-        raise P.APIError(400, str(exc), param="tools" if "tools" in str(exc) else "tool_choice",
-                         code="invalid_value") from None
-
-
-def _with_tools_prompt(messages: list[dict[str, str]], tools: ToolCallMode | None
-                       ) -> list[dict[str, str]]:
-    """The tools described in the system message (the model must know what it may call)."""
-    if tools is None:
-        return messages
-    note = tools_prompt(tools)
-    if messages and messages[0]["role"] == "system":
-        return [{"role": "system", "content": note + "\n\n" + messages[0]["content"]}, *messages[1:]]
-    return [{"role": "system", "content": note}, *messages]
-
-
 def _encode(state: ServerState, prompt: Any, param: str) -> list[int]:
     try:
         ids = state.llm.encode_prompt(prompt)
@@ -209,8 +182,7 @@ def _chat_logprobs(state: ServerState, lps: Any) -> P.ChatChoiceLogprobs:
 
 async def _chat(state: ServerState, req: P.ChatCompletionRequest, request: Request) -> Any:
     state.check_model(req.model)
-    tools = _tool_call_mode(req)
-    ids = _encode(state, _with_tools_prompt(_chat_messages(req), tools), "messages")
+    ids = _encode(state, _chat_messages(req), "messages")
     requested = req.max_completion_tokens if req.max_completion_tokens is not None \
         else req.max_tokens
     field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -221,14 +193,6 @@ async def _chat(state: ServerState, req: P.ChatCompletionRequest, request: Reque
     elif req.top_logprobs is not None:
         raise P.APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     params = sampling_params(req, max_tokens=max_tokens, logprobs=logprobs, limits=state.limits)
-    if tools is not None:  # the reply must be a call of one of the tools: a JSON constraint
-        if req.stream:
-            raise P.APIError(400, "streaming is not supported with tool_choice required or a "
-                             "named function", param="stream")
-        try:
-            params = params.replace(json_schema=tools.schema())
-        except ValueError as exc:
-            raise P.APIError(400, str(exc), param="tool_choice") from None
     state.metrics.prompt_tokens.inc(len(ids))
     gen = Generation(state.frontend, [ids], params, observer=state.metrics)
     rid = P.new_id("chatcmpl")
@@ -239,12 +203,8 @@ async def _chat(state: ServerState, req: P.ChatCompletionRequest, request: Reque
     finals = await until_disconnected(request.receive, _collect(gen, params.n))
     choices = []
     for i, c in enumerate(finals[0]):
-        calls = (parse_tool_calls(c.text, P.new_id("call"))
-                 if tools is not None and c.finish_reason == "stop" else None)
-        message = (P.ChatResponseMessage(content=None, tool_calls=calls) if calls
-                   else P.ChatResponseMessage(content=c.text))
         choices.append(P.ChatChoice(
-            index=i, message=message, finish_reason="tool_calls" if calls else c.finish_reason,
+            index=i, message=P.ChatResponseMessage(content=c.text), finish_reason=c.finish_reason,
             logprobs=_chat_logprobs(state, c.logprobs) if logprobs is not None else None))
     return P.ChatCompletion(id=rid, model=state.model_name, choices=choices,
                             usage=_usage(len(ids), finals))
@@ -277,7 +237,8 @@ def _usage(prompt_tokens: int, finals: list[list[EngineCompletion]]) -> P.Usage:
 
 
 async def _chat_chunks(state: ServerState, gen: Generation, rid: str, prompt_tokens: int,
-                       n: int, include_usage: bool, want_logprobs: bool) -> AsyncIterator[BaseModel]:
+                       n: int, include_usage: bool, want_logprobs: bool
+                       ) -> AsyncGenerator[BaseModel, None]:
     def chunk(index: int, delta: P.ChatDelta, finish: str | None = None,
               logprobs: P.ChatChoiceLogprobs | None = None) -> P.ChatCompletionChunk:
         return P.ChatCompletionChunk(id=rid, model=state.model_name, choices=[P.ChatChunkChoice(
@@ -304,7 +265,7 @@ async def _chat_chunks(state: ServerState, gen: Generation, rid: str, prompt_tok
             total_tokens=prompt_tokens + generated))
 
 
-def _sse(chunks: AsyncIterator[BaseModel]) -> StreamingResponse:
+def _sse(chunks: AsyncGenerator[BaseModel, None]) -> StreamingResponse:
     """Server-sent events: one `data: {json}` per chunk, then `data: [DONE]`. An error after the
     headers went out is sent as an `error` object (OpenAI's clients raise it)."""
 
@@ -314,11 +275,11 @@ def _sse(chunks: AsyncIterator[BaseModel]) -> StreamingResponse:
                 yield f"data: {c.model_dump_json()}\n\n"
         except P.APIError as exc:
             yield f"data: {exc.body.model_dump_json()}\n\n"
-        except Exception as exc:  # noqa: BLE001 - the headers are out: report it in the stream
+        except Exception as exc:  # the headers are out: report it in the stream
             log.exception("unexpected error while streaming")
             yield f"data: {P.ErrorResponse(error=P.ErrorDetail(message=f'internal error ({type(exc).__name__}); see the server log', type='server_error', code='internal_error')).model_dump_json()}\n\n"
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream",
@@ -351,7 +312,7 @@ async def _completions(state: ServerState, req: P.CompletionRequest, request: Re
     params = sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs,
                              limits=state.limits)
     state.metrics.prompt_tokens.inc(sum(len(x) for x in ids))
-    echo_parts = [_echo_part(state, x) if req.echo else None for x in ids]
+    echo_parts: list[Any] = [_echo_part(state, x) if req.echo else None for x in ids]
     if req.echo and req.logprobs is not None:
         echo_parts = await _prompt_logprobs(state, ids, req.logprobs)
     gen = Generation(state.frontend, ids, params, observer=state.metrics)
@@ -439,7 +400,7 @@ def _join_logprobs(a: P.CompletionLogprobs | None, b: P.CompletionLogprobs) -> P
 
 async def _completion_chunks(state: ServerState, gen: Generation, rid: str, ids: list[list[int]],
                              n: int, echo_parts: list[Any], include_usage: bool,
-                             logprobs: int | None) -> AsyncIterator[BaseModel]:
+                             logprobs: int | None) -> AsyncGenerator[BaseModel, None]:
     def chunk(index: int, text: str, finish: str | None = None,
               lp: P.CompletionLogprobs | None = None) -> P.Completion:
         return P.Completion(id=rid, model=state.model_name, choices=[P.CompletionChoice(
@@ -449,7 +410,7 @@ async def _completion_chunks(state: ServerState, gen: Generation, rid: str, ids:
         if echo:
             for j in range(n):
                 yield chunk(p * n + j, echo[0], lp=echo[1])
-    sent = {}
+    sent: dict[int, int] = {}
     generated = 0
     async for p, ev in _closing(gen):
         index = p * n + ev.output

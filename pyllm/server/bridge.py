@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
 from pyllm.engine.frontend import EngineFrontend, QueueFullError
@@ -74,7 +74,7 @@ class Generation:
                 self.observer.tokens(n - before, now - then)
             self._last[key] = (now, n)
 
-    async def __aiter__(self) -> AsyncIterator[tuple[int, StreamEvent]]:
+    async def __aiter__(self) -> AsyncGenerator[tuple[int, StreamEvent], None]:
         try:
             while self._remaining:
                 item = await self._queue.get()
@@ -95,7 +95,7 @@ class Generation:
             self._abort()
 
 
-async def until_disconnected(receive: Callable[[], Awaitable[dict]], work: Awaitable[T]) -> T:
+async def until_disconnected(receive: Callable[[], Awaitable[Any]], work: Awaitable[T]) -> T:
     """Run `work`; if the client disconnects first, cancel it (its `finally` aborts the engine
     requests) and raise asyncio.CancelledError."""
     task = asyncio.ensure_future(work)

@@ -7,6 +7,7 @@ anything new that still reaches it meanwhile. The process then exits with status
 
 from __future__ import annotations
 
+import math
 import signal
 import socket
 from typing import Any
@@ -29,7 +30,7 @@ class _DrainingServer(uvicorn.Server):
 def make_server(app: Any, *, host: str = "127.0.0.1", port: int = 8000, grace: float = 30.0,
                 log_level: str = "info", access_log: bool = False) -> _DrainingServer:
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
-                            timeout_graceful_shutdown=grace, lifespan="off")
+                            timeout_graceful_shutdown=math.ceil(grace), lifespan="off")
     return _DrainingServer(config, app)
 
 
