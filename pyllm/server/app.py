@@ -20,6 +20,12 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
+from pyllm.constraints.openai import (
+    ToolCallMode,
+    parse_tool_calls,
+    tool_call_mode,
+    tools_prompt,
+)
 from pyllm.generation import Completion as EngineCompletion
 from pyllm.server import protocol as P
 from pyllm.server.bridge import Generation, until_disconnected
@@ -157,6 +163,27 @@ def _chat_messages(req: P.ChatCompletionRequest) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.text(i)} for i, m in enumerate(req.messages)]
 
 
+def _tool_call_mode(req: P.ChatCompletionRequest) -> ToolCallMode | None:
+    """The request's tool-call constraint (tool_choice "required" or a named function)."""
+    extra = req.model_extra or {}
+    try:
+        return tool_call_mode(extra.get("tools"), extra.get("tool_choice"))
+    except ValueError as exc:
+        raise P.APIError(400, str(exc), param="tools" if "tools" in str(exc) else "tool_choice",
+                         code="invalid_value") from None
+
+
+def _with_tools_prompt(messages: list[dict[str, str]], tools: ToolCallMode | None
+                       ) -> list[dict[str, str]]:
+    """The tools described in the system message (the model must know what it may call)."""
+    if tools is None:
+        return messages
+    note = tools_prompt(tools)
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": note + "\n\n" + messages[0]["content"]}, *messages[1:]]
+    return [{"role": "system", "content": note}, *messages]
+
+
 def _encode(state: ServerState, prompt: Any, param: str) -> list[int]:
     try:
         ids = state.llm.encode_prompt(prompt)
@@ -182,7 +209,8 @@ def _chat_logprobs(state: ServerState, lps: Any) -> P.ChatChoiceLogprobs:
 
 async def _chat(state: ServerState, req: P.ChatCompletionRequest, request: Request) -> Any:
     state.check_model(req.model)
-    ids = _encode(state, _chat_messages(req), "messages")
+    tools = _tool_call_mode(req)
+    ids = _encode(state, _with_tools_prompt(_chat_messages(req), tools), "messages")
     requested = req.max_completion_tokens if req.max_completion_tokens is not None \
         else req.max_tokens
     field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -193,6 +221,14 @@ async def _chat(state: ServerState, req: P.ChatCompletionRequest, request: Reque
     elif req.top_logprobs is not None:
         raise P.APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     params = sampling_params(req, max_tokens=max_tokens, logprobs=logprobs, limits=state.limits)
+    if tools is not None:  # the reply must be a call of one of the tools: a JSON constraint
+        if req.stream:
+            raise P.APIError(400, "streaming is not supported with tool_choice required or a "
+                             "named function", param="stream")
+        try:
+            params = params.replace(json_schema=tools.schema())
+        except ValueError as exc:
+            raise P.APIError(400, str(exc), param="tool_choice") from None
     state.metrics.prompt_tokens.inc(len(ids))
     gen = Generation(state.frontend, [ids], params, observer=state.metrics)
     rid = P.new_id("chatcmpl")
@@ -203,8 +239,12 @@ async def _chat(state: ServerState, req: P.ChatCompletionRequest, request: Reque
     finals = await until_disconnected(request.receive, _collect(gen, params.n))
     choices = []
     for i, c in enumerate(finals[0]):
+        calls = (parse_tool_calls(c.text, P.new_id("call"))
+                 if tools is not None and c.finish_reason == "stop" else None)
+        message = (P.ChatResponseMessage(content=None, tool_calls=calls) if calls
+                   else P.ChatResponseMessage(content=c.text))
         choices.append(P.ChatChoice(
-            index=i, message=P.ChatResponseMessage(content=c.text), finish_reason=c.finish_reason,
+            index=i, message=message, finish_reason="tool_calls" if calls else c.finish_reason,
             logprobs=_chat_logprobs(state, c.logprobs) if logprobs is not None else None))
     return P.ChatCompletion(id=rid, model=state.model_name, choices=choices,
                             usage=_usage(len(ids), finals))
