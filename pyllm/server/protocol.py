@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,8 +27,8 @@ from pyllm.sampling_params import SamplingParams
 class ErrorDetail(BaseModel):
     message: str
     type: str
-    param: Optional[str] = None
-    code: Optional[str] = None
+    param: str | None = None
+    code: str | None = None
 
 
 class ErrorResponse(BaseModel):
@@ -77,19 +77,19 @@ class _SamplingRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: Optional[str] = None
+    model: str | None = None
     n: int = 1
-    max_tokens: Optional[int] = None
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
-    frequency_penalty: Optional[float] = None
-    presence_penalty: Optional[float] = None
-    logit_bias: Optional[dict[str, float]] = None
-    seed: Optional[int] = None
-    stop: Optional[Union[str, list[str]]] = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
-    user: Optional[str] = None
+    stream_options: StreamOptions | None = None
+    user: str | None = None
 
     def extra_fields(self) -> dict[str, Any]:
         """pyllm's sampling fields given in the body; an unknown field is refused by name."""
@@ -135,8 +135,8 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: str
-    content: Optional[Union[str, list[dict[str, Any]]]] = None
-    name: Optional[str] = None
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
 
     def text(self, index: int) -> str:
         """The content as text: a string, or the text parts of a list of content parts."""
@@ -156,33 +156,33 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = None
+    max_completion_tokens: int | None = None
     logprobs: bool = False
-    top_logprobs: Optional[int] = None
+    top_logprobs: int | None = None
 
 
 class ChatLogprobEntry(BaseModel):
     token: str
     logprob: float
-    bytes: Optional[list[int]] = None
+    bytes: list[int] | None = None
     top_logprobs: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class ChatChoiceLogprobs(BaseModel):
-    content: Optional[list[ChatLogprobEntry]] = None
+    content: list[ChatLogprobEntry] | None = None
 
 
 class ChatResponseMessage(BaseModel):
     role: str = "assistant"
-    content: Optional[str] = None
-    tool_calls: Optional[list[dict[str, Any]]] = None
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: ChatResponseMessage
-    logprobs: Optional[ChatChoiceLogprobs] = None
-    finish_reason: Optional[str] = None
+    logprobs: ChatChoiceLogprobs | None = None
+    finish_reason: str | None = None
 
 
 class Usage(BaseModel):
@@ -206,19 +206,19 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    system_fingerprint: Optional[str] = None
+    system_fingerprint: str | None = None
 
 
 class ChatDelta(BaseModel):
-    role: Optional[str] = None
-    content: Optional[str] = None
+    role: str | None = None
+    content: str | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
-    logprobs: Optional[ChatChoiceLogprobs] = None
-    finish_reason: Optional[str] = None
+    logprobs: ChatChoiceLogprobs | None = None
+    finish_reason: str | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -227,20 +227,20 @@ class ChatCompletionChunk(BaseModel):
     created: int = Field(default_factory=_now)
     model: str
     choices: list[ChatChunkChoice]
-    usage: Optional[Usage] = None
-    system_fingerprint: Optional[str] = None
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
 
 
 # ---------------------------------------------------------------------- text completions
 
 
 class CompletionRequest(_SamplingRequest):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
-    logprobs: Optional[int] = None
-    suffix: Optional[str] = None
+    logprobs: int | None = None
+    suffix: str | None = None
 
-    def prompts(self) -> list[Union[str, list[int]]]:
+    def prompts(self) -> list[str | list[int]]:
         p = self.prompt
         if isinstance(p, str):
             return [p]
@@ -253,16 +253,16 @@ class CompletionRequest(_SamplingRequest):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[Optional[float]] = Field(default_factory=list)
-    top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
 
 
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: Optional[CompletionLogprobs] = None
-    finish_reason: Optional[str] = None
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
 
 
 class Completion(BaseModel):
@@ -271,8 +271,8 @@ class Completion(BaseModel):
     created: int = Field(default_factory=_now)
     model: str
     choices: list[CompletionChoice]
-    usage: Optional[Usage] = None
-    system_fingerprint: Optional[str] = None
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
 
 
 # ---------------------------------------------------------------------- models, embeddings
@@ -283,7 +283,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=_now)
     owned_by: str = "pyllm"
-    context_length: Optional[int] = None
+    context_length: int | None = None
 
 
 class ModelList(BaseModel):
@@ -294,17 +294,17 @@ class ModelList(BaseModel):
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: Union[str, list[str]]
-    model: Optional[str] = None
+    input: str | list[str]
+    model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Optional[int] = None
-    user: Optional[str] = None
+    dimensions: int | None = None
+    user: str | None = None
 
 
 class EmbeddingData(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: Union[list[float], str]
+    embedding: list[float] | str
 
 
 class EmbeddingUsage(BaseModel):
@@ -323,9 +323,9 @@ class EmbeddingList(BaseModel):
 
 
 class TokenizeRequest(BaseModel):
-    model: Optional[str] = None
-    prompt: Optional[str] = None
-    messages: Optional[list[ChatMessage]] = None
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
 
 
