@@ -72,6 +72,10 @@ class JobRecord:
             "usage": {"prompt_tokens": len(prompt_ids),
                       "completion_tokens": sum(len(c.token_ids) for c in completions)},
         }
+        if first.logprobs is not None:  # asked for with "logprobs": N
+            from pyllm.completion_json import logprobs_json
+
+            line["logprobs"] = logprobs_json(first.logprobs)
         if len(completions) > 1:
             line["outputs"] = [{"text": c.text, "token_ids": c.token_ids,
                                 "finish_reason": c.finish_reason} for c in completions]

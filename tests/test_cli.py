@@ -685,3 +685,17 @@ def test_chat_turns_are_logged_and_continue_reloads_them(logged, monkeypatch) ->
     messages, _ = llm.seen[-1]
     assert [m["content"] for m in messages] == ["Be nice.", "third", "Hello world", "fourth"]
     assert logs.recent(1)[0].conversation_id == rows[2].conversation_id
+
+
+def test_generate_writes_logprobs_when_asked(smollm2_path: Path, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"id": "a", "prompt": "The sky is", "max_tokens": 2, "logprobs": 2, '
+                   '"temperature": 0}\n{"id": "b", "prompt": "Hi", "max_tokens": 1}\n')
+    result = invoke("generate", "-m", str(smollm2_path), "-i", str(src), "-o", str(out),
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    a, b = sorted((json.loads(x) for x in out.read_text().splitlines()), key=lambda r: r["id"])
+    assert [t["token_id"] for t in a["logprobs"]] == a["token_ids"]
+    assert all(len(t["top"]) == 2 and t["logprob"] <= 0 for t in a["logprobs"])
+    assert a["logprobs"][0]["top"][0]["token_id"] == a["token_ids"][0]  # greedy: the best
+    assert "logprobs" not in b
