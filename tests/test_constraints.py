@@ -203,3 +203,15 @@ def test_default_model_json_validates(smollm2_path):
     for r in results:
         assert r.finish_reason == "stop", r.text
         jsonschema.validate(json.loads(r.text), schema)
+
+
+def test_classify_generate_writes_one_of_the_labels(tiny):
+    """`classify --generate`: a constrained label instead of scores, even from random weights."""
+    from pyllm.tasks import get
+
+    labels = ["sport", "politics", "science and technology"]
+    texts = ["The match ended 3-1.", "Parliament passed the budget.", "A new chip was shown.",
+             "It rained."]
+    out = get("classify").run(tiny, [{"text": t} for t in texts], labels=labels, generate=True)
+    assert len(out) == len(texts)
+    assert all(set(r) == {"label"} and r["label"] in labels for r in out)

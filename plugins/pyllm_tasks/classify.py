@@ -39,6 +39,7 @@ CONTENT_FREE = ("N/A", "", "[MASK]")
 
 SYSTEM = ("You are a text classifier. Read the text and reply with the one label from the "
           "list that fits it best, and nothing else.")
+USER = "Labels: {labels}\n\nText: {text}"  # the user turn: {labels} "a, b, c", {text}
 SYSTEM_BINARY = "You are a text classifier. Answer Yes or No."
 YES_NO = ("Yes", "No")
 
@@ -114,9 +115,9 @@ class ClassifyTask:
         listing = ", ".join(labels)
         msgs = [{"role": "system", "content": instruction or SYSTEM}]
         for ex_text, ex_label in examples:
-            msgs.append({"role": "user", "content": f"Labels: {listing}\n\nText: {ex_text}"})
+            msgs.append({"role": "user", "content": USER.format(labels=listing, text=ex_text)})
             msgs.append({"role": "assistant", "content": ex_label})
-        msgs.append({"role": "user", "content": f"Labels: {listing}\n\nText: {text}"})
+        msgs.append({"role": "user", "content": USER.format(labels=listing, text=text)})
         return msgs
 
     def _plain(self, text: str, labels: Sequence[str], examples: Sequence[tuple[str, str]],
@@ -200,11 +201,14 @@ class ClassifyTask:
     def run(self, llm: Any, records: Sequence[Mapping[str, Any]], *, labels: Any,
             examples: Sequence[Any] = (), calibrate: bool = True, multi_label: bool = False,
             threshold: float = 0.5, normalize: bool = False,
-            instruction: str | None = None) -> list[dict[str, Any]]:
+            instruction: str | None = None, generate: bool = False) -> list[dict[str, Any]]:
         """Classify each record's ``text``: ``{"label", "scores": {label: probability}}``
         (multi-label: ``"labels"`` too, every label whose probability reaches `threshold`,
         and ``"label"`` the most probable one). `instruction` replaces the default
-        instruction (the system turn; a base model's first line)."""
+        instruction (the system turn; a base model's first line). ``generate=True`` lets the
+        model write the label instead, greedily, constrained to exactly one of the labels
+        (structured output's ``choice``): ``{"label"}`` only, one decode per text instead of
+        scoring every label, and no calibration."""
         labels = read_labels(labels)
         examples = _check_examples(examples, labels)
         if not 0.0 <= threshold <= 1.0:
@@ -214,6 +218,8 @@ class ClassifyTask:
             return []
         if multi_label:
             return self._run_multi(llm, texts, labels, calibrate, threshold, normalize)
+        if generate:
+            return self._run_generate(llm, texts, labels, examples, instruction)
         reqs = [self.build(llm, t, labels, examples, instruction) for t in texts]
         probs = self.label_probs(llm, reqs, normalize)
         if calibrate:
@@ -225,6 +231,28 @@ class ClassifyTask:
             out.append({"label": labels[best],
                         "scores": {lab: round(x, 6) for lab, x in zip(labels, p)}})
         return out
+
+    def _run_generate(self, llm: Any, texts: list[str], labels: list[str],
+                      examples: Sequence[tuple[str, str]], instruction: str | None
+                      ) -> list[dict[str, Any]]:
+        from pyllm.engine.frontend import EngineFrontend
+        from pyllm.sampling_params import SamplingParams
+
+        chat = P.prompt_style(llm) == "chat"
+        if chat:
+            prompts = [P.chat_ids(llm, self._messages(t, labels, examples, instruction))
+                       for t in texts]
+        else:  # a base model continues "...Label:" with " label", as `build` scores it
+            prompts = [P.plain_ids(llm, self._plain(t, labels, examples, instruction))
+                       for t in texts]
+        options = tuple(labels) if chat else tuple(" " + lab for lab in labels)
+        longest = max(len(llm.tokenizer.encode(o, add_bos=False)) for o in options)
+        params = SamplingParams(temperature=0.0, max_tokens=longest + 4, choice=options)
+        engine = P.engine_for(llm)
+        for p in prompts:
+            engine.check_request(p, params)
+        results = EngineFrontend(engine).run_all(prompts, [params] * len(prompts))
+        return [{"label": r[0].text.strip()} for r in results]
 
     def _run_multi(self, llm: Any, texts: list[str], labels: list[str], calibrate: bool,
                    threshold: float, normalize: bool) -> list[dict[str, Any]]:

@@ -66,11 +66,14 @@ def _read_examples(path: Path) -> list[dict[str, str]]:
 @click.option("--length-normalize", is_flag=True,
               help="Score labels by mean token log-prob instead of the sum.")
 @click.option("--instruction", help="Replace the default classification instruction.")
+@click.option("--generate", is_flag=True,
+              help="Let the model write the label, constrained to one of the labels (one decode "
+                   "per text; no scores, no calibration) instead of scoring every label.")
 @input_options
 def classify(text: str | None, labels: str | None, labels_file: Path | None,
              examples: tuple[str, ...], examples_file: Path | None, calibrate: bool,
              multi_label: bool, threshold: float, length_normalize: bool,
-             instruction: str | None, model: str, input_path: Path | None,
+             instruction: str | None, generate: bool, model: str, input_path: Path | None,
              output_path: Path | None, as_json: bool, evaluate: bool, batch_size: int,
              progress: bool | None, device: str) -> None:
     from pyllm_tasks.classify import read_labels
@@ -85,6 +88,11 @@ def classify(text: str | None, labels: str | None, labels_file: Path | None,
     options: dict[str, Any] = {"labels": label_list, "examples": shots, "calibrate": calibrate,
                                "multi_label": multi_label, "threshold": threshold,
                                "normalize": length_normalize, "instruction": instruction}
+    if generate:
+        if multi_label:
+            raise click.UsageError("--generate picks one label; it does not combine with "
+                                   "--multi-label")
+        options["generate"] = True
     if input_path is None:
         text = text_argument(text)
     from pyllm.cli_options import load_llm, run_file
@@ -103,6 +111,8 @@ def classify(text: str | None, labels: str | None, labels_file: Path | None,
 
 def _describe(res: Any) -> str:
     head = ", ".join(res["labels"]) or "(none)" if "labels" in res else res["label"]
+    if "scores" not in res:  # --generate: the label only
+        return head
     rows = [f"  {lab:<20} {p:.3f}" for lab, p in sorted(res["scores"].items(), key=lambda kv: -kv[1])]
     return "\n".join([head, *rows])
 
