@@ -174,3 +174,22 @@ def test_a_bad_sampler_chain_is_refused_before_it_reaches_the_batch(tiny):
         tiny.generate(PROMPTS[1], SamplingParams(max_tokens=3, samplers="bogus;temperature"))
     rest = "".join(stream)  # the running request was not failed with it
     assert first + rest == tiny.generate(PROMPTS[0] * 4, greedy(60))[0].text
+
+
+def test_the_waiting_bound_refuses_streams_not_a_batch(tiny):
+    from pyllm.engine.frontend import QueueFullError
+
+    front = tiny.engine
+    want = [r.text for r in tiny.generate(PROMPTS, greedy(4))]
+    ids = [tiny.encode_prompt(p) for p in PROMPTS[:3]]
+    front.max_waiting = 2
+    try:
+        with front.exclusive():  # nothing is admitted meanwhile: submissions pile up
+            rids = [front.submit(i, greedy(4)) for i in ids[:2]]
+            with pytest.raises(QueueFullError, match="the limit is 2"):
+                front.submit(ids[2], greedy(4))
+        front.abort(*rids)
+        assert [r.text for r in tiny.generate(PROMPTS, greedy(4))] == want  # 8 > 2, one batch
+    finally:
+        front.max_waiting = None
+    assert idle(tiny)

@@ -157,13 +157,15 @@ class EngineFrontend:
     # ------------------------------------------------------------------ requests
 
     def submit(self, prompt_ids: list[int], params: SamplingParams,
-               request_id: Hashable | None = None, sink: Sink | None = None) -> Hashable:
+               request_id: Hashable | None = None, sink: Sink | None = None, *,
+               bounded: bool = True) -> Hashable:
         """Queue a request. Its events go to `sink` (called on the loop thread; it must be quick
         and thread-safe), or, when None, collect until `events(request_id)` reads them.
         Raises at once for a request that could never run (CannotFitError, ValueError) and
-        QueueFullError when `max_waiting` requests already wait."""
+        QueueFullError when `max_waiting` requests already wait (unless not `bounded`: a
+        batch that knows its size, such as `run_all`'s, is not an unbounded stream of callers)."""
         self.engine.check_request(prompt_ids, params)
-        if self.max_waiting is not None and self.num_waiting() >= self.max_waiting:
+        if bounded and self.max_waiting is not None and self.num_waiting() >= self.max_waiting:
             raise QueueFullError(f"{self.num_waiting()} requests are already waiting "
                                  f"(the limit is {self.max_waiting}); retry later")
         rid = request_id if request_id is not None else ("req", next(self._ids))
@@ -245,7 +247,7 @@ class EngineFrontend:
         remaining = sum(sp.n for sp in params)
         try:
             for p, sp in zip(prompts, params):
-                rids.append(self.submit(p, sp, sink=q.put))
+                rids.append(self.submit(p, sp, sink=q.put, bounded=False))
             index = {rid: i for i, rid in enumerate(rids)}
             while remaining:
                 item = q.get()
