@@ -230,6 +230,19 @@ def test_embeddings(client, tiny):
     assert math.isclose(sum(v * v for v in want[0]), 1.0, rel_tol=1e-5)
 
 
+def test_pyllm_embed_command(tiny_path, tiny):
+    from click.testing import CliRunner
+
+    from pyllm.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["embed", "-m", str(tiny_path), "a sea", "a mountain"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [x["text"] for x in lines] == ["a sea", "a mountain"]
+    for line, want in zip(lines, tiny.embed(["a sea", "a mountain"])):
+        assert line["embedding"] == pytest.approx(want, abs=1e-6)
+
+
 def test_task_route(server, tiny):
     from pyllm import tasks
 
