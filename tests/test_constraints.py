@@ -12,11 +12,11 @@ import re
 
 import jsonschema
 import pytest
+from tiny_chat import write_tiny_chat_model
 
 import pyllm
 from pyllm import SamplingParams
 from pyllm.hookspecs import hookimpl
-from tiny_chat import write_tiny_chat_model
 
 SCHEMAS = {
     "nested": {
@@ -57,9 +57,13 @@ SEEDS = range(6)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, smollm2_path):
-    path = write_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat") / "model.gguf", smollm2_path)
-    return pyllm.load(path, progress=False)
+def tiny_path(tmp_path_factory, smollm2_path):
+    return write_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat") / "model.gguf", smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path):
+    return pyllm.load(tiny_path, progress=False)
 
 
 def _check_finished(results, validate):
@@ -215,3 +219,43 @@ def test_classify_generate_writes_one_of_the_labels(tiny):
     out = get("classify").run(tiny, [{"text": t} for t in texts], labels=labels, generate=True)
     assert len(out) == len(texts)
     assert all(set(r) == {"label"} and r["label"] in labels for r in out)
+
+
+def test_repl_set_format_and_schema(tmp_path):
+    import io
+
+    from fake_backend import FakeBackend
+
+    from pyllm.repl.session import ChatSession
+
+    backend = FakeBackend()
+    schema_file = tmp_path / "s.json"
+    schema_file.write_text('{"type": "object", "properties": {"a": {"type": "integer"}}}')
+    session = ChatSession(backend, stdout=io.StringIO())
+    session.run_script(["/set format json\n", "hi\n", f"/set schema {schema_file}\n", "again\n",
+                        "/set format off\n", "plain\n", "/set schema /no/such/file\n", "/exit\n"])
+    (_, p1), (_, p2), (_, p3) = backend.calls
+    assert p1.json_object and p1.json_schema is None
+    assert json.loads(p2.json_schema) == json.loads(schema_file.read_text()) and not p2.json_object
+    assert not p3.json_object and p3.json_schema is None
+
+
+def test_cli_structured_flags(tiny_path, tmp_path):
+    from click.testing import CliRunner
+
+    from pyllm.cli.main import cli
+
+    path = str(tiny_path)
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SCHEMAS["array_bounds"]))
+    res = CliRunner().invoke(cli, ["run", path, "x", "--schema", str(schema), "--set", "seed=1",
+                                   "--max-tokens", "60", "--json", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.output)
+    if record["finish_reason"] == "stop":
+        jsonschema.validate(json.loads(record["text"]), SCHEMAS["array_bounds"])
+    res = CliRunner().invoke(cli, ["run", path, "x", "--choice", "up,down", "--json",
+                                   "--device", "cpu"])
+    assert json.loads(res.output)["text"] in ("up", "down")
+    res = CliRunner().invoke(cli, ["run", path, "x", "--regex", "a", "--choice", "b"])
+    assert res.exit_code != 0 and "one constraint at a time" in res.output

@@ -11,9 +11,10 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-import pyllm  # noqa: E402
-from test_server import serving  # noqa: E402
-from tiny_chat import write_tiny_chat_model  # noqa: E402
+from test_server import serving
+from tiny_chat import write_tiny_chat_model
+
+import pyllm
 
 CHAT = [{"role": "user", "content": "Reply in JSON."}]
 SCHEMA = {"type": "object",
