@@ -207,17 +207,22 @@ def test_run_command_json_matches_generate(llm, smollm2_path):
     from click.testing import CliRunner
 
     from pyllm.cli.main import cli
+    from pyllm.cli.options import SAMPLING_DEFAULTS
+
+    def run_defaults(**kw) -> SamplingParams:  # what `pyllm run` samples with (chat's defaults)
+        return SamplingParams.from_mapping({**SAMPLING_DEFAULTS, **kw})
 
     res = CliRunner().invoke(cli, ["run", str(smollm2_path), TEXT, "--temperature", "0",
                                    "--max-tokens", "9", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    ref = llm.generate(TEXT, greedy(max_tokens=9))[0]
+    ref = llm.generate(TEXT, run_defaults(temperature=0, max_tokens=9))[0]
     assert out == {"text": ref.text, "token_ids": ref.token_ids, "finish_reason": "length"}
     streamed = CliRunner().invoke(cli, ["run", str(smollm2_path), "What is the capital of France?",
                                         "--chat", "--temperature", "0", "--max-tokens", "40"])
     assert streamed.exit_code == 0
-    assert streamed.stdout.rstrip("\n") == llm.chat(CHAT, greedy(max_tokens=40)).text
+    assert streamed.stdout.rstrip("\n") == llm.chat(CHAT, run_defaults(temperature=0,
+                                                                         max_tokens=40)).text
 
 
 # ---------------------------------------------------------------------- a Hugging Face folder
