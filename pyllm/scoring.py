@@ -74,10 +74,10 @@ class ContinuationScorer:
         cfg = self.model.config
         self.num_blocks = -(-tokens // self.block_size)
         dtype = torch.float32
-        self.kv_caches: KVCaches = allocate_kv_caches(cfg.n_layer, self.num_blocks, self.block_size,
-                                                      cfg.n_kv_head, cfg.head_dim, dtype,
-                                                      self.model.device)
         self.blocks = BlockManager(self.num_blocks, self.block_size)
+        self.kv_caches: KVCaches = allocate_kv_caches(cfg.n_layer, self.blocks.pool_blocks,
+                                                      self.block_size, cfg.n_kv_head,
+                                                      cfg.head_dim, dtype, self.model.device)
 
     def _blocks_needed(self, prompt: Sequence[int], conts: Sequence[Sequence[int]]) -> int:
         """Worst case: every prompt block, plus per continuation a copy of the partial block and

@@ -14,6 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pyllm.engine.block_manager import BlockManager, OutOfBlocksError
+from pyllm.model.batch import NULL_BLOCK
 
 
 def test_shared_prefix_is_stored_once():
@@ -155,6 +156,20 @@ def test_batch_helpers():
         bm.slot_mapping([("b", 0, 5)])
 
 
+def test_the_null_block_is_never_handed_out_and_pads_tables():
+    """Block 0 (NULL_BLOCK) is reserved: a full pool gives sequences every other block, and
+    block tables are padded with it, so padding never names a block a sequence owns."""
+    bm = BlockManager(num_blocks=3, block_size=2)
+    assert bm.pool_blocks == 4 and bm.num_free_blocks == 3
+    bm.allocate("a", [1, 2, 3, 4])
+    bm.allocate("b", [5])
+    assert sorted(bm.block_table("a") + bm.block_table("b")) == [1, 2, 3]
+    assert not bm.can_allocate([6])
+    tables = bm.block_tables(["a", "b"], width=3)
+    assert tables[1, 1:].tolist() == [NULL_BLOCK, NULL_BLOCK] and tables[0, 2] == NULL_BLOCK
+    assert NULL_BLOCK not in bm.block_table("a") + bm.block_table("b")
+
+
 # ------------------------------------------------------------------ simulated engine
 
 PREFIXES = [[7] * 9, list(range(20, 33)), [7] * 4 + [8] * 6]
@@ -189,7 +204,7 @@ ops = st.one_of(
 def test_every_sequence_reads_back_its_own_tokens(block_size, num_blocks, script):
     bm = BlockManager(num_blocks, block_size)
     # A slot's K/V depend on its token and every token before it: model them as that prefix.
-    cache: list[tuple | None] = [None] * (num_blocks * block_size)
+    cache: list[tuple | None] = [None] * (bm.pool_blocks * block_size)
     live: dict[int, list[int]] = {}
     next_id = 0
 
@@ -245,11 +260,12 @@ def test_every_sequence_reads_back_its_own_tokens(block_size, num_blocks, script
             bm.begin_step()
 
         # Invariants: contents, reference counts, free list.
-        holders = [0] * num_blocks
+        holders = [0] * bm.pool_blocks
         for seq, tokens in live.items():
             assert [cache[bm.slot(seq, p)] for p in range(len(tokens))] == [
                 tuple(tokens[: p + 1]) for p in range(len(tokens))]
             for b in bm.block_table(seq):
                 holders[b] += 1
-        assert [bm.ref_count(b) for b in range(num_blocks)] == holders
-        assert bm.num_free_blocks == holders.count(0)
+        assert [bm.ref_count(b) for b in range(bm.pool_blocks)] == holders
+        assert holders[NULL_BLOCK] == 0  # the null block is never handed out
+        assert bm.num_free_blocks == holders.count(0) - 1

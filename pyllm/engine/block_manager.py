@@ -1,7 +1,9 @@
 """The paged KV-cache's bookkeeping: which cache blocks each sequence owns.
 
 The cache is a pool of `num_blocks` blocks of `block_size` token slots (one pool per layer, all
-indexed alike). A sequence's tokens live in a list of blocks, its *block table*; token at position
+indexed alike), plus the null block (`NULL_BLOCK`, block 0, pyllm/model/batch.py): it is never
+handed out, so the padding of block tables (and of a CUDA graph's padding rows) reads a block no
+sequence owns; the pool has `pool_blocks` = `num_blocks` + 1 blocks and sequences get 1..num_blocks. A sequence's tokens live in a list of blocks, its *block table*; token at position
 p sits in slot `table[p // block_size] * block_size + p % block_size`.
 
 - **Free list and reference counts.** A block is owned by every sequence whose table holds it;
@@ -34,6 +36,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pyllm.model.batch import NULL_BLOCK
+
 SeqId = Hashable
 
 
@@ -65,11 +69,13 @@ class BlockManager:
     def __init__(self, num_blocks: int, block_size: int = 16, *, enable_prefix_caching: bool = True) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError(f"num_blocks and block_size must be >= 1, got {num_blocks}, {block_size}")
-        self.num_blocks = num_blocks
+        self.num_blocks = num_blocks  # blocks sequences may get
+        self.pool_blocks = num_blocks + 1  # the cache's blocks: the null block and those
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
-        self._ref = [0] * num_blocks
-        self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self._ref = [0] * self.pool_blocks
+        self._free: OrderedDict[int, None] = OrderedDict(
+            (b, None) for b in range(self.pool_blocks) if b != NULL_BLOCK)
         self._cached: dict[bytes, int] = {}      # key -> block holding those tokens' K/V
         self._expected: dict[bytes, int] = {}    # key -> block the step being scheduled fills
         self._key_of: dict[int, bytes] = {}      # the reverse, for blocks registered in _cached
@@ -295,14 +301,15 @@ class BlockManager:
 
     def block_tables(self, seq_ids: Sequence[SeqId], *, width: int | None = None,
                      device: torch.device | str = "cpu") -> torch.Tensor:
-        """int32 [B, width] block tables (width: the longest, by default), padded with 0 — a
-        valid block, so even a stray read stays in bounds; the kernels never read the padding."""
+        """int32 [B, width] block tables (width: the longest, by default), padded with the null
+        block, so even a stray read stays in bounds and reads no sequence's block; the kernels
+        never read the padding."""
         tables = [self._seqs[s].blocks for s in seq_ids]
         longest = max((len(t) for t in tables), default=0)
         width = max(longest, 1) if width is None else width
         if width < longest:
             raise ValueError(f"width {width} is narrower than the longest block table ({longest})")
-        out = torch.zeros(len(tables), width, dtype=torch.int32)
+        out = torch.full((len(tables), width), NULL_BLOCK, dtype=torch.int32)
         for b, table in enumerate(tables):
             out[b, : len(table)] = torch.tensor(table, dtype=torch.int32)
         return out.to(device)

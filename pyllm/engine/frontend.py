@@ -148,7 +148,7 @@ class EngineFrontend:
     def _fail_all(self, exc: BaseException) -> None:
         """A step raised: every request in the engine ends with that error (retrying could
         raise it forever), and the engine is left empty and usable."""
-        for rid in list(self.engine._requests):
+        for rid in self.engine.request_ids():
             self.engine.abort(rid)
             live = self._live.pop(rid, None)
             if live is not None:

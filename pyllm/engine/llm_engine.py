@@ -3,7 +3,8 @@
 `add_request` queues a prompt; each `step()` asks the scheduler for a batch (decode tokens and
 prefill chunks side by side), runs the model once over the flattened tokens, samples the next
 token of every sequence whose tokens are all in the cache, and returns what changed as
-`StreamEvent`s. The engine holds no global state: two engines (one per worker, one per device)
+`StreamEvent`s. The sequences' bookkeeping after the step (tokens cached and appended, siblings
+forked, finished sequences freed) is the scheduler's (`after_forward`, `update_from_output`). The engine holds no global state: two engines (one per worker, one per device)
 never interfere, which is what lets a batch job be sharded across processes or machines.
 """
 
@@ -78,10 +79,10 @@ class LLMEngine:
         else:
             tokens = max((config.kv_cache_mb << 20) // bytes_per_token, self.context_length)
         self.num_blocks = max(1, -(-tokens // bs))
-        self.kv_caches = allocate_kv_caches(cfg.n_layer, self.num_blocks, bs, cfg.n_kv_head,
-                                            cfg.head_dim, config.kv_dtype, model.device)
         self.blocks = BlockManager(self.num_blocks, bs,
                                    enable_prefix_caching=config.enable_prefix_caching)
+        self.kv_caches = allocate_kv_caches(cfg.n_layer, self.blocks.pool_blocks, bs, cfg.n_kv_head,
+                                            cfg.head_dim, config.kv_dtype, model.device)
         self.scheduler = Scheduler(self.blocks, SchedulerConfig(config.max_num_seqs,
                                                                 config.max_num_batched_tokens))
         # What runs a step: the model itself, or a wrapper with the same call signature
@@ -165,6 +166,10 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return bool(self._requests)
 
+    def request_ids(self) -> list[Hashable]:
+        """The requests in the engine (queued or running), oldest first."""
+        return list(self._requests)
+
     # ------------------------------------------------------------------ the step
 
     @torch.inference_mode()
@@ -223,9 +228,7 @@ class LLMEngine:
                     self.scheduler.preempt(s)
             raise
         self.stats["computed_tokens"] += len(ids)
-        for s, n in batch.items:
-            s.cached += n
-            self.blocks.mark_computed(s.seq_id, s.cached)
+        sampled, row_of = self.scheduler.after_forward(batch)
         if in_graph is not None:  # a decode step: every sequence was sampled in the graph
             tokens, chosen_logprobs, probs = in_graph
             token_ids, logprobs = generation.sampled_tokens(SampleResult(tokens, chosen_logprobs, probs=probs),
@@ -233,19 +236,6 @@ class LLMEngine:
             return self._append(seqs, token_ids, logprobs)
         if logits is None:
             return []
-        sampled: list[Sequence] = []
-        row_of: list[int] = []
-        for r, i in enumerate(ready):
-            s = seqs[i]
-            sampled.append(s)
-            row_of.append(r)
-            for child in s.children:  # n > 1: siblings share the prompt's blocks
-                self.blocks.fork(s.seq_id, child.seq_id)
-                child.cached = s.cached
-                self.scheduler.add_running(child)
-                sampled.append(child)
-                row_of.append(r)
-            s.children = []
         if len(row_of) != logits.shape[0]:
             logits = logits[torch.tensor(row_of, device=logits.device)]
         return self._sample_and_append(logits, sampled, None if masks is None else masks.result())
@@ -288,19 +278,8 @@ class LLMEngine:
 
     def _append(self, seqs: list[Sequence], token_ids: list[int], logprobs) -> list[StreamEvent]:
         self.stats["generated_tokens"] += len(seqs)
-        events = []
-        for s, tok, lp in zip(seqs, token_ids, logprobs):
-            done = False
-            if s.constraint is not None and tok not in s.stop_ids:
-                # The matcher follows the output; the sequence ends once the constraint is
-                # complete (or, never expected, when the token was not one it allowed).
-                done = not s.constraint.advance(tok) or s.constraint.complete
-            delta = s.append(tok, lp, constraint_done=done)
-            if s.done:
-                self.scheduler.finish(s)
-            if delta or s.done:
-                events.append(StreamEvent(s.request_id, s.index, delta, s.done, s.completion()))
-        for s in seqs:
+        events = self.scheduler.update_from_output(seqs, token_ids, logprobs)
+        for s in seqs:  # a request ends when all its sequences have
             if s.done:
                 group = self._requests.get(s.request_id)
                 if group is not None and all(x.done for x in group):

@@ -8,6 +8,13 @@ once this step's earlier prefill chunks are computed, and a chunk of the rest. F
 sequences leave at once, so new ones join at every step. When the cache is full, the newest
 running sequence is preempted: its blocks are freed and it goes back to the front of the queue,
 to be recomputed (prompt and output so far) when there is room again.
+
+The scheduler also owns every sequence's bookkeeping after a step (as vLLM's
+`update_from_output`): `after_forward` records the computed tokens (blocks marked computed,
+n > 1 siblings forked once their prompt is cached) and says which sequences are sampled from
+which logits row; `update_from_output` appends the sampled tokens, advances structured-output
+matchers, and frees finished sequences. `LLMEngine.step` only carries data between
+`schedule()`, the model, the sampler and these two.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from dataclasses import dataclass, field
 
 from pyllm.engine.block_manager import BlockManager
 from pyllm.engine.sequence import SeqStatus, Sequence
+from pyllm.generation import StreamEvent, TokenLogprob
 
 
 @dataclass
@@ -124,3 +132,47 @@ class Scheduler:
         """A forked sibling joins the batch directly (its blocks are already shared)."""
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
+
+    # ------------------------------------------------------------------ after a step
+
+    def after_forward(self, batch: ScheduledBatch) -> tuple[list[Sequence], list[int]]:
+        """The step's forward ran: every scheduled token's K/V is in the cache. Returns the
+        sequences to sample now (those whose tokens are all cached, each followed by the
+        siblings that fork from it here, n > 1) and the logits row each reads (the index of
+        its parent among the sampled parents)."""
+        sampled: list[Sequence] = []
+        row_of: list[int] = []
+        for s, n in batch.items:
+            s.cached += n
+            self.blocks.mark_computed(s.seq_id, s.cached)
+        ready = [s for s, _ in batch.items if s.cached == s.num_tokens]  # not mid-prompt
+        for row, s in enumerate(ready):
+            sampled.append(s)
+            row_of.append(row)
+            for child in s.children:  # siblings share the prompt's blocks
+                self.blocks.fork(s.seq_id, child.seq_id)
+                child.cached = s.cached
+                self.add_running(child)
+                sampled.append(child)
+                row_of.append(row)
+            s.children = []
+        return sampled, row_of
+
+    def update_from_output(self, seqs: list[Sequence], token_ids: list[int],
+                           logprobs: list[TokenLogprob]) -> list[StreamEvent]:
+        """Append each sequence's sampled token; a sequence that stops (EOS or stop ids, stop
+        strings, lengths, a complete structured-output constraint) finishes and frees its
+        blocks. Returns the events to stream (new text, or the end)."""
+        events = []
+        for s, tok, lp in zip(seqs, token_ids, logprobs):
+            done = False
+            if s.constraint is not None and tok not in s.stop_ids:
+                # The matcher follows the output; the sequence ends once the constraint is
+                # complete (or, never expected, when the token was not one it allowed).
+                done = not s.constraint.advance(tok) or s.constraint.complete
+            delta = s.append(tok, lp, constraint_done=done)
+            if s.done:
+                self.finish(s)
+            if delta or s.done:
+                events.append(StreamEvent(s.request_id, s.index, delta, s.done, s.completion()))
+        return events

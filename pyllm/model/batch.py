@@ -14,6 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
+# The reserved block that pads block tables (shorter tables of a batch, a CUDA graph's padding
+# rows): the engine's BlockManager never gives it to a sequence, so a padding entry is always in
+# bounds and never names a block some sequence owns. Nothing is written to it (padding rows have
+# slot -1); what is read from it is dropped.
+NULL_BLOCK = 0
+
 
 @dataclass
 class AttentionMetadata:
@@ -95,7 +101,7 @@ def build_metadata(
     else:
         ints = array("i", starts)
         ints.extend(ctx)
-        for table in block_tables:  # padded with 0: a valid block, never read past a context
+        for table in block_tables:  # padded with NULL_BLOCK (0): in bounds, never read
             ints.extend(table)
             ints.extend(_ZEROS[: width - len(table)] if width - len(table) <= len(_ZEROS)
                         else [0] * (width - len(table)))
@@ -116,7 +122,7 @@ def build_metadata(
     return meta
 
 
-_ZEROS = array("i", bytes(4 * 256))
+_ZEROS = array("i", bytes(4 * 256))  # NULL_BLOCK padding
 
 
 KVCaches = list[tuple[torch.Tensor, torch.Tensor]]

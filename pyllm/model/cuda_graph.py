@@ -16,8 +16,8 @@ logits_at=None) -> logits`, so the engine can call it in the model's place:
   (B rounded up to 1, 2, 4, 8, ...; the block-table width rounded up to a power of two, at least
   `min_width`), and the bucket's graph is replayed (captured on first use, with the model's
   per-step validation skipped: it ran before the copy). Padding rows get slot -1 (nothing is
-  written to the cache) and a context of one token in block 0 (a valid read whose result is
-  dropped); every row is computed independently, so padding never changes a real row.
+  written to the cache) and a context of one token in the null block (`NULL_BLOCK`, which no
+  sequence owns: a valid read whose result is dropped); every row is computed independently, so padding never changes a real row.
 
 The graph holds the model's forward up to the logits. `decode_and_sample` also captures the
 fused sampler (pyllm/ops/sampling.py) on those logits, so a decode step is one replay from token
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pyllm.model.batch import AttentionMetadata, KVCaches
+from pyllm.model.batch import NULL_BLOCK, AttentionMetadata, KVCaches
 from pyllm.ops import sampling as sampling_ops
 from pyllm.ops.kv_cache import check_cache_pair
 
@@ -72,7 +72,7 @@ class _Bucket:
         meta = AttentionMetadata(
             query_start=torch.arange(batch + 1, dtype=i32, device=device),
             context_lens=torch.ones(batch, dtype=i32, device=device),
-            block_tables=torch.zeros(batch, width, dtype=i32, device=device),
+            block_tables=torch.full((batch, width), NULL_BLOCK, dtype=i32, device=device),
             slot_mapping=torch.full((batch,), -1, dtype=i64, device=device),
             positions=torch.zeros(batch, dtype=i64, device=device),
             max_query_len=1,
@@ -90,10 +90,11 @@ class _Bucket:
         m.block_tables[:n, :meta.block_tables.shape[1]].copy_(meta.block_tables)
         if n < self.ids.shape[0]:
             # Rows past n may hold an earlier, larger step: never write its slots again, and
-            # read one token only. Their positions, ids and block ids stay valid (they were
-            # validated when written, or are the zeros they started as).
+            # read one token only, from the null block. Their positions and ids stay valid
+            # (they were validated when written, or are the zeros they started as).
             m.slot_mapping[n:].fill_(-1)
             m.context_lens[n:].fill_(1)
+            m.block_tables[n:, 0].fill_(NULL_BLOCK)
 
 
 class CudaGraphRunner:
