@@ -1,11 +1,15 @@
-"""A simple generation loop behind `pyllm.LLM`: prefill, then one token a step, KV cached.
+"""The reference generation loop: the plainest correct way to generate, which the engine is
+tested against (tests/test_engine.py, tests/test_api_params.py compare their completions token
+for token), plus the pieces the engine shares with it (the result types, `sample`).
 
-Sequences run in groups (up to `max_batch` at a time): one flattened forward prefills every prompt
-of the group, then each step decodes one token for every sequence still running; a sequence that
-finishes leaves the batch. Stop conditions: EOS (the tokenizer's end-of-generation ids, unless
-`ignore_eos`), `stop_token_ids`, stop strings (cut from the text, never shown), `max_tokens`, and
-the context length (finish reason "length"). The engine's scheduler (continuous batching, paged
-blocks) replaces this loop later; `LLM` only calls `generate_stream` and `score_ids`.
+Sequences run in groups (up to `max_batch` at a time) on one contiguous KV-cache: one flattened
+forward prefills every prompt of the group, then each step decodes one token for every sequence
+still running; a sequence that finishes leaves the batch. Stop conditions: EOS (the tokenizer's
+end-of-generation ids, unless `ignore_eos`), `stop_token_ids`, stop strings (cut from the text,
+never shown), `max_tokens`, and the context length (finish reason "length"). No scheduler, no
+paged blocks, no prefix cache: whatever the engine (pyllm/engine/, continuous batching) does
+with those must come to the same tokens as this loop. `pyllm.LLM` generates through the engine;
+from here it uses `score_ids` and the result types.
 
 The functions are small and pure in the gpt-fast manner: `prefill`, `decode_step`, `sample`.
 """

@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["SamplingParams", "DEFAULT_SAMPLERS", "MAX_LOGPROBS", "MAX_N", "INT_LIMIT",
            "split_chain"]
@@ -39,8 +39,12 @@ def split_chain(chain: str) -> list[str]:
     return [p.strip().lower().replace("-", "_") for p in parts if p.strip()]
 
 
-def _fail(name: str, allowed: str, value: Any) -> None:
+def field_error(name: str, allowed: str, value: Any) -> NoReturn:
+    """Raise the ValueError for a bad SamplingParams field (pyllm/constraints/spec.py too)."""
     raise ValueError(f"SamplingParams.{name} must be {allowed}, got {value!r}")
+
+
+_fail = field_error
 
 
 def _is_int(v: Any) -> bool:

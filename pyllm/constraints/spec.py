@@ -13,6 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from pyllm.sampling_params import field_error
+
 __all__ = ["CONSTRAINT_FIELDS", "normalize_constraint_fields", "requested_constraint"]
 
 # SamplingParams field -> the constraint kind it selects.
@@ -26,8 +28,7 @@ CONSTRAINT_FIELDS = {
 }
 
 
-def _fail(name: str, allowed: str, value: Any) -> None:
-    raise ValueError(f"SamplingParams.{name} must be {allowed}, got {value!r}")
+_fail = field_error  # the one wording of a bad SamplingParams field
 
 
 def _json_schema_text(value: Any) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 import torch
 
@@ -175,6 +175,11 @@ def check(cond: bool, message: str) -> None:
     """Raise a ValueError with `message` when `cond` is false (the op boundary's checks)."""
     if not cond:
         raise ValueError(message)
+
+
+def fail(message: str) -> NoReturn:
+    """Raise the op boundary's ValueError (for checks that build `message` only on failure)."""
+    raise ValueError(message)
 
 
 def check_float(name: str, t: torch.Tensor) -> None:

@@ -70,8 +70,7 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
 _FLOATS = L.FLOAT_DTYPES
 
 
-def _fail(message: str) -> None:
-    raise ValueError(message)
+_fail = L.fail
 
 
 def _check_shapes(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,

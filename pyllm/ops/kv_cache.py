@@ -34,8 +34,7 @@ def write_kv_cache_ref_(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
     v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)
 
 
-def _fail(message: str) -> None:
-    raise ValueError(message)
+_fail = L.fail
 
 
 def check_cache_pair(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:

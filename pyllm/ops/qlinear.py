@@ -80,8 +80,7 @@ class QWeight:
 # ------------------------------------------------------------------ checks
 
 
-def _fail(message: str) -> None:
-    raise ValueError(message)
+_fail = L.fail
 
 
 def _check_weight(weight: torch.Tensor, qtype: int, out_features: int, in_features: int) -> None:
