@@ -26,8 +26,8 @@ def test_dry_sequence_breakers_reach_the_engine(llm) -> None:
     params = SamplingParams(temperature=0, max_tokens=1, samplers="dry;temperature",
                             dry_multiplier=5, dry_allowed_length=1)
     ids = llm.encode_prompt(prompt)
-    loop = [ev.completion for ev in generate_stream(llm.model, llm.tokenizer, [ids], [params])
-            if ev.finished][0]
+    loop = next(ev.completion for ev in generate_stream(llm.model, llm.tokenizer, [ids], [params])
+                if ev.finished)
     engine = llm.generate(prompt, params)[0]
     assert engine.token_ids == loop.token_ids
     assert llm.engine.engine.sampler.tokenizer is llm.tokenizer
@@ -55,7 +55,7 @@ def test_bad_params_say_what_was_wrong(llm, params, error, fragment) -> None:
 
 def test_cuda_device_without_cuda_is_a_clear_error(monkeypatch, smollm2_path: Path) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="torch sees no CUDA device here.*use device='cpu'"):
+    with pytest.raises(ValueError, match=r"torch sees no CUDA device here.*use device='cpu'"):
         pyllm.load(str(smollm2_path), device="cuda", progress=False)
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
         pyllm.load(str(smollm2_path), device="gpu", progress=False)

@@ -275,7 +275,8 @@ def test_int8_with_device_cuda_is_refused(monkeypatch) -> None:
 
 @pytest.mark.parametrize("usable,flags,expected", [(False, [], "cpu"), (True, [], "cuda"),
                                                    (True, ["--device", "cpu"], "cpu")])
-def test_device_option_reaches_chat_and_generate(monkeypatch, tmp_path, usable, flags, expected) -> None:
+def test_device_option_reaches_chat_and_generate(monkeypatch, tmp_path, usable, flags,
+                                                  expected) -> None:
     """The same option on the two commands that load through other paths (the REPL backend, the
     JSONL job runner)."""
     seen = record_devices(monkeypatch, usable)
@@ -287,14 +288,16 @@ def test_device_option_reaches_chat_and_generate(monkeypatch, tmp_path, usable, 
     assert seen == [expected, expected]
 
 
-@pytest.mark.parametrize("args,example", [(["Write a limerick about tea"], "'Write a limerick about tea'"),
+@pytest.mark.parametrize("args,example", [(["Write a limerick about tea"],
+                                           "'Write a limerick about tea'"),
                                           (["smollm2"], "'Write a haiku about the sea'")])
 def test_run_without_a_prompt_says_the_model_comes_first(args, example) -> None:
     """`pyllm run "text"` (as `llm` users type it) is a usage error that shows the right order,
     before any model is loaded."""
     result = invoke("run", *args)
     assert result.exit_code == 2
-    assert f"the model comes first, then the prompt, e.g. pyllm run smollm2 {example}" in result.stderr
+    expected = f"the model comes first, then the prompt, e.g. pyllm run smollm2 {example}"
+    assert expected in result.stderr
     assert "pyllm run --help" in result.stderr
 
 
@@ -321,7 +324,8 @@ class FakeLLM:
         for j in range(params.n):
             logprobs = None
             if params.logprobs is not None:
-                logprobs = [TokenLogprob(10 + j, -0.5, [(10 + j, -0.5), (3, -1.5)][:params.logprobs])]
+                top = [(10 + j, -0.5), (3, -1.5)][:params.logprobs]
+                logprobs = [TokenLogprob(10 + j, -0.5, top)]
             outputs.append(Completion(f"reply {j}", [10 + j], "stop", logprobs))
         return [GenerationResult([1, 2], outputs)]
 
@@ -591,7 +595,8 @@ def test_classify_refuses_empty_text(tmp_path) -> None:
     assert all('"text" is empty' in x["error"]["message"] for x in lines)
 
 
-def test_commands_without_a_model_leave_the_choice_to_the_default_setting(monkeypatch, tmp_path) -> None:
+def test_commands_without_a_model_leave_the_choice_to_the_default_setting(monkeypatch,
+                                                                          tmp_path) -> None:
     """No -m: every model command asks the loader for the default (None), which is the model
     `pyllm models default` set, else smollm2 (resolve_model)."""
     from pyllm.cli import options

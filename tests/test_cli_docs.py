@@ -30,4 +30,5 @@ def test_check_catches_a_stale_file(tmp_path: Path) -> None:
     assert gen("--check", "--doc", str(doc)).returncode == 0
     doc.write_text(text.replace("0 = greedy", "0 = very greedy"))
     stale = gen("--check", "--doc", str(doc))
-    assert stale.returncode == 1 and "is stale: run `python scripts/gen_cli_docs.py`" in stale.stderr
+    assert stale.returncode == 1
+    assert "is stale: run `python scripts/gen_cli_docs.py`" in stale.stderr

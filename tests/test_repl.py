@@ -218,7 +218,7 @@ def test_too_long_message_is_refused_with_numbers() -> None:
     assert "message too long" in error
     assert str(needed) in error and "64" in error and "8" in error
     assert len(backend.calls) == 1  # never sent
-    assert [m["content"] for m in session.conversation.messages][0] == "short"
+    assert session.conversation.messages[0]["content"] == "short"
     assert len(session.conversation.messages) == 2
 
 
@@ -246,7 +246,7 @@ def test_ctrl_c_while_printing_closes_the_stream() -> None:
 
 def test_ctrl_c_at_prompt_clears_line_and_twice_quits() -> None:
     backend = FakeBackend()
-    session, text = run(f"never sent{CTRL_C}{CTRL_C}{CTRL_C}after{ENTER}", backend)
+    _, text = run(f"never sent{CTRL_C}{CTRL_C}{CTRL_C}after{ENTER}", backend)
     assert not backend.calls  # the first Ctrl-C cleared the line, the next two quit
     assert "press Ctrl-C again to quit" in text
 
@@ -353,8 +353,8 @@ def test_markdown_rerender_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> Non
     _, text = run(f"hi{ENTER}/exit{ENTER}", stdout=out, force_terminal=True, width=80,
                   height=24)
     reply = echo_reply([{"role": "user", "content": "hi"}])
-    streamed, _, rerendered = text.partition(reply)  # the plain text streamed first
-    assert _ == reply
+    _streamed, found, rerendered = text.partition(reply)  # the plain text streamed first
+    assert found == reply
     assert len(reply) < 80
     assert "\x1b[1F\x1b[J" in rerendered  # back up the one row the plain reply took, clear
     assert "**" not in rerendered  # then Markdown: bold without asterisks
@@ -522,7 +522,8 @@ def test_llm_backend_adapts_the_api() -> None:
     assert isinstance(backend, ChatBackend)
     assert (backend.model_name, backend.context_length) == ("stub-llm", 4096)
     assert backend.device is None  # the stub has no model; a loaded LLM's model says where it runs
-    cpu = type("Device", (), {"type": "cpu", "__str__": lambda self: "cpu"})()  # as torch.device reads
+    # as torch.device reads
+    cpu = type("Device", (), {"type": "cpu", "__str__": lambda self: "cpu"})()
     llm.model = type("Model", (), {"device": cpu})()
     assert LLMBackend(llm).device == "cpu"
     assert backend.chat_template == llm.chat_template.source
@@ -599,7 +600,7 @@ def test_set_system_and_set_parameter_as_in_ollama() -> None:
     assert session.conversation.system == "Answer in French."
     assert (session.params.temperature, session.params.top_k) == (0.3, 5)
     assert "usage: /set parameter NAME VALUE" in out
-    messages, params = session.backend.calls[0]
+    messages, _ = session.backend.calls[0]
     assert messages[0] == {"role": "system", "content": "Answer in French."}
 
 
@@ -613,13 +614,13 @@ def test_set_n_above_1_is_refused_and_chat_goes_on() -> None:
 
 
 def test_show_system_and_info_include_what_the_template_adds() -> None:
-    session, out = run(f"/show system{ENTER}/show{ENTER}/show info{ENTER}/system{ENTER}",
-                       TemplateBackend(), width=200)
+    _, out = run(f"/show system{ENTER}/show{ENTER}/show info{ENTER}/system{ENTER}",
+                 TemplateBackend(), width=200)
     shown = [line for line in out.splitlines() if "named SmolLM" in line]
     assert len(shown) == 3 and all("added by the chat template" in line for line in shown)
     assert re.search(r"^  system +You are a helpful AI assistant named SmolLM", out, re.M)
     assert re.search(r"^  architecture +llama, 30 layers$", out, re.M)
-    session, out = run(f"/set system Be terse.{ENTER}/show system{ENTER}", TemplateBackend())
+    _, out = run(f"/set system Be terse.{ENTER}/show system{ENTER}", TemplateBackend())
     assert out.splitlines()[-1] == "Be terse."
     _, out = run(f"/show system{ENTER}")  # a template without one
     assert out.splitlines()[-1] == "(none)"
@@ -642,7 +643,8 @@ def test_llm_backend_finds_the_template_system_prompt() -> None:
 def test_streamed_reply_wraps_between_words(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a 24-column terminal no word is cut across two lines, whatever the deltas."""
     monkeypatch.setenv("NO_COLOR", "1")
-    words = "The fierce wind blew across Augustus and his extraordinarily long caravan".split()
+    words = ["The", "fierce", "wind", "blew", "across", "Augustus", "and", "his",
+             "extraordinarily", "long", "caravan"]
     reply = " ".join(words)
     _, out = run(f"hi{ENTER}", FakeBackend(reply=lambda m: reply), force_terminal=True,
                  width=24, markdown=False)

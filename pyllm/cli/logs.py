@@ -1,4 +1,5 @@
-"""`pyllm logs`: the conversations `run` and `chat` logged in $PYLLM_HOME/logs.db (pyllm/logs.py)."""
+"""`pyllm logs`: the conversations `run` and `chat` logged in $PYLLM_HOME/logs.db
+(pyllm/logs.py)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def logs(count: int, query: str | None, as_json: bool, show_path: bool) -> None:
     for r in found:
         tokens = f"{r.prompt_tokens or 0} + {r.completion_tokens or 0} tokens"
         timing = f", {r.seconds:.1f} s" if r.seconds is not None else ""
-        click.echo(f"# {r.created}  {r.model}  conversation {r.conversation_id}  ({tokens}{timing})")
+        click.echo(f"# {r.created}  {r.model}  conversation {r.conversation_id}  "
+                   f"({tokens}{timing})")
         if r.settings:
             click.echo("settings: " + " ".join(f"{k}={v}" for k, v in r.settings.items()))
         if r.system:

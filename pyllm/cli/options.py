@@ -89,12 +89,14 @@ def pop_sampling_params(kwargs: dict[str, Any], defaults: Mapping[str, Any] | No
 
 
 def int8_option() -> Callable[[Any], Any]:
-    """`--int8/--exact`: the activations the CPU matmuls run on (pyllm.load(int8_activations=...))."""
+    """`--int8/--exact`: the activations the CPU matmuls run on
+    (pyllm.load(int8_activations=...))."""
     return click.option("--int8/--exact", "int8", default=False, show_default=True,
-                        help="CPU matmul activations: float32 (--exact, the default: the reference "
-                             "model's logits) or int8 per 32-value block (--int8, as llama.cpp does: "
-                             "1.3x faster decode, 2-3x faster batches; logits within ~0.15 of exact "
-                             "on average, which flips near-tied greedy choices; see docs/kernels.md).")
+                        help="CPU matmul activations: float32 (--exact, the default: the "
+                             "reference model's logits) or int8 per 32-value block (--int8, as "
+                             "llama.cpp does: 1.3x faster decode, 2-3x faster batches; logits "
+                             "within ~0.15 of exact on average, which flips near-tied greedy "
+                             "choices; see docs/kernels.md).")
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -136,8 +138,10 @@ def resolve_device(device: str, int8: bool = False) -> str:
 
 
 def kv_dtype_option(help_: str) -> Callable[[Any], Any]:
-    """`--kv-dtype`: the KV-cache element type the model is loaded with (pyllm.load(kv_dtype=...))."""
-    return click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="float32", show_default=True,
+    """`--kv-dtype`: the KV-cache element type the model is loaded with
+    (pyllm.load(kv_dtype=...))."""
+    return click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="float32",
+                        show_default=True,
                         help=help_)
 
 
@@ -152,7 +156,8 @@ def model_option() -> Callable[[Any], Any]:
                              "set, else smollm2]")
 
 
-def pick_model(option: str | None, positional: list[str | None]) -> tuple[str | None, list[str | None]]:
+def pick_model(option: str | None, positional: list[str | None]
+               ) -> tuple[str | None, list[str | None]]:
     """The model and the remaining positional arguments of a command taking `[MODEL] ARGS...`:
     with `-m MODEL` every positional argument shifts one place (`run -m smollm2 "Hi"`)."""
     if option is None:

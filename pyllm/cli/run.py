@@ -99,7 +99,7 @@ def run(model: str | None, prompt: str | None, model_option: str | None, system:
         request = [*so_far, {"role": "user", "content": prompt}]
     elif chat or system is not None:
         messages = [{"role": "system", "content": system}] if system is not None else []
-        request = messages + [{"role": "user", "content": prompt}]
+        request = [*messages, {"role": "user", "content": prompt}]
     policy = None if truncate == "none" else truncate
     start = time.perf_counter()
     first: float | None = None
