@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import nodes
-from jinja2.runtime import Namespace
+from jinja2.utils import Namespace
 from jinja2.visitor import NodeTransformer
 
 __all__ = [
@@ -156,7 +156,8 @@ def _text_len(items: Iterable[Any]) -> int:
     return sum(len(x) if isinstance(x, str) else 32 for x in items)
 
 
-def check_str_method(text: str, name: str, args: tuple, kwargs: dict) -> None:
+def check_str_method(text: str, name: str, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> None:
     """Estimate the size of `text.<name>(*args)` before it runs."""
     b = active()
     values = [*args, *kwargs.values()]
@@ -184,7 +185,7 @@ def _replace_size(text: str, old: str, new: str, count: Any) -> int:
     return len(text) + hits * len(new)
 
 
-def _check_filter_args(name: str, args: tuple, kwargs: dict) -> None:
+def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Pre-checks for the filters whose output can dwarf their input. `args[0]` is the value
     (after any context/environment argument a pass_* filter receives)."""
     b = active()
@@ -207,7 +208,7 @@ def _check_filter_args(name: str, args: tuple, kwargs: dict) -> None:
         b.allow(len(value) + (value.count("\n") + 1) * max(w, 0), "the indent filter")
     elif name == "tojson":
         indent = rest[0] if rest else kwargs.get("indent")
-        if _is_int(indent) and indent > MAX_JSON_INDENT:
+        if isinstance(indent, int) and indent > MAX_JSON_INDENT:
             raise TemplateLimitError(f"tojson's indent may be at most {MAX_JSON_INDENT}, got "
                                      f"{indent}")
     elif name == "format" and isinstance(value, str):
@@ -262,12 +263,12 @@ class BoundedNamespace(Namespace):
 
 class _Guard(NodeTransformer):
     def visit_For(self, node: nodes.For) -> nodes.Node:
-        node = self.generic_visit(node)
+        self.generic_visit(node)  # rewrites the children in place
         node.iter = nodes.Filter(node.iter, LOOP_FILTER, [], [], None, None, lineno=node.lineno)
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
-        node = self.generic_visit(node)
+        self.generic_visit(node)
         return nodes.Filter(node, SIZE_FILTER, [], [], None, None, lineno=node.lineno)
 
 
