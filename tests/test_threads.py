@@ -71,7 +71,8 @@ def test_score_and_embed_alongside_generation(tiny):
     want_embed = tiny.embed(PROMPTS[1])
     want_text = tiny.generate(PROMPTS[2], greedy(30))[0].text
     with ThreadPoolExecutor(6) as pool:
-        gens = [pool.submit(lambda: tiny.generate(PROMPTS[2], greedy(30))[0].text) for _ in range(3)]
+        gens = [pool.submit(lambda: tiny.generate(PROMPTS[2], greedy(30))[0].text)
+                for _ in range(3)]
         scores = [pool.submit(tiny.score, PROMPTS[0], 2) for _ in range(2)]
         embeds = [pool.submit(tiny.embed, PROMPTS[1]) for _ in range(2)]
         assert all(f.result() == want_text for f in gens)
@@ -184,12 +185,22 @@ def test_the_waiting_bound_refuses_streams_not_a_batch(tiny):
     ids = [tiny.encode_prompt(p) for p in PROMPTS[:3]]
     front.max_waiting = 2
     try:
-        with front.exclusive():  # nothing is admitted meanwhile: submissions pile up
-            rids = [front.submit(i, greedy(4)) for i in ids[:2]]
+        with front.exclusive(), ThreadPoolExecutor(1) as other:
+            # nothing is admitted meanwhile: another thread's submissions pile up
+            rids = [other.submit(front.submit, i, greedy(4)).result() for i in ids[:2]]
             with pytest.raises(QueueFullError, match="the limit is 2"):
-                front.submit(ids[2], greedy(4))
+                other.submit(front.submit, ids[2], greedy(4)).result()
         front.abort(*rids)
         assert [r.text for r in tiny.generate(PROMPTS, greedy(4))] == want  # 8 > 2, one batch
     finally:
         front.max_waiting = None
     assert idle(tiny)
+
+
+def test_waiting_for_the_engine_while_holding_it_still_is_refused(tiny):
+    with tiny.exclusive():
+        with pytest.raises(RuntimeError, match="holds the engine still"):
+            tiny.generate(PROMPTS[0], greedy(2))
+        with pytest.raises(RuntimeError, match="holds the engine still"):
+            tiny.score(PROMPTS[0])
+    assert tiny.generate(PROMPTS[0], greedy(2))[0].token_ids

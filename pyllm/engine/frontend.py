@@ -63,6 +63,7 @@ class EngineFrontend:
         self._wake = threading.Condition()  # guards _commands' hand-over and the thread's life
         self._thread: threading.Thread | None = None
         self._pending_adds = 0
+        self._paused_by: int | None = None  # the thread holding the engine still (exclusive)
         self.on_step: Callable[[list[StreamEvent]], None] | None = None  # metrics hook
 
     # ------------------------------------------------------------------ the loop thread
@@ -90,7 +91,7 @@ class EngineFrontend:
                 continue
             try:
                 events = engine.step()
-            except BaseException as exc:  # noqa: BLE001 - every consumer must hear of it
+            except BaseException as exc:
                 self._fail_all(exc)
                 continue
             for ev in events:
@@ -118,7 +119,7 @@ class EngineFrontend:
                 return
             try:
                 self.engine.add_request(rid, prompt_ids, params)
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 live = self._live.pop(rid, None)
                 if live is not None:
                     self._deliver(rid, live.sink, exc)
@@ -135,13 +136,13 @@ class EngineFrontend:
             _, fn, result = command
             try:
                 result.put((True, fn()))
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 result.put((False, exc))
 
     def _deliver(self, rid: Hashable, sink: Sink, item: Any) -> None:
         try:
             sink(item)
-        except Exception:  # noqa: BLE001 - the consumer is gone (its event loop closed, say)
+        except Exception:
             self._live.pop(rid, None)
             self.engine.abort(rid)
 
@@ -164,6 +165,7 @@ class EngineFrontend:
         Raises at once for a request that could never run (CannotFitError, ValueError) and
         QueueFullError when `max_waiting` requests already wait (unless not `bounded`: a
         batch that knows its size, such as `run_all`'s, is not an unbounded stream of callers)."""
+        self._refuse_inside_pause("submit a request")
         self.engine.check_request(prompt_ids, params)
         if bounded and self.max_waiting is not None and self.num_waiting() >= self.max_waiting:
             raise QueueFullError(f"{self.num_waiting()} requests are already waiting "
@@ -188,7 +190,8 @@ class EngineFrontend:
             self._queues.pop(rid, None)
         done = threading.Event()
         self._post(("abort", rids, done))
-        if wait and threading.current_thread() is not self._thread:
+        if wait and threading.current_thread() is not self._thread \
+                and self._paused_by != threading.get_ident():  # (else: done when it resumes)
             done.wait()
 
     def events(self, rid: Hashable, n: int = 1) -> Iterator[StreamEvent]:
@@ -268,14 +271,24 @@ class EngineFrontend:
     @contextmanager
     def exclusive(self) -> Iterator[LLMEngine]:
         """Hold the engine still (between two steps) while the caller uses the model or the
-        engine directly: scoring, or a test inspecting the block manager."""
+        engine directly: scoring, or a test inspecting the block manager. Inside it the thread
+        must not wait for the engine (submit a request or pause it again): that is refused."""
+        self._refuse_inside_pause("hold it still again")
         granted, resume = threading.Event(), threading.Event()
         self._post(("pause", granted, resume))
         granted.wait()
+        self._paused_by = threading.get_ident()
         try:
             yield self.engine
         finally:
+            self._paused_by = None
             resume.set()
+
+    def _refuse_inside_pause(self, what: str) -> None:
+        if self._paused_by == threading.get_ident():
+            raise RuntimeError(f"cannot {what} while this thread holds the engine still "
+                               "(inside LLM.exclusive() / EngineFrontend.exclusive()): it would "
+                               "wait forever")
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn()` on the loop thread between two steps and return its result."""
