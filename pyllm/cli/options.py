@@ -177,7 +177,7 @@ def ctx_option() -> Callable[[Any], Any]:
     return click.option("--ctx", "--context-length", "ctx", type=click.IntRange(min=1),
                         default=None,
                         help="Context length in tokens, at most the model's trained context  "
-                             "[default: the model's]")
+                             "[default: the trained one, at most 8192]")
 
 
 def load_options(kv_help: str = "KV-cache element type (half precision: half the memory).",
