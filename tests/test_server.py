@@ -397,6 +397,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_a_busy_port_is_a_one_line_error(tiny_path, capsys):
+    from pyllm.cli.main import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", "-m", str(tiny_path), "--port", str(port)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
 def test_sigterm_drains_and_exits_0(tiny_path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 import click
@@ -43,6 +44,7 @@ def serve(model_option: str | None, host: str, port: int, api_key: str | None,
     from pyllm.server.runner import serve as run_server
 
     api_key = api_key or os.environ.get("PYLLM_API_KEY") or None
+    sock = _listen(host, port)  # before the model loads: a busy port fails at once
     llm = load_llm(model_option, int8=int8, kv_dtype=kv_dtype, device=device, ctx=ctx)
     limits = Limits(max_n=max_n, max_waiting=max_waiting,
                     max_body_bytes=int(max_body_mb * (1 << 20)))
@@ -56,4 +58,19 @@ def serve(model_option: str | None, host: str, port: int, api_key: str | None,
                f"(context {llm.context_length} tokens{', API key required' if api_key else ''})",
                err=True)
     sys.stderr.flush()
-    run_server(app, host=host, port=port, grace=grace, log_level=log_level)
+    run_server(app, host=host, port=port, grace=grace, log_level=log_level, sock=sock)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (so a port in use is a one-line error, not a log line)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)  # listening now: a second server on the port fails at its bind
+    except OSError as exc:
+        raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
