@@ -7,10 +7,13 @@ render therefore carries a `Budget`:
 
 - a wall-clock deadline, checked on every loop iteration, every call (macros, methods, global
   functions) and every filter;
-- a size: no string, list or dict a template builds, and not the rendered text, may exceed
-  `max_chars`; `*`, `**`, `%`, `str.replace`/`join`/`expandtabs`, `indent` and `tojson` are
-  checked before they run (their result could be too large to make at all), everything else
-  after; integers may not exceed `MAX_INT_BITS` bits;
+- a size: no string a template builds, and not the rendered text, may exceed `max_chars`
+  characters, and no list, tuple, dict or range `MAX_ITEMS` items (filters such as `unique`,
+  `slice` or `map` spend Python time per item, which no deadline check can interrupt);
+  `*`, `**`, `%`, `str.replace`/`join`/`expandtabs`, `indent`, `tojson` and `sum` are checked
+  before they run (their result could be too large to make at all), everything else after;
+  integers may not exceed `MAX_INT_BITS` bits, integer arguments of filters and string methods
+  (widths, counts) `MAX_ITEMS`, and `wordwrap` takes at most `MAX_ITEMS` characters;
 - a call depth (`MAX_DEPTH`), so a self-recursive macro ends with a clear error long before
   Python's recursion limit.
 
@@ -37,6 +40,7 @@ __all__ = [
     "LOOP_FILTER",
     "MAX_DEPTH",
     "MAX_INT_BITS",
+    "MAX_ITEMS",
     "MAX_RANGE",
     "SIZE_FILTER",
     "Budget",
@@ -47,7 +51,8 @@ __all__ = [
 
 MAX_DEPTH = 64  # nested calls (macros calling macros); real templates nest a handful
 MAX_INT_BITS = 4096  # integers a template computes (~1,200 decimal digits)
-MAX_RANGE = 100_000  # items in one range(); Jinja's own sandbox limit
+MAX_ITEMS = 100_000  # items in a collection; Jinja's own sandbox limit for range()
+MAX_RANGE = MAX_ITEMS
 MAX_JSON_INDENT = 16
 LOOP_FILTER = "pyllm_loop_guard"
 SIZE_FILTER = "pyllm_size_guard"
@@ -77,10 +82,14 @@ class Budget:
 
     def sized(self, value: Any, what: str = "a value") -> Any:
         """`value`, unless it is larger than the render may hold."""
-        if isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)):
+        if isinstance(value, (str, bytes)):
             if len(value) > self.max_chars:
-                raise TemplateLimitError(f"{what} of {len(value):,} items/characters is larger "
-                                         f"than the limit of {self.max_chars:,}")
+                raise TemplateLimitError(f"{what} of {len(value):,} characters is longer than "
+                                         f"the limit of {self.max_chars:,}")
+        elif isinstance(value, (list, tuple, dict, set, frozenset, range)):
+            if len(value) > MAX_ITEMS:
+                raise TemplateLimitError(f"{what} of {len(value):,} items is more than the "
+                                         f"limit of {MAX_ITEMS:,}")
         elif isinstance(value, int) and not isinstance(value, bool) \
                 and value.bit_length() > MAX_INT_BITS:
             raise TemplateLimitError(f"{what} is an integer of more than {MAX_INT_BITS} bits")
@@ -127,7 +136,11 @@ def check_binop(operator: str, left: Any, right: Any) -> None:
         for seq, count in ((left, right), (right, left)):
             n = _seq_len(seq)
             if n is not None and _is_int(count):
-                b.allow(n * max(count, 0), "repeating a sequence")
+                if isinstance(seq, (str, bytes)):
+                    b.allow(n * max(count, 0), "repeating a string")
+                elif n * max(count, 0) > MAX_ITEMS:
+                    raise TemplateLimitError(f"repeating a sequence would make {n * count:,} "
+                                             f"items, more than the limit of {MAX_ITEMS:,}")
     elif operator == "%" and isinstance(left, str):
         check_format_string(left, "%")
 
@@ -162,9 +175,9 @@ def check_str_method(text: str, name: str, args: tuple[Any, ...],
     b = active()
     values = [*args, *kwargs.values()]
     for v in values:
-        if _is_int(v) and abs(v) > b.max_chars:
+        if _is_int(v) and abs(v) > MAX_ITEMS:
             raise TemplateLimitError(f"str.{name} got the argument {v}, larger than the limit of "
-                                     f"{b.max_chars:,}")
+                                     f"{MAX_ITEMS:,}")
     if name == "replace" and len(args) >= 2 and isinstance(args[0], str) \
             and isinstance(args[1], str):
         b.allow(_replace_size(text, args[0], args[1], args[2] if len(args) > 2 else -1),
@@ -185,6 +198,11 @@ def _replace_size(text: str, old: str, new: str, count: Any) -> int:
     return len(text) + hits * len(new)
 
 
+# Filters that spend Python time on each item of their input (a string: each character).
+_ITERATING_FILTERS = frozenset({"batch", "slice", "map", "select", "reject", "selectattr",
+                                "rejectattr", "unique", "groupby", "sort", "min", "max", "sum"})
+
+
 def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Pre-checks for the filters whose output can dwarf their input. `args[0]` is the value
     (after any context/environment argument a pass_* filter receives)."""
@@ -192,9 +210,12 @@ def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     values = [a for a in args if not hasattr(a, "environment") and not hasattr(a, "filters")]
     value, rest = (values[0], values[1:]) if values else (None, [])
     for v in [*rest, *kwargs.values()]:
-        if _is_int(v) and abs(v) > b.max_chars:
+        if _is_int(v) and abs(v) > MAX_ITEMS:
             raise TemplateLimitError(f"the filter {name!r} got the argument {v}, larger than the "
-                                     f"limit of {b.max_chars:,}")
+                                     f"limit of {MAX_ITEMS:,}")
+    if name in _ITERATING_FILTERS and isinstance(value, str) and len(value) > MAX_ITEMS:
+        raise TemplateLimitError(f"the filter {name!r} would go through {len(value):,} "
+                                 f"characters one by one; the limit is {MAX_ITEMS:,}")
     if name == "replace" and isinstance(value, str) and len(rest) >= 2:
         old, new = str(rest[0]), str(rest[1])
         b.allow(_replace_size(value, old, new, rest[2] if len(rest) > 2 else
@@ -213,6 +234,14 @@ def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
                                      f"{indent}")
     elif name == "format" and isinstance(value, str):
         check_format_string(value, "%")
+    elif name == "wordwrap" and isinstance(value, str) and len(value) > MAX_ITEMS:
+        raise TemplateLimitError(f"wordwrap of {len(value):,} characters; the limit is "
+                                 f"{MAX_ITEMS:,}")
+    elif name == "sum":
+        start = rest[1] if len(rest) > 1 else kwargs.get("start", 0)  # (iterable, attribute, start)
+        if not isinstance(start, (int, float)):
+            raise TemplateLimitError("the sum filter adds numbers only (a sum of lists takes "
+                                     "time quadratic in their length)")
 
 
 def guard_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -244,7 +273,7 @@ def size_guard(value: Any) -> Any:
 def bounded_range(*args: Any) -> range:
     """`range` with at most MAX_RANGE items (and the size limit)."""
     r = range(*args)
-    limit = min(MAX_RANGE, active().max_chars)
+    limit = MAX_RANGE
     if len(r) > limit:
         raise TemplateLimitError(f"range() of {len(r):,} items; the limit is {limit:,}")
     return r

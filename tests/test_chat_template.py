@@ -165,6 +165,15 @@ HOSTILE = {
     "loop over a long string": "{% set s = 'x' * 4000 %}{% for c in s %}{% for d in s %}"
                                "{% for e in s %}{% endfor %}{% endfor %}{% endfor %}",
     "float overflow": "{{ 2.0 ** 100000 }}",
+    # Python-level work per item that no deadline check can interrupt (98 s, 10 s, 8 s before
+    # the item and argument limits).
+    "sum of lists": "{{ ([[1] * 2000] * 2000) | sum(start=[]) }}",
+    "wordwrap of a long text": "{{ ('a ' * 2000000) | wordwrap(1) }}",
+    "slice into many": "{{ ([1] * 4000000) | slice(4000000) | list }}",
+    "long list through filters": "{{ (range(100000) | list) * 40 }}",
+    "string through map": "{{ ('x' * 4000000) | map('upper') | list }}",
+    "string batched": "{{ ('x' * 4000000) | batch(1) | list }}",
+    "percent with many arguments": "{{ ('%s' * 1000000) % ((1,) * 1000000) }}",
 }
 
 
