@@ -259,3 +259,22 @@ def test_cli_structured_flags(tiny_path, tmp_path):
     assert json.loads(res.output)["text"] in ("up", "down")
     res = CliRunner().invoke(cli, ["run", path, "x", "--regex", "a", "--choice", "b"])
     assert res.exit_code != 0 and "one constraint at a time" in res.output
+
+
+def test_extractive_qa_answers_with_the_phrase_not_the_sentence(smollm2_path):
+    """Greedy span decoding copied the context until a sentence ended ("How tall is it?" got the
+    sentence about who built the tower); spans ranked as complete answers give the phrase."""
+    from pyllm.tasks import get
+
+    llm = pyllm.load(smollm2_path, progress=False)
+    tower = ("The Eiffel Tower was built by the company of Gustave Eiffel and opened in 1889. "
+             "It stands in Paris, on the Champ de Mars, and is 330 metres tall.")
+    curie = ("Marie Curie was a physicist and chemist who conducted pioneering research on "
+             "radioactivity. She was born in Warsaw in 1867 and died in 1934 in Passy, France, "
+             "of aplastic anaemia.")
+    out = get("qa").run(llm, [{"context": tower, "question": "How tall is it?"},
+                              {"context": curie, "question": "When did she die?"}],
+                        extractive=True)
+    for res, ctx, fact in zip(out, (tower, curie), ("330", "1934")):
+        assert ctx[res["start"]:res["end"]] == res["answer"]
+        assert fact in res["answer"] and len(res["answer"]) <= 20, res

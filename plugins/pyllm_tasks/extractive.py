@@ -8,8 +8,9 @@ token may also be a context token without its leading space ("Paris" for the con
 " Paris"), since an answer starts a turn and rarely with a space. When the answer ends, the
 earliest candidate gives the span's character offsets.
 
-`decode_spans` runs greedy decoding for a batch of prompts at once (one flattened prefill, then
-one token per sequence a step) on the model directly, masking the logits per row.
+`decode_spans` ranks the spans that `SpanConstraint` allows as complete answers (each scored
+with the end of the answer after it) rather than decoding greedily, which copies the context
+until a sentence ends.
 """
 
 from __future__ import annotations
@@ -125,59 +126,70 @@ def _char_end(byte_to_char: list[int], end_b: int) -> int:
     return byte_to_char[end_b - 1] + 1
 
 
+MAX_SPAN_TOKENS = 12  # longest answer span scored (a phrase, not a passage)
+STARTS_SCORED = 10  # answer starts kept after ranking the first token's log-prob
+
+
 def decode_spans(llm: Any, prompts: Sequence[list[int]], contexts: Sequence[str],
                  max_tokens: int = 48) -> list[Span]:
-    """Greedy, span-constrained answers for a batch of prompts (one context each)."""
-    import torch
+    """The most likely span of each context as the complete answer to its prompt.
 
-    from pyllm.model.batch import ContiguousKVCache
+    Greedy decoding through `SpanConstraint` picks the first token well but then copies the
+    context until a sentence ends (asked "How tall is it?", it answered with a whole sentence
+    about who built the tower): ending the answer is never the single most likely next token
+    while the copy goes on. So spans are ranked as whole answers instead: every token the answer
+    may start with (`SpanConstraint.first`) is scored after the prompt, the `STARTS_SCORED` best
+    starts are kept, and each span from them up to ``min(max_tokens, MAX_SPAN_TOKENS)`` tokens
+    is scored *with the end of the answer appended* (the end-of-turn token of a chat template,
+    the newline of a plain prompt), in one batch through `pyllm.scoring`. The span with the
+    highest total log-prob wins; an answer that stops mid-phrase pays for its unlikely end.
+    """
+    from pyllm_tasks import prompts as P
 
-    model, tok = llm.model, llm.tokenizer
-    cfg = model.config
-    end_ids = sorted(tok.eos_ids) if tok.eos_ids else ([tok.eos_id] if tok.eos_id is not None
-                                                        else [])
-    cons = [SpanConstraint(tok, c, end_ids) for c in contexts]
-    limit = cfg.max_position
-    for p in prompts:
-        if len(p) + 1 > limit:
-            from pyllm.errors import ContextLengthError
+    tok = llm.tokenizer
+    ends = sorted(tok.eos_ids) if tok.eos_ids else ([tok.eos_id] if tok.eos_id is not None else [])
+    if P.prompt_style(llm) == "chat":
+        end = [tok.eos_id if tok.eos_id is not None else ends[0]] if ends else []
+    else:
+        end = tok.encode("\n", add_bos=False)[-1:]
+    longest = max(1, min(max_tokens, MAX_SPAN_TOKENS))
+    cons = [SpanConstraint(tok, c, ends) for c in contexts]
+    scorer = _scorer(llm)
+    starts = [[(t, s, j) for t, places in c.first.items() for s, j in places] for c in cons]
+    firsts = scorer.score([(p, [[t] for t, _, _ in st]) for p, st in zip(prompts, starts)])
+    requests, spans = [], []
+    for p, c, st, sc in zip(prompts, cons, starts, firsts):
+        best = sorted(range(len(st)), key=lambda k: -sc[k].logprob)[:STARTS_SCORED]
+        conts, places = [], []
+        for k in best:
+            t, s, j = st[k]
+            for n in range(longest):
+                if j + n > len(c.ids):
+                    break
+                conts.append([t, *c.ids[j:j + n], *end])
+                places.append((s, j + n, [t, *c.ids[j:j + n]]))
+        requests.append((p, conts))
+        spans.append(places)
+    out = []
+    for c, places, scores in zip(cons, spans, scorer.score(requests) if requests else []):
+        if not places:
+            out.append(Span("", 0, 0, 0.0, []))
+            continue
+        k = max(range(len(places)), key=lambda i: scores[i].logprob)
+        s, j, tokens = places[k]
+        c.cands, c.tokens = [(s, j)], tokens
+        out.append(c.span(scores[k].logprob - sum(scores[k].token_logprobs[len(tokens):])))
+    return out
 
-            raise ContextLengthError(f"the prompt has {len(p)} tokens, more than the context "
-                                     f"length of {limit} allows")
-    need = min(max(len(p) for p in prompts) + max_tokens, limit)
-    cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, len(prompts), need,
-                              device=model.device)
-    logps = [0.0] * len(prompts)
-    cached = [len(p) for p in prompts]
-    running = list(range(len(prompts)))
-    with torch.inference_mode():
-        ids = torch.tensor([t for p in prompts for t in p], dtype=torch.int64, device=model.device)
-        meta = cache.metadata(running, [0] * len(prompts), cached)
-        logits = model(ids, meta, cache.kv_caches, meta.last_token_rows()).float()  # (B, V)
-        for _ in range(max_tokens):
-            lp = torch.log_softmax(logits, dim=-1)
-            still, fed = [], []
-            for row, b in enumerate(running):
-                allowed = cons[b].allowed()
-                if not allowed:
-                    continue
-                allowed_t = torch.tensor(allowed, dtype=torch.int64, device=lp.device)
-                choice = int(allowed_t[lp[row, allowed_t].argmax()])
-                if cons[b].advance(choice):
-                    if choice not in end_ids:
-                        logps[b] += float(lp[row, choice])
-                    continue
-                logps[b] += float(lp[row, choice])
-                still.append(b)
-                fed.append(choice)
-            room = min(cache.capacity, limit)
-            running = [b for b in still if cached[b] < room]  # the rest end where they are
-            fed = [f for b, f in zip(still, fed) if cached[b] < room]
-            if not running:
-                break
-            meta = cache.metadata(running, [cached[b] for b in running], [1] * len(running))
-            x = torch.tensor(fed, dtype=torch.int64, device=model.device)
-            logits = model(x, meta, cache.kv_caches).float()
-            for b in running:
-                cached[b] += 1
-    return [c.span(lp) for c, lp in zip(cons, logps)]
+
+_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _scorer(llm: Any) -> Any:
+    """The model's ContinuationScorer (kept: the system prompt stays cached between calls)."""
+    scorer = _SCORERS.get(llm)
+    if scorer is None:
+        from pyllm.scoring import ContinuationScorer
+
+        scorer = _SCORERS[llm] = ContinuationScorer(llm.model)
+    return scorer
