@@ -49,15 +49,15 @@ def parse_request(obj: Mapping[str, Any]) -> tuple[str, Any, dict[str, Any]]:
     fault otherwise. The prompt is a string (completions) or chat messages."""
     method = obj.get("method", "POST")
     if method != "POST":
-        raise ValueError(f"\"method\" must be \"POST\", got {method!r}")
+        raise ValueError(f'"method" must be "POST", got {method!r}')
     body = obj.get("body")
     if not isinstance(body, Mapping):
-        raise ValueError("\"body\" must be an object (the request's body)")
+        raise ValueError('"body" must be an object (the request\'s body)')
     url = obj.get("url")
     if url is None:
         url = "/v1/chat/completions" if "messages" in body else "/v1/completions"
     if url not in ENDPOINTS:
-        raise ValueError(f"\"url\" {url!r} is not supported; supported: {', '.join(ENDPOINTS)}")
+        raise ValueError(f'"url" {url!r} is not supported; supported: {", ".join(ENDPOINTS)}')
     endpoint = ENDPOINTS[url]
     prompt = _chat_messages(body) if endpoint == "chat" else _completion_prompt(body)
     return endpoint, prompt, _sampling_overrides(body)
@@ -70,7 +70,7 @@ def _chat_messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
-            raise ValueError(f"body.messages[{i}] must be an object with a string \"role\"")
+            raise ValueError(f'body.messages[{i}] must be an object with a string "role"')
         out.append({"role": m["role"], "content": _content_text(m.get("content"), i)})
     return out
 
@@ -82,10 +82,15 @@ def _content_text(content: Any, i: int) -> str:
     if isinstance(content, list):
         texts = []
         for part in content:
-            if not (isinstance(part, Mapping) and part.get("type") == "text"
-                    and isinstance(part.get("text"), str)):
-                raise ValueError(f"body.messages[{i}].content: only text parts are supported "
-                                 f"({{\"type\": \"text\", \"text\": ...}})")
+            if not (
+                isinstance(part, Mapping)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
+                raise ValueError(
+                    f"body.messages[{i}].content: only text parts are supported "
+                    f'({{"type": "text", "text": ...}})'
+                )
             texts.append(part["text"])
         return "".join(texts)
     raise ValueError(f"body.messages[{i}].content must be a string or a list of text parts")
@@ -123,32 +128,67 @@ def _finish_reason(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def response_line(custom_id: str, endpoint: str, model: str, prompt_tokens: int,
-                  completions: list[Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def response_line(
+    custom_id: str,
+    endpoint: str,
+    model: str,
+    prompt_tokens: int,
+    completions: list[Any],
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
     """The output line of a request that ran: its chat.completion or text_completion object."""
     if endpoint == "chat":
         choices: list[dict[str, Any]] = [
-            {"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
-             "logprobs": None, "finish_reason": _finish_reason(c.finish_reason)}
-            for i, c in enumerate(completions)]
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": _finish_reason(c.finish_reason),
+            }
+            for i, c in enumerate(completions)
+        ]
         obj_id, kind = f"chatcmpl-{uuid.uuid4().hex}", "chat.completion"
     else:
-        choices = [{"index": i, "text": c.text, "logprobs": None,
-                    "finish_reason": _finish_reason(c.finish_reason)}
-                   for i, c in enumerate(completions)]
+        choices = [
+            {
+                "index": i,
+                "text": c.text,
+                "logprobs": None,
+                "finish_reason": _finish_reason(c.finish_reason),
+            }
+            for i, c in enumerate(completions)
+        ]
         obj_id, kind = f"cmpl-{uuid.uuid4().hex}", "text_completion"
     generated = sum(len(c.token_ids) for c in completions)
-    body = {"id": obj_id, "object": kind, "created": int(time.time()), "model": model,
-            "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": generated,
-                      "total_tokens": prompt_tokens + generated}}
-    return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id, **extra,
-            "response": {"status_code": 200, "request_id": f"req_{uuid.uuid4().hex}", "body": body},
-            "error": None}
+    body = {
+        "id": obj_id,
+        "object": kind,
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": generated,
+            "total_tokens": prompt_tokens + generated,
+        },
+    }
+    return {
+        "id": f"batch_req_{uuid.uuid4().hex}",
+        "custom_id": custom_id,
+        **extra,
+        "response": {"status_code": 200, "request_id": f"req_{uuid.uuid4().hex}", "body": body},
+        "error": None,
+    }
 
 
-def failure_line(custom_id: str, code: str, message: str,
-                 extra: Mapping[str, Any]) -> dict[str, Any]:
+def failure_line(
+    custom_id: str, code: str, message: str, extra: Mapping[str, Any]
+) -> dict[str, Any]:
     """The output line of a request that could not run."""
-    return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id, **extra,
-            "response": None, "error": {"code": code, "message": message}}
+    return {
+        "id": f"batch_req_{uuid.uuid4().hex}",
+        "custom_id": custom_id,
+        **extra,
+        "response": None,
+        "error": {"code": code, "message": message},
+    }

@@ -173,8 +173,9 @@ class TaskAdapter(Protocol):
     description: str
     input_fields: tuple[str, ...]
 
-    def run(self, llm: Any, records: Sequence[Mapping[str, Any]],
-            **options: Any) -> list[dict[str, Any]]: ...
+    def run(
+        self, llm: Any, records: Sequence[Mapping[str, Any]], **options: Any
+    ) -> list[dict[str, Any]]: ...
 
 
 @runtime_checkable

@@ -43,12 +43,19 @@ pipe or a file.
 def _context(command: click.Command, name: str, parent: click.Context | None) -> click.Context:
     # make_context applies the command's context_settings (-h as well as --help), as a real
     # invocation does; resilient parsing skips the checks of required arguments.
-    return command.make_context(name, [], parent=parent, resilient_parsing=True,
-                                terminal_width=WIDTH, max_content_width=WIDTH)
+    return command.make_context(
+        name,
+        [],
+        parent=parent,
+        resilient_parsing=True,
+        terminal_width=WIDTH,
+        max_content_width=WIDTH,
+    )
 
 
-def walk(command: click.Command, name: str, parent: click.Context | None = None
-         ) -> Iterator[tuple[str, str]]:
+def walk(
+    command: click.Command, name: str, parent: click.Context | None = None
+) -> Iterator[tuple[str, str]]:
     """(command path, help text) of `command` and, for a group, of each subcommand in order."""
     ctx = _context(command, name, parent)
     yield ctx.command_path, command.get_help(ctx)
@@ -70,8 +77,9 @@ def render() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="compare with the file instead of writing it")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the file instead of writing it"
+    )
     parser.add_argument("--doc", type=Path, default=DOC, help="the file (default: docs/cli.md)")
     args = parser.parse_args(argv)
     text = render()

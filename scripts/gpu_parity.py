@@ -43,28 +43,41 @@ def logits_cpu_vs_cuda(path: str) -> torch.Tensor:
     cfg = cpu.config
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, cfg.vocab_size, (100,), generator=g)
-    caches = {d: ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 1, 128, device=d)
-              for d in ("cpu", "cuda")}
+    caches = {
+        d: ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 1, 128, device=d)
+        for d in ("cpu", "cuda")
+    }
     with torch.inference_mode():
         a = cpu(ids, caches["cpu"].metadata([0], [0], [100]), caches["cpu"].kv_caches)
         b = gpu(ids.cuda(), caches["cuda"].metadata([0], [0], [100]), caches["cuda"].kv_caches)
         r = rel(b, a)
         agree = float((a.argmax(-1) == b.cpu().argmax(-1)).float().mean())
-        report("prefill logits cuda vs cpu", r < 1e-4 and agree > 0.97,
-               f"rel err {r:.2e}, max abs {float((b.cpu() - a).abs().max()):.2e}, "
-               f"argmax agreement {agree:.1%} over 100 rows (logit std {float(a.std()):.2f})")
+        report(
+            "prefill logits cuda vs cpu",
+            r < 1e-4 and agree > 0.97,
+            f"rel err {r:.2e}, max abs {float((b.cpu() - a).abs().max()):.2e}, "
+            f"argmax agreement {agree:.1%} over 100 rows (logit std {float(a.std()):.2f})",
+        )
         worst, same = 0.0, 0
         tok = int(a[-1].argmax())
         for step in range(16):
             n = 100 + step
-            la = cpu(torch.tensor([tok]), caches["cpu"].metadata([0], [n], [1]), caches["cpu"].kv_caches)
-            lb = gpu(torch.tensor([tok], device="cuda"), caches["cuda"].metadata([0], [n], [1]),
-                     caches["cuda"].kv_caches)
+            la = cpu(
+                torch.tensor([tok]), caches["cpu"].metadata([0], [n], [1]), caches["cpu"].kv_caches
+            )
+            lb = gpu(
+                torch.tensor([tok], device="cuda"),
+                caches["cuda"].metadata([0], [n], [1]),
+                caches["cuda"].kv_caches,
+            )
             worst = max(worst, rel(lb, la))
             same += int(la.argmax()) == int(lb.argmax())
             tok = int(la.argmax())
-        report("decode logits cuda vs cpu", worst < 1e-4 and same >= 15,
-               f"worst rel err {worst:.2e} over 16 steps, same argmax {same}/16")
+        report(
+            "decode logits cuda vs cpu",
+            worst < 1e-4 and same >= 15,
+            f"worst rel err {worst:.2e} over 16 steps, same argmax {same}/16",
+        )
     return a[-16:].clone()
 
 
@@ -83,21 +96,31 @@ def batch_decode_by_family(path: str) -> None:
     for k, v in cache_cpu.kv_caches:
         k.normal_(generator=g)
         v.normal_(generator=g)
-    cache_gpu = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, batch, longest + 1, device="cuda")
+    cache_gpu = ContiguousKVCache(
+        cfg.n_layer, cfg.n_kv_head, cfg.head_dim, batch, longest + 1, device="cuda"
+    )
     for (kc, vc), (kg, vg) in zip(cache_cpu.kv_caches, cache_gpu.kv_caches):
         kg.copy_(kc)
         vg.copy_(vc)
     ids = torch.randint(0, cfg.vocab_size, (batch,), generator=g)
     with torch.inference_mode():
-        want = cpu(ids, cache_cpu.metadata(list(range(batch)), lengths, [1] * batch), cache_cpu.kv_caches)
+        want = cpu(
+            ids, cache_cpu.metadata(list(range(batch)), lengths, [1] * batch), cache_cpu.kv_caches
+        )
         for family in ("general", "tuned"):
             with ops.using_cuda_kernels(family):
-                got = gpu(ids.cuda(), cache_gpu.metadata(list(range(batch)), lengths, [1] * batch),
-                          cache_gpu.kv_caches)
+                got = gpu(
+                    ids.cuda(),
+                    cache_gpu.metadata(list(range(batch)), lengths, [1] * batch),
+                    cache_gpu.kv_caches,
+                )
             r = rel(got, want)
             agree = float((want.argmax(-1) == got.cpu().argmax(-1)).float().mean())
-            report(f"batch-64 decode logits cuda ({family} kernels) vs cpu", r < 1e-4 and agree > 0.97,
-                   f"rel err {r:.2e}, argmax agreement {agree:.1%} over {batch} rows")
+            report(
+                f"batch-64 decode logits cuda ({family} kernels) vs cpu",
+                r < 1e-4 and agree > 0.97,
+                f"rel err {r:.2e}, argmax agreement {agree:.1%} over {batch} rows",
+            )
 
 
 def seeded_sampling(logits: torch.Tensor) -> None:
@@ -106,12 +129,16 @@ def seeded_sampling(logits: torch.Tensor) -> None:
     g = torch.Generator().manual_seed(1)
     rows = logits[:B].float()
     kinds = [
-        dict(temperature=0.8), dict(temperature=1.0, top_k=40), dict(temperature=0.7, top_p=0.9),
-        dict(temperature=1.0, min_p=0.05), dict(temperature=0.9, typical_p=0.95),
+        dict(temperature=0.8),
+        dict(temperature=1.0, top_k=40),
+        dict(temperature=0.7, top_p=0.9),
+        dict(temperature=1.0, min_p=0.05),
+        dict(temperature=0.9, typical_p=0.95),
         dict(temperature=1.2, top_k=100, top_p=0.95, min_p=0.01),
-        dict(temperature=0.8, repetition_penalty=1.3), dict(temperature=0.8, frequency_penalty=0.5,
-                                                             presence_penalty=0.3),
-        dict(temperature=1.0, logit_bias={5: 5.0, 17: -100.0}), dict(temperature=0.0),
+        dict(temperature=0.8, repetition_penalty=1.3),
+        dict(temperature=0.8, frequency_penalty=0.5, presence_penalty=0.3),
+        dict(temperature=1.0, logit_bias={5: 5.0, 17: -100.0}),
+        dict(temperature=0.0),
     ]
     params = [SamplingParams(seed=1000 + i, **kinds[i % len(kinds)]) for i in range(B)]
     prompts = [torch.randint(0, V, (20,), generator=g).tolist() for _ in range(B)]
@@ -131,8 +158,11 @@ def seeded_sampling(logits: torch.Tensor) -> None:
         for i in range(B):
             outs_cpu[i].append(tc[i])
             outs_gpu[i].append(tg[i])
-    report("seeded sampling cuda vs cpu (same logits)", same == total,
-           f"{same}/{total} tokens identical ({len(kinds)} parameter mixes, 24 steps)")
+    report(
+        "seeded sampling cuda vs cpu (same logits)",
+        same == total,
+        f"{same}/{total} tokens identical ({len(kinds)} parameter mixes, 24 steps)",
+    )
 
 
 def end_to_end(path: str) -> None:
@@ -140,23 +170,36 @@ def end_to_end(path: str) -> None:
     from pyllm.engine.llm_engine import EngineConfig
 
     llm = pyllm.load(path, device="cuda")
-    prompts = ["Hello, how are you?", "Write a haiku about GPUs.", "1, 2, 3,", "The capital of",
-               "def main():"]
+    prompts = [
+        "Hello, how are you?",
+        "Write a haiku about GPUs.",
+        "1, 2, 3,",
+        "The capital of",
+        "def main():",
+    ]
     greedy = SamplingParams.greedy(max_tokens=32, ignore_eos=True)
     t = time.perf_counter()
     with_graphs = [r.token_ids for r in _gen(llm, prompts, greedy, EngineConfig())]
     t = time.perf_counter() - t
     without = [r.token_ids for r in _gen(llm, prompts, greedy, EngineConfig(cuda_graphs=False))]
-    report("engine greedy: graphs vs eager", with_graphs == without,
-           f"{sum(map(len, with_graphs))} tokens, {len(prompts)} prompts ({t:.2f} s with graphs)")
+    report(
+        "engine greedy: graphs vs eager",
+        with_graphs == without,
+        f"{sum(map(len, with_graphs))} tokens, {len(prompts)} prompts ({t:.2f} s with graphs)",
+    )
     cpu = pyllm.load(path, device="cpu")
     seeded = SamplingParams(temperature=0.8, top_p=0.95, seed=7, max_tokens=16, ignore_eos=True)
     a = [r.token_ids for r in _gen(llm, prompts, seeded, EngineConfig())]
     b = [r.token_ids for r in _gen(cpu, prompts, seeded, EngineConfig())]
-    prefix = [next((i for i, (x, y) in enumerate(zip(p, q)) if x != y), len(p)) for p, q in zip(a, b)]
+    prefix = [
+        next((i for i, (x, y) in enumerate(zip(p, q)) if x != y), len(p)) for p, q in zip(a, b)
+    ]
     # Logits differ in the last bits between devices, so a seeded draw may flip where two tokens
     # are nearly tied; report how long the sequences agree (the sampler check above is exact).
-    print(f"INFO seeded generation cuda vs cpu: identical for the first {prefix} of 16 tokens", flush=True)
+    print(
+        f"INFO seeded generation cuda vs cpu: identical for the first {prefix} of 16 tokens",
+        flush=True,
+    )
 
 
 def _gen(llm, prompts, params, config):

@@ -25,7 +25,9 @@ def main() -> None:
     ap.add_argument("--batch", default="1,64")
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--kernels", default="general,tuned", help="CUDA kernel families, comma-separated")
+    ap.add_argument(
+        "--kernels", default="general,tuned", help="CUDA kernel families, comma-separated"
+    )
     args = ap.parse_args()
     model = load_model(args.model, "cuda").model
     for family in args.kernels.split(","):
@@ -36,8 +38,9 @@ def main() -> None:
 def profile_steps(model, args, family: str) -> None:
     cfg = model.config
     for batch in map(int, args.batch.split(",")):
-        cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, batch, args.context + 1,
-                                  device="cuda")
+        cache = ContiguousKVCache(
+            cfg.n_layer, cfg.n_kv_head, cfg.head_dim, batch, args.context + 1, device="cuda"
+        )
         for k, v in cache.kv_caches:
             k.normal_()
             v.normal_()
@@ -59,10 +62,14 @@ def profile_steps(model, args, family: str) -> None:
                 total, count = rows.get(name, (0.0, 0))
                 rows[name] = (total + e.device_time_total, count + 1)  # µs
         step = sum(t for t, _ in rows.values()) / args.steps
-        print(f"\n== {family} kernels, batch {batch}, context {args.context}: {step / 1e3:.3f} ms of kernels a step, "
-              f"{sum(c for _, c in rows.values()) // args.steps} kernels a step")
+        print(
+            f"\n== {family} kernels, batch {batch}, context {args.context}: {step / 1e3:.3f} ms of kernels a step, "
+            f"{sum(c for _, c in rows.values()) // args.steps} kernels a step"
+        )
         for name, (total, count) in sorted(rows.items(), key=lambda kv: -kv[1][0])[:14]:
-            print(f"  {total / args.steps:9.1f} us/step  {count // args.steps:5d} x {total / count:8.2f} us  {name}")
+            print(
+                f"  {total / args.steps:9.1f} us/step  {count // args.steps:5d} x {total / count:8.2f} us  {name}"
+            )
         del cache
         torch.cuda.empty_cache()
 

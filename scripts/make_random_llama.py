@@ -28,10 +28,26 @@ import gguf_builder as B  # noqa: E402  (the project's own GGUF writer; no `gguf
 
 SHAPES = {
     # SmolLM2-135M's shape (its GGUF metadata)
-    "smollm2": dict(n_layer=30, n_embd=576, n_ff=1536, n_head=9, n_kv_head=3, vocab=49152,
-                    context=8192, rope_theta=100000.0),
-    "tiny": dict(n_layer=2, n_embd=64, n_ff=96, n_head=4, n_kv_head=2, vocab=256,
-                 context=512, rope_theta=10000.0),
+    "smollm2": dict(
+        n_layer=30,
+        n_embd=576,
+        n_ff=1536,
+        n_head=9,
+        n_kv_head=3,
+        vocab=49152,
+        context=8192,
+        rope_theta=100000.0,
+    ),
+    "tiny": dict(
+        n_layer=2,
+        n_embd=64,
+        n_ff=96,
+        n_head=4,
+        n_kv_head=2,
+        vocab=256,
+        context=512,
+        rope_theta=10000.0,
+    ),
 }
 Q4_1, Q8_0, F32 = 3, 8, 0
 
@@ -102,8 +118,15 @@ def _kvs(shape: dict, metadata: list[dict] | None) -> list[tuple]:
     return own + copied
 
 
-def write_random_llama(path: Path, shape: dict, *, seed: int = 0, metadata: list[dict] | None = None,
-                       scale: float = 0.05, embed_scale: float = 0.1) -> dict[str, torch.Tensor]:
+def write_random_llama(
+    path: Path,
+    shape: dict,
+    *,
+    seed: int = 0,
+    metadata: list[dict] | None = None,
+    scale: float = 0.05,
+    embed_scale: float = 0.1,
+) -> dict[str, torch.Tensor]:
     """Write the GGUF; return the Hugging Face state dict (dequantized float32, tied head)."""
     from pyllm.weights.quant import dequantize, quantize
 
@@ -114,14 +137,17 @@ def write_random_llama(path: Path, shape: dict, *, seed: int = 0, metadata: list
     tensors: list[B.Tensor] = []
     hf: dict[str, torch.Tensor] = {}
 
-    def matrix(gguf_name: str, hf_name: str, out_f: int, in_f: int, qtype: int, std: float,
-               heads: int = 0) -> None:
+    def matrix(
+        gguf_name: str, hf_name: str, out_f: int, in_f: int, qtype: int, std: float, heads: int = 0
+    ) -> None:
         w = torch.randn(out_f, in_f, generator=g) * std
         name = "q4_1" if qtype == Q4_1 else "q8_0"
         raw = quantize(w, name)  # uint8 [out, row_bytes]
         hf[hf_name] = dequantize(raw, name, in_f).reshape(out_f, in_f)
         stored = permute_for_normal_rope(raw, heads) if heads else raw
-        tensors.append(B.Tensor(gguf_name, (in_f, out_f), qtype, stored.contiguous().numpy().tobytes()))
+        tensors.append(
+            B.Tensor(gguf_name, (in_f, out_f), qtype, stored.contiguous().numpy().tobytes())
+        )
 
     def vector(gguf_name: str, hf_name: str, n: int) -> None:
         v = torch.rand(n, generator=g) * 0.5 + 0.75
@@ -145,23 +171,35 @@ def write_random_llama(path: Path, shape: dict, *, seed: int = 0, metadata: list
     return hf
 
 
-def write_hf_folder(folder: Path, shape: dict, state: dict[str, torch.Tensor],
-                    dtype: torch.dtype = torch.bfloat16) -> None:
+def write_hf_folder(
+    folder: Path, shape: dict, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16
+) -> None:
     """config.json + model.safetensors for transformers' LlamaForCausalLM (tied head)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": shape["vocab"], "hidden_size": shape["n_embd"],
-        "intermediate_size": shape["n_ff"], "num_hidden_layers": shape["n_layer"],
-        "num_attention_heads": shape["n_head"], "num_key_value_heads": shape["n_kv_head"],
-        "max_position_embeddings": shape["context"], "rms_norm_eps": 1e-5,
-        "rope_theta": shape["rope_theta"], "tie_word_embeddings": True, "hidden_act": "silu",
-        "torch_dtype": str(dtype).removeprefix("torch."), "bos_token_id": 1, "eos_token_id": 2,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": shape["vocab"],
+        "hidden_size": shape["n_embd"],
+        "intermediate_size": shape["n_ff"],
+        "num_hidden_layers": shape["n_layer"],
+        "num_attention_heads": shape["n_head"],
+        "num_key_value_heads": shape["n_kv_head"],
+        "max_position_embeddings": shape["context"],
+        "rms_norm_eps": 1e-5,
+        "rope_theta": shape["rope_theta"],
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "bos_token_id": 1,
+        "eos_token_id": 2,
     }
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
-    save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    save_file(
+        {k: v.to(dtype).contiguous() for k, v in state.items()}, str(folder / "model.safetensors")
+    )
 
 
 def dump_metadata(gguf_path: Path, out: Path) -> None:
@@ -169,8 +207,11 @@ def dump_metadata(gguf_path: Path, out: Path) -> None:
     import gguf
 
     r = gguf.GGUFReader(str(gguf_path))
-    items = [{"key": k, "types": [int(t) for t in f.types], "value": f.contents()}
-             for k, f in r.fields.items() if not k.startswith("GGUF.")]
+    items = [
+        {"key": k, "types": [int(t) for t in f.types], "value": f.contents()}
+        for k, f in r.fields.items()
+        if not k.startswith("GGUF.")
+    ]
     with gzip.open(out, "wt") as fh:
         json.dump(items, fh)
 
@@ -182,8 +223,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--metadata", type=Path)
     ap.add_argument("--hf", action="store_true", help="also write OUT/hf (bfloat16 safetensors)")
-    ap.add_argument("--dump-metadata", type=Path, metavar="REAL.gguf",
-                    help="write OUT (a .json.gz) from a real GGUF's key/value pairs and exit")
+    ap.add_argument(
+        "--dump-metadata",
+        type=Path,
+        metavar="REAL.gguf",
+        help="write OUT (a .json.gz) from a real GGUF's key/value pairs and exit",
+    )
     args = ap.parse_args()
     if args.dump_metadata:
         dump_metadata(args.dump_metadata, args.out)

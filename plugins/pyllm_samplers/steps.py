@@ -25,6 +25,7 @@ LN2 = math.log(2.0)
 
 # ------------------------------------------------------------------------------ helpers
 
+
 def kept_ids(row: torch.Tensor) -> torch.Tensor:
     """Ascending ids of the tokens still in play (finite or +inf logits; NaN counts as removed)."""
     return torch.nonzero(row > NEG_INF).flatten()
@@ -64,6 +65,7 @@ def position(context: SamplingContext, b: int) -> int:
 
 # ------------------------------------------------------------------------------ the steps
 
+
 class Greedy:
     """Keep only the most likely token (ties to the lowest id)."""
 
@@ -71,7 +73,9 @@ class Greedy:
 
     def __call__(self, logits: torch.Tensor, context: SamplingContext) -> torch.Tensor:
         for b in range(logits.shape[0]):
-            logits[b] = keep_only(logits[b], torch.tensor([best_id(logits[b])], device=logits.device))
+            logits[b] = keep_only(
+                logits[b], torch.tensor([best_id(logits[b])], device=logits.device)
+            )
         return logits
 
 
@@ -83,7 +87,9 @@ class Temperature:
     def __call__(self, logits: torch.Tensor, context: SamplingContext) -> torch.Tensor:
         for b, p in enumerate(context.params):
             if p.temperature == 0.0:
-                logits[b] = keep_only(logits[b], torch.tensor([best_id(logits[b])], device=logits.device))
+                logits[b] = keep_only(
+                    logits[b], torch.tensor([best_id(logits[b])], device=logits.device)
+                )
             elif p.temperature != 1.0:
                 logits[b] = logits[b] / torch.tensor(p.temperature, dtype=torch.float32)
         return logits
@@ -169,17 +175,24 @@ class Penalties:
             rep, freq, pres = p.repetition_penalty, p.frequency_penalty, p.presence_penalty
             if rep == 1.0 and freq == 0.0 and pres == 0.0:
                 continue
-            window = [t for t in penalty_window(p, context.prompt_ids[b], context.output_ids[b])
-                      if 0 <= t < V]
+            window = [
+                t
+                for t in penalty_window(p, context.prompt_ids[b], context.output_ids[b])
+                if 0 <= t < V
+            ]
             if not window:
                 continue
-            counts = torch.bincount(torch.tensor(window, device=logits.device), minlength=V).to(torch.float32)
+            counts = torch.bincount(torch.tensor(window, device=logits.device), minlength=V).to(
+                torch.float32
+            )
             seen = counts > 0
             z = logits[b]
             if rep != 1.0:
                 r = torch.tensor(rep, dtype=torch.float32)
                 z = torch.where(seen, torch.where(z > 0, z / r, z * r), z)
-            sub = counts * torch.tensor(freq, dtype=torch.float32) + torch.tensor(pres, dtype=torch.float32)
+            sub = counts * torch.tensor(freq, dtype=torch.float32) + torch.tensor(
+                pres, dtype=torch.float32
+            )
             logits[b] = torch.where(seen, z - sub, z)
         return logits
 
@@ -196,7 +209,9 @@ class LogitBias:
                 items = [(t, v) for t, v in p.logit_bias.items() if t < V]
                 if items:
                     ids = torch.tensor([t for t, _ in items], device=logits.device)
-                    vals = torch.tensor([v for _, v in items], dtype=torch.float32, device=logits.device)
+                    vals = torch.tensor(
+                        [v for _, v in items], dtype=torch.float32, device=logits.device
+                    )
                     logits[b].index_put_((ids,), vals, accumulate=True)
         return logits
 
@@ -275,18 +290,26 @@ class Dry:
                 continue
             tokens = list(context.prompt_ids[b]) + list(context.output_ids[b])
             if p.dry_penalty_last_n > 0:
-                tokens = tokens[-p.dry_penalty_last_n:]
-            penalties = dry_penalties(tokens, self.breaker_ids(tokenizer, p.dry_sequence_breakers),
-                                      p.dry_multiplier, p.dry_base, p.dry_allowed_length)
+                tokens = tokens[-p.dry_penalty_last_n :]
+            penalties = dry_penalties(
+                tokens,
+                self.breaker_ids(tokenizer, p.dry_sequence_breakers),
+                p.dry_multiplier,
+                p.dry_base,
+                p.dry_allowed_length,
+            )
             items = [(t, v) for t, v in penalties.items() if 0 <= t < V]
             if items:
                 ids = torch.tensor([t for t, _ in items], device=logits.device)
-                logits[b, ids] -= torch.tensor([v for _, v in items], dtype=torch.float32, device=logits.device)
+                logits[b, ids] -= torch.tensor(
+                    [v for _, v in items], dtype=torch.float32, device=logits.device
+                )
         return logits
 
 
-def dry_penalties(tokens: list[int], breakers: frozenset[int], multiplier: float, base: float,
-                  allowed_length: int) -> dict[int, float]:
+def dry_penalties(
+    tokens: list[int], breakers: frozenset[int], multiplier: float, base: float, allowed_length: int
+) -> dict[int, float]:
     """{token: penalty} for DRY on one context (see :class:`Dry`)."""
     if len(tokens) < 2 or tokens[-1] in breakers:
         return {}

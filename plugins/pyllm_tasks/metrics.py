@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def classification_report(gold: Sequence[str], pred: Sequence[str],
-                          labels: Sequence[str]) -> dict[str, Any]:
+def classification_report(
+    gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]
+) -> dict[str, Any]:
     """accuracy, macro_f1, per-label precision/recall/f1, confusion[gold][pred] counts."""
     if len(gold) != len(pred):
         raise ValueError("gold and predicted labels differ in number")
@@ -53,15 +54,17 @@ def format_confusion(report: dict[str, Any]) -> str:
     """The confusion matrix as a text table (rows: gold, columns: predicted)."""
     labels = report["labels"]
     width = max(8, *(len(lab) for lab in labels)) + 1
-    lines = ["gold \\ pred".ljust(width) + "".join(lab[:width - 1].rjust(width) for lab in labels)]
+    lines = ["gold \\ pred".ljust(width) + "".join(lab[: width - 1].rjust(width) for lab in labels)]
     for lab, row in zip(labels, report["confusion"]):
         lines.append(lab.ljust(width) + "".join(str(c).rjust(width) for c in row))
     return "\n".join(lines)
 
 
 def format_classification(report: dict[str, Any]) -> str:
-    return (f"n={report['n']}  accuracy={report['accuracy']:.4f}  "
-            f"macro-F1={report['macro_f1']:.4f}\n{format_confusion(report)}")
+    return (
+        f"n={report['n']}  accuracy={report['accuracy']:.4f}  "
+        f"macro-F1={report['macro_f1']:.4f}\n{format_confusion(report)}"
+    )
 
 
 def _normalize_answer(s: str) -> str:
@@ -103,6 +106,10 @@ def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> 
     chrf_metric, bleu_metric = sacrebleu.CHRF(), sacrebleu.BLEU()
     chrf = chrf_metric.corpus_score(list(hypotheses), refs)
     bleu = bleu_metric.corpus_score(list(hypotheses), refs)
-    return {"n": len(hypotheses), "chrf": chrf.score, "bleu": bleu.score,
-            "chrf_signature": str(chrf_metric.get_signature()),
-            "bleu_signature": str(bleu_metric.get_signature())}
+    return {
+        "n": len(hypotheses),
+        "chrf": chrf.score,
+        "bleu": bleu.score,
+        "chrf_signature": str(chrf_metric.get_signature()),
+        "bleu_signature": str(bleu_metric.get_signature()),
+    }

@@ -25,7 +25,7 @@ PLAIN_FAMILIES = frozenset({"gpt2"})
 
 
 def prompt_style(llm: Any) -> str:
-    """"chat" or "plain" for a loaded `pyllm.LLM` (see the module docstring)."""
+    """ "chat" or "plain" for a loaded `pyllm.LLM` (see the module docstring)."""
     family = getattr(getattr(llm, "config", None), "family", "")
     if family in PLAIN_FAMILIES:
         return "plain"
@@ -78,15 +78,18 @@ def answer_continuation(llm: Any, prompt_messages: Sequence[Message], answer: st
     """
     tok = llm.tokenizer
     prompt = chat_ids(llm, prompt_messages)
-    full_text = render(llm, [*prompt_messages, {"role": "assistant", "content": answer}],
-                       add_generation_prompt=False)
+    full_text = render(
+        llm,
+        [*prompt_messages, {"role": "assistant", "content": answer}],
+        add_generation_prompt=False,
+    )
     full = tok.encode(full_text, add_bos=False, parse_special=True)
     ends = set(tok.eos_ids)
-    if full[:len(prompt)] == prompt and len(full) > len(prompt):
-        cont = full[len(prompt):]
+    if full[: len(prompt)] == prompt and len(full) > len(prompt):
+        cont = full[len(prompt) :]
         for i, t in enumerate(cont):
             if t in ends and i > 0:
-                return cont[:i + 1]
+                return cont[: i + 1]
         return cont
     cont = tok.encode(answer, add_bos=False)
     end = tok.eos_id if tok.eos_id is not None else (min(ends) if ends else None)
@@ -99,8 +102,8 @@ def plain_continuation(llm: Any, prompt_text: str, answer: str) -> list[int]:
     tok = llm.tokenizer
     prompt = tok.encode(prompt_text)
     full = tok.encode(prompt_text + answer + "\n")
-    if full[:len(prompt)] == prompt and len(full) > len(prompt):
-        return full[len(prompt):]
+    if full[: len(prompt)] == prompt and len(full) > len(prompt):
+        return full[len(prompt) :]
     return tok.encode(answer + "\n", add_bos=False)
 
 
@@ -122,8 +125,12 @@ def engine_for(llm: Any) -> Any:
     return engine
 
 
-def generate(llm: Any, prompts: Sequence[list[int]], max_tokens: Sequence[int] | int,
-             stop: Sequence[str] = ()) -> list[str]:
+def generate(
+    llm: Any,
+    prompts: Sequence[list[int]],
+    max_tokens: Sequence[int] | int,
+    stop: Sequence[str] = (),
+) -> list[str]:
     """Greedy completions of token-id prompts through the engine's continuous batching."""
     from pyllm.engine.frontend import EngineFrontend
     from pyllm.sampling_params import SamplingParams

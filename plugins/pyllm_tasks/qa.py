@@ -17,10 +17,13 @@ from typing import Any
 
 from pyllm_tasks import prompts as P
 
-SYSTEM = ("You answer questions using only the given context. Give a short answer, without "
-          "explanation.")
-SYSTEM_EXTRACTIVE = ("You answer questions by copying the shortest phrase from the context that "
-                     "answers the question.")
+SYSTEM = (
+    "You answer questions using only the given context. Give a short answer, without explanation."
+)
+SYSTEM_EXTRACTIVE = (
+    "You answer questions by copying the shortest phrase from the context that "
+    "answers the question."
+)
 
 
 class QATask:
@@ -30,16 +33,25 @@ class QATask:
     description = "Answer a question from a context (free, or an extracted span with offsets)."
     input_fields = ("context", "question")
 
-    def prompt_ids(self, llm: Any, context: str, question: str, extractive: bool
-                   ) -> tuple[list[int], tuple[str, ...]]:
+    def prompt_ids(
+        self, llm: Any, context: str, question: str, extractive: bool
+    ) -> tuple[list[int], tuple[str, ...]]:
         if P.prompt_style(llm) == "chat":
-            msgs = [{"role": "system", "content": SYSTEM_EXTRACTIVE if extractive else SYSTEM},
-                    {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}]
+            msgs = [
+                {"role": "system", "content": SYSTEM_EXTRACTIVE if extractive else SYSTEM},
+                {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"},
+            ]
             return P.chat_ids(llm, msgs), ()
         return P.plain_ids(llm, f"Context: {context}\n\nQuestion: {question}\nAnswer:"), ("\n",)
 
-    def run(self, llm: Any, records: Sequence[Mapping[str, Any]], *, extractive: bool = False,
-            max_tokens: int = 64) -> list[dict[str, Any]]:
+    def run(
+        self,
+        llm: Any,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        extractive: bool = False,
+        max_tokens: int = 64,
+    ) -> list[dict[str, Any]]:
         """Answer each record's ``question`` from its ``context``."""
         pairs = []
         for rec in records:
@@ -56,9 +68,10 @@ class QATask:
         if extractive:
             from pyllm_tasks.extractive import decode_spans
 
-            spans = decode_spans(llm, [ids for ids, _ in built], [c for c, _ in pairs],
-                                 max_tokens)
-            return [{"answer": s.text, "start": s.start, "end": s.end,
-                     "logprob": round(s.logprob, 4)} for s in spans]
+            spans = decode_spans(llm, [ids for ids, _ in built], [c for c, _ in pairs], max_tokens)
+            return [
+                {"answer": s.text, "start": s.start, "end": s.end, "logprob": round(s.logprob, 4)}
+                for s in spans
+            ]
         texts = P.generate(llm, [ids for ids, _ in built], max_tokens, built[0][1])
         return [{"answer": t.strip()} for t in texts]

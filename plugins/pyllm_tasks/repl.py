@@ -10,10 +10,14 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-CLASSIFY_HELP = ("Classify TEXT: /classify LABEL1,LABEL2,... TEXT (quote labels with spaces; "
-                 "--no-calibrate, --multi-label).")
-QA_HELP = ("Answer a question: /qa [--extractive] @FILE QUESTION (context from FILE) or "
-           "/qa [--extractive] QUESTION (context: the last reply).")
+CLASSIFY_HELP = (
+    "Classify TEXT: /classify LABEL1,LABEL2,... TEXT (quote labels with spaces; "
+    "--no-calibrate, --multi-label)."
+)
+QA_HELP = (
+    "Answer a question: /qa [--extractive] @FILE QUESTION (context from FILE) or "
+    "/qa [--extractive] QUESTION (context: the last reply)."
+)
 TRANSLATE_HELP = "Translate TEXT: /translate [FROM:]TO TEXT, e.g. /translate en:fr Good morning."
 
 
@@ -52,9 +56,13 @@ def classify(session: Any, arg: str) -> None:
         return
     labels, text = words[0], " ".join(words[1:])
     try:
-        res = _task("classify").run(llm, [{"text": text}], labels=labels,
-                                    calibrate="--no-calibrate" not in flags,
-                                    multi_label="--multi-label" in flags)[0]
+        res = _task("classify").run(
+            llm,
+            [{"text": text}],
+            labels=labels,
+            calibrate="--no-calibrate" not in flags,
+            multi_label="--multi-label" in flags,
+        )[0]
     except ValueError as e:
         session.error(f"/classify: {e}")
         return
@@ -95,8 +103,9 @@ def qa(session: Any, arg: str) -> None:
     if llm is None:
         return
     try:
-        res = _task("qa").run(llm, [{"context": context, "question": question}],
-                              extractive=bool(flags))[0]
+        res = _task("qa").run(
+            llm, [{"context": context, "question": question}], extractive=bool(flags)
+        )[0]
     except ValueError as e:
         session.error(f"/qa: {e}")
         return

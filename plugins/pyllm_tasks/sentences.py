@@ -17,17 +17,19 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-ABBREVIATIONS = frozenset("""
+ABBREVIATIONS = frozenset(
+    """
 mr mrs ms dr prof sr jr st vs etc e.g i.e cf al fig no vol p pp approx dept est inc ltd co corp
 jan feb mar apr jun jul aug sep sept oct nov dec mt ft gen col lt sgt rev gov sen rep
-""".split())
+""".split()
+)
 
 _END = re.compile(r"""([.!?…]+|[。！？]+)(["'”’»)\]]*)(\s+)""")
 _CJK_END = "。！？"
 
 
 def _is_boundary(text: str, m: re.Match[str]) -> bool:
-    after = text[m.end():m.end() + 1]
+    after = text[m.end() : m.end() + 1]
     if not after:
         return True
     punct = m.group(1)
@@ -36,7 +38,7 @@ def _is_boundary(text: str, m: re.Match[str]) -> bool:
     if after.islower():
         return False
     if punct == ".":
-        word = re.search(r"(\S+)$", text[:m.start()])
+        word = re.search(r"(\S+)$", text[: m.start()])
         token = word.group(1).lower().strip("(\"'“‘") if word else ""
         if token in ABBREVIATIONS or token.rstrip(".") in ABBREVIATIONS:
             return False
@@ -59,13 +61,13 @@ def split_sentences(text: str) -> list[tuple[str, str]]:
         if m.start() < pos:
             continue
         if _is_boundary(text, m) or "\n" in m.group(3):
-            out.append((text[pos:m.start(3)], m.group(3)))
+            out.append((text[pos : m.start(3)], m.group(3)))
             pos = m.end()
     # newlines inside what is left also end a sentence (titles, list items)
     rest = text[pos:]
     if rest:
         body = rest.rstrip()
-        tail = rest[len(body):]
+        tail = rest[len(body) :]
         out.append((body, tail))
     return _split_lines(out)
 
@@ -81,8 +83,9 @@ def _split_lines(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(s, sep) for s, sep in out if s or sep]
 
 
-def chunk_sentences(pairs: list[tuple[str, str]], count: Callable[[str], int],
-                    max_tokens: int) -> list[tuple[str, str]]:
+def chunk_sentences(
+    pairs: list[tuple[str, str]], count: Callable[[str], int], max_tokens: int
+) -> list[tuple[str, str]]:
     """Join consecutive sentences into ``(chunk, separator)`` pieces of at most `max_tokens`
     (by `count`) each, never across a line break; a single longer sentence stays whole."""
     out: list[tuple[str, str]] = []

@@ -21,14 +21,46 @@ from pyllm_tasks import prompts as P
 from pyllm_tasks.sentences import chunk_sentences, split_sentences
 
 LANGUAGES = {
-    "ar": "Arabic", "bg": "Bulgarian", "ca": "Catalan", "cs": "Czech", "da": "Danish",
-    "de": "German", "el": "Greek", "en": "English", "es": "Spanish", "et": "Estonian",
-    "fa": "Persian", "fi": "Finnish", "fr": "French", "he": "Hebrew", "hi": "Hindi",
-    "hr": "Croatian", "hu": "Hungarian", "id": "Indonesian", "it": "Italian", "ja": "Japanese",
-    "ko": "Korean", "lt": "Lithuanian", "lv": "Latvian", "nl": "Dutch", "no": "Norwegian",
-    "pl": "Polish", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "sk": "Slovak",
-    "sl": "Slovenian", "sr": "Serbian", "sv": "Swedish", "sw": "Swahili", "th": "Thai",
-    "tr": "Turkish", "uk": "Ukrainian", "ur": "Urdu", "vi": "Vietnamese", "zh": "Chinese",
+    "ar": "Arabic",
+    "bg": "Bulgarian",
+    "ca": "Catalan",
+    "cs": "Czech",
+    "da": "Danish",
+    "de": "German",
+    "el": "Greek",
+    "en": "English",
+    "es": "Spanish",
+    "et": "Estonian",
+    "fa": "Persian",
+    "fi": "Finnish",
+    "fr": "French",
+    "he": "Hebrew",
+    "hi": "Hindi",
+    "hr": "Croatian",
+    "hu": "Hungarian",
+    "id": "Indonesian",
+    "it": "Italian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "lt": "Lithuanian",
+    "lv": "Latvian",
+    "nl": "Dutch",
+    "no": "Norwegian",
+    "pl": "Polish",
+    "pt": "Portuguese",
+    "ro": "Romanian",
+    "ru": "Russian",
+    "sk": "Slovak",
+    "sl": "Slovenian",
+    "sr": "Serbian",
+    "sv": "Swedish",
+    "sw": "Swahili",
+    "th": "Thai",
+    "tr": "Turkish",
+    "uk": "Ukrainian",
+    "ur": "Urdu",
+    "vi": "Vietnamese",
+    "zh": "Chinese",
 }
 _BY_NAME = {name.lower(): name for name in LANGUAGES.values()}
 
@@ -49,8 +81,9 @@ def language_name(spec: str | None) -> str | None:
     if low in _BY_NAME:
         return _BY_NAME[low]
     if len(low) <= 3:
-        raise ValueError(f"unknown language code {spec!r}; use a name or one of "
-                         f"{', '.join(sorted(LANGUAGES))}")
+        raise ValueError(
+            f"unknown language code {spec!r}; use a name or one of {', '.join(sorted(LANGUAGES))}"
+        )
     return s[:1].upper() + s[1:]
 
 
@@ -61,20 +94,34 @@ class TranslateTask:
     description = "Translate text between languages (sentence-split, rejoined)."
     input_fields = ("text",)
 
-    def prompt_ids(self, llm: Any, text: str, src: str | None, tgt: str) -> tuple[list[int], tuple[str, ...]]:
+    def prompt_ids(
+        self, llm: Any, text: str, src: str | None, tgt: str
+    ) -> tuple[list[int], tuple[str, ...]]:
         """Token ids of the prompt for one piece, and the stop strings its answer needs."""
         if P.prompt_style(llm) == "chat":
             source = f"this {src} text" if src else "this text"
-            msgs = [{"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": f"Translate {source} into {tgt}. Reply with "
-                                                f"the {tgt} translation only.\n\n{text}"}]
+            msgs = [
+                {"role": "system", "content": SYSTEM},
+                {
+                    "role": "user",
+                    "content": f"Translate {source} into {tgt}. Reply with "
+                    f"the {tgt} translation only.\n\n{text}",
+                },
+            ]
             return P.chat_ids(llm, msgs), ("\n",)  # a piece is one line: so is its translation
         label = src or "Text"
         return P.plain_ids(llm, f"{label}: {text}\n{tgt}:"), ("\n",)
 
-    def run(self, llm: Any, records: Sequence[Mapping[str, Any]], *, src: str | None = None,
-            tgt: str, max_chunk_tokens: int = 200, max_tokens: int | None = None
-            ) -> list[dict[str, Any]]:
+    def run(
+        self,
+        llm: Any,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        src: str | None = None,
+        tgt: str,
+        max_chunk_tokens: int = 200,
+        max_tokens: int | None = None,
+    ) -> list[dict[str, Any]]:
         """Translate each record's ``text``: ``{"translation"}``."""
         src_name, tgt_name = language_name(src), language_name(tgt)
         if tgt_name is None:

@@ -31,9 +31,11 @@ def check_no_surrogates(text: str) -> None:
         return
     m = _SURROGATE.search(text)
     if m is not None:
-        raise ValueError(f"the text holds a lone surrogate U+{ord(m.group()):04X} at position "
-                         f"{m.start()} (not valid Unicode: was it decoded from bytes that are "
-                         f"not UTF-8?)")
+        raise ValueError(
+            f"the text holds a lone surrogate U+{ord(m.group()):04X} at position "
+            f"{m.start()} (not valid Unicode: was it decoded from bytes that are "
+            f"not UTF-8?)"
+        )
 
 
 class BaseTokenizer:

@@ -72,8 +72,12 @@ def from_gguf(metadata: Mapping[str, Any], path: Path | None = None) -> Tokenize
     # merging; as its unknown token, an id past the vocabulary that encoding removes, it stays.
     unknown_id = len(vocab.tokens)
     backend = Tokenizer(
-        tk_models.BPE(vocab={**token_to_id, _UNKNOWN_BYTE: unknown_id}, merges=vocab.merges,
-                      ignore_merges=ignore_merges, unk_token=_UNKNOWN_BYTE)
+        tk_models.BPE(
+            vocab={**token_to_id, _UNKNOWN_BYTE: unknown_id},
+            merges=vocab.merges,
+            ignore_merges=ignore_merges,
+            unk_token=_UNKNOWN_BYTE,
+        )
     )
     backend.pre_tokenizer = pre
     backend.decoder = tk_decoders.ByteLevel()  # unused by us; makes backend.to_str() complete
@@ -108,15 +112,17 @@ def from_gguf(metadata: Mapping[str, Any], path: Path | None = None) -> Tokenize
 _UNKNOWN_BYTE = "\u0000<pyllm: a byte with no token>"
 
 
-def _add_tokens(backend: Tokenizer, tokens: list[str], special_ids: list[int],
-                user_ids: list[int]) -> None:
+def _add_tokens(
+    backend: Tokenizer, tokens: list[str], special_ids: list[int], user_ids: list[int]
+) -> None:
     if special_ids:
         backend.add_special_tokens(
             [AddedToken(tokens[i], special=True, normalized=False) for i in special_ids]
         )
     if user_ids:
-        backend.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
-                            for i in user_ids])
+        backend.add_tokens(
+            [AddedToken(tokens[i], special=False, normalized=False) for i in user_ids]
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,8 +184,9 @@ def from_tokenizer_json(metadata: Mapping[str, Any], path: Path | None) -> Token
         spec = json.loads(text)
         backend = Tokenizer.from_str(text)
     except Exception as e:  # noqa: BLE001 - json and tokenizers raise various types
-        raise ModelFormatError(f"{path}: not a valid tokenizer.json ({type(e).__name__}: {e})") \
-            from None
+        raise ModelFormatError(
+            f"{path}: not a valid tokenizer.json ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(spec, dict):
         raise ModelFormatError(f"{path}: not a valid tokenizer.json (top level is not an object)")
 

@@ -77,7 +77,9 @@ def _id(metadata: Mapping[str, Any], name: str, n_vocab: int) -> int | None:
         except (TypeError, ValueError):
             raise ModelFormatError(f"{key}: expected a token id, got {value!r}") from None
     if not 0 <= value < n_vocab:
-        raise ModelFormatError(f"{key}: token id {value} is outside the vocabulary (0..{n_vocab - 1})")
+        raise ModelFormatError(
+            f"{key}: token id {value} is outside the vocabulary (0..{n_vocab - 1})"
+        )
     return value
 
 
@@ -112,8 +114,11 @@ def read_vocab(metadata: Mapping[str, Any], *, expect_model: str | Sequence[str]
         types = [NORMAL] * n
     else:
         # GGUF gives an integer array already; anything else (tests' metadata) goes through int().
-        arr = raw_types if isinstance(raw_types, np.ndarray) and raw_types.dtype.kind in "iu" else \
-            np.array([int(t) for t in _as_list(raw_types, types_key)], dtype=np.int64)
+        arr = (
+            raw_types
+            if isinstance(raw_types, np.ndarray) and raw_types.dtype.kind in "iu"
+            else np.array([int(t) for t in _as_list(raw_types, types_key)], dtype=np.int64)
+        )
         bad = ~np.isin(arr, list(TOKEN_TYPES))
         if bad.any():
             i = int(np.argmax(bad))
@@ -159,8 +164,10 @@ def read_vocab(metadata: Mapping[str, Any], *, expect_model: str | Sequence[str]
     add_bos = _flag(metadata, "add_bos_token")
     if add_bos and bos_id is None:
         # Refused here rather than at the first encode, which would fail every request.
-        raise ModelFormatError(f"{PREFIX}add_bos_token: true, but {PREFIX}bos_token_id is "
-                               f"missing (no BOS token to add)")
+        raise ModelFormatError(
+            f"{PREFIX}add_bos_token: true, but {PREFIX}bos_token_id is "
+            f"missing (no BOS token to add)"
+        )
     pre = _get(metadata, "pre")
     return GGUFVocab(
         model=str(model) if model is not None else accepted[0],

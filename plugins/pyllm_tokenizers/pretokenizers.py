@@ -50,13 +50,15 @@ def _gpt2() -> pre_tokenizers.PreTokenizer:
 
 
 def _default() -> pre_tokenizers.PreTokenizer:
-    return pre_tokenizers.Sequence([
-        _split(r"[\p{P}\$\+<=>\^~\|]+"),
-        _split(GPT2_PATTERN),
-        _split(r"\p{N}+"),
-        _split(r"[0-9][0-9][0-9]"),
-        _bytes_only(),
-    ])
+    return pre_tokenizers.Sequence(
+        [
+            _split(r"[\p{P}\$\+<=>\^~\|]+"),
+            _split(GPT2_PATTERN),
+            _split(r"\p{N}+"),
+            _split(r"[0-9][0-9][0-9]"),
+            _bytes_only(),
+        ]
+    )
 
 
 def _smollm() -> pre_tokenizers.PreTokenizer:

@@ -60,8 +60,9 @@ class SentencePieceTokenizer(BaseTokenizer):
         return self._sp.encode(text, out_type=int)
 
 
-def _from_proto(proto: Any, source: str, metadata: Mapping[str, Any], *,
-                default_add_bos: bool, kind: str) -> SentencePieceTokenizer:
+def _from_proto(
+    proto: Any, source: str, metadata: Mapping[str, Any], *, default_add_bos: bool, kind: str
+) -> SentencePieceTokenizer:
     import sentencepiece
 
     sp = sentencepiece.SentencePieceProcessor()
@@ -164,16 +165,16 @@ def from_gguf(metadata: Mapping[str, Any], path: Path | None = None) -> Sentence
     norm.add_dummy_prefix = True if vocab.add_space_prefix is None else vocab.add_space_prefix
     norm.remove_extra_whitespaces = False
     norm.escape_whitespaces = True
-    tok = _from_proto(proto, "tokenizer.ggml.tokens", _ids_only(metadata),
-                      default_add_bos=True, kind="llama")
+    tok = _from_proto(
+        proto, "tokenizer.ggml.tokens", _ids_only(metadata), default_add_bos=True, kind="llama"
+    )
     extra = set(tok.eos_ids) | set(vocab.eot_ids)
     tok.eos_ids = frozenset(extra)
     return tok
 
 
 def _ids_only(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id",
-            "add_bos_token")
+    keys = ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id", "add_bos_token")
     out = {}
     for k in keys:
         v = metadata.get("tokenizer.ggml." + k)

@@ -9,9 +9,11 @@ import click
 
 @click.group(name="models", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-@click.option("--verify", is_flag=True,
-              help="Hash every file against its recorded sha256 (exit status 1 if one is "
-                   "damaged).")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Hash every file against its recorded sha256 (exit status 1 if one is damaged).",
+)
 @click.pass_context
 def models(ctx: click.Context, as_json: bool, verify: bool) -> None:
     """List the models in the cache ($PYLLM_HOME/models) with size, type and path.
@@ -34,8 +36,10 @@ def models(ctx: click.Context, as_json: bool, verify: bool) -> None:
     else:
         width = max(len(r["name"]) for r in rows)
         for r in rows:
-            click.echo(f"{r['name']:<{width}}  {r['type']:<9}  {_size(r['size']):>9}  "
-                       f"{r['status']:<9}  {r['path']}")
+            click.echo(
+                f"{r['name']:<{width}}  {r['type']:<9}  {_size(r['size']):>9}  "
+                f"{r['status']:<9}  {r['path']}"
+            )
     for r in damaged:
         click.echo(f"error: {r['name']}: {r['hint']}", err=True)
     if damaged:

@@ -31,16 +31,33 @@ that window. Perplexity = exp(mean negative log-likelihood over all scored token
 @click.argument("model", required=False, metavar="[MODEL]")
 @click.argument("file", required=False, metavar="FILE")
 @model_option()
-@click.option("--ctx", type=click.IntRange(min=2), default=512, show_default=True,
-              help="Window length in tokens (at most the model's context length).")
-@click.option("--json", "as_json", is_flag=True,
-              help='Print one JSON object {"perplexity", "nll", "tokens_scored", "windows", '
-                   '"ctx", "tokens"}.')
+@click.option(
+    "--ctx",
+    type=click.IntRange(min=2),
+    default=512,
+    show_default=True,
+    help="Window length in tokens (at most the model's context length).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print one JSON object {"perplexity", "nll", "tokens_scored", "windows", '
+    '"ctx", "tokens"}.',
+)
 @int8_option()
 @kv_dtype_option("KV-cache element type (half precision: half the memory).")
 @device_option()
-def perplexity(model: str | None, file: str | None, model_option: str | None, ctx: int,
-               as_json: bool, int8: bool, kv_dtype: str, device: str) -> None:
+def perplexity(
+    model: str | None,
+    file: str | None,
+    model_option: str | None,
+    ctx: int,
+    as_json: bool,
+    int8: bool,
+    kv_dtype: str,
+    device: str,
+) -> None:
     from pyllm.errors import ContextLengthError
     from pyllm.generation import score_ids
 
@@ -51,10 +68,11 @@ def perplexity(model: str | None, file: str | None, model_option: str | None, ct
     text = path.read_text(encoding="utf-8")
     llm = load_llm(model, int8=int8, kv_dtype=kv_dtype, device=device)
     if ctx > llm.context_length:
-        raise ContextLengthError(f"--ctx {ctx} is longer than the model's context length of "
-                                 f"{llm.context_length} tokens")
+        raise ContextLengthError(
+            f"--ctx {ctx} is longer than the model's context length of {llm.context_length} tokens"
+        )
     ids = llm.tokenizer.encode(text)
-    windows = [ids[i:i + ctx] for i in range(0, len(ids), ctx)]
+    windows = [ids[i : i + ctx] for i in range(0, len(ids), ctx)]
     windows = [w for w in windows if len(w) >= 2]
     if not windows:
         raise click.UsageError(f"{path} holds {len(ids)} token(s): nothing to score")
@@ -65,14 +83,29 @@ def perplexity(model: str | None, file: str | None, model_option: str | None, ct
             nll -= tok.logprob
             scored += 1
         if show:
-            click.echo(f"\rwindow {n}/{len(windows)}: perplexity so far "
-                       f"{math.exp(nll / scored):.4f}", err=True, nl=False)
+            click.echo(
+                f"\rwindow {n}/{len(windows)}: perplexity so far {math.exp(nll / scored):.4f}",
+                err=True,
+                nl=False,
+            )
     if show:
         click.echo(err=True)
     ppl = math.exp(nll / scored)
     if as_json:
-        click.echo(json.dumps({"perplexity": ppl, "nll": nll / scored, "tokens_scored": scored,
-                               "windows": len(windows), "ctx": ctx, "tokens": len(ids)}))
+        click.echo(
+            json.dumps(
+                {
+                    "perplexity": ppl,
+                    "nll": nll / scored,
+                    "tokens_scored": scored,
+                    "windows": len(windows),
+                    "ctx": ctx,
+                    "tokens": len(ids),
+                }
+            )
+        )
     else:
-        click.echo(f"perplexity {ppl:.4f} (mean NLL {nll / scored:.4f} nats over {scored} tokens "
-                   f"in {len(windows)} windows of up to {ctx})")
+        click.echo(
+            f"perplexity {ppl:.4f} (mean NLL {nll / scored:.4f} nats over {scored} tokens "
+            f"in {len(windows)} windows of up to {ctx})"
+        )

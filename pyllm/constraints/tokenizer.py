@@ -27,12 +27,15 @@ class _TokenizerView:
     def __init__(self, tokenizer: Tokenizer) -> None:
         special = frozenset(getattr(tokenizer, "special_ids", ()))
         self._tokenizer = tokenizer
-        self.eos_token_id = tokenizer.eos_id if tokenizer.eos_id is not None else min(
-            tokenizer.eos_ids, default=0)
+        self.eos_token_id = (
+            tokenizer.eos_id if tokenizer.eos_id is not None else min(tokenizer.eos_ids, default=0)
+        )
         self.bos_token_id = tokenizer.bos_id
         self.special_token_ids = sorted(special)
-        self.tokens = [(b"\xff" if i in special else b"") + tokenizer.token_bytes(i)
-                       for i in range(tokenizer.vocab_size)]
+        self.tokens = [
+            (b"\xff" if i in special else b"") + tokenizer.token_bytes(i)
+            for i in range(tokenizer.vocab_size)
+        ]
 
     def __call__(self, text: bytes | str) -> list[int]:
         if isinstance(text, bytes):
@@ -48,8 +51,12 @@ def llg_tokenizer(tokenizer: Tokenizer) -> Any:
             import llguidance
 
             eos = sorted(tokenizer.eos_ids) or (
-                [tokenizer.eos_id] if tokenizer.eos_id is not None else None)
-            cached = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_TokenizerView(tokenizer)),
-                                            n_vocab=tokenizer.vocab_size, eos_token=eos)
+                [tokenizer.eos_id] if tokenizer.eos_id is not None else None
+            )
+            cached = llguidance.LLTokenizer(
+                llguidance.TokenizerWrapper(_TokenizerView(tokenizer)),
+                n_vocab=tokenizer.vocab_size,
+                eos_token=eos,
+            )
             _CACHE[tokenizer] = cached
         return cached

@@ -66,7 +66,7 @@ class IncrementalDetokenizer:
             delta = self._utf8.decode(b"", final=True)
         else:
             full = self.tokenizer.decode(self.ids, skip_special=self.skip_special)
-            delta = full[len(self._slow_text):] if full.startswith(self._slow_text) else ""
+            delta = full[len(self._slow_text) :] if full.startswith(self._slow_text) else ""
             self._slow_text += delta
         if delta:
             self._emitted.append(delta)
@@ -90,6 +90,6 @@ class IncrementalDetokenizer:
         full = self.tokenizer.decode(self.ids, skip_special=self.skip_special)
         if full.endswith(_REPLACEMENT) or not full.startswith(self._slow_text):
             return ""
-        delta = full[len(self._slow_text):]
+        delta = full[len(self._slow_text) :]
         self._slow_text = full
         return delta

@@ -14,8 +14,8 @@ class StopStringChecker:
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = tuple(s for s in stops if s)
         self._hold = max((len(s) for s in self.stops), default=1) - 1
-        self.text = ""        # everything generated so far (cut at a stop once found)
-        self._released = 0    # how much of `text` has been handed out
+        self.text = ""  # everything generated so far (cut at a stop once found)
+        self._released = 0  # how much of `text` has been handed out
         self.stopped = False
 
     def add(self, delta: str) -> str:
@@ -46,6 +46,6 @@ class StopStringChecker:
         return best
 
     def _release(self, upto: int) -> str:
-        out = self.text[self._released:upto]
+        out = self.text[self._released : upto]
         self._released = max(self._released, upto)
         return out

@@ -88,29 +88,46 @@ class ModelConfig:
         if self.family not in FAMILIES:
             self._fail("family", f"is {self.family!r}; supported: {', '.join(FAMILIES)}")
         bounds = {
-            "vocab_size": _MAX_VOCAB, "n_layer": _MAX_LAYERS, "n_head": _MAX_HEADS,
-            "n_kv_head": _MAX_HEADS, "n_embd": _MAX_EMBD, "head_dim": _MAX_HEAD_DIM,
-            "n_ff": _MAX_FF, "max_position": _MAX_POSITION,
+            "vocab_size": _MAX_VOCAB,
+            "n_layer": _MAX_LAYERS,
+            "n_head": _MAX_HEADS,
+            "n_kv_head": _MAX_HEADS,
+            "n_embd": _MAX_EMBD,
+            "head_dim": _MAX_HEAD_DIM,
+            "n_ff": _MAX_FF,
+            "max_position": _MAX_POSITION,
         }
         for name, hi in bounds.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
                 self._fail(name, f"must be an integer in [1, {hi}], got {value!r}")
-        if not isinstance(self.trained_context, int) or \
-                not self.max_position <= self.trained_context <= _MAX_POSITION:
-            self._fail("trained_context", f"must be an integer in [{self.max_position}, "
-                                          f"{_MAX_POSITION}], got {self.trained_context!r}")
+        if (
+            not isinstance(self.trained_context, int)
+            or not self.max_position <= self.trained_context <= _MAX_POSITION
+        ):
+            self._fail(
+                "trained_context",
+                f"must be an integer in [{self.max_position}, "
+                f"{_MAX_POSITION}], got {self.trained_context!r}",
+            )
         if self.n_head % self.n_kv_head:
-            self._fail("n_kv_head", f"({self.n_kv_head}) must divide the number of heads "
-                                    f"({self.n_head})")
+            self._fail(
+                "n_kv_head", f"({self.n_kv_head}) must divide the number of heads ({self.n_head})"
+            )
         if self.family == "gpt2" and self.n_embd % self.n_head:
             self._fail("n_head", f"({self.n_head}) must divide the embedding size ({self.n_embd})")
         if self.family == "gpt2" and self.head_dim * self.n_head != self.n_embd:
-            self._fail("head_dim", f"({self.head_dim}) x heads ({self.n_head}) must equal the "
-                                   f"embedding size ({self.n_embd})")
-        for name, allowed in (("norm", ("rms", "layer")), ("activation", ("swiglu", "gelu_tanh")),
-                              ("position", ("rope", "learned")),
-                              ("rope_layout", ("neox", "normal"))):
+            self._fail(
+                "head_dim",
+                f"({self.head_dim}) x heads ({self.n_head}) must equal the "
+                f"embedding size ({self.n_embd})",
+            )
+        for name, allowed in (
+            ("norm", ("rms", "layer")),
+            ("activation", ("swiglu", "gelu_tanh")),
+            ("position", ("rope", "learned")),
+            ("rope_layout", ("neox", "normal")),
+        ):
             if getattr(self, name) not in allowed:
                 self._fail(name, f"is {getattr(self, name)!r}; supported: {', '.join(allowed)}")
         if not _finite(self.norm_eps) or not 0 < self.norm_eps < 1:
@@ -120,13 +137,15 @@ class ModelConfig:
                 self._fail("rope_theta", f"must be in [1, 1e12], got {self.rope_theta!r}")
             r = self.rotary_dim
             if isinstance(r, bool) or not isinstance(r, int) or r < 2 or r % 2 or r > self.head_dim:
-                self._fail("rotary_dim", f"must be even and in [2, head_dim={self.head_dim}], "
-                                         f"got {r!r}")
+                self._fail(
+                    "rotary_dim", f"must be even and in [2, head_dim={self.head_dim}], got {r!r}"
+                )
             self._validate_rope_scaling()
         if self.sliding_window < 0:
             self._fail("sliding_window", f"must be >= 0, got {self.sliding_window}")
         if self.window_layers is not None and any(
-                not 0 <= i < self.n_layer for i in self.window_layers):
+            not 0 <= i < self.n_layer for i in self.window_layers
+        ):
             self._fail("window_layers", f"names a layer outside [0, {self.n_layer})")
 
     def _validate_rope_scaling(self) -> None:
@@ -135,8 +154,11 @@ class ModelConfig:
             return
         kind = s.get("type")
         if kind not in ("linear", "llama3", "freq_factors"):
-            self._fail("rope_scaling", f"type {kind!r} is not supported (supported: none, linear, "
-                                       "llama3, and GGUF rope_freqs factors)")
+            self._fail(
+                "rope_scaling",
+                f"type {kind!r} is not supported (supported: none, linear, "
+                "llama3, and GGUF rope_freqs factors)",
+            )
         if kind in ("linear", "llama3"):
             factor = s.get("factor")
             if not _finite(factor) or not 0 < factor <= 1e6:
@@ -145,11 +167,15 @@ class ModelConfig:
             lo, hi = s.get("low_freq_factor"), s.get("high_freq_factor")
             orig = s.get("original_max_position_embeddings")
             if not (_finite(lo) and _finite(hi) and 0 < lo < hi):
-                self._fail("rope_scaling", f"needs 0 < low_freq_factor < high_freq_factor, "
-                                           f"got {lo!r}, {hi!r}")
+                self._fail(
+                    "rope_scaling",
+                    f"needs 0 < low_freq_factor < high_freq_factor, got {lo!r}, {hi!r}",
+                )
             if not isinstance(orig, int) or not 1 <= orig <= _MAX_POSITION:
-                self._fail("rope_scaling", f"original_max_position_embeddings must be a positive "
-                                           f"integer, got {orig!r}")
+                self._fail(
+                    "rope_scaling",
+                    f"original_max_position_embeddings must be a positive integer, got {orig!r}",
+                )
 
     # ------------------------------------------------------------------ derived
 
@@ -179,8 +205,10 @@ class ModelConfig:
         if not isinstance(arch, str):
             raise ModelFormatError(f"{where}: general.architecture is missing or not a string")
         if arch not in FAMILIES:
-            raise ModelFormatError(f"{where}: general.architecture {arch!r} is not supported "
-                                   f"(supported: {', '.join(FAMILIES)})")
+            raise ModelFormatError(
+                f"{where}: general.architecture {arch!r} is not supported "
+                f"(supported: {', '.join(FAMILIES)})"
+            )
         r = _Reader(md, where)
         a = arch
         keys: dict[str, str] = {}
@@ -195,13 +223,17 @@ class ModelConfig:
             raise ModelFormatError(f"{where}: {a}.attention.head_count must be >= 1, got {n_head}")
         n_kv_head = get("n_kv_head", f"{a}.attention.head_count_kv", int, n_head)
         if n_head and n_embd % n_head and f"{a}.attention.key_length" not in md:
-            raise ModelFormatError(f"{where}: {a}.attention.head_count ({n_head}) does not divide "
-                                   f"{a}.embedding_length ({n_embd})")
+            raise ModelFormatError(
+                f"{where}: {a}.attention.head_count ({n_head}) does not divide "
+                f"{a}.embedding_length ({n_embd})"
+            )
         head_dim = get("head_dim", f"{a}.attention.key_length", int, n_embd // n_head)
         value_dim = r.get(f"{a}.attention.value_length", int, head_dim)
         if value_dim != head_dim:
-            raise ModelFormatError(f"{where}: {a}.attention.value_length ({value_dim}) differs "
-                                   f"from key_length ({head_dim}); not supported")
+            raise ModelFormatError(
+                f"{where}: {a}.attention.value_length ({value_dim}) differs "
+                f"from key_length ({head_dim}); not supported"
+            )
 
         vocab = r.get(f"{a}.vocab_size", int, None)
         keys["vocab_size"] = f"{a}.vocab_size"
@@ -221,29 +253,49 @@ class ModelConfig:
             eps = get("norm_eps", f"{a}.attention.layer_norm_rms_epsilon", float)
 
         common = dict(
-            family=a, vocab_size=vocab, n_layer=get("n_layer", f"{a}.block_count", int),
-            n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd, head_dim=head_dim,
+            family=a,
+            vocab_size=vocab,
+            n_layer=get("n_layer", f"{a}.block_count", int),
+            n_head=n_head,
+            n_kv_head=n_kv_head,
+            n_embd=n_embd,
+            head_dim=head_dim,
             n_ff=get("n_ff", f"{a}.feed_forward_length", int),
-            max_position=get("max_position", f"{a}.context_length", int), norm_eps=eps,
-            tied_embeddings="output.weight" not in tensors, keys=keys, source=where,
+            max_position=get("max_position", f"{a}.context_length", int),
+            norm_eps=eps,
+            tied_embeddings="output.weight" not in tensors,
+            keys=keys,
+            source=where,
         )
         if a == "gpt2":
-            return cls(**common, norm="layer", activation="gelu_tanh", position="learned",
-                       qkv_bias=True, o_bias=True, mlp_bias=True, norm_bias=True)
+            return cls(
+                **common,
+                norm="layer",
+                activation="gelu_tanh",
+                position="learned",
+                qkv_bias=True,
+                o_bias=True,
+                mlp_bias=True,
+                norm_bias=True,
+            )
 
         scaling = None
         kind = get("rope_scaling", f"{a}.rope.scaling.type", str, "none")
         if kind == "linear":
             scaling = {"type": "linear", "factor": r.get(f"{a}.rope.scaling.factor", float)}
         elif kind not in ("none", ""):
-            raise ModelFormatError(f"{where}: {a}.rope.scaling.type {kind!r} is not supported "
-                                   "(supported: none, linear)")
+            raise ModelFormatError(
+                f"{where}: {a}.rope.scaling.type {kind!r} is not supported "
+                "(supported: none, linear)"
+            )
         elif f"{a}.rope.scale_linear" in md:
             scaling = {"type": "linear", "factor": r.get(f"{a}.rope.scale_linear", float)}
         if "rope_freqs.weight" in tensors:
             if scaling is not None:
-                raise ModelFormatError(f"{where}: rope_freqs.weight together with "
-                                       f"{a}.rope.scaling.type={kind!r} is not supported")
+                raise ModelFormatError(
+                    f"{where}: rope_freqs.weight together with "
+                    f"{a}.rope.scaling.type={kind!r} is not supported"
+                )
             scaling = {"type": "freq_factors"}
         return cls(
             **common,
@@ -267,16 +319,26 @@ class ModelConfig:
         r = _Reader(config, where)
         mt = config.get("model_type")
         if mt not in FAMILIES:
-            raise ModelFormatError(f"{where}: model_type {mt!r} is not supported "
-                                   f"(supported: {', '.join(FAMILIES)})")
+            raise ModelFormatError(
+                f"{where}: model_type {mt!r} is not supported (supported: {', '.join(FAMILIES)})"
+            )
         if mt == "gpt2":
             return cls._from_hf_gpt2(r, where)
-        keys = {"vocab_size": "vocab_size", "n_layer": "num_hidden_layers",
-                "n_head": "num_attention_heads", "n_kv_head": "num_key_value_heads",
-                "n_embd": "hidden_size", "head_dim": "head_dim", "n_ff": "intermediate_size",
-                "max_position": "max_position_embeddings", "norm_eps": "rms_norm_eps",
-                "rope_theta": "rope_theta", "rope_scaling": "rope_scaling",
-                "sliding_window": "sliding_window", "activation": "hidden_act"}
+        keys = {
+            "vocab_size": "vocab_size",
+            "n_layer": "num_hidden_layers",
+            "n_head": "num_attention_heads",
+            "n_kv_head": "num_key_value_heads",
+            "n_embd": "hidden_size",
+            "head_dim": "head_dim",
+            "n_ff": "intermediate_size",
+            "max_position": "max_position_embeddings",
+            "norm_eps": "rms_norm_eps",
+            "rope_theta": "rope_theta",
+            "rope_scaling": "rope_scaling",
+            "sliding_window": "sliding_window",
+            "activation": "hidden_act",
+        }
         act = r.get("hidden_act", str, "silu")
         if act != "silu":
             raise ModelFormatError(f"{where}: hidden_act {act!r} is not supported (silu)")
@@ -287,8 +349,10 @@ class ModelConfig:
         head_dim = r.get("head_dim", int, None)
         if head_dim is None:
             if n_embd % n_head:
-                raise ModelFormatError(f"{where}: num_attention_heads ({n_head}) does not divide "
-                                       f"hidden_size ({n_embd})")
+                raise ModelFormatError(
+                    f"{where}: num_attention_heads ({n_head}) does not divide "
+                    f"hidden_size ({n_embd})"
+                )
             head_dim = n_embd // n_head
         theta, scaling = _hf_rope(config, r, where)
         if mt == "qwen2":
@@ -298,7 +362,9 @@ class ModelConfig:
                 window = r.get("sliding_window", int, 0) or 0
                 types = config.get("layer_types")
                 if isinstance(types, list):
-                    window_layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+                    window_layers = tuple(
+                        i for i, t in enumerate(types) if t == "sliding_attention"
+                    )
                 else:
                     start = r.get("max_window_layers", int, 0)
                     window_layers = tuple(range(start, r.get("num_hidden_layers", int)))
@@ -307,23 +373,37 @@ class ModelConfig:
             window = (r.get("sliding_window", int, 0) or 0) if mt == "mistral" else 0
             window_layers = None
         return cls(
-            family=mt, vocab_size=r.get("vocab_size", int), n_layer=r.get("num_hidden_layers", int),
-            n_head=n_head, n_kv_head=r.get("num_key_value_heads", int, n_head), n_embd=n_embd,
-            head_dim=head_dim, n_ff=r.get("intermediate_size", int),
+            family=mt,
+            vocab_size=r.get("vocab_size", int),
+            n_layer=r.get("num_hidden_layers", int),
+            n_head=n_head,
+            n_kv_head=r.get("num_key_value_heads", int, n_head),
+            n_embd=n_embd,
+            head_dim=head_dim,
+            n_ff=r.get("intermediate_size", int),
             max_position=r.get("max_position_embeddings", int),
-            norm_eps=r.get("rms_norm_eps", float, 1e-6), rope_theta=theta, rope_scaling=scaling,
-            rope_layout="neox", qkv_bias=qkv_bias, o_bias=o_bias,
+            norm_eps=r.get("rms_norm_eps", float, 1e-6),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            rope_layout="neox",
+            qkv_bias=qkv_bias,
+            o_bias=o_bias,
             mlp_bias=bool(config.get("mlp_bias", False)),
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
-            sliding_window=window, window_layers=window_layers, keys=keys, source=where,
+            sliding_window=window,
+            window_layers=window_layers,
+            keys=keys,
+            source=where,
         )
 
     @classmethod
     def _from_hf_gpt2(cls, r: _Reader, where: str) -> ModelConfig:
         act = r.get("activation_function", str, "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-            raise ModelFormatError(f"{where}: activation_function {act!r} is not supported "
-                                   "(gelu_new, gelu_pytorch_tanh)")
+            raise ModelFormatError(
+                f"{where}: activation_function {act!r} is not supported "
+                "(gelu_new, gelu_pytorch_tanh)"
+            )
         for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
             if r.get(flag, bool, False):
                 raise ModelFormatError(f"{where}: {flag}=true is not supported")
@@ -333,17 +413,38 @@ class ModelConfig:
         if n_head <= 0 or n_embd % n_head:
             raise ModelFormatError(f"{where}: n_head ({n_head}) must divide n_embd ({n_embd})")
         n_inner = r.get("n_inner", int, None)
-        keys = {"vocab_size": "vocab_size", "n_layer": "n_layer", "n_head": "n_head",
-                "n_kv_head": "n_head", "n_embd": "n_embd", "head_dim": "n_embd",
-                "n_ff": "n_inner", "max_position": "n_positions", "norm_eps": "layer_norm_epsilon"}
+        keys = {
+            "vocab_size": "vocab_size",
+            "n_layer": "n_layer",
+            "n_head": "n_head",
+            "n_kv_head": "n_head",
+            "n_embd": "n_embd",
+            "head_dim": "n_embd",
+            "n_ff": "n_inner",
+            "max_position": "n_positions",
+            "norm_eps": "layer_norm_epsilon",
+        }
         return cls(
-            family="gpt2", vocab_size=r.get("vocab_size", int), n_layer=r.get("n_layer", int),
-            n_head=n_head, n_kv_head=n_head, n_embd=n_embd, head_dim=n_embd // n_head,
-            n_ff=n_inner if n_inner else 4 * n_embd, max_position=r.get("n_positions", int),
-            norm="layer", norm_eps=r.get("layer_norm_epsilon", float, 1e-5),
-            activation="gelu_tanh", position="learned", qkv_bias=True, o_bias=True,
-            mlp_bias=True, norm_bias=True,
-            tied_embeddings=r.get("tie_word_embeddings", bool, True), keys=keys, source=where,
+            family="gpt2",
+            vocab_size=r.get("vocab_size", int),
+            n_layer=r.get("n_layer", int),
+            n_head=n_head,
+            n_kv_head=n_head,
+            n_embd=n_embd,
+            head_dim=n_embd // n_head,
+            n_ff=n_inner if n_inner else 4 * n_embd,
+            max_position=r.get("n_positions", int),
+            norm="layer",
+            norm_eps=r.get("layer_norm_epsilon", float, 1e-5),
+            activation="gelu_tanh",
+            position="learned",
+            qkv_bias=True,
+            o_bias=True,
+            mlp_bias=True,
+            norm_bias=True,
+            tied_embeddings=r.get("tie_word_embeddings", bool, True),
+            keys=keys,
+            source=where,
         )
 
 
@@ -371,16 +472,18 @@ class _Reader:
         if kind is int:
             value = _as_int(value)
             if value is None:
-                raise ModelFormatError(f"{self.where}: {key} must be an integer, "
-                                       f"got {self.md[key]!r}"[:300])
+                raise ModelFormatError(
+                    f"{self.where}: {key} must be an integer, got {self.md[key]!r}"[:300]
+                )
         elif kind is float:
             try:
                 ok = not isinstance(value, (bool, str)) and math.isfinite(float(value))
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                raise ModelFormatError(f"{self.where}: {key} must be a finite number, "
-                                       f"got {self.md[key]!r}"[:300])
+                raise ModelFormatError(
+                    f"{self.where}: {key} must be a finite number, got {self.md[key]!r}"[:300]
+                )
             value = float(value)
         elif kind is bool:
             if not isinstance(value, bool):
@@ -437,10 +540,12 @@ def _hf_rope(config: Mapping[str, Any], r: _Reader, where: str) -> tuple[float, 
         return theta, {"type": "linear", "factor": sr.get("factor", float)}
     if kind == "llama3":
         return theta, {
-            "type": "llama3", "factor": sr.get("factor", float),
+            "type": "llama3",
+            "factor": sr.get("factor", float),
             "low_freq_factor": sr.get("low_freq_factor", float),
             "high_freq_factor": sr.get("high_freq_factor", float),
             "original_max_position_embeddings": sr.get("original_max_position_embeddings", int),
         }
-    raise ModelFormatError(f"{where}: rope scaling type {kind!r} is not supported "
-                           "(supported: default, linear, llama3)")
+    raise ModelFormatError(
+        f"{where}: rope scaling type {kind!r} is not supported (supported: default, linear, llama3)"
+    )

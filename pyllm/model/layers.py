@@ -47,8 +47,9 @@ class Linear(_HoldsQWeight):
     def __init__(self, weight: QWeight | torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.weight = as_qweight(weight)
-        self.register_buffer("bias", None if bias is None else bias.float().contiguous(),
-                             persistent=False)
+        self.register_buffer(
+            "bias", None if bias is None else bias.float().contiguous(), persistent=False
+        )
 
     @property
     def out_features(self) -> int:
@@ -78,21 +79,24 @@ class Embedding(_HoldsQWeight):
 class Norm(nn.Module):
     """RMSNorm or LayerNorm over the last dim, with the residual add fused in `add_forward`."""
 
-    def __init__(self, kind: str, weight: torch.Tensor, bias: torch.Tensor | None,
-                 eps: float) -> None:
+    def __init__(
+        self, kind: str, weight: torch.Tensor, bias: torch.Tensor | None, eps: float
+    ) -> None:
         super().__init__()
         self.kind, self.eps = kind, float(eps)
         self.register_buffer("weight", weight.float().contiguous(), persistent=False)
-        self.register_buffer("bias", None if bias is None else bias.float().contiguous(),
-                             persistent=False)
+        self.register_buffer(
+            "bias", None if bias is None else bias.float().contiguous(), persistent=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "rms":
             return ops.rms_norm(x, self.weight, self.eps)
         return ops.layer_norm(x, self.weight, self.bias, self.eps)
 
-    def add_forward(self, x: torch.Tensor,
-                    residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def add_forward(
+        self, x: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(x + residual), x + residual)."""
         if self.kind == "rms":
             return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
@@ -109,8 +113,10 @@ def cat_rows(parts: list[QWeight]) -> QWeight:
     first = parts[0]
     for p in parts[1:]:
         if p.qtype != first.qtype or p.in_features != first.in_features:
-            raise ValueError("cat_rows needs parts of one format and input size, got "
-                             f"{[(q.qtype, q.in_features) for q in parts]}")
+            raise ValueError(
+                "cat_rows needs parts of one format and input size, got "
+                f"{[(q.qtype, q.in_features) for q in parts]}"
+            )
     data = torch.cat([p.data for p in parts], dim=0)
     return QWeight(data, first.qtype, sum(p.out_features for p in parts), first.in_features)
 
@@ -136,12 +142,16 @@ def fused_linear(weights: list[QWeight], biases: list[torch.Tensor | None]) -> n
     else a ConcatLinear. Missing biases of a partly-biased group count as zeros."""
     bias = None
     if any(b is not None for b in biases):
-        bias = torch.cat([b.float() if b is not None else torch.zeros(w.out_features)
-                          for w, b in zip(weights, biases)])
+        bias = torch.cat(
+            [
+                b.float() if b is not None else torch.zeros(w.out_features)
+                for w, b in zip(weights, biases)
+            ]
+        )
     if all(w.qtype == weights[0].qtype for w in weights):
         return Linear(cat_rows(weights), bias)
     parts, start = [], 0
     for w in weights:
-        parts.append(Linear(w, None if bias is None else bias[start:start + w.out_features]))
+        parts.append(Linear(w, None if bias is None else bias[start : start + w.out_features]))
         start += w.out_features
     return ConcatLinear(parts)

@@ -4,11 +4,23 @@ Import this package to register the ops. See docs/kernels.md for the contract ea
 One import line per op family below; keep it a plain list.
 """
 
-from pyllm.ops._library import (cuda_built, get_cuda_kernels, kernel_mode, native, set_cuda_kernels,
-                                using_cuda_kernels)
+from pyllm.ops._library import (
+    cuda_built,
+    get_cuda_kernels,
+    kernel_mode,
+    native,
+    set_cuda_kernels,
+    using_cuda_kernels,
+)
 from pyllm.ops.activation import gelu_tanh, gelu_tanh_ref, silu_mul, silu_mul_ref
-from pyllm.ops.norm import (fused_add_rms_norm, fused_add_rms_norm_ref, layer_norm, layer_norm_ref,
-                            rms_norm, rms_norm_ref)
+from pyllm.ops.norm import (
+    fused_add_rms_norm,
+    fused_add_rms_norm_ref,
+    layer_norm,
+    layer_norm_ref,
+    rms_norm,
+    rms_norm_ref,
+)
 from pyllm.ops.rope import rope, rope_cos_sin, rope_ref
 from pyllm.ops.qlinear import QWeight, linear, qlinear  # noqa: F401
 from pyllm.ops.kv_cache import write_kv_cache_  # noqa: F401
@@ -16,10 +28,28 @@ from pyllm.ops.attention import paged_attention  # noqa: F401
 from pyllm.ops.sampling import sample_tokens, sample_tokens_ref  # noqa: F401
 
 __all__ = [
-    "cuda_built", "kernel_mode", "native", "set_cuda_kernels", "get_cuda_kernels", "using_cuda_kernels",
-    "rms_norm", "rms_norm_ref", "fused_add_rms_norm", "fused_add_rms_norm_ref",
-    "layer_norm", "layer_norm_ref",
-    "rope", "rope_ref", "rope_cos_sin",
-    "silu_mul", "silu_mul_ref", "gelu_tanh", "gelu_tanh_ref",
-    "QWeight", "linear", "qlinear", "write_kv_cache_", "paged_attention",
+    "cuda_built",
+    "kernel_mode",
+    "native",
+    "set_cuda_kernels",
+    "get_cuda_kernels",
+    "using_cuda_kernels",
+    "rms_norm",
+    "rms_norm_ref",
+    "fused_add_rms_norm",
+    "fused_add_rms_norm_ref",
+    "layer_norm",
+    "layer_norm_ref",
+    "rope",
+    "rope_ref",
+    "rope_cos_sin",
+    "silu_mul",
+    "silu_mul_ref",
+    "gelu_tanh",
+    "gelu_tanh_ref",
+    "QWeight",
+    "linear",
+    "qlinear",
+    "write_kv_cache_",
+    "paged_attention",
 ]

@@ -24,8 +24,10 @@ def _check_silu_mul(x: torch.Tensor) -> None:
     if x.dtype in L.FLOAT_DTYPES and x.dim() >= 1 and x.shape[-1] % 2 == 0:
         return
     L.check_float("x", x)
-    L.check(x.dim() >= 1 and x.shape[-1] % 2 == 0,
-            f"x's last dimension must be even ([..., 2F]: gate then up), got shape {list(x.shape)}")
+    L.check(
+        x.dim() >= 1 and x.shape[-1] % 2 == 0,
+        f"x's last dimension must be even ([..., 2F]: gate then up), got shape {list(x.shape)}",
+    )
 
 
 def _silu_mul_reference(x):
@@ -55,9 +57,14 @@ def _silu_mul_cuda(x):
     return _silu_mul_kernel("silu_mul_cuda", x, L.cuda_stream())
 
 
-L.register(SILU_MUL, reference=_silu_mul_reference, fake=_silu_mul_fake,
-           cpu=_silu_mul_cpu if L.has_entry("silu_mul_cpu") else None,
-           cuda=_silu_mul_cuda, cuda_entry="silu_mul_cuda")
+L.register(
+    SILU_MUL,
+    reference=_silu_mul_reference,
+    fake=_silu_mul_fake,
+    cpu=_silu_mul_cpu if L.has_entry("silu_mul_cpu") else None,
+    cuda=_silu_mul_cuda,
+    cuda_entry="silu_mul_cuda",
+)
 
 
 def silu_mul(x: torch.Tensor) -> torch.Tensor:
@@ -102,9 +109,14 @@ def _gelu_cuda(x):
     return _gelu_kernel("gelu_tanh_cuda", x, L.cuda_stream())
 
 
-L.register(GELU_TANH, reference=_gelu_reference, fake=_gelu_fake,
-           cpu=_gelu_cpu if L.has_entry("gelu_tanh_cpu") else None,
-           cuda=_gelu_cuda, cuda_entry="gelu_tanh_cuda")
+L.register(
+    GELU_TANH,
+    reference=_gelu_reference,
+    fake=_gelu_fake,
+    cpu=_gelu_cpu if L.has_entry("gelu_tanh_cpu") else None,
+    cuda=_gelu_cuda,
+    cuda_entry="gelu_tanh_cuda",
+)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

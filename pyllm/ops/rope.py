@@ -21,8 +21,10 @@ ROPE = L.define(
 
 # ------------------------------------------------------------- the table
 
-def rope_inv_freq(rotary_dim: int, theta: float,
-                  scaling: Mapping[str, Any] | None = None) -> torch.Tensor:
+
+def rope_inv_freq(
+    rotary_dim: int, theta: float, scaling: Mapping[str, Any] | None = None
+) -> torch.Tensor:
     """The R/2 rotation frequencies (radians per position), float64, scaling applied."""
     if rotary_dim < 2 or rotary_dim % 2:
         raise ValueError(f"rotary_dim must be even and >= 2, got {rotary_dim}")
@@ -66,12 +68,16 @@ def _llama3(inv_freq: torch.Tensor, scaling: Mapping[str, Any]) -> torch.Tensor:
     factor = _positive(scaling, "factor")
     low = _positive(scaling, "low_freq_factor", 1.0)
     high = _positive(scaling, "high_freq_factor", 4.0)
-    original = scaling.get("original_max_position_embeddings", scaling.get("original_context_length"))
+    original = scaling.get(
+        "original_max_position_embeddings", scaling.get("original_context_length")
+    )
     if original is None:
         raise ValueError("rope scaling 'llama3' needs 'original_max_position_embeddings'")
     original = float(original)
     if not high > low:
-        raise ValueError(f"rope scaling needs high_freq_factor > low_freq_factor, got {high} <= {low}")
+        raise ValueError(
+            f"rope scaling needs high_freq_factor > low_freq_factor, got {high} <= {low}"
+        )
     wavelen = 2 * math.pi / inv_freq
     low_wavelen, high_wavelen = original / low, original / high
     smooth = (original / wavelen - low) / (high - low)
@@ -81,8 +87,9 @@ def _llama3(inv_freq: torch.Tensor, scaling: Mapping[str, Any]) -> torch.Tensor:
     return torch.where(medium, blended, out)
 
 
-def rope_cos_sin(max_pos: int, rotary_dim: int, theta: float,
-                 scaling: Mapping[str, Any] | None = None) -> torch.Tensor:
+def rope_cos_sin(
+    max_pos: int, rotary_dim: int, theta: float, scaling: Mapping[str, Any] | None = None
+) -> torch.Tensor:
     """The table `rope` reads: float32 [max_pos, rotary_dim], cos in [:, :R/2], sin in [:, R/2:].
 
     Row p holds cos(p * f_i) and sin(p * f_i) for the R/2 frequencies f_i = theta^(-2i/R)
@@ -116,12 +123,14 @@ def rope_cos_sin(max_pos: int, rotary_dim: int, theta: float,
 
 # -------------------------------------------------------------- the op
 
-def rope_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
-             neox: bool) -> tuple[torch.Tensor, torch.Tensor]:
+
+def rope_ref(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor, neox: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The meaning of rope: rotate the first R dims of every head of q and k, in float32."""
     rotary = cos_sin.shape[-1]
     half = rotary // 2
-    table = cos_sin[positions].float()                    # (T, R)
+    table = cos_sin[positions].float()  # (T, R)
     cos, sin = table[:, None, :half], table[:, None, half:]  # (T, 1, R/2)
 
     def rotate(x: torch.Tensor) -> torch.Tensor:
@@ -145,27 +154,45 @@ def rope_ref(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin:
 def _check_rope_args(q, k, positions, cos_sin) -> None:
     # One cheap test on the hot path; the messages are only built when something is wrong.
     floats, dev = L.FLOAT_DTYPES, q.device
-    if (q.dtype in floats and k.dtype in floats and q.dim() == 3 and k.dim() == 3
-            and k.shape[0] == q.shape[0] and k.shape[2] == q.shape[2]
-            and positions.dtype == torch.int64 and positions.dim() == 1 and positions.shape[0] == q.shape[0]
-            and cos_sin.dtype == torch.float32 and cos_sin.dim() == 2
-            and 2 <= cos_sin.shape[1] <= q.shape[2] and cos_sin.shape[1] % 2 == 0
-            and k.device == dev and positions.device == dev and cos_sin.device == dev):
+    if (
+        q.dtype in floats
+        and k.dtype in floats
+        and q.dim() == 3
+        and k.dim() == 3
+        and k.shape[0] == q.shape[0]
+        and k.shape[2] == q.shape[2]
+        and positions.dtype == torch.int64
+        and positions.dim() == 1
+        and positions.shape[0] == q.shape[0]
+        and cos_sin.dtype == torch.float32
+        and cos_sin.dim() == 2
+        and 2 <= cos_sin.shape[1] <= q.shape[2]
+        and cos_sin.shape[1] % 2 == 0
+        and k.device == dev
+        and positions.device == dev
+        and cos_sin.device == dev
+    ):
         return
     L.check_float("q", q)
     L.check_float("k", k)
     L.check(q.dim() == 3, f"q must be [T, Hq, D], got shape {list(q.shape)}")
     L.check(k.dim() == 3, f"k must be [T, Hk, D], got shape {list(k.shape)}")
-    L.check(k.shape[0] == q.shape[0] and k.shape[2] == q.shape[2],
-            f"k must be [T, Hk, D] with q's T={q.shape[0]} and D={q.shape[2]}, got {list(k.shape)}")
+    L.check(
+        k.shape[0] == q.shape[0] and k.shape[2] == q.shape[2],
+        f"k must be [T, Hk, D] with q's T={q.shape[0]} and D={q.shape[2]}, got {list(k.shape)}",
+    )
     L.check(positions.dtype == torch.int64, f"positions must be int64, not {positions.dtype}")
-    L.check(positions.dim() == 1 and positions.shape[0] == q.shape[0],
-            f"positions must be [{q.shape[0]}] (one per token), got shape {list(positions.shape)}")
+    L.check(
+        positions.dim() == 1 and positions.shape[0] == q.shape[0],
+        f"positions must be [{q.shape[0]}] (one per token), got shape {list(positions.shape)}",
+    )
     L.check(cos_sin.dtype == torch.float32, f"cos_sin must be float32, not {cos_sin.dtype}")
     L.check(cos_sin.dim() == 2, f"cos_sin must be [max_pos, R], got shape {list(cos_sin.shape)}")
     rotary = cos_sin.shape[1]
-    L.check(rotary >= 2 and rotary % 2 == 0 and rotary <= q.shape[2],
-            f"cos_sin's rotary dims R={rotary} must be even, >= 2 and <= the head dim {q.shape[2]}")
+    L.check(
+        rotary >= 2 and rotary % 2 == 0 and rotary <= q.shape[2],
+        f"cos_sin's rotary dims R={rotary} must be even, >= 2 and <= the head dim {q.shape[2]}",
+    )
     for name, t in (("k", k), ("positions", positions), ("cos_sin", cos_sin)):
         L.check(t.device == dev, f"{name} must be on q's device {dev}, got {t.device}")
     raise AssertionError("unreachable: the fast check and the detailed checks disagree")
@@ -182,8 +209,10 @@ def _check_positions(positions: torch.Tensor, max_pos: int) -> None:
     if positions.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     lo, hi = (int(v) for v in torch.aminmax(positions))
-    L.check(lo >= 0 and hi < max_pos,
-            f"positions must lie in [0, {max_pos}) (cos_sin has {max_pos} rows), got [{lo}, {hi}]")
+    L.check(
+        lo >= 0 and hi < max_pos,
+        f"positions must lie in [0, {max_pos}) (cos_sin has {max_pos} rows), got [{lo}, {hi}]",
+    )
 
 
 def _rope_reference(q, k, positions, cos_sin, neox):
@@ -194,8 +223,10 @@ def _rope_reference(q, k, positions, cos_sin, neox):
 
 def _rope_fake(q, k, positions, cos_sin, neox):
     _check_rope_args(q, k, positions, cos_sin)
-    return (torch.empty_like(q, memory_format=torch.contiguous_format),
-            torch.empty_like(k, memory_format=torch.contiguous_format))
+    return (
+        torch.empty_like(q, memory_format=torch.contiguous_format),
+        torch.empty_like(k, memory_format=torch.contiguous_format),
+    )
 
 
 def _rope_kernel(entry: str, q, k, positions, cos_sin, neox, *stream, trusted: bool = False):
@@ -206,8 +237,16 @@ def _rope_kernel(entry: str, q, k, positions, cos_sin, neox, *stream, trusted: b
     positions, cos_sin = positions.contiguous(), cos_sin.contiguous()
     q_out, k_out = torch.empty_like(q), torch.empty_like(k)
     if q.shape[0]:
-        getattr(L._C, entry)(L.view(q), L.view(k), L.view(positions), L.view(cos_sin),
-                             L.view(q_out), L.view(k_out), bool(neox), *stream)
+        getattr(L._C, entry)(
+            L.view(q),
+            L.view(k),
+            L.view(positions),
+            L.view(cos_sin),
+            L.view(q_out),
+            L.view(k_out),
+            bool(neox),
+            *stream,
+        )
     return q_out, k_out
 
 
@@ -216,20 +255,33 @@ def _rope_cpu(q, k, positions, cos_sin, neox, trusted: bool = False):
 
 
 def _rope_cuda(q, k, positions, cos_sin, neox, trusted: bool = False):
-    return _rope_kernel("rope_cuda", q, k, positions, cos_sin, neox,
-                        L.cuda_stream(), trusted=trusted)
+    return _rope_kernel(
+        "rope_cuda", q, k, positions, cos_sin, neox, L.cuda_stream(), trusted=trusted
+    )
 
 
 _HAS_CPU = L.has_entry("rope_cpu")
 _HAS_CUDA = L.has_entry("rope_cuda")
 
-L.register(ROPE, reference=_rope_reference, fake=_rope_fake,
-           cpu=_rope_cpu if _HAS_CPU else None,
-           cuda=_rope_cuda, cuda_entry="rope_cuda")
+L.register(
+    ROPE,
+    reference=_rope_reference,
+    fake=_rope_fake,
+    cpu=_rope_cpu if _HAS_CPU else None,
+    cuda=_rope_cuda,
+    cuda_entry="rope_cuda",
+)
 
 
-def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
-         neox: bool, *, validated: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin: torch.Tensor,
+    neox: bool,
+    *,
+    validated: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q [T, Hq, D] and k [T, Hk, D] by their tokens' positions; returns new (q, k).
 
     positions: int64 [T], each in [0, cos_sin.shape[0]); cos_sin: `rope_cos_sin(...)`'s table,

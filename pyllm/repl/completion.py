@@ -16,13 +16,18 @@ SHOW_TOPICS = ("template", "conversation", "params")
 VALUE_CHOICES = {name: ("on", "off") for name in SETTINGS} | {
     "ignore_eos": ("true", "false"),
     "seed": ("none",),
-    "samplers": ("penalties;logit_bias;top_k;typical_p;top_p;min_p;temperature",
-                 "top_k;temperature", "min_p;temperature", "default"),
+    "samplers": (
+        "penalties;logit_bias;top_k;typical_p;top_p;min_p;temperature",
+        "top_k;temperature",
+        "min_p;temperature",
+        "default",
+    ),
 }
 
 
-def _matches(prefix: str, words: Iterable[str], *, start: int,
-             meta: Callable[[str], str] | None = None) -> Iterable[Completion]:
+def _matches(
+    prefix: str, words: Iterable[str], *, start: int, meta: Callable[[str], str] | None = None
+) -> Iterable[Completion]:
     for word in words:
         if word.startswith(prefix):
             yield Completion(word, start_position=start, display_meta=meta(word) if meta else "")
@@ -43,8 +48,12 @@ class ReplCompleter(Completer):
         registry = self._registry()
         head, space, rest = text[1:].partition(" ")
         if not space:  # still typing the command name
-            yield from _matches(head.lower(), sorted(registry.names()), start=-len(head),
-                                meta=lambda n: registry.get(n).help)  # type: ignore[union-attr]
+            yield from _matches(
+                head.lower(),
+                sorted(registry.names()),
+                start=-len(head),
+                meta=lambda n: registry.get(n).help,
+            )  # type: ignore[union-attr]
             return
         cmd = registry.get(head)
         if cmd is None:
@@ -54,8 +63,9 @@ class ReplCompleter(Completer):
             if not space:
                 yield from _matches(name, settable_names(), start=-len(name))
             else:
-                yield from _matches(value.lstrip(), VALUE_CHOICES.get(name, ()),
-                                    start=-len(value.lstrip()))
+                yield from _matches(
+                    value.lstrip(), VALUE_CHOICES.get(name, ()), start=-len(value.lstrip())
+                )
         elif cmd.name == "help":
             yield from _matches(rest.lstrip(), sorted(registry.names()), start=-len(rest.lstrip()))
         elif cmd.name == "show":

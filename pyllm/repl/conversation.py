@@ -80,11 +80,12 @@ class Conversation:
 
         Returns False, changing nothing, when there is no user message to answer again.
         """
-        last_user = max((i for i, m in enumerate(self.messages) if m["role"] == "user"),
-                        default=None)
+        last_user = max(
+            (i for i, m in enumerate(self.messages) if m["role"] == "user"), default=None
+        )
         if last_user is None:
             return False
-        del self.messages[last_user + 1:]
+        del self.messages[last_user + 1 :]
         return True
 
     def reset(self) -> None:
@@ -94,8 +95,12 @@ class Conversation:
     # ---------------------------------------------------------------- files
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FILE_FORMAT, "version": FILE_VERSION, "system": self.system,
-                "messages": [dict(m) for m in self.messages]}
+        return {
+            "format": FILE_FORMAT,
+            "version": FILE_VERSION,
+            "system": self.system,
+            "messages": [dict(m) for m in self.messages],
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> Conversation:
@@ -106,8 +111,9 @@ class Conversation:
         if not isinstance(data, dict):
             raise ConversationFileError("expected a JSON object with a 'messages' list")
         if data.get("format", FILE_FORMAT) != FILE_FORMAT:
-            raise ConversationFileError(f"'format' is {data.get('format')!r}, "
-                                        f"expected {FILE_FORMAT!r}")
+            raise ConversationFileError(
+                f"'format' is {data.get('format')!r}, expected {FILE_FORMAT!r}"
+            )
         system = data.get("system")
         if system is not None and not isinstance(system, str):
             raise ConversationFileError("'system' must be a string or null")
@@ -124,7 +130,8 @@ class Conversation:
                 continue
             if role not in ROLES:
                 raise ConversationFileError(
-                    f"messages[{i}]['role'] must be one of {', '.join(ROLES)}, got {role!r}")
+                    f"messages[{i}]['role'] must be one of {', '.join(ROLES)}, got {role!r}"
+                )
             if not isinstance(content, str):
                 raise ConversationFileError(f"messages[{i}]['content'] must be a string")
             message: dict[str, Any] = {"role": role, "content": content}
@@ -155,7 +162,8 @@ class Conversation:
             raise ConversationFileError(f"{path}: not a UTF-8 text file ({e.reason})") from None
         except json.JSONDecodeError as e:
             raise ConversationFileError(
-                f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+                f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+            ) from None
         try:
             conversation = Conversation.from_json(data)
         except ConversationFileError as e:
@@ -163,8 +171,13 @@ class Conversation:
         return conversation, data if isinstance(data, dict) else {}
 
 
-def make_room(conversation: Conversation, new_message: str | None, count_tokens: CountTokens,
-              context_length: int, reserve: int) -> tuple[int, int]:
+def make_room(
+    conversation: Conversation,
+    new_message: str | None,
+    count_tokens: CountTokens,
+    context_length: int,
+    reserve: int,
+) -> tuple[int, int]:
     """Drop the oldest turns until the conversation (plus ``new_message``) and ``reserve`` tokens
     for the reply fit ``context_length``.
 
@@ -178,7 +191,7 @@ def make_room(conversation: Conversation, new_message: str | None, count_tokens:
     tokens = count_tokens(conversation.for_model(new_message))
     if tokens <= budget:
         return 0, tokens
-    newest = [m for t in turns[len(turns) - keep_last:] for m in t]
+    newest = [m for t in turns[len(turns) - keep_last :] for m in t]
     alone = Conversation(conversation.system, newest)
     alone_tokens = count_tokens(alone.for_model(new_message))
     if alone_tokens > budget:

@@ -30,7 +30,7 @@ def strip_block(text: str) -> str:
     """The message inside a finished ``\"\"\"`` block (other text unchanged)."""
     body = text.strip()
     if len(body) >= 2 * len(QUOTES) and body.startswith(QUOTES) and body.endswith(QUOTES):
-        return body[len(QUOTES):-len(QUOTES)].strip("\n")
+        return body[len(QUOTES) : -len(QUOTES)].strip("\n")
     return text
 
 
@@ -57,8 +57,9 @@ class QuitArming:
         self.disarm()
 
 
-def make_key_bindings(on_first_interrupt: Callable[[], None],
-                      arming: QuitArming | None = None) -> KeyBindings:
+def make_key_bindings(
+    on_first_interrupt: Callable[[], None], arming: QuitArming | None = None
+) -> KeyBindings:
     """The REPL's bindings; ``on_first_interrupt`` prints the "press Ctrl-C again" hint.
 
     The session calls ``arming.disarm()`` after each accepted line.

@@ -49,21 +49,50 @@ MAX_ALIGNMENT = 1 << 20
 INT64_MAX = (1 << 63) - 1
 
 # GGUF metadata value types.
-UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, \
-    FLOAT64 = range(13)
-VALUE_TYPE_NAMES = {UINT8: "uint8", INT8: "int8", UINT16: "uint16", INT16: "int16",
-                    UINT32: "uint32", INT32: "int32", FLOAT32: "float32", BOOL: "bool",
-                    STRING: "string", ARRAY: "array", UINT64: "uint64", INT64: "int64",
-                    FLOAT64: "float64"}
-_SCALARS: dict[int, struct.Struct] = {
-    UINT8: struct.Struct("<B"), INT8: struct.Struct("<b"), UINT16: struct.Struct("<H"),
-    INT16: struct.Struct("<h"), UINT32: struct.Struct("<I"), INT32: struct.Struct("<i"),
-    FLOAT32: struct.Struct("<f"), BOOL: struct.Struct("<B"), UINT64: struct.Struct("<Q"),
-    INT64: struct.Struct("<q"), FLOAT64: struct.Struct("<d"),
+UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = (
+    range(13)
+)
+VALUE_TYPE_NAMES = {
+    UINT8: "uint8",
+    INT8: "int8",
+    UINT16: "uint16",
+    INT16: "int16",
+    UINT32: "uint32",
+    INT32: "int32",
+    FLOAT32: "float32",
+    BOOL: "bool",
+    STRING: "string",
+    ARRAY: "array",
+    UINT64: "uint64",
+    INT64: "int64",
+    FLOAT64: "float64",
 }
-_NP_DTYPES = {UINT8: "<u1", INT8: "<i1", UINT16: "<u2", INT16: "<i2", UINT32: "<u4",
-              INT32: "<i4", FLOAT32: "<f4", BOOL: "<u1", UINT64: "<u8", INT64: "<i8",
-              FLOAT64: "<f8"}
+_SCALARS: dict[int, struct.Struct] = {
+    UINT8: struct.Struct("<B"),
+    INT8: struct.Struct("<b"),
+    UINT16: struct.Struct("<H"),
+    INT16: struct.Struct("<h"),
+    UINT32: struct.Struct("<I"),
+    INT32: struct.Struct("<i"),
+    FLOAT32: struct.Struct("<f"),
+    BOOL: struct.Struct("<B"),
+    UINT64: struct.Struct("<Q"),
+    INT64: struct.Struct("<q"),
+    FLOAT64: struct.Struct("<d"),
+}
+_NP_DTYPES = {
+    UINT8: "<u1",
+    INT8: "<i1",
+    UINT16: "<u2",
+    INT16: "<i2",
+    UINT32: "<u4",
+    INT32: "<i4",
+    FLOAT32: "<f4",
+    BOOL: "<u1",
+    UINT64: "<u8",
+    INT64: "<i8",
+    FLOAT64: "<f8",
+}
 _INT_TYPES = frozenset({UINT8, INT8, UINT16, INT16, UINT32, INT32, UINT64, INT64})
 _FLOAT_TYPES = frozenset({FLOAT32, FLOAT64})
 _U32 = struct.Struct("<I")
@@ -118,8 +147,11 @@ class _Reader:
 
     def need(self, n: int, field: str) -> None:
         if n > self.remaining:
-            raise self.fail(field, f"needs {n} bytes at offset {self.pos}, but the file ends "
-                                   f"after {self.remaining} (truncated or corrupt)")
+            raise self.fail(
+                field,
+                f"needs {n} bytes at offset {self.pos}, but the file ends "
+                f"after {self.remaining} (truncated or corrupt)",
+            )
 
     def unpack(self, s: struct.Struct, field: str) -> Any:
         self.need(s.size, field)
@@ -137,11 +169,15 @@ class _Reader:
         """A u64 element count, bounded by what the remaining bytes could possibly hold."""
         n = self.u64(field)
         if n > INT64_MAX:
-            raise self.fail(field, f"count {n} is negative as a signed 64-bit integer "
-                                   f"({n - (1 << 64)})")
+            raise self.fail(
+                field, f"count {n} is negative as a signed 64-bit integer ({n - (1 << 64)})"
+            )
         if n * min_item_bytes > self.remaining:
-            raise self.fail(field, f"count {n} needs at least {n * min_item_bytes} bytes, but "
-                                   f"only {self.remaining} remain in the file")
+            raise self.fail(
+                field,
+                f"count {n} needs at least {n * min_item_bytes} bytes, but "
+                f"only {self.remaining} remain in the file",
+            )
         return n
 
     def string(self, field: str, max_bytes: int | None = None) -> str:
@@ -149,13 +185,14 @@ class _Reader:
         if max_bytes is not None and n > max_bytes:
             raise self.fail(field, f"string length {n} exceeds the limit of {max_bytes} bytes")
         self.need(n, field + " (string bytes)")
-        raw = bytes(self.buf[self.pos:self.pos + n])
+        raw = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise self.fail(field, f"string is not valid UTF-8 ({e.reason} at byte {e.start})") \
-                from None
+            raise self.fail(
+                field, f"string is not valid UTF-8 ({e.reason} at byte {e.start})"
+            ) from None
 
     def strings(self, field: str, n: int) -> list[str]:
         """n strings in a row: the vocabulary's ~100k tokens and merges, so this is a tight loop
@@ -172,7 +209,7 @@ class _Reader:
                 end = pos + 8 + length
                 if end <= size:
                     try:
-                        append(str(view[pos + 8:end], "utf-8"))
+                        append(str(view[pos + 8 : end], "utf-8"))
                         pos = end
                         continue
                     except UnicodeDecodeError:
@@ -257,8 +294,11 @@ class GGUFFile:
         version = r.u32("version")
         if version not in SUPPORTED_VERSIONS:
             swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
-            hint = " (a big-endian GGUF, which is not supported)" \
-                if swapped in SUPPORTED_VERSIONS else ""
+            hint = (
+                " (a big-endian GGUF, which is not supported)"
+                if swapped in SUPPORTED_VERSIONS
+                else ""
+            )
             raise r.fail("version", f"GGUF version {version}{hint}; supported: 2 and 3")
         self.version = version
         n_tensors = r.count("tensor_count", _MIN_TENSOR_INFO)
@@ -287,23 +327,30 @@ class GGUFFile:
         self.data_offset = _align_up(header_end, self.alignment)
         data_size = self.size - self.data_offset
         if n_tensors and data_size < 0:
-            raise r.fail("data section", f"padding to alignment {self.alignment} runs past the "
-                                         f"end of the file")
+            raise r.fail(
+                "data section",
+                f"padding to alignment {self.alignment} runs past the end of the file",
+            )
 
         self.tensors: dict[str, TensorInfo] = {}
         spans = []
         for name, gtype, dims, rel, nbytes in infos:
             if rel % self.alignment:
-                raise r.fail(f"tensor {name!r} offset",
-                             f"{rel} is not a multiple of the alignment {self.alignment}")
+                raise r.fail(
+                    f"tensor {name!r} offset",
+                    f"{rel} is not a multiple of the alignment {self.alignment}",
+                )
             if rel > data_size or nbytes > data_size - rel:
-                raise r.fail(f"tensor {name!r} offset",
-                             f"data [{rel}, {rel + nbytes}) lies outside the data section of "
-                             f"{max(data_size, 0)} bytes")
+                raise r.fail(
+                    f"tensor {name!r} offset",
+                    f"data [{rel}, {rel + nbytes}) lies outside the data section of "
+                    f"{max(data_size, 0)} bytes",
+                )
             spans.append((rel, rel + nbytes, name))
             t = quant.GGML_TYPES[gtype]
-            self.tensors[name] = TensorInfo(name, gtype, t.name, tuple(reversed(dims)),
-                                            self.data_offset + rel, nbytes)
+            self.tensors[name] = TensorInfo(
+                name, gtype, t.name, tuple(reversed(dims)), self.data_offset + rel, nbytes
+            )
         spans.sort()
         for (_, end_a, a), (start_b, _, b) in zip(spans, spans[1:]):
             if start_b < end_a:
@@ -315,11 +362,14 @@ class GGUFFile:
             return DEFAULT_ALIGNMENT
         a = self.metadata[key]
         if self.value_types[key] not in _INT_TYPES:
-            raise ModelFormatError(f"{self.path}: {key}: expected an unsigned integer, got "
-                                   f"{VALUE_TYPE_NAMES[self.value_types[key]]}")
+            raise ModelFormatError(
+                f"{self.path}: {key}: expected an unsigned integer, got "
+                f"{VALUE_TYPE_NAMES[self.value_types[key]]}"
+            )
         if a < 8 or a > MAX_ALIGNMENT or a & (a - 1) or a % 8:
-            raise ModelFormatError(f"{self.path}: {key}: {a} is not a power of two between 8 "
-                                   f"and {MAX_ALIGNMENT}")
+            raise ModelFormatError(
+                f"{self.path}: {key}: {a} is not a power of two between 8 and {MAX_ALIGNMENT}"
+            )
         return int(a)
 
     def _tensor_info(self, r: _Reader, i: int, names: set[str]):
@@ -344,15 +394,18 @@ class GGUFFile:
             raise r.fail(f"{label} type", f"unknown GGML type id {gtype}")
         t = quant.GGML_TYPES[gtype]
         if dims[0] % t.block_size:
-            raise r.fail(f"{label} dims[0]", f"row length {dims[0]} is not a multiple of the "
-                                             f"{t.name} block size {t.block_size}")
+            raise r.fail(
+                f"{label} dims[0]",
+                f"row length {dims[0]} is not a multiple of the {t.name} block size {t.block_size}",
+            )
         nbytes = n_elements // t.block_size * t.block_bytes
         rel = r.u64(f"{label} offset")
         # A cheap early check (the data section starts after the tensor infos, so its size is
         # at most what is left now); the exact check follows once the header is read.
         if nbytes > self.size:
-            raise r.fail(f"{label} dims", f"{nbytes} bytes of data exceed the file size "
-                                          f"{self.size}")
+            raise r.fail(
+                f"{label} dims", f"{nbytes} bytes of data exceed the file size {self.size}"
+            )
         return name, gtype, dims, rel, nbytes
 
     # ------------------------------------------------------------------ tensors
@@ -413,8 +466,9 @@ class GGUFFile:
         try:
             return _convert(self.raw(name), gt.name, t.shape, target), target
         except ValueError as e:  # e.g. NaN/inf block scales in a damaged file
-            raise ModelFormatError(f"{self.path}: tensor {name!r}: cannot convert "
-                                   f"{gt.name} to {target}: {e}") from e
+            raise ModelFormatError(
+                f"{self.path}: tensor {name!r}: cannot convert {gt.name} to {target}: {e}"
+            ) from e
 
     def _plain_to_f32(self, name: str, t: TensorInfo) -> torch.Tensor:
         """An F64 or integer tensor as float32: integers beyond 2^24 round to the nearest
@@ -423,18 +477,24 @@ class GGUFFile:
         raw = self.raw(name)
         out = raw.to(torch.float32)
         if t.type_name == "f64" and bool((torch.isinf(out) & torch.isfinite(raw)).any()):
-            raise ModelFormatError(f"{self.path}: tensor {name!r}: cannot convert f64 to f32: "
-                                   f"it holds values beyond float32's range (about 3.4e38)")
+            raise ModelFormatError(
+                f"{self.path}: tensor {name!r}: cannot convert f64 to f32: "
+                f"it holds values beyond float32's range (about 3.4e38)"
+            )
         return out
 
     def _notice(self, target: str) -> None:
         if self._converted_notice:
             return
         self._converted_notice = True
-        kinds = sorted({t.type_name.upper() for t in self.tensors.values()
-                        if t.type_name not in KERNEL_QTYPES})
-        print(f"pyllm: {self.path.name}: converting {', '.join(kinds)} tensors to {target} at "
-              f"load (kernels compute on Q4_0/Q4_1/Q8_0/F16/BF16/F32)", file=sys.stderr)
+        kinds = sorted(
+            {t.type_name.upper() for t in self.tensors.values() if t.type_name not in KERNEL_QTYPES}
+        )
+        print(
+            f"pyllm: {self.path.name}: converting {', '.join(kinds)} tensors to {target} at "
+            f"load (kernels compute on Q4_0/Q4_1/Q8_0/F16/BF16/F32)",
+            file=sys.stderr,
+        )
 
     def _info(self, name: str) -> TensorInfo:
         try:
@@ -457,15 +517,21 @@ class GGUFFile:
             return default
         value = self.metadata[key]
         vt = self.value_types[key]
-        ok = {None: True, int: vt in _INT_TYPES, float: vt in _INT_TYPES | _FLOAT_TYPES,
-              str: vt == STRING, bool: vt == BOOL,
-              list: isinstance(value, list) and all(isinstance(x, str) for x in value),
-              np.ndarray: isinstance(value, np.ndarray)}.get(type)
+        ok = {
+            None: True,
+            int: vt in _INT_TYPES,
+            float: vt in _INT_TYPES | _FLOAT_TYPES,
+            str: vt == STRING,
+            bool: vt == BOOL,
+            list: isinstance(value, list) and all(isinstance(x, str) for x in value),
+            np.ndarray: isinstance(value, np.ndarray),
+        }.get(type)
         if ok is None:
             raise TypeError(f"unsupported type {type!r}")
         if not ok:
-            raise ModelFormatError(f"{self.path}: {key}: expected {_type_label(type)}, got "
-                                   f"{_describe(value, vt)}")
+            raise ModelFormatError(
+                f"{self.path}: {key}: expected {_type_label(type)}, got {_describe(value, vt)}"
+            )
         if type is float:
             value = float(value)
             if not math.isfinite(value):
@@ -474,20 +540,40 @@ class GGUFFile:
             value = int(value)
         return value
 
-    def get_int(self, key: str, lo: int | None = None, hi: int | None = None, *,
-                required: bool = True, default: int | None = None) -> int | None:
+    def get_int(
+        self,
+        key: str,
+        lo: int | None = None,
+        hi: int | None = None,
+        *,
+        required: bool = True,
+        default: int | None = None,
+    ) -> int | None:
         """An integer hyper-parameter within [lo, hi]."""
         v = self.get(key, int, required, default)
         return v if v is None else self.check_range(key, v, lo, hi)
 
-    def get_float(self, key: str, lo: float | None = None, hi: float | None = None, *,
-                  required: bool = True, default: float | None = None) -> float | None:
+    def get_float(
+        self,
+        key: str,
+        lo: float | None = None,
+        hi: float | None = None,
+        *,
+        required: bool = True,
+        default: float | None = None,
+    ) -> float | None:
         """A float hyper-parameter within [lo, hi] (finite)."""
         v = self.get(key, float, required, default)
         return v if v is None else self.check_range(key, v, lo, hi)
 
-    def get_array(self, key: str, length: int | None = None, *, required: bool = True,
-                  numeric: bool | None = None) -> Any:
+    def get_array(
+        self,
+        key: str,
+        length: int | None = None,
+        *,
+        required: bool = True,
+        numeric: bool | None = None,
+    ) -> Any:
         """An array (list of str, or numeric numpy array), optionally of an exact length."""
         if key not in self.metadata:
             if required:
@@ -500,11 +586,13 @@ class GGUFFile:
         elif numeric is False:
             value = self.get(key, list)
         elif vt != ARRAY:
-            raise ModelFormatError(f"{self.path}: {key}: expected an array, got "
-                                   f"{_describe(value, vt)}")
+            raise ModelFormatError(
+                f"{self.path}: {key}: expected an array, got {_describe(value, vt)}"
+            )
         if length is not None and len(value) != length:
-            raise ModelFormatError(f"{self.path}: {key}: expected {length} entries, got "
-                                   f"{len(value)}")
+            raise ModelFormatError(
+                f"{self.path}: {key}: expected {length} entries, got {len(value)}"
+            )
         return value
 
     def get_token_id(self, key: str, vocab_size: int, *, required: bool = False) -> int | None:
@@ -527,13 +615,22 @@ class GGUFFile:
             raise ModelFormatError(f"{self.path}: missing tensors: {', '.join(missing[:5])}{more}")
 
     def __repr__(self) -> str:
-        return (f"GGUFFile({str(self.path)!r}, v{self.version}, {len(self.metadata)} keys, "
-                f"{len(self.tensors)} tensors)")
+        return (
+            f"GGUFFile({str(self.path)!r}, v{self.version}, {len(self.metadata)} keys, "
+            f"{len(self.tensors)} tensors)"
+        )
 
 
-_ELEMENT_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16,
-                   "f64": torch.float64, "i8": torch.int8, "i16": torch.int16,
-                   "i32": torch.int32, "i64": torch.int64}
+_ELEMENT_DTYPES = {
+    "f32": torch.float32,
+    "f16": torch.float16,
+    "bf16": torch.bfloat16,
+    "f64": torch.float64,
+    "i8": torch.int8,
+    "i16": torch.int16,
+    "i32": torch.int32,
+    "i64": torch.int64,
+}
 FLOAT_TARGETS = frozenset({"f32", "f16", "bf16"})
 _CONVERT_ROWS = 4096  # rows converted at a time, to bound the float32 temporary
 
@@ -544,7 +641,7 @@ def _convert(raw: torch.Tensor, src: str, shape: tuple[int, ...], target: str) -
     src_rows = raw.reshape(rows, -1)
     parts = []
     for start in range(0, rows, _CONVERT_ROWS):
-        w = quant.dequantize(src_rows[start:start + _CONVERT_ROWS], src, cols)
+        w = quant.dequantize(src_rows[start : start + _CONVERT_ROWS], src, cols)
         parts.append(quant.quantize(w, target))
     out = torch.cat(parts) if len(parts) > 1 else parts[0]
     if target in FLOAT_TARGETS:
@@ -557,8 +654,14 @@ def _align_up(n: int, a: int) -> int:
 
 
 def _type_label(t: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "a bool",
-            list: "an array of strings", np.ndarray: "a numeric array"}.get(t, str(t))
+    return {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "a bool",
+        list: "an array of strings",
+        np.ndarray: "a numeric array",
+    }.get(t, str(t))
 
 
 def _describe(value: Any, vt: int) -> str:

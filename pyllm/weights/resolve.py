@@ -39,17 +39,21 @@ def resolve_model(spec: str | None, progress: bool = True) -> Path:
             return Path(source.resolve(spec, progress=progress))
         tried.append(name)
     if not sources:
-        raise ModelNotFoundError(f"cannot resolve model {spec!r}: no model sources are "
-                                 f"registered (check PYLLM_PLUGINS)")
+        raise ModelNotFoundError(
+            f"cannot resolve model {spec!r}: no model sources are registered (check PYLLM_PLUGINS)"
+        )
     hint = ""
-    looks_like_path = os.sep in spec or spec.startswith(".") or spec.endswith(
-        (".gguf", ".safetensors", ".json"))
+    looks_like_path = (
+        os.sep in spec or spec.startswith(".") or spec.endswith((".gguf", ".safetensors", ".json"))
+    )
     if looks_like_path and not Path(spec).expanduser().exists():
         hint = f"; no such file or folder: {spec}"
     elif Path(spec).expanduser().is_dir():
         hint = f"; {spec} is a folder without config.json"
     elif Path(spec).expanduser().is_file():
         hint = f"; {spec} is not a GGUF file"
-    raise ModelNotFoundError(f"cannot resolve model {spec!r}: tried {', '.join(tried)}{hint}. "
-                             f"Give a .gguf file, a Hugging Face folder, a Hub id (org/name) or "
-                             f"a name from `pyllm models` (default: {DEFAULT_MODEL.name})")
+    raise ModelNotFoundError(
+        f"cannot resolve model {spec!r}: tried {', '.join(tried)}{hint}. "
+        f"Give a .gguf file, a Hugging Face folder, a Hub id (org/name) or "
+        f"a name from `pyllm models` (default: {DEFAULT_MODEL.name})"
+    )

@@ -38,11 +38,17 @@ def load_hf_folder(folder: str | Path) -> HFFolder:
     tensors = load_safetensors_folder(folder)
     tok = folder / "tokenizer.json"
     tok_cfg = folder / "tokenizer_config.json"
-    return HFFolder(folder, config, tensors, tok if tok.is_file() else None,
-                    read_json(tok_cfg) if tok_cfg.is_file() else None)
+    return HFFolder(
+        folder,
+        config,
+        tensors,
+        tok if tok.is_file() else None,
+        read_json(tok_cfg) if tok_cfg.is_file() else None,
+    )
 
 
 # ------------------------------------------------------------------ JSON
+
 
 def _no_duplicates(path: Path):
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -52,12 +58,14 @@ def _no_duplicates(path: Path):
                 raise ModelFormatError(f"{path}: {k}: duplicate key")
             out[k] = v
         return out
+
     return hook
 
 
 def _reject_constant(path: Path):
     def hook(name: str) -> Any:
         raise ModelFormatError(f"{path}: {name} is not valid JSON (non-finite numbers are refused)")
+
     return hook
 
 
@@ -70,11 +78,13 @@ def read_json(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ModelFormatError(f"{path}: cannot read: {e}") from e
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates(path),
-                          parse_constant=_reject_constant(path))
+        data = json.loads(
+            text, object_pairs_hook=_no_duplicates(path), parse_constant=_reject_constant(path)
+        )
     except json.JSONDecodeError as e:
-        raise ModelFormatError(f"{path}: invalid JSON: {e.msg} (line {e.lineno}, column "
-                               f"{e.colno})") from None
+        raise ModelFormatError(
+            f"{path}: invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+        ) from None
     except RecursionError:
         raise ModelFormatError(f"{path}: invalid JSON: nested too deeply") from None
     if not isinstance(data, dict):
@@ -98,23 +108,43 @@ def load_hf_config(folder: str | Path) -> dict[str, Any]:
         if key in config and config[key] is not None:
             v = config[key]
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ModelFormatError(f"{path}: {key}: expected a positive integer, got {v!r}"[:300])
+                raise ModelFormatError(
+                    f"{path}: {key}: expected a positive integer, got {v!r}"[:300]
+                )
     for key in _POSITIVE_FLOATS:
         if key in config and config[key] is not None:
             v = config[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
-                    math.isfinite(v) and v > 0):
-                raise ModelFormatError(f"{path}: {key}: expected a positive number, got {v!r}"[:300])
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not (math.isfinite(v) and v > 0)
+            ):
+                raise ModelFormatError(
+                    f"{path}: {key}: expected a positive number, got {v!r}"[:300]
+                )
     return config
 
 
-_POSITIVE_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "intermediate_size", "max_position_embeddings",
-                  "head_dim", "n_embd", "n_layer", "n_head", "n_positions", "n_inner")
+_POSITIVE_INTS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "head_dim",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_positions",
+    "n_inner",
+)
 _POSITIVE_FLOATS = ("rms_norm_eps", "layer_norm_epsilon", "rope_theta")
 
 
 # ------------------------------------------------------------------ weights
+
 
 def safetensors_files(folder: str | Path) -> list[Path]:
     """The weight files of a folder: the shards named by the index, else every *.safetensors.
@@ -133,7 +163,8 @@ def safetensors_files(folder: str | Path) -> list[Path]:
         raise ModelFormatError(
             f"{folder}: only pickled PyTorch weights ({', '.join(pickled[:3])}); pyllm never "
             f"unpickles weights. Convert them to safetensors (transformers: "
-            f"model.save_pretrained(dir, safe_serialization=True)) or use a GGUF file")
+            f"model.save_pretrained(dir, safe_serialization=True)) or use a GGUF file"
+        )
     raise ModelFormatError(f"{folder}: no *.safetensors weights")
 
 
@@ -146,8 +177,9 @@ def _index_map(index: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for name, fname in wm.items():
         if not isinstance(fname, str) or Path(fname).name != fname or fname in ("", ".", ".."):
-            raise ModelFormatError(f"{index}: weight_map[{name!r}]: {fname!r} is not a file name "
-                                   f"in the folder")
+            raise ModelFormatError(
+                f"{index}: weight_map[{name!r}]: {fname!r} is not a file name in the folder"
+            )
         shard = index.parent / fname
         if not shard.is_file():
             raise ModelFormatError(f"{index}: weight_map[{name!r}]: shard {fname} is missing")
@@ -169,8 +201,9 @@ def load_safetensors_folder(folder: str | Path) -> dict[str, torch.Tensor]:
             with safe_open(str(path), framework="pt") as f:
                 for name in f.keys():
                     if name in tensors:
-                        raise ModelFormatError(f"{path}: tensor {name!r} also in "
-                                               f"{where[name].name}")
+                        raise ModelFormatError(
+                            f"{path}: tensor {name!r} also in {where[name].name}"
+                        )
                     tensors[name] = f.get_tensor(name)
                     where[name] = path
         except (SafetensorError, OSError, RuntimeError) as e:
@@ -178,12 +211,14 @@ def load_safetensors_folder(folder: str | Path) -> dict[str, torch.Tensor]:
     if expected is not None:
         for name, shard in expected.items():
             if where.get(name) != shard:
-                raise ModelFormatError(f"{index}: weight_map[{name!r}]: tensor not found in "
-                                       f"{shard.name}")
+                raise ModelFormatError(
+                    f"{index}: weight_map[{name!r}]: tensor not found in {shard.name}"
+                )
         extra = sorted(set(tensors) - set(expected))
         if extra:
-            raise ModelFormatError(f"{index}: weight_map does not list tensors "
-                                   f"{', '.join(extra[:5])}")
+            raise ModelFormatError(
+                f"{index}: weight_map does not list tensors {', '.join(extra[:5])}"
+            )
     return tensors
 
 
