@@ -113,36 +113,56 @@ def read_task_records(path: Path, required: Sequence[str]) -> Iterator[Any]:
 @dataclass
 class TaskJobSummary:
     total: int = 0
-    skipped: int = 0
+    skipped: int = 0         # already in the output from an earlier run
     completed: int = 0
-    errors: int = 0
+    errors: int = 0          # records that failed in this run
+    earlier_errors: int = 0  # failed in an earlier run and skipped (retry_errors runs them again)
     seconds: float = 0.0
 
     def describe(self) -> str:
         rate = self.completed / self.seconds if self.seconds > 0 else 0.0
+        earlier = (f" ({self.earlier_errors} of them failed: --retry-errors runs them again)"
+                   if self.earlier_errors else "")
         return (f"done: {self.completed} completed, {self.errors} errors, {self.skipped} already "
-                f"done, of {self.total} records in {self.seconds:.1f} s ({rate:.2f} records/s)")
+                f"done{earlier}, of {self.total} records in {self.seconds:.1f} s "
+                f"({rate:.2f} records/s)")
 
 
-def run_jsonl(task: TaskAdapter | str, llm: Any, input_path: Path, output_path: Path,
+def run_jsonl(task: TaskAdapter | str, llm: Any, input_path: Path | str, output_path: Path,
               options: Mapping[str, Any], *, batch_size: int = 16,
               progress: bool = False, retry_errors: bool = False) -> TaskJobSummary:
     """Run a task over a JSONL file (see the module docstring): records in batches of
     `batch_size` through ``adapter.run(llm, records, **options)``; a batch that raises
     ValueError is retried one record at a time so that only the bad record gets an error line;
-    `retry_errors` runs the records whose output line is an error again."""
-    from tqdm import tqdm
-
-    from pyllm.errors import ContextLengthError
-    from pyllm.jobs import BadRecord, JsonlWriter, check_job_files, error_line, prepare_output
+    `retry_errors` runs the records whose output line is an error again. `input_path` may be
+    ``"-"`` (standard input) or a pipe: it is copied to a temporary file first, since the job
+    reads it twice (to count the records, then to run them). An output that is the input file
+    itself, or not a regular file, is refused (ValueError) before anything is read or written."""
+    from pyllm.jobs import check_job_files, prepare_output, readable_input
 
     adapter = get(task) if isinstance(task, str) else task
     required = tuple(getattr(adapter, "input_fields", ("text",)))
-    summary = TaskJobSummary()
     check_job_files(input_path, output_path)
-    done = prepare_output(output_path, retry_errors=retry_errors).done
-    summary.total = sum(1 for _ in read_task_records(input_path, required))
-    start = time.monotonic()
+    with readable_input(input_path) as source:
+        state = prepare_output(output_path, retry_errors=retry_errors)
+        summary = TaskJobSummary(earlier_errors=state.earlier_errors)
+        summary.total = sum(1 for _ in read_task_records(source, required))
+        start = time.monotonic()
+        _run_records(adapter, llm, source, output_path, options, required, state.done, summary,
+                     batch_size=batch_size, progress=progress)
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def _run_records(adapter: TaskAdapter, llm: Any, source: Path, output_path: Path,
+                 options: Mapping[str, Any], required: Sequence[str], done: set[Any],
+                 summary: TaskJobSummary, *, batch_size: int, progress: bool) -> None:
+    """Run every record of `source` whose key is not in `done`, appending to `output_path`."""
+    from tqdm import tqdm
+
+    from pyllm.errors import ContextLengthError
+    from pyllm.jobs import BadRecord, JsonlWriter, error_line
+
     bar = tqdm(total=summary.total, unit="rec", disable=not progress, desc=adapter.name)
 
     def run_batch(batch: list[TaskRecord], writer: JsonlWriter) -> None:
@@ -166,7 +186,7 @@ def run_jsonl(task: TaskAdapter | str, llm: Any, input_path: Path, output_path: 
     try:
         with JsonlWriter(output_path) as writer:
             batch: list[TaskRecord] = []
-            for rec in read_task_records(input_path, required):
+            for rec in read_task_records(source, required):
                 if rec.key in done:
                     summary.skipped += 1
                     bar.update(1)
@@ -184,5 +204,3 @@ def run_jsonl(task: TaskAdapter | str, llm: Any, input_path: Path, output_path: 
                 run_batch(batch, writer)
     finally:
         bar.close()
-    summary.seconds = time.monotonic() - start
-    return summary

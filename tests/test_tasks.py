@@ -199,13 +199,21 @@ def test_translate_keeps_the_layout(llm):
 def cli(llm, monkeypatch):
     import pyllm.cli_options as support
 
-    monkeypatch.setattr(support, "load_llm", lambda model, device="auto": llm)  # load once for the module
+    loads = []  # the load options each command passed
+
+    def load_llm(model, device="auto", **options):
+        loads.append({"device": device, **options})
+        return llm  # loaded once for the module
+
+    monkeypatch.setattr(support, "load_llm", load_llm)
     from pyllm.cli.main import cli as group
 
-    def invoke(*args: str):
-        result = CliRunner().invoke(group, list(args), catch_exceptions=False)
-        assert result.exit_code == 0, result.output
+    def invoke(*args: str, code: int = 0, input: str | None = None):
+        result = CliRunner().invoke(group, list(args), catch_exceptions=False, input=input)
+        assert result.exit_code == code, result.output
         return result.output
+
+    invoke.loads = loads
 
     return invoke
 
@@ -227,13 +235,29 @@ def test_cli_jsonl_and_eval(cli, tmp_path):
                    + json.dumps({"id": "b", "text": "Terrible.", "label": "negative"}) + "\n")
     out = tmp_path / "out.jsonl"
     report = cli("classify", "--labels", ",".join(LABELS), "-i", str(src), "-o", str(out),
-                 "--eval", "--json")
+                 "--eval", "--json", code=3)  # the "not json" line failed
     metrics = json.loads(report.strip().splitlines()[-1])
     assert metrics["n"] == 2 and 0.0 <= metrics["accuracy"] <= 1.0
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x.get("id") for x in lines if "error" not in x] == ["a", "b"]
     assert [x["error"]["type"] for x in lines if "error" in x] == ["invalid_json"]
     assert all(set(x) == {"id", "label", "scores"} for x in lines if "error" not in x)
+
+
+def test_builtin_commands_read_standard_input_and_take_the_load_options(cli, tmp_path):
+    out = tmp_path / "out.jsonl"
+    cli("classify", "--labels", ",".join(LABELS), "-i", "-", "-o", str(out), "--int8",
+        "--kv-dtype", "float16", "--ctx", "256", input=json.dumps({"id": "a", "text": TEXT}))
+    assert cli.loads == [{"device": "auto", "int8": True, "kv_dtype": "float16", "ctx": 256}]
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["a"]
+
+
+@pytest.mark.parametrize("command", ["classify", "qa", "translate", "keywords"])
+def test_task_commands_share_the_job_and_load_options(command, task_plugin):
+    text = " ".join(invoke(command, "--help").stdout.split())
+    for option in ("--retry-errors", "--int8", "--kv-dtype", "--device", "--ctx",
+                   "(- for standard input)", "3 some records failed in this run"):
+        assert option in text, option
 
 
 class Echo:
@@ -349,7 +373,8 @@ def task_plugin(monkeypatch):
     import pyllm.cli_options as support
 
     loaded = []
-    monkeypatch.setattr(support, "load_llm", lambda model, device="auto": loaded.append(model))
+    monkeypatch.setattr(support, "load_llm",
+                        lambda model, device="auto", **options: loaded.append(model))
     with plugins.registered(TaskPlugin(), name="task-plugin"):
         yield loaded
 
@@ -374,7 +399,7 @@ def test_a_plugin_task_gets_a_command(task_plugin, tmp_path):
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text('{"id": "1", "text": "one three"}\n{"id": "2"}\n')
     result = invoke("keywords", "-i", str(src), "-o", str(out))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # record "2" failed
     lines = {x["id"]: x for x in map(json.loads, out.read_text().splitlines())}
     assert lines["1"] == {"id": "1", "keywords": "three, one"} and "error" in lines["2"]
 
@@ -410,3 +435,52 @@ def test_without_the_tasks_plugin_no_task_command_exists(monkeypatch):
     finally:
         monkeypatch.delenv("PYLLM_PLUGINS")
         plugins.reset()
+
+
+def test_run_jsonl_reads_standard_input(tmp_path, monkeypatch):
+    import io
+
+    data = b'{"id": "1", "text": "a"}\n{"id": "2", "text": "b"}\n'
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    s = tasks.run_jsonl(Echo(), None, "-", tmp_path / "out.jsonl", {})
+    assert (s.total, s.completed, s.errors) == (2, 2, 0)
+
+
+def test_task_job_exit_status_and_retry_errors(task_plugin, tmp_path):
+    out = tmp_path / "out.jsonl"
+    result = invoke("keywords", "-i", "-", "-o", str(out),
+                    input='{"id": "1", "text": "one three"}\n{"id": "2"}\n')
+    assert result.exit_code == 3, result.output
+    src = tmp_path / "in.jsonl"  # the input fixed: "2" has its text now
+    src.write_text('{"id": "1", "text": "one three"}\n{"id": "2", "text": "two"}\n')
+    result = invoke("keywords", "-i", str(src), "-o", str(out))
+    assert result.exit_code == 0 and "--retry-errors runs them again" in result.stderr
+    lines = {x["id"]: x for x in map(json.loads, out.read_text().splitlines())}
+    assert "error" in lines["2"] and len(lines) == 2  # a failure counts as done
+    result = invoke("keywords", "-i", str(src), "-o", str(out), "--retry-errors")
+    assert result.exit_code == 0, result.output
+    assert sorted(map(json.loads, out.read_text().splitlines()), key=lambda x: x["id"]) == [
+        {"id": "1", "keywords": "three, one"}, {"id": "2", "keywords": "two"}]
+
+
+def test_task_job_refuses_its_input_as_output(task_plugin, tmp_path):
+    src, link = tmp_path / "in.jsonl", tmp_path / "link.jsonl"
+    text = '{"id": "1", "text": "one three"}\n'
+    src.write_text(text)
+    link.symlink_to(src)
+    for out in (src, link, tmp_path / "." / "in.jsonl"):
+        result = invoke("keywords", "-i", str(src), "-o", str(out))
+        assert result.exit_code == 2 and "are the same file" in result.stderr, result.output
+    assert src.read_text() == text and task_plugin == []  # refused before the model loads
+
+
+def test_generic_task_command_takes_the_load_options(task_plugin, monkeypatch):
+    import pyllm.cli_options as support
+
+    seen = []
+    monkeypatch.setattr(support, "load_llm",
+                        lambda model, device="auto", **options: seen.append((device, options)))
+    result = invoke("keywords", "--int8", "--kv-dtype", "bfloat16", "--ctx", "64",
+                    "--device", "cpu", "a bb")
+    assert result.exit_code == 0, result.output
+    assert seen == [("cpu", {"int8": True, "kv_dtype": "bfloat16", "ctx": 64})]

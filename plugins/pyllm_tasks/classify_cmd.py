@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from pyllm.cli_options import check_io, input_options, print_single, text_argument
+from pyllm.cli_options import JOB_HELP, check_io, input_options, print_single, text_argument
 
 HELP = """Classify TEXT (or every record of -i IN.jsonl) with one of the labels.
 
@@ -48,7 +48,7 @@ def _read_examples(path: Path) -> list[dict[str, str]]:
     return out
 
 
-@click.command("classify", help=HELP,
+@click.command("classify", help=f"{HELP}\n{JOB_HELP}",
                short_help="Classify text by scoring each label (calibrated).")
 @click.argument("text", required=False)
 @click.option("--labels", help="Comma-separated labels, e.g. sport,politics,tech.")
@@ -75,7 +75,8 @@ def classify(text: str | None, labels: str | None, labels_file: Path | None,
              multi_label: bool, threshold: float, length_normalize: bool,
              instruction: str | None, generate: bool, model: str, input_path: Path | None,
              output_path: Path | None, as_json: bool, evaluate: bool, batch_size: int,
-             progress: bool | None, device: str) -> None:
+             progress: bool | None, retry_errors: bool,
+             int8: bool, kv_dtype: str, device: str, ctx: int | None) -> None:
     from pyllm_tasks.classify import read_labels
 
     if (labels is None) == (labels_file is None):
@@ -97,11 +98,11 @@ def classify(text: str | None, labels: str | None, labels_file: Path | None,
         text = text_argument(text)
     from pyllm.cli_options import load_llm, run_file
 
-    llm = load_llm(model, device)
+    llm = load_llm(model, device, int8=int8, kv_dtype=kv_dtype, ctx=ctx)
     if input_path is not None:
         run_file("classify", llm, input_path, output_path, options, batch_size=batch_size,
                  progress=progress, evaluate=_evaluator(label_list) if evaluate else None,
-                 as_json=as_json)
+                 as_json=as_json, retry_errors=retry_errors)
         return
     from pyllm.tasks import get
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from pyllm.cli_options import check_io, input_options, print_single, text_argument
+from pyllm.cli_options import JOB_HELP, check_io, input_options, print_single, text_argument
 
 HELP = """Translate TEXT (or every record of -i IN.jsonl) from one language to another.
 
@@ -20,7 +20,8 @@ JSONL: lines in {"id", "text"}, out {"id", "translation"}; --eval reads each rec
 """
 
 
-@click.command("translate", help=HELP, short_help="Translate text between languages.")
+@click.command("translate", help=f"{HELP}\n{JOB_HELP}",
+               short_help="Translate text between languages.")
 @click.argument("text", required=False)
 @click.option("--from", "src", default=None, help="Source language (default: not named).")
 @click.option("--to", "tgt", required=True, help="Target language.")
@@ -29,7 +30,8 @@ JSONL: lines in {"id", "text"}, out {"id", "translation"}; --eval reads each rec
 @input_options
 def translate(text: str | None, src: str | None, tgt: str, max_chunk_tokens: int, model: str,
               input_path: Path | None, output_path: Path | None, as_json: bool, evaluate: bool,
-              batch_size: int, progress: bool | None, device: str) -> None:
+              batch_size: int, progress: bool | None, retry_errors: bool,
+              int8: bool, kv_dtype: str, device: str, ctx: int | None) -> None:
     from pyllm_tasks.translate import language_name
 
     language_name(src)  # a bad language fails before the model loads
@@ -40,10 +42,11 @@ def translate(text: str | None, src: str | None, tgt: str, max_chunk_tokens: int
         text = text_argument(text)
     from pyllm.cli_options import load_llm, run_file
 
-    llm = load_llm(model, device)
+    llm = load_llm(model, device, int8=int8, kv_dtype=kv_dtype, ctx=ctx)
     if input_path is not None:
         run_file("translate", llm, input_path, output_path, options, batch_size=batch_size,
-                 progress=progress, evaluate=_evaluate if evaluate else None, as_json=as_json)
+                 progress=progress, evaluate=_evaluate if evaluate else None, as_json=as_json,
+                 retry_errors=retry_errors)
         return
     from pyllm.tasks import get
 

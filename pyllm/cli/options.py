@@ -17,6 +17,10 @@ import click
 
 from pyllm.types import KV_DTYPES
 
+# The exit status of a JSONL job (`pyllm generate`, the task commands with -i) that finished
+# but wrote an error line for some record in this run.
+EXIT_RECORDS_FAILED = 3
+
 # SamplingParams field -> (flag, type, help)
 SAMPLING_OPTIONS: dict[str, tuple[str, type, str]] = {
     "max_tokens": ("--max-tokens", int, "most tokens to generate"),
@@ -168,9 +172,9 @@ def pick_model(option: str | None, positional: list[str | None]
     return option, positional[:-1]
 
 
-def system_option() -> Callable[[Any], Any]:
-    return click.option("-s", "--system", default=None,
-                        help="A system prompt (replaces the one the chat template adds by itself).")
+def system_option(help_: str = "A system prompt (replaces the one the chat template adds by "
+                               "itself).") -> Callable[[Any], Any]:
+    return click.option("-s", "--system", default=None, help=help_)
 
 
 def ctx_option() -> Callable[[Any], Any]:

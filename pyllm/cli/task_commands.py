@@ -4,8 +4,9 @@ A task without a command of its own gets a generic one built from its adapter
 (:class:`pyllm.types.TaskAdapter`): the input field as the argument when the task has one
 (``pyllm sentiment "I loved it"``; standard input when it is a pipe), ``--FIELD VALUE`` for each
 field otherwise, ``-O NAME=VALUE`` for the task's options (a JSON value, else a string), and the
-options every task command shares (``-m``, ``-i``/``-o``, ``--json``, ``--batch-size``,
-``--device``; :mod:`pyllm.cli_options`). A plugin that wants a richer interface registers a
+options every task command shares (``-m``, ``-i``/``-o``, ``--retry-errors``, ``--json``,
+``--batch-size``, ``--int8``, ``--kv-dtype``, ``--device``, ``--ctx``; :mod:`pyllm.cli_options`).
+A JSONL job exits with status 3 when a record failed in this run. A plugin that wants a richer interface registers a
 click command named like its task (``register_commands``), which takes the generic one's place:
 the built-in tasks do.
 """
@@ -19,7 +20,8 @@ from typing import Any
 import click
 
 from pyllm import cli_options
-from pyllm.cli_options import check_io, print_single, run_file, task_input_options, text_argument
+from pyllm.cli_options import (JOB_HELP, check_io, print_single, run_file, task_input_options,
+                               text_argument)
 from pyllm.tasks import result_text
 from pyllm.types import TaskAdapter
 
@@ -59,18 +61,20 @@ def task_command(adapter: TaskAdapter) -> click.Command:
             if missing:
                 flags = " ".join(f"--{f.replace('_', '-')} TEXT" for f in missing)
                 raise click.UsageError(f"give {flags}, or -i IN.jsonl")
-        llm = cli_options.load_llm(kwargs["model"], kwargs["device"])
+        llm = cli_options.load_llm(kwargs["model"], kwargs["device"], int8=kwargs["int8"],
+                                   kv_dtype=kwargs["kv_dtype"], ctx=kwargs["ctx"])
         if input_path is not None:
             run_file(name, llm, input_path, output_path, options,
                      batch_size=kwargs["batch_size"], progress=kwargs["progress"], evaluate=None,
-                     as_json=kwargs["as_json"])
+                     as_json=kwargs["as_json"], retry_errors=kwargs["retry_errors"])
             return
         result = adapter.run(llm, [values], **options)[0]
         print_single(result, kwargs["as_json"], result_text)
 
     record = ", ".join(f'"{f}"' for f in ("id", *fields))
     help_text = (f"{adapter.description}\n\nThe task {name!r} on one input or on every "
-                 f"record of -i IN.jsonl (lines {{{record}}}). Task options: -O NAME=VALUE.")
+                 f"record of -i IN.jsonl (lines {{{record}}}). Task options: -O NAME=VALUE."
+                 f"\n\n{JOB_HELP}")
     # click lists options in the reverse order of the decorators applied here
     decorate = [task_input_options(evaluate=False),
                 click.option("-O", "--option", "task_options", multiple=True,
