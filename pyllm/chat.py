@@ -170,9 +170,10 @@ class ChatTemplate:
             raise
         except TemplateError as exc:
             raise ChatTemplateError(f"chat template does not compile: {exc}") from exc
-        except (RecursionError, MemoryError, limits.TemplateLimitError) as exc:
+        except (RecursionError, MemoryError, SyntaxError, limits.TemplateLimitError) as exc:
+            # nested too deeply for Jinja's parser or for Python's compiler (20 nested loops)
             raise ChatTemplateError(f"chat template does not compile: {type(exc).__name__}: "
-                                    f"{exc}") from None
+                                    f"{_short(exc)}") from None
 
     @classmethod
     def lenient(cls, source: str | None, **options: Any) -> ChatTemplate:

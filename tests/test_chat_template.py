@@ -195,6 +195,17 @@ def test_the_default_deadline_applies():
     assert time.perf_counter() - start < MAX_RENDER_SECONDS + 1.0
 
 
+@pytest.mark.parametrize("source", [
+    "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}",
+    "{% for a in messages %}" * 30 + "{% endfor %}" * 30,  # Python's 20 nested blocks
+    "{% if true %}" * 3000 + "{% endif %}" * 3000,
+    "{{ " + "-" * 20000 + "1 }}",
+])
+def test_templates_nested_too_deeply_do_not_compile(source):
+    with pytest.raises(ChatTemplateError, match="does not compile"):
+        ChatTemplate(source)
+
+
 def test_limit_messages_say_what_was_too_big():
     with pytest.raises(ChatTemplateError, match="102,000,000"):
         ChatTemplate(HOSTILE["string product"]).render(MSGS)
@@ -227,7 +238,7 @@ def test_a_refused_template_from_a_model_file_fails_only_when_rendering():
     for source in (HOSTILE["include"], "{{ ''.__class__.__mro__ }}", "{% for %}"):
         t = ChatTemplate.from_gguf_metadata({"tokenizer.chat_template": source})
         assert t.error is not None and not t.is_fallback
-        with pytest.raises(ChatTemplateError, match="refused|does not compile"):
+        with pytest.raises(ChatTemplateError, match=r"refused|does not compile"):
             t.render(MSGS)
     t = ChatTemplate.from_gguf_metadata({"tokenizer.chat_template": 42})
     with pytest.raises(ChatTemplateError, match="must be a string"):
