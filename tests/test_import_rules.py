@@ -36,10 +36,10 @@ BUILTIN_INTERNALS: dict[str, dict[str, str]] = {
     },
     "pyllm_tasks": {
         "pyllm.chat": "prompts fall back when a chat template refuses a system turn",
-        "pyllm.scoring": "classification scores label continuations after one prefill",
+        "pyllm.scoring": "classification scores label continuations after one prefill; "
+                         "extractive QA scores candidate spans the same way",
         "pyllm.engine.frontend": "batched greedy generation through the engine",
         "pyllm.engine.llm_engine": "one engine per model keeps the task prompts' prefix cache",
-        "pyllm.model.batch": "span-constrained decoding drives the model's KV cache directly",
     },
 }
 
