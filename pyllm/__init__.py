@@ -31,9 +31,11 @@ _LAZY = {
 __all__ = ["ModelFormatError", "ContextLengthError", "PyllmError", "__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyllm.api import LLM, load
-    from pyllm.sampling_params import SamplingParams
-    from pyllm.types import Message
+    # `X as X`: re-exported for type checkers; at run time __getattr__ imports them lazily.
+    from pyllm.api import LLM as LLM
+    from pyllm.api import load as load
+    from pyllm.sampling_params import SamplingParams as SamplingParams
+    from pyllm.types import Message as Message
 
 
 def __getattr__(name: str) -> Any:

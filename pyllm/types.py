@@ -11,10 +11,10 @@ plugin's types never pulls torch in (``pyllm --help`` stays fast).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, TypedDict, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, runtime_checkable
 
 # The KV-cache element types a model can be loaded with (pyllm.load(kv_dtype=...), --kv-dtype).
 KV_DTYPES = ("float32", "float16", "bfloat16")
@@ -26,14 +26,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "Message",
+    "ModelSource",
+    "ReplHandler",
     "Role",
-    "Tokenizer",
-    "TokenizerFactory",
     "SamplerStep",
     "SamplingContext",
     "TaskAdapter",
-    "ModelSource",
-    "ReplHandler",
+    "Tokenizer",
+    "TokenizerFactory",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]

@@ -148,7 +148,7 @@ def seeded_sampling(logits: torch.Tensor) -> None:
     states_gpu = [{} for _ in range(B)]
     sampler = Sampler()
     same = total = 0
-    for step in range(24):
+    for _step in range(24):
         x = rows + torch.randn(rows.shape, generator=g)  # fresh logits each step, same on both
         rc = sampler.sample(x.clone(), params, prompts, outs_cpu, states_cpu)
         rg = sampler.sample(x.cuda(), params, prompts, outs_gpu, states_gpu)

@@ -1,6 +1,7 @@
 """Where a decode step's GPU time goes: per-kernel device time of the model's forward on CUDA.
 
-    python scripts/gpu_profile.py MODEL.gguf [--batch 1,64] [--context 256] [--kernels general,tuned]
+    python scripts/gpu_profile.py MODEL.gguf [--batch 1,64] [--context 256] \
+        [--kernels general,tuned]
 
 For each batch size: a decode step over a ContiguousKVCache (random K/V, `--context` cached
 tokens a sequence) is run eagerly under torch.profiler (the same kernels a graph replays), and the
@@ -63,12 +64,14 @@ def profile_steps(model, args, family: str) -> None:
                 rows[name] = (total + e.device_time_total, count + 1)  # µs
         step = sum(t for t, _ in rows.values()) / args.steps
         print(
-            f"\n== {family} kernels, batch {batch}, context {args.context}: {step / 1e3:.3f} ms of kernels a step, "
+            f"\n== {family} kernels, batch {batch}, context {args.context}: "
+            f"{step / 1e3:.3f} ms of kernels a step, "
             f"{sum(c for _, c in rows.values()) // args.steps} kernels a step"
         )
         for name, (total, count) in sorted(rows.items(), key=lambda kv: -kv[1][0])[:14]:
             print(
-                f"  {total / args.steps:9.1f} us/step  {count // args.steps:5d} x {total / count:8.2f} us  {name}"
+                f"  {total / args.steps:9.1f} us/step  {count // args.steps:5d} x "
+                f"{total / count:8.2f} us  {name}"
             )
         del cache
         torch.cuda.empty_cache()

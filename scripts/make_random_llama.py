@@ -2,9 +2,9 @@
 weights as a Hugging Face folder), for GPU checks and benchmarks where the real model cannot go.
 
 The GGUF mirrors SmolLM2-135M-Instruct.Q4_1.gguf: Q4_1 attention/FFN matrices, a Q8_0 token
-embedding tied to the LM head, F32 norms, Q/K rows permuted for llama.cpp's "normal" RoPE. The Hugging
-Face folder holds the dequantized values in the original (unpermuted) layout, so transformers
-and pyllm compute on the same numbers (up to the folder's dtype).
+embedding tied to the LM head, F32 norms, Q/K rows permuted for llama.cpp's "normal" RoPE. The
+Hugging Face folder holds the dequantized values in the original (unpermuted) layout, so
+transformers and pyllm compute on the same numbers (up to the folder's dtype).
 
     python scripts/make_random_llama.py OUT_DIR [--shape smollm2|tiny] [--hf] \
         [--metadata FILE.json.gz]   # key/value pairs (the tokenizer...) copied from a real GGUF
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import gguf_builder as B  # noqa: E402  (the project's own GGUF writer; no `gguf` package needed)
+import gguf_builder as B  # the project's own GGUF writer; no `gguf` package needed
 
 SHAPES = {
     # SmolLM2-135M's shape (its GGUF metadata)

@@ -7,7 +7,7 @@ string; what it releases is final. When a stop string appears, the text is cut j
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class StopStringChecker:

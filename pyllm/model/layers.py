@@ -7,7 +7,7 @@ Activations are float32 throughout.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

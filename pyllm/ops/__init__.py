@@ -13,6 +13,8 @@ from pyllm.ops._library import (
     using_cuda_kernels,
 )
 from pyllm.ops.activation import gelu_tanh, gelu_tanh_ref, silu_mul, silu_mul_ref
+from pyllm.ops.attention import paged_attention
+from pyllm.ops.kv_cache import write_kv_cache_
 from pyllm.ops.norm import (
     fused_add_rms_norm,
     fused_add_rms_norm_ref,
@@ -21,35 +23,35 @@ from pyllm.ops.norm import (
     rms_norm,
     rms_norm_ref,
 )
+from pyllm.ops.qlinear import QWeight, linear, qlinear
 from pyllm.ops.rope import rope, rope_cos_sin, rope_ref
-from pyllm.ops.qlinear import QWeight, linear, qlinear  # noqa: F401
-from pyllm.ops.kv_cache import write_kv_cache_  # noqa: F401
-from pyllm.ops.attention import paged_attention  # noqa: F401
-from pyllm.ops.sampling import sample_tokens, sample_tokens_ref  # noqa: F401
+from pyllm.ops.sampling import sample_tokens, sample_tokens_ref
 
 __all__ = [
+    "QWeight",
     "cuda_built",
-    "kernel_mode",
-    "native",
-    "set_cuda_kernels",
-    "get_cuda_kernels",
-    "using_cuda_kernels",
-    "rms_norm",
-    "rms_norm_ref",
     "fused_add_rms_norm",
     "fused_add_rms_norm_ref",
-    "layer_norm",
-    "layer_norm_ref",
-    "rope",
-    "rope_ref",
-    "rope_cos_sin",
-    "silu_mul",
-    "silu_mul_ref",
     "gelu_tanh",
     "gelu_tanh_ref",
-    "QWeight",
+    "get_cuda_kernels",
+    "kernel_mode",
+    "layer_norm",
+    "layer_norm_ref",
     "linear",
-    "qlinear",
-    "write_kv_cache_",
+    "native",
     "paged_attention",
+    "qlinear",
+    "rms_norm",
+    "rms_norm_ref",
+    "rope",
+    "rope_cos_sin",
+    "rope_ref",
+    "sample_tokens",
+    "sample_tokens_ref",
+    "set_cuda_kernels",
+    "silu_mul",
+    "silu_mul_ref",
+    "using_cuda_kernels",
+    "write_kv_cache_",
 ]

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 
 from pyllm.ops import _library as L
 
-
 # ---------------------------------------------------------------- silu_mul
 
 SILU_MUL = L.define("silu_mul(Tensor x) -> Tensor")

@@ -8,7 +8,8 @@ Dims at or past R pass through unchanged (partial rotary, e.g. rotary_dim < head
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -142,10 +143,7 @@ def rope_ref(
             x1, x2 = rot[..., 0::2], rot[..., 1::2]
         o1 = x1 * cos - x2 * sin
         o2 = x2 * cos + x1 * sin
-        if neox:
-            rot = torch.cat([o1, o2], dim=-1)
-        else:
-            rot = torch.stack([o1, o2], dim=-1).flatten(-2)
+        rot = torch.cat([o1, o2], dim=-1) if neox else torch.stack([o1, o2], dim=-1).flatten(-2)
         return torch.cat([rot, rest], dim=-1).to(x.dtype)  # (T, H, D)
 
     return rotate(q), rotate(k)

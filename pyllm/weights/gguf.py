@@ -23,6 +23,7 @@ Tensor data is never copied: :meth:`GGUFFile.raw` returns a torch view over a pr
 
 from __future__ import annotations
 
+import itertools
 import math
 import mmap
 import os
@@ -352,7 +353,7 @@ class GGUFFile:
                 name, gtype, t.name, tuple(reversed(dims)), self.data_offset + rel, nbytes
             )
         spans.sort()
-        for (_, end_a, a), (start_b, _, b) in zip(spans, spans[1:]):
+        for (_, end_a, a), (start_b, _, b) in itertools.pairwise(spans):
             if start_b < end_a:
                 raise r.fail(f"tensor {b!r} offset", f"its data overlaps tensor {a!r}")
 

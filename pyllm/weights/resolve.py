@@ -20,10 +20,8 @@ def resolve_model(spec: str | None, progress: bool = True) -> Path:
     `pyllm models default` set, else smollm2). The registered sources are asked in
     order; the first that recognises the spec resolves it (downloading when that source does).
     """
-    from pyllm import plugins
+    from pyllm import plugins, settings
     from pyllm.weights.pull import DEFAULT_MODEL
-
-    from pyllm import settings
 
     # An alias or the user's default model (`pyllm aliases`, `pyllm models default`) first.
     spec = settings.expand((spec or "").strip() or settings.default_model() or DEFAULT_MODEL.name)

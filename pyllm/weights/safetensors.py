@@ -199,7 +199,7 @@ def load_safetensors_folder(folder: str | Path) -> dict[str, torch.Tensor]:
     for path in safetensors_files(folder):
         try:
             with safe_open(str(path), framework="pt") as f:
-                for name in f.keys():
+                for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                     if name in tensors:
                         raise ModelFormatError(
                             f"{path}: tensor {name!r} also in {where[name].name}"
