@@ -200,7 +200,8 @@ class ChatTemplate:
         except (ChatTemplateError, ValueError) as exc:
             if isinstance(exc, ChatTemplateError):
                 raise
-            raise ChatTemplateError(f"chat template failed: {type(exc).__name__}: {exc}") from None
+            raise ChatTemplateError(f"chat template failed: {type(exc).__name__}: "
+                                    f"{_short(exc)}") from None
         except limits.TemplateLimitError as exc:
             raise ChatTemplateError(f"chat template refused: {exc}") from None
         except SecurityError as exc:
