@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "common/cuda_kernels.h"
 #include "quant/qlinear.h"
@@ -35,9 +36,9 @@ __device__ __forceinline__ uint16_t load_u16(const uint8_t* p) { return *reinter
 template <int QT>
 __device__ __forceinline__ void decode8(const uint8_t* row, int64_t c, int part, int64_t K, float w[8]) {
   if constexpr (QT == kQ8_0) {
-    const uint8_t* b = row + c * 34;
+    const uint8_t* b = row + c * kBlockBytes<BlockQ8_0>;
     const float d = half_bits_to_float(load_u16(b));
-    const uint8_t* q = b + 2 + 8 * part;
+    const uint8_t* q = b + kQuantsAt<BlockQ8_0> + 8 * part;
 #pragma unroll
     for (int i = 0; i < 8; i += 2) {
       const uint16_t two = load_u16(q + i);
@@ -45,11 +46,12 @@ __device__ __forceinline__ void decode8(const uint8_t* row, int64_t c, int part,
       w[i + 1] = static_cast<float>(static_cast<int8_t>(two >> 8)) * d;
     }
   } else if constexpr (QT == kQ4_0 || QT == kQ4_1) {
-    constexpr int kBytes = QT == kQ4_0 ? 18 : 20;
-    constexpr int kHead = QT == kQ4_0 ? 2 : 4;
+    using Block = std::conditional_t<QT == kQ4_0, BlockQ4_0, BlockQ4_1>;
+    constexpr int64_t kBytes = kBlockBytes<Block>;
+    constexpr int64_t kHead = kQuantsAt<Block>;
     const uint8_t* b = row + c * kBytes;
     const float d = half_bits_to_float(load_u16(b));
-    const float m = QT == kQ4_1 ? half_bits_to_float(load_u16(b + 2)) : 0.f;
+    const float m = QT == kQ4_1 ? half_bits_to_float(load_u16(b + offsetof(BlockQ4_1, m))) : 0.f;
     // part 0: low nibbles of bytes 0..7, 1: low of 8..15, 2: high of 0..7, 3: high of 8..15
     const uint8_t* q = b + kHead + 8 * (part & 1);
     const int shift = part < 2 ? 0 : 4;

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "common/quant_blocks.h"
 #include "common/tensor_view.h"
 
 namespace pyllm {
@@ -16,7 +17,7 @@ namespace pyllm {
 // GGML type ids (the `qtype` argument).
 enum QType : int { kQF32 = 0, kQF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQBF16 = 30 };
 
-constexpr int kQBlock = 32;  // weights per block (float types are walked in the same chunks)
+constexpr int kQBlock = kQK;  // weights per block (float types are walked in the same chunks)
 
 // Header-only (shared by the CPU and CUDA kernels); static so that no copy built for one ISA is
 // shared with code built for another (tests/test_isa_isolation.py).
@@ -24,9 +25,9 @@ constexpr int kQBlock = 32;  // weights per block (float types are walked in the
 // Bytes of one 32-weight chunk of a row.
 static inline int64_t qchunk_bytes(int qtype) {
   switch (qtype) {
-    case kQ4_0: return 18;
-    case kQ4_1: return 20;
-    case kQ8_0: return 34;
+    case kQ4_0: return kBlockBytes<BlockQ4_0>;
+    case kQ4_1: return kBlockBytes<BlockQ4_1>;
+    case kQ8_0: return kBlockBytes<BlockQ8_0>;
     case kQF16: case kQBF16: return 64;
     default: return 128;
   }

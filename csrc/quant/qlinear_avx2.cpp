@@ -45,11 +45,12 @@ struct Dec;
 
 template <>
 struct Dec<kQ4_0> {
-  static constexpr int64_t kBytes = 18;
+  static constexpr int64_t kBytes = kBlockBytes<BlockQ4_0>;
+  static constexpr int64_t kQs = kQuantsAt<BlockQ4_0>;
   __m256 d;
   void scales(const uint8_t* p) { d = bcast_f16(p); }
   void half(const uint8_t* p, int h, __m256& lo, __m256& hi) const {
-    const __m256i v = load8_u8(p + 2 + 8 * h);
+    const __m256i v = load8_u8(p + kQs + 8 * h);
     const __m256i eight = _mm256_set1_epi32(8);
     const __m256i l = _mm256_sub_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x0F)), eight);
     const __m256i u = _mm256_sub_epi32(_mm256_srli_epi32(v, 4), eight);
@@ -60,16 +61,17 @@ struct Dec<kQ4_0> {
 
 template <>
 struct Dec<kQ4_1> {
-  static constexpr int64_t kBytes = 20;
+  static constexpr int64_t kBytes = kBlockBytes<BlockQ4_1>;
+  static constexpr int64_t kQs = kQuantsAt<BlockQ4_1>;
   __m256 d, m;
   void scales(const uint8_t* p) {
     d = bcast_f16(p);
-    m = bcast_f16(p + 2);
+    m = bcast_f16(p + offsetof(BlockQ4_1, m));
   }
   void half(const uint8_t* p, int h, __m256& lo, __m256& hi) const {
     // q*d is exact in float32 (4-bit q, 11-bit d), so the FMA rounds q*d + m once, as the
     // reference's q*d then + m does.
-    const __m256i v = load8_u8(p + 4 + 8 * h);
+    const __m256i v = load8_u8(p + kQs + 8 * h);
     lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0x0F))), d, m);
     hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), d, m);
   }
@@ -77,12 +79,13 @@ struct Dec<kQ4_1> {
 
 template <>
 struct Dec<kQ8_0> {
-  static constexpr int64_t kBytes = 34;
+  static constexpr int64_t kBytes = kBlockBytes<BlockQ8_0>;
+  static constexpr int64_t kQs = kQuantsAt<BlockQ8_0>;
   __m256 d;
   void scales(const uint8_t* p) { d = bcast_f16(p); }
   void half(const uint8_t* p, int h, __m256& lo, __m256& hi) const {
-    lo = _mm256_mul_ps(_mm256_cvtepi32_ps(load8_i8(p + 2 + 8 * h)), d);
-    hi = _mm256_mul_ps(_mm256_cvtepi32_ps(load8_i8(p + 18 + 8 * h)), d);
+    lo = _mm256_mul_ps(_mm256_cvtepi32_ps(load8_i8(p + kQs + 8 * h)), d);
+    hi = _mm256_mul_ps(_mm256_cvtepi32_ps(load8_i8(p + kQs + 16 + 8 * h)), d);
   }
 };
 
@@ -214,11 +217,11 @@ struct GemvChunk;
 
 template <>
 struct GemvChunk<kQ4_0> {
-  static constexpr int64_t kBytes = 18;
+  static constexpr int64_t kBytes = kBlockBytes<BlockQ4_0>;
   static constexpr bool kPrep = true;
   static void step(const uint8_t* p, const float* xp, __m256& acc, __m128&) {
     const __m256i mask = _mm256_set1_epi32(0x0F), eight = _mm256_set1_epi32(8), k136 = _mm256_set1_epi32(136);
-    const __m256i v0 = load8_u8(p + 2), v1 = load8_u8(p + 10);
+    const __m256i v0 = load8_u8(p + kQuantsAt<BlockQ4_0>), v1 = load8_u8(p + kQuantsAt<BlockQ4_0> + 8);
     __m256 b = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v0, mask), eight)), _mm256_loadu_ps(xp));
     b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v1, mask), eight)), _mm256_loadu_ps(xp + 8), b);
     b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v0, k136)), _mm256_loadu_ps(xp + 16), b);
@@ -229,11 +232,11 @@ struct GemvChunk<kQ4_0> {
 
 template <>
 struct GemvChunk<kQ4_1> {
-  static constexpr int64_t kBytes = 20;
+  static constexpr int64_t kBytes = kBlockBytes<BlockQ4_1>;
   static constexpr bool kPrep = true;
   static void step(const uint8_t* p, const float* xp, __m256& acc, __m128& macc) {
     const __m256i mask = _mm256_set1_epi32(0x0F);
-    const __m256i v0 = load8_u8(p + 4), v1 = load8_u8(p + 12);
+    const __m256i v0 = load8_u8(p + kQuantsAt<BlockQ4_1>), v1 = load8_u8(p + kQuantsAt<BlockQ4_1> + 8);
     __m256 b = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, mask)), _mm256_loadu_ps(xp));
     b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, mask)), _mm256_loadu_ps(xp + 8), b);
     b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v0), _mm256_loadu_ps(xp + 16), b);
@@ -248,13 +251,14 @@ struct GemvChunk<kQ4_1> {
 
 template <>
 struct GemvChunk<kQ8_0> {
-  static constexpr int64_t kBytes = 34;
+  static constexpr int64_t kBytes = kBlockBytes<BlockQ8_0>;
+  static constexpr int64_t kQs = kQuantsAt<BlockQ8_0>;
   static constexpr bool kPrep = false;
   static void step(const uint8_t* p, const float* xp, __m256& acc, __m128&) {
-    __m256 b = _mm256_mul_ps(_mm256_cvtepi32_ps(load8_i8(p + 2)), _mm256_loadu_ps(xp));
-    b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(load8_i8(p + 10)), _mm256_loadu_ps(xp + 8), b);
-    b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(load8_i8(p + 18)), _mm256_loadu_ps(xp + 16), b);
-    b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(load8_i8(p + 26)), _mm256_loadu_ps(xp + 24), b);
+    __m256 b = _mm256_mul_ps(_mm256_cvtepi32_ps(load8_i8(p + kQs)), _mm256_loadu_ps(xp));
+    b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(load8_i8(p + kQs + 8)), _mm256_loadu_ps(xp + 8), b);
+    b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(load8_i8(p + kQs + 16)), _mm256_loadu_ps(xp + 16), b);
+    b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(load8_i8(p + kQs + 24)), _mm256_loadu_ps(xp + 24), b);
     acc = _mm256_fmadd_ps(b, bcast_f16(p), acc);
   }
 };

@@ -20,23 +20,26 @@ static inline float load_f16(const uint8_t* p) {
 static inline void dequant_chunk(int qtype, const uint8_t* p, float* out) {
   switch (qtype) {
     case kQ8_0: {
-      const float d = load_f16(p);
-      for (int i = 0; i < 32; ++i) out[i] = static_cast<float>(static_cast<int8_t>(p[2 + i])) * d;
+      const float d = load_f16(p + offsetof(BlockQ8_0, d));
+      const uint8_t* q = p + kQuantsAt<BlockQ8_0>;
+      for (int i = 0; i < kQK; ++i) out[i] = static_cast<float>(static_cast<int8_t>(q[i])) * d;
       break;
     }
     case kQ4_0: {
-      const float d = load_f16(p);
-      for (int j = 0; j < 16; ++j) {
-        out[j] = static_cast<float>((p[2 + j] & 0x0F) - 8) * d;
-        out[j + 16] = static_cast<float>((p[2 + j] >> 4) - 8) * d;
+      const float d = load_f16(p + offsetof(BlockQ4_0, d));
+      const uint8_t* q = p + kQuantsAt<BlockQ4_0>;
+      for (int j = 0; j < kQK / 2; ++j) {
+        out[j] = static_cast<float>((q[j] & 0x0F) - 8) * d;
+        out[j + 16] = static_cast<float>((q[j] >> 4) - 8) * d;
       }
       break;
     }
     case kQ4_1: {
-      const float d = load_f16(p), m = load_f16(p + 2);
-      for (int j = 0; j < 16; ++j) {
-        out[j] = static_cast<float>(p[4 + j] & 0x0F) * d + m;
-        out[j + 16] = static_cast<float>(p[4 + j] >> 4) * d + m;
+      const float d = load_f16(p + offsetof(BlockQ4_1, d)), m = load_f16(p + offsetof(BlockQ4_1, m));
+      const uint8_t* q = p + kQuantsAt<BlockQ4_1>;
+      for (int j = 0; j < kQK / 2; ++j) {
+        out[j] = static_cast<float>(q[j] & 0x0F) * d + m;
+        out[j + 16] = static_cast<float>(q[j] >> 4) * d + m;
       }
       break;
     }

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from pyllm.ops import _library as L
+from pyllm.weights.quant import QTYPE_CODES
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyllm.model.batch import AttentionMetadata, KVCaches
     from pyllm.model.gpt import GPT
 
 _CACHE_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-_QTYPE_CODES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 8, "bf16": 30}
 
 
 def available() -> bool:
@@ -64,7 +64,7 @@ def _weight_args(w, keep: list) -> tuple[int, int, int]:
     if not (data.is_cpu and data.is_contiguous()):
         raise Unsupported("a weight is not a contiguous CPU tensor")
     keep.append(data)
-    return data.data_ptr(), _QTYPE_CODES[w.qtype], w.out_features
+    return data.data_ptr(), QTYPE_CODES[w.qtype], w.out_features
 
 
 def _linear_args(module, keep: list) -> tuple[int, int, list[tuple[int, int, int, int]]]:

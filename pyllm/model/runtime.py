@@ -32,9 +32,7 @@ from pyllm.model.fast import FastForward, Unsupported
 from pyllm.model.fast import available as fast_available
 from pyllm.model.gpt import GPT
 from pyllm.model.layers import Linear
-
-# Matrices the int8-activation kernels take (and pack into panels).
-_INT8_QTYPES = ("q4_0", "q4_1", "q8_0")
+from pyllm.ops.qlinear import INT8_QTYPES
 
 
 class ModelRunner:
@@ -102,7 +100,7 @@ class ModelRunner:
             # of a tied table, is read back from the file).
             for module in self.gpt.modules():
                 w = module.weight if isinstance(module, Linear) else None
-                if w is not None and w.qtype in _INT8_QTYPES and w.in_features % 32 == 0:
+                if w is not None and w.qtype in INT8_QTYPES and w.in_features % 32 == 0:
                     self.release_pages(w.data)
 
     # ------------------------------------------------------------------ the fast forward

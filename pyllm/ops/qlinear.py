@@ -28,12 +28,13 @@ from typing import Callable
 import torch
 
 from pyllm.ops import _library as L
-from pyllm.weights.quant import QTYPE_CODES, dequantize
+from pyllm.weights.quant import FLOAT_DTYPES, KERNEL_BLOCK, KERNEL_BLOCK_BYTES, QTYPE_CODES, dequantize
 
+# The kernels' types, all derived from pyllm/weights/quant.py's GGML table.
 QTYPE_NAMES = {code: name for name, code in QTYPE_CODES.items()}
-BLOCK_BYTES = {"q4_0": 18, "q4_1": 20, "q8_0": 34}
-FLOAT_QTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
-BLOCK = 32
+BLOCK_BYTES = KERNEL_BLOCK_BYTES  # {"q4_0": ..., "q4_1": ..., "q8_0": ...}
+FLOAT_QTYPES = FLOAT_DTYPES  # {"f32": torch.float32, "f16": ..., "bf16": ...}
+BLOCK = KERNEL_BLOCK
 
 
 def _row_bytes(qtype: str, cols: int) -> int:
@@ -147,7 +148,7 @@ def qlinear_ref(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features:
     return out
 
 
-INT8_QTYPES = ("q4_0", "q4_1", "q8_0")
+INT8_QTYPES = tuple(BLOCK_BYTES)  # every block type: ("q4_0", "q4_1", "q8_0")
 
 
 def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

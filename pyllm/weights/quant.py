@@ -60,11 +60,15 @@ _TYPES = [
 GGML_TYPES: dict[int, GGMLType] = {t.id: t for t in _TYPES}
 TYPES_BY_NAME: dict[str, GGMLType] = {t.name: t for t in _TYPES}
 
-F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 0, 1, 2, 3, 6, 7, 8
-Q4_K, Q5_K, Q6_K, BF16 = 12, 13, 14, 30
-
-# The types the kernels compute on (codes passed to the qlinear op).
-QTYPE_CODES: dict[str, int] = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 8, "bf16": 30}
+# The types the kernels compute on (their GGML ids are the codes passed to the qlinear op and the
+# C++ runner; the block types' sizes are csrc/common/quant_blocks.h's structs, checked against
+# this table by tests/test_quant_blocks.py).
+KERNEL_QTYPES = ("f32", "f16", "q4_0", "q4_1", "q8_0", "bf16")
+QTYPE_CODES: dict[str, int] = {name: TYPES_BY_NAME[name].id for name in KERNEL_QTYPES}
+# The kernels' block types: bytes per block of KERNEL_BLOCK weights.
+KERNEL_BLOCK_BYTES: dict[str, int] = {name: TYPES_BY_NAME[name].block_bytes
+                                      for name in KERNEL_QTYPES if TYPES_BY_NAME[name].block_size > 1}
+KERNEL_BLOCK = 32
 FLOAT_DTYPES: dict[str, torch.dtype] = {"f32": torch.float32, "f16": torch.float16,
                                         "bf16": torch.bfloat16}
 # Types `dequantize` decodes itself; others known to `gguf.quants` are decoded through it.

@@ -1,0 +1,47 @@
+"""The quantized block formats are stated once in C++ and once in Python, and they agree.
+
+csrc/common/quant_blocks.h types the blocks the kernels read as structs whose sizes are
+static_asserts; pyllm/weights/quant.py's GGML table is where Python's block sizes and type codes
+come from (the qlinear op and the C++ runner derive theirs from it). This reads the header's
+assertions and compares them with the table, so neither side can drift alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+from pyllm.model import fast
+from pyllm.weights import quant
+
+qlinear = importlib.import_module("pyllm.ops.qlinear")  # (pyllm.ops.qlinear is also the op)
+
+HEADER = Path(__file__).resolve().parents[1] / "csrc" / "common" / "quant_blocks.h"
+
+
+def header_sizes() -> dict[str, int]:
+    text = HEADER.read_text(encoding="utf-8")
+    found = re.findall(r"static_assert\(sizeof\(Block(\w+)\)\s*==\s*(\d+)", text)
+    return {name.lower(): int(size) for name, size in found}
+
+
+def test_the_header_states_every_kernel_block_type():
+    assert set(header_sizes()) == set(quant.KERNEL_BLOCK_BYTES) == {"q4_0", "q4_1", "q8_0"}
+    assert re.search(r"constexpr int kQK = (\d+);", HEADER.read_text()).group(1) == str(
+        quant.KERNEL_BLOCK)
+
+
+def test_header_sizes_match_the_ggml_table():
+    for name, size in header_sizes().items():
+        t = quant.TYPES_BY_NAME[name]
+        assert (t.block_bytes, t.block_size) == (size, quant.KERNEL_BLOCK), name
+
+
+def test_python_tables_derive_from_the_ggml_table():
+    for name, code in quant.QTYPE_CODES.items():
+        assert quant.TYPES_BY_NAME[name].id == code
+    assert qlinear.BLOCK_BYTES == quant.KERNEL_BLOCK_BYTES
+    assert qlinear.INT8_QTYPES == tuple(quant.KERNEL_BLOCK_BYTES)
+    assert fast.QTYPE_CODES is quant.QTYPE_CODES
+    assert {qlinear.QTYPE_NAMES[c] for c in quant.QTYPE_CODES.values()} == set(quant.QTYPE_CODES)
