@@ -198,11 +198,13 @@ class JobSummary:
 
 def run_job(input_path: Path | str, output_path: Path, *, model: Any, base_params: Any,
             max_num_seqs: int = 64, progress: bool = False, int8_activations: bool = False,
-            kv_dtype: str = "float32", device: str = "cpu", retry_errors: bool = False) -> JobSummary:
+            kv_dtype: str = "float32", device: str = "cpu", retry_errors: bool = False,
+            context_length: int | None = None, system: str | None = None) -> JobSummary:
     """Run (or resume) a JSONL job. `input_path` may be ``"-"`` (standard input); `model` is a
-    name/path or a loaded `pyllm.LLM` (`int8_activations`, `kv_dtype` and `device` apply when it
-    is a name or path: see `pyllm.load`); `retry_errors` runs the records whose output line is an
-    error again (that line is removed first)."""
+    name/path or a loaded `pyllm.LLM` (`int8_activations`, `kv_dtype`, `device` and
+    `context_length` apply when it is a name or path: see `pyllm.load`); `retry_errors` runs the
+    records whose output line is an error again (that line is removed first); `system` is the
+    system message of every chat record without one (:func:`with_system`)."""
     check_job_files(input_path, output_path)
     with readable_input(input_path) as source:
         state = prepare_output(output_path, retry_errors=retry_errors)
@@ -213,21 +215,39 @@ def run_job(input_path: Path | str, output_path: Path, *, model: Any, base_param
             if isinstance(rec, JobRecord) and rec.style == "pyllm":
                 carried_names.update(rec.carried)
         _warn_near_misses(carried_names)
-        llm = _load(model, device, int8_activations, kv_dtype)
-        _run(llm, source, output_path, state.done, summary, base_params, max_num_seqs, progress)
+        llm = _load(model, device, int8_activations, kv_dtype, context_length)
+        _run(llm, source, output_path, state.done, summary, base_params, max_num_seqs, progress,
+             system)
     return summary
 
 
-def _load(model: Any, device: str, int8_activations: bool, kv_dtype: str) -> Any:
+def _load(model: Any, device: str, int8_activations: bool, kv_dtype: str,
+          context_length: int | None) -> Any:
     if isinstance(model, (str, Path)) or model is None:
         import pyllm
 
-        return pyllm.load(model, device, int8_activations=int8_activations, kv_dtype=kv_dtype)
+        return pyllm.load(model, device, int8_activations=int8_activations, kv_dtype=kv_dtype,
+                          context_length=context_length)
+    if context_length is not None:
+        raise ValueError("context_length applies when the model is loaded here (a name or "
+                         "path); pass it to pyllm.load for a loaded model")
     return model
 
 
+def with_system(prompt: Any, system: str | None) -> Any:
+    """A chat prompt (a list of messages) with `system` as its first message when it has no
+    system message of its own; a text prompt or token ids, or no `system`, as it is."""
+    from pyllm.chat import is_messages
+
+    if system is None or not is_messages(prompt):
+        return prompt
+    if any(m.get("role") == "system" for m in prompt):
+        return prompt
+    return [{"role": "system", "content": system}, *prompt]
+
+
 def _run(llm: Any, source: Path, output_path: Path, done: set[Any], summary: JobSummary,
-         base_params: Any, max_num_seqs: int, progress: bool) -> None:
+         base_params: Any, max_num_seqs: int, progress: bool, system: str | None = None) -> None:
     import signal
 
     from tqdm import tqdm
@@ -272,7 +292,7 @@ def _run(llm: Any, source: Path, output_path: Path, done: set[Any], summary: Job
                         continue
                     try:
                         params = SamplingParams.from_mapping(rec.overrides, base=base_params)
-                        ids = llm.encode_prompt(rec.prompt)
+                        ids = llm.encode_prompt(with_system(rec.prompt, system))
                         engine.check_request(ids, params)
                     except (ValueError, TypeError, ContextLengthError) as exc:
                         kind = "context_length" if isinstance(exc, ContextLengthError) else "invalid_record"

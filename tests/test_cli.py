@@ -251,8 +251,6 @@ def test_device_option_reaches_the_loader(monkeypatch, command, usable, flags, e
     """`--device auto` (the default) loads on cuda when pyllm's CUDA kernels and a GPU are both
     there, else on the CPU (and on the CPU with --int8); `--device cuda` where it cannot run is a
     usage error that says why."""
-    if "--int8" in flags and command[0] == "classify":
-        pytest.skip("the task commands have no --int8")
     seen = record_devices(monkeypatch, usable)
     result = invoke(*command, *flags)
     when_usable, _, when_not = expected.partition("|")

@@ -274,3 +274,65 @@ def test_stdin_input_runs_and_resumes(tmp_path, llm, monkeypatch):
     second = _cli(llm, monkeypatch, ["-i", "-", "-o", str(out)], stdin=more)
     assert "1 completed" in second.output and "3 already done" in second.output
     assert sorted(o["id"] for o in _outputs(out)) == ["s0", "s1", "s2", "s3"]
+
+
+# ---------------------------------------------------------------------- model options
+
+
+def test_with_system_fills_in_only_a_missing_system_message():
+    from pyllm.generate_job import with_system
+
+    user = [{"role": "user", "content": "Hi"}]
+    own = [{"role": "system", "content": "Mine."}, *user]
+    assert with_system(user, "Be brief.") == [{"role": "system", "content": "Be brief."}, *user]
+    assert with_system(own, "Be brief.") == own
+    assert with_system("plain text", "Be brief.") == "plain text"
+    assert with_system([1, 2, 3], "Be brief.") == [1, 2, 3]  # token ids
+    assert with_system(user, None) is user
+
+
+def test_system_option_is_the_system_message_of_chat_records_without_one(tmp_path, llm,
+                                                                         monkeypatch):
+    system = "You answer in one word."
+    user = [{"role": "user", "content": "Name a colour."}]
+    own = [{"role": "system", "content": "Answer in French."}, *user]
+    src, ref = tmp_path / "in.jsonl", tmp_path / "ref.jsonl"
+    _write(src, [json.dumps({"id": "m", "messages": user}),
+                 json.dumps({"id": "own", "messages": own}),
+                 json.dumps({"id": "p", "prompt": "Name a colour."})])
+    with_own = [{"role": "system", "content": system}, *user]
+    _write(ref, [json.dumps({"id": "m", "messages": with_own}),
+                 json.dumps({"id": "own", "messages": own}),
+                 json.dumps({"id": "p", "prompt": "Name a colour."})])
+    out, ref_out = tmp_path / "out.jsonl", tmp_path / "ref_out.jsonl"
+    res = _cli(llm, monkeypatch,
+               ["-i", str(src), "-o", str(out), "-s", system, "--max-tokens", "2"])
+    assert res.exit_code == 0, res.output
+    res = _cli(llm, monkeypatch, ["-i", str(ref), "-o", str(ref_out), "--max-tokens", "2"])
+    assert res.exit_code == 0, res.output
+    got = {o["id"]: (o["usage"], o["token_ids"]) for o in _outputs(out)}
+    assert got == {o["id"]: (o["usage"], o["token_ids"]) for o in _outputs(ref_out)}
+
+
+def test_ctx_option_caps_the_context_the_model_loads_with(tmp_path, llm, monkeypatch):
+    from click.testing import CliRunner
+
+    import pyllm
+    from pyllm.cli.main import cli
+
+    calls = []
+    monkeypatch.setattr(pyllm, "load", lambda *a, **k: calls.append(k) or llm)
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(src, [json.dumps({"id": "a", "prompt": "Hi", "max_tokens": 1})])
+    res = CliRunner().invoke(cli, ["generate", "-i", str(src), "-o", str(out), "--ctx", "64",
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert [c.get("context_length") for c in calls] == [64]
+    res = CliRunner().invoke(cli, ["generate", "-i", str(src), "-o", str(out), "--ctx", "64",
+                                   "--ray", "auto"])
+    assert res.exit_code == 2 and "--ctx and --system apply to local runs" in res.stderr
+    from pyllm.generate_job import run_job
+    from pyllm.sampling_params import SamplingParams
+
+    with pytest.raises(ValueError, match="context_length applies when the model is loaded here"):
+        run_job(src, out, model=llm, base_params=SamplingParams(), context_length=64)

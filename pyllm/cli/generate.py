@@ -11,12 +11,12 @@ from typing import Any
 
 import click
 
-from pyllm.cli.options import (device_option, int8_option, kv_dtype_option, pop_sampling_params, resolve_device,
-                               sampling_options)
+from pyllm.cli.options import (EXIT_RECORDS_FAILED, ctx_option, device_option, int8_option,
+                               kv_dtype_option, pop_sampling_params, resolve_device,
+                               sampling_options, system_option)
 from pyllm.distributed.cli import (PathOrURL, check_local_only, generate_on_ray, pop_ray_options,
                                    ray_options)
 
-EXIT_RECORDS_FAILED = 3  # the job finished, but some records got an error line in this run
 EXIT_INTERRUPTED = 130
 
 HELP = """Generate a completion for every record of a JSONL file.
@@ -33,6 +33,10 @@ Output lines: {"id", "text", "token_ids", "finish_reason", "usage"} appended as 
               {"type", "message"}} and the run goes on ("id" is null when the line has no
               usable id of its own, e.g. a duplicate).
 
+-s/--system gives a system message to the "messages" records (and OpenAI chat requests) that
+have none; a record's own system message is kept, and a plain "prompt" is sent as it is (no
+chat template). --ctx caps the context length (a longer prompt is a "context_length" error).
+
 \b
 -i - reads standard input. The output must be a regular file other than the input.
 Re-running with the same output file resumes: finished records (failed ones too) are skipped
@@ -47,11 +51,13 @@ Exit status: 0 every record ran; 3 some records failed in this run (see their er
 
 @click.command("generate", help=HELP)
 @click.option("-i", "--input", "input_path", required=True,
-              type=PathOrURL(click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)),
+              type=PathOrURL(click.Path(exists=True, dir_okay=False, allow_dash=True,
+                                        path_type=Path)),
               help="Input JSONL file (- for standard input).")
 @click.option("-o", "--output", "output_path", required=True,
               type=PathOrURL(click.Path(dir_okay=False, path_type=Path)),
               help="Output JSONL file (appended; a regular file).")
+@system_option("A system message for the \"messages\" records without one (see above).")
 @click.option("--retry-errors", is_flag=True,
               help="Run again the records whose output line is an error (that line is removed).")
 @click.option("--model", "-m", default=None,
@@ -67,17 +73,23 @@ Exit status: 0 every record ran; 3 some records failed in this run (see their er
                  "memory traffic (batches ~15% faster with --int8; llama.cpp's default is "
                  "float16); float32 is exact.")
 @device_option()
+@ctx_option()
 @ray_options()
-def generate(input_path: Path, output_path: Path, retry_errors: bool, model: str, max_num_seqs: int,
-             progress: bool | None, int8: bool, kv_dtype: str, device: str, **kwargs: Any) -> None:
+def generate(input_path: Path, output_path: Path, system: str | None, retry_errors: bool,
+             model: str, max_num_seqs: int, progress: bool | None, int8: bool, kv_dtype: str,
+             device: str, ctx: int | None, **kwargs: Any) -> None:
     ray = pop_ray_options(kwargs)
     check_local_only(ray, input_path, output_path)
+    if ray["ray_address"] is not None and (ctx is not None or system is not None):
+        raise click.UsageError("--ctx and --system apply to local runs; --ray workers do not "
+                               "take them yet")
     base = pop_sampling_params(kwargs)
     show = sys.stderr.isatty() if progress is None else progress
     if ray["ray_address"] is not None:  # the same job on a Ray cluster (pyllm/distributed/)
         summary = generate_on_ray(ray, input_path, output_path, model=model, base_params=base,
-                                  max_num_seqs=max_num_seqs, int8_activations=int8, kv_dtype=kv_dtype,
-                                  device=device, retry_errors=retry_errors, progress=show)
+                                  max_num_seqs=max_num_seqs, int8_activations=int8,
+                                  kv_dtype=kv_dtype, device=device, retry_errors=retry_errors,
+                                  progress=show)
         click.echo(summary.describe(), err=True)
         sys.exit(exit_status(summary))
     from pyllm.generate_job import run_job
@@ -85,7 +97,7 @@ def generate(input_path: Path, output_path: Path, retry_errors: bool, model: str
     summary = run_job(input_path, output_path, model=model, base_params=base,
                       max_num_seqs=max_num_seqs, int8_activations=int8, kv_dtype=kv_dtype,
                       device=resolve_device(device, int8), retry_errors=retry_errors,
-                      progress=show)
+                      progress=show, context_length=ctx, system=system)
     click.echo(summary.describe(), err=True)
     sys.exit(exit_status(summary))
 
