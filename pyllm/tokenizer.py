@@ -104,7 +104,13 @@ SHOWN_CHARACTERS = 5
 def request_scope(*, warn: bool = True) -> Iterator[None]:
     """Everything encoded inside is one request: text the vocabulary cannot represent is
     reported once for all of it, when the scope ends (a chat prompt is encoded in several
-    calls). ``warn=False`` reports nothing (for a caller that shows the loss itself)."""
+    calls). ``warn=False`` reports nothing (for a caller that shows the loss itself). A scope
+    opened inside another is part of it: the outermost one reports, or keeps quiet (so a caller
+    that encodes the same text several times for one request, such as a REPL turn that counts
+    tokens and then generates, tells the user once)."""
+    if _request.get() is not None:
+        yield
+        return
     req = _Request(warn)
     token = _request.set(req)
     try:

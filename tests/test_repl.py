@@ -689,3 +689,20 @@ def test_help_wraps_with_a_hanging_indent() -> None:
     column = lines[start].index("Set a sampling")
     continued = lines[start + 1]
     assert continued.startswith(" " * column) and continued[column] != " "
+
+
+def test_lost_characters_are_told_once_per_turn(smollm2_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A turn encodes its conversation several times (fitting it in the context, counting the
+    prompt, generating, counting for the toolbar): the tokenizer's warning comes once."""
+    import pyllm
+    from pyllm.repl.backend import LLMBackend
+
+    backend = LLMBackend(pyllm.load(smollm2_path, progress=False))
+    session = ChatSession(backend, params=SamplingParams(max_tokens=2, temperature=0),
+                          input=None, output=DummyOutput(), stdout=Recorder())
+    with caplog.at_level("WARNING", logger="pyllm.tokenizer"):
+        session.send("a\x04b")
+        assert len([r for r in caplog.records if r.name == "pyllm.tokenizer"]) == 1
+        session.regenerate()
+        assert len([r for r in caplog.records if r.name == "pyllm.tokenizer"]) == 2

@@ -34,6 +34,7 @@ from pyllm.repl.keys import QuitArming, in_open_block, make_key_bindings, strip_
 from pyllm.repl.render import Renderer
 from pyllm.repl.toolbar import make_toolbar
 from pyllm.sampling_params import SamplingParams
+from pyllm.tokenizer import request_scope
 
 PROMPT = ">>> "
 CONTINUATION = "... "
@@ -117,7 +118,8 @@ class ChatSession:
     def refresh_context(self) -> None:
         """Count the tokens the conversation takes now (for the toolbar, /show, /stats)."""
         messages = self.conversation.for_model()
-        self.context_used = self.backend.count_tokens(messages) if messages else 0
+        with request_scope(warn=False):  # counting only: lost text is told when a turn is sent
+            self.context_used = self.backend.count_tokens(messages) if messages else 0
 
     def reply_reserve(self) -> int:
         """Tokens kept free for the reply when fitting a turn: max_tokens, at most half the
@@ -225,9 +227,11 @@ class ChatSession:
     def send(self, text: str) -> None:
         """Add ``text`` as the user's message and stream the reply (making room if needed)."""
         try:
-            dropped, prompt_tokens = make_room(self.conversation, text,
-                                               self.backend.count_tokens,
-                                               self.backend.context_length, self.reply_reserve())
+            with request_scope():  # text the vocabulary loses is told here, once a turn
+                dropped, prompt_tokens = make_room(self.conversation, text,
+                                                   self.backend.count_tokens,
+                                                   self.backend.context_length,
+                                                   self.reply_reserve())
         except MessageTooLong as e:
             self.error(str(e))
             return
@@ -249,14 +253,19 @@ class ChatSession:
             self.error("nothing to regenerate: no message yet")
             return
         try:
-            _, prompt_tokens = make_room(self.conversation, None, self.backend.count_tokens,
-                                         self.backend.context_length, self.reply_reserve())
+            with request_scope():  # text the vocabulary loses is told here, once a turn
+                _, prompt_tokens = make_room(self.conversation, None, self.backend.count_tokens,
+                                             self.backend.context_length, self.reply_reserve())
         except MessageTooLong as e:
             self.error(str(e))
             return
         self._reply(prompt_tokens)
 
     def _reply(self, prompt_tokens: int) -> None:
+        with request_scope(warn=False):  # make_room told what the vocabulary loses of this turn
+            self._stream_reply(prompt_tokens)
+
+    def _stream_reply(self, prompt_tokens: int) -> None:
         room = max(1, self.backend.context_length - prompt_tokens)
         params = self.params
         if params.max_tokens > room:
