@@ -42,10 +42,23 @@ CHATML_TEMPLATE = (
 )
 
 # Names a template may never touch, whatever the object (besides every name starting with "_").
-_FORBIDDEN_NAMES = frozenset({
-    "mro", "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_code", "ag_frame", "f_globals",
-    "f_locals", "f_builtins", "func_globals", "func_code", "tb_frame",
-})
+_FORBIDDEN_NAMES = frozenset(
+    {
+        "mro",
+        "gi_frame",
+        "gi_code",
+        "cr_frame",
+        "cr_code",
+        "ag_code",
+        "ag_frame",
+        "f_globals",
+        "f_locals",
+        "f_builtins",
+        "func_globals",
+        "func_code",
+        "tb_frame",
+    }
+)
 
 
 MAX_TEMPLATE_SOURCE = 1 << 20  # characters of template source (real ones are < 50 KB)
@@ -53,8 +66,12 @@ MAX_RENDER_SECONDS = 2.0  # real templates render in milliseconds
 MAX_RENDER_CHARS = 1 << 22  # besides twice the conversation's own characters
 
 # Tags that load other templates: a chat template is one string, with nothing to load.
-_LOADING_TAGS = {nodes.Include: "include", nodes.Import: "import", nodes.FromImport: "import",
-                 nodes.Extends: "extends"}
+_LOADING_TAGS = {
+    nodes.Include: "include",
+    nodes.Import: "import",
+    nodes.FromImport: "import",
+    nodes.Extends: "extends",
+}
 
 
 class ChatTemplateError(PyllmError, ValueError):
@@ -84,8 +101,9 @@ class _Env(ImmutableSandboxedEnvironment):
         budget.depth += 1
         try:
             if budget.depth > limits.MAX_DEPTH:
-                raise limits.TemplateLimitError(f"calls nest deeper than {limits.MAX_DEPTH} "
-                                                "(a macro that calls itself?)")
+                raise limits.TemplateLimitError(
+                    f"calls nest deeper than {limits.MAX_DEPTH} (a macro that calls itself?)"
+                )
             result = super().call(context, obj, *args, **kwargs)
         finally:
             budget.depth -= 1
@@ -107,10 +125,12 @@ def _strftime_now(fmt: str) -> str:
 def _check_tree(tree: nodes.Template) -> None:
     """Refuse a template whose source names a private or frame-reaching attribute, or that
     loads other templates."""
-    for node in tree.find_all(tuple(_LOADING_TAGS)):
+    for tag in tree.find_all(tuple(_LOADING_TAGS)):
         raise ChatTemplateError(
-            f"chat template refused: it uses {{% {_LOADING_TAGS[type(node)]} %}} (line "
-            f"{node.lineno}); a chat template must be self-contained")
+            f"chat template refused: it uses {{% {_LOADING_TAGS[type(tag)]} %}} (line "
+            f"{tag.lineno}); a chat template must be self-contained"
+        )
+    node: Any
     for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):
         if isinstance(node, nodes.Getattr):
             name = node.attr
@@ -126,10 +146,11 @@ def _check_tree(tree: nodes.Template) -> None:
                 "could escape the sandbox; the template was not executed"
             )
     # Strings handed to attribute-fetching filters (`x|attr('__class__')`) count too.
-    for node in tree.find_all(nodes.Const):
-        if isinstance(node.value, str) and node.value.startswith("__") and node.value.endswith("__"):
+    for const in tree.find_all(nodes.Const):
+        value = const.value
+        if isinstance(value, str) and value.startswith("__") and value.endswith("__"):
             raise ChatTemplateError(
-                f"chat template refused: it names {node.value!r} (line {node.lineno}), which "
+                f"chat template refused: it names {value!r} (line {const.lineno}), which "
                 "could escape the sandbox; the template was not executed"
             )
 
@@ -141,17 +162,26 @@ class ChatTemplate:
     tokens appear in it as text (tokenize it with `parse_special=True`).
     """
 
-    def __init__(self, source: str | None = None, *, bos_token: str = "", eos_token: str = "",
-                 default: bool = False, max_seconds: float = MAX_RENDER_SECONDS,
-                 max_chars: int = MAX_RENDER_CHARS) -> None:
+    def __init__(
+        self,
+        source: str | None = None,
+        *,
+        bos_token: str = "",
+        eos_token: str = "",
+        default: bool = False,
+        max_seconds: float = MAX_RENDER_SECONDS,
+        max_chars: int = MAX_RENDER_CHARS,
+    ) -> None:
         self.source = source if source else CHATML_TEMPLATE
         self.is_fallback = not source or default
         self.bos_token, self.eos_token = bos_token, eos_token
         self.max_seconds, self.max_chars = max_seconds, max_chars
         self.error: ChatTemplateError | None = None  # set when a lenient load kept a refusal
         if len(self.source) > MAX_TEMPLATE_SOURCE:
-            raise ChatTemplateError(f"chat template refused: {len(self.source):,} characters, "
-                                    f"more than the limit of {MAX_TEMPLATE_SOURCE:,}")
+            raise ChatTemplateError(
+                f"chat template refused: {len(self.source):,} characters, "
+                f"more than the limit of {MAX_TEMPLATE_SOURCE:,}"
+            )
         env = _Env(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
         env.filters["tojson"] = _tojson
         env.filters = {name: limits.guard_filter(name, fn) for name, fn in env.filters.items()}
@@ -172,8 +202,9 @@ class ChatTemplate:
             raise ChatTemplateError(f"chat template does not compile: {exc}") from exc
         except (RecursionError, MemoryError, SyntaxError, limits.TemplateLimitError) as exc:
             # nested too deeply for Jinja's parser or for Python's compiler (20 nested loops)
-            raise ChatTemplateError(f"chat template does not compile: {type(exc).__name__}: "
-                                    f"{_short(exc)}") from None
+            raise ChatTemplateError(
+                f"chat template does not compile: {type(exc).__name__}: {_short(exc)}"
+            ) from None
 
     @classmethod
     def lenient(cls, source: str | None, **options: Any) -> ChatTemplate:
@@ -182,13 +213,19 @@ class ChatTemplate:
         try:
             return cls(source, **options)
         except ChatTemplateError as exc:
-            t = cls(None, bos_token=options.get("bos_token", ""),
-                    eos_token=options.get("eos_token", ""))
+            t = cls(
+                None, bos_token=options.get("bos_token", ""), eos_token=options.get("eos_token", "")
+            )
             t.source, t.is_fallback, t.error = source or "", False, exc
             return t
 
-    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
-               **extra: Any) -> str:
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        **extra: Any,
+    ) -> str:
         msgs = validate_messages(messages)
         if self.error is not None:
             raise ChatTemplateError(str(self.error))
@@ -200,8 +237,9 @@ class ChatTemplate:
         except (ChatTemplateError, ValueError) as exc:
             if isinstance(exc, ChatTemplateError):
                 raise
-            raise ChatTemplateError(f"chat template failed: {type(exc).__name__}: "
-                                    f"{_short(exc)}") from None
+            raise ChatTemplateError(
+                f"chat template failed: {type(exc).__name__}: {_short(exc)}"
+            ) from None
         except limits.TemplateLimitError as exc:
             raise ChatTemplateError(f"chat template refused: {exc}") from None
         except SecurityError as exc:
@@ -209,23 +247,34 @@ class ChatTemplate:
         except TemplateError as exc:
             raise ChatTemplateError(f"chat template failed: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - whatever untrusted template code raised
-            raise ChatTemplateError(f"chat template failed: {type(exc).__name__}: "
-                                    f"{_short(exc)}") from None
+            raise ChatTemplateError(
+                f"chat template failed: {type(exc).__name__}: {_short(exc)}"
+            ) from None
         finally:
             limits.current.reset(token)
 
-    def _render(self, budget: limits.Budget, msgs: list[dict[str, Any]],
-                add_generation_prompt: bool, extra: dict[str, Any]) -> str:
+    def _render(
+        self,
+        budget: limits.Budget,
+        msgs: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        extra: dict[str, Any],
+    ) -> str:
         """Render piece by piece, counting the output against the budget."""
         parts: list[str] = []
         total = 0
         for piece in self._template.generate(
-                messages=msgs, add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token, eos_token=self.eos_token, **extra):
+            messages=msgs,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token,
+            eos_token=self.eos_token,
+            **extra,
+        ):
             total += len(piece)
             if total > budget.max_chars:
-                raise limits.TemplateLimitError(f"the rendered prompt is longer than "
-                                                f"{budget.max_chars:,} characters")
+                raise limits.TemplateLimitError(
+                    f"the rendered prompt is longer than {budget.max_chars:,} characters"
+                )
             budget.tick()
             parts.append(piece)
         return "".join(parts)
@@ -233,8 +282,9 @@ class ChatTemplate:
     # ---------------------------------------------------------------- where templates come from
 
     @classmethod
-    def from_gguf_metadata(cls, metadata: Mapping[str, Any], *, bos_token: str = "",
-                           eos_token: str = "") -> ChatTemplate:
+    def from_gguf_metadata(
+        cls, metadata: Mapping[str, Any], *, bos_token: str = "", eos_token: str = ""
+    ) -> ChatTemplate:
         source = metadata.get("tokenizer.chat_template")
         if source is not None and not isinstance(source, str):
             t = cls.lenient(None, bos_token=bos_token, eos_token=eos_token)
@@ -244,8 +294,9 @@ class ChatTemplate:
         return cls.lenient(source or None, bos_token=bos_token, eos_token=eos_token)
 
     @classmethod
-    def from_hf_folder(cls, folder: Path, *, bos_token: str = "",
-                       eos_token: str = "") -> ChatTemplate:
+    def from_hf_folder(
+        cls, folder: Path, *, bos_token: str = "", eos_token: str = ""
+    ) -> ChatTemplate:
         folder = Path(folder)
         source: str | None = None
         jinja_file = folder / "chat_template.jinja"
@@ -300,5 +351,9 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
 
 def is_messages(prompt: Any) -> bool:
     """True when `prompt` looks like a conversation (a list of dicts) rather than text/ids."""
-    return (isinstance(prompt, Sequence) and not isinstance(prompt, (str, bytes))
-            and len(prompt) > 0 and all(isinstance(m, Mapping) for m in prompt))
+    return (
+        isinstance(prompt, Sequence)
+        and not isinstance(prompt, (str, bytes))
+        and len(prompt) > 0
+        and all(isinstance(m, Mapping) for m in prompt)
+    )

@@ -84,28 +84,37 @@ class Budget:
         """`value`, unless it is larger than the render may hold."""
         if isinstance(value, (str, bytes)):
             if len(value) > self.max_chars:
-                raise TemplateLimitError(f"{what} of {len(value):,} characters is longer than "
-                                         f"the limit of {self.max_chars:,}")
+                raise TemplateLimitError(
+                    f"{what} of {len(value):,} characters is longer than "
+                    f"the limit of {self.max_chars:,}"
+                )
         elif isinstance(value, (list, tuple, dict, set, frozenset, range)):
             if len(value) > MAX_ITEMS:
-                raise TemplateLimitError(f"{what} of {len(value):,} items is more than the "
-                                         f"limit of {MAX_ITEMS:,}")
-        elif isinstance(value, int) and not isinstance(value, bool) \
-                and value.bit_length() > MAX_INT_BITS:
+                raise TemplateLimitError(
+                    f"{what} of {len(value):,} items is more than the limit of {MAX_ITEMS:,}"
+                )
+        elif (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and value.bit_length() > MAX_INT_BITS
+        ):
             raise TemplateLimitError(f"{what} is an integer of more than {MAX_INT_BITS} bits")
         return value
 
     def allow(self, estimate: int, what: str) -> None:
         """Refuse an operation whose result would hold about `estimate` items/characters."""
         if estimate > self.max_chars:
-            raise TemplateLimitError(f"{what} would make about {estimate:,} items/characters, "
-                                     f"more than the limit of {self.max_chars:,}")
+            raise TemplateLimitError(
+                f"{what} would make about {estimate:,} items/characters, "
+                f"more than the limit of {self.max_chars:,}"
+            )
 
 
 # The render in progress on this thread (None outside a render, e.g. during constant folding:
 # then only the size checks apply, against the default size).
-current: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("pyllm_template_budget",
-                                                                          default=None)
+current: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(
+    "pyllm_template_budget", default=None
+)
 _DEFAULT = Budget(seconds=float("inf"), max_chars=1 << 22, deadline=float("inf"))
 
 
@@ -130,8 +139,9 @@ def check_binop(operator: str, left: Any, right: Any) -> None:
     b.tick()
     if operator == "**" and _is_int(left) and _is_int(right) and right > 0 and abs(left) > 1:
         if abs(left).bit_length() * right > MAX_INT_BITS:
-            raise TemplateLimitError(f"{left} ** {right} would be an integer of more than "
-                                     f"{MAX_INT_BITS} bits")
+            raise TemplateLimitError(
+                f"{left} ** {right} would be an integer of more than {MAX_INT_BITS} bits"
+            )
     elif operator == "*":
         for seq, count in ((left, right), (right, left)):
             n = _seq_len(seq)
@@ -139,8 +149,10 @@ def check_binop(operator: str, left: Any, right: Any) -> None:
                 if isinstance(seq, (str, bytes)):
                     b.allow(n * max(count, 0), "repeating a string")
                 elif n * max(count, 0) > MAX_ITEMS:
-                    raise TemplateLimitError(f"repeating a sequence would make {n * count:,} "
-                                             f"items, more than the limit of {MAX_ITEMS:,}")
+                    raise TemplateLimitError(
+                        f"repeating a sequence would make {n * count:,} "
+                        f"items, more than the limit of {MAX_ITEMS:,}"
+                    )
     elif operator == "%" and isinstance(left, str):
         check_format_string(left, "%")
 
@@ -158,8 +170,9 @@ def check_format_string(fmt: str, style: str) -> None:
     if style == "%" and re.search(r"%[-#0 +]*(\*|\d*\.\*)", fmt):
         raise TemplateLimitError("'%*' widths are not allowed in chat templates")
     if style == "{" and re.search(r"\{[^{}]*:[^{}]*\{", fmt):
-        raise TemplateLimitError("nested format fields ('{:{w}}') are not allowed in chat "
-                                 "templates")
+        raise TemplateLimitError(
+            "nested format fields ('{:{w}}') are not allowed in chat templates"
+        )
 
 
 # ---------------------------------------------------------------------- calls and filters
@@ -169,19 +182,24 @@ def _text_len(items: Iterable[Any]) -> int:
     return sum(len(x) if isinstance(x, str) else 32 for x in items)
 
 
-def check_str_method(text: str, name: str, args: tuple[Any, ...],
-                     kwargs: dict[str, Any]) -> None:
+def check_str_method(text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Estimate the size of `text.<name>(*args)` before it runs."""
     b = active()
     values = [*args, *kwargs.values()]
     for v in values:
         if _is_int(v) and abs(v) > MAX_ITEMS:
-            raise TemplateLimitError(f"str.{name} got the argument {v}, larger than the limit of "
-                                     f"{MAX_ITEMS:,}")
-    if name == "replace" and len(args) >= 2 and isinstance(args[0], str) \
-            and isinstance(args[1], str):
-        b.allow(_replace_size(text, args[0], args[1], args[2] if len(args) > 2 else -1),
-                "str.replace")
+            raise TemplateLimitError(
+                f"str.{name} got the argument {v}, larger than the limit of {MAX_ITEMS:,}"
+            )
+    if (
+        name == "replace"
+        and len(args) >= 2
+        and isinstance(args[0], str)
+        and isinstance(args[1], str)
+    ):
+        b.allow(
+            _replace_size(text, args[0], args[1], args[2] if len(args) > 2 else -1), "str.replace"
+        )
     elif name == "expandtabs":
         size = values[0] if values and _is_int(values[0]) else 8
         b.allow(len(text) + text.count("\t") * max(size, 0), "str.expandtabs")
@@ -199,8 +217,23 @@ def _replace_size(text: str, old: str, new: str, count: Any) -> int:
 
 
 # Filters that spend Python time on each item of their input (a string: each character).
-_ITERATING_FILTERS = frozenset({"batch", "slice", "map", "select", "reject", "selectattr",
-                                "rejectattr", "unique", "groupby", "sort", "min", "max", "sum"})
+_ITERATING_FILTERS = frozenset(
+    {
+        "batch",
+        "slice",
+        "map",
+        "select",
+        "reject",
+        "selectattr",
+        "rejectattr",
+        "unique",
+        "groupby",
+        "sort",
+        "min",
+        "max",
+        "sum",
+    }
+)
 
 
 def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -211,15 +244,20 @@ def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     value, rest = (values[0], values[1:]) if values else (None, [])
     for v in [*rest, *kwargs.values()]:
         if _is_int(v) and abs(v) > MAX_ITEMS:
-            raise TemplateLimitError(f"the filter {name!r} got the argument {v}, larger than the "
-                                     f"limit of {MAX_ITEMS:,}")
+            raise TemplateLimitError(
+                f"the filter {name!r} got the argument {v}, larger than the limit of {MAX_ITEMS:,}"
+            )
     if name in _ITERATING_FILTERS and isinstance(value, str) and len(value) > MAX_ITEMS:
-        raise TemplateLimitError(f"the filter {name!r} would go through {len(value):,} "
-                                 f"characters one by one; the limit is {MAX_ITEMS:,}")
+        raise TemplateLimitError(
+            f"the filter {name!r} would go through {len(value):,} "
+            f"characters one by one; the limit is {MAX_ITEMS:,}"
+        )
     if name == "replace" and isinstance(value, str) and len(rest) >= 2:
         old, new = str(rest[0]), str(rest[1])
-        b.allow(_replace_size(value, old, new, rest[2] if len(rest) > 2 else
-                              kwargs.get("count", -1)), "the replace filter")
+        b.allow(
+            _replace_size(value, old, new, rest[2] if len(rest) > 2 else kwargs.get("count", -1)),
+            "the replace filter",
+        )
     elif name == "join" and isinstance(value, (list, tuple)):
         sep = rest[0] if rest else kwargs.get("d", "")
         b.allow(_text_len(value) + len(str(sep)) * len(value), "the join filter")
@@ -230,18 +268,22 @@ def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     elif name == "tojson":
         indent = rest[0] if rest else kwargs.get("indent")
         if isinstance(indent, int) and indent > MAX_JSON_INDENT:
-            raise TemplateLimitError(f"tojson's indent may be at most {MAX_JSON_INDENT}, got "
-                                     f"{indent}")
+            raise TemplateLimitError(
+                f"tojson's indent may be at most {MAX_JSON_INDENT}, got {indent}"
+            )
     elif name == "format" and isinstance(value, str):
         check_format_string(value, "%")
     elif name == "wordwrap" and isinstance(value, str) and len(value) > MAX_ITEMS:
-        raise TemplateLimitError(f"wordwrap of {len(value):,} characters; the limit is "
-                                 f"{MAX_ITEMS:,}")
+        raise TemplateLimitError(
+            f"wordwrap of {len(value):,} characters; the limit is {MAX_ITEMS:,}"
+        )
     elif name == "sum":
         start = rest[1] if len(rest) > 1 else kwargs.get("start", 0)  # (iterable, attribute, start)
         if not isinstance(start, (int, float)):
-            raise TemplateLimitError("the sum filter adds numbers only (a sum of lists takes "
-                                     "time quadratic in their length)")
+            raise TemplateLimitError(
+                "the sum filter adds numbers only (a sum of lists takes "
+                "time quadratic in their length)"
+            )
 
 
 def guard_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:

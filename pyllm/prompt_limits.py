@@ -17,6 +17,7 @@ token ids.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -40,23 +41,17 @@ def max_token_bytes(tokenizer: Tokenizer) -> int:
     for i in range(tokenizer.vocab_size):
         for text in _texts(tokenizer, i):
             longest = max(longest, len(text))
-    try:
-        _longest[tokenizer] = longest
-    except TypeError:  # a tokenizer that cannot be weakly referenced: computed every time
-        pass
+    with contextlib.suppress(TypeError):  # a tokenizer that cannot be weakly referenced:
+        _longest[tokenizer] = longest  # computed every time
     return longest
 
 
 def _texts(tokenizer: Tokenizer, i: int) -> list[bytes]:
     out = []
-    try:
+    with contextlib.suppress(ValueError, KeyError, IndexError):
         out.append(tokenizer.token_bytes(i))
-    except (ValueError, KeyError, IndexError):
-        pass
-    try:
+    with contextlib.suppress(ValueError, KeyError, IndexError, AttributeError):
         out.append(tokenizer.id_to_piece(i).encode("utf-8", "surrogatepass"))
-    except (ValueError, KeyError, IndexError, AttributeError):
-        pass
     return out
 
 
@@ -65,32 +60,34 @@ def max_prompt_bytes(context_length: int, tokenizer: Tokenizer) -> int:
     return context_length * max_token_bytes(tokenizer)
 
 
-def bound_prompt(prompt: Any, *, context_length: int, tokenizer: Tokenizer,
-                 truncate: str | None = None) -> Any:
+def bound_prompt(
+    prompt: Any, *, context_length: int, tokenizer: Tokenizer, truncate: str | None = None
+) -> Any:
     """`prompt`, checked (or cut, for text with truncate="left") before it is tokenized."""
     if isinstance(prompt, (bytes, bytearray, memoryview)):
-        raise TypeError("a prompt must be text (str), a list of {'role', 'content'} messages or "
-                        f"a list of token ids; got {type(prompt).__name__}: decode it first "
-                        "(e.g. prompt.decode('utf-8'))")
+        raise TypeError(
+            "a prompt must be text (str), a list of {'role', 'content'} messages or "
+            f"a list of token ids; got {type(prompt).__name__}: decode it first "
+            "(e.g. prompt.decode('utf-8'))"
+        )
     if isinstance(prompt, str):
         return _bound_text(prompt, context_length, tokenizer, truncate)
     if not isinstance(prompt, Sequence):
         return prompt  # the encoder names the wrong type
     if truncate is None and prompt and all(isinstance(m, Mapping) for m in prompt):
         contents = [m.get("content") for m in prompt]
-        size = sum(len(c.encode("utf-8", "surrogatepass")) for c in contents
-                   if isinstance(c, str))
+        size = sum(len(c.encode("utf-8", "surrogatepass")) for c in contents if isinstance(c, str))
         limit = max_prompt_bytes(context_length, tokenizer)
         if size > limit:
             raise ContextLengthError(
                 f"the messages hold {size:,} bytes of text, more than fits the context of "
                 f"{context_length} tokens (at most {limit:,} bytes: the longest token is "
-                f"{max_token_bytes(tokenizer)} bytes)")
+                f"{max_token_bytes(tokenizer)} bytes)"
+            )
     return prompt  # token ids: the encoder checks each against the vocabulary
 
 
-def _bound_text(text: str, context_length: int, tokenizer: Tokenizer,
-                truncate: str | None) -> str:
+def _bound_text(text: str, context_length: int, tokenizer: Tokenizer, truncate: str | None) -> str:
     if len(text) <= context_length:  # at least one byte per token: always fits this bound
         return text
     limit = max_prompt_bytes(context_length, tokenizer)
@@ -107,4 +104,5 @@ def _bound_text(text: str, context_length: int, tokenizer: Tokenizer,
     raise ContextLengthError(
         f"the prompt is {len(data):,} bytes, more than fits the context of {context_length} "
         f"tokens (at most {limit:,} bytes: the longest token is {max_token_bytes(tokenizer)} "
-        "bytes); refused before tokenizing (pass truncate='left' to keep the end of the prompt)")
+        "bytes); refused before tokenizing (pass truncate='left' to keep the end of the prompt)"
+    )

@@ -18,8 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
-__all__ = ["SamplingParams", "DEFAULT_SAMPLERS", "MAX_LOGPROBS", "MAX_N", "INT_LIMIT",
-           "split_chain"]
+__all__ = [
+    "DEFAULT_SAMPLERS",
+    "INT_LIMIT",
+    "MAX_LOGPROBS",
+    "MAX_N",
+    "SamplingParams",
+    "split_chain",
+]
 
 # The built-in steps in the order the fused kernel applies them (docs/kernels.md).
 DEFAULT_SAMPLERS = "penalties;logit_bias;top_k;typical_p;top_p;min_p;temperature"
@@ -140,7 +146,8 @@ class SamplingParams:
     # ------------------------------------------------------------------ validation
 
     def __post_init__(self) -> None:
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        def set_(name: str, value: Any) -> None:  # the dataclass is frozen
+            object.__setattr__(self, name, value)
 
         def integer(name: str, lo: int, hi: int | None = None, allowed: str = "") -> int:
             v = getattr(self, name)
@@ -191,24 +198,35 @@ class SamplingParams:
             if isinstance(chain, (list, tuple)):
                 chain = ";".join(str(s) for s in chain)
             if not isinstance(chain, str) or not split_chain(chain):
-                _fail("samplers", 'a chain such as "penalties;top_k;top_p;min_p;temperature"',
-                      self.samplers)
+                _fail(
+                    "samplers",
+                    'a chain such as "penalties;top_k;top_p;min_p;temperature"',
+                    self.samplers,
+                )
             set_("samplers", ";".join(split_chain(chain)))
-        number("mirostat_tau", 0.0, math.inf, "a finite number > 0 (target surprise, bits)",
-               lo_open=True)
+        number(
+            "mirostat_tau",
+            0.0,
+            math.inf,
+            "a finite number > 0 (target surprise, bits)",
+            lo_open=True,
+        )
         number("mirostat_eta", 0.0, 1.0, "in (0, 1]", lo_open=True)
         number("dry_multiplier", 0.0, math.inf, "a finite number >= 0 (0 = off)")
         number("dry_base", 1.0, math.inf, "a finite number >= 1")
         integer("dry_allowed_length", 1)
         integer("dry_penalty_last_n", -1, allowed="an integer >= -1 (0 = off, -1 = whole context)")
-        set_("dry_sequence_breakers",
-             self._checked_strings("dry_sequence_breakers", self.dry_sequence_breakers))
+        set_(
+            "dry_sequence_breakers",
+            self._checked_strings("dry_sequence_breakers", self.dry_sequence_breakers),
+        )
         number("xtc_probability", 0.0, 1.0, "in [0, 1] (0 = off)")
         number("xtc_threshold", 0.0, 1.0, "in [0, 1] (> 0.5 = off)")
         from pyllm.constraints.spec import CONSTRAINT_FIELDS, normalize_constraint_fields
 
         for name, value in normalize_constraint_fields(
-                {name: getattr(self, name) for name in CONSTRAINT_FIELDS}).items():
+            {name: getattr(self, name) for name in CONSTRAINT_FIELDS}
+        ).items():
             set_(name, value)
 
     @staticmethod
@@ -223,10 +241,15 @@ class SamplingParams:
                 tid = int(key)  # JSON object keys arrive as strings
             except (TypeError, ValueError):
                 tid = -1
-            if not 0 <= tid <= INT_LIMIT or isinstance(key, bool) \
-                    or (isinstance(key, float) and not key.is_integer()):
+            if (
+                not 0 <= tid <= INT_LIMIT
+                or isinstance(key, bool)
+                or (isinstance(key, float) and not key.is_integer())
+            ):
                 _fail("logit_bias", "keyed by token ids (integers in 0..2**31-1)", key)
-            ok = _is_num(value) and (value == -math.inf or (math.isfinite(value) and abs(value) <= 100))
+            ok = _is_num(value) and (
+                value == -math.inf or (math.isfinite(value) and abs(value) <= 100)
+            )
             if not ok:
                 _fail(f"logit_bias[{tid}]", "a number in [-100, 100] or -inf (ban)", value)
             out[tid] = float(value)
@@ -244,14 +267,19 @@ class SamplingParams:
     def _checked_ids(name: str, value: Any) -> tuple[int, ...]:
         if _is_int(value):
             value = (value,)
-        if not isinstance(value, (list, tuple)) \
-                or not all(_is_int(i) and 0 <= i <= INT_LIMIT for i in value):
+        if not isinstance(value, (list, tuple)) or not all(
+            _is_int(i) and 0 <= i <= INT_LIMIT for i in value
+        ):
             _fail(name, "a list of token ids (integers in 0..2**31-1)", value)
         return tuple(int(i) for i in value)
 
     def __hash__(self) -> int:  # logit_bias is a dict: hash its items instead
-        return hash(tuple(tuple(sorted(v.items())) if isinstance(v, Mapping) else v
-                          for v in (getattr(self, f.name) for f in fields(self))))
+        return hash(
+            tuple(
+                tuple(sorted(v.items())) if isinstance(v, Mapping) else v
+                for v in (getattr(self, f.name) for f in fields(self))
+            )
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -299,8 +327,15 @@ class SamplingParams:
         return dataclasses.replace(base, **values) if base is not None else cls(**values)
 
 
-_INT_FIELDS = {"n", "max_tokens", "min_tokens", "top_k", "penalty_last_n", "dry_allowed_length",
-               "dry_penalty_last_n"}
+_INT_FIELDS = {
+    "n",
+    "max_tokens",
+    "min_tokens",
+    "top_k",
+    "penalty_last_n",
+    "dry_allowed_length",
+    "dry_penalty_last_n",
+}
 _OPTIONAL_INT_FIELDS = {"seed", "logprobs"}
 _BOOL_FIELDS = {"ignore_eos", "json_object"}
 _TEXT_FIELDS = {"json_schema", "regex", "grammar"}  # kept as given (a regex "1" is not a number)

@@ -34,14 +34,24 @@ def choose_context(trained: int, requested: int | None, where: str = "the model"
     ValueError naming the allowed range."""
     if requested is None:
         if trained > DEFAULT_CONTEXT_CAP:
-            log.warning("%s was trained for a context of %d tokens; using %d (pass --ctx N or "
-                        "context_length=N for more)", where, trained, DEFAULT_CONTEXT_CAP)
+            log.warning(
+                "%s was trained for a context of %d tokens; using %d (pass --ctx N or "
+                "context_length=N for more)",
+                where,
+                trained,
+                DEFAULT_CONTEXT_CAP,
+            )
             return DEFAULT_CONTEXT_CAP
         return trained
-    if isinstance(requested, bool) or not isinstance(requested, int) \
-            or not 1 <= requested <= trained:
-        raise ValueError(f"context_length must be an integer in [1, {trained}] (the model's "
-                         f"trained context), got {requested!r}")
+    if (
+        isinstance(requested, bool)
+        or not isinstance(requested, int)
+        or not 1 <= requested <= trained
+    ):
+        raise ValueError(
+            f"context_length must be an integer in [1, {trained}] (the model's "
+            f"trained context), got {requested!r}"
+        )
     return requested
 
 
@@ -62,8 +72,7 @@ def _physical_memory() -> int | None:
         return None
 
 
-def check_kv_memory(cfg: ModelConfig, where: str = "the model",
-                    memory: int | None = None) -> None:
+def check_kv_memory(cfg: ModelConfig, where: str = "the model", memory: int | None = None) -> None:
     """Refuse a context whose KV-cache for one sequence could never fit in this machine's
     memory (the engine reserves at least one full context), instead of letting the first
     request fail in the allocator. Counted at 2 bytes per element, the smallest KV dtype, so
@@ -74,4 +83,5 @@ def check_kv_memory(cfg: ModelConfig, where: str = "the model",
         raise ValueError(
             f"{where}: a context of {cfg.max_position} tokens needs {need / 2**30:.1f} GiB of "
             f"KV-cache for one sequence (half precision), more than this machine's "
-            f"{memory / 2**30:.1f} GiB of memory; pass a smaller --ctx / context_length")
+            f"{memory / 2**30:.1f} GiB of memory; pass a smaller --ctx / context_length"
+        )

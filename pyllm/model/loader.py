@@ -42,8 +42,9 @@ class LoadedModel:
     gguf: Any = None  # the GGUFFile (keeps the memory map alive)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", *,
-               context_length: int | None = None) -> LoadedModel:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", *, context_length: int | None = None
+) -> LoadedModel:
     """A GGUF file or a Hugging Face folder (config.json + *.safetensors) -> LoadedModel.
 
     `context_length`: the context to run with (1 .. the trained context); None picks the
@@ -69,11 +70,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *,
 class _Weights:
     """Checked access to a file's tensors by name: `matrix(name, out, in)`, `vector(name, n)`."""
 
-    def __init__(self, where: str, names: set[str],
-                 shape: Callable[[str], tuple[int, ...]],
-                 fetch: Callable[[str], tuple[torch.Tensor, str]],
-                 transposed: Callable[[str], bool] = lambda name: False,
-                 release: Callable[[torch.Tensor], int] | None = None) -> None:
+    def __init__(
+        self,
+        where: str,
+        names: set[str],
+        shape: Callable[[str], tuple[int, ...]],
+        fetch: Callable[[str], tuple[torch.Tensor, str]],
+        transposed: Callable[[str], bool] = lambda name: False,
+        release: Callable[[torch.Tensor], int] | None = None,
+    ) -> None:
         self.where, self.names, self._shape, self._fetch = where, names, shape, fetch
         self._transposed = transposed
         # Drops the resident pages of a fetched tensor that was copied (a memory-mapped file's
@@ -97,12 +102,14 @@ class _Weights:
 
     def matrix(self, name: str, out_features: int, in_features: int) -> QWeight:
         self._require(name)
-        want = (in_features, out_features) if self._transposed(name) else (out_features,
-                                                                           in_features)
+        want = (
+            (in_features, out_features) if self._transposed(name) else (out_features, in_features)
+        )
         shape = tuple(self._shape(name))
         if shape != want:
-            raise ModelFormatError(f"{self.where}: tensor {name!r} has shape {list(shape)}, "
-                                   f"expected {list(want)}")
+            raise ModelFormatError(
+                f"{self.where}: tensor {name!r} has shape {list(shape)}, expected {list(want)}"
+            )
         data, qtype = self._fetch(name)
         if self._transposed(name):
             data = data.t()
@@ -117,12 +124,14 @@ class _Weights:
         self._require(name)
         shape = tuple(self._shape(name))
         if shape != (n,):
-            raise ModelFormatError(f"{self.where}: tensor {name!r} has shape {list(shape)}, "
-                                   f"expected [{n}]")
+            raise ModelFormatError(
+                f"{self.where}: tensor {name!r} has shape {list(shape)}, expected [{n}]"
+            )
         data, qtype = self._fetch(name)
         if qtype not in ("f32", "f16", "bf16"):
-            raise ModelFormatError(f"{self.where}: tensor {name!r} must be a float vector, "
-                                   f"got {qtype}")
+            raise ModelFormatError(
+                f"{self.where}: tensor {name!r} must be a float vector, got {qtype}"
+            )
         return data.float()
 
     def optional_vector(self, name: str | None, n: int) -> torch.Tensor | None:
@@ -151,25 +160,43 @@ class _Names:
 
 
 GGUF_NAMES = _Names(
-    embed="token_embd.weight", norm_f="output_norm.weight", lm_head="output.weight",
-    attn_norm="blk.{i}.attn_norm.weight", mlp_norm="blk.{i}.ffn_norm.weight",
-    q="blk.{i}.attn_q.weight", k="blk.{i}.attn_k.weight", v="blk.{i}.attn_v.weight",
-    o="blk.{i}.attn_output.weight", gate="blk.{i}.ffn_gate.weight", up="blk.{i}.ffn_up.weight",
+    embed="token_embd.weight",
+    norm_f="output_norm.weight",
+    lm_head="output.weight",
+    attn_norm="blk.{i}.attn_norm.weight",
+    mlp_norm="blk.{i}.ffn_norm.weight",
+    q="blk.{i}.attn_q.weight",
+    k="blk.{i}.attn_k.weight",
+    v="blk.{i}.attn_v.weight",
+    o="blk.{i}.attn_output.weight",
+    gate="blk.{i}.ffn_gate.weight",
+    up="blk.{i}.ffn_up.weight",
     down="blk.{i}.ffn_down.weight",
 )
 GGUF_GPT2_NAMES = _Names(
-    embed="token_embd.weight", pos_embed="position_embd.weight", norm_f="output_norm.weight",
-    lm_head="output.weight", attn_norm="blk.{i}.attn_norm.weight",
-    mlp_norm="blk.{i}.ffn_norm.weight", qkv="blk.{i}.attn_qkv.weight",
-    o="blk.{i}.attn_output.weight", up="blk.{i}.ffn_up.weight", down="blk.{i}.ffn_down.weight",
+    embed="token_embd.weight",
+    pos_embed="position_embd.weight",
+    norm_f="output_norm.weight",
+    lm_head="output.weight",
+    attn_norm="blk.{i}.attn_norm.weight",
+    mlp_norm="blk.{i}.ffn_norm.weight",
+    qkv="blk.{i}.attn_qkv.weight",
+    o="blk.{i}.attn_output.weight",
+    up="blk.{i}.ffn_up.weight",
+    down="blk.{i}.ffn_down.weight",
 )
 HF_LLAMA_NAMES = _Names(
-    embed="model.embed_tokens.weight", norm_f="model.norm.weight", lm_head="lm_head.weight",
+    embed="model.embed_tokens.weight",
+    norm_f="model.norm.weight",
+    lm_head="lm_head.weight",
     attn_norm="model.layers.{i}.input_layernorm.weight",
     mlp_norm="model.layers.{i}.post_attention_layernorm.weight",
-    q="model.layers.{i}.self_attn.q_proj.weight", k="model.layers.{i}.self_attn.k_proj.weight",
-    v="model.layers.{i}.self_attn.v_proj.weight", o="model.layers.{i}.self_attn.o_proj.weight",
-    gate="model.layers.{i}.mlp.gate_proj.weight", up="model.layers.{i}.mlp.up_proj.weight",
+    q="model.layers.{i}.self_attn.q_proj.weight",
+    k="model.layers.{i}.self_attn.k_proj.weight",
+    v="model.layers.{i}.self_attn.v_proj.weight",
+    o="model.layers.{i}.self_attn.o_proj.weight",
+    gate="model.layers.{i}.mlp.gate_proj.weight",
+    up="model.layers.{i}.mlp.up_proj.weight",
     down="model.layers.{i}.mlp.down_proj.weight",
 )
 
@@ -177,10 +204,15 @@ HF_LLAMA_NAMES = _Names(
 def _hf_gpt2_names(prefix: str) -> _Names:
     p = prefix
     return _Names(
-        embed=f"{p}wte.weight", pos_embed=f"{p}wpe.weight", norm_f=f"{p}ln_f.weight",
-        lm_head="lm_head.weight", attn_norm=f"{p}h.{{i}}.ln_1.weight",
-        mlp_norm=f"{p}h.{{i}}.ln_2.weight", qkv=f"{p}h.{{i}}.attn.c_attn.weight",
-        o=f"{p}h.{{i}}.attn.c_proj.weight", up=f"{p}h.{{i}}.mlp.c_fc.weight",
+        embed=f"{p}wte.weight",
+        pos_embed=f"{p}wpe.weight",
+        norm_f=f"{p}ln_f.weight",
+        lm_head="lm_head.weight",
+        attn_norm=f"{p}h.{{i}}.ln_1.weight",
+        mlp_norm=f"{p}h.{{i}}.ln_2.weight",
+        qkv=f"{p}h.{{i}}.attn.c_attn.weight",
+        o=f"{p}h.{{i}}.attn.c_proj.weight",
+        up=f"{p}h.{{i}}.mlp.c_fc.weight",
         down=f"{p}h.{{i}}.mlp.c_proj.weight",
     )
 
@@ -188,8 +220,9 @@ def _hf_gpt2_names(prefix: str) -> _Names:
 # ---------------------------------------------------------------------- building
 
 
-def build_gpt(cfg: ModelConfig, w: _Weights, names: _Names,
-              rope_scaling: dict[str, Any] | None = None) -> GPT:
+def build_gpt(
+    cfg: ModelConfig, w: _Weights, names: _Names, rope_scaling: dict[str, Any] | None = None
+) -> GPT:
     """Assemble the GPT from checked weights (`rope_scaling`: the dict for ops.rope_cos_sin)."""
     C, F = cfg.n_embd, cfg.n_ff
     Q, KV = cfg.q_size, cfg.kv_size
@@ -206,25 +239,40 @@ def build_gpt(cfg: ModelConfig, w: _Weights, names: _Names,
 
     blocks = []
     for i in range(cfg.n_layer):
-        n = {k: getattr(names, k).format(i=i) for k in
-             ("attn_norm", "mlp_norm", "q", "k", "v", "qkv", "o", "gate", "up", "down")}
+        n = {
+            k: getattr(names, k).format(i=i)
+            for k in ("attn_norm", "mlp_norm", "q", "k", "v", "qkv", "o", "gate", "up", "down")
+        }
         if names.qkv:
-            qkv = Linear(w.matrix(n["qkv"], Q + 2 * KV, C), bias(n["qkv"], Q + 2 * KV,
-                                                                  cfg.qkv_bias))
+            qkv = Linear(
+                w.matrix(n["qkv"], Q + 2 * KV, C), bias(n["qkv"], Q + 2 * KV, cfg.qkv_bias)
+            )
         else:
             qkv = w.fused(
                 [w.matrix(n["q"], Q, C), w.matrix(n["k"], KV, C), w.matrix(n["v"], KV, C)],
-                [bias(n["q"], Q, cfg.qkv_bias), bias(n["k"], KV, cfg.qkv_bias),
-                 bias(n["v"], KV, cfg.qkv_bias)])
+                [
+                    bias(n["q"], Q, cfg.qkv_bias),
+                    bias(n["k"], KV, cfg.qkv_bias),
+                    bias(n["v"], KV, cfg.qkv_bias),
+                ],
+            )
         o = Linear(w.matrix(n["o"], C, Q), bias(n["o"], C, cfg.o_bias))
         if cfg.activation == "swiglu":
-            up = w.fused([w.matrix(n["gate"], F, C), w.matrix(n["up"], F, C)],
-                              [bias(n["gate"], F, cfg.mlp_bias), bias(n["up"], F, cfg.mlp_bias)])
+            up = w.fused(
+                [w.matrix(n["gate"], F, C), w.matrix(n["up"], F, C)],
+                [bias(n["gate"], F, cfg.mlp_bias), bias(n["up"], F, cfg.mlp_bias)],
+            )
         else:
             up = Linear(w.matrix(n["up"], F, C), bias(n["up"], F, cfg.mlp_bias))
         down = Linear(w.matrix(n["down"], C, F), bias(n["down"], C, cfg.mlp_bias))
-        blocks.append(Block(norm(n["attn_norm"]), CausalSelfAttention(cfg, i, qkv, o),
-                            norm(n["mlp_norm"]), MLP(cfg.activation, up, down)))
+        blocks.append(
+            Block(
+                norm(n["attn_norm"]),
+                CausalSelfAttention(cfg, i, qkv, o),
+                norm(n["mlp_norm"]),
+                MLP(cfg.activation, up, down),
+            )
+        )
 
     embed = w.matrix(names.embed, cfg.vocab_size, C)
     wpe = None
@@ -238,8 +286,9 @@ def build_gpt(cfg: ModelConfig, w: _Weights, names: _Names,
         lm_head = Linear(w.matrix(names.lm_head, cfg.vocab_size, C))
     cos_sin = None
     if cfg.position == "rope":
-        cos_sin = _rope_table(cfg, w.where,
-                              rope_scaling if rope_scaling is not None else cfg.rope_scaling)
+        cos_sin = _rope_table(
+            cfg, w.where, rope_scaling if rope_scaling is not None else cfg.rope_scaling
+        )
     return GPT(cfg, Embedding(embed), wpe, blocks, norm(names.norm_f), lm_head, cos_sin)
 
 
@@ -255,7 +304,8 @@ def _rope_table(cfg: ModelConfig, where: str, scaling: dict[str, Any] | None) ->
         raise ModelFormatError(
             f"{where}: the RoPE table for a context of {cfg.max_position} tokens needs "
             f"{size / 2**20:.0f} MiB, which could not be allocated; use a smaller context "
-            "(--ctx / context_length)") from None
+            "(--ctx / context_length)"
+        ) from None
 
 
 # ---------------------------------------------------------------------- GGUF
@@ -266,14 +316,17 @@ def load_gguf_model(path: str | Path, *, context_length: int | None = None) -> L
 
     g = load_gguf(path)
     cfg = with_context(ModelConfig.from_gguf(g), context_length, str(g.path))
-    w = _Weights(str(g.path), set(g.tensors), lambda n: g.tensors[n].shape, g.weight,
-                 release=g.release)
+    w = _Weights(
+        str(g.path), set(g.tensors), lambda n: g.tensors[n].shape, g.weight, release=g.release
+    )
     names = GGUF_GPT2_NAMES if cfg.family == "gpt2" else GGUF_NAMES
     scaling = cfg.rope_scaling
     if scaling is not None and scaling.get("type") == "freq_factors":
         # Llama 3.x GGUFs carry the per-frequency divisors as a tensor instead of the formula.
-        scaling = {"type": "none",
-                   "freq_factors": w.vector("rope_freqs.weight", cfg.rotary_dim // 2)}
+        scaling = {
+            "type": "none",
+            "freq_factors": w.vector("rope_freqs.weight", cfg.rotary_dim // 2),
+        }
     model = ModelRunner(build_gpt(cfg, w, names, scaling), release_pages=g.release)
     return LoadedModel(model, cfg, Path(path), "gguf", dict(g.metadata), g)
 
@@ -285,24 +338,33 @@ def load_hf(folder: str | Path, *, context_length: int | None = None) -> LoadedM
     from pyllm.weights.safetensors import load_folder, load_hf_config
 
     folder = Path(folder)
-    cfg = with_context(ModelConfig.from_hf(load_hf_config(folder), where=str(folder / "config.json")),
-                       context_length, str(folder))
+    cfg = with_context(
+        ModelConfig.from_hf(load_hf_config(folder), where=str(folder / "config.json")),
+        context_length,
+        str(folder),
+    )
     tensors: dict[str, torch.Tensor] = load_folder(folder)
 
     def fetch(name: str) -> tuple[torch.Tensor, str]:
         t = tensors[name]
         qtype = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}.get(t.dtype)
         if qtype is None:
-            raise ModelFormatError(f"{folder}: tensor {name!r} has dtype {t.dtype}; "
-                                   "expected float32, float16 or bfloat16")
+            raise ModelFormatError(
+                f"{folder}: tensor {name!r} has dtype {t.dtype}; "
+                "expected float32, float16 or bfloat16"
+            )
         return t, qtype
 
     if cfg.family == "gpt2":
         prefix = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
         names = _hf_gpt2_names(prefix)
         # GPT-2 checkpoints store Conv1D weights as [in, out].
-        conv1d = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight",
-                  ".mlp.c_proj.weight")
+        conv1d = (
+            ".attn.c_attn.weight",
+            ".attn.c_proj.weight",
+            ".mlp.c_fc.weight",
+            ".mlp.c_proj.weight",
+        )
         transposed = lambda name: name.endswith(conv1d)  # noqa: E731
     else:
         names, transposed = HF_LLAMA_NAMES, (lambda name: False)
