@@ -58,6 +58,7 @@ JOB_HELP = """\b
 -i - reads standard input; the output must be a regular file other than the input. Re-running
 with the same -o resumes: finished records (failed ones too) are skipped; --retry-errors runs
 the failed ones again.
+
 \b
 Exit status: 0 done (every record of -i ran); 3 some records failed in this run (see their
 error lines); 2 bad usage or files.
