@@ -39,7 +39,7 @@ from pyllm.ops import sampling as sampling_ops
 from pyllm.sampling_params import DEFAULT_SAMPLERS, SamplingParams, split_chain
 from pyllm.types import SamplerStep, SamplingContext
 
-__all__ = ["SampleResult", "Sampler", "parse_chain", "FUSED_ORDER"]
+__all__ = ["FUSED_ORDER", "SampleResult", "Sampler", "parse_chain"]
 
 # The built-in steps the fused kernel implements, in the order it applies them.
 FUSED_ORDER = tuple(split_chain(DEFAULT_SAMPLERS))
@@ -75,8 +75,10 @@ def parse_chain(chain: str | None, registry: Mapping[str, Any]) -> tuple[str, ..
             near = difflib.get_close_matches(name, list(registry), n=1, cutoff=0.6)
             hint = f"did you mean {near[0]!r}? " if near else ""
             known = ", ".join(sorted(registry)) or "(none: is the pyllm_samplers plugin loaded?)"
-            raise ValueError(f"unknown sampler step {name!r} in SamplingParams.samplers "
-                             f"{chain!r}; {hint}registered steps: {known}")
+            raise ValueError(
+                f"unknown sampler step {name!r} in SamplingParams.samplers "
+                f"{chain!r}; {hint}registered steps: {known}"
+            )
     if "logit_bias" not in names:
         names.insert(names.index("penalties") + 1 if "penalties" in names else 0, "logit_bias")
     if "temperature" not in names:
@@ -94,7 +96,9 @@ def _fusable(names: tuple[str, ...], registry: Mapping[str, Any]) -> bool:
     return positions == sorted(positions)
 
 
-def penalty_window(params: SamplingParams, prompt: Sequence[int], output: Sequence[int]) -> list[int]:
+def penalty_window(
+    params: SamplingParams, prompt: Sequence[int], output: Sequence[int]
+) -> list[int]:
     """The last ``penalty_last_n`` tokens of prompt + output (-1 = all of them, 0 = none)."""
     n = params.penalty_last_n
     if n == 0:
@@ -124,8 +128,14 @@ class Sampler:
     when no row asked for log-probs: for callers that read log-probs only where asked (the engine).
     """
 
-    def __init__(self, steps: Mapping[str, SamplerStep] | None = None, *, tokenizer: Any = None,
-                 fused: bool = True, skip_unrequested_logprobs: bool = False) -> None:
+    def __init__(
+        self,
+        steps: Mapping[str, SamplerStep] | None = None,
+        *,
+        tokenizer: Any = None,
+        fused: bool = True,
+        skip_unrequested_logprobs: bool = False,
+    ) -> None:
         self._steps = dict(steps) if steps is not None else None
         self.tokenizer = tokenizer
         self.fused = fused
@@ -162,23 +172,36 @@ class Sampler:
         fusable, penalties, typical = info
         if not fusable or (typical and p.typical_p != 1.0):
             return False
-        return not (penalties and p.penalty_last_n != 0
-                    and (p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0
-                         or p.presence_penalty != 0.0))
+        return not (
+            penalties
+            and p.penalty_last_n != 0
+            and (
+                p.repetition_penalty != 1.0
+                or p.frequency_penalty != 0.0
+                or p.presence_penalty != 0.0
+            )
+        )
 
     # ------------------------------------------------------------------------------ sampling
 
-    def sample(self, logits: torch.Tensor, params: Sequence[SamplingParams],
-               prompt_ids: Sequence[Sequence[int]], output_ids: Sequence[Sequence[int]],
-               state: list[dict[str, Any]] | None = None,
-               token_mask: torch.Tensor | None = None) -> SampleResult:
+    def sample(
+        self,
+        logits: torch.Tensor,
+        params: Sequence[SamplingParams],
+        prompt_ids: Sequence[Sequence[int]],
+        output_ids: Sequence[Sequence[int]],
+        state: list[dict[str, Any]] | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> SampleResult:
         """One token per row of ``logits`` [B, V] (float32). ``state`` holds a dict per row that
         lives as long as the request (the row's seed when unseeded, mirostat's mu...).
         ``token_mask`` (int32 [B, ceil(V/32)], or None) allows only the tokens whose bit is set."""
         B = logits.shape[0]
         if not (len(params) == len(prompt_ids) == len(output_ids) == B):
-            raise ValueError(f"logits has {B} rows but got {len(params)} params, "
-                             f"{len(prompt_ids)} prompts and {len(output_ids)} outputs")
+            raise ValueError(
+                f"logits has {B} rows but got {len(params)} params, "
+                f"{len(prompt_ids)} prompts and {len(output_ids)} outputs"
+            )
         if state is None:
             state = [{} for _ in range(B)]
         elif len(state) != B:
@@ -187,11 +210,19 @@ class Sampler:
         if token_mask is not None:
             W = (logits.shape[1] + 31) // 32
             if token_mask.dtype != torch.int32 or tuple(token_mask.shape) != (B, W):
-                raise ValueError(f"token_mask must be int32 [{B}, {W}], got {token_mask.dtype} "
-                                 f"{list(token_mask.shape)}")
+                raise ValueError(
+                    f"token_mask must be int32 [{B}, {W}], got {token_mask.dtype} "
+                    f"{list(token_mask.shape)}"
+                )
             token_mask = token_mask.to(logits.device, non_blocking=True)
-        if (B and self.fused and token_mask is None and logits.device.type == "cpu" and _GREEDY_KERNEL
-                and all(self._plain_greedy(p) for p in params)):
+        if (
+            B
+            and self.fused
+            and token_mask is None
+            and logits.device.type == "cpu"
+            and _GREEDY_KERNEL
+            and all(self._plain_greedy(p) for p in params)
+        ):
             for p, s in zip(params, state):
                 self._seed(p, s)  # as the full path does: the state holds the row's seed
             return _greedy(logits, not self.skip_unrequested_logprobs)
@@ -203,31 +234,52 @@ class Sampler:
 
         fused_rows = [b for b in range(B) if self.fused and _fusable(chains[b], self.steps)]
         if len(fused_rows) == B:
-            result = self._fused(logits, params, prompt_ids, output_ids, chains, seeds, positions,
-                                 n_top, token_mask)
+            result = self._fused(
+                logits, params, prompt_ids, output_ids, chains, seeds, positions, n_top, token_mask
+            )
         else:
             result = self._empty(B, n_top, logits.device)
             if fused_rows:
-                self._scatter(result, fused_rows, self._fused(
-                    logits[fused_rows], [params[b] for b in fused_rows],
-                    [prompt_ids[b] for b in fused_rows], [output_ids[b] for b in fused_rows],
-                    [chains[b] for b in fused_rows], [seeds[b] for b in fused_rows],
-                    [positions[b] for b in fused_rows], n_top,
-                    None if token_mask is None else token_mask[fused_rows]))
+                self._scatter(
+                    result,
+                    fused_rows,
+                    self._fused(
+                        logits[fused_rows],
+                        [params[b] for b in fused_rows],
+                        [prompt_ids[b] for b in fused_rows],
+                        [output_ids[b] for b in fused_rows],
+                        [chains[b] for b in fused_rows],
+                        [seeds[b] for b in fused_rows],
+                        [positions[b] for b in fused_rows],
+                        n_top,
+                        None if token_mask is None else token_mask[fused_rows],
+                    ),
+                )
             groups: dict[tuple[str, ...], list[int]] = {}
             for b in range(B):
                 if b not in fused_rows:
                     groups.setdefault(chains[b], []).append(b)
             for names, rows in groups.items():
-                ctx = SamplingContext(params=[params[b] for b in rows],
-                                      prompt_ids=[prompt_ids[b] for b in rows],
-                                      output_ids=[output_ids[b] for b in rows],
-                                      state=[state[b] for b in rows])
+                ctx = SamplingContext(
+                    params=[params[b] for b in rows],
+                    prompt_ids=[prompt_ids[b] for b in rows],
+                    output_ids=[output_ids[b] for b in rows],
+                    state=[state[b] for b in rows],
+                )
                 ctx.tokenizer = self.tokenizer  # type: ignore[attr-defined]
-                self._scatter(result, rows, self._stepwise(
-                    logits[rows], ctx, names, [seeds[b] for b in rows],
-                    [positions[b] for b in rows], n_top,
-                    None if token_mask is None else token_mask[rows]))
+                self._scatter(
+                    result,
+                    rows,
+                    self._stepwise(
+                        logits[rows],
+                        ctx,
+                        names,
+                        [seeds[b] for b in rows],
+                        [positions[b] for b in rows],
+                        n_top,
+                        None if token_mask is None else token_mask[rows],
+                    ),
+                )
         if n_top == 0:
             result.top_ids = result.top_logprobs = None
         return result
@@ -243,57 +295,77 @@ class Sampler:
 
     @staticmethod
     def _empty(B: int, n_top: int, device: torch.device) -> SampleResult:
-        return SampleResult(torch.zeros(B, dtype=torch.int64, device=device),
-                            torch.zeros(B, dtype=torch.float32, device=device),
-                            torch.zeros(B, n_top, dtype=torch.int64, device=device),
-                            torch.zeros(B, n_top, dtype=torch.float32, device=device),
-                            torch.zeros(B, dtype=torch.float32, device=device))
+        return SampleResult(
+            torch.zeros(B, dtype=torch.int64, device=device),
+            torch.zeros(B, dtype=torch.float32, device=device),
+            torch.zeros(B, n_top, dtype=torch.int64, device=device),
+            torch.zeros(B, n_top, dtype=torch.float32, device=device),
+            torch.zeros(B, dtype=torch.float32, device=device),
+        )
 
     @staticmethod
     def _scatter(result: SampleResult, rows: list[int], part: SampleResult) -> None:
         idx = torch.tensor(rows, dtype=torch.int64, device=result.token_ids.device)
         result.token_ids[idx] = part.token_ids
         result.logprobs[idx] = part.logprobs
+        assert result.probs is not None and part.probs is not None  # made by _empty / the kernel
         result.probs[idx] = part.probs
         if part.top_ids is not None and part.top_ids.shape[1]:
+            assert result.top_ids is not None and result.top_logprobs is not None
+            assert part.top_logprobs is not None
             result.top_ids[idx] = part.top_ids
             result.top_logprobs[idx] = part.top_logprobs
 
     # ------------------------------------------------------------------------------ fused path
 
     @staticmethod
-    def _param_row(p: SamplingParams, names: tuple[str, ...], seed: int,
-                   position: int) -> tuple[list[float], list[int]]:
+    def _param_row(
+        p: SamplingParams, names: tuple[str, ...], seed: int, position: int
+    ) -> tuple[list[float], list[int]]:
         """A row of the fused kernel's fparams and iparams: the chain's steps that are on take
         the request's values, the others their neutral ones."""
         on = set(names)
-        frow = [getattr(p, field) if step in on else neutral for field, step, neutral
-                in zip(sampling_ops.FPARAMS, sampling_ops.FPARAM_STEPS, sampling_ops.NEUTRAL_FPARAMS)]
+        frow = [
+            getattr(p, field) if step in on else neutral
+            for field, step, neutral in zip(
+                sampling_ops.FPARAMS, sampling_ops.FPARAM_STEPS, sampling_ops.NEUTRAL_FPARAMS
+            )
+        ]
         return frow, [p.top_k if "top_k" in on else 0, _signed64(seed), position]
 
     @staticmethod
-    def _window(p: SamplingParams, names: tuple[str, ...], prompt: Sequence[int],
-                output: Sequence[int]) -> list[int]:
+    def _window(
+        p: SamplingParams, names: tuple[str, ...], prompt: Sequence[int], output: Sequence[int]
+    ) -> list[int]:
         """The ids the penalties look at for this row (empty when no penalty is on)."""
         return penalty_window(p, prompt, output) if Sampler._penalizes(p, names) else []
 
     @staticmethod
     def _penalizes(p: SamplingParams, names: tuple[str, ...]) -> bool:
-        return "penalties" in names and (p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0
-                                         or p.presence_penalty != 0.0)
+        return "penalties" in names and (
+            p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+        )
 
     def _graph_row(self, p: SamplingParams) -> tuple[list[float] | None, int, bool]:
         """A request's constant part of its graph row: (fparams row, or None when the graph can
         never sample it; its iparams top-k; whether a penalty window would disqualify a step)."""
         names = self.chain(p)
-        if p.logprobs or not _fusable(names, self.steps) or (p.logit_bias and "logit_bias" in names):
+        if (
+            p.logprobs
+            or not _fusable(names, self.steps)
+            or (p.logit_bias and "logit_bias" in names)
+        ):
             return None, 0, False
         frow, irow = self._param_row(p, names, 0, 0)
         return frow, irow[0], self._penalizes(p, names)
 
-    def graph_params(self, params: Sequence[SamplingParams], prompt_ids: Sequence[Sequence[int]],
-                     output_ids: Sequence[Sequence[int]], state: list[dict[str, Any]]
-                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def graph_params(
+        self,
+        params: Sequence[SamplingParams],
+        prompt_ids: Sequence[Sequence[int]],
+        output_ids: Sequence[Sequence[int]],
+        state: list[dict[str, Any]],
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The fused kernel's parameter rows (fparams [B, 7] float32, iparams [B, 3] int64, on
         the CPU) for a step whose sampling can run inside a captured decode graph (see
         CudaGraphRunner.decode_and_sample): every row through a fused chain, with no penalty
@@ -313,11 +385,23 @@ class Sampler:
             frows.append(frow)
             irows.append([top_k, _signed64(self._seed(p, st)), len(prompt) + len(output)])
         B = len(frows)
-        return (torch.tensor(frows, dtype=torch.float32).reshape(B, len(sampling_ops.FPARAMS)),
-                torch.tensor(irows, dtype=torch.int64).reshape(B, len(sampling_ops.IPARAMS)))
+        return (
+            torch.tensor(frows, dtype=torch.float32).reshape(B, len(sampling_ops.FPARAMS)),
+            torch.tensor(irows, dtype=torch.int64).reshape(B, len(sampling_ops.IPARAMS)),
+        )
 
-    def _fused(self, logits, params, prompt_ids, output_ids, chains, seeds, positions, n_top,
-               token_mask=None):
+    def _fused(
+        self,
+        logits,
+        params,
+        prompt_ids,
+        output_ids,
+        chains,
+        seeds,
+        positions,
+        n_top,
+        token_mask=None,
+    ):
         B, V = logits.shape
         dev = logits.device
         frows, irows, windows = [], [], []
@@ -339,19 +423,27 @@ class Sampler:
         recent = torch.full((B, N), -1, dtype=torch.int64)
         for b, w in enumerate(windows):
             if w:
-                recent[b, N - len(w):] = torch.tensor([t if 0 <= t < V else -1 for t in w])
-        tensors = [fparams, iparams, recent, torch.tensor(bias_rows, dtype=torch.int64),
-                   torch.tensor(bias_ids, dtype=torch.int64), torch.tensor(bias_values, dtype=torch.float32)]
+                recent[b, N - len(w) :] = torch.tensor([t if 0 <= t < V else -1 for t in w])
+        tensors = [
+            fparams,
+            iparams,
+            recent,
+            torch.tensor(bias_rows, dtype=torch.int64),
+            torch.tensor(bias_ids, dtype=torch.int64),
+            torch.tensor(bias_values, dtype=torch.float32),
+        ]
         tensors = [t.to(dev, non_blocking=True) for t in tensors]
         # Everything was built here from validated SamplingParams: call the kernel directly.
-        tok, lp, top_ids, top_lp, probs = sampling_ops.launch_sample_tokens(logits, *tensors, n_top,
-                                                                            token_mask)
+        tok, lp, top_ids, top_lp, probs = sampling_ops.launch_sample_tokens(
+            logits, *tensors, n_top, token_mask
+        )
         return SampleResult(tok, lp, top_ids, top_lp, probs)
 
     # ------------------------------------------------------------------------ step-by-step path
 
-    def _stepwise(self, logits, ctx: SamplingContext, names, seeds, positions, n_top,
-                  token_mask=None):
+    def _stepwise(
+        self, logits, ctx: SamplingContext, names, seeds, positions, n_top, token_mask=None
+    ):
         raw = logits
         z = logits.clone()
         if token_mask is not None:
@@ -359,17 +451,26 @@ class Sampler:
         for name in names:
             z = self.steps[name](z, ctx)
             if z.shape != raw.shape:
-                raise ValueError(f"sampler step {name!r} returned shape {list(z.shape)}, "
-                                 f"expected {list(raw.shape)}")
+                raise ValueError(
+                    f"sampler step {name!r} returned shape {list(z.shape)}, "
+                    f"expected {list(raw.shape)}"
+                )
         B = z.shape[0]
         neutral = torch.tensor([sampling_ops.NEUTRAL_FPARAMS] * B, dtype=torch.float32)
-        irows = torch.tensor([[0, _signed64(s), pos] for s, pos in zip(seeds, positions)],
-                             dtype=torch.int64).reshape(B, 3)
+        irows = torch.tensor(
+            [[0, _signed64(s), pos] for s, pos in zip(seeds, positions)], dtype=torch.int64
+        ).reshape(B, 3)
         empty = torch.empty(0, dtype=torch.int64, device=z.device)
         tok, _, _, _, probs = sampling_ops.launch_sample_tokens(
-            z.float().contiguous(), neutral.to(z.device), irows.to(z.device),
-            torch.empty(B, 0, dtype=torch.int64, device=z.device), empty, empty,
-            torch.empty(0, dtype=torch.float32, device=z.device), 0)
+            z.float().contiguous(),
+            neutral.to(z.device),
+            irows.to(z.device),
+            torch.empty(B, 0, dtype=torch.int64, device=z.device),
+            empty,
+            empty,
+            torch.empty(0, dtype=torch.float32, device=z.device),
+            0,
+        )
         lp, top_ids, top_lp = model_logprobs(raw, tok, n_top)
         return SampleResult(tok, lp, top_ids, top_lp, probs)
 
@@ -388,8 +489,9 @@ def _greedy(logits: torch.Tensor, with_logprobs: bool = True) -> SampleResult:
     lp = torch.empty(B, dtype=torch.float32)
     probs = torch.empty(B, dtype=torch.float32)
     # Every tensor was made or checked here (float32, contiguous, CPU): pointers suffice.
-    sampling_ops.L._C.greedy_tokens_ptr(logits.data_ptr(), B, V, tok.data_ptr(), lp.data_ptr(),
-                                        probs.data_ptr(), with_logprobs)
+    sampling_ops.L._C.greedy_tokens_ptr(
+        logits.data_ptr(), B, V, tok.data_ptr(), lp.data_ptr(), probs.data_ptr(), with_logprobs
+    )
     return SampleResult(tok, lp, None, None, probs)
 
 

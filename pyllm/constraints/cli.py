@@ -27,15 +27,35 @@ def structured_options() -> Callable[[Any], Any]:
     """Decorate a click command with --schema, --regex, --choice and --format."""
 
     def decorate(f: Any) -> Any:
-        f = click.option("--format", "output_format", type=click.Choice(["json"]), default=None,
-                         help="The output is a JSON object (any; --schema for a given shape).")(f)
-        f = click.option("--choice", "choice", default=None, metavar="A,B,C",
-                         help="The output is exactly one of these comma-separated strings.")(f)
-        f = click.option("--regex", "regex", default=None, metavar="PATTERN",
-                         help="The whole output matches this regular expression.")(f)
-        f = click.option("--schema", "schema", default=None, metavar="FILE|JSON",
-                         help="The output is JSON matching this JSON schema (a file, or the "
-                              "schema itself as JSON text).")(f)
+        f = click.option(
+            "--format",
+            "output_format",
+            type=click.Choice(["json"]),
+            default=None,
+            help="The output is a JSON object (any; --schema for a given shape).",
+        )(f)
+        f = click.option(
+            "--choice",
+            "choice",
+            default=None,
+            metavar="A,B,C",
+            help="The output is exactly one of these comma-separated strings.",
+        )(f)
+        f = click.option(
+            "--regex",
+            "regex",
+            default=None,
+            metavar="PATTERN",
+            help="The whole output matches this regular expression.",
+        )(f)
+        f = click.option(
+            "--schema",
+            "schema",
+            default=None,
+            metavar="FILE|JSON",
+            help="The output is JSON matching this JSON schema (a file, or the "
+            "schema itself as JSON text).",
+        )(f)
         return f
 
     return decorate
@@ -50,15 +70,17 @@ def load_schema(value: str) -> str:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ValueError(f"--schema {value!r}: not JSON text and not a readable file "
-                             f"({exc.strerror or exc})") from None
+            raise ValueError(
+                f"--schema {value!r}: not JSON text and not a readable file ({exc.strerror or exc})"
+            ) from None
     try:
         parsed = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"--schema {value!r}: not valid JSON ({exc})") from None
     if not isinstance(parsed, dict):
-        raise ValueError(f"--schema {value!r}: a JSON schema is an object, got "  # noqa: TRY004
-                         f"{type(parsed).__name__}")
+        raise ValueError(
+            f"--schema {value!r}: a JSON schema is an object, got {type(parsed).__name__}"
+        )
     return json.dumps(parsed)
 
 
@@ -76,26 +98,36 @@ def structured_overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
     if choice is not None:
         options = [c.strip() for c in choice.split(",") if c.strip()]
         if not options:
-            raise click.BadParameter(f"needs comma-separated strings, got {choice!r}",
-                                     param_hint="--choice")
+            raise click.BadParameter(
+                f"needs comma-separated strings, got {choice!r}", param_hint="--choice"
+            )
         out["choice"] = tuple(options)
     if fmt == "json":
         out["json_object"] = True
     if len(out) > 1:
-        raise click.UsageError("--schema, --regex, --choice and --format are one constraint at a "
-                               "time; got " + ", ".join(sorted(out)))
+        raise click.UsageError(
+            "--schema, --regex, --choice and --format are one constraint at a "
+            "time; got " + ", ".join(sorted(out))
+        )
     return out
 
 
 # Every constraint field at its "none" value: a new constraint replaces the old one.
-_CLEARED: dict[str, Any] = {"json_schema": None, "json_object": False, "regex": None,
-                            "choice": None, "grammar": None, "constraint": None}
+_CLEARED: dict[str, Any] = {
+    "json_schema": None,
+    "json_object": False,
+    "regex": None,
+    "choice": None,
+    "grammar": None,
+    "constraint": None,
+}
 REPL_NAMES = ("format", "schema")
 
 
 def repl_overrides(name: str, value: str) -> dict[str, Any]:
-    """SamplingParams fields for the REPL's ``/set format json|off`` and ``/set schema FILE|JSON|off``
-    (either replaces any constraint set before). Raises ValueError for a bad value."""
+    """SamplingParams fields for the REPL's ``/set format json|off`` and
+    ``/set schema FILE|JSON|off`` (either replaces any constraint set before). Raises ValueError
+    for a bad value."""
     low = value.strip().lower()
     if low in ("off", "none", "text"):
         return dict(_CLEARED)

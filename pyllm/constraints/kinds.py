@@ -32,7 +32,8 @@ def json_schema(spec: Any) -> str:
     ``additionalProperties``; formatting as `JSON_DEFAULTS`."""
     try:
         return _llg().grammar_from_json_schema(
-            spec if isinstance(spec, str) else json.dumps(spec), defaults=JSON_DEFAULTS)
+            spec if isinstance(spec, str) else json.dumps(spec), defaults=JSON_DEFAULTS
+        )
     except ValueError as exc:
         raise ValueError(f"json_schema: {exc}") from None
 
@@ -67,5 +68,10 @@ def grammar(spec: Any) -> str:
     return _llg().grammar_from_lark(spec)
 
 
-BUILTIN_KINDS = {"json_schema": json_schema, "json_object": json_object, "regex": regex,
-                 "choice": choice, "grammar": grammar}
+BUILTIN_KINDS = {
+    "json_schema": json_schema,
+    "json_object": json_object,
+    "regex": regex,
+    "choice": choice,
+    "grammar": grammar,
+}

@@ -21,8 +21,9 @@ from pyllm.constraints.matcher import ConstraintMatcher, mask_words
 __all__ = ["MaskJob", "MaskWorker", "apply_token_mask", "compute_masks"]
 
 
-def compute_masks(matchers: Sequence[ConstraintMatcher | None], vocab_size: int,
-                  logits_width: int | None = None) -> torch.Tensor:
+def compute_masks(
+    matchers: Sequence[ConstraintMatcher | None], vocab_size: int, logits_width: int | None = None
+) -> torch.Tensor:
     """int32 [B, ceil(V / 32)] for V = ``logits_width`` (default ``vocab_size``, the tokenizer's):
     row b's allowed tokens; every token for a None row. Ids past the tokenizer's vocabulary (a
     model's padded rows) are never allowed in a constrained row."""

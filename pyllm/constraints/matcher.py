@@ -10,6 +10,7 @@ compiled one), advanced with every token sampled for it.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any
 
@@ -20,13 +21,16 @@ from pyllm.constraints.tokenizer import llg_tokenizer
 
 __all__ = ["ConstraintMatcher", "compile_constraint", "mask_words"]
 
-_COMPILED: OrderedDict[tuple[int, str, str], Any] = OrderedDict()  # (tokenizer, kind, spec)
+# (id(tokenizer), kind, spec) -> (weak reference to the tokenizer, compiled matcher); the
+# reference is checked on a hit, so a new tokenizer that reuses a dead one's id never matches.
+_COMPILED: OrderedDict[tuple[int, str, str], tuple[Any, Any]] = OrderedDict()
 _COMPILED_MAX = 64
 _LOCK = threading.Lock()
 
 
 def mask_words(vocab_size: int) -> int:
-    """int32 words in one row of a token bitmask (one bit per id, id i = bit i % 32 of word i // 32)."""
+    """int32 words in one row of a token bitmask (one bit per id: id i is bit i % 32 of word
+    i // 32)."""
     return (vocab_size + 31) // 32
 
 
@@ -90,12 +94,14 @@ def _compile(tokenizer: Any, kind: str, spec: Any) -> Any:
         raise ValueError(f"unknown constraint kind {kind!r}; registered kinds: {known}")
     grammar = build(spec)
     if not isinstance(grammar, str):
-        raise ValueError(f"constraint kind {kind!r} returned {type(grammar).__name__}, "  # noqa: TRY004
-                         "not a grammar string")
+        raise ValueError(
+            f"constraint kind {kind!r} returned {type(grammar).__name__}, not a grammar string"
+        )
     matcher = llguidance.LLMatcher(llg_tokenizer(tokenizer), grammar, log_level=0)
     if matcher.is_error():
-        raise ValueError(f"SamplingParams.{_field_name(kind)} cannot be used: "
-                         f"{matcher.get_error().strip()}")
+        raise ValueError(
+            f"SamplingParams.{_field_name(kind)} cannot be used: {matcher.get_error().strip()}"
+        )
     row = np.zeros(mask_words(tokenizer.vocab_size), dtype=np.int32)
     ConstraintMatcher(matcher, kind).fill_mask(row)
     if matcher.is_error() or not row.any():
@@ -116,14 +122,16 @@ def compile_constraint(params: Any, tokenizer: Any) -> ConstraintMatcher | None:
         return None
     kind, spec = wanted
     key = (id(tokenizer), kind, repr(spec))
+    template = None
     with _LOCK:
-        template = _COMPILED.get(key)
-        if template is not None:
+        hit = _COMPILED.get(key)
+        if hit is not None and hit[0]() is tokenizer:
+            template = hit[1]
             _COMPILED.move_to_end(key)
     if template is None:
         template = _compile(tokenizer, kind, spec)
         with _LOCK:
-            _COMPILED[key] = template
+            _COMPILED[key] = (weakref.ref(tokenizer), template)
             while len(_COMPILED) > _COMPILED_MAX:
                 _COMPILED.popitem(last=False)
     return ConstraintMatcher(template.deep_copy(), kind)

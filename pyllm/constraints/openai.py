@@ -11,8 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ToolCallMode", "parse_tool_calls", "response_format_fields", "tool_call_mode",
-           "tools_prompt"]
+__all__ = [
+    "ToolCallMode",
+    "parse_tool_calls",
+    "response_format_fields",
+    "tool_call_mode",
+    "tools_prompt",
+]
 
 
 def response_format_fields(response_format: Any) -> dict[str, Any]:
@@ -21,7 +26,7 @@ def response_format_fields(response_format: Any) -> dict[str, Any]:
     if response_format is None:
         return {}
     if not isinstance(response_format, Mapping):
-        raise ValueError(f"response_format must be an object, got {response_format!r}")  # noqa: TRY004
+        raise ValueError(f"response_format must be an object, got {response_format!r}")
     kind = response_format.get("type")
     if kind == "text":
         return {}
@@ -30,11 +35,14 @@ def response_format_fields(response_format: Any) -> dict[str, Any]:
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), Mapping):
-            raise ValueError('response_format json_schema needs {"json_schema": {"name": ..., '
-                             '"schema": {...}}}')
+            raise ValueError(
+                'response_format json_schema needs {"json_schema": {"name": ..., "schema": {...}}}'
+            )
         strict = spec.get("strict")
         if strict is not None and not isinstance(strict, bool):
-            raise ValueError(f"response_format json_schema.strict must be true or false, got {strict!r}")
+            raise ValueError(
+                f"response_format json_schema.strict must be true or false, got {strict!r}"
+            )
         return {"json_schema": dict(spec["schema"])}
     raise ValueError(f"response_format type must be text, json_object or json_schema, got {kind!r}")
 
@@ -53,22 +61,36 @@ class ToolCallMode:
         for tool in self.tools:
             fn = tool["function"]
             if fn["name"] in self.names:
-                options.append({"type": "object",
-                                "properties": {"name": {"const": fn["name"]},
-                                               "arguments": fn.get("parameters") or {"type": "object"}},
-                                "required": ["name", "arguments"], "additionalProperties": False})
+                arguments = fn.get("parameters") or {"type": "object"}
+                options.append(
+                    {
+                        "type": "object",
+                        "properties": {"name": {"const": fn["name"]}, "arguments": arguments},
+                        "required": ["name", "arguments"],
+                        "additionalProperties": False,
+                    }
+                )
         return options[0] if len(options) == 1 else {"anyOf": options}
 
 
 def _checked_tools(tools: Any) -> list[dict[str, Any]]:
     if not isinstance(tools, list) or not tools:
-        raise ValueError("tools must be a non-empty list of {\"type\": \"function\", \"function\": {...}}")
+        raise ValueError(
+            'tools must be a non-empty list of {"type": "function", "function": {...}}'
+        )
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, Mapping) else None
-        if (not isinstance(tool, Mapping) or tool.get("type") != "function" or not isinstance(fn, Mapping)
-                or not isinstance(fn.get("name"), str) or not fn["name"]):
-            raise ValueError(f"tools[{i}] must be {{\"type\": \"function\", \"function\": "
-                             f"{{\"name\": ..., \"parameters\": {{...}}}}}}, got {tool!r}")
+        if (
+            not isinstance(tool, Mapping)
+            or tool.get("type") != "function"
+            or not isinstance(fn, Mapping)
+            or not isinstance(fn.get("name"), str)
+            or not fn["name"]
+        ):
+            raise ValueError(
+                f'tools[{i}] must be {{"type": "function", "function": '
+                f'{{"name": ..., "parameters": {{...}}}}}}, got {tool!r}'
+            )
         params = fn.get("parameters")
         if params is not None and not isinstance(params, Mapping):
             raise ValueError(f"tools[{i}].function.parameters must be a JSON schema object")
@@ -92,24 +114,38 @@ def tool_call_mode(tools: Any, tool_choice: Any) -> ToolCallMode | None:
     if isinstance(tool_choice, Mapping) and isinstance(tool_choice.get("function"), Mapping):
         name = tool_choice["function"].get("name")
         if name not in names:
-            raise ValueError(f"tool_choice names {name!r}, which is not one of the tools "
-                             f"({', '.join(names)})")
+            raise ValueError(
+                f"tool_choice names {name!r}, which is not one of the tools ({', '.join(names)})"
+            )
         return ToolCallMode(checked, [name])
-    raise ValueError('tool_choice must be "none", "auto", "required" or '
-                     f'{{"type": "function", "function": {{"name": ...}}}}, got {tool_choice!r}')
+    raise ValueError(
+        'tool_choice must be "none", "auto", "required" or '
+        f'{{"type": "function", "function": {{"name": ...}}}}, got {tool_choice!r}'
+    )
 
 
 def tools_prompt(mode: ToolCallMode) -> str:
     """A system message telling the model which tools it may call and how the call is written."""
     import json
 
-    lines = [("You can call these tools. Reply with one JSON object "
-              '{"name": <tool name>, "arguments": {...}} and nothing else.')]
+    lines = [
+        (
+            "You can call these tools. Reply with one JSON object "
+            '{"name": <tool name>, "arguments": {...}} and nothing else.'
+        )
+    ]
     for tool in mode.tools:
         fn = tool["function"]
         if fn["name"] in mode.names:
-            lines.append(json.dumps({"name": fn["name"], "description": fn.get("description", ""),
-                                     "parameters": fn.get("parameters") or {"type": "object"}}))
+            lines.append(
+                json.dumps(
+                    {
+                        "name": fn["name"],
+                        "description": fn.get("description", ""),
+                        "parameters": fn.get("parameters") or {"type": "object"},
+                    }
+                )
+            )
     return "\n".join(lines)
 
 
@@ -124,6 +160,10 @@ def parse_tool_calls(text: str, call_id: str) -> list[dict[str, Any]] | None:
         return None
     if not isinstance(call, dict) or "name" not in call:
         return None
-    return [{"id": call_id, "type": "function",
-             "function": {"name": call["name"],
-                          "arguments": json.dumps(call.get("arguments", {}))}}]
+    return [
+        {
+            "id": call_id,
+            "type": "function",
+            "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))},
+        }
+    ]

@@ -37,8 +37,9 @@ def _json_schema_text(value: Any) -> str:
         try:
             parsed = json.loads(value)
         except ValueError as exc:
-            raise ValueError(f"SamplingParams.json_schema is not valid JSON ({exc}): "
-                             f"{value[:80]!r}") from None
+            raise ValueError(
+                f"SamplingParams.json_schema is not valid JSON ({exc}): {value[:80]!r}"
+            ) from None
     else:
         parsed = value
     if not isinstance(parsed, (Mapping, bool)):
@@ -65,26 +66,34 @@ def normalize_constraint_fields(values: Mapping[str, Any]) -> dict[str, Any]:
             _fail(name, "a non-empty string", v)
     choice = values.get("choice")
     if choice is not None:
-        if isinstance(choice, str) or not isinstance(choice, (list, tuple)) or not choice or not all(
-                isinstance(c, str) and c for c in choice):
+        if (
+            isinstance(choice, str)
+            or not isinstance(choice, (list, tuple))
+            or not choice
+            or not all(isinstance(c, str) and c for c in choice)
+        ):
             _fail("choice", "a non-empty list of non-empty strings", choice)
         out["choice"] = tuple(choice)
     generic = values.get("constraint")
     if generic is not None:
         if isinstance(generic, Mapping) and len(generic) == 1:
             generic = next(iter(generic.items()))
-        if (not isinstance(generic, (list, tuple)) or len(generic) != 2
-                or not isinstance(generic[0], str) or not generic[0]):
+        if (
+            not isinstance(generic, (list, tuple))
+            or len(generic) != 2
+            or not isinstance(generic[0], str)
+            or not generic[0]
+        ):
             _fail("constraint", "a (kind, spec) pair or a one-entry {kind: spec} mapping", generic)
         kind, spec = generic
         if isinstance(spec, (Mapping, list)):
             spec = json.dumps(spec, separators=(",", ":"))  # hashable; the kind parses it back
         out["constraint"] = (kind, spec)
-    chosen = [name for name in CONSTRAINT_FIELDS
-              if (values.get(name) not in (None, False))]
+    chosen = [name for name in CONSTRAINT_FIELDS if (values.get(name) not in (None, False))]
     if len(chosen) > 1:
-        raise ValueError("SamplingParams takes one constraint at a time; got "
-                         + " and ".join(chosen))
+        raise ValueError(
+            "SamplingParams takes one constraint at a time; got " + " and ".join(chosen)
+        )
     return out
 
 

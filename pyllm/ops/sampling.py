@@ -23,9 +23,9 @@ What one row computes (the CPU and CUDA kernels and ``sample_tokens_ref`` all fo
 0. Token mask (optional, ``token_mask`` int32 ``[B, ceil(V/32)]``, one bit per id: id i is bit
    ``i % 32`` of word ``i // 32``): ``z[i] = -inf`` where the bit is 0 (structured output's
    constraint, pyllm/constraints). A row whose mask allows nothing returns token 0, as below.
-1. ``z = logits`` (float32), masked as in 0. Penalties, once per distinct id t in the window with count c:
-   repetition (CTRL): ``z[t] = z[t] / r if z[t] > 0 else z[t] * r``; then frequency and
-   presence (OpenAI): ``z[t] -= c * frequency + presence``.
+1. ``z = logits`` (float32), masked as in 0. Penalties, once per distinct id t in the window
+   with count c: repetition (CTRL): ``z[t] = z[t] / r if z[t] > 0 else z[t] * r``; then
+   frequency and presence (OpenAI): ``z[t] -= c * frequency + presence``.
 2. Logit bias: ``z[id] += bias`` for each (row, id, bias) entry of this row.
 3. K = the ids with a finite ``z`` (``-inf`` bans a token; NaN counts as banned). The *rank
    order* is z descending, then id ascending. Each active filter narrows K, on the distribution
@@ -52,9 +52,10 @@ The kernels select without sorting the vocabulary. CPU: block maxima then a smal
 (or nth_element) for top-k; a mass histogram over the order keys' top bits and a mass-weighted
 quickselect inside the boundary bucket for top-p and typical-p. CUDA: one thread block per row; a
 threshold on a 64-bit order key found by an MSD radix walk (4 bits a level, fixed-order block
-sums, no floating-point atomics) for all three. Sums are taken in float64, in a different order than the reference's sorted cumsum,
-so a token whose cumulative mass lies within ~1e-15 of a top-p boundary may land on the other
-side; away from such ties kernels and reference pick the same tokens.
+sums, no floating-point atomics) for all three. Sums are taken in float64, in a different order
+than the reference's sorted cumsum, so a token whose cumulative mass lies within ~1e-15 of a
+top-p boundary may land on the other side; away from such ties kernels and reference pick the
+same tokens.
 """
 
 from __future__ import annotations
@@ -67,16 +68,23 @@ from pyllm.ops import _library as L
 __all__ = [
     "FPARAMS",
     "IPARAMS",
+    "launch_sample_tokens",
     "philox4x32_10",
     "philox_uniform",
     "sample_tokens",
     "sample_tokens_ref",
     "token_mask_bits",
-    "launch_sample_tokens",
 ]
 
-FPARAMS = ("temperature", "top_p", "min_p", "typical_p", "repetition_penalty",
-           "frequency_penalty", "presence_penalty")
+FPARAMS = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+)
 IPARAMS = ("top_k", "seed", "position")
 # An fparams row that changes nothing: temperature 1, every filter and penalty off.
 NEUTRAL_FPARAMS = (1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0)
@@ -100,7 +108,12 @@ def philox4x32_10(counter: tuple[int, int, int, int], key: tuple[int, int]) -> t
         if r:
             k0, k1 = (k0 + _W0) & _M32, (k1 + _W1) & _M32
         p0, p1 = _M0 * c0, _M1 * c2
-        c0, c1, c2, c3 = ((p1 >> 32) ^ c1 ^ k0) & _M32, p1 & _M32, ((p0 >> 32) ^ c3 ^ k1) & _M32, p0 & _M32
+        c0, c1, c2, c3 = (
+            ((p1 >> 32) ^ c1 ^ k0) & _M32,
+            p1 & _M32,
+            ((p0 >> 32) ^ c3 ^ k1) & _M32,
+            p0 & _M32,
+        )
     return c0, c1, c2, c3
 
 
@@ -118,6 +131,7 @@ def philox_uniform(seed: int, position: int, stream: int = STREAM_DRAW) -> float
 
 # ---------------------------------------------------------------------------- reference
 
+
 def _rank_order(values: torch.Tensor) -> torch.Tensor:
     """Indices of `values` (over ids in ascending order) by value descending, index ascending."""
     return torch.sort(values, descending=True, stable=True).indices
@@ -128,8 +142,9 @@ def _fewest_reaching(weights_in_order: torch.Tensor, target: float) -> int:
     return min(int((cum < target).sum()) + 1, weights_in_order.numel())
 
 
-def _choose_ref(z: torch.Tensor, f: list[float], top_k: int, seed: int, position: int
-                ) -> tuple[int, float]:
+def _choose_ref(
+    z: torch.Tensor, f: list[float], top_k: int, seed: int, position: int
+) -> tuple[int, float]:
     """The chosen token and its probability under the distribution it was drawn from."""
     temperature, top_p, min_p, typical_p = f[0], f[1], f[2], f[3]
     ids = torch.nonzero(z > float("-inf")).flatten()  # ascending; NaN is not > -inf
@@ -184,12 +199,24 @@ def token_mask_bits(token_mask: torch.Tensor, V: int) -> torch.Tensor:
     return bits.reshape(token_mask.shape[0], -1)[:, :V] != 0
 
 
-def sample_tokens_ref(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values,
-                      num_logprobs, token_mask=None):
+def sample_tokens_ref(
+    logits,
+    fparams,
+    iparams,
+    recent_ids,
+    bias_rows,
+    bias_ids,
+    bias_values,
+    num_logprobs,
+    token_mask=None,
+):
     """Plain PyTorch, row by row: the meaning of `sample_tokens` (see the module docstring)."""
     device = logits.device
-    allowed = (token_mask_bits(token_mask.cpu(), logits.shape[1])
-               if token_mask is not None and token_mask.numel() else None)
+    allowed = (
+        token_mask_bits(token_mask.cpu(), logits.shape[1])
+        if token_mask is not None and token_mask.numel()
+        else None
+    )
     logits, fparams, iparams = logits.float().cpu(), fparams.float().cpu(), iparams.cpu()
     recent_ids, bias_rows, bias_ids = recent_ids.cpu(), bias_rows.cpu(), bias_ids.cpu()
     bias_values = bias_values.float().cpu()
@@ -218,41 +245,80 @@ def sample_tokens_ref(logits, fparams, iparams, recent_ids, bias_rows, bias_ids,
     logprobs = (logits.double().gather(1, tokens[:, None])[:, 0] - lse).float()
     order = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :num_logprobs]
     top_logprobs = (logits.double().gather(1, order) - lse[:, None]).float()
-    return (tokens.to(device), logprobs.to(device), order.to(device), top_logprobs.to(device),
-            probs.to(device))
+    return (
+        tokens.to(device),
+        logprobs.to(device),
+        order.to(device),
+        top_logprobs.to(device),
+        probs.to(device),
+    )
 
 
 # ------------------------------------------------------------------------------ checks
 
-def _check_shapes(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values,
-                  num_logprobs, token_mask=None) -> None:
-    L.check(logits.dtype == torch.float32 and logits.dim() == 2,
-            f"logits must be float32 [B, V], got {logits.dtype} {list(logits.shape)}")
+
+def _check_shapes(
+    logits,
+    fparams,
+    iparams,
+    recent_ids,
+    bias_rows,
+    bias_ids,
+    bias_values,
+    num_logprobs,
+    token_mask=None,
+) -> None:
+    L.check(
+        logits.dtype == torch.float32 and logits.dim() == 2,
+        f"logits must be float32 [B, V], got {logits.dtype} {list(logits.shape)}",
+    )
     B, V = logits.shape
     L.check(V >= 1, "logits must have at least one column (the vocabulary)")
     L.check(V < 2**31, f"vocabulary too large: {V}")
-    L.check(fparams.dtype == torch.float32 and tuple(fparams.shape) == (B, len(FPARAMS)),
-            f"fparams must be float32 [{B}, {len(FPARAMS)}], got {fparams.dtype} {list(fparams.shape)}")
-    L.check(iparams.dtype == torch.int64 and tuple(iparams.shape) == (B, len(IPARAMS)),
-            f"iparams must be int64 [{B}, {len(IPARAMS)}], got {iparams.dtype} {list(iparams.shape)}")
-    L.check(recent_ids.dtype == torch.int64 and recent_ids.dim() == 2 and recent_ids.shape[0] == B,
-            f"recent_ids must be int64 [{B}, N], got {recent_ids.dtype} {list(recent_ids.shape)}")
+    L.check(
+        fparams.dtype == torch.float32 and tuple(fparams.shape) == (B, len(FPARAMS)),
+        f"fparams must be float32 [{B}, {len(FPARAMS)}], got {fparams.dtype} {list(fparams.shape)}",
+    )
+    L.check(
+        iparams.dtype == torch.int64 and tuple(iparams.shape) == (B, len(IPARAMS)),
+        f"iparams must be int64 [{B}, {len(IPARAMS)}], got {iparams.dtype} {list(iparams.shape)}",
+    )
+    L.check(
+        recent_ids.dtype == torch.int64 and recent_ids.dim() == 2 and recent_ids.shape[0] == B,
+        f"recent_ids must be int64 [{B}, N], got {recent_ids.dtype} {list(recent_ids.shape)}",
+    )
     K = bias_rows.shape[0] if bias_rows.dim() == 1 else -1
-    L.check(bias_rows.dtype == torch.int64 and bias_ids.dtype == torch.int64
-            and bias_values.dtype == torch.float32 and K >= 0
-            and tuple(bias_ids.shape) == (K,) and tuple(bias_values.shape) == (K,),
-            "bias_rows, bias_ids (int64) and bias_values (float32) must be 1-D of one length, got "
-            f"{bias_rows.dtype} {list(bias_rows.shape)}, {bias_ids.dtype} {list(bias_ids.shape)}, "
-            f"{bias_values.dtype} {list(bias_values.shape)}")
+    L.check(
+        bias_rows.dtype == torch.int64
+        and bias_ids.dtype == torch.int64
+        and bias_values.dtype == torch.float32
+        and K >= 0
+        and tuple(bias_ids.shape) == (K,)
+        and tuple(bias_values.shape) == (K,),
+        "bias_rows, bias_ids (int64) and bias_values (float32) must be 1-D of one length, got "
+        f"{bias_rows.dtype} {list(bias_rows.shape)}, {bias_ids.dtype} {list(bias_ids.shape)}, "
+        f"{bias_values.dtype} {list(bias_values.shape)}",
+    )
     L.check(0 <= num_logprobs <= V, f"num_logprobs must be in 0..{V}, got {num_logprobs}")
     if token_mask is not None:
-        L.check(token_mask.dtype == torch.int32 and token_mask.dim() == 2
-                and token_mask.shape[0] == B and token_mask.shape[1] in (0, (V + 31) // 32),
-                f"token_mask must be int32 [{B}, {(V + 31) // 32}] (or [{B}, 0]), got "
-                f"{token_mask.dtype} {list(token_mask.shape)}")
+        L.check(
+            token_mask.dtype == torch.int32
+            and token_mask.dim() == 2
+            and token_mask.shape[0] == B
+            and token_mask.shape[1] in (0, (V + 31) // 32),
+            f"token_mask must be int32 [{B}, {(V + 31) // 32}] (or [{B}, 0]), got "
+            f"{token_mask.dtype} {list(token_mask.shape)}",
+        )
         L.check_same_device(logits=logits, token_mask=token_mask)
-    L.check_same_device(logits=logits, fparams=fparams, iparams=iparams, recent_ids=recent_ids,
-                        bias_rows=bias_rows, bias_ids=bias_ids, bias_values=bias_values)
+    L.check_same_device(
+        logits=logits,
+        fparams=fparams,
+        iparams=iparams,
+        recent_ids=recent_ids,
+        bias_rows=bias_rows,
+        bias_ids=bias_ids,
+        bias_values=bias_values,
+    )
 
 
 def _check_values(logits, fparams, iparams, recent_ids, bias_rows, bias_ids) -> None:
@@ -270,8 +336,14 @@ def _check_values(logits, fparams, iparams, recent_ids, bias_rows, bias_ids) -> 
             (~((top_p > 0) & (top_p <= 1)), "top_p (fparams[:, 1]) must be in (0, 1]"),
             (~((min_p >= 0) & (min_p <= 1)), "min_p (fparams[:, 2]) must be in [0, 1]"),
             (~((typ > 0) & (typ <= 1)), "typical_p (fparams[:, 3]) must be in (0, 1]"),
-            (~((rep > 0) & np.isfinite(rep)), "repetition_penalty (fparams[:, 4]) must be finite and > 0"),
-            (~np.isfinite(f[:, 5:7]).all(1), "frequency/presence penalties (fparams[:, 5:7]) must be finite"),
+            (
+                ~((rep > 0) & np.isfinite(rep)),
+                "repetition_penalty (fparams[:, 4]) must be finite and > 0",
+            ),
+            (
+                ~np.isfinite(f[:, 5:7]).all(1),
+                "frequency/presence penalties (fparams[:, 5:7]) must be finite",
+            ),
             (i[:, 0] < 0, "top_k (iparams[:, 0]) must be >= 0"),
             (i[:, 2] < 0, "position (iparams[:, 2]) must be >= 0"),
         ]
@@ -279,7 +351,10 @@ def _check_values(logits, fparams, iparams, recent_ids, bias_rows, bias_ids) -> 
         L.check(not bad.any(), message)
     if recent_ids.numel():
         r = recent_ids.detach().cpu().numpy()
-        L.check(bool(((r >= -1) & (r < V)).all()), f"recent_ids must hold token ids in 0..{V - 1} or -1 (padding)")
+        L.check(
+            bool(((r >= -1) & (r < V)).all()),
+            f"recent_ids must hold token ids in 0..{V - 1} or -1 (padding)",
+        )
     if bias_rows.numel():
         rows, ids = bias_rows.detach().cpu().numpy(), bias_ids.detach().cpu().numpy()
         L.check(bool(((rows >= 0) & (rows < B)).all()), f"bias_rows must be in 0..{B - 1}")
@@ -298,21 +373,51 @@ SAMPLE_TOKENS = L.define(
 
 def _outputs(logits: torch.Tensor, num_logprobs: int):
     B, dev = logits.shape[0], logits.device
-    return (torch.empty(B, dtype=torch.int64, device=dev), torch.empty(B, dtype=torch.float32, device=dev),
-            torch.empty(B, num_logprobs, dtype=torch.int64, device=dev),
-            torch.empty(B, num_logprobs, dtype=torch.float32, device=dev),
-            torch.empty(B, dtype=torch.float32, device=dev))
+    return (
+        torch.empty(B, dtype=torch.int64, device=dev),
+        torch.empty(B, dtype=torch.float32, device=dev),
+        torch.empty(B, num_logprobs, dtype=torch.int64, device=dev),
+        torch.empty(B, num_logprobs, dtype=torch.float32, device=dev),
+        torch.empty(B, dtype=torch.float32, device=dev),
+    )
 
 
-def _fake(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs,
-          token_mask=None):
-    _check_shapes(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs,
-                  token_mask)
+def _fake(
+    logits,
+    fparams,
+    iparams,
+    recent_ids,
+    bias_rows,
+    bias_ids,
+    bias_values,
+    num_logprobs,
+    token_mask=None,
+):
+    _check_shapes(
+        logits,
+        fparams,
+        iparams,
+        recent_ids,
+        bias_rows,
+        bias_ids,
+        bias_values,
+        num_logprobs,
+        token_mask,
+    )
     return _outputs(logits, num_logprobs)
 
 
-def launch_sample_tokens(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values,
-                         num_logprobs: int, token_mask: torch.Tensor | None = None):
+def launch_sample_tokens(
+    logits,
+    fparams,
+    iparams,
+    recent_ids,
+    bias_rows,
+    bias_ids,
+    bias_values,
+    num_logprobs: int,
+    token_mask: torch.Tensor | None = None,
+):
     """Run the kernel for the tensors' device with no checks (the caller built and checked them).
 
     The decode hot path (pyllm.sampler) uses this; `torch.ops.pyllm.sample_tokens` checks
@@ -320,8 +425,19 @@ def launch_sample_tokens(logits, fparams, iparams, recent_ids, bias_rows, bias_i
     """
     if token_mask is None:
         token_mask = torch.empty(logits.shape[0], 0, dtype=torch.int32, device=logits.device)
-    args = [t.contiguous() for t in (logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values,
-                                     token_mask)]
+    args = [
+        t.contiguous()
+        for t in (
+            logits,
+            fparams,
+            iparams,
+            recent_ids,
+            bias_rows,
+            bias_ids,
+            bias_values,
+            token_mask,
+        )
+    ]
     outs = _outputs(logits, num_logprobs)
     if logits.shape[0] == 0:
         return outs
@@ -339,36 +455,107 @@ def _launch_cuda(args: list[torch.Tensor], outs) -> None:
     if len(args) == 7:
         args = [*args, torch.empty(B, 0, dtype=torch.int32, device=args[0].device)]
     workspace = torch.empty(B, 2 * V, dtype=torch.float64, device=args[0].device)
-    L._C.sample_tokens_cuda(*(L.view(t) for t in args), L.view(workspace), *(L.view(o) for o in outs),
-                            L.cuda_stream(args[0].device))
+    L._C.sample_tokens_cuda(
+        *(L.view(t) for t in args),
+        L.view(workspace),
+        *(L.view(o) for o in outs),
+        L.cuda_stream(args[0].device),
+    )
 
 
-def _checked_kernel(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs,
-                    token_mask=None):
-    _check_shapes(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs,
-                  token_mask)
+def _checked_kernel(
+    logits,
+    fparams,
+    iparams,
+    recent_ids,
+    bias_rows,
+    bias_ids,
+    bias_values,
+    num_logprobs,
+    token_mask=None,
+):
+    _check_shapes(
+        logits,
+        fparams,
+        iparams,
+        recent_ids,
+        bias_rows,
+        bias_ids,
+        bias_values,
+        num_logprobs,
+        token_mask,
+    )
     _check_values(logits, fparams, iparams, recent_ids, bias_rows, bias_ids)
-    return launch_sample_tokens(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values,
-                                num_logprobs, token_mask)
+    return launch_sample_tokens(
+        logits,
+        fparams,
+        iparams,
+        recent_ids,
+        bias_rows,
+        bias_ids,
+        bias_values,
+        num_logprobs,
+        token_mask,
+    )
 
 
-def _checked_reference(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs,
-                       token_mask=None):
-    _check_shapes(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values, num_logprobs,
-                  token_mask)
+def _checked_reference(
+    logits,
+    fparams,
+    iparams,
+    recent_ids,
+    bias_rows,
+    bias_ids,
+    bias_values,
+    num_logprobs,
+    token_mask=None,
+):
+    _check_shapes(
+        logits,
+        fparams,
+        iparams,
+        recent_ids,
+        bias_rows,
+        bias_ids,
+        bias_values,
+        num_logprobs,
+        token_mask,
+    )
     _check_values(logits, fparams, iparams, recent_ids, bias_rows, bias_ids)
-    return sample_tokens_ref(logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values,
-                             num_logprobs, token_mask)
+    return sample_tokens_ref(
+        logits,
+        fparams,
+        iparams,
+        recent_ids,
+        bias_rows,
+        bias_ids,
+        bias_values,
+        num_logprobs,
+        token_mask,
+    )
 
 
-L.register(SAMPLE_TOKENS, reference=_checked_reference, fake=_fake, cpu=_checked_kernel,
-           cuda=_checked_kernel, cuda_entry="sample_tokens_cuda")
+L.register(
+    SAMPLE_TOKENS,
+    reference=_checked_reference,
+    fake=_fake,
+    cpu=_checked_kernel,
+    cuda=_checked_kernel,
+    cuda_entry="sample_tokens_cuda",
+)
 
 
-def sample_tokens(logits: torch.Tensor, fparams: torch.Tensor, iparams: torch.Tensor,
-                  recent_ids: torch.Tensor | None = None, bias_rows: torch.Tensor | None = None,
-                  bias_ids: torch.Tensor | None = None, bias_values: torch.Tensor | None = None,
-                  num_logprobs: int = 0, token_mask: torch.Tensor | None = None):
+def sample_tokens(
+    logits: torch.Tensor,
+    fparams: torch.Tensor,
+    iparams: torch.Tensor,
+    recent_ids: torch.Tensor | None = None,
+    bias_rows: torch.Tensor | None = None,
+    bias_ids: torch.Tensor | None = None,
+    bias_values: torch.Tensor | None = None,
+    num_logprobs: int = 0,
+    token_mask: torch.Tensor | None = None,
+):
     """Sample one token per row (see the module docstring); absent penalty/bias inputs are empty,
     an absent ``token_mask`` allows every token.
 
@@ -382,5 +569,14 @@ def sample_tokens(logits: torch.Tensor, fparams: torch.Tensor, iparams: torch.Te
         bias_rows = torch.empty(0, dtype=torch.int64, device=dev)
         bias_ids = torch.empty(0, dtype=torch.int64, device=dev)
         bias_values = torch.empty(0, dtype=torch.float32, device=dev)
-    return torch.ops.pyllm.sample_tokens(logits, fparams, iparams, recent_ids, bias_rows, bias_ids,
-                                         bias_values, int(num_logprobs), token_mask)
+    return torch.ops.pyllm.sample_tokens(
+        logits,
+        fparams,
+        iparams,
+        recent_ids,
+        bias_rows,
+        bias_ids,
+        bias_values,
+        int(num_logprobs),
+        token_mask,
+    )
