@@ -70,9 +70,9 @@ def _records(n: int = N_RECORDS) -> list[dict]:
 
 
 BAD_LINES = [
-    "{not json",                                             # invalid_json, keyed by its line
-    '{"id": "r0", "prompt": "again"}',                       # duplicate id
-    '{"id": "too-long", "prompt": "' + "x" * 600 + '"}',     # over the context length
+    "{not json",  # invalid_json, keyed by its line
+    '{"id": "r0", "prompt": "again"}',  # duplicate id
+    '{"id": "too-long", "prompt": "' + "x" * 600 + '"}',  # over the context length
     '{"id": "bad-param", "prompt": "hi", "top_k": "many"}',  # a bad sampling field
     '{"id": "no-prompt"}',
 ]
@@ -110,8 +110,13 @@ def single_process(tiny_model, tmp_path_factory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("single")
     src = _write_input(folder / "in.jsonl", _records(), BAD_LINES)
     out = folder / "out.jsonl"
-    run_job(src, out, model=tiny_model, base_params=SamplingParams(max_tokens=MAX_TOKENS),
-            max_num_seqs=16)
+    run_job(
+        src,
+        out,
+        model=tiny_model,
+        base_params=SamplingParams(max_tokens=MAX_TOKENS),
+        max_num_seqs=16,
+    )
     return src, _by_key(_lines(out))
 
 
@@ -131,28 +136,64 @@ def test_callable_answers_every_batch_shape_like_the_single_process_job(generato
     pa = pytest.importorskip("pyarrow")
     pd = pytest.importorskip("pandas")
     _, expected = single_process
-    records = _records(12) + [{"id": "no-prompt"}]
-    columns = {name: [r.get(name) for r in records]
-               for name in ("id", "prompt", "messages", "temperature", "seed", "top_k")}
+    records = [*_records(12), {"id": "no-prompt"}]
+    columns = {
+        name: [r.get(name) for r in records]
+        for name in ("id", "prompt", "messages", "temperature", "seed", "top_k")
+    }
     want = [json.loads(expected[r["id"]]) for r in records]
     want[-1]["line"] = len(records)  # without a "line" column, a row's number is its position
     for batch in (columns, pd.DataFrame(columns), pa.Table.from_pydict(columns)):
         out = generator(batch)
-        got = out["result"] if isinstance(out, dict) else out.column("result").to_pylist() \
-            if hasattr(out, "column") else list(out["result"])
+        got = (
+            out["result"]
+            if isinstance(out, dict)
+            else out.column("result").to_pylist()
+            if hasattr(out, "column")
+            else list(out["result"])
+        )
         assert [json.loads(g) for g in got] == want
         texts = list(out["text"]) if not hasattr(out, "column") else out.column("text").to_pylist()
         assert texts[:-1] == [w["text"] for w in want[:-1]] and texts[-1] is None
-        errors = list(out["error"]) if not hasattr(out, "column") else out.column("error").to_pylist()
+        errors = (
+            list(out["error"]) if not hasattr(out, "column") else out.column("error").to_pylist()
+        )
         assert errors[-1].startswith("invalid_record: ") and errors[0] is None
 
 
 def test_callable_keeps_a_record_line_and_its_number(generator):
-    rows = {"id": ["a", "b"], "line": [41, 42],
-            "record": ['{"id": "a", "prompt": "hi", "metadata": {"k": 1}}', '{"id": "b", "prompt": 5}']}
+    rows = {
+        "id": ["a", "b"],
+        "line": [41, 42],
+        "record": ['{"id": "a", "prompt": "hi", "metadata": {"k": 1}}', '{"id": "b", "prompt": 5}'],
+    }
     out = [json.loads(r) for r in generator(rows)["result"]]
     assert out[0]["metadata"] == {"k": 1} and len(out[0]["token_ids"]) == MAX_TOKENS
     assert out[1]["line"] == 42 and out[1]["error"]["type"] == "invalid_record"
+
+
+def test_callable_answers_openai_batch_requests_in_their_format(generator):
+    request = {
+        "custom_id": "q1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+    }
+    (line,) = generator({"record": [json.dumps(request)]})["result"]
+    out = json.loads(line)
+    assert out["custom_id"] == "q1" and out["response"]["status_code"] == 200
+    assert out["response"]["body"]["usage"]["completion_tokens"] == 3
+
+
+def test_unknown_model_is_refused_before_any_cluster_starts(monkeypatch, tmp_path):
+    from pyllm.distributed import run_ray_job
+    from pyllm.weights.resolve import ModelNotFoundError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # no Ray needed to be told
+    src = _write_input(tmp_path / "in.jsonl", _records(2))
+    with pytest.raises(ModelNotFoundError, match="no-such-model"):
+        run_ray_job(str(src), str(tmp_path / "out.jsonl"), model="no-such-model")
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_ray_missing_is_one_clear_error(monkeypatch):
@@ -170,7 +211,9 @@ def test_cli_without_ray_installed_says_how_to_install(monkeypatch, tmp_path):
 
     monkeypatch.setitem(sys.modules, "ray", None)
     src = _write_input(tmp_path / "in.jsonl", _records(2))
-    result = CliRunner().invoke(cli, ["generate", "--ray", "-i", str(src), "-o", str(tmp_path / "o.jsonl")])
+    result = CliRunner().invoke(
+        cli, ["generate", "--ray", "-i", str(src), "-o", str(tmp_path / "o.jsonl")]
+    )
     assert result.exit_code == 2
     assert 'pip install "pyllm[ray]"' in result.output
 
@@ -184,7 +227,9 @@ def test_worker_plan_follows_the_cluster():
     assert (nodes.workers, nodes.ray_args["resources"], nodes.threads) == (2, {"pyllm_node": 1}, 0)
     cpus = plan_workers({"CPU": 8}, device="auto", int8=False, workers=2)
     assert (cpus.workers, cpus.device, cpus.threads) == (2, "cpu", 4)
-    assert plan_workers({"CPU": 8, "GPU": 1}, device="auto", int8=True, workers=None).device == "cpu"
+    assert (
+        plan_workers({"CPU": 8, "GPU": 1}, device="auto", int8=True, workers=None).device == "cpu"
+    )
     with pytest.raises(ValueError, match="no GPUs"):
         plan_workers({"CPU": 8}, device="cuda", int8=False, workers=None)
 
@@ -207,11 +252,20 @@ def _run(src, out, model, **kw):
 
     kw.setdefault("workers", 2)
     kw.setdefault("batch_size", 32)
-    return run_ray_job(str(src), str(out), model=model, base_params=SamplingParams(max_tokens=MAX_TOKENS),
-                       max_num_seqs=16, device="cpu", **kw)
+    return run_ray_job(
+        str(src),
+        str(out),
+        model=model,
+        base_params=SamplingParams(max_tokens=MAX_TOKENS),
+        max_num_seqs=16,
+        device="cpu",
+        **kw,
+    )
 
 
-def test_ray_job_matches_single_process_byte_for_byte(ray_cluster, tiny_model, single_process, tmp_path):
+def test_ray_job_matches_single_process_byte_for_byte(
+    ray_cluster, tiny_model, single_process, tmp_path
+):
     src, expected = single_process
     out = tmp_path / "out.jsonl"
     summary = _run(src, out, tiny_model)
@@ -237,18 +291,20 @@ def test_ray_job_resumes_a_partial_output(ray_cluster, tiny_model, single_proces
 
 
 def _map_worker_pids() -> list[int]:
-    """Processes of Ray Data's actors (their process title names the map worker)."""
-    pids = []
+    """Processes of Ray Data's actors (their process title names the map worker), newest first
+    (an earlier run's actors may still be exiting)."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             title = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
+            started = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[19])
+        except (OSError, ValueError, IndexError):
             continue
         if b"MapWorker" in title and b"GenerateBatch" in title:
-            pids.append(int(entry.name))
-    return pids
+            found.append((started, int(entry.name)))
+    return [pid for _, pid in sorted(found, reverse=True)]
 
 
 def test_ray_job_survives_a_killed_worker(ray_cluster, tiny_model, single_process, tmp_path):
@@ -297,8 +353,25 @@ def test_parquet_in_url_out_and_cli(ray_cluster, tiny_model, single_process, tmp
     assert _run(src, url, tiny_model).skipped == 40  # resumed from the parts
 
     out = tmp_path / "cli.jsonl"
-    result = CliRunner().invoke(cli, ["generate", "--ray", "--ray-workers", "1", "-i", str(src),
-                                      "-o", str(out), "-m", tiny_model, "--max-tokens",
-                                      str(MAX_TOKENS), "--no-progress", "--device", "cpu"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "generate",
+            "--ray",
+            "--ray-workers",
+            "1",
+            "-i",
+            str(src),
+            "-o",
+            str(out),
+            "-m",
+            tiny_model,
+            "--max-tokens",
+            str(MAX_TOKENS),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert _by_key(_lines(out)) == {r["id"]: expected[r["id"]] for r in records}

@@ -4,15 +4,17 @@ their generations — the callable a data engine runs on each worker.
 The model is loaded once, in `__init__` (a Ray actor's, a Spark Python worker's, a Dask worker's
 process); every call then feeds a whole batch through one continuous-batching engine whose
 KV-cache (and prefix cache) lives as long as the instance. A record is what a line of
-`pyllm generate`'s input is: an `id`, a `prompt` or `messages`, and optional sampling fields;
-either as columns (null cells are absent fields) or as one `record` column holding the JSON text
-of the line. It is checked by the same rules (pyllm/jobs.py), sampled with the same settings,
-and answered with the same output record, so a record gives the same text here as in a
-single-process `pyllm generate` (seeded and greedy sampling do not depend on the batch).
+`pyllm generate`'s input is (an `id`, a `prompt` or `messages`, optional sampling fields; or an
+OpenAI batch request), either as columns (null cells are absent fields) or as one `record` column
+holding the JSON text of the line. It is checked by the same rules (pyllm/generate_job.py;
+pyllm/distributed/records.py says how), sampled with the same settings and answered with the
+same output record, so a record gives the same text here as in a single-process
+`pyllm generate` (seeded and greedy sampling do not depend on the batch).
 
 Columns added to the batch:
 - `result`: the output record's JSON text, exactly the line `pyllm generate` writes;
-- `text`, `finish_reason`, `completion_tokens`: the first completion's (null for an error);
+- `text`, `finish_reason`: the first completion's (null for an error);
+- `completion_tokens`: tokens generated for the record (0 for an error);
 - `error`: null, or "<type>: <message>" for a record that could not run (bad record, prompt over
   the context length, bad sampling field). A bad record never fails the batch.
 """
@@ -27,6 +29,7 @@ from typing import Any
 
 from pyllm.distributed.columns import add_columns, batch_rows
 from pyllm.distributed.records import parse_rows
+from pyllm.distributed.results import result_facts
 from pyllm.jobs import BadRecord
 
 
@@ -39,11 +42,19 @@ class GenerateBatch:
     the engine's KV-cache (default: PYLLM_KV_CACHE_MB or 1024).
     """
 
-    def __init__(self, model: str | Path | None = "smollm2", sampling: Any = None, *,
-                 max_num_seqs: int = 64, kv_cache_mb: int | None = None, device: str = "cpu",
-                 int8_activations: bool = False, kv_dtype: str = "float32",
-                 threads: int | None = None) -> None:
-        import pyllm
+    def __init__(
+        self,
+        model: str | Path | None = "smollm2",
+        sampling: Any = None,
+        *,
+        max_num_seqs: int = 64,
+        kv_cache_mb: int | None = None,
+        device: str = "cpu",
+        int8_activations: bool = False,
+        kv_dtype: str = "float32",
+        threads: int | None = None,
+    ) -> None:
+        from pyllm.api import load
         from pyllm.engine.llm_engine import LLMEngine
         from pyllm.sampling_params import SamplingParams
 
@@ -54,30 +65,36 @@ class GenerateBatch:
         elif isinstance(sampling, Mapping):
             self.base_params = SamplingParams.from_mapping(sampling)
         else:
-            raise TypeError(f"sampling must be a SamplingParams or a mapping of its fields, got "
-                            f"{type(sampling).__name__}")
+            raise TypeError(
+                f"sampling must be a SamplingParams or a mapping of its fields, got "
+                f"{type(sampling).__name__}"
+            )
         # A model name is resolved here, on the worker: the pull is atomic and idempotent, so the
         # workers of one node pull it once between them and then memory-map the same file.
-        self.llm = pyllm.load(model, device, int8_activations=int8_activations, kv_dtype=kv_dtype,
-                              progress=False)
+        self.llm = load(
+            model, device, int8_activations=int8_activations, kv_dtype=kv_dtype, progress=False
+        )
         overrides: dict[str, Any] = {"max_num_seqs": max_num_seqs}
         if kv_cache_mb is not None:
             overrides["kv_cache_mb"] = kv_cache_mb
         self.max_num_seqs = max_num_seqs
-        self.engine = LLMEngine(self.llm.model, self.llm.tokenizer, self.llm.engine_config(**overrides))
+        self.engine = LLMEngine(
+            self.llm.model, self.llm.tokenizer, self.llm.engine_config(**overrides)
+        )
 
     def __call__(self, batch: Any) -> Any:
         records = self.generate_records(batch_rows(batch))
-        first = [r.get("outputs", [r])[0] if "error" not in r else {} for r in records]
-        return add_columns(batch, {
-            "result": [json.dumps(r, ensure_ascii=False) for r in records],
-            "text": [f.get("text") for f in first],
-            "finish_reason": [f.get("finish_reason") for f in first],
-            "completion_tokens": [r["usage"]["completion_tokens"] if "usage" in r else None
-                                  for r in records],
-            "error": [f"{r['error']['type']}: {r['error']['message']}" if "error" in r else None
-                      for r in records],
-        })
+        facts = [result_facts(r) for r in records]
+        return add_columns(
+            batch,
+            {
+                "result": [json.dumps(r, ensure_ascii=False) for r in records],
+                "text": [f.text for f in facts],
+                "finish_reason": [f.finish_reason for f in facts],
+                "completion_tokens": [f.completion_tokens for f in facts],
+                "error": [f.error for f in facts],
+            },
+        )
 
     def generate_records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One output record per row, in row order (see the module's docstring)."""
@@ -111,7 +128,8 @@ class GenerateBatch:
                 done[event.output] = event.completion
                 rec, ids, n = runnable[event.request]
                 if len(done) == n:
-                    out[event.request] = rec.result(self.llm.name, ids, [done[j] for j in sorted(done)])
+                    completions = [done[j] for j in sorted(done)]
+                    out[event.request] = rec.result(self.llm.name, ids, completions)
         missing = sum(r is None for r in out)
         if missing:  # the engine stopped without finishing them: never drop a record silently
             raise RuntimeError(f"the engine finished without results for {missing} records")
@@ -123,7 +141,10 @@ def _set_threads(n: int) -> None:
     `n` is 0, never more than that."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
     n = cores if n <= 0 else min(n, cores)
     torch.set_num_threads(n)
     try:

@@ -23,13 +23,17 @@ def batch_rows(batch: Any) -> list[dict[str, Any]]:
         columns = {str(k): list(v) for k, v in batch.items()}
         sizes = {len(v) for v in columns.values()}
         if len(sizes) > 1:
-            raise ValueError(f"the batch's columns have different lengths: "
-                             f"{ {k: len(v) for k, v in columns.items()} }")
+            raise ValueError(
+                f"the batch's columns have different lengths: "
+                f"{ {k: len(v) for k, v in columns.items()} }"
+            )
         n = sizes.pop() if sizes else 0
         rows = [{k: v[i] for k, v in columns.items()} for i in range(n)]
     else:
-        raise TypeError("a batch must be a dict of columns, a pandas DataFrame or a pyarrow "
-                        f"Table; got {type(batch).__name__}")
+        raise TypeError(
+            "a batch must be a dict of columns, a pandas DataFrame or a pyarrow "
+            f"Table; got {type(batch).__name__}"
+        )
     plain = [{k: _plain(v) for k, v in row.items()} for row in rows]
     return [{k: v for k, v in row.items() if not _is_null(v)} for row in plain]
 
@@ -86,8 +90,11 @@ def _is_null(value: Any) -> bool:
 
 
 def _is_arrow_table(batch: Any) -> bool:
-    return type(batch).__module__.startswith("pyarrow") and hasattr(batch, "to_pylist") \
+    return (
+        type(batch).__module__.startswith("pyarrow")
+        and hasattr(batch, "to_pylist")
         and hasattr(batch, "append_column")
+    )
 
 
 def _is_pandas_frame(batch: Any) -> bool:

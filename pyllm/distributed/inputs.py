@@ -61,8 +61,11 @@ def _parquet_to_jsonl(location: str, dst: Any) -> None:
 
     fs, path = fsspec.core.url_to_fs(location)
     if fs.isdir(path):
-        files = sorted(f for f in fs.find(path) if f.endswith(PARQUET_SUFFIX)
-                       and not Path(f).name.startswith((".", "_")))
+        files = sorted(
+            f
+            for f in fs.find(path)
+            if f.endswith(PARQUET_SUFFIX) and not Path(f).name.startswith((".", "_"))
+        )
         if not files:
             raise ValueError(f"{location}: a folder with no .parquet files")
     else:

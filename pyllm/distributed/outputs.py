@@ -65,15 +65,17 @@ class JsonlFileStore:
 class PartsStore:
     """A folder of part files (local or any fsspec URL), each written whole."""
 
-    def __init__(self, location: str, fmt: str, *, part_records: int = 1000,
-                 part_seconds: float = 30.0) -> None:
+    def __init__(
+        self, location: str, fmt: str, *, part_records: int = 1000, part_seconds: float = 30.0
+    ) -> None:
         import fsspec
 
         self.fs, self.root = fsspec.core.url_to_fs(location)
         self.fmt, self.part_records, self.part_seconds = fmt, part_records, part_seconds
         if self.fs.exists(self.root) and not self.fs.isdir(self.root):
-            raise ValueError(f"the output {location} is a file; a {fmt} output there is a folder "
-                             f"of part files")
+            raise ValueError(
+                f"the output {location} is a file; a {fmt} output there is a folder of part files"
+            )
         self.fs.makedirs(self.root, exist_ok=True)
         self.done: set[Any] = self._scan()
         self._run = uuid.uuid4().hex[:12]
@@ -82,8 +84,11 @@ class PartsStore:
         self._since = time.monotonic()
 
     def _part_files(self) -> list[str]:
-        return sorted(f for f in self.fs.find(self.root)
-                      if Path(f).name.startswith("part-") and f.endswith("." + self.fmt))
+        return sorted(
+            f
+            for f in self.fs.find(self.root)
+            if Path(f).name.startswith("part-") and f.endswith("." + self.fmt)
+        )
 
     def _scan(self) -> set[Any]:
         from pyllm.jobs import output_key
@@ -104,8 +109,10 @@ class PartsStore:
             return False
         self.done.add(key)
         self._pending.append(obj)
-        if len(self._pending) >= self.part_records or \
-                time.monotonic() - self._since >= self.part_seconds:
+        if (
+            len(self._pending) >= self.part_records
+            or time.monotonic() - self._since >= self.part_seconds
+        ):
             self.flush()
         return True
 
@@ -121,8 +128,11 @@ class PartsStore:
 
                 pq.write_table(_parquet_table(self._pending), f)
             else:
-                f.write(b"".join(json.dumps(o, ensure_ascii=False).encode() + b"\n"
-                                 for o in self._pending))
+                f.write(
+                    b"".join(
+                        json.dumps(o, ensure_ascii=False).encode() + b"\n" for o in self._pending
+                    )
+                )
         self.fs.mv(temp, final)
         self._parts += 1
         self._pending = []
@@ -152,12 +162,22 @@ def _parquet_table(records: list[dict[str, Any]]) -> Any:
     record has no such field."""
     import pyarrow as pa
 
-    completion = [("text", pa.string()), ("token_ids", pa.list_(pa.int64())),
-                  ("finish_reason", pa.string())]
-    schema = pa.schema([
-        ("id", pa.string()), ("line", pa.int64()), *completion,
-        ("usage", pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64())])),
-        ("outputs", pa.list_(pa.struct(completion))),
-        ("error", pa.struct([("type", pa.string()), ("message", pa.string())])),
-    ])
+    completion = [
+        ("text", pa.string()),
+        ("token_ids", pa.list_(pa.int64())),
+        ("finish_reason", pa.string()),
+    ]
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("line", pa.int64()),
+            *completion,
+            (
+                "usage",
+                pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64())]),
+            ),
+            ("outputs", pa.list_(pa.struct(completion))),
+            ("error", pa.struct([("type", pa.string()), ("message", pa.string())])),
+        ]
+    )
     return pa.Table.from_pylist(records, schema=schema)

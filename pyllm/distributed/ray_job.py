@@ -42,20 +42,31 @@ def import_ray() -> Any:
         import ray
         import ray.data
     except ImportError as exc:
-        raise RayMissingError(f"--ray needs Ray Data, which is not installed ({exc}); install it "
-                              f"with: {INSTALL_HINT}") from None
+        raise RayMissingError(
+            f"--ray needs Ray Data, which is not installed ({exc}); install it with: {INSTALL_HINT}"
+        ) from None
     return ray
+
+
+class RayWorkerError(PyllmError, RuntimeError):
+    """A batch failed on the workers in a way Ray does not retry (an error in pyllm itself)."""
+
+
+def _last_line(exc: BaseException) -> str:
+    """The last line of a Ray error's text: the worker's own exception, without the traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 @dataclass
 class RaySummary:
     total: int = 0
-    skipped: int = 0      # already in the output from an earlier run
+    skipped: int = 0  # already in the output from an earlier run
     completed: int = 0
     errors: int = 0
     generated_tokens: int = 0
     seconds: float = 0.0
-    duplicates: int = 0   # results that reached the driver twice (a retried task); written once
+    duplicates: int = 0  # results that reached the driver twice (a retried task); written once
     workers: int = 0
     interrupted: bool = False
 
@@ -63,9 +74,11 @@ class RaySummary:
         rate = self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
         state = "interrupted (re-run the same command to resume)" if self.interrupted else "done"
         dup = f"; {self.duplicates} repeated results dropped" if self.duplicates else ""
-        return (f"{state}: {self.completed} completed, {self.errors} errors, {self.skipped} "
-                f"already done, of {self.total} records; {self.generated_tokens} tokens in "
-                f"{self.seconds:.1f} s ({rate:.1f} tokens/s) on {self.workers} Ray workers{dup}")
+        return (
+            f"{state}: {self.completed} completed, {self.errors} errors, {self.skipped} "
+            f"already done, of {self.total} records; {self.generated_tokens} tokens in "
+            f"{self.seconds:.1f} s ({rate:.1f} tokens/s) on {self.workers} Ray workers{dup}"
+        )
 
 
 @dataclass
@@ -78,8 +91,9 @@ class WorkerPlan:
     threads: int | None
 
 
-def plan_workers(resources: Mapping[str, float], *, device: str, int8: bool,
-                 workers: int | None) -> WorkerPlan:
+def plan_workers(
+    resources: Mapping[str, float], *, device: str, int8: bool, workers: int | None
+) -> WorkerPlan:
     """Pick the actor layout from the cluster's resources (`ray.cluster_resources()`)."""
     gpus = int(resources.get("GPU", 0))
     if device == "cuda" and gpus == 0:
@@ -90,32 +104,48 @@ def plan_workers(resources: Mapping[str, float], *, device: str, int8: bool,
     nodes = int(resources.get(NODE_RESOURCE, 0))
     if nodes > 0:
         # One actor per such node, using every core of it (threads=0: the node's own count).
-        return WorkerPlan(workers or nodes, "cpu", {"num_cpus": 1, "resources": {NODE_RESOURCE: 1}}, 0)
+        return WorkerPlan(
+            workers or nodes, "cpu", {"num_cpus": 1, "resources": {NODE_RESOURCE: 1}}, 0
+        )
     cpus = max(1, int(resources.get("CPU", 1)))
     n = workers or 1
     return WorkerPlan(n, "cpu", {"num_cpus": 1}, max(1, cpus // n))
 
 
-def run_ray_job(input_location: str, output_location: str, *, model: str | None = "smollm2",
-                base_params: Any = None, address: str | None = None, workers: int | None = None,
-                batch_size: int = DEFAULT_BATCH_SIZE, max_num_seqs: int = 64,
-                kv_cache_mb: int | None = None, device: str = "auto", int8_activations: bool = False,
-                kv_dtype: str = "float32", progress: bool = False, retry_errors: bool = False,
-                on_result: Callable[[dict[str, Any]], None] | None = None) -> RaySummary:
+def run_ray_job(
+    input_location: str,
+    output_location: str,
+    *,
+    model: str | None = "smollm2",
+    base_params: Any = None,
+    address: str | None = None,
+    workers: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_num_seqs: int = 64,
+    kv_cache_mb: int | None = None,
+    device: str = "auto",
+    int8_activations: bool = False,
+    kv_dtype: str = "float32",
+    progress: bool = False,
+    retry_errors: bool = False,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> RaySummary:
     """Run (or resume) a generation job on Ray. `address`: None starts a local cluster, "auto"
     joins the one `ray start` runs here, anything else is a cluster address; an already
     initialized Ray (`ray.init` called by the caller) is used as it is. `on_result` is called on
     the driver with each output record as it is written."""
-    ray = import_ray()
     from pyllm.distributed.batch import GenerateBatch
     from pyllm.distributed.inputs import is_parquet, is_url, local_jsonl
     from pyllm.distributed.outputs import open_output
-    from pyllm.jobs import BadRecord, read_objects
+    from pyllm.distributed.results import result_facts
+    from pyllm.generate_job import ID_FIELDS
+    from pyllm.jobs import BadRecord, check_job_files, read_objects
 
+    # What can be refused here is refused before a cluster starts or a worker loads anything.
     if not any(is_url(x) or is_parquet(x) for x in (input_location, output_location)):
-        from pyllm.jobs import check_job_files
-
         check_job_files(input_location, Path(output_location))
+    model_spec = _model_spec(model)
+    ray = import_ray()
     started = _connect(ray, address)
     summary = RaySummary()
     start = time.monotonic()
@@ -124,7 +154,7 @@ def run_ray_job(input_location: str, output_location: str, *, model: str | None 
     try:
         rows: list[dict[str, Any]] = []
         with local_jsonl(input_location) as path:
-            for item in read_objects(path):
+            for item in read_objects(path, ID_FIELDS):
                 summary.total += 1
                 key = item.key if isinstance(item, BadRecord) else item[1]
                 if key in store.done:
@@ -134,26 +164,36 @@ def run_ray_job(input_location: str, output_location: str, *, model: str | None 
                     summary.errors += 1
                 else:
                     line, rid, obj = item
-                    rows.append({"id": rid, "line": line,
-                                 "record": json.dumps(obj, ensure_ascii=False)})
-        plan = plan_workers(ray.cluster_resources(), device=device, int8=int8_activations,
-                            workers=workers)
+                    rows.append(
+                        {"id": rid, "line": line, "record": json.dumps(obj, ensure_ascii=False)}
+                    )
+        plan = plan_workers(
+            ray.cluster_resources(), device=device, int8=int8_activations, workers=workers
+        )
         summary.workers = plan.workers
         bar = _progress_bar(progress, summary.total, summary.skipped + summary.errors)
         if rows:
-            model_spec = _model_spec(model)
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False  # the driver's own bar counts records, tokens, errors
-            ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
+            blocks = max(1, math.ceil(len(rows) / batch_size))
+            ds = ray.data.from_items(rows, override_num_blocks=blocks)
             results = ds.map_batches(
                 GenerateBatch,
                 fn_constructor_kwargs={
-                    "model": model_spec, "sampling": base_params, "max_num_seqs": max_num_seqs,
-                    "kv_cache_mb": kv_cache_mb, "device": plan.device,
-                    "int8_activations": int8_activations, "kv_dtype": kv_dtype,
-                    "threads": plan.threads},
+                    "model": model_spec,
+                    "sampling": base_params,
+                    "max_num_seqs": max_num_seqs,
+                    "kv_cache_mb": kv_cache_mb,
+                    "device": plan.device,
+                    "int8_activations": int8_activations,
+                    "kv_dtype": kv_dtype,
+                    "threads": plan.threads,
+                },
                 compute=ray.data.ActorPoolStrategy(size=plan.workers),
-                batch_size=batch_size, batch_format="pyarrow", **plan.ray_args)
+                batch_size=batch_size,
+                batch_format="pyarrow",
+                **plan.ray_args,
+            )
             try:
                 for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
                     for text in batch.column("result").to_pylist():
@@ -161,20 +201,31 @@ def run_ray_job(input_location: str, output_location: str, *, model: str | None 
                         if not store.write(obj):
                             summary.duplicates += 1
                             continue
-                        if "error" in obj:
+                        facts = result_facts(obj)
+                        if facts.error is not None:
                             summary.errors += 1
                         else:
                             summary.completed += 1
-                            summary.generated_tokens += obj["usage"]["completion_tokens"]
+                            summary.generated_tokens += facts.completion_tokens
                         if bar is not None:
                             elapsed = max(time.monotonic() - start, 1e-9)
                             bar.update(1)
-                            bar.set_postfix_str(f"{summary.generated_tokens / elapsed:.1f} tok/s, "
-                                                f"{summary.errors} errors")
+                            bar.set_postfix_str(
+                                f"{summary.generated_tokens / elapsed:.1f} tok/s, "
+                                f"{summary.errors} errors"
+                            )
                         if on_result is not None:
                             on_result(obj)
             except KeyboardInterrupt:
                 summary.interrupted = True
+            except Exception as exc:
+                if not type(exc).__module__.startswith("ray."):
+                    raise
+                raise RayWorkerError(
+                    f"a Ray worker failed, so the job stopped (what finished "
+                    f"is in the output; re-run to resume): "
+                    f"{_last_line(exc)}"
+                ) from exc
     finally:
         store.close()
         if bar is not None:
@@ -190,17 +241,35 @@ def _connect(ray: Any, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=False,
-             **({} if address else {"include_dashboard": False}))
+    ray.init(
+        address=address or None,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        **({} if address else {"include_dashboard": False}),
+    )
     return True
 
 
 def _model_spec(model: str | None) -> str | None:
     """What the workers resolve: a name as given (each node pulls it once into its own cache), a
-    local path made absolute (it must exist at that path on every node)."""
+    local path made absolute (it must exist at that path on every node). A spec no model source
+    understands is refused here, with resolve_model's own message, rather than by every worker."""
+    from pyllm import plugins
+    from pyllm.weights.resolve import resolve_model
+
     if model and Path(model).expanduser().exists():
         return str(Path(model).expanduser().resolve())
+    spec = (model or "").strip()
+    if spec and not any(_understands(source, spec) for source in plugins.model_sources().values()):
+        resolve_model(spec, progress=False)  # raises ModelNotFoundError naming what was tried
     return model
+
+
+def _understands(source: Any, spec: str) -> bool:
+    try:
+        return bool(source.can_resolve(spec))
+    except Exception:  # noqa: BLE001 - a broken source is resolve_model's to report
+        return False
 
 
 def _progress_bar(enabled: bool, total: int, done: int) -> Any:
@@ -209,4 +278,3 @@ def _progress_bar(enabled: bool, total: int, done: int) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=done, unit="rec", desc="generate (ray)", dynamic_ncols=True)
-

@@ -27,8 +27,9 @@ def parse_rows(rows: list[dict[str, Any]]) -> list[Any]:
     from pyllm.generate_job import read_records
 
     lines = [_line_text(row) for row in rows]
-    numbers: list[int] = [row[LINE_COLUMN] if _is_int(row.get(LINE_COLUMN)) else i + 1
-                          for i, row in enumerate(rows)]
+    numbers: list[int] = [
+        row[LINE_COLUMN] if _is_int(row.get(LINE_COLUMN)) else i + 1 for i, row in enumerate(rows)
+    ]
     fd, tmp = tempfile.mkstemp(prefix="pyllm-batch-", suffix=".jsonl")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -46,7 +47,9 @@ def parse_rows(rows: list[dict[str, Any]]) -> list[Any]:
     for i, number in enumerate(numbers):
         found = parsed.get(i)
         if found is None:
-            out.append(BadRecord(number, number, "invalid_record", f"line {number}: an empty record"))
+            out.append(
+                BadRecord(number, number, "invalid_record", f"line {number}: an empty record")
+            )
         else:
             _renumber(found, i + 1, number)
             out.append(found)
@@ -72,7 +75,7 @@ def _renumber(rec: Any, temp_line: int, line: int) -> None:
     message = getattr(rec, "message", None)
     prefix = f"line {temp_line}:"
     if isinstance(message, str) and message.startswith(prefix):
-        rec.message = f"line {line}:" + message[len(prefix):]
+        rec.message = f"line {line}:" + message[len(prefix) :]
 
 
 def _is_int(value: Any) -> bool:
