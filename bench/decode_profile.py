@@ -12,7 +12,7 @@ of one pyllm decode step:
 
     kernels        the C++ kernels (per kind, from the runner's own clock)
     runner glue    the rest of the C++ call (metadata checks, embedding rows, column copies)
-    model Python   GPT.forward around the C++ call (argument checks, the logits tensor)
+    model Python   ModelRunner.forward around the C++ call (argument checks, the logits tensor)
     sampling       pyllm.generation.sample (the sampler chain and its kernel)
     engine Python  the rest of LLMEngine.step (scheduler, metadata, bookkeeping, detokenizing)
 
@@ -71,12 +71,12 @@ class Pyllm:
     def __init__(self) -> None:
         import pyllm
         from pyllm.engine import llm_engine
-        from pyllm.model.gpt import GPT
+        from pyllm.model.runtime import ModelRunner
 
         self.llm = pyllm.load("smollm2", progress=False)
         self.acc: dict[str, float] = {}
         # Instrument once: the model's forward, the sampler, the engine step.
-        GPT.forward = _Timed(self.acc, "forward").wrap(GPT.forward)
+        ModelRunner.forward = _Timed(self.acc, "forward").wrap(ModelRunner.forward)
         llm_engine.LLMEngine.step = _Timed(self.acc, "step").wrap(llm_engine.LLMEngine.step)
         import pyllm.generation as gen
         gen.sample = _Timed(self.acc, "sampling").wrap(gen.sample)

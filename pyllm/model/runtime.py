@@ -153,4 +153,6 @@ class ModelRunner:
                 return logits
         return self.gpt(input_ids, meta, kv_caches, logits_at, validated=validated)
 
-    __call__ = forward
+    def __call__(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches,
+                 logits_at: torch.Tensor | None = None, *, validated: bool = False) -> torch.Tensor:
+        return self.forward(input_ids, meta, kv_caches, logits_at, validated=validated)
