@@ -171,7 +171,11 @@ class TaskAdapter(Protocol):
 
     name: str
     description: str
-    input_fields: tuple[str, ...]
+
+    # Read-only, so a class attribute such as ``input_fields = ("text",)`` (a ``tuple[str]`` to a
+    # type checker) satisfies it.
+    @property
+    def input_fields(self) -> tuple[str, ...]: ...
 
     def run(
         self, llm: Any, records: Sequence[Mapping[str, Any]], **options: Any

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyllm.hookspecs import hookimpl
+from pyllm.hookspecs import RegisterConstraint, RegisterSampler, hookimpl
 
 # name -> (class in pyllm_samplers.steps, runs inside the fused kernel when in the default order)
 BUILTIN_STEPS: dict[str, tuple[str, bool]] = {
@@ -57,13 +57,13 @@ class LazyStep:
 
 
 @hookimpl
-def register_samplers(register):  # type: ignore[no-untyped-def]
+def register_samplers(register: RegisterSampler) -> None:
     for name, (cls_name, fusable) in BUILTIN_STEPS.items():
         register(name, LazyStep(name, cls_name, fusable))
 
 
 @hookimpl
-def register_constraints(register):  # type: ignore[no-untyped-def]
+def register_constraints(register: RegisterConstraint) -> None:
     from pyllm.constraints.kinds import BUILTIN_KINDS
 
     for name, kind in BUILTIN_KINDS.items():

@@ -10,21 +10,22 @@ Importing this package is cheap: the adapters load torch and the model code only
 
 from __future__ import annotations
 
-from pyllm.hookspecs import hookimpl
+from pyllm.hookspecs import RegisterCommand, RegisterReplCommand, RegisterTask, hookimpl
 
 
 @hookimpl
-def register_tasks(register):  # type: ignore[no-untyped-def]
+def register_tasks(register: RegisterTask) -> None:
     from pyllm_tasks.classify import ClassifyTask
     from pyllm_tasks.qa import QATask
     from pyllm_tasks.translate import TranslateTask
 
     for adapter in (ClassifyTask(), QATask(), TranslateTask()):
-        register(adapter.name, adapter)
+        # Each run() names its own options where TaskAdapter's takes **options.
+        register(adapter.name, adapter)  # type: ignore[arg-type]  # run(*, labels=...) etc.
 
 
 @hookimpl
-def register_commands(register):  # type: ignore[no-untyped-def]
+def register_commands(register: RegisterCommand) -> None:
     from pyllm_tasks.classify_cmd import classify
     from pyllm_tasks.qa_cmd import qa
     from pyllm_tasks.translate_cmd import translate
@@ -34,7 +35,7 @@ def register_commands(register):  # type: ignore[no-untyped-def]
 
 
 @hookimpl
-def register_repl_commands(register):  # type: ignore[no-untyped-def]
+def register_repl_commands(register: RegisterReplCommand) -> None:
     from pyllm_tasks import repl
 
     register("classify", repl.classify, repl.CLASSIFY_HELP)

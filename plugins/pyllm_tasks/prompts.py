@@ -35,14 +35,14 @@ def prompt_style(llm: Any) -> str:
 
 def fold_system(messages: Sequence[Message]) -> list[Message]:
     """The system instruction moved to the start of the first user turn."""
-    msgs = [dict(m) for m in messages]
+    msgs = [m.copy() for m in messages]
     if msgs and msgs[0]["role"] == "system":
         system = msgs.pop(0)["content"]
         for m in msgs:
             if m["role"] == "user":
                 m["content"] = f"{system}\n\n{m['content']}"
                 break
-    return msgs  # type: ignore[return-value]
+    return msgs
 
 
 def render(llm: Any, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:

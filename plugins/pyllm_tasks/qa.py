@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pyllm.types import Message
 from pyllm_tasks import prompts as P
 
 SYSTEM = (
@@ -37,7 +38,7 @@ class QATask:
         self, llm: Any, context: str, question: str, extractive: bool
     ) -> tuple[list[int], tuple[str, ...]]:
         if P.prompt_style(llm) == "chat":
-            msgs = [
+            msgs: list[Message] = [
                 {"role": "system", "content": SYSTEM_EXTRACTIVE if extractive else SYSTEM},
                 {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"},
             ]

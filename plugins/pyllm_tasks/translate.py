@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pyllm.types import Message
 from pyllm_tasks import prompts as P
 from pyllm_tasks.sentences import chunk_sentences, split_sentences
 
@@ -100,7 +101,7 @@ class TranslateTask:
         """Token ids of the prompt for one piece, and the stop strings its answer needs."""
         if P.prompt_style(llm) == "chat":
             source = f"this {src} text" if src else "this text"
-            msgs = [
+            msgs: list[Message] = [
                 {"role": "system", "content": SYSTEM},
                 {
                     "role": "user",

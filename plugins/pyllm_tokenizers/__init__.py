@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pyllm.hookspecs import hookimpl
+from pyllm.hookspecs import RegisterTokenizer, hookimpl
 
 
 def gpt2(metadata: Mapping[str, Any], path: Path | None = None) -> Any:
@@ -43,7 +43,7 @@ def sentencepiece(metadata: Mapping[str, Any], path: Path | None = None) -> Any:
 
 
 @hookimpl
-def register_tokenizers(register):  # type: ignore[no-untyped-def]
+def register_tokenizers(register: RegisterTokenizer) -> None:
     register("gpt2", gpt2)
     register("llama", llama)
     register("hf-json", hf_json)

@@ -72,8 +72,10 @@ class BaseTokenizer:
         self._pieces = pieces
         # A callable is run on first use: the table is only needed to decode, and building it
         # (a translation per token) is a good part of a model's load time.
-        self._bytes_table = None if callable(token_bytes) else token_bytes
-        self._make_bytes = token_bytes if callable(token_bytes) else None
+        self._bytes_table: list[bytes] | None = None if callable(token_bytes) else token_bytes
+        self._make_bytes: Callable[[], list[bytes]] | None = (
+            token_bytes if callable(token_bytes) else None
+        )
         self.vocab_size = len(pieces)
         self.special_ids = frozenset(special_ids)
         self.bos_id = bos_id
@@ -171,6 +173,7 @@ class BaseTokenizer:
     @property
     def _bytes(self) -> list[bytes]:
         if self._bytes_table is None:
+            assert self._make_bytes is not None  # __init__ sets one of the two
             self._bytes_table = self._make_bytes()
         return self._bytes_table
 

@@ -38,7 +38,7 @@ class TokenizersBPE(BaseTokenizer):
         self._unknown_id = unknown_id
 
     @property
-    def lost_text_fate(self) -> str:  # type: ignore[override]
+    def lost_text_fate(self) -> str:  # type: ignore[override]  # property over a class attribute
         if self._unknown_id is not None:
             return "dropped, as llama.cpp drops them (the vocabulary has no token for a byte)"
         return "encoded as the unknown token"
@@ -82,9 +82,13 @@ def from_gguf(metadata: Mapping[str, Any], path: Path | None = None) -> Tokenize
     backend.pre_tokenizer = pre
     backend.decoder = tk_decoders.ByteLevel()  # unused by us; makes backend.to_str() complete
     special_ids = [i for i, t in enumerate(vocab.token_types) if t in (CONTROL, UNKNOWN)]
-    for i in (vocab.bos_id, vocab.eos_id):
-        if i is not None and i not in special_ids and vocab.token_types[i] != USER_DEFINED:
-            special_ids.append(i)
+    for end_id in (vocab.bos_id, vocab.eos_id):
+        if (
+            end_id is not None
+            and end_id not in special_ids
+            and vocab.token_types[end_id] != USER_DEFINED
+        ):
+            special_ids.append(end_id)
     user_ids = [i for i, t in enumerate(vocab.token_types) if t == USER_DEFINED]
     _add_tokens(backend, vocab.tokens, special_ids, user_ids)
 
@@ -230,10 +234,10 @@ def from_tokenizer_json(metadata: Mapping[str, Any], path: Path | None) -> Token
         content = _token_content(config.get(config_key))
         if content is None:
             return None
-        i = backend.token_to_id(content)
-        if i is None:
+        found = backend.token_to_id(content)
+        if found is None:
             raise ModelFormatError(f"{path}: {config_key} {content!r} is not in the vocabulary")
-        return i
+        return found
 
     bos_id = find_id("tokenizer.ggml.bos_token_id", "bos_token")
     eos_id = find_id("tokenizer.ggml.eos_token_id", "eos_token")

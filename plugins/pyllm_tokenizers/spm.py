@@ -25,12 +25,12 @@ TRAINER_MODEL_BPE = 2  # sentencepiece TrainerSpec.ModelType.BPE
 
 def _model_proto() -> Any:
     try:
-        from sentencepiece import sentencepiece_model_pb2
+        from sentencepiece import sentencepiece_model_pb2 as pb2
     except ImportError as e:  # protobuf missing
         raise ModelFormatError(
             f"SentencePiece models need the 'protobuf' package ({e}); pip install protobuf"
         ) from None
-    return sentencepiece_model_pb2.ModelProto()
+    return pb2.ModelProto()  # type: ignore[attr-defined]  # protobuf-generated: no stubs
 
 
 def _piece_bytes(piece: str, kind: int) -> bytes:

@@ -80,6 +80,7 @@ def perplexity(
     show = not as_json and sys.stderr.isatty()
     for n, window in enumerate(windows, 1):
         for tok in score_ids(llm.model, window, top_n=0)[1:]:
+            assert tok.logprob is not None  # only the first token of a window has none
             nll -= tok.logprob
             scored += 1
         if show:

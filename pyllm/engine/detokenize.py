@@ -17,6 +17,7 @@ decoded prefixes are stable.
 from __future__ import annotations
 
 import codecs
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +43,7 @@ class IncrementalDetokenizer:
         self._fast = all(
             hasattr(tokenizer, a) for a in ("special_ids", "strip_leading_space", "decode_bytes")
         )
-        self._special = getattr(tokenizer, "special_ids", frozenset())
+        self._special: Collection[int] = getattr(tokenizer, "special_ids", frozenset())
         self._strip = bool(getattr(tokenizer, "strip_leading_space", False))
         self._seen_text_token = False
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")

@@ -8,6 +8,7 @@ Activations are float32 throughout.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ class _HoldsQWeight(nn.Module):
 
     weight: QWeight
 
-    def _apply(self, fn: Callable, recurse: bool = True):  # type: ignore[override]
+    def _apply(self, fn: Callable, recurse: bool = True):
         super()._apply(fn, recurse)
         w = self.weight
         data = fn(w.data)
@@ -43,6 +44,8 @@ class _HoldsQWeight(nn.Module):
 
 class Linear(_HoldsQWeight):
     """y = x @ W.T + b on the stored weight (blocks are dequantized inside the kernel)."""
+
+    bias: torch.Tensor | None  # a buffer (register_buffer), declared for type checkers
 
     def __init__(self, weight: QWeight | torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -78,6 +81,9 @@ class Embedding(_HoldsQWeight):
 
 class Norm(nn.Module):
     """RMSNorm or LayerNorm over the last dim, with the residual add fused in `add_forward`."""
+
+    weight: torch.Tensor  # buffers (register_buffer), declared for type checkers
+    bias: torch.Tensor | None
 
     def __init__(
         self, kind: str, weight: torch.Tensor, bias: torch.Tensor | None, eps: float
@@ -131,7 +137,7 @@ class ConcatLinear(nn.Module):
 
     @property
     def out_features(self) -> int:
-        return sum(p.out_features for p in self.parts)
+        return sum(cast(Linear, p).out_features for p in self.parts)  # __init__ takes Linears
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([p(x) for p in self.parts], dim=-1)  # (T, sum of outs)

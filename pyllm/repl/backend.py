@@ -12,7 +12,6 @@ engine's job (prefix caching), so the REPL stays stateless about the model.
 from __future__ import annotations
 
 import functools
-
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pyllm.sampling_params import SamplingParams
 if TYPE_CHECKING:  # pragma: no cover
     from pyllm.types import Message
 
-__all__ = ["ReplyStats", "ChatBackend", "LLMBackend"]
+__all__ = ["ChatBackend", "LLMBackend", "ReplyStats"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,8 @@ class LLMBackend:
 
         Found by rendering one user turn with a marker system prompt and without one: the text
         that stands where the marker stood is the template's own."""
-        marker, user = "\x00pyllm-system\x00", [{"role": "user", "content": "\x00pyllm-user\x00"}]
+        marker = "\x00pyllm-system\x00"
+        user: list[Message] = [{"role": "user", "content": "\x00pyllm-user\x00"}]
         try:
             with_marker = self.render([{"role": "system", "content": marker}, *user])
             without = self.render(user)
@@ -135,7 +135,7 @@ class LLMBackend:
         llm = self.llm
         rows = [("model", self.model_name)]
         loaded = getattr(llm, "loaded", None)
-        if getattr(loaded, "path", None) is not None:
+        if loaded is not None and getattr(loaded, "path", None) is not None:
             rows.append(("file", f"{loaded.path} ({loaded.kind})"))
         config = getattr(llm, "config", None)
         if config is not None:

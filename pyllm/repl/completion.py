@@ -48,12 +48,14 @@ class ReplCompleter(Completer):
         registry = self._registry()
         head, space, rest = text[1:].partition(" ")
         if not space:  # still typing the command name
+
+            def help_of(name: str) -> str:
+                cmd = registry.get(name)  # one of registry.names(): always found
+                return cmd.help if cmd is not None else ""
+
             yield from _matches(
-                head.lower(),
-                sorted(registry.names()),
-                start=-len(head),
-                meta=lambda n: registry.get(n).help,
-            )  # type: ignore[union-attr]
+                head.lower(), sorted(registry.names()), start=-len(head), meta=help_of
+            )
             return
         cmd = registry.get(head)
         if cmd is None:

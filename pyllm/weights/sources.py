@@ -209,7 +209,7 @@ def _check_hub_folder(folder: Path, repo_id: str) -> None:
 def _silent_tqdm():
     from tqdm.auto import tqdm
 
-    class Silent(tqdm):  # type: ignore[misc, valid-type]
+    class Silent(tqdm):
         def __init__(self, *args, **kwargs):
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)

@@ -10,7 +10,13 @@ from typing import Any
 
 import click
 
-from pyllm.hookspecs import hookimpl
+from pyllm.hookspecs import (
+    RegisterCommand,
+    RegisterReplCommand,
+    RegisterSampler,
+    RegisterTask,
+    hookimpl,
+)
 
 __version__ = "0.1.0"
 
@@ -67,20 +73,20 @@ class Sentiment:
 
 
 @hookimpl
-def register_tasks(register):  # type: ignore[no-untyped-def]
+def register_tasks(register: RegisterTask) -> None:
     register("sentiment", Sentiment())
 
 
 @hookimpl
-def register_samplers(register):  # type: ignore[no-untyped-def]
+def register_samplers(register: RegisterSampler) -> None:
     register("top_a", TopA())
 
 
 @hookimpl
-def register_commands(register):  # type: ignore[no-untyped-def]
+def register_commands(register: RegisterCommand) -> None:
     register(hello)
 
 
 @hookimpl
-def register_repl_commands(register):  # type: ignore[no-untyped-def]
+def register_repl_commands(register: RegisterReplCommand) -> None:
     register("shout", shout, "Echo TEXT in capitals (pyllm-example).", aliases=("yell",))
