@@ -36,7 +36,7 @@ PROMPT_FIELDS = ("prompt", "messages")
 PARAMS_FIELD = "params"
 _RECORD_FIELDS = frozenset({"id", PARAMS_FIELD, *PROMPT_FIELDS})  # read, not carried
 OUTPUT_FIELDS = {"id", "line", "error", "text", "token_ids", "finish_reason", "usage", "outputs",
-                 "custom_id", "response"}
+                 "custom_id", "response", "incomplete"}
 
 
 @dataclass
@@ -72,6 +72,8 @@ class JobRecord:
             "usage": {"prompt_tokens": len(prompt_ids),
                       "completion_tokens": sum(len(c.token_ids) for c in completions)},
         }
+        if getattr(first, "incomplete", False):  # a constrained output cut before it was done
+            line["incomplete"] = True
         if first.logprobs is not None:  # asked for with "logprobs": N
             from pyllm.completion_json import logprobs_json
 

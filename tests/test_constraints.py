@@ -278,3 +278,30 @@ def test_extractive_qa_answers_with_the_phrase_not_the_sentence(smollm2_path):
     for res, ctx, fact in zip(out, (tower, curie), ("330", "1934")):
         assert ctx[res["start"]:res["end"]] == res["answer"]
         assert fact in res["answer"] and len(res["answer"]) <= 20, res
+
+
+def test_generate_job_records_carry_their_constraint(tiny_path, tmp_path):
+    """`pyllm generate`: constraint fields per JSONL record; a bad one is that record's error."""
+    from click.testing import CliRunner
+
+    from pyllm.cli.main import cli
+
+    schema = SCHEMAS["array_bounds"]
+    records = [{"id": "a", "prompt": "x", "json_schema": schema, "seed": 1, "max_tokens": 60},
+               {"id": "b", "prompt": "y", "choice": ["up", "down"], "seed": 2},
+               {"id": "c", "prompt": "z", "regex": "(", "seed": 3},
+               {"id": "d", "prompt": "w", "json_schema": SCHEMAS["nested"], "max_tokens": 3}]
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    res = CliRunner().invoke(cli, ["generate", "-m", str(tiny_path), "-i", str(src), "-o", str(dst),
+                                   "--device", "cpu"])
+    out = {r["id"]: r for r in map(json.loads, dst.read_text().splitlines())}
+    assert set(out) == {"a", "b", "c", "d"}, res.output
+    if out["a"]["finish_reason"] == "stop":
+        jsonschema.validate(json.loads(out["a"]["text"]), schema)
+    else:
+        assert out["a"]["incomplete"] is True
+    assert out["b"]["text"] in ("up", "down")
+    assert out["c"]["error"]["type"] == "invalid_record" and "regex" in out["c"]["error"]["message"]
+    assert out["d"]["finish_reason"] == "length" and out["d"]["incomplete"] is True
+    assert "incomplete" not in out["b"]
