@@ -18,13 +18,13 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from pyllm.chat import ChatTemplate, is_messages
-from pyllm.errors import ContextLengthError, ModelFormatError
 from pyllm.embedding import embed_ids
+from pyllm.errors import ContextLengthError, ModelFormatError
 from pyllm.generation import GenerationResult, ScoredToken, StreamEvent, score_ids
 from pyllm.model.loader import LoadedModel, load_model
 from pyllm.sampling_params import SamplingParams
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyllm.engine.frontend import EngineFrontend
     from pyllm.engine.llm_engine import EngineConfig
 
-Prompt = Union[str, Sequence[Message], Sequence[int]]
+Prompt = str | Sequence[Message] | Sequence[int]
 
 TRUNCATE_POLICIES = (None, "left")
 
@@ -155,7 +155,7 @@ class LLM:
             return self._encode_chat(prompt)
         if isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool)
                                                 for t in prompt):
-            ids = [int(t) for t in prompt]
+            ids = [int(t) for t in cast("Sequence[int]", prompt)]  # all ints: checked above
             bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
             if bad:
                 raise ValueError(f"token id {bad[0]} is outside the vocabulary "
@@ -273,7 +273,9 @@ class LLM:
 
             bar = tqdm(total=sum(p.n for p in plist), unit="seq", desc="generate")
         try:
-            outs = self.engine.run_all(ids, plist, progress=(lambda c: bar.update(1)) if bar else None)
+            outs = self.engine.run_all(
+                ids, plist, progress=(lambda c: bar.update(1)) if bar else None
+            )
         finally:
             if bar is not None:
                 bar.close()
