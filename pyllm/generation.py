@@ -16,7 +16,7 @@ The functions are small and pure in the gpt-fast manner: `prefill`, `decode_step
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +86,7 @@ class StreamEvent:
     """Something happened to completion `output` of request `request`: new text `delta`
     (possibly ""), and `finished` once it is done (then `completion` is final)."""
 
-    request: int
+    request: Hashable  # the request id (an int in this loop; any hashable in the engine)
     output: int
     delta: str
     finished: bool

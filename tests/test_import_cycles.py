@@ -35,7 +35,8 @@ MODULES = _modules()
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _run_at_import(body: list[ast.stmt]) -> Iterator[ast.stmt]:
@@ -78,7 +79,7 @@ def module_imports(module: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 package = module.split(".") if is_init else module.split(".")[:-1]
-                base = package[:len(package) - (node.level - 1)]
+                base = package[: len(package) - (node.level - 1)]
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
@@ -103,7 +104,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 state[path.pop()] = 2
                 stack.pop()
             elif state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return [*path[path.index(nxt) :], nxt]
             elif not state.get(nxt):
                 state[nxt] = 1
                 path.append(nxt)
@@ -120,7 +121,8 @@ def test_pyllm_has_no_import_cycle():
 def test_the_model_does_not_import_its_runtime():
     """pyllm/model/gpt.py is the model: the runtime layer wraps it, never the other way."""
     assert module_imports("pyllm.model.gpt").isdisjoint(
-        {"pyllm.model.runtime", "pyllm.model.fast", "pyllm.model.cuda_graph"})
+        {"pyllm.model.runtime", "pyllm.model.fast", "pyllm.model.cuda_graph"}
+    )
 
 
 def test_the_checker_sees_imports_that_run_and_skips_those_that_do_not(tmp_path):
@@ -135,7 +137,8 @@ def test_the_checker_sees_imports_that_run_and_skips_those_that_do_not(tmp_path)
         "from pyllm import b\n"
         "try:\n    from .sub import c\nexcept ImportError:\n    pass\n"
         "if TYPE_CHECKING:\n    from pyllm.sub.d import X\n"
-        "def f():\n    import pyllm.sub.e\n")
+        "def f():\n    import pyllm.sub.e\n"
+    )
     (pkg / "b.py").write_text("import pyllm.sub.c as c\n")
     (pkg / "sub" / "c.py").write_text("class K:\n    from pyllm.a import f\n")
     for name in ("d", "e"):

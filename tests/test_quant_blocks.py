@@ -29,7 +29,8 @@ def header_sizes() -> dict[str, int]:
 def test_the_header_states_every_kernel_block_type():
     assert set(header_sizes()) == set(quant.KERNEL_BLOCK_BYTES) == {"q4_0", "q4_1", "q8_0"}
     assert re.search(r"constexpr int kQK = (\d+);", HEADER.read_text()).group(1) == str(
-        quant.KERNEL_BLOCK)
+        quant.KERNEL_BLOCK
+    )
 
 
 def test_header_sizes_match_the_ggml_table():
@@ -42,6 +43,6 @@ def test_python_tables_derive_from_the_ggml_table():
     for name, code in quant.QTYPE_CODES.items():
         assert quant.TYPES_BY_NAME[name].id == code
     assert qlinear.BLOCK_BYTES == quant.KERNEL_BLOCK_BYTES
-    assert qlinear.INT8_QTYPES == tuple(quant.KERNEL_BLOCK_BYTES)
+    assert tuple(quant.KERNEL_BLOCK_BYTES) == qlinear.INT8_QTYPES
     assert fast.QTYPE_CODES is quant.QTYPE_CODES
     assert {qlinear.QTYPE_NAMES[c] for c in quant.QTYPE_CODES.values()} == set(quant.QTYPE_CODES)

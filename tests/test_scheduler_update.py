@@ -21,13 +21,21 @@ class LetterTokenizer:
 
 
 def _seq(seq_id: int, prompt: list[int], **params) -> Sequence:
-    return Sequence(seq_id, f"r{seq_id}", 0, prompt, SamplingParams(**params), LetterTokenizer(),
-                    context_length=64)
+    return Sequence(
+        seq_id,
+        f"r{seq_id}",
+        0,
+        prompt,
+        SamplingParams(**params),
+        LetterTokenizer(),
+        context_length=64,
+    )
 
 
 def _scheduler(num_blocks: int = 8) -> Scheduler:
-    return Scheduler(BlockManager(num_blocks, 2), SchedulerConfig(max_num_seqs=4,
-                                                                  max_num_batched_tokens=3))
+    return Scheduler(
+        BlockManager(num_blocks, 2), SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=3)
+    )
 
 
 def test_after_forward_caches_the_tokens_and_samples_only_finished_prompts():
@@ -66,8 +74,10 @@ def test_update_from_output_appends_streams_and_frees_finished_sequences():
     free_before = sched.blocks.num_free_blocks
     events = sched.update_from_output(sampled, [3, 4], [None, None])
     assert a.out == [3] and b.out == [4]
-    assert [(e.request, e.delta, e.finished) for e in events] == [("r1", "c", False),
-                                                                     ("r2", "d", True)]
+    assert [(e.request, e.delta, e.finished) for e in events] == [
+        ("r1", "c", False),
+        ("r2", "d", True),
+    ]
     assert b.finish_reason == "length" and b.status is SeqStatus.FINISHED
     assert b not in sched.running and 2 not in sched.blocks
     assert sched.blocks.num_free_blocks == free_before + 1

@@ -3,7 +3,8 @@
 The cache is a pool of `num_blocks` blocks of `block_size` token slots (one pool per layer, all
 indexed alike), plus the null block (`NULL_BLOCK`, block 0, pyllm/model/batch.py): it is never
 handed out, so the padding of block tables (and of a CUDA graph's padding rows) reads a block no
-sequence owns; the pool has `pool_blocks` = `num_blocks` + 1 blocks and sequences get 1..num_blocks. A sequence's tokens live in a list of blocks, its *block table*; token at position
+sequence owns; the pool has `pool_blocks` = `num_blocks` + 1 blocks and sequences get
+1..num_blocks. A sequence's tokens live in a list of blocks, its *block table*; token at position
 p sits in slot `table[p // block_size] * block_size + p % block_size`.
 
 - **Free list and reference counts.** A block is owned by every sequence whose table holds it;

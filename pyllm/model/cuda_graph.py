@@ -17,7 +17,8 @@ logits_at=None) -> logits`, so the engine can call it in the model's place:
   `min_width`), and the bucket's graph is replayed (captured on first use, with the model's
   per-step validation skipped: it ran before the copy). Padding rows get slot -1 (nothing is
   written to the cache) and a context of one token in the null block (`NULL_BLOCK`, which no
-  sequence owns: a valid read whose result is dropped); every row is computed independently, so padding never changes a real row.
+  sequence owns: a valid read whose result is dropped); every row is computed independently,
+  so padding never changes a real row.
 
 The graph holds the model's forward up to the logits. `decode_and_sample` also captures the
 fused sampler (pyllm/ops/sampling.py) on those logits, so a decode step is one replay from token

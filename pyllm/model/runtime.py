@@ -22,7 +22,7 @@ on the next step whenever the model's tensors were replaced (checked cheaply eve
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -38,14 +38,15 @@ from pyllm.ops.qlinear import INT8_QTYPES
 class ModelRunner:
     """Runs one GPT: the C++ fast forward where it applies, else the model op by op."""
 
-    def __init__(self, gpt: GPT, *,
-                 release_pages: Callable[[torch.Tensor], int] | None = None) -> None:
+    def __init__(
+        self, gpt: GPT, *, release_pages: Callable[[torch.Tensor], int] | None = None
+    ) -> None:
         self.gpt = gpt
         # `fast_path = False` forces op by op (the fast forward stays built for later).
         self.fast_path = True
         # Drops a tensor's resident pages (see GGUFFile.release); None: weights not mapped.
         self.release_pages = release_pages
-        self._fast: FastForward | bool | None = None  # None: not built yet; False: unusable
+        self._fast: FastForward | Literal[False] | None = None  # None: not built; False: unusable
         self._fast_key: tuple[ModelConfig, int] | None = None
         self._int8_activations = False
 
@@ -69,8 +70,9 @@ class ModelRunner:
         self._fast = None
         return self
 
-    def check_step(self, input_ids: torch.Tensor, meta: AttentionMetadata,
-                   kv_caches: KVCaches) -> None:
+    def check_step(
+        self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches
+    ) -> None:
         self.gpt.check_step(input_ids, meta, kv_caches)
 
     def check_caches(self, kv_caches: KVCaches) -> None:
@@ -112,7 +114,7 @@ class ModelRunner:
         return self.gpt.config, self.gpt.norm_f.weight.data_ptr()
 
     def _fast_forward(self) -> FastForward | None:
-        fast = self._fast
+        fast: FastForward | Literal[False] | None = self._fast
         if fast is None or (fast and self._fast_key != self._key()):
             fast = False
             if fast_available() and self.device.type == "cpu":
@@ -126,8 +128,14 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ a step
 
-    def hidden_states(self, input_ids: torch.Tensor, meta: AttentionMetadata,
-                      kv_caches: KVCaches, *, validated: bool = False) -> torch.Tensor:
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: KVCaches,
+        *,
+        validated: bool = False,
+    ) -> torch.Tensor:
         """The final-layer residual stream [T, C], before the last norm (GPT.hidden_states)."""
         fast = self._fast_forward()
         if fast is not None:
@@ -143,8 +151,15 @@ class ModelRunner:
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.gpt.final_norm(hidden)
 
-    def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches,
-                logits_at: torch.Tensor | None = None, *, validated: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: KVCaches,
+        logits_at: torch.Tensor | None = None,
+        *,
+        validated: bool = False,
+    ) -> torch.Tensor:
         """Logits [R, V] at the rows `logits_at` (GPT.forward)."""
         fast = self._fast_forward()
         if fast is not None:
@@ -153,6 +168,13 @@ class ModelRunner:
                 return logits
         return self.gpt(input_ids, meta, kv_caches, logits_at, validated=validated)
 
-    def __call__(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches,
-                 logits_at: torch.Tensor | None = None, *, validated: bool = False) -> torch.Tensor:
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: KVCaches,
+        logits_at: torch.Tensor | None = None,
+        *,
+        validated: bool = False,
+    ) -> torch.Tensor:
         return self.forward(input_ids, meta, kv_caches, logits_at, validated=validated)

@@ -28,7 +28,8 @@ from typing import Callable
 import torch
 
 from pyllm.ops import _library as L
-from pyllm.weights.quant import FLOAT_DTYPES, KERNEL_BLOCK, KERNEL_BLOCK_BYTES, QTYPE_CODES, dequantize
+from pyllm.weights.quant import (FLOAT_DTYPES, KERNEL_BLOCK, KERNEL_BLOCK_BYTES, QTYPE_CODES,
+                                 dequantize)
 
 # The kernels' types, all derived from pyllm/weights/quant.py's GGML table.
 QTYPE_NAMES = {code: name for name, code in QTYPE_CODES.items()}

@@ -66,8 +66,11 @@ TYPES_BY_NAME: dict[str, GGMLType] = {t.name: t for t in _TYPES}
 KERNEL_QTYPES = ("f32", "f16", "q4_0", "q4_1", "q8_0", "bf16")
 QTYPE_CODES: dict[str, int] = {name: TYPES_BY_NAME[name].id for name in KERNEL_QTYPES}
 # The kernels' block types: bytes per block of KERNEL_BLOCK weights.
-KERNEL_BLOCK_BYTES: dict[str, int] = {name: TYPES_BY_NAME[name].block_bytes
-                                      for name in KERNEL_QTYPES if TYPES_BY_NAME[name].block_size > 1}
+KERNEL_BLOCK_BYTES: dict[str, int] = {
+    name: TYPES_BY_NAME[name].block_bytes
+    for name in KERNEL_QTYPES
+    if TYPES_BY_NAME[name].block_size > 1
+}
 KERNEL_BLOCK = 32
 FLOAT_DTYPES: dict[str, torch.dtype] = {"f32": torch.float32, "f16": torch.float16,
                                         "bf16": torch.bfloat16}
