@@ -121,7 +121,8 @@ def parse_line(raw: bytes, line_no: int) -> dict[str, Any] | BadRecord | None:
         return None
     if too_deep(text):
         return BadRecord(line_no, line_no, "too_deep",
-                         f"line {line_no}: nested more than {MAX_DEPTH} levels deep (arrays and objects)")
+                         f"line {line_no}: nested more than {MAX_DEPTH} levels deep "
+                         "(arrays and objects)")
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, a 5,000-digit int
@@ -148,13 +149,14 @@ def read_objects(path: Path, id_fields: Sequence[str] = ("id",)
             name = next((f for f in id_fields if f in obj), id_fields[0])
             value = obj.get(name)
             if value is None:
-                yield BadRecord(line_no, line_no, "missing_id", f"line {line_no}: every record needs an {names}")
+                yield BadRecord(line_no, line_no, "missing_id",
+                                f"line {line_no}: every record needs an {names}")
                 continue
             rid = record_id(value)
             if rid is None:
                 yield BadRecord(line_no, line_no, "invalid_id",
-                                f"line {line_no}: \"{name}\" must be a non-empty string or an integer, "
-                                f"got {json_type(value)} {_short(value)}")
+                                f"line {line_no}: \"{name}\" must be a non-empty string or an "
+                                f"integer, got {json_type(value)} {_short(value)}")
                 continue
             if rid in seen:
                 yield BadRecord(line_no, line_no, "duplicate_id",
@@ -307,8 +309,9 @@ def _replace_contents(path: Path, data: bytes) -> None:
 def check_job_files(input_path: Path | str, output_path: Path) -> None:
     """Refuse, before anything is written, an output that is not a regular file (new or
     existing) and an output that is the input file itself (by device and inode)."""
-    supported = ("a job's output must be a regular file (new or existing), since the job appends "
-                 "to it and reads it back to resume; write to a file and copy or print it afterwards")
+    supported = ("a job's output must be a regular file (new or existing), since the job "
+                 "appends to it and reads it back to resume; write to a file and copy or print "
+                 "it afterwards")
     if os.path.abspath(output_path).startswith(_STREAM_PATHS):  # a regular file when redirected
         raise ValueError(f"the output {output_path} is a stream, not a file: {supported}")
     try:
@@ -320,8 +323,8 @@ def check_job_files(input_path: Path | str, output_path: Path) -> None:
     if str(input_path) == STDIN:
         try:
             src = os.fstat(sys.stdin.fileno())
-        except (AttributeError, OSError, ValueError):  # no real descriptor (tests, an embedded host)
-            return
+        except (AttributeError, OSError, ValueError):
+            return  # no real descriptor (tests, an embedded host)
     else:
         src = os.stat(input_path)
     if (src.st_dev, src.st_ino) == (out.st_dev, out.st_ino):
@@ -352,8 +355,8 @@ def readable_input(input_path: Path | str) -> Iterator[Path]:
         with os.fdopen(fd, "wb") as dst:
             if str(input_path) == STDIN:
                 if sys.stdin is None or sys.stdin.isatty():
-                    raise ValueError("the input is standard input (-), which is a terminal: pipe or "
-                                     "redirect the JSONL into it")
+                    raise ValueError("the input is standard input (-), which is a terminal: "
+                                     "pipe or redirect the JSONL into it")
                 shutil.copyfileobj(sys.stdin.buffer, dst)
             else:
                 with open(input_path, "rb") as src:
@@ -370,7 +373,7 @@ class JsonlWriter:
     """Appends complete lines; flushes and fsyncs every `group` lines or `interval` seconds."""
 
     def __init__(self, path: Path, group: int = 8, interval: float = 1.0) -> None:
-        self._f = open(path, "ab")
+        self._f = open(path, "ab")  # noqa: SIM115 - open across writes; close() closes it
         self._group, self._interval = group, interval
         self._pending = 0
         self._last_sync = time.monotonic()

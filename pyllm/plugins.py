@@ -58,21 +58,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "PUBLIC_MODULES",
-    "hookimpl",
     "PluginHost",
     "ReplCommand",
+    "commands",
+    "constraints",
     "get_host",
     "get_plugin_manager",
-    "tokenizers",
-    "samplers",
-    "constraints",
-    "tasks",
+    "hookimpl",
     "model_sources",
-    "commands",
-    "repl_commands",
     "plugin_report",
     "registered",
+    "repl_commands",
     "reset",
+    "samplers",
+    "tasks",
+    "tokenizers",
 ]
 
 # The modules of pyllm a plugin may import (docs/plugins.md, "What a plugin may import"):
