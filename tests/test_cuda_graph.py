@@ -61,6 +61,28 @@ def test_buckets():
     assert runner.bucket_of(17, 33) == (32, 64)
 
 
+def test_padding_rows_read_the_null_block(gguf_path):
+    """After a step of 4 sequences, a step of 3 in the same bucket: the padding row writes
+    nothing, reads one token, and that from the null block, not the block of the sequence the
+    earlier step had in that row."""
+    from pyllm.model.batch import NULL_BLOCK
+
+    model = _model(gguf_path, "cpu")
+    cfg = model.config
+    cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 4, 16, block_size=8)
+    runner = CudaGraphRunner(model, max_batch=4, min_width=2, graphs=False)
+    with torch.inference_mode():
+        runner(torch.tensor([1, 2, 3, 4]), cache.metadata([0, 1, 2, 3], [0] * 4, [1] * 4),
+               cache.kv_caches)
+        runner(torch.tensor([5, 6, 7]), cache.metadata([1, 2, 3], [1] * 3, [1] * 3),
+               cache.kv_caches)
+    (bucket,) = runner._buckets.values()
+    meta = bucket.meta
+    assert NULL_BLOCK not in meta.block_tables[:3, 0].tolist()
+    assert meta.block_tables[3, 0] == NULL_BLOCK
+    assert meta.slot_mapping[3] == -1 and meta.context_lens[3] == 1
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_padded_decode_matches_the_model_and_never_writes_padding(gguf_path, device):
     """Decode steps of 4, then 3, then 1 sequences through the runner: logits as the model's,

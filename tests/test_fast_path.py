@@ -271,6 +271,25 @@ def test_moving_the_model_drops_the_runner(models):
     assert model._fast is None
 
 
+def test_replacing_the_gpts_tensors_rebuilds_the_runner(models):
+    """The GPT moved or cast by itself (not through ModelRunner.to): the next step notices the
+    new tensors and builds a fast forward on them instead of reading the old ones."""
+    model = models["random-llama"].model
+    caches = _caches(model.config, 4, 4)
+    step = (_ids(3, 1), build_metadata([0], [3], [[0]], 4), caches)
+    with torch.inference_mode():
+        model(*step)
+        first = model._fast
+        norm = model.gpt.norm_f
+        old = norm.weight
+        norm.weight = old.clone()  # a buffer with the same values at a new address
+        try:
+            model(*step)
+            assert isinstance(model._fast, FastForward) and model._fast is not first
+        finally:
+            norm.weight = old
+
+
 # ---------------------------------------------------------------------- SmolLM2
 
 
