@@ -84,12 +84,13 @@ def _task(name: str, adapter: object) -> None:
     if missing:
         raise Refused(name, f"{_shown(adapter)} is not a TaskAdapter (pyllm.types): it has no "
                             f"{', '.join(missing)}")
-    if adapter.name != name:  # type: ignore[attr-defined]  # checked just above
-        raise Refused(name, f"the adapter's name is {adapter.name!r}")  # type: ignore[attr-defined]
-    fields = adapter.input_fields  # type: ignore[attr-defined]
+    checked: Any = adapter  # has the four members (just checked); their values are checked below
+    if checked.name != name:
+        raise Refused(name, f"the adapter's name is {checked.name!r}")
+    fields = checked.input_fields
     if isinstance(fields, str) or not fields or not all(isinstance(f, str) and f for f in fields):
         raise Refused(name, f"input_fields must be a tuple of field names, got {_shown(fields)}")
-    if not callable(adapter.run):  # type: ignore[attr-defined]
+    if not callable(checked.run):
         raise Refused(name, "the adapter's run is not callable")
 
 
@@ -98,7 +99,8 @@ def _model_source(name: str, source: object) -> None:
     if missing:
         raise Refused(name, f"{_shown(source)} is not a ModelSource (pyllm.types): it has no "
                             f"{', '.join(missing)}")
-    if not callable(source.can_resolve) or not callable(source.resolve):  # type: ignore[attr-defined]
+    checked: Any = source  # has the three members (just checked)
+    if not callable(checked.can_resolve) or not callable(checked.resolve):
         raise Refused(name, "can_resolve and resolve must be methods")
 
 

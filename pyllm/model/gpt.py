@@ -47,6 +47,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = qkv.split([Hq * D, Hkv * D, Hkv * D], dim=-1)
         q, k, v = q.view(T, Hq, D), k.view(T, Hkv, D), v.view(T, Hkv, D)
         if self.rope:
+            assert cos_sin is not None  # the loader builds the table for RoPE models
             q, k = ops.rope(q, k, meta.positions, cos_sin, self.neox,
                             validated=validated)  # (T, Hq, D), (T, Hkv, D)
         k_cache, v_cache = kv_cache  # (num_blocks, block_size, Hkv, D)
