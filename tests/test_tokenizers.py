@@ -188,6 +188,19 @@ def test_lone_surrogates_are_a_clear_error(tok) -> None:
             tok.encode(text, parse_special=True)
 
 
+def test_cli_tokenize_file_dash_reads_stdin(smollm2_path: Path) -> None:
+    """--file - takes the text from standard input, the same ids as the text given inline."""
+    from click.testing import CliRunner
+
+    from pyllm.cli.main import cli
+
+    dash = CliRunner().invoke(cli, ["tokenize", str(smollm2_path), "--file", "-", "--json"],
+                              input="Hello wörld")
+    inline = CliRunner().invoke(cli, ["tokenize", str(smollm2_path), "Hello wörld", "--json"])
+    assert dash.exit_code == 0, dash.output
+    assert json.loads(dash.stdout)["ids"] and json.loads(dash.stdout) == json.loads(inline.stdout)
+
+
 def test_cli_tokenize_marks_what_is_lost(smollm2_path: Path) -> None:
     from click.testing import CliRunner
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,7 +89,7 @@ def tokenize(model: str | None, text: str | None, model_option: str | None, file
                                "on stdin")
     if file is not None:
         if str(file) == "-":
-            text = click.get_text_stream("stdin").read()
+            text = sys.stdin.read()  # as stdin_text() reads a pipe
         else:
             try:
                 text = file.read_text(encoding="utf-8")
