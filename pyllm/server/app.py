@@ -317,7 +317,12 @@ def _sse(chunks: AsyncGenerator[BaseModel, None]) -> StreamingResponse:
             yield f"data: {exc.body.model_dump_json()}\n\n"
         except Exception as exc:  # the headers are out: report it in the stream
             log.exception("unexpected error while streaming")
-            yield f"data: {P.ErrorResponse(error=P.ErrorDetail(message=f'internal error ({type(exc).__name__}); see the server log', type='server_error', code='internal_error')).model_dump_json()}\n\n"
+            error = P.ErrorDetail(
+                message=f"internal error ({type(exc).__name__}); see the server log",
+                type="server_error",
+                code="internal_error",
+            )
+            yield f"data: {P.ErrorResponse(error=error).model_dump_json()}\n\n"
         finally:
             await chunks.aclose()
         yield "data: [DONE]\n\n"

@@ -245,10 +245,10 @@ class CompletionRequest(_SamplingRequest):
         if isinstance(p, str):
             return [p]
         if p and all(isinstance(t, int) for t in p):
-            return [list(p)]  # type: ignore[arg-type]
+            return [list(p)]  # type: ignore[arg-type]  # all ints: one prompt of token ids
         if not p:
             raise APIError(400, "prompt is an empty list", param="prompt")
-        return list(p)  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]  # strings or id lists (the field's other types)
 
 
 class CompletionLogprobs(BaseModel):
