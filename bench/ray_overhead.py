@@ -9,11 +9,13 @@ actor loads it in its `__init__`); the Ray cluster is started first and not time
 exactly prompts x max-tokens tokens; the sides run in interleaved rounds and the best of each
 is kept (a shared machine is noisy).
 
-The single process runs as the `pyllm generate` command, in a session of its own as Ray's
-workers are. On a shared, busy machine wall-clock tokens/s mostly says how much CPU the
-scheduler gave each side (here the Ray actor repeatedly got more than the command did), so the
-bench also reports tokens per CPU-second: the command's own CPU time against the CPU time of
-every Ray process (GCS, raylet, agents, the actor) plus the driver's, which is what Ray adds.
+The single process runs as the `pyllm generate` command, with the OpenMP spin setting Ray gives
+its workers (GOMP_SPINCOUNT=20000). Without it the command measured 30 tokens/s beside the
+actor's 84 on this busy 2-core machine: libgomp's default spinning burns the CPU share that the
+computing threads need when the cores are oversubscribed. Wall-clock tokens/s on a shared
+machine still depends on the CPU the scheduler hands out, so the bench also reports tokens per
+CPU-second: the command's CPU time against that of every Ray process (GCS, raylet, agents, the
+actor) plus the driver's, which is what Ray adds.
 Needs Ray Data (pip install "pyllm[ray]").
 """
 
@@ -132,7 +134,11 @@ def run_cli(src: Path, out: Path, args: argparse.Namespace) -> int:
         "--device",
         "cpu",
     ]
-    subprocess.run(cmd, check=True, start_new_session=True, stderr=subprocess.DEVNULL)
+    # Ray starts its workers with GOMP_SPINCOUNT=20000 (OpenMP threads spin briefly, then sleep);
+    # the command gets the same, or the bench would measure libgomp's default spinning on a busy
+    # machine rather than Ray.
+    env = {**os.environ, "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "20000")}
+    subprocess.run(cmd, check=True, start_new_session=True, stderr=subprocess.DEVNULL, env=env)
     return sum(
         json.loads(line)["usage"]["completion_tokens"]
         for line in out.read_text(encoding="utf-8").splitlines()
