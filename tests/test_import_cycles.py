@@ -157,3 +157,16 @@ def test_the_checker_sees_imports_that_run_and_skips_those_that_do_not(tmp_path)
         assert find_cycle(graph) is None
     finally:
         MODULES = saved
+
+
+def test_the_model_layers_do_not_import_the_layers_above():
+    """pyllm/model, pyllm/ops and pyllm/weights sit below the engine and the doors
+    (docs/architecture.md, "Layers"): none of them imports those at import time."""
+    above = ("pyllm.engine", "pyllm.server", "pyllm.cli", "pyllm.repl", "pyllm.api")
+    below = ("pyllm.model", "pyllm.ops", "pyllm.weights")
+    wrong = {
+        m: sorted(i for i in module_imports(m) if i.startswith(above))
+        for m in MODULES
+        if m.startswith(below)
+    }
+    assert not {m: i for m, i in wrong.items() if i}
