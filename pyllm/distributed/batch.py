@@ -25,7 +25,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pyllm.distributed.columns import add_columns, batch_rows
 from pyllm.distributed.records import parse_rows
@@ -124,12 +124,13 @@ class GenerateBatch:
         got: dict[int, dict[int, Any]] = {}
         for event in self.engine.run(iter(requests), lookahead=2 * self.max_num_seqs):
             if event.finished:
-                done = got.setdefault(event.request, {})
+                row = cast(int, event.request)  # the request ids given above are row numbers
+                done = got.setdefault(row, {})
                 done[event.output] = event.completion
-                rec, ids, n = runnable[event.request]
+                rec, ids, n = runnable[row]
                 if len(done) == n:
                     completions = [done[j] for j in sorted(done)]
-                    out[event.request] = rec.result(self.llm.name, ids, completions)
+                    out[row] = rec.result(self.llm.name, ids, completions)
         missing = sum(r is None for r in out)
         if missing:  # the engine stopped without finishing them: never drop a record silently
             raise RuntimeError(f"the engine finished without results for {missing} records")

@@ -77,7 +77,7 @@ class RaySummary:
         return (
             f"{state}: {self.completed} completed, {self.errors} errors, {self.skipped} "
             f"already done, of {self.total} records; {self.generated_tokens} tokens in "
-            f"{self.seconds:.1f} s ({rate:.1f} tokens/s) on {self.workers} Ray workers{dup}"
+            f"{self.seconds:.1f} s ({rate:.1f} tokens/s); Ray workers: {self.workers}{dup}"
         )
 
 
@@ -146,7 +146,7 @@ def run_ray_job(
         check_job_files(input_location, Path(output_location))
     model_spec = _model_spec(model)
     ray = import_ray()
-    started = _connect(ray, address)
+    started = False  # the cluster is joined or started only when there is something to run
     summary = RaySummary()
     start = time.monotonic()
     store = open_output(output_location, retry_errors=retry_errors)
@@ -167,12 +167,13 @@ def run_ray_job(
                     rows.append(
                         {"id": rid, "line": line, "record": json.dumps(obj, ensure_ascii=False)}
                     )
-        plan = plan_workers(
-            ray.cluster_resources(), device=device, int8=int8_activations, workers=workers
-        )
-        summary.workers = plan.workers
-        bar = _progress_bar(progress, summary.total, summary.skipped + summary.errors)
         if rows:
+            started = _connect(ray, address)
+            plan = plan_workers(
+                ray.cluster_resources(), device=device, int8=int8_activations, workers=workers
+            )
+            summary.workers = plan.workers
+            bar = _progress_bar(progress, summary.total, summary.skipped + summary.errors)
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False  # the driver's own bar counts records, tokens, errors
             blocks = max(1, math.ceil(len(rows) / batch_size))
