@@ -196,6 +196,13 @@ def test_unknown_model_is_refused_before_any_cluster_starts(monkeypatch, tmp_pat
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_retry_errors_is_refused_for_part_files():
+    from pyllm.distributed.outputs import open_output
+
+    with pytest.raises(ValueError, match="--retry-errors needs a local JSONL output"):
+        open_output("s3://bucket/out/", retry_errors=True)
+
+
 def test_ray_missing_is_one_clear_error(monkeypatch):
     from pyllm.distributed import RayMissingError, run_ray_job
 

@@ -35,6 +35,11 @@ class OutputStore(Protocol):
 
 def open_output(location: str, *, retry_errors: bool = False) -> OutputStore:
     if is_url(location) or is_parquet(location):
+        if retry_errors:
+            raise ValueError(
+                f"--retry-errors needs a local JSONL output; {location} is a folder "
+                f"of part files, which a run never rewrites"
+            )
         return PartsStore(location, "parquet" if is_parquet(location) else "jsonl")
     return JsonlFileStore(Path(location.removeprefix("file://")), retry_errors=retry_errors)
 
