@@ -85,14 +85,11 @@ class LLMEngine:
                                             cfg.head_dim, config.kv_dtype, model.device)
         self.scheduler = Scheduler(self.blocks, SchedulerConfig(config.max_num_seqs,
                                                                 config.max_num_batched_tokens))
-        # What runs a step: the model itself, or a wrapper with the same call signature
-        # (e.g. one that replays captured CUDA graphs for decode steps).
-        self.forward = model
+        # What runs a step: the model's runner itself, or a wrapper with the same call signature
+        # (on a GPU, one that replays captured CUDA graphs for decode steps): the runtime's choice.
+        self.forward = model.step_runner(max_batch=config.max_num_seqs,
+                                         cuda_graphs=config.cuda_graphs)
         self._device = model.device  # where the KV caches live (looked up once, not per step)
-        if config.cuda_graphs and model.device.type == "cuda":
-            from pyllm.model.cuda_graph import CudaGraphRunner
-
-            self.forward = CudaGraphRunner(model, max_batch=config.max_num_seqs)
         # The engine keeps a chosen token's log-prob only where its request asked for log-probs,
         # so its sampler may skip computing the others (the greedy fast path's main cost).
         # The tokenizer reaches steps that read token text (DRY's sequence breakers).

@@ -35,12 +35,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from pyllm.model.batch import NULL_BLOCK, AttentionMetadata, KVCaches
 from pyllm.ops import sampling as sampling_ops
 from pyllm.ops.kv_cache import check_cache_pair
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyllm.model.runtime import ModelRunner
 
 # fparams of a padding row: greedy (temperature 0), every filter and penalty off.
 _NEUTRAL_GREEDY = (0.0,) + sampling_ops.NEUTRAL_FPARAMS[1:]
@@ -101,7 +105,7 @@ class _Bucket:
 class CudaGraphRunner:
     """Call the model, replaying a captured CUDA graph for pure decode steps (module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, *, max_batch: int = 64, min_width: int = 16,
+    def __init__(self, model: ModelRunner, *, max_batch: int = 64, min_width: int = 16,
                  graphs: bool | None = None, host_metadata: bool | None = None) -> None:
         self.model = model
         self.max_batch = next_power_of_two(max(1, max_batch))

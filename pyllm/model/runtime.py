@@ -10,7 +10,8 @@
   int8-quantized activations, and, once their int8 panels are packed, the memory-mapped source
   pages of those matrices are released (`release_pages`, given by a loader whose weights are
   views of a file);
-- CUDA graphs are chosen by the engine (pyllm/model/cuda_graph.py wraps a runner the same way).
+- CUDA graphs: `step_runner()` gives the engine what runs its steps, on a GPU a
+  `CudaGraphRunner` (pyllm/model/cuda_graph.py) that replays decode steps over this runner.
 
 A runner has the model's call signature, `runner(input_ids, meta, kv_caches, logits_at=None)
 -> logits`, plus `hidden_states`, `logits`, `config` and `device`, so the engine, the scorer and
@@ -22,7 +23,7 @@ on the next step whenever the model's tensors were replaced (checked cheaply eve
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -33,6 +34,9 @@ from pyllm.model.fast import available as fast_available
 from pyllm.model.gpt import GPT
 from pyllm.model.layers import Linear
 from pyllm.ops.qlinear import INT8_QTYPES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyllm.model.cuda_graph import CudaGraphRunner
 
 
 class ModelRunner:
@@ -178,3 +182,17 @@ class ModelRunner:
         validated: bool = False,
     ) -> torch.Tensor:
         return self.forward(input_ids, meta, kv_caches, logits_at, validated=validated)
+
+    # ------------------------------------------------------------------ an engine's steps
+
+    def step_runner(
+        self, *, max_batch: int, cuda_graphs: bool = True
+    ) -> ModelRunner | CudaGraphRunner:
+        """What runs an engine's steps (same call signature): on a CUDA device, unless
+        `cuda_graphs` is False, a CudaGraphRunner replaying decode steps of up to `max_batch`
+        sequences as CUDA graphs over this runner; otherwise this runner."""
+        if cuda_graphs and self.device.type == "cuda":
+            from pyllm.model.cuda_graph import CudaGraphRunner
+
+            return CudaGraphRunner(self, max_batch=max_batch)
+        return self
