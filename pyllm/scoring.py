@@ -181,13 +181,16 @@ class ContinuationScorer:
             ids = [t for (p, _), c in zip(group, cached) for t in p[c:]]
             last_rows = torch.tensor(list(itertools.accumulate(new)), dtype=torch.int64) - 1
             first_logits = self._forward(ids, pids, cached, new, last_rows)  # (B, V)
+            assert first_logits is not None  # rows were asked for: logits come back
             for sid, (p, _) in zip(pids, group):
                 bm.mark_computed(sid, len(p))
             self.stats["prompt_tokens"] += sum(len(p) for p, _ in group)
             self.stats["computed_prompt_tokens"] += len(ids)
 
             # 2. fork one sequence per continuation; append its tokens (copy-on-write)
-            seqs, c_cached, c_new, c_ids, rows = [], [], [], [], []
+            seqs, c_cached, c_new = [], [], []
+            c_ids: list[int] = []  # every continuation's tokens, one after another
+            rows: list[int] = []
             copies: list[tuple[int, int]] = []
             for sid, (p, conts) in zip(pids, group):
                 mine = []
@@ -223,7 +226,8 @@ class ContinuationScorer:
                     if len(cont) > 1:
                         idx = torch.arange(r, r + len(cont) - 1)
                         tok = torch.tensor(cont[1:], dtype=torch.int64)
-                        lps += later_lp[idx, tok].tolist()  # type: ignore[index]
+                        assert later_lp is not None  # computed: this continuation had rows
+                        lps += later_lp[idx, tok].tolist()
                         r += len(cont) - 1
                     res.append(ContinuationScore(sum(lps), lps))
                 out.append(res)

@@ -23,6 +23,7 @@ Two entries:
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -158,7 +159,7 @@ def _metadata_flags_cpu(query_start, context_lens, block_tables, T, num_blocks, 
     # numpy for the block table.
     qs = query_start.tolist()
     ctx = context_lens.tolist()
-    q_len = [e - s for s, e in zip(qs, qs[1:])]
+    q_len = [e - s for s, e in itertools.pairwise(qs)]
     max_blocks = block_tables.shape[1]
     used_blocks = [(c + block_size - 1) // block_size for c in ctx]
     flags = [qs[0] != 0, qs[-1] != T, min(q_len) < 0, any(c < n for c, n in zip(ctx, q_len)),
