@@ -99,7 +99,8 @@ def _check_shapes(q, k_cache, v_cache, query_start, context_lens, block_tables, 
             _fail(f"{name} must have {rank} dimension(s), got {list(t.shape)}")
     b = context_lens.shape[0]
     if query_start.shape[0] != b + 1:
-        _fail(f"query_start must be [{b + 1}] (context_lens has {b} sequences), got {list(query_start.shape)}")
+        _fail(f"query_start must be [{b + 1}] (context_lens has {b} sequences), "
+              f"got {list(query_start.shape)}")
     if block_tables.shape[0] != b:
         _fail(f"block_tables must have {b} rows (one per sequence), got {list(block_tables.shape)}")
     if not math.isfinite(scale):
@@ -196,7 +197,8 @@ def _run_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, sc
     if (q.dim() != 3 or k_cache.dim() != 4 or q.shape[2] != k_cache.shape[3]
             or q.shape[1] % k_cache.shape[2] or v_cache.shape != k_cache.shape
             or v_cache.dtype != k_cache.dtype or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
-        _fail(f"q {list(q.shape)} does not fit the caches {list(k_cache.shape)} / {list(v_cache.shape)}")
+        _fail(f"q {list(q.shape)} does not fit the caches "
+              f"{list(k_cache.shape)} / {list(v_cache.shape)}")
     if not (query_start.dtype == context_lens.dtype == block_tables.dtype == torch.int32):
         _fail("query_start, context_lens and block_tables must be int32")
     if out is None:

@@ -103,8 +103,8 @@ def _kernel(k, v, k_cache, v_cache, slot_mapping) -> None:
             or v_cache.shape != k_cache.shape or slot_mapping.shape != k.shape[:1]
             or v.dtype != k.dtype or v_cache.dtype != k_cache.dtype or slot_mapping.dtype != torch.int64
             or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
-        _fail(f"k {list(k.shape)} / v {list(v.shape)} / slot_mapping {list(slot_mapping.shape)} do not fit "
-              f"the caches {list(k_cache.shape)} / {list(v_cache.shape)}")
+        _fail(f"k {list(k.shape)} / v {list(v.shape)} / slot_mapping {list(slot_mapping.shape)} "
+              f"do not fit the caches {list(k_cache.shape)} / {list(v_cache.shape)}")
     if not k.shape[0] or not k_cache.numel():
         return
     slot_mapping = slot_mapping.contiguous()
