@@ -196,6 +196,41 @@ def test_unknown_model_is_refused_before_any_cluster_starts(monkeypatch, tmp_pat
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_parquet_parts_keep_every_record_and_resume_from_them(tmp_path):
+    """A Parquet output keeps each record whole (its `result` column) beside the usual columns,
+    and a second store on the same folder knows every key written by the first."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from pyllm.distributed.outputs import open_output
+
+    records = [
+        {
+            "id": "a",
+            "metadata": {"k": 1},
+            "text": "x",
+            "token_ids": [1],
+            "finish_reason": "length",
+            "usage": {"prompt_tokens": 2, "completion_tokens": 1},
+        },
+        {"id": None, "line": 7, "error": {"type": "invalid_json", "message": "line 7: ..."}},
+        {
+            "id": "batch_req_1",
+            "custom_id": "q1",
+            "response": None,
+            "error": {"code": "invalid_record", "message": "..."},
+        },
+    ]
+    store = open_output(str(tmp_path / "out.parquet"))
+    for r in records:
+        assert store.write(r)
+    assert not store.write(records[0])  # a key already written is not written again
+    store.close()
+    assert open_output(str(tmp_path / "out.parquet")).done == {"a", 7, "q1"}
+    (part,) = (tmp_path / "out.parquet").glob("part-*.parquet")
+    table = pq.read_table(part)
+    assert [json.loads(t) for t in table.column("result").to_pylist()] == records
+    assert table.column("text").to_pylist() == ["x", None, None]
+
+
 def test_retry_errors_is_refused_for_part_files():
     from pyllm.distributed.outputs import open_output
 

@@ -151,8 +151,8 @@ def _read_part(fs: Any, name: str, fmt: str) -> list[dict[str, Any]]:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            rows = pq.read_table(f, columns=["id", "line", "error"]).to_pylist()
-            return [{k: v for k, v in r.items() if v is not None} for r in rows]
+            column = pq.read_table(f, columns=[RESULT_COLUMN]).column(RESULT_COLUMN)
+            return [json.loads(text) for text in column.to_pylist()]
         out = []
         for raw in f.read().splitlines():
             try:
@@ -162,9 +162,13 @@ def _read_part(fs: Any, name: str, fmt: str) -> list[dict[str, Any]]:
         return out
 
 
+RESULT_COLUMN = "result"
+
+
 def _parquet_table(records: list[dict[str, Any]]) -> Any:
-    """Output records as one table: the columns of a result and of an error record, null where a
-    record has no such field."""
+    """Output records as one table: the columns of a result and of an error record (null where a
+    record has no such field), and `result`, each record's whole JSON line, so nothing is lost
+    (carried fields, OpenAI's batch format) and resuming reads the keys from it."""
     import pyarrow as pa
 
     completion = [
@@ -183,6 +187,8 @@ def _parquet_table(records: list[dict[str, Any]]) -> Any:
             ),
             ("outputs", pa.list_(pa.struct(completion))),
             ("error", pa.struct([("type", pa.string()), ("message", pa.string())])),
+            (RESULT_COLUMN, pa.string()),
         ]
     )
-    return pa.Table.from_pylist(records, schema=schema)
+    rows = [{**r, RESULT_COLUMN: json.dumps(r, ensure_ascii=False)} for r in records]
+    return pa.Table.from_pylist(rows, schema=schema)
