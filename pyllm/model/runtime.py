@@ -51,7 +51,10 @@ class ModelRunner:
         # Drops a tensor's resident pages (see GGUFFile.release); None: weights not mapped.
         self.release_pages = release_pages
         self._fast: FastForward | Literal[False] | None = None  # None: not built; False: unusable
-        self._fast_key: tuple[ModelConfig, int] | None = None
+        # What the fast forward was built on (see _stale): the config, and the final norm's
+        # buffers with the weight tensor they held.
+        self._built_config: ModelConfig | None = None
+        self._built_norm: tuple[dict[str, torch.Tensor | None], torch.Tensor | None] = ({}, None)
         self._int8_activations = False
 
     # ------------------------------------------------------------------ the model's surface
@@ -111,15 +114,20 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ the fast forward
 
-    def _key(self) -> tuple[ModelConfig, int]:
-        """What the fast forward was built on: the config (a capped context replaces it) and
-        the final norm's storage (replaced whenever the model's tensors are, e.g. by `.to()`
-        on the GPT itself)."""
-        return self.gpt.config, self.gpt.norm_f.weight.data_ptr()
+    def _stale(self) -> bool:
+        """Whether the model changed under the fast forward: its config was replaced (a capped
+        context), or its tensors were (`.to()`, `.float()` on the GPT itself replace every
+        buffer, the final norm's weight among them). Two identity checks, run every step."""
+        buffers, weight = self._built_norm
+        return self.gpt.config is not self._built_config or buffers.get("weight") is not weight
+
+    def _remember_build(self) -> None:
+        buffers = self.gpt.norm_f._buffers
+        self._built_config, self._built_norm = self.gpt.config, (buffers, buffers.get("weight"))
 
     def _fast_forward(self) -> FastForward | None:
         fast: FastForward | Literal[False] | None = self._fast
-        if fast is None or (fast and self._fast_key != self._key()):
+        if fast is None or (fast and self._stale()):
             fast = False
             if fast_available() and self.device.type == "cpu":
                 try:
@@ -127,7 +135,8 @@ class ModelRunner:
                     self._set_runner_int8(fast)
                 except Unsupported:
                     fast = False
-            self._fast, self._fast_key = fast, self._key()
+            self._fast = fast
+            self._remember_build()
         return fast if (fast and self.fast_path and not torch.compiler.is_compiling()) else None
 
     # ------------------------------------------------------------------ a step
