@@ -15,7 +15,7 @@ chat template), or a list of token ids. Prompts longer than the context length a
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -282,7 +282,7 @@ class LLM:
         return [GenerationResult(i, o) for i, o in zip(ids, outs)]
 
     def stream_events(self, prompt: Prompt, params: SamplingParams | None = None, *,
-                      truncate: str | None = None) -> Iterator[StreamEvent]:
+                      truncate: str | None = None) -> Generator[StreamEvent, None, None]:
         """Events of one request as they happen: text deltas, then a final event whose
         `completion` has the token ids and finish reason. Closing the iterator stops the
         request. Several streams may be consumed concurrently (they share one engine)."""

@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -91,7 +91,7 @@ class EngineFrontend:
                 continue
             try:
                 events = engine.step()
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
                 self._fail_all(exc)
                 continue
             for ev in events:
@@ -119,7 +119,7 @@ class EngineFrontend:
                 return
             try:
                 self.engine.add_request(rid, prompt_ids, params)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the request's caller
                 live = self._live.pop(rid, None)
                 if live is not None:
                     self._deliver(rid, live.sink, exc)
@@ -136,13 +136,13 @@ class EngineFrontend:
             _, fn, result = command
             try:
                 result.put((True, fn()))
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
                 result.put((False, exc))
 
     def _deliver(self, rid: Hashable, sink: Sink, item: Any) -> None:
         try:
             sink(item)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a failing sink (its caller gone) ends its request only
             self._live.pop(rid, None)
             self.engine.abort(rid)
 
@@ -194,7 +194,7 @@ class EngineFrontend:
                 and self._paused_by != threading.get_ident():  # (else: done when it resumes)
             done.wait()
 
-    def events(self, rid: Hashable, n: int = 1) -> Iterator[StreamEvent]:
+    def events(self, rid: Hashable, n: int = 1) -> Generator[StreamEvent, None, None]:
         """Every event of one request until all `n` of its completions finish. Closing the
         iterator early aborts the request."""
         q = self._queues[rid]
@@ -211,7 +211,9 @@ class EngineFrontend:
             if finished < n:
                 self.abort(rid)
 
-    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[StreamEvent]:
+    def stream(
+        self, prompt_ids: list[int], params: SamplingParams
+    ) -> Generator[StreamEvent, None, None]:
         rid = self.submit(prompt_ids, params)
         return self.events(rid, params.n)
 
