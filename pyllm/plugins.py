@@ -56,6 +56,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     import click
 
+    from pyllm.types import ModelSource, TaskAdapter
+
 __all__ = [
     "PUBLIC_MODULES",
     "PluginHost",
@@ -531,12 +533,12 @@ def constraints() -> dict[str, Any]:
     return get_host().registry("constraints")
 
 
-def tasks() -> dict[str, Any]:
+def tasks() -> dict[str, TaskAdapter]:
     """name -> TaskAdapter."""
     return get_host().registry("tasks")
 
 
-def model_sources() -> dict[str, Any]:
+def model_sources() -> dict[str, ModelSource]:
     """name -> ModelSource, in registration order (built-ins first)."""
     return get_host().registry("model_sources")
 

@@ -81,7 +81,9 @@ def classify(text: str | None, labels: str | None, labels_file: Path | None,
 
     if (labels is None) == (labels_file is None):
         raise click.UsageError("give the labels: --labels a,b,c or --labels-file FILE")
-    label_list = read_labels(labels_file if labels_file is not None else labels)
+    spec = labels_file if labels_file is not None else labels
+    assert spec is not None  # exactly one of the two, checked above
+    label_list = read_labels(spec)
     shots = [_parse_example(e) for e in examples]
     if examples_file is not None:
         shots += _read_examples(examples_file)
@@ -122,8 +124,8 @@ def _evaluator(labels: list[str]) -> Any:
     def evaluate(pairs: list[tuple[dict, dict]]) -> tuple[dict, str]:
         from pyllm_tasks.metrics import classification_report, format_classification
 
-        gold_pred = [(rec.get("label"), res["label"]) for rec, res in pairs
-                     if isinstance(rec.get("label"), str)]
+        gold_pred = [(gold, res["label"]) for rec, res in pairs
+                     if isinstance(gold := rec.get("label"), str)]
         if not gold_pred:
             raise click.ClickException('--eval needs a gold "label" in the input records')
         report = classification_report([g for g, _ in gold_pred], [p for _, p in gold_pred],

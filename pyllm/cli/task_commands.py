@@ -6,9 +6,9 @@ A task without a command of its own gets a generic one built from its adapter
 field otherwise, ``-O NAME=VALUE`` for the task's options (a JSON value, else a string), and the
 options every task command shares (``-m``, ``-i``/``-o``, ``--retry-errors``, ``--json``,
 ``--batch-size``, ``--int8``, ``--kv-dtype``, ``--device``, ``--ctx``; :mod:`pyllm.cli_options`).
-A JSONL job exits with status 3 when a record failed in this run. A plugin that wants a richer interface registers a
-click command named like its task (``register_commands``), which takes the generic one's place:
-the built-in tasks do.
+A JSONL job exits with status 3 when a record failed in this run. A plugin that wants a richer
+interface registers a click command named like its task (``register_commands``), which takes the
+generic one's place: the built-in tasks do.
 """
 
 from __future__ import annotations
@@ -20,8 +20,14 @@ from typing import Any
 import click
 
 from pyllm import cli_options
-from pyllm.cli_options import (JOB_HELP, check_io, print_single, run_file, task_input_options,
-                               text_argument)
+from pyllm.cli_options import (
+    JOB_HELP,
+    check_io,
+    print_single,
+    run_file,
+    task_input_options,
+    text_argument,
+)
 from pyllm.tasks import result_text
 from pyllm.types import TaskAdapter
 
