@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from operator import is_
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -33,7 +33,7 @@ from pyllm.weights.quant import QTYPE_CODES
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyllm.model.batch import AttentionMetadata, KVCaches
-    from pyllm.model.gpt import GPT
+    from pyllm.model.gpt import GPT, Block
 
 _CACHE_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
@@ -71,11 +71,13 @@ def _linear_args(module, keep: list) -> tuple[int, int, list[tuple[int, int, int
     """(in, out, parts) for a Linear or a ConcatLinear of Linears."""
     from pyllm.model.layers import ConcatLinear, Linear
 
-    parts = list(module.parts) if isinstance(module, ConcatLinear) else [module]
-    out = []
-    for p in parts:
+    parts: list[Linear] = []
+    for p in list(module.parts) if isinstance(module, ConcatLinear) else [module]:
         if type(p) is not Linear:
             raise Unsupported(f"unexpected linear module {type(p).__name__}")
+        parts.append(p)
+    out = []
+    for p in parts:
         ptr, qtype, rows = _weight_args(p.weight, keep)
         keep.append(p.bias)
         out.append((ptr, qtype, rows, _cpu_f32(p.bias, rows)))
@@ -105,19 +107,21 @@ class FastForward:
         keep: list = []  # every tensor whose memory the runner reads
         cos_sin = model.cos_sin
         rope = cfg.position == "rope"
+        table_dim = table_ptr = 0  # the RoPE table's row length and address (0: no RoPE)
         if rope:
             if not (cos_sin is not None and cos_sin.is_cpu and cos_sin.dtype == torch.float32
                     and cos_sin.is_contiguous() and cos_sin.dim() == 2
                     and cos_sin.shape[0] >= cfg.max_position):
                 raise Unsupported("the RoPE table is not a contiguous float32 CPU matrix")
             keep.append(cos_sin)
+            table_dim, table_ptr = cos_sin.shape[1], cos_sin.data_ptr()
         C = cfg.n_embd
-        blocks = list(model.blocks)
+        blocks = cast("list[Block]", list(model.blocks))  # a GPT's layers are Blocks
         scale = blocks[0].attn.scale if blocks else 1.0
         self.runner = L._C.Runner(
             C, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.n_ff, cfg.vocab_size, cfg.max_position,
             cfg.activation == "swiglu", rope, cfg.rope_layout == "neox",
-            cos_sin.shape[1] if rope else 0, cos_sin.data_ptr() if rope else 0, scale)
+            table_dim, table_ptr, scale)
         wpe = _table_args(model.wpe, keep) if model.wpe is not None else None
         self.runner.set_embedding(_table_args(model.wte, keep), wpe)
         for block in blocks:

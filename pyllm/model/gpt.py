@@ -99,6 +99,8 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Embeddings -> n_layer Blocks -> final norm -> lm_head, over a flattened batch."""
 
+    cos_sin: torch.Tensor | None  # a buffer (register_buffer), declared for type checkers
+
     def __init__(self, cfg: ModelConfig, wte: Embedding, wpe: Embedding | None,
                  blocks: list[Block], norm_f: Norm, lm_head: Linear,
                  cos_sin: torch.Tensor | None) -> None:
