@@ -143,7 +143,9 @@ class ConcatLinear(nn.Module):
         return torch.cat([p(x) for p in self.parts], dim=-1)  # (T, sum of outs)
 
 
-def fused_linear(weights: list[QWeight], biases: list[torch.Tensor | None]) -> nn.Module:
+def fused_linear(
+    weights: list[QWeight], biases: list[torch.Tensor | None]
+) -> Linear | ConcatLinear:
     """One Linear over the row-concatenated weights when they share a format (the usual case),
     else a ConcatLinear. Missing biases of a partly-biased group count as zeros."""
     bias = None

@@ -27,7 +27,7 @@ from pyllm.errors import ModelFormatError
 from pyllm.model.config import ModelConfig
 from pyllm.model.context import check_kv_memory, with_context
 from pyllm.model.gpt import GPT, MLP, Block, CausalSelfAttention
-from pyllm.model.layers import Embedding, Linear, Norm, as_qweight, fused_linear
+from pyllm.model.layers import ConcatLinear, Embedding, Linear, Norm, as_qweight, fused_linear
 from pyllm.model.runtime import ModelRunner
 from pyllm.ops.qlinear import QWeight
 
@@ -85,7 +85,9 @@ class _Weights:
         # loader passes one; re-reading a dropped page is always correct, just slower).
         self.release = release or (lambda tensor: 0)
 
-    def fused(self, weights: list[QWeight], biases: list[torch.Tensor | None]) -> torch.nn.Module:
+    def fused(
+        self, weights: list[QWeight], biases: list[torch.Tensor | None]
+    ) -> Linear | ConcatLinear:
         """fused_linear, releasing the parts' pages when they were copied into one matrix."""
         module = fused_linear(weights, biases)
         if isinstance(module, Linear):
@@ -243,6 +245,7 @@ def build_gpt(
             k: getattr(names, k).format(i=i)
             for k in ("attn_norm", "mlp_norm", "q", "k", "v", "qkv", "o", "gate", "up", "down")
         }
+        qkv: Linear | ConcatLinear
         if names.qkv:
             qkv = Linear(
                 w.matrix(n["qkv"], Q + 2 * KV, C), bias(n["qkv"], Q + 2 * KV, cfg.qkv_bias)
@@ -365,7 +368,7 @@ def load_hf(folder: str | Path, *, context_length: int | None = None) -> LoadedM
             ".mlp.c_fc.weight",
             ".mlp.c_proj.weight",
         )
-        transposed = lambda name: name.endswith(conv1d)  # noqa: E731
+        transposed = lambda name: name.endswith(conv1d)  # noqa: E731 - paired with the one below
     else:
         names, transposed = HF_LLAMA_NAMES, (lambda name: False)
     w = _Weights(str(folder), set(tensors), lambda n: tuple(tensors[n].shape), fetch, transposed)
