@@ -48,9 +48,22 @@ from pyllm.cli.options import (
 )
 
 __all__ = [
-    "device_option", "resolve_device", "int8_option", "kv_dtype_option", "sampling_options",
-    "pop_sampling_params", "load_options", "input_options", "task_input_options", "load_llm",
-    "text_argument", "check_io", "run_file", "print_single", "EXIT_RECORDS_FAILED", "JOB_HELP",
+    "EXIT_RECORDS_FAILED",
+    "JOB_HELP",
+    "check_io",
+    "device_option",
+    "input_options",
+    "int8_option",
+    "kv_dtype_option",
+    "load_llm",
+    "load_options",
+    "pop_sampling_params",
+    "print_single",
+    "resolve_device",
+    "run_file",
+    "sampling_options",
+    "task_input_options",
+    "text_argument",
 ]
 
 # The end of a task command's --help: what -i reads, resuming, and the exit status of a job.
@@ -146,7 +159,8 @@ def check_io(input_path: Path | None, output_path: Path | None, evaluate: bool,
 
 def run_file(task: str, llm: Any, input_path: Path, output_path: Path | None,
              options: Mapping[str, Any], *, batch_size: int, progress: bool | None,
-             evaluate: Callable[[list[tuple[dict[str, Any], dict[str, Any]]]], tuple[dict, str]]
+             evaluate: Callable[[list[tuple[dict[str, Any], dict[str, Any]]]],
+                                tuple[dict[str, Any], str]]
              | None, as_json: bool, retry_errors: bool = False) -> None:
     """Run a JSONL job (``-`` reads standard input); with `evaluate`, score every (input record,
     output line) pair that completed, whether in this run or an earlier one, and print the
@@ -157,7 +171,7 @@ def run_file(task: str, llm: Any, input_path: Path, output_path: Path | None,
     adapter = get(task)
     tmp = None
     if output_path is None:
-        tmp = tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False)
+        tmp = tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False)  # noqa: SIM115 - closed at once, only its name is used
         tmp.close()
         output_path = Path(tmp.name)
     try:

@@ -11,11 +11,24 @@ from typing import Any
 
 import click
 
-from pyllm.cli.options import (EXIT_RECORDS_FAILED, ctx_option, device_option, int8_option,
-                               kv_dtype_option, pop_sampling_params, resolve_device,
-                               sampling_options, system_option)
-from pyllm.distributed.cli import (PathOrURL, check_local_only, generate_on_ray, pop_ray_options,
-                                   ray_options)
+from pyllm.cli.options import (
+    EXIT_RECORDS_FAILED,
+    ctx_option,
+    device_option,
+    int8_option,
+    kv_dtype_option,
+    pop_sampling_params,
+    resolve_device,
+    sampling_options,
+    system_option,
+)
+from pyllm.distributed.cli import (
+    PathOrURL,
+    check_local_only,
+    generate_on_ray,
+    pop_ray_options,
+    ray_options,
+)
 
 EXIT_INTERRUPTED = 130
 
