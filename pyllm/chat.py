@@ -24,12 +24,15 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyllm.types import Message
 
 from pyllm import chat_limits as limits
 from pyllm.errors import PyllmError
@@ -349,7 +352,7 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
-def is_messages(prompt: Any) -> bool:
+def is_messages(prompt: Any) -> TypeGuard[Sequence[Message]]:
     """True when `prompt` looks like a conversation (a list of dicts) rather than text/ids."""
     return (
         isinstance(prompt, Sequence)

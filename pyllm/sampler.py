@@ -266,7 +266,7 @@ class Sampler:
                     output_ids=[output_ids[b] for b in rows],
                     state=[state[b] for b in rows],
                 )
-                ctx.tokenizer = self.tokenizer  # type: ignore[attr-defined]
+                ctx.tokenizer = self.tokenizer  # type: ignore[attr-defined]  # extra, read by DRY
                 self._scatter(
                     result,
                     rows,
