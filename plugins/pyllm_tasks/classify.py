@@ -37,9 +37,14 @@ from pyllm_tasks import prompts as P
 
 CONTENT_FREE = ("N/A", "", "[MASK]")
 
-SYSTEM = ("You are a text classifier. Read the text and reply with the one label from the "
-          "list that fits it best, and nothing else.")
-USER = "Labels: {labels}\n\nText: {text}"  # the user turn: {labels} "a, b, c", {text}
+# The default prompt and calibration, chosen by bench/eval_classify.py (docs/tasks.md has the
+# table). SYSTEM: the system turn (None: none, the chat template's own). USER: the user turn,
+# with {text}, {labels} ("a, b, c") and {labels_or} ("a, b or c"). ANSWER_FORMAT: how a label
+# is written as the assistant's answer that is scored: "as_given", "capitalised" (first letter
+# upper case) or "leading_space" (" label": measured best with calibration, though odd to read).
+SYSTEM: str | None = None
+USER = "{text}\n\nIs this text {labels_or}? Answer with one word."
+ANSWER_FORMAT = "leading_space"
 SYSTEM_BINARY = "You are a text classifier. Answer Yes or No."
 YES_NO = ("Yes", "No")
 
@@ -62,6 +67,13 @@ def read_labels(spec: str | Sequence[str] | Path) -> list[str]:
         dup = next(s for s in labels if labels.count(s) > 1)
         raise ValueError(f"label {dup!r} is given twice")
     return labels
+
+
+def answer_text(label: str) -> str:
+    """The label as the assistant's answer is scored (ANSWER_FORMAT); results name the label."""
+    if ANSWER_FORMAT == "capitalised":
+        return label[:1].upper() + label[1:]
+    return " " + label if ANSWER_FORMAT == "leading_space" else label
 
 
 def calibrate_probs(probs: Sequence[float], content_free: Sequence[Sequence[float]]) -> list[float]:
@@ -112,12 +124,14 @@ class ClassifyTask:
 
     def _messages(self, text: str, labels: Sequence[str], examples: Sequence[tuple[str, str]],
                   instruction: str | None = None) -> list[dict[str, str]]:
-        listing = ", ".join(labels)
-        msgs = [{"role": "system", "content": instruction or SYSTEM}]
+        fields = {"labels": ", ".join(labels),
+                  "labels_or": f"{', '.join(labels[:-1])} or {labels[-1]}"}
+        system = instruction or SYSTEM
+        msgs = [{"role": "system", "content": system}] if system else []
         for ex_text, ex_label in examples:
-            msgs.append({"role": "user", "content": USER.format(labels=listing, text=ex_text)})
-            msgs.append({"role": "assistant", "content": ex_label})
-        msgs.append({"role": "user", "content": USER.format(labels=listing, text=text)})
+            msgs.append({"role": "user", "content": USER.format(text=ex_text, **fields)})
+            msgs.append({"role": "assistant", "content": answer_text(ex_label)})
+        msgs.append({"role": "user", "content": USER.format(text=text, **fields)})
         return msgs
 
     def _plain(self, text: str, labels: Sequence[str], examples: Sequence[tuple[str, str]],
@@ -149,7 +163,7 @@ class ClassifyTask:
     def _label_ids(self, llm: Any, labels: Sequence[str], msgs: list) -> list[list[int]]:
         # The tokens after the generation prompt do not depend on the text: one probe prompt.
         probe = [*msgs[:-1], {"role": "user", "content": "x"}]
-        return [P.answer_continuation(llm, probe, lab) for lab in labels]
+        return [P.answer_continuation(llm, probe, answer_text(lab)) for lab in labels]
 
     def build_binary(self, llm: Any, text: str, label: str) -> tuple[list[int], list[list[int]]]:
         if P.prompt_style(llm) == "chat":
