@@ -24,7 +24,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,8 +119,17 @@ class Response:
         return [*messages, {"role": "assistant", "content": self.reply}]
 
 
+def changed_settings(params: Any) -> dict[str, Any]:
+    """The fields of a SamplingParams that differ from SamplingParams() defaults (what a log
+    row's ``settings`` holds)."""
+    from pyllm.sampling_params import SamplingParams
+
+    base = SamplingParams().to_dict()
+    return {k: v for k, v in params.to_dict().items() if v != base[k]}
+
+
 def record(*, conversation_id: str, model: str, prompt: str, reply: str,
-           messages: Sequence[dict[str, str]] | None = None, settings: dict[str, Any] | None = None,
+           messages: Sequence[Mapping[str, Any]] | None = None, settings: dict[str, Any] | None = None,
            prompt_tokens: int | None = None, completion_tokens: int | None = None,
            seconds: float | None = None, first_token_seconds: float | None = None,
            finish_reason: str | None = None, path: Path | None = None) -> int | None:

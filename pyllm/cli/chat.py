@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,9 @@ from pyllm.cli.options import (
     sampling_options,
     system_option,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyllm.types import Message
 
 
 @click.command("chat")
@@ -147,7 +150,7 @@ class TurnLogger:
         self.model = model
         self.conversation_id = continued.conversation_id if continued is not None else None
 
-    def __call__(self, session: Any, messages: list[dict[str, str]], reply: str,
+    def __call__(self, session: Any, messages: list[Message], reply: str,
                  cut: bool) -> None:
         from pyllm import logs
         from pyllm.repl.commands import changed_params

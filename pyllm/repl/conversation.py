@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyllm.types import Message
+
 FILE_FORMAT = "pyllm-conversation"
 FILE_VERSION = 1
 ROLES = ("user", "assistant")
 
-CountTokens = Callable[[Sequence[dict[str, str]]], int]
+CountTokens = Callable[[Sequence[Message]], int]
 
 
 class ConversationFileError(ValueError):
@@ -49,9 +51,9 @@ class Conversation:
     system: str | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
 
-    def for_model(self, extra: str | None = None) -> list[dict[str, str]]:
+    def for_model(self, extra: str | None = None) -> list[Message]:
         """The messages as the chat template takes them, plus ``extra`` as a new user message."""
-        out = [{"role": "system", "content": self.system}] if self.system else []
+        out: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
         out += [{"role": m["role"], "content": m["content"]} for m in self.messages]
         if extra is not None:
             out.append({"role": "user", "content": extra})

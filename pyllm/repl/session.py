@@ -35,6 +35,7 @@ from pyllm.repl.render import Renderer
 from pyllm.repl.toolbar import make_toolbar
 from pyllm.sampling_params import SamplingParams
 from pyllm.tokenizer import request_scope
+from pyllm.types import Message
 
 PROMPT = ">>> "
 CONTINUATION = "... "
@@ -75,7 +76,7 @@ class ChatSession:
                  stdout: IO[str] | None = None, force_terminal: bool | None = None,
                  width: int | None = None, height: int | None = None, markdown: bool = True,
                  registry: CommandRegistry | None = None,
-                 on_reply: Callable[[ChatSession, list[dict[str, str]], str, bool], None]
+                 on_reply: Callable[[ChatSession, list[Message], str, bool], None]
                  | None = None) -> None:
         self.backend = backend
         self.on_reply = on_reply
