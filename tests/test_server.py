@@ -500,3 +500,42 @@ def test_pyllm_chat_url(server, tiny):
                                 input=CHAT[0]["content"] + "\n")
     assert result.exit_code == 0, result.output
     assert want.strip() in result.output
+
+
+def test_served_requests_are_logged(tiny, tmp_path, monkeypatch):
+    """With log_requests (pyllm serve's default), each completion is a row in the conversation
+    log: chat streamed and not, and text completions, with the reply the client received."""
+    from pyllm import logs
+
+    monkeypatch.setenv("PYLLM_HOME", str(tmp_path))
+    monkeypatch.delenv("PYLLM_LOG", raising=False)
+    with serving(tiny, log_requests=True) as s:
+        c = s.client()
+        chat = c.chat.completions.create(
+            model=tiny.name, messages=[{"role": "user", "content": "log me"}], max_tokens=4,
+            temperature=0)
+        streamed = "".join(
+            (ch.choices[0].delta.content or "") for ch in c.chat.completions.create(
+                model=tiny.name, messages=[{"role": "user", "content": "stream me"}], max_tokens=4,
+                temperature=0, stream=True) if ch.choices)
+        text = c.completions.create(model=tiny.name, prompt="complete me", max_tokens=3, n=2,
+                                    temperature=0.5, seed=1)
+    rows = logs.recent(None, path=tmp_path / logs.FILENAME)
+    by_prompt: dict[str, list] = {}
+    for r in rows:
+        by_prompt.setdefault(r.prompt, []).append(r)
+    assert [r.reply for r in by_prompt["log me"]] == [chat.choices[0].message.content]
+    assert by_prompt["log me"][0].messages[-1] == {"role": "user", "content": "log me"}
+    assert [r.reply for r in by_prompt["stream me"]] == [streamed]
+    assert sorted(r.reply for r in by_prompt["complete me"]) == sorted(
+        ch.text for ch in text.choices)
+    assert by_prompt["complete me"][0].settings.get("n") == 2
+
+
+def test_requests_are_not_logged_unless_asked(tiny, tmp_path, monkeypatch):
+    from pyllm import logs
+
+    monkeypatch.setenv("PYLLM_HOME", str(tmp_path))
+    with serving(tiny) as s:
+        s.client().completions.create(model=tiny.name, prompt="quiet", max_tokens=2)
+    assert logs.recent(None, path=tmp_path / logs.FILENAME) == []

@@ -32,13 +32,17 @@ from pyllm.cli.options import load_llm, load_options, model_option
               help="Largest request body in MiB; larger ones get 413.")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running requests get to finish after SIGTERM.")
+@click.option("--no-log", is_flag=True,
+              help="Do not log served requests in $PYLLM_HOME/logs.db (PYLLM_LOG=0 too).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True)
 @load_options()
 def serve(model_option: str | None, host: str, port: int, api_key: str | None,
           served_name: str | None, cors_origins: tuple[str, ...], max_waiting: int, max_n: int,
-          max_body_mb: float, grace: float, log_level: str, int8: bool, kv_dtype: str,
+          max_body_mb: float, grace: float, no_log: bool, log_level: str, int8: bool,
+          kv_dtype: str,
           device: str, ctx: int | None) -> None:
+    from pyllm import logs
     from pyllm.server.app import create_app
     from pyllm.server.params import Limits
     from pyllm.server.runner import serve as run_server
@@ -49,7 +53,7 @@ def serve(model_option: str | None, host: str, port: int, api_key: str | None,
     limits = Limits(max_n=max_n, max_waiting=max_waiting,
                     max_body_bytes=int(max_body_mb * (1 << 20)))
     app = create_app(llm, api_key=api_key, model_name=served_name, cors_origins=cors_origins,
-                     limits=limits)
+                     limits=limits, log_requests=logs.enabled(no_log))
     name = app.state.pyllm.model_name
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(f"warning: listening on {host} without --api-key: anyone who can reach this "

@@ -137,8 +137,9 @@ def _format_value(value: Any) -> str:
 
 def changed_params(params: SamplingParams) -> dict[str, Any]:
     """The fields of ``params`` that differ from SamplingParams() defaults."""
-    base = SamplingParams().to_dict()
-    return {k: v for k, v in params.to_dict().items() if v != base[k]}
+    from pyllm.logs import changed_settings
+
+    return changed_settings(params)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -32,6 +32,7 @@ from pyllm.server.bridge import Generation, until_disconnected
 from pyllm.server.errors import BodyLimit, error_response, install_error_handlers
 from pyllm.server.metrics import CONTENT_TYPE, Metrics
 from pyllm.server.params import Limits, max_new_tokens, sampling_params
+from pyllm.server.request_log import RequestLog
 
 log = logging.getLogger("pyllm.server")
 
@@ -40,7 +41,7 @@ class ServerState:
     """What the routes share: the model, its engine front door, limits and metrics."""
 
     def __init__(self, llm: Any, *, model_name: str | None, api_key: str | None,
-                 limits: Limits) -> None:
+                 limits: Limits, log_requests: bool = False) -> None:
         self.llm = llm
         self.model_name = model_name or llm.name
         self.api_key = api_key
@@ -50,6 +51,7 @@ class ServerState:
         self.metrics = Metrics(self.frontend)
         self.draining = False
         self.started = int(time.time())
+        self.request_log = RequestLog(self.model_name, log_requests)
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_name:
@@ -63,11 +65,14 @@ class ServerState:
 
 
 def create_app(llm: Any, *, api_key: str | None = None, model_name: str | None = None,
-               cors_origins: Sequence[str] = (), limits: Limits | None = None) -> FastAPI:
+               cors_origins: Sequence[str] = (), limits: Limits | None = None,
+               log_requests: bool = False) -> FastAPI:
     """The FastAPI app serving `llm` (a `pyllm.LLM`). With `api_key`, every /v1 route needs
-    `Authorization: Bearer <api_key>`. CORS headers are sent only for `cors_origins`."""
+    `Authorization: Bearer <api_key>`. CORS headers are sent only for `cors_origins`. With
+    `log_requests`, every completion goes into the conversation log (pyllm/logs.py)."""
     limits = limits or Limits()
-    state = ServerState(llm, model_name=model_name, api_key=api_key, limits=limits)
+    state = ServerState(llm, model_name=model_name, api_key=api_key, limits=limits,
+                        log_requests=log_requests)
     app = FastAPI(title="pyllm", docs_url=None, redoc_url=None)
     app.state.pyllm = state
     install_error_handlers(app)
@@ -209,8 +214,10 @@ def _chat_logprobs(state: ServerState, lps: Any) -> P.ChatChoiceLogprobs:
 
 async def _chat(state: ServerState, req: P.ChatCompletionRequest, request: Request) -> Any:
     state.check_model(req.model)
+    started = time.perf_counter()
     tools = _tool_call_mode(req)
-    ids = _encode(state, _with_tools_prompt(_chat_messages(req), tools), "messages")
+    messages = _chat_messages(req)
+    ids = _encode(state, _with_tools_prompt(messages, tools), "messages")
     requested = req.max_completion_tokens if req.max_completion_tokens is not None \
         else req.max_tokens
     field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -232,11 +239,19 @@ async def _chat(state: ServerState, req: P.ChatCompletionRequest, request: Reque
     state.metrics.prompt_tokens.inc(len(ids))
     gen = Generation(state.frontend, [ids], params, observer=state.metrics)
     rid = P.new_id("chatcmpl")
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+
+    async def log_replies(replies: list[tuple[str, str | None, int]]) -> None:
+        await state.request_log.replies(rid, prompt=users[-1] if users else "", replies=replies,
+                                        params=params, prompt_tokens=len(ids), started=started,
+                                        messages=messages)
+
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _sse(_chat_chunks(state, gen, rid, len(ids), params.n, include_usage,
-                                 logprobs is not None))
+                                 logprobs is not None, log_replies))
     finals = await until_disconnected(request.receive, _collect(gen, params.n))
+    await log_replies([(c.text, c.finish_reason, len(c.token_ids)) for c in finals[0]])
     choices = []
     for i, c in enumerate(finals[0]):
         calls = (parse_tool_calls(c.text, P.new_id("call"))
@@ -277,7 +292,8 @@ def _usage(prompt_tokens: int, finals: list[list[EngineCompletion]]) -> P.Usage:
 
 
 async def _chat_chunks(state: ServerState, gen: Generation, rid: str, prompt_tokens: int,
-                       n: int, include_usage: bool, want_logprobs: bool
+                       n: int, include_usage: bool, want_logprobs: bool,
+                       log_replies: Callable[[list[tuple[str, str | None, int]]], Awaitable[None]]
                        ) -> AsyncGenerator[BaseModel, None]:
     def chunk(index: int, delta: P.ChatDelta, finish: str | None = None,
               logprobs: P.ChatChoiceLogprobs | None = None) -> P.ChatCompletionChunk:
@@ -288,6 +304,7 @@ async def _chat_chunks(state: ServerState, gen: Generation, rid: str, prompt_tok
         yield chunk(i, P.ChatDelta(role="assistant", content=""))
     sent_lp = [0] * n
     generated = 0
+    finished: dict[int, tuple[str, str | None, int]] = {}
     async for _, ev in _closing(gen):
         lp = None
         if want_logprobs and ev.completion.logprobs is not None:
@@ -298,7 +315,10 @@ async def _chat_chunks(state: ServerState, gen: Generation, rid: str, prompt_tok
             yield chunk(ev.output, P.ChatDelta(content=ev.delta), logprobs=lp)
         if ev.finished:
             generated += len(ev.completion.token_ids)
+            finished[ev.output] = (ev.completion.text, ev.completion.finish_reason,
+                                   len(ev.completion.token_ids))
             yield chunk(ev.output, P.ChatDelta(), finish=ev.completion.finish_reason)
+    await log_replies([finished[i] for i in sorted(finished)])
     if include_usage:
         yield P.ChatCompletionChunk(id=rid, model=state.model_name, choices=[], usage=P.Usage(
             prompt_tokens=prompt_tokens, completion_tokens=generated,
@@ -336,6 +356,7 @@ def _sse(chunks: AsyncGenerator[BaseModel, None]) -> StreamingResponse:
 
 async def _completions(state: ServerState, req: P.CompletionRequest, request: Request) -> Any:
     state.check_model(req.model)
+    started = time.perf_counter()
     if req.suffix:
         raise P.APIError(400, "suffix is not supported: this server completes a prompt only at "
                               "its end (put the text after the gap in the prompt instead)",
@@ -365,7 +386,7 @@ async def _completions(state: ServerState, req: P.CompletionRequest, request: Re
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _sse(_completion_chunks(state, gen, rid, ids, params.n, echo_parts, include_usage,
-                                       req.logprobs))
+                                       req.logprobs, params, started))
     finals = await until_disconnected(request.receive, _collect(gen, params.n))
     choices = []
     for p, group in enumerate(finals):
@@ -381,6 +402,10 @@ async def _completions(state: ServerState, req: P.CompletionRequest, request: Re
             choices.append(P.CompletionChoice(index=p * params.n + j, text=text, logprobs=lp,
                                               finish_reason=c.finish_reason))
     prompt_tokens = sum(len(x) for x in ids)
+    for x, group in zip(ids, finals):
+        await state.request_log.replies(
+            rid, prompt=state.llm.tokenizer.decode(x), params=params, prompt_tokens=len(x),
+            replies=[(c.text, c.finish_reason, len(c.token_ids)) for c in group], started=started)
     return P.Completion(id=rid, model=state.model_name, choices=choices,
                         usage=_usage(prompt_tokens, finals))
 
@@ -445,7 +470,8 @@ def _join_logprobs(a: P.CompletionLogprobs | None, b: P.CompletionLogprobs) -> P
 
 async def _completion_chunks(state: ServerState, gen: Generation, rid: str, ids: list[list[int]],
                              n: int, echo_parts: list[Any], include_usage: bool,
-                             logprobs: int | None) -> AsyncGenerator[BaseModel, None]:
+                             logprobs: int | None, params: Any, started: float
+                             ) -> AsyncGenerator[BaseModel, None]:
     def chunk(index: int, text: str, finish: str | None = None,
               lp: P.CompletionLogprobs | None = None) -> P.Completion:
         return P.Completion(id=rid, model=state.model_name, choices=[P.CompletionChoice(
@@ -457,6 +483,7 @@ async def _completion_chunks(state: ServerState, gen: Generation, rid: str, ids:
                 yield chunk(p * n + j, echo[0], lp=echo[1])
     sent: dict[int, int] = {}
     generated = 0
+    finished: dict[int, dict[int, tuple[str, str | None, int]]] = {}
     async for p, ev in _closing(gen):
         index = p * n + ev.output
         lp = None
@@ -469,6 +496,12 @@ async def _completion_chunks(state: ServerState, gen: Generation, rid: str, ids:
             yield chunk(index, ev.delta, ev.completion.finish_reason if ev.finished else None, lp)
         if ev.finished:
             generated += len(ev.completion.token_ids)
+            finished.setdefault(p, {})[ev.output] = (
+                ev.completion.text, ev.completion.finish_reason, len(ev.completion.token_ids))
+    for p, group in sorted(finished.items()):
+        await state.request_log.replies(
+            rid, prompt=state.llm.tokenizer.decode(ids[p]), params=params, prompt_tokens=len(ids[p]),
+            replies=[group[j] for j in sorted(group)], started=started)
     if include_usage:
         prompt_tokens = sum(len(x) for x in ids)
         yield P.Completion(id=rid, model=state.model_name, choices=[], usage=P.Usage(
