@@ -11,8 +11,8 @@ anything else) is carried to the output line untouched, except the names that li
 (``text``, ``token_ids``, ``finish_reason``, ``usage``, ``outputs``, ``line``, ``error``), which are
 refused. Output::
 
-    {"id", ...carried fields, "text", "token_ids", "finish_reason", "usage"}    (+ "outputs" for n > 1)
-    {"id", "line", ...carried fields, "error": {"type", "message"}}             (a failed record)
+    {"id", ...carried fields, "text", "token_ids", "finish_reason", "usage"}  (n > 1: + "outputs")
+    {"id", "line", ...carried fields, "error": {"type", "message"}}           (a failed record)
 """
 
 from __future__ import annotations
@@ -26,8 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from pyllm import openai_batch
-from pyllm.jobs import (BadRecord, JsonlWriter, check_job_files, json_type, prepare_output, read_objects,
-                        readable_input)
+from pyllm.jobs import (
+    BadRecord,
+    JsonlWriter,
+    check_job_files,
+    json_type,
+    prepare_output,
+    read_objects,
+    readable_input,
+)
 
 log = logging.getLogger("pyllm")
 
