@@ -25,7 +25,7 @@ import torch
 from pyllm.engine.detokenize import IncrementalDetokenizer
 from pyllm.engine.stops import StopStringChecker
 from pyllm.model.batch import ContiguousKVCache
-from pyllm.sampler import SampleResult, Sampler
+from pyllm.sampler import Sampler, SampleResult
 from pyllm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -152,7 +152,8 @@ def sampled_tokens(res: SampleResult, seqs: Sequence[Any]) -> tuple[list[int], l
     out = []
     for row, s in enumerate(seqs):
         k = s.params.logprobs or 0
-        top = [] if not k or top_ids is None else list(zip(top_ids[row][:k], top_lps[row][:k]))
+        top = ([] if not k or top_ids is None or top_lps is None
+               else list(zip(top_ids[row][:k], top_lps[row][:k])))
         out.append(TokenLogprob(ids[row], chosen[row], top))
     return ids, out
 
@@ -287,6 +288,7 @@ def score_ids(model: ModelRunner, ids: Sequence[int], top_n: int = 10,
             chosen = logp.gather(1, targets[:, None])[:, 0].tolist()
             top_lp, top_ids = logp.topk(top_n, dim=-1) if top_n else (None, None)
             for r in range(hi - lo):
-                top = [] if not top_n else list(zip(top_ids[r].tolist(), top_lp[r].tolist()))
+                top = ([] if top_ids is None or top_lp is None  # top_n == 0
+                       else list(zip(top_ids[r].tolist(), top_lp[r].tolist())))
                 out.append(ScoredToken(lo + r + 1, int(targets[r]), chosen[r], top))
     return out

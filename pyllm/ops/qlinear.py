@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from pyllm.ops import _library as L
-from pyllm.weights.quant import (FLOAT_DTYPES, KERNEL_BLOCK, KERNEL_BLOCK_BYTES, QTYPE_CODES,
-                                 dequantize)
+from pyllm.weights.quant import (
+    FLOAT_DTYPES,
+    KERNEL_BLOCK,
+    KERNEL_BLOCK_BYTES,
+    QTYPE_CODES,
+    dequantize,
+)
 
 # The kernels' types, all derived from pyllm/weights/quant.py's GGML table.
 QTYPE_NAMES = {code: name for name, code in QTYPE_CODES.items()}
@@ -75,7 +80,7 @@ class QWeight:
         """The float32 matrix [out_features, in_features] (for references and tests only)."""
         return dequantize_weight(self.data, self.code, self.in_features)
 
-    def to(self, device: torch.device | str) -> "QWeight":
+    def to(self, device: torch.device | str) -> QWeight:
         return QWeight(self.data.to(device), self.qtype, self.out_features, self.in_features)
 
 
@@ -95,7 +100,8 @@ def _check_weight(weight: torch.Tensor, qtype: int, out_features: int, in_featur
         _fail(f"out_features and in_features must be >= 0, got {out_features}, {in_features}")
     if name in BLOCK_BYTES:
         if in_features % BLOCK:
-            _fail(f"in_features (x's last dim) must be a multiple of {BLOCK} for {name}, got {in_features}")
+            _fail(f"in_features (x's last dim) must be a multiple of {BLOCK} for {name}, "
+                  f"got {in_features}")
         if weight.dtype != torch.uint8:
             _fail(f"weight must be uint8 blocks for {name}, not {weight.dtype}")
         cols = in_features // BLOCK * BLOCK_BYTES[name]
@@ -153,8 +159,8 @@ INT8_QTYPES = tuple(BLOCK_BYTES)  # every block type: ("q4_0", "q4_1", "q8_0")
 
 
 def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The int8 path's activation quantization (csrc/quant/qlinear_int8.h), per 32-block of each row:
-    codes = round_half_even(x * (127 / max|x_b|)), scale = max|x_b| / 127, all float32 math.
+    """The int8 path's activation quantization (csrc/quant/qlinear_int8.h), per 32-block of each
+    row: codes = round_half_even(x * (127 / max|x_b|)), scale = max|x_b| / 127, all float32 math.
     Returns codes [T, K/32, 32] (float32 holding integers) and scale [T, K/32]."""
     t, k = x.shape
     xb = x.float().reshape(t, k // BLOCK, BLOCK)
@@ -316,7 +322,8 @@ def linear(x: torch.Tensor, w: QWeight | torch.Tensor, bias: torch.Tensor | None
     if out is None:
         return y
     if out.shape != y.shape or out.dtype != torch.float32:
-        _fail(f"out must be a float32 tensor of shape {list(y.shape)}, got {out.dtype} {list(out.shape)}")
+        _fail(f"out must be a float32 tensor of shape {list(y.shape)}, "
+              f"got {out.dtype} {list(out.shape)}")
     out.copy_(y)
     return out
 
@@ -341,7 +348,7 @@ def _call_planned(fn, args, keep) -> None:
     fn(*args)
 
 
-def _as_qweight(w: torch.Tensor) -> QWeight:
+def _as_qweight(w: object) -> QWeight:
     if not (isinstance(w, torch.Tensor) and w.dim() == 2):
         _fail("w must be a QWeight or a float tensor [out, in]")
     name = {v: k for k, v in FLOAT_QTYPES.items()}.get(w.dtype)
