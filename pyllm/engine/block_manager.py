@@ -317,7 +317,8 @@ class BlockManager:
 
     def slot_mapping(self, spans: Iterable[tuple[SeqId, int, int]], *,
                      device: torch.device | str = "cpu") -> torch.Tensor:
-        """int64 slots of the token positions [start, end) of each (seq_id, start, end), in order."""
+        """int64 slots of the token positions [start, end) of each (seq_id, start, end), in
+        order."""
         bs = self.block_size
         slots: list[int] = []
         for seq_id, start, end in spans:
