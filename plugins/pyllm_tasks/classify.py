@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyllm.types import Message
 from pyllm_tasks import prompts as P
 
 CONTENT_FREE = ("N/A", "", "[MASK]")
@@ -122,47 +123,72 @@ class ClassifyTask:
 
     # ---------------------------------------------------------------- prompts
 
-    def _messages(self, text: str, labels: Sequence[str], examples: Sequence[tuple[str, str]],
-                  instruction: str | None = None) -> list[dict[str, str]]:
-        fields = {"labels": ", ".join(labels),
-                  "labels_or": f"{', '.join(labels[:-1])} or {labels[-1]}"}
+    def _messages(
+        self,
+        text: str,
+        labels: Sequence[str],
+        examples: Sequence[tuple[str, str]],
+        instruction: str | None = None,
+    ) -> list[Message]:
+        fields = {
+            "labels": ", ".join(labels),
+            "labels_or": f"{', '.join(labels[:-1])} or {labels[-1]}",
+        }
         system = instruction or SYSTEM
-        msgs = [{"role": "system", "content": system}] if system else []
+        msgs: list[Message] = [{"role": "system", "content": system}] if system else []
         for ex_text, ex_label in examples:
             msgs.append({"role": "user", "content": USER.format(text=ex_text, **fields)})
             msgs.append({"role": "assistant", "content": answer_text(ex_label)})
         msgs.append({"role": "user", "content": USER.format(text=text, **fields)})
         return msgs
 
-    def _plain(self, text: str, labels: Sequence[str], examples: Sequence[tuple[str, str]],
-               instruction: str | None = None) -> str:
-        head = f"{instruction or 'Classify each text with one of these labels'}: " \
-               f"{', '.join(labels)}.\n\n"
+    def _plain(
+        self,
+        text: str,
+        labels: Sequence[str],
+        examples: Sequence[tuple[str, str]],
+        instruction: str | None = None,
+    ) -> str:
+        head = (
+            f"{instruction or 'Classify each text with one of these labels'}: "
+            f"{', '.join(labels)}.\n\n"
+        )
         shots = "".join(f"Text: {t}\nLabel: {lab}\n\n" for t, lab in examples)
         return f"{head}{shots}Text: {text}\nLabel:"
 
-    def _binary_messages(self, text: str, label: str) -> list[dict[str, str]]:
-        return [{"role": "system", "content": SYSTEM_BINARY},
-                {"role": "user", "content": f"Text: {text}\n\nDoes the label \"{label}\" apply "
-                                            f"to this text? Answer Yes or No."}]
+    def _binary_messages(self, text: str, label: str) -> list[Message]:
+        return [
+            {"role": "system", "content": SYSTEM_BINARY},
+            {
+                "role": "user",
+                "content": f'Text: {text}\n\nDoes the label "{label}" apply '
+                f"to this text? Answer Yes or No.",
+            },
+        ]
 
     def _binary_plain(self, text: str, label: str) -> str:
-        return f"Text: {text}\nQuestion: does the label \"{label}\" apply to this text?\nAnswer:"
+        return f'Text: {text}\nQuestion: does the label "{label}" apply to this text?\nAnswer:'
 
-    def build(self, llm: Any, text: str, labels: Sequence[str],
-              examples: Sequence[tuple[str, str]] = (), instruction: str | None = None
-              ) -> tuple[list[int], list[list[int]]]:
+    def build(
+        self,
+        llm: Any,
+        text: str,
+        labels: Sequence[str],
+        examples: Sequence[tuple[str, str]] = (),
+        instruction: str | None = None,
+    ) -> tuple[list[int], list[list[int]]]:
         """(prompt ids, one continuation per label) for single-label classification."""
         if P.prompt_style(llm) == "chat":
             msgs = self._messages(text, labels, examples, instruction)
             return P.chat_ids(llm, msgs), self._label_ids(llm, labels, msgs)
         prompt = self._plain(text, labels, examples, instruction)
-        return P.plain_ids(llm, prompt), [P.plain_continuation(llm, prompt, " " + lab)
-                                          for lab in labels]
+        return P.plain_ids(llm, prompt), [
+            P.plain_continuation(llm, prompt, " " + lab) for lab in labels
+        ]
 
-    def _label_ids(self, llm: Any, labels: Sequence[str], msgs: list) -> list[list[int]]:
+    def _label_ids(self, llm: Any, labels: Sequence[str], msgs: list[Message]) -> list[list[int]]:
         # The tokens after the generation prompt do not depend on the text: one probe prompt.
-        probe = [*msgs[:-1], {"role": "user", "content": "x"}]
+        probe: list[Message] = [*msgs[:-1], {"role": "user", "content": "x"}]
         return [P.answer_continuation(llm, probe, answer_text(lab)) for lab in labels]
 
     def build_binary(self, llm: Any, text: str, label: str) -> tuple[list[int], list[list[int]]]:
@@ -170,8 +196,9 @@ class ClassifyTask:
             msgs = self._binary_messages(text, label)
             return P.chat_ids(llm, msgs), [P.answer_continuation(llm, msgs, a) for a in YES_NO]
         prompt = self._binary_plain(text, label)
-        return P.plain_ids(llm, prompt), [P.plain_continuation(llm, prompt, " " + a)
-                                          for a in YES_NO]
+        return P.plain_ids(llm, prompt), [
+            P.plain_continuation(llm, prompt, " " + a) for a in YES_NO
+        ]
 
     # ---------------------------------------------------------------- scoring
 
@@ -185,16 +212,25 @@ class ClassifyTask:
             self._scorers[llm] = s
         return s
 
-    def label_probs(self, llm: Any, requests: Sequence[tuple[list[int], list[list[int]]]],
-                    normalize: bool = False) -> list[list[float]]:
+    def label_probs(
+        self,
+        llm: Any,
+        requests: Sequence[tuple[list[int], list[list[int]]]],
+        normalize: bool = False,
+    ) -> list[list[float]]:
         """Softmax over each request's continuation scores (summed, or mean per token)."""
         scored = self.scorer(llm).score(requests)
         return [softmax([s.mean if normalize else s.logprob for s in row]) for row in scored]
 
-    def content_free_probs(self, llm: Any, labels: Sequence[str],
-                           examples: Sequence[tuple[str, str]], normalize: bool,
-                           multi_label: bool, instruction: str | None = None
-                           ) -> list[list[float]]:
+    def content_free_probs(
+        self,
+        llm: Any,
+        labels: Sequence[str],
+        examples: Sequence[tuple[str, str]],
+        normalize: bool,
+        multi_label: bool,
+        instruction: str | None = None,
+    ) -> list[Any]:
         """p_cf per content-free input: [n_cf][n_labels] (multi-label: [label][n_cf][yes, no]
         flattened as [n_labels][P(yes) per cf input]). Cached per model and settings."""
         key = (tuple(labels), tuple(examples), normalize, multi_label, instruction)
@@ -204,7 +240,7 @@ class ClassifyTask:
                 reqs = [self.build_binary(llm, cf, lab) for lab in labels for cf in CONTENT_FREE]
                 probs = self.label_probs(llm, reqs, normalize)
                 n = len(CONTENT_FREE)
-                cache[key] = [probs[i * n:(i + 1) * n] for i in range(len(labels))]
+                cache[key] = [probs[i * n : (i + 1) * n] for i in range(len(labels))]
             else:
                 reqs = [self.build(llm, cf, labels, examples, instruction) for cf in CONTENT_FREE]
                 cache[key] = self.label_probs(llm, reqs, normalize)
@@ -212,10 +248,20 @@ class ClassifyTask:
 
     # ---------------------------------------------------------------- the adapter
 
-    def run(self, llm: Any, records: Sequence[Mapping[str, Any]], *, labels: Any,
-            examples: Sequence[Any] = (), calibrate: bool = True, multi_label: bool = False,
-            threshold: float = 0.5, normalize: bool = False,
-            instruction: str | None = None, generate: bool = False) -> list[dict[str, Any]]:
+    def run(
+        self,
+        llm: Any,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        labels: Any,
+        examples: Sequence[Any] = (),
+        calibrate: bool = True,
+        multi_label: bool = False,
+        threshold: float = 0.5,
+        normalize: bool = False,
+        instruction: str | None = None,
+        generate: bool = False,
+    ) -> list[dict[str, Any]]:
         """Classify each record's ``text``: ``{"label", "scores": {label: probability}}``
         (multi-label: ``"labels"`` too, every label whose probability reaches `threshold`,
         and ``"label"`` the most probable one). `instruction` replaces the default
@@ -242,23 +288,31 @@ class ClassifyTask:
         out = []
         for p in probs:
             best = max(range(len(labels)), key=lambda i: p[i])
-            out.append({"label": labels[best],
-                        "scores": {lab: round(x, 6) for lab, x in zip(labels, p)}})
+            out.append(
+                {"label": labels[best], "scores": {lab: round(x, 6) for lab, x in zip(labels, p)}}
+            )
         return out
 
-    def _run_generate(self, llm: Any, texts: list[str], labels: list[str],
-                      examples: Sequence[tuple[str, str]], instruction: str | None
-                      ) -> list[dict[str, Any]]:
+    def _run_generate(
+        self,
+        llm: Any,
+        texts: list[str],
+        labels: list[str],
+        examples: Sequence[tuple[str, str]],
+        instruction: str | None,
+    ) -> list[dict[str, Any]]:
         from pyllm.engine.frontend import EngineFrontend
         from pyllm.sampling_params import SamplingParams
 
         chat = P.prompt_style(llm) == "chat"
         if chat:
-            prompts = [P.chat_ids(llm, self._messages(t, labels, examples, instruction))
-                       for t in texts]
+            prompts = [
+                P.chat_ids(llm, self._messages(t, labels, examples, instruction)) for t in texts
+            ]
         else:  # a base model continues "...Label:" with " label", as `build` scores it
-            prompts = [P.plain_ids(llm, self._plain(t, labels, examples, instruction))
-                       for t in texts]
+            prompts = [
+                P.plain_ids(llm, self._plain(t, labels, examples, instruction)) for t in texts
+            ]
         options = tuple(labels) if chat else tuple(" " + lab for lab in labels)
         longest = max(len(llm.tokenizer.encode(o, add_bos=False)) for o in options)
         params = SamplingParams(temperature=0.0, max_tokens=longest + 4, choice=options)
@@ -268,22 +322,34 @@ class ClassifyTask:
         results = EngineFrontend(engine).run_all(prompts, [params] * len(prompts))
         return [{"label": r[0].text.strip()} for r in results]
 
-    def _run_multi(self, llm: Any, texts: list[str], labels: list[str], calibrate: bool,
-                   threshold: float, normalize: bool) -> list[dict[str, Any]]:
+    def _run_multi(
+        self,
+        llm: Any,
+        texts: list[str],
+        labels: list[str],
+        calibrate: bool,
+        threshold: float,
+        normalize: bool,
+    ) -> list[dict[str, Any]]:
         reqs = [self.build_binary(llm, t, lab) for t in texts for lab in labels]
         probs = self.label_probs(llm, reqs, normalize)  # [(yes, no)] per (text, label)
         cf = self.content_free_probs(llm, labels, (), normalize, True) if calibrate else None
-        out = []
+        out: list[dict[str, Any]] = []
         for i in range(len(texts)):
-            scores = {}
+            scores: dict[str, float] = {}
             for j, lab in enumerate(labels):
                 yes_no = probs[i * len(labels) + j]
                 if cf is not None:
                     yes_no = calibrate_probs(yes_no, cf[j])
                 scores[lab] = round(yes_no[0], 6)
             chosen = [lab for lab in labels if scores[lab] >= threshold]
-            out.append({"label": max(labels, key=lambda lab: scores[lab]), "labels": chosen,
-                        "scores": scores})
+            out.append(
+                {
+                    "label": max(labels, key=scores.__getitem__),
+                    "labels": chosen,
+                    "scores": scores,
+                }
+            )
         return out
 
 

@@ -4,8 +4,9 @@
 prefill chunks side by side), runs the model once over the flattened tokens, samples the next
 token of every sequence whose tokens are all in the cache, and returns what changed as
 `StreamEvent`s. The sequences' bookkeeping after the step (tokens cached and appended, siblings
-forked, finished sequences freed) is the scheduler's (`after_forward`, `update_from_output`). The engine holds no global state: two engines (one per worker, one per device)
-never interfere, which is what lets a batch job be sharded across processes or machines.
+forked, finished sequences freed) is the scheduler's (`after_forward`, `update_from_output`).
+The engine holds no global state: two engines (one per worker, one per device) never
+interfere, which is what lets a batch job be sharded across processes or machines.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pyllm.engine.sequence import SeqStatus, Sequence
 from pyllm.errors import ContextLengthError
 from pyllm.generation import StreamEvent
 from pyllm.model.batch import allocate_kv_caches, build_metadata
-from pyllm.sampler import SampleResult, Sampler
+from pyllm.sampler import Sampler, SampleResult
 from pyllm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,10 +55,10 @@ def _tokens(s: Sequence, start: int, n: int) -> list[int]:
     would otherwise cost a copy of the whole sequence)."""
     p = len(s.prompt)
     if start >= p:
-        return s.out[start - p:start - p + n]
+        return s.out[start - p : start - p + n]
     if start + n <= p:
-        return s.prompt[start:start + n]
-    return s.prompt[start:] + s.out[:start + n - p]
+        return s.prompt[start : start + n]
+    return s.prompt[start:] + s.out[: start + n - p]
 
 
 class CannotFitError(ContextLengthError):
@@ -65,30 +66,47 @@ class CannotFitError(ContextLengthError):
 
 
 class LLMEngine:
-    def __init__(self, model: ModelRunner, tokenizer: Tokenizer, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, model: ModelRunner, tokenizer: Tokenizer, config: EngineConfig | None = None
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config = config or EngineConfig()
         cfg = model.config
         self.context_length = cfg.max_position
         bs = config.block_size
-        bytes_per_token = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * torch.empty(
-            0, dtype=config.kv_dtype).element_size()
+        bytes_per_token = (
+            2
+            * cfg.n_layer
+            * cfg.n_kv_head
+            * cfg.head_dim
+            * torch.empty(0, dtype=config.kv_dtype).element_size()
+        )
         if config.kv_cache_tokens is not None:
             tokens = config.kv_cache_tokens
         else:
             tokens = max((config.kv_cache_mb << 20) // bytes_per_token, self.context_length)
         self.num_blocks = max(1, -(-tokens // bs))
-        self.blocks = BlockManager(self.num_blocks, bs,
-                                   enable_prefix_caching=config.enable_prefix_caching)
-        self.kv_caches = allocate_kv_caches(cfg.n_layer, self.blocks.pool_blocks, bs, cfg.n_kv_head,
-                                            cfg.head_dim, config.kv_dtype, model.device)
-        self.scheduler = Scheduler(self.blocks, SchedulerConfig(config.max_num_seqs,
-                                                                config.max_num_batched_tokens))
+        self.blocks = BlockManager(
+            self.num_blocks, bs, enable_prefix_caching=config.enable_prefix_caching
+        )
+        self.kv_caches = allocate_kv_caches(
+            cfg.n_layer,
+            self.blocks.pool_blocks,
+            bs,
+            cfg.n_kv_head,
+            cfg.head_dim,
+            config.kv_dtype,
+            model.device,
+        )
+        self.scheduler = Scheduler(
+            self.blocks, SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens)
+        )
         # What runs a step: the model's runner itself, or a wrapper with the same call signature
         # (on a GPU, one that replays captured CUDA graphs for decode steps): the runtime's choice.
-        self.forward = model.step_runner(max_batch=config.max_num_seqs,
-                                         cuda_graphs=config.cuda_graphs)
+        self.forward = model.step_runner(
+            max_batch=config.max_num_seqs, cuda_graphs=config.cuda_graphs
+        )
         self._device = model.device  # where the KV caches live (looked up once, not per step)
         # The engine keeps a chosen token's log-prob only where its request asked for log-probs,
         # so its sampler may skip computing the others (the greedy fast path's main cost).
@@ -98,8 +116,13 @@ class LLMEngine:
         self._ids = itertools.count()
         self._arange: dict[int, torch.Tensor] = {}  # rows 0..n-1 (all-decode steps), per n
         self._requests: dict[Hashable, list[Sequence]] = {}
-        self.stats = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "computed_tokens": 0,
-                      "generated_tokens": 0, "steps": 0}
+        self.stats = {
+            "prompt_tokens": 0,
+            "cached_prompt_tokens": 0,
+            "computed_tokens": 0,
+            "generated_tokens": 0,
+            "steps": 0,
+        }
 
     # ------------------------------------------------------------------ requests
 
@@ -108,18 +131,23 @@ class LLMEngine:
         if not prompt_ids:
             raise ValueError("the prompt is empty: a request needs at least one token")
         if len(prompt_ids) >= self.context_length:
-            raise CannotFitError(f"the prompt has {len(prompt_ids)} tokens; the context length is "
-                                 f"{self.context_length} (room is needed for at least one new token)")
+            raise CannotFitError(
+                f"the prompt has {len(prompt_ids)} tokens; the context length is "
+                f"{self.context_length} (room is needed for at least one new token)"
+            )
         longest = min(len(prompt_ids) + params.max_tokens, self.context_length)
         need = -(-longest // self.config.block_size)
         if need > self.num_blocks:
-            raise CannotFitError(f"{longest} tokens need {need} cache blocks; the cache has "
-                                 f"{self.num_blocks} (raise kv_cache_tokens / PYLLM_KV_CACHE_MB)")
+            raise CannotFitError(
+                f"{longest} tokens need {need} cache blocks; the cache has "
+                f"{self.num_blocks} (raise kv_cache_tokens / PYLLM_KV_CACHE_MB)"
+            )
         self.compile_constraint(params)  # a bad constraint is refused here (compiled once, cached)
         self.sampler.chain(params)  # an unknown sampler step too (in a step it fails the batch)
 
-    def add_request(self, request_id: Hashable, prompt_ids: list[int],
-                    params: SamplingParams) -> None:
+    def add_request(
+        self, request_id: Hashable, prompt_ids: list[int], params: SamplingParams
+    ) -> None:
         """Queue a tokenized prompt (see `check_request` for what is refused)."""
         if request_id in self._requests:
             raise ValueError(f"request {request_id!r} is already running")
@@ -131,8 +159,17 @@ class LLMEngine:
             p = params
             if params.n > 1 and params.seed is not None:
                 p = params.replace(seed=(params.seed + index) % 2**64)  # n different draws
-            seqs.append(Sequence(next(self._ids), request_id, index, list(prompt_ids), p,
-                                 self.tokenizer, self.context_length))
+            seqs.append(
+                Sequence(
+                    next(self._ids),
+                    request_id,
+                    index,
+                    list(prompt_ids),
+                    p,
+                    self.tokenizer,
+                    self.context_length,
+                )
+            )
             if constraint is not None:
                 seqs[-1].constraint = constraint if index == 0 else constraint.copy()
         parent, parent.children = seqs[0], seqs[1:]  # siblings fork once the prompt is cached
@@ -190,9 +227,13 @@ class LLMEngine:
             # checks them there and copies them into its graph's buffers (no device tensors made
             # here, reduced on the device to be checked, and copied again).
             device = torch.device("cpu")
-        meta = build_metadata([s.cached for s in seqs], counts,
-                              [self.blocks.block_table(s.seq_id) for s in seqs],
-                              self.config.block_size, device)
+        meta = build_metadata(
+            [s.cached for s in seqs],
+            counts,
+            [self.blocks.block_table(s.seq_id) for s in seqs],
+            self.config.block_size,
+            device,
+        )
         ready, rows, end = [], [], 0
         for i, (s, n) in enumerate(batch.items):
             end += n
@@ -211,10 +252,15 @@ class LLMEngine:
                 input_ids = torch.tensor(ids, dtype=torch.int64, device=device)
                 in_graph = self._sample_in_graph(input_ids, meta, seqs, len(ready))
                 if in_graph is None:
-                    logits = self.forward(input_ids, meta, self.kv_caches, self._rows_tensor(rows)).float()
-            else:  # prompt chunks only (one token each, perhaps: then the metadata may be on the host)
-                self.model.hidden_states(torch.tensor(ids, dtype=torch.int64, device=self._device),
-                                         meta.to(self._device), self.kv_caches)
+                    logits = self.forward(
+                        input_ids, meta, self.kv_caches, self._rows_tensor(rows)
+                    ).float()
+            else:  # prompt chunks only (perhaps one token each: then metadata may be on the host)
+                self.model.hidden_states(
+                    torch.tensor(ids, dtype=torch.int64, device=self._device),
+                    meta.to(self._device),
+                    self.kv_caches,
+                )
                 logits = None
         except BaseException:
             # The step's K/V may be half written, and prompts admitted with it may share blocks
@@ -228,8 +274,9 @@ class LLMEngine:
         sampled, row_of = self.scheduler.after_forward(batch)
         if in_graph is not None:  # a decode step: every sequence was sampled in the graph
             tokens, chosen_logprobs, probs = in_graph
-            token_ids, logprobs = generation.sampled_tokens(SampleResult(tokens, chosen_logprobs, probs=probs),
-                                                            seqs)
+            token_ids, logprobs = generation.sampled_tokens(
+                SampleResult(tokens, chosen_logprobs, probs=probs), seqs
+            )
             return self._append(seqs, token_ids, logprobs)
         if logits is None:
             return []
@@ -254,23 +301,37 @@ class LLMEngine:
         such a runner, or a row the graph cannot sample (see Sampler.graph_params; rows still
         masking their stop ids for min_tokens, and n > 1 forks, take the usual path too)."""
         decode_and_sample = getattr(self.forward, "decode_and_sample", None)
-        if (decode_and_sample is None or ready != len(seqs)
-                or any(s.children or (len(s.out) < s.params.min_tokens and s.stop_ids)
-                       or s.constraint is not None for s in seqs)):
+        if (
+            decode_and_sample is None
+            or ready != len(seqs)
+            or any(
+                s.children
+                or (len(s.out) < s.params.min_tokens and s.stop_ids)
+                or s.constraint is not None
+                for s in seqs
+            )
+        ):
             return None
-        plan = self.sampler.graph_params([s.params for s in seqs], [s.prompt for s in seqs],
-                                         [s.out for s in seqs], [s.state for s in seqs])
+        plan = self.sampler.graph_params(
+            [s.params for s in seqs],
+            [s.prompt for s in seqs],
+            [s.out for s in seqs],
+            [s.state for s in seqs],
+        )
         if plan is None:
             return None
         return decode_and_sample(input_ids, meta, self.kv_caches, *plan)
 
-    def _sample_and_append(self, logits: torch.Tensor, seqs: list[Sequence],
-                           token_mask: torch.Tensor | None = None) -> list[StreamEvent]:
+    def _sample_and_append(
+        self, logits: torch.Tensor, seqs: list[Sequence], token_mask: torch.Tensor | None = None
+    ) -> list[StreamEvent]:
         # (looked up on the module at each call, so a wrapped generation.sample is the one used)
         if token_mask is None:
             token_ids, logprobs = generation.sample(logits, seqs, self.sampler)
         else:
-            token_ids, logprobs = generation.sample(logits, seqs, self.sampler, token_mask=token_mask)
+            token_ids, logprobs = generation.sample(
+                logits, seqs, self.sampler, token_mask=token_mask
+            )
         return self._append(seqs, token_ids, logprobs)
 
     def _append(self, seqs: list[Sequence], token_ids: list[int], logprobs) -> list[StreamEvent]:
@@ -285,8 +346,11 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ convenience
 
-    def run(self, requests: Iterable[tuple[Hashable, list[int], SamplingParams]],
-            lookahead: int | None = None) -> Iterator[StreamEvent]:
+    def run(
+        self,
+        requests: Iterable[tuple[Hashable, list[int], SamplingParams]],
+        lookahead: int | None = None,
+    ) -> Iterator[StreamEvent]:
         """Feed requests lazily (keeping about `lookahead` queued) and yield every event until
         all are finished. Closing the iterator aborts whatever is still running."""
         pending = iter(requests)
