@@ -39,9 +39,15 @@ Prompt = str | Sequence[Message] | Sequence[int]
 TRUNCATE_POLICIES = (None, "left")
 
 
-def load(name_or_path: str | Path | None = None, device: str = "cpu", *,
-         context_length: int | None = None, progress: bool = True,
-         int8_activations: bool = False, kv_dtype: str = "float32") -> LLM:
+def load(
+    name_or_path: str | Path | None = None,
+    device: str = "cpu",
+    *,
+    context_length: int | None = None,
+    progress: bool = True,
+    int8_activations: bool = False,
+    kv_dtype: str = "float32",
+) -> LLM:
     """Load a model by name (`smollm2`, the default when None), `.gguf` path or Hugging Face
     folder; the default model is pulled (and hash-checked) on first use.
 
@@ -60,8 +66,13 @@ def load(name_or_path: str | Path | None = None, device: str = "cpu", *,
 
     path = resolve_model(None if name_or_path is None else str(name_or_path), progress=progress)
     try:
-        return LLM.from_path(path, device=device, context_length=context_length,
-                             int8_activations=int8_activations, kv_dtype=kv_dtype)
+        return LLM.from_path(
+            path,
+            device=device,
+            context_length=context_length,
+            int8_activations=int8_activations,
+            kv_dtype=kv_dtype,
+        )
     except ModelFormatError as e:  # a model in the cache that does not parse: say how to fix it
         from pyllm.weights.pull import damaged_hint
 
@@ -74,8 +85,14 @@ def load(name_or_path: str | Path | None = None, device: str = "cpu", *,
 class LLM:
     """A loaded model with its tokenizer and chat template."""
 
-    def __init__(self, loaded: LoadedModel, tokenizer: Tokenizer, chat_template: ChatTemplate,
-                 name: str | None = None, kv_dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        tokenizer: Tokenizer,
+        chat_template: ChatTemplate,
+        name: str | None = None,
+        kv_dtype: str = "float32",
+    ) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.config = loaded.config
@@ -88,9 +105,15 @@ class LLM:
         self.kv_dtype = kv_dtype  # the KV-cache's element type (one of KV_DTYPES)
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "cpu", *,
-                  context_length: int | None = None, int8_activations: bool = False,
-                  kv_dtype: str = "float32") -> LLM:
+    def from_path(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        *,
+        context_length: int | None = None,
+        int8_activations: bool = False,
+        kv_dtype: str = "float32",
+    ) -> LLM:
         from pyllm.tokenizer import load_tokenizer
 
         if kv_dtype not in KV_DTYPES:
@@ -105,8 +128,10 @@ class LLM:
         if tok.vocab_size > loaded.config.vocab_size:
             from pyllm.errors import ModelFormatError
 
-            raise ModelFormatError(f"{loaded.path}: the tokenizer has {tok.vocab_size} tokens but "
-                                   f"the model only {loaded.config.vocab_size}")
+            raise ModelFormatError(
+                f"{loaded.path}: the tokenizer has {tok.vocab_size} tokens but "
+                f"the model only {loaded.config.vocab_size}"
+            )
         special = {"bos_token": _piece(tok, tok.bos_id), "eos_token": _piece(tok, tok.eos_id)}
         if loaded.kind == "gguf":
             template = ChatTemplate.from_gguf_metadata(loaded.metadata, **special)
@@ -127,8 +152,9 @@ class LLM:
 
     # ------------------------------------------------------------------ prompts
 
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True
-                    ) -> str:
+    def render_chat(
+        self, messages: Sequence[Message], *, add_generation_prompt: bool = True
+    ) -> str:
         """The prompt text the chat template makes of `messages`."""
         return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
 
@@ -143,8 +169,9 @@ class LLM:
         from pyllm.prompt_limits import bound_prompt
         from pyllm.tokenizer import request_scope
 
-        prompt = bound_prompt(prompt, context_length=self.context_length,
-                              tokenizer=self.tokenizer, truncate=truncate)
+        prompt = bound_prompt(
+            prompt, context_length=self.context_length, tokenizer=self.tokenizer, truncate=truncate
+        )
         with request_scope():
             return self._encode_prompt(prompt)
 
@@ -153,16 +180,20 @@ class LLM:
             return self.tokenizer.encode(prompt)
         if is_messages(prompt):
             return self._encode_chat(prompt)
-        if isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool)
-                                                for t in prompt):
+        if isinstance(prompt, Sequence) and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in prompt
+        ):
             ids = [int(t) for t in cast("Sequence[int]", prompt)]  # all ints: checked above
             bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
             if bad:
-                raise ValueError(f"token id {bad[0]} is outside the vocabulary "
-                                 f"[0, {self.config.vocab_size})")
+                raise ValueError(
+                    f"token id {bad[0]} is outside the vocabulary [0, {self.config.vocab_size})"
+                )
             return ids
-        raise TypeError("a prompt must be a string, a list of {'role', 'content'} messages, or "
-                        f"a list of token ids; got {type(prompt).__name__}")
+        raise TypeError(
+            "a prompt must be a string, a list of {'role', 'content'} messages, or "
+            f"a list of token ids; got {type(prompt).__name__}"
+        )
 
     def _encode_chat(self, messages: Sequence[Message]) -> list[int]:
         """Tokenize a rendered conversation: the template's special-token strings become special
@@ -176,9 +207,13 @@ class LLM:
         tok = self.tokenizer
         text = self.render_chat(messages)
         contents = [m["content"] for m in messages]
-        risky = [c for c in contents
-                 if c and tok.encode(c, add_bos=False, parse_special=True)
-                 != tok.encode(c, add_bos=False, parse_special=False)]
+        risky = [
+            c
+            for c in contents
+            if c
+            and tok.encode(c, add_bos=False, parse_special=True)
+            != tok.encode(c, add_bos=False, parse_special=False)
+        ]
         if not risky:
             return tok.encode(text, add_bos=False, parse_special=True)
         ids: list[int] = []
@@ -189,9 +224,11 @@ class LLM:
             at = text.find(content, cursor)
             if at < 0:
                 if content in risky:
-                    raise ValueError(f"messages[{i}] contains special-token text that the chat "
-                                     "template does not reproduce verbatim; refusing to tokenize "
-                                     "it (it could inject control tokens)")
+                    raise ValueError(
+                        f"messages[{i}] contains special-token text that the chat "
+                        "template does not reproduce verbatim; refusing to tokenize "
+                        "it (it could inject control tokens)"
+                    )
                 continue
             if at > cursor:
                 ids += tok.encode(text[cursor:at], add_bos=False, parse_special=True)
@@ -212,11 +249,12 @@ class LLM:
             return ids
         if truncate == "left":
             keep = max(1, limit - room)
-            return ids[len(ids) - keep:]
+            return ids[len(ids) - keep :]
         extra = f" and {room} more for generation" if room else ""
         raise ContextLengthError(
             f"the {what} has {len(ids)} tokens{extra}, more than the context length of "
-            f"{limit} tokens (pass truncate='left' to keep the end of the {what})")
+            f"{limit} tokens (pass truncate='left' to keep the end of the {what})"
+        )
 
     # ------------------------------------------------------------------ generation
 
@@ -252,9 +290,14 @@ class LLM:
 
         return EngineConfig(**{"kv_dtype": getattr(torch, self.kv_dtype), **overrides})
 
-    def generate(self, prompts: Prompt | Sequence[Prompt],
-                 params: SamplingParams | Sequence[SamplingParams] | None = None, *,
-                 truncate: str | None = None, progress: bool = False) -> list[GenerationResult]:
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        truncate: str | None = None,
+        progress: bool = False,
+    ) -> list[GenerationResult]:
         """One GenerationResult per prompt, in input order (a single prompt is a batch of one).
 
         `params`: one SamplingParams for every prompt or one per prompt (default:
@@ -265,8 +308,10 @@ class LLM:
         """
         batch = _as_batch(prompts)
         plist = self._params_list(params, len(batch))
-        ids = [self._fit(self.encode_prompt(p, truncate=truncate), 1, truncate, "prompt")
-               for p in batch]
+        ids = [
+            self._fit(self.encode_prompt(p, truncate=truncate), 1, truncate, "prompt")
+            for p in batch
+        ]
         bar = None
         if progress:
             from tqdm import tqdm
@@ -281,8 +326,9 @@ class LLM:
                 bar.close()
         return [GenerationResult(i, o) for i, o in zip(ids, outs)]
 
-    def stream_events(self, prompt: Prompt, params: SamplingParams | None = None, *,
-                      truncate: str | None = None) -> Generator[StreamEvent, None, None]:
+    def stream_events(
+        self, prompt: Prompt, params: SamplingParams | None = None, *, truncate: str | None = None
+    ) -> Generator[StreamEvent, None, None]:
         """Events of one request as they happen: text deltas, then a final event whose
         `completion` has the token ids and finish reason. Closing the iterator stops the
         request. Several streams may be consumed concurrently (they share one engine)."""
@@ -290,8 +336,9 @@ class LLM:
         ids = self._fit(self.encode_prompt(prompt, truncate=truncate), 1, truncate, "prompt")
         return self.engine.stream(ids, params)
 
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None, *,
-               truncate: str | None = None) -> Iterator[str]:
+    def stream(
+        self, prompt: Prompt, params: SamplingParams | None = None, *, truncate: str | None = None
+    ) -> Iterator[str]:
         """Text deltas of one completion as they are generated (stop strings never shown)."""
         params = self._params_list(params, 1)[0]
         if params.n != 1:
@@ -304,8 +351,13 @@ class LLM:
         finally:
             events.close()  # a consumer that stops early aborts the request
 
-    def chat(self, messages: Sequence[Message], params: SamplingParams | None = None, *,
-             truncate: str | None = None) -> GenerationResult:
+    def chat(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams | None = None,
+        *,
+        truncate: str | None = None,
+    ) -> GenerationResult:
         """The assistant's reply to a conversation (rendered with the model's chat template)."""
         if not is_messages(messages):
             raise ValueError("chat() takes a non-empty list of {'role', 'content'} messages")
@@ -324,19 +376,23 @@ class LLM:
         with self.exclusive():
             return tasks.run(self, name, inputs, **options)
 
-    def score(self, texts: Prompt | Sequence[Prompt], top_n: int = 10, *,
-              truncate: str | None = None) -> list[list[ScoredToken]]:
+    def score(
+        self, texts: Prompt | Sequence[Prompt], top_n: int = 10, *, truncate: str | None = None
+    ) -> list[list[ScoredToken]]:
         """Per text, per position: the token id, its log-prob given what precedes it (None for
         the first token) and the top-n alternatives the model predicted there."""
         if not isinstance(top_n, int) or not 0 <= top_n <= self.config.vocab_size:
             raise ValueError(f"top_n must be an integer in [0, vocab size], got {top_n!r}")
-        batch = [self._fit(self.encode_prompt(t, truncate=truncate), 0, truncate, "text")
-                 for t in _as_batch(texts)]
+        batch = [
+            self._fit(self.encode_prompt(t, truncate=truncate), 0, truncate, "text")
+            for t in _as_batch(texts)
+        ]
         with self.exclusive():
             return [score_ids(self.model, ids, top_n) for ids in batch]
 
-    def embed(self, texts: str | Sequence[str], *, truncate: str | None = None
-              ) -> list[list[float]]:
+    def embed(
+        self, texts: str | Sequence[str], *, truncate: str | None = None
+    ) -> list[list[float]]:
         """One vector per text: the final hidden states (after the last norm) averaged over the
         text's tokens and scaled to unit length.
 
@@ -345,19 +401,24 @@ class LLM:
         `/v1/embeddings` and `pyllm embed` return."""
         if isinstance(texts, str):
             texts = [texts]
-        if not isinstance(texts, Sequence) or not texts \
-                or not all(isinstance(t, str) for t in texts):
+        if (
+            not isinstance(texts, Sequence)
+            or not texts
+            or not all(isinstance(t, str) for t in texts)
+        ):
             raise ValueError("embed() takes a string or a non-empty list of strings")
-        batch = [self._fit(self.encode_prompt(t, truncate=truncate), 0, truncate, "text")
-                 for t in texts]
+        batch = [
+            self._fit(self.encode_prompt(t, truncate=truncate), 0, truncate, "text") for t in texts
+        ]
         with self.exclusive():
             return [embed_ids(self.model, ids) for ids in batch]
 
     # ------------------------------------------------------------------ helpers
 
     @staticmethod
-    def _params_list(params: SamplingParams | Sequence[SamplingParams] | None,
-                     n: int) -> list[SamplingParams]:
+    def _params_list(
+        params: SamplingParams | Sequence[SamplingParams] | None, n: int
+    ) -> list[SamplingParams]:
         if params is None:
             return [SamplingParams()] * n
         if isinstance(params, SamplingParams):
@@ -365,30 +426,41 @@ class LLM:
         if isinstance(params, Mapping):  # {"temperature": 0}: fields of one SamplingParams
             return [SamplingParams.from_mapping(params)] * n
         if isinstance(params, (str, bytes)) or not isinstance(params, Sequence):
-            raise TypeError(f"params must be a SamplingParams, a mapping of its fields or a list "
-                            f"of {n} (one per prompt), got {type(params).__name__}")
+            raise TypeError(
+                f"params must be a SamplingParams, a mapping of its fields or a list "
+                f"of {n} (one per prompt), got {type(params).__name__}"
+            )
         plist = [SamplingParams.from_mapping(p) if isinstance(p, Mapping) else p for p in params]
         if len(plist) != n:
-            raise ValueError(f"params is a list of {len(plist)} but there are {n} prompts: give "
-                             f"one SamplingParams (or mapping) for all, or one per prompt")
+            raise ValueError(
+                f"params is a list of {len(plist)} but there are {n} prompts: give "
+                f"one SamplingParams (or mapping) for all, or one per prompt"
+            )
         bad = [i for i, p in enumerate(plist) if not isinstance(p, SamplingParams)]
         if bad:
-            raise TypeError(f"params[{bad[0]}] must be a SamplingParams or a mapping of its "
-                            f"fields, got {type(plist[bad[0]]).__name__}")
+            raise TypeError(
+                f"params[{bad[0]}] must be a SamplingParams or a mapping of its "
+                f"fields, got {type(plist[bad[0]]).__name__}"
+            )
         return plist
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"LLM({self.name!r}, {c.family}, {c.n_layer} layers, n_embd {c.n_embd}, "
-                f"context {c.max_position}, device {self.device})")
+        return (
+            f"LLM({self.name!r}, {c.family}, {c.n_layer} layers, n_embd {c.n_embd}, "
+            f"context {c.max_position}, device {self.device})"
+        )
 
 
 def _as_batch(prompts: Any) -> list[Prompt]:
     """A single prompt (text, messages, token ids) -> [it]; a list of prompts stays a list."""
     if isinstance(prompts, str) or is_messages(prompts):
         return [prompts]
-    if isinstance(prompts, Sequence) and prompts and all(
-            isinstance(t, int) and not isinstance(t, bool) for t in prompts):
+    if (
+        isinstance(prompts, Sequence)
+        and prompts
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompts)
+    ):
         return [prompts]  # one prompt given as token ids
     if isinstance(prompts, Sequence) and not isinstance(prompts, (bytes, Mapping)):
         if not prompts:
@@ -405,8 +477,10 @@ def _check_device(device: Any) -> None:
     except (RuntimeError, TypeError):
         raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: torch sees no CUDA device here (no NVIDIA GPU or "
-                         f"driver, or a CPU-only torch build); use device='cpu'")
+        raise ValueError(
+            f"device {device!r}: torch sees no CUDA device here (no NVIDIA GPU or "
+            f"driver, or a CPU-only torch build); use device='cpu'"
+        )
 
 
 def _piece(tok: Tokenizer, i: int | None) -> str:

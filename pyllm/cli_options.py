@@ -90,17 +90,32 @@ def task_input_options(evaluate: bool = True) -> Callable[[Any], Any]:
 
     def decorate(f: Any) -> Any:
         f = load_options()(f)
-        f = click.option("--progress/--no-progress", default=None,
-                         help="Progress bar for -i (default: when stderr is a terminal).")(f)
-        f = click.option("--batch-size", type=click.IntRange(1, 1024), default=16,
-                         show_default=True, help="Records run together (-i).")(f)
+        f = click.option(
+            "--progress/--no-progress",
+            default=None,
+            help="Progress bar for -i (default: when stderr is a terminal).",
+        )(f)
+        f = click.option(
+            "--batch-size",
+            type=click.IntRange(1, 1024),
+            default=16,
+            show_default=True,
+            help="Records run together (-i).",
+        )(f)
         if evaluate:
-            f = click.option("--eval", "evaluate", is_flag=True,
-                             help="With -i: score the results against each record's gold field "
-                                  "and print the metric.")(f)
-        f = click.option("--retry-errors", is_flag=True,
-                         help="With -i: run again the records whose output line is an error "
-                              "(that line is removed).")(f)
+            f = click.option(
+                "--eval",
+                "evaluate",
+                is_flag=True,
+                help="With -i: score the results against each record's gold field "
+                "and print the metric.",
+            )(f)
+        f = click.option(
+            "--retry-errors",
+            is_flag=True,
+            help="With -i: run again the records whose output line is an error "
+            "(that line is removed).",
+        )(f)
         return _io_options(f)
 
     return decorate
@@ -108,20 +123,38 @@ def task_input_options(evaluate: bool = True) -> Callable[[Any], Any]:
 
 def _io_options(f: Any) -> Any:
     f = click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")(f)
-    f = click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Output JSONL (appended; a re-run resumes).")(f)
-    f = click.option("-i", "--input", "input_path",
-                     type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
-                     help="Input JSONL, one record a line with an \"id\" (- for standard "
-                          "input).")(f)
-    f = click.option("--model", "-m", default=None,
-                     help="Model name, alias, .gguf path or Hugging Face folder  [default: the "
-                          "one `pyllm models default` set, else smollm2]")(f)
+    f = click.option(
+        "-o",
+        "--output",
+        "output_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Output JSONL (appended; a re-run resumes).",
+    )(f)
+    f = click.option(
+        "-i",
+        "--input",
+        "input_path",
+        type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+        help='Input JSONL, one record a line with an "id" (- for standard input).',
+    )(f)
+    f = click.option(
+        "--model",
+        "-m",
+        default=None,
+        help="Model name, alias, .gguf path or Hugging Face folder  [default: the "
+        "one `pyllm models default` set, else smollm2]",
+    )(f)
     return f
 
 
-def load_llm(model: str | None, device: str = "auto", *, int8: bool = False,
-             kv_dtype: str = "float32", ctx: int | None = None) -> Any:
+def load_llm(
+    model: str | None,
+    device: str = "auto",
+    *,
+    int8: bool = False,
+    kv_dtype: str = "float32",
+    ctx: int | None = None,
+) -> Any:
     """The model for a command: ``pyllm.load`` with the values of :func:`load_options`."""
     from pyllm.cli import options
 
@@ -137,8 +170,9 @@ def text_argument(text: str | None, what: str = "TEXT") -> str:
     return text
 
 
-def check_io(input_path: Path | None, output_path: Path | None, evaluate: bool,
-             has_single: bool) -> None:
+def check_io(
+    input_path: Path | None, output_path: Path | None, evaluate: bool, has_single: bool
+) -> None:
     """Usage errors for a task command's mix of a single input, -i, -o and --eval, and the
     files a job refuses (the output is the input, or not a regular file), before the model
     loads."""
@@ -157,11 +191,20 @@ def check_io(input_path: Path | None, output_path: Path | None, evaluate: bool,
             raise click.UsageError(str(exc)) from None
 
 
-def run_file(task: str, llm: Any, input_path: Path, output_path: Path | None,
-             options: Mapping[str, Any], *, batch_size: int, progress: bool | None,
-             evaluate: Callable[[list[tuple[dict[str, Any], dict[str, Any]]]],
-                                tuple[dict[str, Any], str]]
-             | None, as_json: bool, retry_errors: bool = False) -> None:
+def run_file(
+    task: str,
+    llm: Any,
+    input_path: Path,
+    output_path: Path | None,
+    options: Mapping[str, Any],
+    *,
+    batch_size: int,
+    progress: bool | None,
+    evaluate: Callable[[list[tuple[dict[str, Any], dict[str, Any]]]], tuple[dict[str, Any], str]]
+    | None,
+    as_json: bool,
+    retry_errors: bool = False,
+) -> None:
     """Run a JSONL job (``-`` reads standard input); with `evaluate`, score every (input record,
     output line) pair that completed, whether in this run or an earlier one, and print the
     metric. Exits with status :data:`EXIT_RECORDS_FAILED` when a record failed in this run."""
@@ -177,9 +220,16 @@ def run_file(task: str, llm: Any, input_path: Path, output_path: Path | None,
     try:
         check_job_files(input_path, output_path)
         with readable_input(input_path) as source:  # read twice below: standard input is copied
-            summary = run_jsonl(adapter, llm, source, output_path, options,
-                                batch_size=batch_size, retry_errors=retry_errors,
-                                progress=sys.stderr.isatty() if progress is None else progress)
+            summary = run_jsonl(
+                adapter,
+                llm,
+                source,
+                output_path,
+                options,
+                batch_size=batch_size,
+                retry_errors=retry_errors,
+                progress=sys.stderr.isatty() if progress is None else progress,
+            )
             click.echo(summary.describe(), err=True)
             if evaluate is not None:
                 pairs = _joined(source, output_path)
@@ -217,7 +267,8 @@ def _joined(input_path: Path, output_path: Path) -> list[tuple[dict[str, Any], d
     return pairs
 
 
-def print_single(result: Mapping[str, Any], as_json: bool,
-                 text: Callable[[Mapping[str, Any]], str]) -> None:
+def print_single(
+    result: Mapping[str, Any], as_json: bool, text: Callable[[Mapping[str, Any]], str]
+) -> None:
     """One result: the JSON object with ``--json``, else ``text(result)``."""
     click.echo(json.dumps(result, ensure_ascii=False) if as_json else text(result))

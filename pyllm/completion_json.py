@@ -17,14 +17,18 @@ def logprobs_json(logprobs: Sequence[Any], tokenizer: Any = None) -> list[dict[s
             out["token"] = tokenizer.decode([token_id])
         return out
 
-    return [{**entry(t.token_id, t.logprob), "top": [entry(i, lp) for i, lp in t.top]}
-            for t in logprobs]
+    return [
+        {**entry(t.token_id, t.logprob), "top": [entry(i, lp) for i, lp in t.top]} for t in logprobs
+    ]
 
 
 def completion_json(completion: Any, tokenizer: Any = None) -> dict[str, Any]:
     """{"text", "token_ids", "finish_reason"}, and "logprobs" when they were asked for."""
-    out: dict[str, Any] = {"text": completion.text, "token_ids": completion.token_ids,
-                           "finish_reason": completion.finish_reason}
+    out: dict[str, Any] = {
+        "text": completion.text,
+        "token_ids": completion.token_ids,
+        "finish_reason": completion.finish_reason,
+    }
     if completion.logprobs is not None:
         out["logprobs"] = logprobs_json(completion.logprobs, tokenizer)
     if getattr(completion, "incomplete", False):  # structured output cut before it was complete

@@ -24,8 +24,9 @@ def embed_ids(model: ModelRunner, ids: Sequence[int]) -> list[float]:
     if not ids:
         raise ValueError("cannot embed an empty text (0 tokens)")
     cfg = model.config
-    cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 1, len(ids),
-                              device=model.device)
+    cache = ContiguousKVCache(
+        cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 1, len(ids), device=model.device
+    )
     with torch.inference_mode():
         x = torch.tensor(list(ids), dtype=torch.int64, device=model.device)
         hidden = model.hidden_states(x, cache.metadata([0], [0], [len(ids)]), cache.kv_caches)

@@ -42,8 +42,19 @@ ID_FIELDS = ("id", "custom_id")
 PROMPT_FIELDS = ("prompt", "messages")
 PARAMS_FIELD = "params"
 _RECORD_FIELDS = frozenset({"id", PARAMS_FIELD, *PROMPT_FIELDS})  # read, not carried
-OUTPUT_FIELDS = {"id", "line", "error", "text", "token_ids", "finish_reason", "usage", "outputs",
-                 "custom_id", "response", "incomplete"}
+OUTPUT_FIELDS = {
+    "id",
+    "line",
+    "error",
+    "text",
+    "token_ids",
+    "finish_reason",
+    "usage",
+    "outputs",
+    "custom_id",
+    "response",
+    "incomplete",
+}
 
 
 @dataclass
@@ -64,20 +75,30 @@ class JobRecord:
         """The output line saying this record failed."""
         if self.style == "openai":
             return openai_batch.failure_line(self.key, error_type, message, self.carried)
-        return {"id": self.key, "line": self.line, **self.carried,
-                "error": {"type": error_type, "message": message}}
+        return {
+            "id": self.key,
+            "line": self.line,
+            **self.carried,
+            "error": {"type": error_type, "message": message},
+        }
 
     def result(self, model: str, prompt_ids: list[int], completions: list[Any]) -> dict[str, Any]:
         """The output line of this record's completions."""
         if self.style == "openai":
-            return openai_batch.response_line(self.key, self.endpoint, model, len(prompt_ids),
-                                              completions, self.carried)
+            return openai_batch.response_line(
+                self.key, self.endpoint, model, len(prompt_ids), completions, self.carried
+            )
         first = completions[0]
         line: dict[str, Any] = {
-            "id": self.key, **self.carried, "text": first.text, "token_ids": first.token_ids,
+            "id": self.key,
+            **self.carried,
+            "text": first.text,
+            "token_ids": first.token_ids,
             "finish_reason": first.finish_reason,
-            "usage": {"prompt_tokens": len(prompt_ids),
-                      "completion_tokens": sum(len(c.token_ids) for c in completions)},
+            "usage": {
+                "prompt_tokens": len(prompt_ids),
+                "completion_tokens": sum(len(c.token_ids) for c in completions),
+            },
         }
         if getattr(first, "incomplete", False):  # a constrained output cut before it was done
             line["incomplete"] = True
@@ -86,8 +107,10 @@ class JobRecord:
 
             line["logprobs"] = logprobs_json(first.logprobs)
         if len(completions) > 1:
-            line["outputs"] = [{"text": c.text, "token_ids": c.token_ids,
-                                "finish_reason": c.finish_reason} for c in completions]
+            line["outputs"] = [
+                {"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
+                for c in completions
+            ]
         return line
 
 
@@ -109,7 +132,9 @@ def read_records(path: Path) -> Iterator[JobRecord | BadRecord]:
             yield _pyllm_record(rid, line_no, obj, sampling)
 
 
-def _pyllm_record(rid: str, line_no: int, obj: dict[str, Any], sampling: frozenset[str]) -> JobRecord:
+def _pyllm_record(
+    rid: str, line_no: int, obj: dict[str, Any], sampling: frozenset[str]
+) -> JobRecord:
     rec = JobRecord(rid, line_no)
     rec.carried = {k: v for k, v in obj.items() if k not in _RECORD_FIELDS and k not in sampling}
     top = {k: v for k, v in obj.items() if k in sampling}
@@ -120,18 +145,36 @@ def _pyllm_record(rid: str, line_no: int, obj: dict[str, Any], sampling: frozens
     has_prompt, has_messages = "prompt" in obj, "messages" in obj
     if clash:
         rec.carried = {k: v for k, v in rec.carried.items() if k not in OUTPUT_FIELDS}
-        why = ("\"custom_id\" belongs to OpenAI's batch format, which has no \"id\""
-               if clash[0] == "custom_id" else f"the output line uses {clash[0]!r} itself")
-        rec.problem = ("invalid_record", (f"record {rid!r}: field {clash[0]!r} cannot be carried to "
-                                          f"the output: {why} (put it under \"metadata\")"))
+        why = (
+            '"custom_id" belongs to OpenAI\'s batch format, which has no "id"'
+            if clash[0] == "custom_id"
+            else f"the output line uses {clash[0]!r} itself"
+        )
+        rec.problem = (
+            "invalid_record",
+            (
+                f"record {rid!r}: field {clash[0]!r} cannot be carried to "
+                f'the output: {why} (put it under "metadata")'
+            ),
+        )
     elif not isinstance(params, dict):
-        rec.problem = ("invalid_record", (f"record {rid!r}: \"params\" must be an object of sampling "
-                                          f"fields, got {json_type(params)}"))
+        rec.problem = (
+            "invalid_record",
+            (
+                f'record {rid!r}: "params" must be an object of sampling '
+                f"fields, got {json_type(params)}"
+            ),
+        )
     elif twice:
-        rec.problem = ("invalid_record", (f"record {rid!r}: {twice[0]!r} is given both at the top "
-                                          f"level and under \"params\""))
+        rec.problem = (
+            "invalid_record",
+            (f'record {rid!r}: {twice[0]!r} is given both at the top level and under "params"'),
+        )
     elif has_prompt == has_messages:
-        rec.problem = ("invalid_record", f"record {rid!r}: give exactly one of \"prompt\" or \"messages\"")
+        rec.problem = (
+            "invalid_record",
+            f'record {rid!r}: give exactly one of "prompt" or "messages"',
+        )
     else:
         rec.prompt = obj["prompt"] if has_prompt else obj["messages"]
         rec.overrides = {**top, **params}
@@ -143,12 +186,21 @@ def _pyllm_record(rid: str, line_no: int, obj: dict[str, Any], sampling: frozens
 
 def _openai_record(rid: str, line_no: int, obj: dict[str, Any]) -> JobRecord:
     carried = {k: v for k, v in obj.items() if k not in openai_batch.REQUEST_FIELDS}
-    rec = JobRecord(rid, line_no, style="openai",
-                    carried={k: v for k, v in carried.items() if k not in openai_batch.OUTPUT_FIELDS})
+    rec = JobRecord(
+        rid,
+        line_no,
+        style="openai",
+        carried={k: v for k, v in carried.items() if k not in openai_batch.OUTPUT_FIELDS},
+    )
     clash = sorted(set(carried) & openai_batch.OUTPUT_FIELDS)
     if clash:
-        rec.problem = ("invalid_record", (f"request {rid!r}: field {clash[0]!r} cannot be carried to "
-                                          f"the output, which uses it itself"))
+        rec.problem = (
+            "invalid_record",
+            (
+                f"request {rid!r}: field {clash[0]!r} cannot be carried to "
+                f"the output, which uses it itself"
+            ),
+        )
         return rec
     try:
         rec.endpoint, rec.prompt, rec.overrides = openai_batch.parse_request(obj)
@@ -160,12 +212,16 @@ def _openai_record(rid: str, line_no: int, obj: dict[str, Any]) -> JobRecord:
 def check_prompt(prompt: Any, is_text: bool) -> str | None:
     """What is wrong with a record's "prompt" (`is_text`) or "messages", or None."""
     if is_text:
-        return None if isinstance(prompt, str) else "\"prompt\" must be a string"
+        return None if isinstance(prompt, str) else '"prompt" must be a string'
     if not isinstance(prompt, list) or not prompt:
-        return "\"messages\" must be a non-empty list"
+        return '"messages" must be a non-empty list'
     for i, m in enumerate(prompt):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            return f"messages[{i}] must be an object with string \"role\" and \"content\""
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            return f'messages[{i}] must be an object with string "role" and "content"'
     return None
 
 
@@ -177,8 +233,12 @@ def _warn_near_misses(names: set[str]) -> None:
     for name in sorted(names):
         near = difflib.get_close_matches(name, sampling, n=1, cutoff=0.85)
         if near:
-            log.warning("field %r is not a sampling parameter (did you mean %r?); it is carried to "
-                        "the output unchanged", name, near[0])
+            log.warning(
+                "field %r is not a sampling parameter (did you mean %r?); it is carried to "
+                "the output unchanged",
+                name,
+                near[0],
+            )
 
 
 # ---------------------------------------------------------------------- running a job
@@ -187,9 +247,9 @@ def _warn_near_misses(names: set[str]) -> None:
 @dataclass
 class JobSummary:
     total: int = 0
-    skipped: int = 0      # already in the output from an earlier run
+    skipped: int = 0  # already in the output from an earlier run
     completed: int = 0
-    errors: int = 0       # records that failed in this run
+    errors: int = 0  # records that failed in this run
     earlier_errors: int = 0  # failed in an earlier run and skipped (retry_errors runs them again)
     generated_tokens: int = 0
     seconds: float = 0.0
@@ -198,17 +258,33 @@ class JobSummary:
     def describe(self) -> str:
         rate = self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
         state = "interrupted (re-run the same command to resume)" if self.interrupted else "done"
-        earlier = (f" ({self.earlier_errors} of them failed: --retry-errors runs them again)"
-                   if self.earlier_errors else "")
-        return (f"{state}: {self.completed} completed, {self.errors} errors, {self.skipped} "
-                f"already done{earlier}, of {self.total} records; {self.generated_tokens} tokens in "
-                f"{self.seconds:.1f} s ({rate:.1f} tokens/s)")
+        earlier = (
+            f" ({self.earlier_errors} of them failed: --retry-errors runs them again)"
+            if self.earlier_errors
+            else ""
+        )
+        return (
+            f"{state}: {self.completed} completed, {self.errors} errors, {self.skipped} "
+            f"already done{earlier}, of {self.total} records; {self.generated_tokens} tokens in "
+            f"{self.seconds:.1f} s ({rate:.1f} tokens/s)"
+        )
 
 
-def run_job(input_path: Path | str, output_path: Path, *, model: Any, base_params: Any,
-            max_num_seqs: int = 64, progress: bool = False, int8_activations: bool = False,
-            kv_dtype: str = "float32", device: str = "cpu", retry_errors: bool = False,
-            context_length: int | None = None, system: str | None = None) -> JobSummary:
+def run_job(
+    input_path: Path | str,
+    output_path: Path,
+    *,
+    model: Any,
+    base_params: Any,
+    max_num_seqs: int = 64,
+    progress: bool = False,
+    int8_activations: bool = False,
+    kv_dtype: str = "float32",
+    device: str = "cpu",
+    retry_errors: bool = False,
+    context_length: int | None = None,
+    system: str | None = None,
+) -> JobSummary:
     """Run (or resume) a JSONL job. `input_path` may be ``"-"`` (standard input); `model` is a
     name/path or a loaded `pyllm.LLM` (`int8_activations`, `kv_dtype`, `device` and
     `context_length` apply when it is a name or path: see `pyllm.load`); `retry_errors` runs the
@@ -225,21 +301,38 @@ def run_job(input_path: Path | str, output_path: Path, *, model: Any, base_param
                 carried_names.update(rec.carried)
         _warn_near_misses(carried_names)
         llm = _load(model, device, int8_activations, kv_dtype, context_length)
-        _run(llm, source, output_path, state.done, summary, base_params, max_num_seqs, progress,
-             system)
+        _run(
+            llm,
+            source,
+            output_path,
+            state.done,
+            summary,
+            base_params,
+            max_num_seqs,
+            progress,
+            system,
+        )
     return summary
 
 
-def _load(model: Any, device: str, int8_activations: bool, kv_dtype: str,
-          context_length: int | None) -> Any:
+def _load(
+    model: Any, device: str, int8_activations: bool, kv_dtype: str, context_length: int | None
+) -> Any:
     if isinstance(model, (str, Path)) or model is None:
         import pyllm
 
-        return pyllm.load(model, device, int8_activations=int8_activations, kv_dtype=kv_dtype,
-                          context_length=context_length)
+        return pyllm.load(
+            model,
+            device,
+            int8_activations=int8_activations,
+            kv_dtype=kv_dtype,
+            context_length=context_length,
+        )
     if context_length is not None:
-        raise ValueError("context_length applies when the model is loaded here (a name or "
-                         "path); pass it to pyllm.load for a loaded model")
+        raise ValueError(
+            "context_length applies when the model is loaded here (a name or "
+            "path); pass it to pyllm.load for a loaded model"
+        )
     return model
 
 
@@ -255,8 +348,17 @@ def with_system(prompt: Any, system: str | None) -> Any:
     return [{"role": "system", "content": system}, *prompt]
 
 
-def _run(llm: Any, source: Path, output_path: Path, done: set[Any], summary: JobSummary,
-         base_params: Any, max_num_seqs: int, progress: bool, system: str | None = None) -> None:
+def _run(
+    llm: Any,
+    source: Path,
+    output_path: Path,
+    done: set[Any],
+    summary: JobSummary,
+    base_params: Any,
+    max_num_seqs: int,
+    progress: bool,
+    system: str | None = None,
+) -> None:
     import signal
 
     from tqdm import tqdm
@@ -275,8 +377,9 @@ def _run(llm: Any, source: Path, output_path: Path, done: set[Any], summary: Job
     start = time.monotonic()
     running: dict[str, tuple[JobRecord, list[int], int]] = {}  # key -> (record, prompt ids, n)
     partial: dict[str, dict[int, Any]] = {}
-    bar = tqdm(total=summary.total, unit="rec", disable=not progress, dynamic_ncols=True,
-               desc="generate")
+    bar = tqdm(
+        total=summary.total, unit="rec", disable=not progress, dynamic_ncols=True, desc="generate"
+    )
     try:
         with JsonlWriter(output_path) as writer:
 
@@ -304,7 +407,11 @@ def _run(llm: Any, source: Path, output_path: Path, done: set[Any], summary: Job
                         ids = llm.encode_prompt(with_system(rec.prompt, system))
                         engine.check_request(ids, params)
                     except (ValueError, TypeError, ContextLengthError) as exc:
-                        kind = "context_length" if isinstance(exc, ContextLengthError) else "invalid_record"
+                        kind = (
+                            "context_length"
+                            if isinstance(exc, ContextLengthError)
+                            else "invalid_record"
+                        )
                         failed(rec.failure(kind, str(exc)))
                         continue
                     running[rec.key] = (rec, ids, params.n)
@@ -323,7 +430,9 @@ def _run(llm: Any, source: Path, output_path: Path, done: set[Any], summary: Job
                         summary.completed += 1
                         bar.update(1)
                         elapsed = time.monotonic() - start
-                        bar.set_postfix_str(f"{summary.generated_tokens / max(elapsed, 1e-9):.1f} tok/s")
+                        bar.set_postfix_str(
+                            f"{summary.generated_tokens / max(elapsed, 1e-9):.1f} tok/s"
+                        )
                 if interrupted["flag"]:
                     break
     finally:

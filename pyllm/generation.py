@@ -97,8 +97,15 @@ class StreamEvent:
 
 
 class _Seq:
-    def __init__(self, request: int, output: int, prompt: list[int], params: SamplingParams,
-                 tokenizer: Tokenizer, slot: int) -> None:
+    def __init__(
+        self,
+        request: int,
+        output: int,
+        prompt: list[int],
+        params: SamplingParams,
+        tokenizer: Tokenizer,
+        slot: int,
+    ) -> None:
         self.request, self.output, self.prompt, self.params = request, output, prompt, params
         self.slot = slot  # its index in the group's KV cache
         self.out: list[int] = []
@@ -106,7 +113,8 @@ class _Seq:
         self.detok = IncrementalDetokenizer(tokenizer, skip_special=True)
         self.stops = StopStringChecker(params.stop)
         self.stop_ids = frozenset(params.stop_token_ids) | (
-            frozenset() if params.ignore_eos else frozenset(tokenizer.eos_ids))
+            frozenset() if params.ignore_eos else frozenset(tokenizer.eos_ids)
+        )
         self.finish_reason: str | None = None
         self.cached = 0  # tokens whose K/V are in the cache
         self.state: dict[str, Any] = {}
@@ -122,8 +130,12 @@ class _Seq:
 # ---------------------------------------------------------------------- sampling
 
 
-def sample(logits: torch.Tensor, seqs: Sequence[Any], sampler: Sampler | None = None,
-           token_mask: torch.Tensor | None = None) -> tuple[list[int], list[TokenLogprob]]:
+def sample(
+    logits: torch.Tensor,
+    seqs: Sequence[Any],
+    sampler: Sampler | None = None,
+    token_mask: torch.Tensor | None = None,
+) -> tuple[list[int], list[TokenLogprob]]:
     """Pick one token per row of `logits` [B, V] (float32) through the sampler chain of each
     row's SamplingParams; returns the ids and their log-probs under the model's distribution
     (with the top alternatives when a sequence asked for them).
@@ -137,8 +149,14 @@ def sample(logits: torch.Tensor, seqs: Sequence[Any], sampler: Sampler | None = 
         if len(s.out) < s.params.min_tokens and s.stop_ids:
             logits[row, list(s.stop_ids)] = float("-inf")
     sampler = sampler or _default_sampler()
-    res = sampler.sample(logits, [s.params for s in seqs], [s.prompt for s in seqs],
-                         [s.out for s in seqs], [s.state for s in seqs], token_mask=token_mask)
+    res = sampler.sample(
+        logits,
+        [s.params for s in seqs],
+        [s.prompt for s in seqs],
+        [s.out for s in seqs],
+        [s.state for s in seqs],
+        token_mask=token_mask,
+    )
     return sampled_tokens(res, seqs)
 
 
@@ -152,8 +170,11 @@ def sampled_tokens(res: SampleResult, seqs: Sequence[Any]) -> tuple[list[int], l
     out = []
     for row, s in enumerate(seqs):
         k = s.params.logprobs or 0
-        top = ([] if not k or top_ids is None or top_lps is None
-               else list(zip(top_ids[row][:k], top_lps[row][:k])))
+        top = (
+            []
+            if not k or top_ids is None or top_lps is None
+            else list(zip(top_ids[row][:k], top_lps[row][:k]))
+        )
         out.append(TokenLogprob(ids[row], chosen[row], top))
     return ids, out
 
@@ -171,20 +192,29 @@ def _default_sampler() -> Sampler:
 # ---------------------------------------------------------------------- the loop
 
 
-def generate_stream(model: ModelRunner, tokenizer: Tokenizer, prompts: Sequence[list[int]],
-                    params: Sequence[SamplingParams], *, max_batch: int = 16
-                    ) -> Iterator[StreamEvent]:
+def generate_stream(
+    model: ModelRunner,
+    tokenizer: Tokenizer,
+    prompts: Sequence[list[int]],
+    params: Sequence[SamplingParams],
+    *,
+    max_batch: int = 16,
+) -> Iterator[StreamEvent]:
     """Generate for every prompt (already tokenized and within the context length), yielding
     a StreamEvent whenever a completion's visible text grows or it finishes."""
     seqs = [(r, j) for r, p in enumerate(params) for j in range(p.n)]
     for start in range(0, len(seqs), max_batch):
-        group = seqs[start:start + max_batch]
+        group = seqs[start : start + max_batch]
         yield from _run_group(model, tokenizer, prompts, params, group)
 
 
-def _run_group(model: ModelRunner, tokenizer: Tokenizer, prompts: Sequence[list[int]],
-               params: Sequence[SamplingParams], group: list[tuple[int, int]]
-               ) -> Iterator[StreamEvent]:
+def _run_group(
+    model: ModelRunner,
+    tokenizer: Tokenizer,
+    prompts: Sequence[list[int]],
+    params: Sequence[SamplingParams],
+    group: list[tuple[int, int]],
+) -> Iterator[StreamEvent]:
     cfg = model.config
     limit = cfg.max_position
     seqs = []
@@ -196,8 +226,9 @@ def _run_group(model: ModelRunner, tokenizer: Tokenizer, prompts: Sequence[list[
     # Each sequence needs room for its prompt and every token it may feed back (the last
     # sampled token is never fed), within the context length.
     need = max(min(len(s.prompt) + s.params.max_tokens - 1, limit) for s in seqs)
-    cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, len(seqs), max(need, 1),
-                              device=model.device)
+    cache = ContiguousKVCache(
+        cfg.n_layer, cfg.n_kv_head, cfg.head_dim, len(seqs), max(need, 1), device=model.device
+    )
     sampler = Sampler(tokenizer=tokenizer)
     with torch.inference_mode():
         logits = prefill(model, cache, seqs)  # (B, V)
@@ -266,15 +297,17 @@ class ScoredToken:
     top: list[tuple[int, float]] = field(default_factory=list)
 
 
-def score_ids(model: ModelRunner, ids: Sequence[int], top_n: int = 10,
-              chunk: int = 256) -> list[ScoredToken]:
+def score_ids(
+    model: ModelRunner, ids: Sequence[int], top_n: int = 10, chunk: int = 256
+) -> list[ScoredToken]:
     """Teacher-forced log-probs of `ids` (one sequence within the context length).
 
     The logits are computed `chunk` rows at a time, so a long text never holds a [T, V] matrix.
     """
     cfg = model.config
-    cache = ContiguousKVCache(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 1, max(len(ids), 1),
-                              device=model.device)
+    cache = ContiguousKVCache(
+        cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 1, max(len(ids), 1), device=model.device
+    )
     out = [ScoredToken(0, int(ids[0]), None)] if ids else []
     if len(ids) < 2:
         return out
@@ -284,11 +317,14 @@ def score_ids(model: ModelRunner, ids: Sequence[int], top_n: int = 10,
         for lo in range(0, len(ids) - 1, chunk):
             hi = min(lo + chunk, len(ids) - 1)
             logp = torch.log_softmax(model.logits(hidden[lo:hi]).float(), dim=-1)  # (R, V)
-            targets = x[lo + 1:hi + 1]
+            targets = x[lo + 1 : hi + 1]
             chosen = logp.gather(1, targets[:, None])[:, 0].tolist()
             top_lp, top_ids = logp.topk(top_n, dim=-1) if top_n else (None, None)
             for r in range(hi - lo):
-                top = ([] if top_ids is None or top_lp is None  # top_n == 0
-                       else list(zip(top_ids[r].tolist(), top_lp[r].tolist())))
+                top = (
+                    []
+                    if top_ids is None or top_lp is None  # top_n == 0
+                    else list(zip(top_ids[r].tolist(), top_lp[r].tolist()))
+                )
                 out.append(ScoredToken(lo + r + 1, int(targets[r]), chosen[r], top))
     return out

@@ -83,8 +83,11 @@ class BadRecord:
 
 def error_line(key: Key, line: int, error_type: str, message: str) -> dict[str, Any]:
     """The output line for a failed record: ``"id"`` is the key when it is an id, else null."""
-    return {"id": key if isinstance(key, str) else None, "line": line,
-            "error": {"type": error_type, "message": message}}
+    return {
+        "id": key if isinstance(key, str) else None,
+        "line": line,
+        "error": {"type": error_type, "message": message},
+    }
 
 
 # ---------------------------------------------------------------------- reading the input
@@ -110,31 +113,43 @@ _BRACKET = re.compile(r"[\[\]{}]")
 def parse_line(raw: bytes, line_no: int) -> dict[str, Any] | BadRecord | None:
     """One input line: its object, a BadRecord keyed by the line number, or None when blank."""
     if line_no == 1 and raw.startswith(_BOM):
-        raw = raw[len(_BOM):]
+        raw = raw[len(_BOM) :]
     try:
         text = raw.decode("utf-8").strip()
     except UnicodeDecodeError as exc:
-        return BadRecord(line_no, line_no, "invalid_utf8",
-                         f"line {line_no}: not UTF-8 (byte {exc.start + 1} is "
-                         f"{raw[exc.start:exc.start + 1]!r})")
+        return BadRecord(
+            line_no,
+            line_no,
+            "invalid_utf8",
+            f"line {line_no}: not UTF-8 (byte {exc.start + 1} is "
+            f"{raw[exc.start : exc.start + 1]!r})",
+        )
     if not text:
         return None
     if too_deep(text):
-        return BadRecord(line_no, line_no, "too_deep",
-                         f"line {line_no}: nested more than {MAX_DEPTH} levels deep "
-                         "(arrays and objects)")
+        return BadRecord(
+            line_no,
+            line_no,
+            "too_deep",
+            f"line {line_no}: nested more than {MAX_DEPTH} levels deep (arrays and objects)",
+        )
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, a 5,000-digit int
         return BadRecord(line_no, line_no, "invalid_json", f"line {line_no}: {exc}")
     if not isinstance(obj, dict):
-        return BadRecord(line_no, line_no, "invalid_record",
-                         f"line {line_no}: expected a JSON object, got {json_type(obj)}")
+        return BadRecord(
+            line_no,
+            line_no,
+            "invalid_record",
+            f"line {line_no}: expected a JSON object, got {json_type(obj)}",
+        )
     return obj
 
 
-def read_objects(path: Path, id_fields: Sequence[str] = ("id",)
-                 ) -> Iterator[tuple[int, str, dict[str, Any]] | BadRecord]:
+def read_objects(
+    path: Path, id_fields: Sequence[str] = ("id",)
+) -> Iterator[tuple[int, str, dict[str, Any]] | BadRecord]:
     """The shared JSONL rules: `(line, id, object)` for a JSON object with a unique usable id (the
     first of `id_fields` it has), a BadRecord for anything else. Never raises for a bad line."""
     seen: dict[str, int] = {}
@@ -149,18 +164,27 @@ def read_objects(path: Path, id_fields: Sequence[str] = ("id",)
             name = next((f for f in id_fields if f in obj), id_fields[0])
             value = obj.get(name)
             if value is None:
-                yield BadRecord(line_no, line_no, "missing_id",
-                                f"line {line_no}: every record needs an {names}")
+                yield BadRecord(
+                    line_no, line_no, "missing_id", f"line {line_no}: every record needs an {names}"
+                )
                 continue
             rid = record_id(value)
             if rid is None:
-                yield BadRecord(line_no, line_no, "invalid_id",
-                                f"line {line_no}: \"{name}\" must be a non-empty string or an "
-                                f"integer, got {json_type(value)} {_short(value)}")
+                yield BadRecord(
+                    line_no,
+                    line_no,
+                    "invalid_id",
+                    f'line {line_no}: "{name}" must be a non-empty string or an '
+                    f"integer, got {json_type(value)} {_short(value)}",
+                )
                 continue
             if rid in seen:
-                yield BadRecord(line_no, line_no, "duplicate_id",
-                                f"line {line_no}: id {rid!r} was already used on line {seen[rid]}")
+                yield BadRecord(
+                    line_no,
+                    line_no,
+                    "duplicate_id",
+                    f"line {line_no}: id {rid!r} was already used on line {seen[rid]}",
+                )
                 continue
             seen[rid] = line_no
             yield line_no, rid, obj
@@ -177,8 +201,15 @@ def record_id(value: Any) -> str | None:
 
 def json_type(value: Any) -> str:
     """A JSON value's type in words ("an object", "a number", ...), for error messages."""
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -309,9 +340,11 @@ def _replace_contents(path: Path, data: bytes) -> None:
 def check_job_files(input_path: Path | str, output_path: Path) -> None:
     """Refuse, before anything is written, an output that is not a regular file (new or
     existing) and an output that is the input file itself (by device and inode)."""
-    supported = ("a job's output must be a regular file (new or existing), since the job "
-                 "appends to it and reads it back to resume; write to a file and copy or print "
-                 "it afterwards")
+    supported = (
+        "a job's output must be a regular file (new or existing), since the job "
+        "appends to it and reads it back to resume; write to a file and copy or print "
+        "it afterwards"
+    )
     if os.path.abspath(output_path).startswith(_STREAM_PATHS):  # a regular file when redirected
         raise ValueError(f"the output {output_path} is a stream, not a file: {supported}")
     try:
@@ -329,17 +362,24 @@ def check_job_files(input_path: Path | str, output_path: Path) -> None:
         src = os.stat(input_path)
     if (src.st_dev, src.st_ino) == (out.st_dev, out.st_ino):
         where = "standard input" if str(input_path) == STDIN else f"the input {input_path}"
-        raise ValueError(f"{where} and the output {output_path} are the same file: the output "
-                         f"gets one line per finished record and is read back to resume, so it "
-                         f"must be another file")
+        raise ValueError(
+            f"{where} and the output {output_path} are the same file: the output "
+            f"gets one line per finished record and is read back to resume, so it "
+            f"must be another file"
+        )
 
 
 _STREAM_PATHS = ("/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/")
 
 
 def _file_kind(mode: int) -> str:
-    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket")]
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
@@ -355,8 +395,10 @@ def readable_input(input_path: Path | str) -> Iterator[Path]:
         with os.fdopen(fd, "wb") as dst:
             if str(input_path) == STDIN:
                 if sys.stdin is None or sys.stdin.isatty():
-                    raise ValueError("the input is standard input (-), which is a terminal: "
-                                     "pipe or redirect the JSONL into it")
+                    raise ValueError(
+                        "the input is standard input (-), which is a terminal: "
+                        "pipe or redirect the JSONL into it"
+                    )
                 shutil.copyfileobj(sys.stdin.buffer, dst)
             else:
                 with open(input_path, "rb") as src:

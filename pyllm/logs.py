@@ -113,9 +113,14 @@ class Response:
 
     def conversation(self) -> list[dict[str, str]]:
         """The conversation up to and including this reply, as chat messages."""
-        messages = list(self.messages) if self.messages is not None else (
-            ([{"role": "system", "content": self.system}] if self.system else [])
-            + [{"role": "user", "content": self.prompt}])
+        messages = (
+            list(self.messages)
+            if self.messages is not None
+            else (
+                ([{"role": "system", "content": self.system}] if self.system else [])
+                + [{"role": "user", "content": self.prompt}]
+            )
+        )
         return [*messages, {"role": "assistant", "content": self.reply}]
 
 
@@ -128,27 +133,52 @@ def changed_settings(params: Any) -> dict[str, Any]:
     return {k: v for k, v in params.to_dict().items() if v != base[k]}
 
 
-def record(*, conversation_id: str, model: str, prompt: str, reply: str,
-           messages: Sequence[Mapping[str, Any]] | None = None, settings: dict[str, Any] | None = None,
-           prompt_tokens: int | None = None, completion_tokens: int | None = None,
-           seconds: float | None = None, first_token_seconds: float | None = None,
-           finish_reason: str | None = None, path: Path | None = None) -> int | None:
+def record(
+    *,
+    conversation_id: str,
+    model: str,
+    prompt: str,
+    reply: str,
+    messages: Sequence[Mapping[str, Any]] | None = None,
+    settings: dict[str, Any] | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    seconds: float | None = None,
+    first_token_seconds: float | None = None,
+    finish_reason: str | None = None,
+    path: Path | None = None,
+) -> int | None:
     """Log one reply; returns its row id, or None when it could not be written (warned once)."""
     system = next((m["content"] for m in messages or () if m.get("role") == "system"), None)
-    row = (conversation_id, time.strftime("%Y-%m-%dT%H:%M:%S"), model, prompt, system,
-           json.dumps(list(messages), ensure_ascii=False) if messages is not None else None,
-           json.dumps(settings or {}, ensure_ascii=False), reply, prompt_tokens,
-           completion_tokens, seconds, first_token_seconds, finish_reason)
+    row = (
+        conversation_id,
+        time.strftime("%Y-%m-%dT%H:%M:%S"),
+        model,
+        prompt,
+        system,
+        json.dumps(list(messages), ensure_ascii=False) if messages is not None else None,
+        json.dumps(settings or {}, ensure_ascii=False),
+        reply,
+        prompt_tokens,
+        completion_tokens,
+        seconds,
+        first_token_seconds,
+        finish_reason,
+    )
     try:
         with connect(path) as db:
             cur = db.execute(
                 "INSERT INTO responses (conversation_id, created, model, prompt, system, messages,"
                 " settings, reply, prompt_tokens, completion_tokens, seconds,"
-                " first_token_seconds, finish_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                " first_token_seconds, finish_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                row,
+            )
             return cur.lastrowid
     except (sqlite3.Error, OSError) as e:
-        _warn_once(f"could not write the conversation log {path or db_path()}: {e} "
-                   f"(PYLLM_LOG=0 turns logging off)")
+        _warn_once(
+            f"could not write the conversation log {path or db_path()}: {e} "
+            f"(PYLLM_LOG=0 turns logging off)"
+        )
         return None
 
 
@@ -161,16 +191,19 @@ def _warn_once(message: str) -> None:
         log.warning("%s", message)
 
 
-def recent(n: int | None = 3, query: str | None = None, *, path: Path | None = None
-           ) -> list[Response]:
+def recent(
+    n: int | None = 3, query: str | None = None, *, path: Path | None = None
+) -> list[Response]:
     """The last `n` replies (all when None), oldest first; `query` keeps those whose prompt,
     system prompt or reply contains it (case-insensitive)."""
     if not (path or db_path()).exists():
         return []
     sql, args = "SELECT * FROM responses", list[Any]()
     if query:
-        sql += " WHERE prompt LIKE ? ESCAPE '\\' OR reply LIKE ? ESCAPE '\\' " \
-               "OR system LIKE ? ESCAPE '\\'"
+        sql += (
+            " WHERE prompt LIKE ? ESCAPE '\\' OR reply LIKE ? ESCAPE '\\' "
+            "OR system LIKE ? ESCAPE '\\'"
+        )
         pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         args = [pattern] * 3
     sql += " ORDER BY id DESC"

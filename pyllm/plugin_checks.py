@@ -68,22 +68,26 @@ def _command(command: object) -> tuple[str, Any]:
     return command.name, command
 
 
-def _repl_command(plugin: str, name: object, handler: object, help: object = "",
-                  aliases: tuple[str, ...] = ()) -> tuple[str, Any]:
+def _repl_command(
+    plugin: str, name: object, handler: object, help: object = "", aliases: tuple[str, ...] = ()
+) -> tuple[str, Any]:
     name = _name(name).lstrip("/")
     if not callable(handler):
         raise Refused(name, f"the handler {_shown(handler)} is not callable")
     if isinstance(aliases, str) or not all(isinstance(a, str) and a for a in aliases):
         raise Refused(name, f"aliases must be a tuple of names, got {_shown(aliases)}")
-    return name, ReplCommand(name, handler, str(help), tuple(a.lstrip("/") for a in aliases),
-                             plugin)
+    return name, ReplCommand(
+        name, handler, str(help), tuple(a.lstrip("/") for a in aliases), plugin
+    )
 
 
 def _task(name: str, adapter: object) -> None:
     missing = _missing(adapter, ("name", "description", "input_fields", "run"))
     if missing:
-        raise Refused(name, f"{_shown(adapter)} is not a TaskAdapter (pyllm.types): it has no "
-                            f"{', '.join(missing)}")
+        raise Refused(
+            name,
+            f"{_shown(adapter)} is not a TaskAdapter (pyllm.types): it has no {', '.join(missing)}",
+        )
     checked: Any = adapter  # has the four members (just checked); their values are checked below
     if checked.name != name:
         raise Refused(name, f"the adapter's name is {checked.name!r}")
@@ -97,15 +101,18 @@ def _task(name: str, adapter: object) -> None:
 def _model_source(name: str, source: object) -> None:
     missing = _missing(source, ("name", "can_resolve", "resolve"))
     if missing:
-        raise Refused(name, f"{_shown(source)} is not a ModelSource (pyllm.types): it has no "
-                            f"{', '.join(missing)}")
+        raise Refused(
+            name,
+            f"{_shown(source)} is not a ModelSource (pyllm.types): it has no {', '.join(missing)}",
+        )
     checked: Any = source  # has the three members (just checked)
     if not callable(checked.can_resolve) or not callable(checked.resolve):
         raise Refused(name, "can_resolve and resolve must be methods")
 
 
-def check_registration(kind: str, plugin: str, args: tuple[Any, ...],
-                       kwargs: dict[str, Any]) -> tuple[str, Any]:
+def check_registration(
+    kind: str, plugin: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[str, Any]:
     """``(name, object)`` for one ``register(*args, **kwargs)`` call of a ``kind`` registry.
 
     Raises :class:`Refused` when the object does not satisfy its protocol, and ``TypeError``
@@ -121,14 +128,19 @@ def check_registration(kind: str, plugin: str, args: tuple[Any, ...],
 
     name, obj = pair(*args, **kwargs)
     if kind == "tokenizers" and not callable(obj):
-        raise Refused(name, f"{_shown(obj)} is not a tokenizer factory (a callable "
-                            f"factory(metadata, path) -> Tokenizer)")
+        raise Refused(
+            name,
+            f"{_shown(obj)} is not a tokenizer factory (a callable "
+            f"factory(metadata, path) -> Tokenizer)",
+        )
     if kind == "samplers" and not callable(obj):
-        raise Refused(name, f"{_shown(obj)} is not a SamplerStep (a callable "
-                            f"step(logits, context) -> logits)")
+        raise Refused(
+            name, f"{_shown(obj)} is not a SamplerStep (a callable step(logits, context) -> logits)"
+        )
     if kind == "constraints" and not callable(obj):
-        raise Refused(name, f"{_shown(obj)} is not a constraint kind (a callable "
-                            f"kind(spec) -> grammar)")
+        raise Refused(
+            name, f"{_shown(obj)} is not a constraint kind (a callable kind(spec) -> grammar)"
+        )
     if kind == "tasks":
         _task(name, obj)
     if kind == "model_sources":

@@ -206,8 +206,9 @@ class PluginHost:
             self._load_one(pm, info, ep)
         if self._selection is not None:
             for name in sorted(self._selection - matched):
-                self._warn(("selection", name),
-                           f"{ENV_VAR} names {name!r} but no such plugin is installed")
+                self._warn(
+                    ("selection", name), f"{ENV_VAR} names {name!r} but no such plugin is installed"
+                )
         self._check_pending(pm)
 
     def _check_pending(self, pm: pluggy.PluginManager) -> None:
@@ -257,8 +258,9 @@ class PluginHost:
             pm.register(plugin, name=name)
         except Exception as e:  # noqa: BLE001 - a broken plugin must not stop pyllm
             info.errors.append(f"failed to load: {_error_text(e)}")
-            self._warn((name, "load"), f"plugin {name!r} failed to load and is skipped: "
-                                       f"{_error_text(e)}")
+            self._warn(
+                (name, "load"), f"plugin {name!r} failed to load and is skipped: {_error_text(e)}"
+            )
 
     def _warn(self, key: tuple[str, str], message: str) -> None:
         """Log a warning once per key for the life of this host."""
@@ -282,16 +284,21 @@ class PluginHost:
         hook_name = KINDS[kind]
         skipped: list[object] = []  # plugins whose hook raised
         while True:
-            caller = (self.pm.subset_hook_caller(hook_name, skipped) if skipped
-                      else getattr(self.pm.hook, hook_name))
+            caller = (
+                self.pm.subset_hook_caller(hook_name, skipped)
+                if skipped
+                else getattr(self.pm.hook, hook_name)
+            )
             recorder = _Recorder(kind, _impl_owners(caller))
             try:
                 caller(register=recorder.register)
             except Exception as e:  # noqa: BLE001 - isolate the plugin, keep the others
                 culprits = recorder.culprits(e) or self._failing_alone(hook_name, skipped)
                 if not culprits:
-                    self._warn(("hook", hook_name), f"{hook_name} failed and no plugin could be "
-                                                    f"blamed: {_error_text(e)}")
+                    self._warn(
+                        ("hook", hook_name),
+                        f"{hook_name} failed and no plugin could be blamed: {_error_text(e)}",
+                    )
                     return {}
                 for plugin_name, error in culprits.items():
                     self._hook_failed(plugin_name, hook_name, error)
@@ -303,8 +310,10 @@ class PluginHost:
 
     def _hook_failed(self, plugin: str, hook_name: str, exc: BaseException) -> None:
         self._info(plugin).errors.append(f"{hook_name}: {_error_text(exc)}")
-        self._warn((plugin, hook_name), f"plugin {plugin!r} raised in {hook_name} and is skipped "
-                                        f"for it: {_error_text(exc)}")
+        self._warn(
+            (plugin, hook_name),
+            f"plugin {plugin!r} raised in {hook_name} and is skipped for it: {_error_text(exc)}",
+        )
 
     def _failing_alone(self, hook_name: str, skipped: list[object]) -> dict[str, BaseException]:
         """The plugins whose hook raises when called on its own (when the traceback of a failed
@@ -314,8 +323,9 @@ class PluginHost:
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             if impl.plugin in skipped:
                 continue
-            alone = self.pm.subset_hook_caller(hook_name,
-                                               [p for p in everyone if p is not impl.plugin])
+            alone = self.pm.subset_hook_caller(
+                hook_name, [p for p in everyone if p is not impl.plugin]
+            )
             recorder = _Recorder(KIND_OF_HOOK[hook_name], _impl_owners(alone))
             try:
                 alone(register=recorder.register)
@@ -328,19 +338,27 @@ class PluginHost:
         the others in call order; a name already taken and a refused registration are reported."""
         label = kind[:-1].replace("_", " ")
         for plugin, name, reason in recorder.refused:
-            self._refuse(plugin, kind, name, reason,
-                         f"plugin {plugin!r}: {label} {name!r} refused: {reason}")
+            self._refuse(
+                plugin, kind, name, reason, f"plugin {plugin!r}: {label} {name!r} refused: {reason}"
+            )
         result: dict[str, Any] = {}
         owner: dict[str, str] = {}
         for plugin in {p for p, _, _ in recorder.items}:
             self._info(plugin).registered.setdefault(kind, []).clear()
-        ordered = sorted(enumerate(recorder.items),
-                         key=lambda item: (not self._info(item[1][0]).builtin, item[0]))
+        ordered = sorted(
+            enumerate(recorder.items),
+            key=lambda item: (not self._info(item[1][0]).builtin, item[0]),
+        )
         for _, (plugin, name, obj) in ordered:
             if name in result:
-                self._refuse(plugin, kind, name, f"already registered by {owner[name]!r}",
-                             f"plugin {plugin!r} registers {label} {name!r}, already "
-                             f"registered by {owner[name]!r}; ignored")
+                self._refuse(
+                    plugin,
+                    kind,
+                    name,
+                    f"already registered by {owner[name]!r}",
+                    f"plugin {plugin!r} registers {label} {name!r}, already "
+                    f"registered by {owner[name]!r}; ignored",
+                )
                 continue
             result[name] = obj
             owner[name] = plugin
@@ -474,16 +492,18 @@ class _Recorder:
             raise RuntimeError(f"the register() of {hook} was called after the hook returned")
         plugin = self._calling_plugin()
         if plugin is None:
-            raise RuntimeError(f"the register() of {hook} was called from outside a hook "
-                               f"implementation")
+            raise RuntimeError(
+                f"the register() of {hook} was called from outside a hook implementation"
+            )
         try:
             name, obj = check_registration(self.kind, plugin, args, kwargs)
         except Refused as e:
             self.refused.append((plugin, e.name, e.reason))
             return
         except TypeError as e:  # the call does not match register's signature
-            raise TypeError(f"{hook}: bad register() call {_call_text(args, kwargs)}: "
-                            f"{e}") from None
+            raise TypeError(
+                f"{hook}: bad register() call {_call_text(args, kwargs)}: {e}"
+            ) from None
         self.items.append((plugin, name, obj))
 
 

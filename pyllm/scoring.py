@@ -61,8 +61,14 @@ class ContinuationScorer:
     :param max_batch_tokens: roughly how many tokens one forward pass may hold.
     """
 
-    def __init__(self, model: ModelRunner, *, block_size: int = 16, cache_tokens: int = 4096,
-                 max_batch_tokens: int = 1024) -> None:
+    def __init__(
+        self,
+        model: ModelRunner,
+        *,
+        block_size: int = 16,
+        cache_tokens: int = 4096,
+        max_batch_tokens: int = 1024,
+    ) -> None:
         self.model = model
         self.block_size = block_size
         self.max_batch_tokens = max_batch_tokens
@@ -75,9 +81,15 @@ class ContinuationScorer:
         self.num_blocks = -(-tokens // self.block_size)
         dtype = torch.float32
         self.blocks = BlockManager(self.num_blocks, self.block_size)
-        self.kv_caches: KVCaches = allocate_kv_caches(cfg.n_layer, self.blocks.pool_blocks,
-                                                      self.block_size, cfg.n_kv_head,
-                                                      cfg.head_dim, dtype, self.model.device)
+        self.kv_caches: KVCaches = allocate_kv_caches(
+            cfg.n_layer,
+            self.blocks.pool_blocks,
+            self.block_size,
+            cfg.n_kv_head,
+            cfg.head_dim,
+            dtype,
+            self.model.device,
+        )
 
     def _blocks_needed(self, prompt: Sequence[int], conts: Sequence[Sequence[int]]) -> int:
         """Worst case: every prompt block, plus per continuation a copy of the partial block and
@@ -88,8 +100,9 @@ class ContinuationScorer:
 
     # ---------------------------------------------------------------- public
 
-    def score(self, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]
-              ) -> list[list[ContinuationScore]]:
+    def score(
+        self, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]
+    ) -> list[list[ContinuationScore]]:
         """For each `(prompt_ids, [continuation_ids, ...])`: a ContinuationScore per
         continuation, in order. Raises ContextLengthError when a prompt plus its longest
         continuation exceeds the model's context, ValueError for an empty prompt or
@@ -104,9 +117,11 @@ class ContinuationScorer:
                 raise ValueError("a continuation is empty (0 tokens)")
             longest = len(prompt) + max(len(c) for c in conts)
             if longest > limit:
-                raise ContextLengthError(f"the prompt ({len(prompt)} tokens) and its longest "
-                                         f"continuation need {longest} tokens, more than the "
-                                         f"context length of {limit}")
+                raise ContextLengthError(
+                    f"the prompt ({len(prompt)} tokens) and its longest "
+                    f"continuation need {longest} tokens, more than the "
+                    f"context length of {limit}"
+                )
         out: list[list[ContinuationScore]] = []
         for group in self._batches(requests):
             out.extend(self._score_batch(group))
@@ -133,11 +148,18 @@ class ContinuationScorer:
         if group:
             yield group
 
-    def _forward(self, ids: list[int], seqs: list, cached: list[int], new: list[int],
-                 rows: torch.Tensor | None) -> torch.Tensor | None:
+    def _forward(
+        self,
+        ids: list[int],
+        seqs: list,
+        cached: list[int],
+        new: list[int],
+        rows: torch.Tensor | None,
+    ) -> torch.Tensor | None:
         device = self.model.device
-        meta = build_metadata(cached, new, [self.blocks.block_table(s) for s in seqs],
-                              self.block_size, device)
+        meta = build_metadata(
+            cached, new, [self.blocks.block_table(s) for s in seqs], self.block_size, device
+        )
         x = torch.tensor(ids, dtype=torch.int64, device=device)
         if rows is None:
             self.model.hidden_states(x, meta, self.kv_caches)
@@ -158,7 +180,7 @@ class ContinuationScorer:
         if common == 0:
             return
         sid = ("prefix", next(self._ids))
-        cached = self.blocks.allocate(sid, first[:common + 1])
+        cached = self.blocks.allocate(sid, first[: common + 1])
         try:
             if cached < common:
                 self._forward(first[cached:common], [sid], [cached], [common - cached], None)
@@ -168,8 +190,9 @@ class ContinuationScorer:
             self.blocks.free(sid)
 
     @torch.inference_mode()
-    def _score_batch(self, group: list[tuple[list[int], list[list[int]]]]
-                     ) -> list[list[ContinuationScore]]:
+    def _score_batch(
+        self, group: list[tuple[list[int], list[list[int]]]]
+    ) -> list[list[ContinuationScore]]:
         bm = self.blocks
         self._warm_common_prefix([p for p, _ in group])
         pids = [("p", next(self._ids)) for _ in group]
@@ -210,8 +233,11 @@ class ContinuationScorer:
                 for k_cache, v_cache in self.kv_caches:
                     k_cache[dst].copy_(k_cache[src])
                     v_cache[dst].copy_(v_cache[src])
-            later = self._forward(c_ids, seqs, c_cached, c_new,
-                                  torch.tensor(rows, dtype=torch.int64)) if rows else None
+            later = (
+                self._forward(c_ids, seqs, c_cached, c_new, torch.tensor(rows, dtype=torch.int64))
+                if rows
+                else None
+            )
             self.stats["continuation_tokens"] += len(c_ids)
 
             # 3. gather each continuation token's log-prob
@@ -240,11 +266,11 @@ class ContinuationScorer:
                 bm.free(sid)  # the prompt's blocks stay cached for later calls
 
 
-def score_continuations(model: ModelRunner, prompt_ids: Sequence[int],
-                        continuations: Sequence[Sequence[int]]) -> list[ContinuationScore]:
+def score_continuations(
+    model: ModelRunner, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]]
+) -> list[ContinuationScore]:
     """One prompt, several continuations: each continuation's summed (and mean) token log-prob
     given the prompt, the prompt prefilled once (see the module docstring)."""
     need = len(prompt_ids) + sum(len(c) + 16 for c in continuations) + 16
-    scorer = ContinuationScorer(model, cache_tokens=need,
-                                max_batch_tokens=max(need, 1024))
+    scorer = ContinuationScorer(model, cache_tokens=need, max_batch_tokens=max(need, 1024))
     return scorer.score([(prompt_ids, continuations)])[0]

@@ -46,8 +46,9 @@ def load() -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SettingsError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); fix or "
-                            f"delete the file") from None
+        raise SettingsError(
+            f"{path}: not valid JSON ({e.msg} at line {e.lineno}); fix or delete the file"
+        ) from None
     if not isinstance(data, dict):
         raise SettingsError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -100,8 +101,10 @@ def aliases() -> dict[str, str]:
 def check_alias_name(name: str) -> str:
     name = name.strip()
     if not _ALIAS_NAME.match(name):
-        raise SettingsError(f"alias name {name!r} must start with a letter or digit and hold no "
-                            f"spaces or slashes (so it cannot be mistaken for a path or a Hub id)")
+        raise SettingsError(
+            f"alias name {name!r} must start with a letter or digit and hold no "
+            f"spaces or slashes (so it cannot be mistaken for a path or a Hub id)"
+        )
     return name
 
 

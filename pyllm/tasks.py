@@ -43,7 +43,9 @@ def get(name: str) -> TaskAdapter:
 
     registry = plugins.tasks()
     if name not in registry:
-        raise KeyError(f"no task named {name!r}; registered: {', '.join(sorted(registry)) or 'none'}")
+        raise KeyError(
+            f"no task named {name!r}; registered: {', '.join(sorted(registry)) or 'none'}"
+        )
     return registry[name]
 
 
@@ -53,17 +55,22 @@ def as_record(adapter: TaskAdapter, value: str | Mapping[str, Any]) -> dict[str,
     if isinstance(value, Mapping):
         return dict(value)
     if not isinstance(value, str):
-        raise ValueError(f"task {adapter.name!r}: an input is a string or a record (a mapping "
-                         f"with {', '.join(map(repr, adapter.input_fields))}), got {value!r}")
+        raise ValueError(
+            f"task {adapter.name!r}: an input is a string or a record (a mapping "
+            f"with {', '.join(map(repr, adapter.input_fields))}), got {value!r}"
+        )
     fields = tuple(adapter.input_fields)
     if len(fields) != 1:
-        raise ValueError(f"task {adapter.name!r} takes records with the fields "
-                         f"{', '.join(map(repr, fields))}, not a plain string")
+        raise ValueError(
+            f"task {adapter.name!r} takes records with the fields "
+            f"{', '.join(map(repr, fields))}, not a plain string"
+        )
     return {fields[0]: value}
 
 
-def run(llm: Any, name: str, inputs: str | Mapping[str, Any] | Sequence[Any],
-        **options: Any) -> Any:
+def run(
+    llm: Any, name: str, inputs: str | Mapping[str, Any] | Sequence[Any], **options: Any
+) -> Any:
     """Run the task registered as `name` on one input (a string for a task with one input
     field, or a record) or a list of them; one result dict, or a list for a list. The options
     are the task's own keyword arguments."""
@@ -105,7 +112,9 @@ def read_task_records(path: Path, required: Sequence[str]) -> Iterator[Any]:
         n, rid, obj = item
         missing = [k for k in required if not isinstance(obj.get(k), str)]
         if missing:
-            yield BadRecord(rid, n, "invalid_record", f"record {rid!r}: needs a string {missing[0]!r}")
+            yield BadRecord(
+                rid, n, "invalid_record", f"record {rid!r}: needs a string {missing[0]!r}"
+            )
             continue
         yield TaskRecord(rid, n, obj)
 
@@ -113,24 +122,37 @@ def read_task_records(path: Path, required: Sequence[str]) -> Iterator[Any]:
 @dataclass
 class TaskJobSummary:
     total: int = 0
-    skipped: int = 0         # already in the output from an earlier run
+    skipped: int = 0  # already in the output from an earlier run
     completed: int = 0
-    errors: int = 0          # records that failed in this run
+    errors: int = 0  # records that failed in this run
     earlier_errors: int = 0  # failed in an earlier run and skipped (retry_errors runs them again)
     seconds: float = 0.0
 
     def describe(self) -> str:
         rate = self.completed / self.seconds if self.seconds > 0 else 0.0
-        earlier = (f" ({self.earlier_errors} of them failed: --retry-errors runs them again)"
-                   if self.earlier_errors else "")
-        return (f"done: {self.completed} completed, {self.errors} errors, {self.skipped} already "
-                f"done{earlier}, of {self.total} records in {self.seconds:.1f} s "
-                f"({rate:.2f} records/s)")
+        earlier = (
+            f" ({self.earlier_errors} of them failed: --retry-errors runs them again)"
+            if self.earlier_errors
+            else ""
+        )
+        return (
+            f"done: {self.completed} completed, {self.errors} errors, {self.skipped} already "
+            f"done{earlier}, of {self.total} records in {self.seconds:.1f} s "
+            f"({rate:.2f} records/s)"
+        )
 
 
-def run_jsonl(task: TaskAdapter | str, llm: Any, input_path: Path | str, output_path: Path,
-              options: Mapping[str, Any], *, batch_size: int = 16,
-              progress: bool = False, retry_errors: bool = False) -> TaskJobSummary:
+def run_jsonl(
+    task: TaskAdapter | str,
+    llm: Any,
+    input_path: Path | str,
+    output_path: Path,
+    options: Mapping[str, Any],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    retry_errors: bool = False,
+) -> TaskJobSummary:
     """Run a task over a JSONL file (see the module docstring): records in batches of
     `batch_size` through ``adapter.run(llm, records, **options)``; a batch that raises
     ValueError is retried one record at a time so that only the bad record gets an error line;
@@ -148,15 +170,35 @@ def run_jsonl(task: TaskAdapter | str, llm: Any, input_path: Path | str, output_
         summary = TaskJobSummary(earlier_errors=state.earlier_errors)
         summary.total = sum(1 for _ in read_task_records(source, required))
         start = time.monotonic()
-        _run_records(adapter, llm, source, output_path, options, required, state.done, summary,
-                     batch_size=batch_size, progress=progress)
+        _run_records(
+            adapter,
+            llm,
+            source,
+            output_path,
+            options,
+            required,
+            state.done,
+            summary,
+            batch_size=batch_size,
+            progress=progress,
+        )
     summary.seconds = time.monotonic() - start
     return summary
 
 
-def _run_records(adapter: TaskAdapter, llm: Any, source: Path, output_path: Path,
-                 options: Mapping[str, Any], required: Sequence[str], done: set[Any],
-                 summary: TaskJobSummary, *, batch_size: int, progress: bool) -> None:
+def _run_records(
+    adapter: TaskAdapter,
+    llm: Any,
+    source: Path,
+    output_path: Path,
+    options: Mapping[str, Any],
+    required: Sequence[str],
+    done: set[Any],
+    summary: TaskJobSummary,
+    *,
+    batch_size: int,
+    progress: bool,
+) -> None:
     """Run every record of `source` whose key is not in `done`, appending to `output_path`."""
     from tqdm import tqdm
 

@@ -96,7 +96,8 @@ class _Request:
 
 
 _request: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
-    "pyllm_tokenizer_request", default=None)
+    "pyllm_tokenizer_request", default=None
+)
 SHOWN_CHARACTERS = 5
 
 
@@ -122,8 +123,13 @@ def request_scope(*, warn: bool = True) -> Iterator[None]:
         fates = sorted(set(req.lost.values()))
         shown = ", ".join(_codepoint(ch) for ch in chars[:SHOWN_CHARACTERS])
         more = f" and {len(chars) - SHOWN_CHARACTERS} more" if len(chars) > SHOWN_CHARACTERS else ""
-        log.warning("the model's vocabulary cannot represent %s of the input (%s%s), %s",
-                    _characters(len(chars)), shown, more, "; ".join(fates))
+        log.warning(
+            "the model's vocabulary cannot represent %s of the input (%s%s), %s",
+            _characters(len(chars)),
+            shown,
+            more,
+            "; ".join(fates),
+        )
 
 
 def report_unrepresentable(lost: Sequence[tuple[int, str]], fate: str) -> None:
@@ -149,8 +155,10 @@ def describe_unrepresentable(lost: Sequence[tuple[int, str]], fate: str) -> str:
     """One line naming the characters a vocabulary loses and where they are."""
     shown = ", ".join(f"{_codepoint(ch)} at position {pos}" for pos, ch in lost[:SHOWN_CHARACTERS])
     more = f" and {len(lost) - SHOWN_CHARACTERS} more" if len(lost) > SHOWN_CHARACTERS else ""
-    return (f"the model's vocabulary cannot represent {_characters(len(lost))} of the input, "
-            f"{fate}: {shown}{more}")
+    return (
+        f"the model's vocabulary cannot represent {_characters(len(lost))} of the input, "
+        f"{fate}: {shown}{more}"
+    )
 
 
 def _characters(n: int) -> str:

@@ -73,7 +73,8 @@ class SpanConstraint:
             bare = p.lstrip(b" ")
             if bare != p and bare and bare in index:  # the token without its leading space
                 first.setdefault(index[bare], []).append(
-                    (self.starts[i] + len(p) - len(bare), i + 1))
+                    (self.starts[i] + len(p) - len(bare), i + 1)
+                )
         self.first = first
         self.cands: list[tuple[int, int]] | None = None
         self.tokens: list[int] = []
@@ -93,8 +94,9 @@ class SpanConstraint:
         if self.cands is None:
             self.cands = list(self.first[token])
         else:
-            self.cands = [(s, j + 1) for s, j in self.cands
-                          if j < len(self.ids) and self.ids[j] == token]
+            self.cands = [
+                (s, j + 1) for s, j in self.cands if j < len(self.ids) and self.ids[j] == token
+            ]
         return all(j >= len(self.ids) for _, j in self.cands)
 
     def span(self, logprob: float) -> Span:
@@ -130,8 +132,9 @@ MAX_SPAN_TOKENS = 12  # longest answer span scored (a phrase, not a passage)
 STARTS_SCORED = 10  # answer starts kept after ranking the first token's log-prob
 
 
-def decode_spans(llm: Any, prompts: Sequence[list[int]], contexts: Sequence[str],
-                 max_tokens: int = 48) -> list[Span]:
+def decode_spans(
+    llm: Any, prompts: Sequence[list[int]], contexts: Sequence[str], max_tokens: int = 48
+) -> list[Span]:
     """The most likely span of each context as the complete answer to its prompt.
 
     Greedy decoding through `SpanConstraint` picks the first token well but then copies the
@@ -166,8 +169,8 @@ def decode_spans(llm: Any, prompts: Sequence[list[int]], contexts: Sequence[str]
             for n in range(longest):
                 if j + n > len(c.ids):
                     break
-                conts.append([t, *c.ids[j:j + n], *end])
-                places.append((s, j + n, [t, *c.ids[j:j + n]]))
+                conts.append([t, *c.ids[j : j + n], *end])
+                places.append((s, j + n, [t, *c.ids[j : j + n]]))
         requests.append((p, conts))
         spans.append(places)
     out = []
@@ -178,7 +181,7 @@ def decode_spans(llm: Any, prompts: Sequence[list[int]], contexts: Sequence[str]
         k = max(range(len(places)), key=lambda i: scores[i].logprob)
         s, j, tokens = places[k]
         c.cands, c.tokens = [(s, j)], tokens
-        out.append(c.span(scores[k].logprob - sum(scores[k].token_logprobs[len(tokens):])))
+        out.append(c.span(scores[k].logprob - sum(scores[k].token_logprobs[len(tokens) :])))
     return out
 
 

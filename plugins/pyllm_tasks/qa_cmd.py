@@ -21,19 +21,40 @@ record's gold "answers" (a list of strings, or "answer") and prints exact match 
 """
 
 
-@click.command("qa", help=f"{HELP}\n{JOB_HELP}",
-               short_help="Answer a question from a context (--extractive: a span of it).")
+@click.command(
+    "qa",
+    help=f"{HELP}\n{JOB_HELP}",
+    short_help="Answer a question from a context (--extractive: a span of it).",
+)
 @click.option("--context", "context", help="The context text.")
-@click.option("--context-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Read the context from a file.")
+@click.option(
+    "--context-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the context from a file.",
+)
 @click.option("--question", "-q", help="The question.")
 @click.option("--extractive", "-x", is_flag=True, help="Answer with a span of the context.")
 @click.option("--max-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
 @input_options
-def qa(context: str | None, context_file: Path | None, question: str | None, extractive: bool,
-       max_tokens: int, model: str, input_path: Path | None, output_path: Path | None,
-       as_json: bool, evaluate: bool, batch_size: int, progress: bool | None, retry_errors: bool,
-       int8: bool, kv_dtype: str, device: str, ctx: int | None) -> None:
+def qa(
+    context: str | None,
+    context_file: Path | None,
+    question: str | None,
+    extractive: bool,
+    max_tokens: int,
+    model: str,
+    input_path: Path | None,
+    output_path: Path | None,
+    as_json: bool,
+    evaluate: bool,
+    batch_size: int,
+    progress: bool | None,
+    retry_errors: bool,
+    int8: bool,
+    kv_dtype: str,
+    device: str,
+    ctx: int | None,
+) -> None:
     single = context is not None or context_file is not None or question is not None
     check_io(input_path, output_path, evaluate, single)
     options: dict[str, Any] = {"extractive": extractive, "max_tokens": max_tokens}
@@ -43,15 +64,25 @@ def qa(context: str | None, context_file: Path | None, question: str | None, ext
         if context_file is not None:
             context = context_file.read_text(encoding="utf-8")
         if context is None or not question:
-            raise click.UsageError("give --context TEXT (or --context-file F) and --question Q, "
-                                   "or -i IN.jsonl")
+            raise click.UsageError(
+                "give --context TEXT (or --context-file F) and --question Q, or -i IN.jsonl"
+            )
     from pyllm.cli_options import load_llm, run_file
 
     llm = load_llm(model, device, int8=int8, kv_dtype=kv_dtype, ctx=ctx)
     if input_path is not None:
-        run_file("qa", llm, input_path, output_path, options, batch_size=batch_size,
-                 progress=progress, evaluate=_evaluate if evaluate else None, as_json=as_json,
-                 retry_errors=retry_errors)
+        run_file(
+            "qa",
+            llm,
+            input_path,
+            output_path,
+            options,
+            batch_size=batch_size,
+            progress=progress,
+            evaluate=_evaluate if evaluate else None,
+            as_json=as_json,
+            retry_errors=retry_errors,
+        )
         return
     from pyllm.tasks import get
 

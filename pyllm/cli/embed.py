@@ -10,15 +10,24 @@ import click
 from pyllm.cli.options import load_llm, load_options, model_option, stdin_text
 
 
-@click.command("embed", help="Print one JSON line {\"text\", \"embedding\"} per TEXT (or per "
-                             "line of standard input): the mean of the model's final hidden "
-                             "states, scaled to unit length. A language model is no trained "
-                             "embedding model: use the vectors for rough similarity only.")
+@click.command(
+    "embed",
+    help='Print one JSON line {"text", "embedding"} per TEXT (or per '
+    "line of standard input): the mean of the model's final hidden "
+    "states, scaled to unit length. A language model is no trained "
+    "embedding model: use the vectors for rough similarity only.",
+)
 @click.argument("texts", nargs=-1)
 @model_option()
 @load_options()
-def embed(texts: tuple[str, ...], model_option: str | None, int8: bool, kv_dtype: str,
-          device: str, ctx: int | None) -> None:
+def embed(
+    texts: tuple[str, ...],
+    model_option: str | None,
+    int8: bool,
+    kv_dtype: str,
+    device: str,
+    ctx: int | None,
+) -> None:
     items = list(texts)
     if not items:
         piped = stdin_text()

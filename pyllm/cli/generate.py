@@ -63,54 +63,111 @@ Exit status: 0 every record ran; 3 some records failed in this run (see their er
 
 
 @click.command("generate", help=HELP)
-@click.option("-i", "--input", "input_path", required=True,
-              type=PathOrURL(click.Path(exists=True, dir_okay=False, allow_dash=True,
-                                        path_type=Path)),
-              help="Input JSONL file (- for standard input).")
-@click.option("-o", "--output", "output_path", required=True,
-              type=PathOrURL(click.Path(dir_okay=False, path_type=Path)),
-              help="Output JSONL file (appended; a regular file).")
-@system_option("A system message for the \"messages\" records without one (see above).")
-@click.option("--retry-errors", is_flag=True,
-              help="Run again the records whose output line is an error (that line is removed).")
-@click.option("--model", "-m", default=None,
-              help="Model name, alias, .gguf path or Hugging Face folder  [default: the one "
-                   "`pyllm models default` set, else smollm2]")
+@click.option(
+    "-i",
+    "--input",
+    "input_path",
+    required=True,
+    type=PathOrURL(click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)),
+    help="Input JSONL file (- for standard input).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_path",
+    required=True,
+    type=PathOrURL(click.Path(dir_okay=False, path_type=Path)),
+    help="Output JSONL file (appended; a regular file).",
+)
+@system_option('A system message for the "messages" records without one (see above).')
+@click.option(
+    "--retry-errors",
+    is_flag=True,
+    help="Run again the records whose output line is an error (that line is removed).",
+)
+@click.option(
+    "--model",
+    "-m",
+    default=None,
+    help="Model name, alias, .gguf path or Hugging Face folder  [default: the one "
+    "`pyllm models default` set, else smollm2]",
+)
 @sampling_options({"max_tokens": 256, "temperature": 1.0})
-@click.option("--max-num-seqs", type=click.IntRange(1, 4096), default=64, show_default=True,
-              help="Sequences decoded together (continuous batching).")
-@click.option("--progress/--no-progress", default=None,
-              help="Progress bar (default: when stderr is a terminal).")
+@click.option(
+    "--max-num-seqs",
+    type=click.IntRange(1, 4096),
+    default=64,
+    show_default=True,
+    help="Sequences decoded together (continuous batching).",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar (default: when stderr is a terminal).",
+)
 @int8_option()
-@kv_dtype_option("KV-cache element type: half precision halves its memory and attention's "
-                 "memory traffic (batches ~15% faster with --int8; llama.cpp's default is "
-                 "float16); float32 is exact.")
+@kv_dtype_option(
+    "KV-cache element type: half precision halves its memory and attention's "
+    "memory traffic (batches ~15% faster with --int8; llama.cpp's default is "
+    "float16); float32 is exact."
+)
 @device_option()
 @ctx_option()
 @ray_options()
-def generate(input_path: Path, output_path: Path, system: str | None, retry_errors: bool,
-             model: str, max_num_seqs: int, progress: bool | None, int8: bool, kv_dtype: str,
-             device: str, ctx: int | None, **kwargs: Any) -> None:
+def generate(
+    input_path: Path,
+    output_path: Path,
+    system: str | None,
+    retry_errors: bool,
+    model: str,
+    max_num_seqs: int,
+    progress: bool | None,
+    int8: bool,
+    kv_dtype: str,
+    device: str,
+    ctx: int | None,
+    **kwargs: Any,
+) -> None:
     ray = pop_ray_options(kwargs)
     check_local_only(ray, input_path, output_path)
     if ray["ray_address"] is not None and (ctx is not None or system is not None):
-        raise click.UsageError("--ctx and --system apply to local runs; --ray workers do not "
-                               "take them yet")
+        raise click.UsageError(
+            "--ctx and --system apply to local runs; --ray workers do not take them yet"
+        )
     base = pop_sampling_params(kwargs)
     show = sys.stderr.isatty() if progress is None else progress
     if ray["ray_address"] is not None:  # the same job on a Ray cluster (pyllm/distributed/)
-        summary = generate_on_ray(ray, input_path, output_path, model=model, base_params=base,
-                                  max_num_seqs=max_num_seqs, int8_activations=int8,
-                                  kv_dtype=kv_dtype, device=device, retry_errors=retry_errors,
-                                  progress=show)
+        summary = generate_on_ray(
+            ray,
+            input_path,
+            output_path,
+            model=model,
+            base_params=base,
+            max_num_seqs=max_num_seqs,
+            int8_activations=int8,
+            kv_dtype=kv_dtype,
+            device=device,
+            retry_errors=retry_errors,
+            progress=show,
+        )
         click.echo(summary.describe(), err=True)
         sys.exit(exit_status(summary))
     from pyllm.generate_job import run_job
 
-    summary = run_job(input_path, output_path, model=model, base_params=base,
-                      max_num_seqs=max_num_seqs, int8_activations=int8, kv_dtype=kv_dtype,
-                      device=resolve_device(device, int8), retry_errors=retry_errors,
-                      progress=show, context_length=ctx, system=system)
+    summary = run_job(
+        input_path,
+        output_path,
+        model=model,
+        base_params=base,
+        max_num_seqs=max_num_seqs,
+        int8_activations=int8,
+        kv_dtype=kv_dtype,
+        device=resolve_device(device, int8),
+        retry_errors=retry_errors,
+        progress=show,
+        context_length=ctx,
+        system=system,
+    )
     click.echo(summary.describe(), err=True)
     sys.exit(exit_status(summary))
 

@@ -10,8 +10,14 @@ import click
 
 
 @click.command("logs")
-@click.option("-n", "--count", type=click.IntRange(min=0), default=3, show_default=True,
-              help="How many of the latest replies to show (0: all).")
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="How many of the latest replies to show (0: all).",
+)
 @click.option("-q", "--query", default=None, help="Only replies whose prompt or text contain this.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the logged replies.")
 @click.option("--path", "show_path", is_flag=True, help="Print the database's path and exit.")
@@ -31,14 +37,19 @@ def logs(count: int, query: str | None, as_json: bool, show_path: bool) -> None:
         click.echo(json.dumps([dataclasses.asdict(r) for r in found], indent=2, ensure_ascii=False))
         return
     if not found:
-        click.echo("no logged replies" + (f" containing {query!r}" if query else "")
-                   + f" in {store.db_path()}", err=True)
+        click.echo(
+            "no logged replies"
+            + (f" containing {query!r}" if query else "")
+            + f" in {store.db_path()}",
+            err=True,
+        )
         return
     for r in found:
         tokens = f"{r.prompt_tokens or 0} + {r.completion_tokens or 0} tokens"
         timing = f", {r.seconds:.1f} s" if r.seconds is not None else ""
-        click.echo(f"# {r.created}  {r.model}  conversation {r.conversation_id}  "
-                   f"({tokens}{timing})")
+        click.echo(
+            f"# {r.created}  {r.model}  conversation {r.conversation_id}  ({tokens}{timing})"
+        )
         if r.settings:
             click.echo("settings: " + " ".join(f"{k}={v}" for k, v in r.settings.items()))
         if r.system:

@@ -29,7 +29,10 @@ from pyllm import __version__
 BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("pyllm.cli.chat:chat", "Chat with a model in the terminal (streamed replies, /help)."),
     "generate": ("pyllm.cli.generate:generate", "Batch generation over a JSONL file (resumable)."),
-    "plugins": ("pyllm.cli.plugins_cmd:plugins", "List installed plugins and what they registered."),
+    "plugins": (
+        "pyllm.cli.plugins_cmd:plugins",
+        "List installed plugins and what they registered.",
+    ),
     "pull": ("pyllm.cli.pull:pull", "Download a model into the cache (default: smollm2)."),
     "models": ("pyllm.cli.models:models", "List the models in the cache with size, type and path."),
     "rm": ("pyllm.cli.rm:rm", "Remove models from the cache."),
@@ -119,15 +122,23 @@ class PyllmGroup(click.Group):
             with formatter.section("Plugin commands"):
                 formatter.write_dl(plugin_rows)
 
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
-             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         args = list(sys.argv[1:] if args is None else args)
         debug = _debug_requested(args)
         _setup_logging(debug)
         try:
-            rv = super().main(args, prog_name or "pyllm", complete_var, standalone_mode=False, **extra)
+            rv = super().main(
+                args, prog_name or "pyllm", complete_var, standalone_mode=False, **extra
+            )
         except click.exceptions.UsageError as e:
             hint = ""
             if e.ctx is not None:
@@ -151,9 +162,13 @@ class PyllmGroup(click.Group):
 
             if isinstance(e, PyllmError):
                 _fail(_describe(e), EXIT_BAD_INPUT, e, debug)
-            _fail(f"internal error: {type(e).__name__}: {_describe(e)}"
-                  + ("" if debug else " (run with --debug for the traceback)"),
-                  EXIT_INTERNAL, e, debug)
+            _fail(
+                f"internal error: {type(e).__name__}: {_describe(e)}"
+                + ("" if debug else " (run with --debug for the traceback)"),
+                EXIT_INTERNAL,
+                e,
+                debug,
+            )
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -176,10 +191,10 @@ def _plugin_commands() -> dict[str, click.Command]:
     return {**registered, **task_commands({*BUILTIN_COMMANDS, *registered})}
 
 
-@click.group(name="pyllm", cls=PyllmGroup,
-             context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "-V", "--version", prog_name="pyllm",
-                      message="%(prog)s %(version)s")
+@click.group(name="pyllm", cls=PyllmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, "-V", "--version", prog_name="pyllm", message="%(prog)s %(version)s"
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs (also PYLLM_DEBUG=1).")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:

@@ -33,8 +33,11 @@ SAMPLING_OPTIONS: dict[str, tuple[str, type, str]] = {
     "frequency_penalty": ("--frequency-penalty", float, "0 = off"),
     "presence_penalty": ("--presence-penalty", float, "0 = off"),
     "seed": ("--seed", int, "fixed random stream (same tokens alone or in any batch)"),
-    "samplers": ("--samplers", str, ('chain, e.g. "penalties;top_k;top_p;min_p;temperature"; '
-                                     'none = the default chain')),
+    "samplers": (
+        "--samplers",
+        str,
+        ('chain, e.g. "penalties;top_k;top_p;min_p;temperature"; none = the default chain'),
+    ),
 }
 
 
@@ -55,10 +58,19 @@ def sampling_options(defaults: Mapping[str, Any] | None = None) -> Callable[[Any
     defaults = defaults or {}
 
     def decorate(f: Any) -> Any:
-        f = click.option("--set", "extra_params", multiple=True, metavar="NAME=VALUE",
-                         help="Any SamplingParams field, e.g. --set penalty_last_n=128.")(f)
-        f = click.option("--stop", "stop", multiple=True,
-                         help="A string that ends generation (repeatable; not included).")(f)
+        f = click.option(
+            "--set",
+            "extra_params",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="Any SamplingParams field, e.g. --set penalty_last_n=128.",
+        )(f)
+        f = click.option(
+            "--stop",
+            "stop",
+            multiple=True,
+            help="A string that ends generation (repeatable; not included).",
+        )(f)
         from pyllm.sampling_params import SamplingParams
 
         base = SamplingParams()
@@ -95,12 +107,17 @@ def pop_sampling_params(kwargs: dict[str, Any], defaults: Mapping[str, Any] | No
 def int8_option() -> Callable[[Any], Any]:
     """`--int8/--exact`: the activations the CPU matmuls run on
     (pyllm.load(int8_activations=...))."""
-    return click.option("--int8/--exact", "int8", default=False, show_default=True,
-                        help="CPU matmul activations: float32 (--exact, the default: the "
-                             "reference model's logits) or int8 per 32-value block (--int8, as "
-                             "llama.cpp does: 1.3x faster decode, 2-3x faster batches; logits "
-                             "within ~0.15 of exact on average, which flips near-tied greedy "
-                             "choices; see docs/kernels.md).")
+    return click.option(
+        "--int8/--exact",
+        "int8",
+        default=False,
+        show_default=True,
+        help="CPU matmul activations: float32 (--exact, the default: the "
+        "reference model's logits) or int8 per 32-value block (--int8, as "
+        "llama.cpp does: 1.3x faster decode, 2-3x faster batches; logits "
+        "within ~0.15 of exact on average, which flips near-tied greedy "
+        "choices; see docs/kernels.md).",
+    )
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -108,10 +125,15 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def device_option() -> Callable[[Any], Any]:
     """`--device auto|cpu|cuda`: where the model runs (resolve with `resolve_device`)."""
-    return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-                        help="Where the model runs: cuda (an NVIDIA GPU; pyllm built with its CUDA "
-                             "kernels), cpu, or auto: cuda when both are there, else cpu (and cpu "
-                             "with --int8, a CPU kernel option).")
+    return click.option(
+        "--device",
+        type=click.Choice(DEVICES),
+        default="auto",
+        show_default=True,
+        help="Where the model runs: cuda (an NVIDIA GPU; pyllm built with its CUDA "
+        "kernels), cpu, or auto: cuda when both are there, else cpu (and cpu "
+        "with --int8, a CPU kernel option).",
+    )
 
 
 def cuda_unusable_reason() -> str | None:
@@ -121,8 +143,10 @@ def cuda_unusable_reason() -> str | None:
     from pyllm import ops
 
     if not ops.cuda_built():
-        return ("pyllm was built without its CUDA kernels (reinstall where nvcc is found, or with "
-                "PYLLM_CUDA=ON)")
+        return (
+            "pyllm was built without its CUDA kernels (reinstall where nvcc is found, or with "
+            "PYLLM_CUDA=ON)"
+        )
     if not torch.cuda.is_available():
         return "torch sees no CUDA device (no NVIDIA GPU or driver here, or a CPU-only torch)"
     return None
@@ -144,9 +168,9 @@ def resolve_device(device: str, int8: bool = False) -> str:
 def kv_dtype_option(help_: str) -> Callable[[Any], Any]:
     """`--kv-dtype`: the KV-cache element type the model is loaded with
     (pyllm.load(kv_dtype=...))."""
-    return click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="float32",
-                        show_default=True,
-                        help=help_)
+    return click.option(
+        "--kv-dtype", type=click.Choice(KV_DTYPES), default="float32", show_default=True, help=help_
+    )
 
 
 # ------------------------------------------------------------------ the model and how it loads
@@ -154,38 +178,54 @@ def kv_dtype_option(help_: str) -> Callable[[Any], Any]:
 
 def model_option() -> Callable[[Any], Any]:
     """`-m/--model`: a model name, alias, .gguf path or Hugging Face folder."""
-    return click.option("-m", "--model", "model_option", default=None, metavar="MODEL",
-                        help="Model: a name (smollm2), an alias (pyllm aliases), a .gguf file or "
-                             "a Hugging Face folder.  [default: the one `pyllm models default` "
-                             "set, else smollm2]")
+    return click.option(
+        "-m",
+        "--model",
+        "model_option",
+        default=None,
+        metavar="MODEL",
+        help="Model: a name (smollm2), an alias (pyllm aliases), a .gguf file or "
+        "a Hugging Face folder.  [default: the one `pyllm models default` "
+        "set, else smollm2]",
+    )
 
 
-def pick_model(option: str | None, positional: list[str | None]
-               ) -> tuple[str | None, list[str | None]]:
+def pick_model(
+    option: str | None, positional: list[str | None]
+) -> tuple[str | None, list[str | None]]:
     """The model and the remaining positional arguments of a command taking `[MODEL] ARGS...`:
     with `-m MODEL` every positional argument shifts one place (`run -m smollm2 "Hi"`)."""
     if option is None:
         return positional[0], positional[1:]
     if positional[-1] is not None:
-        raise click.UsageError(f"-m {option} names the model: give at most "
-                               f"{len(positional) - 1} more argument(s), got {positional!r}")
+        raise click.UsageError(
+            f"-m {option} names the model: give at most "
+            f"{len(positional) - 1} more argument(s), got {positional!r}"
+        )
     return option, positional[:-1]
 
 
-def system_option(help_: str = "A system prompt (replaces the one the chat template adds by "
-                               "itself).") -> Callable[[Any], Any]:
+def system_option(
+    help_: str = "A system prompt (replaces the one the chat template adds by itself).",
+) -> Callable[[Any], Any]:
     return click.option("-s", "--system", default=None, help=help_)
 
 
 def ctx_option() -> Callable[[Any], Any]:
-    return click.option("--ctx", "--context-length", "ctx", type=click.IntRange(min=1),
-                        default=None,
-                        help="Context length in tokens, at most the model's trained context  "
-                             "[default: the trained one, at most 8192]")
+    return click.option(
+        "--ctx",
+        "--context-length",
+        "ctx",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Context length in tokens, at most the model's trained context  "
+        "[default: the trained one, at most 8192]",
+    )
 
 
-def load_options(kv_help: str = "KV-cache element type (half precision: half the memory).",
-                 ) -> Callable[[Any], Any]:
+def load_options(
+    kv_help: str = "KV-cache element type (half precision: half the memory).",
+) -> Callable[[Any], Any]:
     """`--int8/--exact`, `--kv-dtype`, `--device` and `--ctx`: how a command loads its model."""
 
     def decorate(f: Any) -> Any:
@@ -196,8 +236,14 @@ def load_options(kv_help: str = "KV-cache element type (half precision: half the
     return decorate
 
 
-def load_llm(model: str | None, *, int8: bool = False, kv_dtype: str = "float32",
-             device: str = "auto", ctx: int | None = None) -> Any:
+def load_llm(
+    model: str | None,
+    *,
+    int8: bool = False,
+    kv_dtype: str = "float32",
+    device: str = "auto",
+    ctx: int | None = None,
+) -> Any:
     """`pyllm.load` with the load options' values (progress shown when stderr is a terminal)."""
     import sys
 

@@ -8,9 +8,11 @@ import click
 @click.command(name="pull")
 @click.argument("model", required=False, default="smollm2")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@click.option("--force", is_flag=True,
-              help="Download again even if the cached file is intact (a damaged one is always "
-                   "replaced).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Download again even if the cached file is intact (a damaged one is always replaced).",
+)
 def pull(model: str, quiet: bool, force: bool) -> None:
     """Download MODEL into the model cache (default: smollm2).
 
@@ -35,8 +37,9 @@ def pull(model: str, quiet: bool, force: bool) -> None:
         name = hub.parse_name(model)
         path, downloaded = hub.pull_gguf(model, progress=not quiet, force=force)
         state = "pulled" if downloaded else "already pulled"
-        click.echo(f"{name.name}: {state}, sha256 verified: {path} "
-                   f"({path.stat().st_size / 1e6:.1f} MB)")
+        click.echo(
+            f"{name.name}: {state}, sha256 verified: {path} ({path.stat().st_size / 1e6:.1f} MB)"
+        )
         return
     known = P.lookup(model)
     if known is not None:
@@ -44,8 +47,9 @@ def pull(model: str, quiet: bool, force: bool) -> None:
         was_there = not force and P.is_verified(dest, known)
         path = P.ensure_model(known, progress=not quiet, force=force, repair=True)
         state = "already pulled" if was_there else "pulled"
-        click.echo(f"{known.name}: {state}, sha256 verified: {path} "
-                   f"({path.stat().st_size / 1e6:.1f} MB)")
+        click.echo(
+            f"{known.name}: {state}, sha256 verified: {path} ({path.stat().st_size / 1e6:.1f} MB)"
+        )
         return
     path = resolve_model(model, progress=not quiet)
     click.echo(f"{model}: {path}")

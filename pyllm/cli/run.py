@@ -34,25 +34,56 @@ from pyllm.constraints.cli import structured_options, structured_overrides
 @click.argument("prompt", required=False, metavar="[PROMPT]")
 @model_option()
 @system_option()
-@click.option("--chat", is_flag=True,
-              help="Send PROMPT as a user message through the model's chat template.")
-@click.option("--json", "as_json", is_flag=True,
-              help='Print one JSON object {"text", "token_ids", "finish_reason"} instead of '
-                   'streaming text; with --set logprobs=N also "logprobs", with n > 1 also '
-                   '"outputs" (every completion).')
-@click.option("--truncate", type=click.Choice(["none", "left"]), default="none", show_default=True,
-              help="A prompt longer than the context is an error (none) or keeps its end (left).")
-@click.option("-c", "--continue", "continue_", is_flag=True,
-              help="Continue the last logged conversation (pyllm logs): PROMPT is the next user "
-                   "message, with that conversation's model unless one is named.")
-@click.option("--no-log", is_flag=True,
-              help="Do not log the prompt and reply in $PYLLM_HOME/logs.db (PYLLM_LOG=0 too).")
+@click.option(
+    "--chat", is_flag=True, help="Send PROMPT as a user message through the model's chat template."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print one JSON object {"text", "token_ids", "finish_reason"} instead of '
+    'streaming text; with --set logprobs=N also "logprobs", with n > 1 also '
+    '"outputs" (every completion).',
+)
+@click.option(
+    "--truncate",
+    type=click.Choice(["none", "left"]),
+    default="none",
+    show_default=True,
+    help="A prompt longer than the context is an error (none) or keeps its end (left).",
+)
+@click.option(
+    "-c",
+    "--continue",
+    "continue_",
+    is_flag=True,
+    help="Continue the last logged conversation (pyllm logs): PROMPT is the next user "
+    "message, with that conversation's model unless one is named.",
+)
+@click.option(
+    "--no-log",
+    is_flag=True,
+    help="Do not log the prompt and reply in $PYLLM_HOME/logs.db (PYLLM_LOG=0 too).",
+)
 @sampling_options(SAMPLING_DEFAULTS)
 @structured_options()
 @load_options()
-def run(model: str | None, prompt: str | None, model_option: str | None, system: str | None,
-        chat: bool, as_json: bool, truncate: str, continue_: bool, no_log: bool, int8: bool,
-        kv_dtype: str, device: str, ctx: int | None, **kwargs: Any) -> None:
+def run(
+    model: str | None,
+    prompt: str | None,
+    model_option: str | None,
+    system: str | None,
+    chat: bool,
+    as_json: bool,
+    truncate: str,
+    continue_: bool,
+    no_log: bool,
+    int8: bool,
+    kv_dtype: str,
+    device: str,
+    ctx: int | None,
+    **kwargs: Any,
+) -> None:
     """Generate a continuation of PROMPT with MODEL (a .gguf file, a Hugging Face folder, an
     alias, or a name such as smollm2, pulled on first use; default: the one `pyllm models
     default` set, else smollm2).
@@ -65,8 +96,12 @@ def run(model: str | None, prompt: str | None, model_option: str | None, system:
     model, (prompt,) = pick_model(model_option, [model, prompt])
     if continue_ and prompt is None and model is not None:
         model, prompt = None, model  # `pyllm run -c "and then?"`: the model is the conversation's
-    if prompt is None and model is not None and " " in model.strip() \
-            and not Path(model).expanduser().exists():
+    if (
+        prompt is None
+        and model is not None
+        and " " in model.strip()
+        and not Path(model).expanduser().exists()
+    ):
         _missing_prompt(model)  # `pyllm run "some text"`, as `llm` users may type it
     params = pop_sampling_params(kwargs, SAMPLING_DEFAULTS)
     structured = structured_overrides(kwargs)
@@ -94,8 +129,10 @@ def run(model: str | None, prompt: str | None, model_option: str | None, system:
     if last is not None:  # the conversation so far, then PROMPT
         so_far = last.conversation()
         if system is not None:
-            so_far = [{"role": "system", "content": system},
-                      *(m for m in so_far if m["role"] != "system")]
+            so_far = [
+                {"role": "system", "content": system},
+                *(m for m in so_far if m["role"] != "system"),
+            ]
         request = [*so_far, {"role": "user", "content": prompt}]
     elif chat or system is not None:
         messages = [{"role": "system", "content": system}] if system is not None else []
@@ -133,13 +170,19 @@ def run(model: str | None, prompt: str | None, model_option: str | None, system:
             events.close()  # Ctrl-C or a closed pipe: the engine drops the request
         click.echo(wrapper.flush() if wrapper else "")
     if logs.enabled(no_log) and completion is not None:
-        logs.record(conversation_id=last.conversation_id if last else logs.new_conversation_id(),
-                    model=settings.model_spec(model), prompt=prompt, reply=completion.text,
-                    messages=request if not isinstance(request, str) else None,
-                    settings=_changed(params), prompt_tokens=len(llm.encode_prompt(request)),
-                    completion_tokens=len(completion.token_ids),
-                    seconds=time.perf_counter() - start, first_token_seconds=first,
-                    finish_reason=completion.finish_reason)
+        logs.record(
+            conversation_id=last.conversation_id if last else logs.new_conversation_id(),
+            model=settings.model_spec(model),
+            prompt=prompt,
+            reply=completion.text,
+            messages=request if not isinstance(request, str) else None,
+            settings=_changed(params),
+            prompt_tokens=len(llm.encode_prompt(request)),
+            completion_tokens=len(completion.token_ids),
+            seconds=time.perf_counter() - start,
+            first_token_seconds=first,
+            finish_reason=completion.finish_reason,
+        )
 
 
 def _changed(params: Any) -> dict[str, Any]:
@@ -158,7 +201,10 @@ def _record(result: Any, tokenizer: Any) -> dict[str, Any]:
 
 
 def _missing_prompt(model: str | None) -> None:
-    example = shlex.quote(model) if model and " " in model.strip() \
-        else "'Write a haiku about the sea'"
-    raise click.UsageError(f"Missing argument 'PROMPT': the model comes first, then the prompt, "
-                           f"e.g. pyllm run smollm2 {example} (or pipe the prompt on stdin)")
+    example = (
+        shlex.quote(model) if model and " " in model.strip() else "'Write a haiku about the sea'"
+    )
+    raise click.UsageError(
+        f"Missing argument 'PROMPT': the model comes first, then the prompt, "
+        f"e.g. pyllm run smollm2 {example} (or pipe the prompt on stdin)"
+    )

@@ -47,8 +47,9 @@ def local_model(spec: str) -> Path:
     try:
         return Path(find_cached(spec)["path"])
     except ValueError as e:
-        raise ValueError(f"{e}; `pyllm show` never downloads: pull the model first "
-                         f"(`pyllm pull NAME`)") from None
+        raise ValueError(
+            f"{e}; `pyllm show` never downloads: pull the model first (`pyllm pull NAME`)"
+        ) from None
 
 
 def gguf_summary(path: Path) -> dict[str, Any]:
@@ -60,8 +61,11 @@ def gguf_summary(path: Path) -> dict[str, Any]:
     census: Counter[str] = Counter(t.type_name.upper() for t in g.tensors.values())
     ctx = md.get(f"{arch}.context_length") if isinstance(arch, str) else None
     template = md.get("tokenizer.chat_template")
-    suggested = {k[len(_FILE_SAMPLING_PREFIX):]: _plain(v) for k, v in md.items()
-                 if k.startswith(_FILE_SAMPLING_PREFIX)}
+    suggested = {
+        k[len(_FILE_SAMPLING_PREFIX) :]: _plain(v)
+        for k, v in md.items()
+        if k.startswith(_FILE_SAMPLING_PREFIX)
+    }
     return {
         "format": "gguf",
         "name": md.get("general.name"),
@@ -102,8 +106,11 @@ def hf_folder_summary(folder: Path) -> dict[str, Any]:
     gen = folder / "generation_config.json"
     suggested = {}
     if gen.is_file():
-        suggested = {k: v for k, v in read_json(gen).items()
-                     if k in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")}
+        suggested = {
+            k: v
+            for k, v in read_json(gen).items()
+            if k in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+        }
     archs = config.get("architectures") or []
     return {
         "format": "hf-folder",
@@ -131,8 +138,9 @@ def _plain(v: Any) -> Any:
 
 def render(s: dict[str, Any]) -> str:
     """The summary as aligned `field: value` lines, the chat template last."""
-    quants = ", ".join(f"{q} ({n} tensor{'s' if n != 1 else ''})"
-                       for q, n in s["quant_types"].items())
+    quants = ", ".join(
+        f"{q} ({n} tensor{'s' if n != 1 else ''})" for q, n in s["quant_types"].items()
+    )
     rows = [
         ("model", s["model"]),
         ("path", f"{s['path']} ({s['size'] / 1e6:.1f} MB)"),
@@ -141,13 +149,20 @@ def render(s: dict[str, Any]) -> str:
         ("parameters", f"{_count(s['parameters'])} ({s['parameters']:,})"),
         ("quant types", quants or "-"),
         ("context length", s["context_length"] if s["context_length"] is not None else "unknown"),
-        ("sampling", " ".join(f"{k}={v}" for k, v in s["sampling_defaults"].items())
-         + "  (pyllm run/chat defaults)"),
+        (
+            "sampling",
+            " ".join(f"{k}={v}" for k, v in s["sampling_defaults"].items())
+            + "  (pyllm run/chat defaults)",
+        ),
     ]
     if s["sampling_suggested_by_file"]:
-        rows.append(("file suggests", " ".join(f"{k}={v}" for k, v in
-                                               s["sampling_suggested_by_file"].items())
-                     + "  (not applied: pass them as flags)"))
+        rows.append(
+            (
+                "file suggests",
+                " ".join(f"{k}={v}" for k, v in s["sampling_suggested_by_file"].items())
+                + "  (not applied: pass them as flags)",
+            )
+        )
     width = max(len(k) for k, _ in rows)
     lines = [f"{k + ':':<{width + 1}} {v}" for k, v in rows]
     if s["chat_template"]:

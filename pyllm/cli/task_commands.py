@@ -67,30 +67,57 @@ def task_command(adapter: TaskAdapter) -> click.Command:
             if missing:
                 flags = " ".join(f"--{f.replace('_', '-')} TEXT" for f in missing)
                 raise click.UsageError(f"give {flags}, or -i IN.jsonl")
-        llm = cli_options.load_llm(kwargs["model"], kwargs["device"], int8=kwargs["int8"],
-                                   kv_dtype=kwargs["kv_dtype"], ctx=kwargs["ctx"])
+        llm = cli_options.load_llm(
+            kwargs["model"],
+            kwargs["device"],
+            int8=kwargs["int8"],
+            kv_dtype=kwargs["kv_dtype"],
+            ctx=kwargs["ctx"],
+        )
         if input_path is not None:
-            run_file(name, llm, input_path, output_path, options,
-                     batch_size=kwargs["batch_size"], progress=kwargs["progress"], evaluate=None,
-                     as_json=kwargs["as_json"], retry_errors=kwargs["retry_errors"])
+            run_file(
+                name,
+                llm,
+                input_path,
+                output_path,
+                options,
+                batch_size=kwargs["batch_size"],
+                progress=kwargs["progress"],
+                evaluate=None,
+                as_json=kwargs["as_json"],
+                retry_errors=kwargs["retry_errors"],
+            )
             return
         result = adapter.run(llm, [values], **options)[0]
         print_single(result, kwargs["as_json"], result_text)
 
     record = ", ".join(f'"{f}"' for f in ("id", *fields))
-    help_text = (f"{adapter.description}\n\nThe task {name!r} on one input or on every "
-                 f"record of -i IN.jsonl (lines {{{record}}}). Task options: -O NAME=VALUE."
-                 f"\n\n{JOB_HELP}")
+    help_text = (
+        f"{adapter.description}\n\nThe task {name!r} on one input or on every "
+        f"record of -i IN.jsonl (lines {{{record}}}). Task options: -O NAME=VALUE."
+        f"\n\n{JOB_HELP}"
+    )
     # click lists options in the reverse order of the decorators applied here
-    decorate = [task_input_options(evaluate=False),
-                click.option("-O", "--option", "task_options", multiple=True,
-                             metavar="NAME=VALUE", help="A task option (repeatable).")]
+    decorate = [
+        task_input_options(evaluate=False),
+        click.option(
+            "-O",
+            "--option",
+            "task_options",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="A task option (repeatable).",
+        ),
+    ]
     if single:
-        decorate.append(click.argument(f"field_{fields[0]}", required=False,
-                                       metavar=fields[0].upper()))
+        decorate.append(
+            click.argument(f"field_{fields[0]}", required=False, metavar=fields[0].upper())
+        )
     else:
-        decorate += [click.option(f"--{f.replace('_', '-')}", f"field_{f}", help=f"The {f}.")
-                     for f in reversed(fields)]
+        decorate += [
+            click.option(f"--{f.replace('_', '-')}", f"field_{f}", help=f"The {f}.")
+            for f in reversed(fields)
+        ]
     for decorator in decorate:
         callback = decorator(callback)
     return click.command(name, help=help_text, short_help=adapter.description)(callback)
@@ -100,5 +127,8 @@ def task_commands(taken: Collection[str]) -> dict[str, click.Command]:
     """name -> generic command for every registered task whose name no command has taken."""
     from pyllm import plugins
 
-    return {name: task_command(adapter) for name, adapter in plugins.tasks().items()
-            if name not in taken}
+    return {
+        name: task_command(adapter)
+        for name, adapter in plugins.tasks().items()
+        if name not in taken
+    }

@@ -58,16 +58,35 @@ def tokenizer_for(spec: str | None) -> Tokenizer:
 @click.argument("model", required=False, metavar="[MODEL]")
 @click.argument("text", required=False)
 @model_option()
-@click.option("--file", "-f", "file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Read the text from this file (UTF-8) instead of TEXT; '-' reads stdin.")
-@click.option("--json", "as_json", is_flag=True,
-              help='Print {"ids": [...], "pieces": [...]} as JSON.')
-@click.option("--special", is_flag=True,
-              help="Parse special-token strings such as <|im_end|> in the text as special tokens.")
-@click.option("--bos/--no-bos", default=None,
-              help="Add the BOS token or not (default: what the model's metadata says).")
-def tokenize(model: str | None, text: str | None, model_option: str | None, file: Path | None,
-             as_json: bool, special: bool, bos: bool | None) -> None:
+@click.option(
+    "--file",
+    "-f",
+    "file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the text from this file (UTF-8) instead of TEXT; '-' reads stdin.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print {"ids": [...], "pieces": [...]} as JSON.'
+)
+@click.option(
+    "--special",
+    is_flag=True,
+    help="Parse special-token strings such as <|im_end|> in the text as special tokens.",
+)
+@click.option(
+    "--bos/--no-bos",
+    default=None,
+    help="Add the BOS token or not (default: what the model's metadata says).",
+)
+def tokenize(
+    model: str | None,
+    text: str | None,
+    model_option: str | None,
+    file: Path | None,
+    as_json: bool,
+    special: bool,
+    bos: bool | None,
+) -> None:
     """Show the token ids and pieces of TEXT under MODEL's tokenizer.
 
     MODEL (or -m MODEL) is a .gguf file, a Hugging Face folder, a tokenizer.json or
@@ -85,8 +104,9 @@ def tokenize(model: str | None, text: str | None, model_option: str | None, file
     if text is None and file is None:
         text = stdin_text() or None  # `pyllm tokenize smollm2 < file`
     if (text is None) == (file is None):
-        raise click.UsageError("give either TEXT or --file PATH (exactly one), or pipe the text "
-                               "on stdin")
+        raise click.UsageError(
+            "give either TEXT or --file PATH (exactly one), or pipe the text on stdin"
+        )
     if file is not None:
         if str(file) == "-":
             text = sys.stdin.read()  # as stdin_text() reads a pipe
@@ -106,8 +126,9 @@ def tokenize(model: str | None, text: str | None, model_option: str | None, file
     if as_json:
         out: dict = {"ids": ids, "pieces": pieces}
         if lost:
-            out["unrepresentable"] = [{"position": pos, "char": ch, "codepoint": f"U+{ord(ch):04X}"}
-                                      for pos, ch in lost]
+            out["unrepresentable"] = [
+                {"position": pos, "char": ch, "codepoint": f"U+{ord(ch):04X}"} for pos, ch in lost
+            ]
         click.echo(json.dumps(out, ensure_ascii=False))
         return
     width = max((len(str(i)) for i in ids), default=1)

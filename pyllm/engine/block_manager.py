@@ -56,9 +56,9 @@ def block_key(parent: bytes, tokens: Sequence[int]) -> bytes:
 @dataclass
 class _Seq:
     blocks: list[int] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)   # tokens that have (or will get) a slot
-    keys: list[bytes] = field(default_factory=list)   # keys of the leading full blocks
-    num_computed: int = 0                             # tokens whose K/V are in the cache
+    tokens: list[int] = field(default_factory=list)  # tokens that have (or will get) a slot
+    keys: list[bytes] = field(default_factory=list)  # keys of the leading full blocks
+    num_computed: int = 0  # tokens whose K/V are in the cache
     # (full blocks, BlockManager._drops) when mark_computed last registered this sequence's
     # blocks: while both are unchanged another pass would register nothing (see mark_computed)
     scanned: tuple[int, int] = (-1, -1)
@@ -67,19 +67,24 @@ class _Seq:
 class BlockManager:
     """Allocates cache blocks to sequences; see the module docstring."""
 
-    def __init__(self, num_blocks: int, block_size: int = 16, *, enable_prefix_caching: bool = True) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int = 16, *, enable_prefix_caching: bool = True
+    ) -> None:
         if num_blocks < 1 or block_size < 1:
-            raise ValueError(f"num_blocks and block_size must be >= 1, got {num_blocks}, {block_size}")
+            raise ValueError(
+                f"num_blocks and block_size must be >= 1, got {num_blocks}, {block_size}"
+            )
         self.num_blocks = num_blocks  # blocks sequences may get
         self.pool_blocks = num_blocks + 1  # the cache's blocks: the null block and those
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self._ref = [0] * self.pool_blocks
         self._free: OrderedDict[int, None] = OrderedDict(
-            (b, None) for b in range(self.pool_blocks) if b != NULL_BLOCK)
-        self._cached: dict[bytes, int] = {}      # key -> block holding those tokens' K/V
-        self._expected: dict[bytes, int] = {}    # key -> block the step being scheduled fills
-        self._key_of: dict[int, bytes] = {}      # the reverse, for blocks registered in _cached
+            (b, None) for b in range(self.pool_blocks) if b != NULL_BLOCK
+        )
+        self._cached: dict[bytes, int] = {}  # key -> block holding those tokens' K/V
+        self._expected: dict[bytes, int] = {}  # key -> block the step being scheduled fills
+        self._key_of: dict[int, bytes] = {}  # the reverse, for blocks registered in _cached
         self._seqs: dict[SeqId, _Seq] = {}
         self._drops = 0  # how many times entries left _cached / _key_of (evictions)
 
@@ -128,7 +133,7 @@ class BlockManager:
         parent = b""
         bs = self.block_size
         for i in range((len(token_ids) - 1) // bs if token_ids else 0):
-            key = block_key(parent, token_ids[i * bs:(i + 1) * bs])
+            key = block_key(parent, token_ids[i * bs : (i + 1) * bs])
             keys.append(key)
             parent = key
             if not self.enable_prefix_caching or len(keys) != len(hits) + 1:
@@ -172,14 +177,20 @@ class BlockManager:
         if not token_ids:
             raise ValueError("a sequence needs at least one token")
         if self._needed_free(token_ids) > len(self._free):
-            raise OutOfBlocksError(f"{len(token_ids)} tokens need {self._needed_free(token_ids)} free "
-                                   f"blocks, {len(self._free)} are free")
+            raise OutOfBlocksError(
+                f"{len(token_ids)} tokens need {self._needed_free(token_ids)} free "
+                f"blocks, {len(self._free)} are free"
+            )
         hits, keys = self._prefix_hits(token_ids)
         for block in hits:
             self._hold(block)
-        blocks = hits + [self._take_free() for _ in range(self._blocks_for(len(token_ids)) - len(hits))]
+        blocks = hits + [
+            self._take_free() for _ in range(self._blocks_for(len(token_ids)) - len(hits))
+        ]
         cached = len(hits) * self.block_size
-        self._seqs[seq_id] = _Seq(blocks=blocks, tokens=list(token_ids), keys=keys, num_computed=cached)
+        self._seqs[seq_id] = _Seq(
+            blocks=blocks, tokens=list(token_ids), keys=keys, num_computed=cached
+        )
         return cached
 
     def can_append(self, seq_id: SeqId, num_tokens: int = 1) -> bool:
@@ -193,8 +204,11 @@ class BlockManager:
 
     def _last_block_shared(self, seq: _Seq) -> bool:
         """The last block is partial (so the next token goes into it) and someone else holds it."""
-        return (len(seq.tokens) % self.block_size != 0 and bool(seq.blocks)
-                and self._ref[seq.blocks[-1]] > 1)
+        return (
+            len(seq.tokens) % self.block_size != 0
+            and bool(seq.blocks)
+            and self._ref[seq.blocks[-1]] > 1
+        )
 
     def append(self, seq_id: SeqId, token_ids: Sequence[int]) -> list[tuple[int, int]]:
         """Make room for more tokens of a sequence (a decoded token, a prefill chunk of a new
@@ -202,7 +216,9 @@ class BlockManager:
         seq = self._seqs[seq_id]
         cost = self._append_cost(seq, len(token_ids))
         if cost > len(self._free):
-            raise OutOfBlocksError(f"sequence {seq_id!r} needs {cost} free blocks, {len(self._free)} are free")
+            raise OutOfBlocksError(
+                f"sequence {seq_id!r} needs {cost} free blocks, {len(self._free)} are free"
+            )
         return self._extend(seq, token_ids)
 
     def try_append(self, seq_id: SeqId, token_ids: Sequence[int]) -> list[tuple[int, int]] | None:
@@ -257,7 +273,9 @@ class BlockManager:
         bs = self.block_size
         while len(seq.keys) < full:
             i = len(seq.keys)
-            seq.keys.append(block_key(seq.keys[-1] if seq.keys else b"", seq.tokens[i * bs:(i + 1) * bs]))
+            seq.keys.append(
+                block_key(seq.keys[-1] if seq.keys else b"", seq.tokens[i * bs : (i + 1) * bs])
+            )
 
     def expect_computed(self, seq_id: SeqId, num_computed: int) -> None:
         """The step being scheduled computes the sequence's tokens up to `num_computed`: until
@@ -285,8 +303,12 @@ class BlockManager:
         parent = self._seqs[parent_id]
         for block in parent.blocks:
             self._hold(block)
-        self._seqs[child_id] = _Seq(blocks=list(parent.blocks), tokens=list(parent.tokens),
-                                    keys=list(parent.keys), num_computed=parent.num_computed)
+        self._seqs[child_id] = _Seq(
+            blocks=list(parent.blocks),
+            tokens=list(parent.tokens),
+            keys=list(parent.keys),
+            num_computed=parent.num_computed,
+        )
 
     def free(self, seq_id: SeqId) -> None:
         """Release a sequence's blocks (finished or preempted); unknown ids are ignored."""
@@ -300,8 +322,13 @@ class BlockManager:
 
     # ---------------------------------------------------------------- batch helpers
 
-    def block_tables(self, seq_ids: Sequence[SeqId], *, width: int | None = None,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
+    def block_tables(
+        self,
+        seq_ids: Sequence[SeqId],
+        *,
+        width: int | None = None,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
         """int32 [B, width] block tables (width: the longest, by default), padded with the null
         block, so even a stray read stays in bounds and reads no sequence's block; the kernels
         never read the padding."""
@@ -315,8 +342,9 @@ class BlockManager:
             out[b, : len(table)] = torch.tensor(table, dtype=torch.int32)
         return out.to(device)
 
-    def slot_mapping(self, spans: Iterable[tuple[SeqId, int, int]], *,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
+    def slot_mapping(
+        self, spans: Iterable[tuple[SeqId, int, int]], *, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         """int64 slots of the token positions [start, end) of each (seq_id, start, end), in
         order."""
         bs = self.block_size
@@ -324,6 +352,8 @@ class BlockManager:
         for seq_id, start, end in spans:
             blocks = self._seqs[seq_id].blocks
             if not 0 <= start <= end <= len(blocks) * bs:
-                raise IndexError(f"positions [{start}, {end}) are outside sequence {seq_id!r}'s blocks")
+                raise IndexError(
+                    f"positions [{start}, {end}) are outside sequence {seq_id!r}'s blocks"
+                )
             slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, end))
         return torch.tensor(slots, dtype=torch.int64, device=device)

@@ -157,9 +157,15 @@ class EngineFrontend:
 
     # ------------------------------------------------------------------ requests
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams,
-               request_id: Hashable | None = None, sink: Sink | None = None, *,
-               bounded: bool = True) -> Hashable:
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        request_id: Hashable | None = None,
+        sink: Sink | None = None,
+        *,
+        bounded: bool = True,
+    ) -> Hashable:
         """Queue a request. Its events go to `sink` (called on the loop thread; it must be quick
         and thread-safe), or, when None, collect until `events(request_id)` reads them.
         Raises at once for a request that could never run (CannotFitError, ValueError) and
@@ -168,8 +174,10 @@ class EngineFrontend:
         self._refuse_inside_pause("submit a request")
         self.engine.check_request(prompt_ids, params)
         if bounded and self.max_waiting is not None and self.num_waiting() >= self.max_waiting:
-            raise QueueFullError(f"{self.num_waiting()} requests are already waiting "
-                                 f"(the limit is {self.max_waiting}); retry later")
+            raise QueueFullError(
+                f"{self.num_waiting()} requests are already waiting "
+                f"(the limit is {self.max_waiting}); retry later"
+            )
         rid = request_id if request_id is not None else ("req", next(self._ids))
         if rid in self._live:
             raise ValueError(f"request {rid!r} is already running")
@@ -190,8 +198,11 @@ class EngineFrontend:
             self._queues.pop(rid, None)
         done = threading.Event()
         self._post(("abort", rids, done))
-        if wait and threading.current_thread() is not self._thread \
-                and self._paused_by != threading.get_ident():  # (else: done when it resumes)
+        if (
+            wait
+            and threading.current_thread() is not self._thread
+            and self._paused_by != threading.get_ident()
+        ):  # (else: done when it resumes)
             done.wait()
 
     def events(self, rid: Hashable, n: int = 1) -> Generator[StreamEvent, None, None]:
@@ -217,8 +228,9 @@ class EngineFrontend:
         rid = self.submit(prompt_ids, params)
         return self.events(rid, params.n)
 
-    async def astream(self, prompt_ids: list[int], params: SamplingParams
-                      ) -> AsyncIterator[StreamEvent]:
+    async def astream(
+        self, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[StreamEvent]:
         """`stream` for asyncio: events arrive through the running event loop. Cancelling the
         consuming task (or closing the iterator) aborts the request without blocking the loop."""
         loop = asyncio.get_running_loop()
@@ -240,8 +252,9 @@ class EngineFrontend:
             if finished < params.n:
                 self.abort(rid, wait=False)
 
-    def run_all(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-                progress: Any = None) -> list[list[Completion]]:
+    def run_all(
+        self, prompts: Sequence[list[int]], params: Sequence[SamplingParams], progress: Any = None
+    ) -> list[list[Completion]]:
         """Generate for every prompt at once (continuous batching); completions per prompt in
         input order. `progress` is an optional callable called with each finished completion."""
         for p, sp in zip(prompts, params):
@@ -288,9 +301,11 @@ class EngineFrontend:
 
     def _refuse_inside_pause(self, what: str) -> None:
         if self._paused_by == threading.get_ident():
-            raise RuntimeError(f"cannot {what} while this thread holds the engine still "
-                               "(inside LLM.exclusive() / EngineFrontend.exclusive()): it would "
-                               "wait forever")
+            raise RuntimeError(
+                f"cannot {what} while this thread holds the engine still "
+                "(inside LLM.exclusive() / EngineFrontend.exclusive()): it would "
+                "wait forever"
+            )
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn()` on the loop thread between two steps and return its result."""

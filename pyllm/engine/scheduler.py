@@ -29,7 +29,7 @@ from pyllm.generation import StreamEvent, TokenLogprob
 
 @dataclass
 class SchedulerConfig:
-    max_num_seqs: int = 64            # sequences running at once
+    max_num_seqs: int = 64  # sequences running at once
     max_num_batched_tokens: int = 512  # tokens computed per step (the prefill chunk bound)
 
 
@@ -98,7 +98,7 @@ class Scheduler:
         running sequences while the cache is full. False when `seq` itself was preempted."""
         have, p = self.blocks.num_tokens(seq.seq_id), len(seq.prompt)
         # seq.tokens[have:] without copying the whole sequence (usually the one sampled token)
-        missing = seq.out[have - p:] if have >= p else seq.tokens[have:]
+        missing = seq.out[have - p :] if have >= p else seq.tokens[have:]
         if not missing:
             return True
         while (copies := self.blocks.try_append(seq.seq_id, missing)) is None:
@@ -158,8 +158,9 @@ class Scheduler:
             s.children = []
         return sampled, row_of
 
-    def update_from_output(self, seqs: list[Sequence], token_ids: list[int],
-                           logprobs: list[TokenLogprob]) -> list[StreamEvent]:
+    def update_from_output(
+        self, seqs: list[Sequence], token_ids: list[int], logprobs: list[TokenLogprob]
+    ) -> list[StreamEvent]:
         """Append each sequence's sampled token; a sequence that stops (EOS or stop ids, stop
         strings, lengths, a complete structured-output constraint) finishes and frees its
         blocks. Returns the events to stream (new text, or the end)."""

@@ -29,8 +29,16 @@ class Sequence:
     and the whole sequence — prompt and output — is recomputed when it is admitted again.
     """
 
-    def __init__(self, seq_id: int, request_id: Hashable, index: int, prompt: list[int],
-                 params: SamplingParams, tokenizer: Tokenizer, context_length: int) -> None:
+    def __init__(
+        self,
+        seq_id: int,
+        request_id: Hashable,
+        index: int,
+        prompt: list[int],
+        params: SamplingParams,
+        tokenizer: Tokenizer,
+        context_length: int,
+    ) -> None:
         self.seq_id = seq_id
         self.request_id = request_id
         self.index = index  # which of the request's n completions
@@ -49,7 +57,8 @@ class Sequence:
         self.detok = IncrementalDetokenizer(tokenizer, skip_special=True)
         self.stops = StopStringChecker(params.stop)
         self.stop_ids = frozenset(params.stop_token_ids) | (
-            frozenset() if params.ignore_eos else frozenset(tokenizer.eos_ids))
+            frozenset() if params.ignore_eos else frozenset(tokenizer.eos_ids)
+        )
 
     # ------------------------------------------------------------------ views
 
@@ -66,10 +75,14 @@ class Sequence:
         return self.finish_reason is not None
 
     def completion(self) -> Completion:
-        incomplete = (self.constraint is not None and self.done
-                      and (self.constraint.failed or not self.constraint.accepting))
-        return Completion(self.stops.text, list(self.out), self.finish_reason, self.logprobs,
-                          incomplete)
+        incomplete = (
+            self.constraint is not None
+            and self.done
+            and (self.constraint.failed or not self.constraint.accepting)
+        )
+        return Completion(
+            self.stops.text, list(self.out), self.finish_reason, self.logprobs, incomplete
+        )
 
     # ------------------------------------------------------------------ growth
 

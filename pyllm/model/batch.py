@@ -45,9 +45,13 @@ class AttentionMetadata:
 
     def to(self, device: torch.device | str) -> AttentionMetadata:
         return AttentionMetadata(
-            self.query_start.to(device), self.context_lens.to(device),
-            self.block_tables.to(device), self.slot_mapping.to(device),
-            self.positions.to(device), self.max_query_len, self.max_context_len,
+            self.query_start.to(device),
+            self.context_lens.to(device),
+            self.block_tables.to(device),
+            self.slot_mapping.to(device),
+            self.positions.to(device),
+            self.max_query_len,
+            self.max_context_len,
         )
 
 
@@ -72,13 +76,15 @@ def build_metadata(
     width = 1
     for cached, new, table in zip(num_cached, num_new, block_tables):
         if cached < 0 or new < 1:
-            raise ValueError(f"each sequence needs num_cached >= 0 and num_new >= 1, "
-                             f"got {cached}, {new}")
+            raise ValueError(
+                f"each sequence needs num_cached >= 0 and num_new >= 1, got {cached}, {new}"
+            )
         total = cached + new
         n = len(table)
         if total > n * block_size:
-            raise ValueError(f"a sequence of {total} tokens needs more than its "
-                             f"{n} blocks of {block_size}")
+            raise ValueError(
+                f"a sequence of {total} tokens needs more than its {n} blocks of {block_size}"
+            )
         starts.append(starts[-1] + new)
         ctx.append(total)
         width = max(width, n)
@@ -89,29 +95,38 @@ def build_metadata(
         positions.extend(range(cached, total))
         for j in range(cached // block_size, (total - 1) // block_size + 1):  # block by block
             base = table[j] * block_size - j * block_size
-            slots.extend(range(base + max(cached, j * block_size),
-                               base + min(total, (j + 1) * block_size)))
+            slots.extend(
+                range(base + max(cached, j * block_size), base + min(total, (j + 1) * block_size))
+            )
     T = starts[-1]
     if B == 0:
-        meta = AttentionMetadata(torch.zeros(1, dtype=torch.int32),
-                                 torch.zeros(0, dtype=torch.int32),
-                                 torch.zeros(0, 1, dtype=torch.int32),
-                                 torch.zeros(0, dtype=torch.int64),
-                                 torch.zeros(0, dtype=torch.int64), 0, 0)
+        meta = AttentionMetadata(
+            torch.zeros(1, dtype=torch.int32),
+            torch.zeros(0, dtype=torch.int32),
+            torch.zeros(0, 1, dtype=torch.int32),
+            torch.zeros(0, dtype=torch.int64),
+            torch.zeros(0, dtype=torch.int64),
+            0,
+            0,
+        )
     else:
         ints = array("i", starts)
         ints.extend(ctx)
         for table in block_tables:  # padded with NULL_BLOCK (0): in bounds, never read
             ints.extend(table)
-            ints.extend(_ZEROS[: width - len(table)] if width - len(table) <= len(_ZEROS)
-                        else [0] * (width - len(table)))
+            ints.extend(
+                _ZEROS[: width - len(table)]
+                if width - len(table) <= len(_ZEROS)
+                else [0] * (width - len(table))
+            )
         positions.extend(slots)  # one int64 buffer: positions, then slots
         i64, i32 = torch.int64, torch.int32
         meta = AttentionMetadata(
             query_start=torch.frombuffer(ints, dtype=i32, count=B + 1),
             context_lens=torch.frombuffer(ints, dtype=i32, count=B, offset=4 * (B + 1)),
-            block_tables=torch.frombuffer(ints, dtype=i32, count=B * width,
-                                          offset=4 * (2 * B + 1)).view(B, width),
+            block_tables=torch.frombuffer(
+                ints, dtype=i32, count=B * width, offset=4 * (2 * B + 1)
+            ).view(B, width),
             slot_mapping=torch.frombuffer(positions, dtype=i64, count=T, offset=8 * T),
             positions=torch.frombuffer(positions, dtype=i64, count=T),
             max_query_len=max(num_new),
@@ -128,13 +143,24 @@ _ZEROS = array("i", bytes(4 * 256))  # NULL_BLOCK padding
 KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def allocate_kv_caches(n_layer: int, num_blocks: int, block_size: int, n_kv_head: int,
-                       head_dim: int, dtype: torch.dtype = torch.float32,
-                       device: torch.device | str = "cpu") -> KVCaches:
+def allocate_kv_caches(
+    n_layer: int,
+    num_blocks: int,
+    block_size: int,
+    n_kv_head: int,
+    head_dim: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> KVCaches:
     """One (k_cache, v_cache) pair per layer, each [num_blocks, block_size, Hkv, D]."""
     shape = (num_blocks, block_size, n_kv_head, head_dim)
-    return [(torch.empty(shape, dtype=dtype, device=device),
-             torch.empty(shape, dtype=dtype, device=device)) for _ in range(n_layer)]
+    return [
+        (
+            torch.empty(shape, dtype=dtype, device=device),
+            torch.empty(shape, dtype=dtype, device=device),
+        )
+        for _ in range(n_layer)
+    ]
 
 
 class ContiguousKVCache:
@@ -144,22 +170,33 @@ class ContiguousKVCache:
     it for continuous batching). `tokens_per_seq` is rounded up to whole blocks.
     """
 
-    def __init__(self, n_layer: int, n_kv_head: int, head_dim: int, num_seqs: int,
-                 tokens_per_seq: int, block_size: int = 16, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        n_layer: int,
+        n_kv_head: int,
+        head_dim: int,
+        num_seqs: int,
+        tokens_per_seq: int,
+        block_size: int = 16,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.block_size = block_size
         self.blocks_per_seq = max(1, -(-tokens_per_seq // block_size))
         self.num_seqs = num_seqs
         self.capacity = self.blocks_per_seq * block_size
-        self.kv_caches = allocate_kv_caches(n_layer, num_seqs * self.blocks_per_seq, block_size,
-                                            n_kv_head, head_dim, dtype, device)
+        self.kv_caches = allocate_kv_caches(
+            n_layer, num_seqs * self.blocks_per_seq, block_size, n_kv_head, head_dim, dtype, device
+        )
         self.device = device
 
     def block_table(self, seq: int) -> list[int]:
         return list(range(seq * self.blocks_per_seq, (seq + 1) * self.blocks_per_seq))
 
-    def metadata(self, seqs: Sequence[int], num_cached: Sequence[int],
-                 num_new: Sequence[int]) -> AttentionMetadata:
+    def metadata(
+        self, seqs: Sequence[int], num_cached: Sequence[int], num_new: Sequence[int]
+    ) -> AttentionMetadata:
         """Metadata for a step over sequences `seqs` (indices into this cache)."""
-        return build_metadata(num_cached, num_new, [self.block_table(s) for s in seqs],
-                              self.block_size, self.device)
+        return build_metadata(
+            num_cached, num_new, [self.block_table(s) for s in seqs], self.block_size, self.device
+        )

@@ -40,8 +40,12 @@ _CACHE_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 def available() -> bool:
     """Whether this process may use the runner at all (native kernels, built, not disabled)."""
-    return (L.native() and L._C is not None and hasattr(L._C, "Runner")
-            and os.environ.get("PYLLM_FAST_FORWARD", "1") != "0")
+    return (
+        L.native()
+        and L._C is not None
+        and hasattr(L._C, "Runner")
+        and os.environ.get("PYLLM_FAST_FORWARD", "1") != "0"
+    )
 
 
 class Unsupported(Exception):
@@ -52,8 +56,13 @@ def _cpu_f32(t: torch.Tensor | None, n: int | None = None) -> int:
     """The address of a contiguous float32 CPU vector (0 for None)."""
     if t is None:
         return 0
-    if not (t.is_cpu and t.dtype == torch.float32 and t.is_contiguous() and t.dim() == 1
-            and (n is None or t.shape[0] == n)):
+    if not (
+        t.is_cpu
+        and t.dtype == torch.float32
+        and t.is_contiguous()
+        and t.dim() == 1
+        and (n is None or t.shape[0] == n)
+    ):
         raise Unsupported("a norm or bias vector is not a contiguous float32 CPU vector")
     return t.data_ptr()
 
@@ -109,9 +118,14 @@ class FastForward:
         rope = cfg.position == "rope"
         table_dim = table_ptr = 0  # the RoPE table's row length and address (0: no RoPE)
         if rope:
-            if not (cos_sin is not None and cos_sin.is_cpu and cos_sin.dtype == torch.float32
-                    and cos_sin.is_contiguous() and cos_sin.dim() == 2
-                    and cos_sin.shape[0] >= cfg.max_position):
+            if not (
+                cos_sin is not None
+                and cos_sin.is_cpu
+                and cos_sin.dtype == torch.float32
+                and cos_sin.is_contiguous()
+                and cos_sin.dim() == 2
+                and cos_sin.shape[0] >= cfg.max_position
+            ):
                 raise Unsupported("the RoPE table is not a contiguous float32 CPU matrix")
             keep.append(cos_sin)
             table_dim, table_ptr = cos_sin.shape[1], cos_sin.data_ptr()
@@ -119,19 +133,35 @@ class FastForward:
         blocks = cast("list[Block]", list(model.blocks))  # a GPT's layers are Blocks
         scale = blocks[0].attn.scale if blocks else 1.0
         self.runner = L._C.Runner(
-            C, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.n_ff, cfg.vocab_size, cfg.max_position,
-            cfg.activation == "swiglu", rope, cfg.rope_layout == "neox",
-            table_dim, table_ptr, scale)
+            C,
+            cfg.n_head,
+            cfg.n_kv_head,
+            cfg.head_dim,
+            cfg.n_ff,
+            cfg.vocab_size,
+            cfg.max_position,
+            cfg.activation == "swiglu",
+            rope,
+            cfg.rope_layout == "neox",
+            table_dim,
+            table_ptr,
+            scale,
+        )
         wpe = _table_args(model.wpe, keep) if model.wpe is not None else None
         self.runner.set_embedding(_table_args(model.wte, keep), wpe)
         for block in blocks:
             attn, mlp = block.attn, block.mlp
             if type(mlp) is not MLP or attn.scale != scale or not attn.rope == rope:
                 raise Unsupported("layers differ from one another")
-            self.runner.add_layer(_norm_args(block.attn_norm, C, keep), _linear_args(attn.qkv, keep),
-                                  _linear_args(attn.o, keep), _norm_args(block.mlp_norm, C, keep),
-                                  _linear_args(mlp.up, keep), _linear_args(mlp.down, keep),
-                                  int(attn.window))
+            self.runner.add_layer(
+                _norm_args(block.attn_norm, C, keep),
+                _linear_args(attn.qkv, keep),
+                _linear_args(attn.o, keep),
+                _norm_args(block.mlp_norm, C, keep),
+                _linear_args(mlp.up, keep),
+                _linear_args(mlp.down, keep),
+                int(attn.window),
+            )
         self.runner.set_head(_norm_args(model.norm_f, C, keep), _linear_args(model.lm_head, keep))
         self._keep = keep
         self.config = cfg  # what the runner was built for (a replaced config means a rebuild)
@@ -145,61 +175,120 @@ class FastForward:
     def _cache_ready(self, kv_caches: KVCaches) -> bool:
         """Give the runner `kv_caches` unless it has them already; False if they do not fit."""
         pairs = self._kv_pairs
-        if (len(kv_caches) == len(pairs) and kv_caches[0][0].data_ptr() == self._kv_ptr0
-                and (all(map(is_, kv_caches, pairs))  # the same pair objects: the usual case
-                     or all(p[0] is q[0] and p[1] is q[1] for p, q in zip(kv_caches, pairs)))):
+        if (
+            len(kv_caches) == len(pairs)
+            and kv_caches[0][0].data_ptr() == self._kv_ptr0
+            and (
+                all(map(is_, kv_caches, pairs))  # the same pair objects: the usual case
+                or all(p[0] is q[0] and p[1] is q[1] for p, q in zip(kv_caches, pairs))
+            )
+        ):
             return True
         if len(kv_caches) != self.n_layer:
             return False
         k0 = kv_caches[0][0]
         shape, dtype = k0.shape, k0.dtype
-        if (dtype not in _CACHE_DTYPES or k0.dim() != 4 or tuple(shape[2:]) != self._cache_shape
-                or shape[1] < 1):
+        if (
+            dtype not in _CACHE_DTYPES
+            or k0.dim() != 4
+            or tuple(shape[2:]) != self._cache_shape
+            or shape[1] < 1
+        ):
             return False
         for pair in kv_caches:
             for t in pair:
-                if not (type(t) is torch.Tensor and t.shape == shape and t.dtype == dtype and t.is_cpu
-                        and t.is_contiguous()):
+                if not (
+                    type(t) is torch.Tensor
+                    and t.shape == shape
+                    and t.dtype == dtype
+                    and t.is_cpu
+                    and t.is_contiguous()
+                ):
                     return False
-        self.runner.set_cache([k.data_ptr() for k, _ in kv_caches],
-                              [v.data_ptr() for _, v in kv_caches], shape[0], shape[1],
-                              _CACHE_DTYPES[dtype])
+        self.runner.set_cache(
+            [k.data_ptr() for k, _ in kv_caches],
+            [v.data_ptr() for _, v in kv_caches],
+            shape[0],
+            shape[1],
+            _CACHE_DTYPES[dtype],
+        )
         # Holds them (the runner points into them); a pair that is not a tuple could change in
         # place, so only tuples are kept as they are (their identity then means the same tensors).
         self._kv_pairs = [p if type(p) is tuple else tuple(p) for p in kv_caches]
         self._kv_ptr0 = k0.data_ptr()
         return True
 
-    def _step_args(self, input_ids: torch.Tensor, meta: AttentionMetadata,
-                   kv_caches: KVCaches) -> tuple | None:
+    def _step_args(
+        self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches
+    ) -> tuple | None:
         """The runner's step arguments, or None when anything is unusual (the caller then runs
         the op-by-op path, whose checks name the problem)."""
         ids, pos, slots = input_ids, meta.positions, meta.slot_mapping
         qs, ctx, bt = meta.query_start, meta.context_lens, meta.block_tables
-        if not (type(ids) is torch.Tensor and ids.dtype == torch.int64 and ids.dim() == 1
-                and ids.is_cpu and ids.is_contiguous()):
+        if not (
+            type(ids) is torch.Tensor
+            and ids.dtype == torch.int64
+            and ids.dim() == 1
+            and ids.is_cpu
+            and ids.is_contiguous()
+        ):
             return None
         T = ids.shape[0]
         if T == 0:
             return None
         i64, i32 = torch.int64, torch.int32
-        if not (pos.dtype == i64 and slots.dtype == i64 and qs.dtype == i32 and ctx.dtype == i32
-                and bt.dtype == i32 and pos.dim() == 1 and slots.dim() == 1 and qs.dim() == 1
-                and ctx.dim() == 1 and bt.dim() == 2 and pos.shape[0] == T and slots.shape[0] == T):
+        if not (
+            pos.dtype == i64
+            and slots.dtype == i64
+            and qs.dtype == i32
+            and ctx.dtype == i32
+            and bt.dtype == i32
+            and pos.dim() == 1
+            and slots.dim() == 1
+            and qs.dim() == 1
+            and ctx.dim() == 1
+            and bt.dim() == 2
+            and pos.shape[0] == T
+            and slots.shape[0] == T
+        ):
             return None
         B = ctx.shape[0]
-        if not (qs.shape[0] == B + 1 and bt.shape[0] == B and pos.is_cpu and slots.is_cpu
-                and qs.is_cpu and ctx.is_cpu and bt.is_cpu and pos.is_contiguous()
-                and slots.is_contiguous() and qs.is_contiguous() and ctx.is_contiguous()
-                and bt.is_contiguous()):
+        if not (
+            qs.shape[0] == B + 1
+            and bt.shape[0] == B
+            and pos.is_cpu
+            and slots.is_cpu
+            and qs.is_cpu
+            and ctx.is_cpu
+            and bt.is_cpu
+            and pos.is_contiguous()
+            and slots.is_contiguous()
+            and qs.is_contiguous()
+            and ctx.is_contiguous()
+            and bt.is_contiguous()
+        ):
             return None
         if not self._cache_ready(kv_caches):
             return None
-        return (ids.data_ptr(), pos.data_ptr(), slots.data_ptr(), qs.data_ptr(), ctx.data_ptr(),
-                bt.data_ptr(), T, B, bt.shape[1])
+        return (
+            ids.data_ptr(),
+            pos.data_ptr(),
+            slots.data_ptr(),
+            qs.data_ptr(),
+            ctx.data_ptr(),
+            bt.data_ptr(),
+            T,
+            B,
+            bt.shape[1],
+        )
 
-    def logits(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches,
-               logits_at: torch.Tensor | None) -> torch.Tensor | None:
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: KVCaches,
+        logits_at: torch.Tensor | None,
+    ) -> torch.Tensor | None:
         """Logits [R, V] as GPT.forward computes them, or None (run op by op instead)."""
         args = self._step_args(input_ids, meta, kv_caches)
         if args is None:
@@ -207,16 +296,22 @@ class FastForward:
         if logits_at is None:
             rows, R = 0, args[6]
         else:
-            if not (type(logits_at) is torch.Tensor and logits_at.dtype == torch.int64
-                    and logits_at.dim() == 1 and logits_at.is_cpu and logits_at.is_contiguous()):
+            if not (
+                type(logits_at) is torch.Tensor
+                and logits_at.dtype == torch.int64
+                and logits_at.dim() == 1
+                and logits_at.is_cpu
+                and logits_at.is_contiguous()
+            ):
                 return None
             rows, R = logits_at.data_ptr(), logits_at.shape[0]
         out = torch.empty((R, self.vocab))
         self.runner.forward_logits(*args, rows, R, out.data_ptr())
         return out
 
-    def hidden(self, input_ids: torch.Tensor, meta: AttentionMetadata,
-               kv_caches: KVCaches) -> torch.Tensor | None:
+    def hidden(
+        self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches
+    ) -> torch.Tensor | None:
         """The final residual stream [T, C] as GPT.hidden_states computes it, or None."""
         args = self._step_args(input_ids, meta, kv_caches)
         if args is None:

@@ -38,9 +38,14 @@ class CausalSelfAttention(nn.Module):
         self.rope = cfg.position == "rope"
         self.neox = cfg.rope_layout == "neox"
 
-    def forward(self, x: torch.Tensor, meta: AttentionMetadata,
-                kv_cache: tuple[torch.Tensor, torch.Tensor], cos_sin: torch.Tensor | None,
-                validated: bool) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        cos_sin: torch.Tensor | None,
+        validated: bool,
+    ) -> torch.Tensor:
         T = x.shape[0]
         Hq, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x)  # (T, (Hq + 2 Hkv) D)
@@ -48,14 +53,22 @@ class CausalSelfAttention(nn.Module):
         q, k, v = q.view(T, Hq, D), k.view(T, Hkv, D), v.view(T, Hkv, D)
         if self.rope:
             assert cos_sin is not None  # the loader builds the table for RoPE models
-            q, k = ops.rope(q, k, meta.positions, cos_sin, self.neox,
-                            validated=validated)  # (T, Hq, D), (T, Hkv, D)
+            q, k = ops.rope(
+                q, k, meta.positions, cos_sin, self.neox, validated=validated
+            )  # (T, Hq, D), (T, Hkv, D)
         k_cache, v_cache = kv_cache  # (num_blocks, block_size, Hkv, D)
-        ops.write_kv_cache_(k, v, k_cache, v_cache, meta.slot_mapping,
-                            validated=validated)
-        y = ops.paged_attention(q, k_cache, v_cache, meta.query_start, meta.context_lens,
-                                meta.block_tables, self.scale, self.window,
-                                validated=validated)  # (T, Hq, D)
+        ops.write_kv_cache_(k, v, k_cache, v_cache, meta.slot_mapping, validated=validated)
+        y = ops.paged_attention(
+            q,
+            k_cache,
+            v_cache,
+            meta.query_start,
+            meta.context_lens,
+            meta.block_tables,
+            self.scale,
+            self.window,
+            validated=validated,
+        )  # (T, Hq, D)
         return self.o(y.view(T, Hq * D))  # (T, C)
 
 
@@ -78,14 +91,21 @@ class Block(nn.Module):
     """Pre-norm transformer block; the residual stream is carried separately so each norm can
     fuse the residual add (`x + residual` then normalize, in one op)."""
 
-    def __init__(self, attn_norm: Norm, attn: CausalSelfAttention, mlp_norm: Norm,
-                 mlp: MLP) -> None:
+    def __init__(
+        self, attn_norm: Norm, attn: CausalSelfAttention, mlp_norm: Norm, mlp: MLP
+    ) -> None:
         super().__init__()
         self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata,
-                kv_cache: tuple[torch.Tensor, torch.Tensor], cos_sin: torch.Tensor | None,
-                validated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        meta: AttentionMetadata,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        cos_sin: torch.Tensor | None,
+        validated: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # x: the previous block's output (the embeddings for block 0, with residual None)
         if residual is None:
             h, residual = self.attn_norm(x), x
@@ -101,9 +121,16 @@ class GPT(nn.Module):
 
     cos_sin: torch.Tensor | None  # a buffer (register_buffer), declared for type checkers
 
-    def __init__(self, cfg: ModelConfig, wte: Embedding, wpe: Embedding | None,
-                 blocks: list[Block], norm_f: Norm, lm_head: Linear,
-                 cos_sin: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        wte: Embedding,
+        wpe: Embedding | None,
+        blocks: list[Block],
+        norm_f: Norm,
+        lm_head: Linear,
+        cos_sin: torch.Tensor | None,
+    ) -> None:
         super().__init__()
         self.config = cfg
         self.wte, self.wpe = wte, wpe
@@ -116,12 +143,19 @@ class GPT(nn.Module):
     def device(self) -> torch.device:
         return self.norm_f.weight.device
 
-    def hidden_states(self, input_ids: torch.Tensor, meta: AttentionMetadata,
-                      kv_caches: KVCaches, *, validated: bool = False) -> torch.Tensor:
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: KVCaches,
+        *,
+        validated: bool = False,
+    ) -> torch.Tensor:
         """The final-layer residual stream [T, C], before the last norm."""
         if len(kv_caches) != len(self.blocks):
-            raise ValueError(f"need one KV cache per layer ({len(self.blocks)}), "
-                             f"got {len(kv_caches)}")
+            raise ValueError(
+                f"need one KV cache per layer ({len(self.blocks)}), got {len(kv_caches)}"
+            )
         if not validated:  # True: the caller ran check_step on this step (a CUDA graph's replay)
             self.check_step(input_ids, meta, kv_caches)
         x = self.wte(input_ids)  # (T, C)
@@ -140,8 +174,15 @@ class GPT(nn.Module):
         """[R, C] final-layer states -> [R, C] normed states (what the head reads)."""
         return self.norm_f(hidden)
 
-    def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches,
-                logits_at: torch.Tensor | None = None, *, validated: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: KVCaches,
+        logits_at: torch.Tensor | None = None,
+        *,
+        validated: bool = False,
+    ) -> torch.Tensor:
         """Logits [R, V] at the rows `logits_at` (int64 indices into the T tokens; every row
         when None). `meta.last_token_rows()` gives each sequence's next-token row."""
         h = self.hidden_states(input_ids, meta, kv_caches, validated=validated)  # (T, C)
@@ -149,35 +190,47 @@ class GPT(nn.Module):
             h = h.index_select(0, logits_at)  # (R, C)
         return self.logits(h)  # (R, V)
 
-    def check_step(self, input_ids: torch.Tensor, meta: AttentionMetadata,
-                    kv_caches: KVCaches) -> None:
+    def check_step(
+        self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches
+    ) -> None:
         """Validate this step's ids and metadata once, so every layer can take the ops' trusted
         path (the metadata is the same for all layers)."""
         cfg = self.config
         T = input_ids.shape[0]
         if input_ids.dim() != 1 or input_ids.dtype != torch.int64:
-            raise ValueError(f"input_ids must be int64 [T], got {input_ids.dtype} "
-                             f"{list(input_ids.shape)}")
+            raise ValueError(
+                f"input_ids must be int64 [T], got {input_ids.dtype} {list(input_ids.shape)}"
+            )
         if meta.positions.shape != (T,) or meta.slot_mapping.shape != (T,):
             raise ValueError(f"metadata positions/slot_mapping must have one entry per token ({T})")
         if T:
-            lo_id, hi_id, lo_pos, hi_pos = torch.stack([
-                input_ids.min(), input_ids.max(), meta.positions.min(), meta.positions.max(),
-            ]).tolist()
+            lo_id, hi_id, lo_pos, hi_pos = torch.stack(
+                [
+                    input_ids.min(),
+                    input_ids.max(),
+                    meta.positions.min(),
+                    meta.positions.max(),
+                ]
+            ).tolist()
             if lo_id < 0 or hi_id >= cfg.vocab_size:
-                raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}), got "
-                                 f"[{lo_id}, {hi_id}]")
+                raise ValueError(
+                    f"token ids must lie in [0, {cfg.vocab_size}), got [{lo_id}, {hi_id}]"
+                )
             if lo_pos < 0 or hi_pos >= cfg.max_position:
-                raise ValueError(f"positions must lie in [0, {cfg.max_position}) (the context "
-                                 f"length), got [{lo_pos}, {hi_pos}]")
+                raise ValueError(
+                    f"positions must lie in [0, {cfg.max_position}) (the context "
+                    f"length), got [{lo_pos}, {hi_pos}]"
+                )
         # The op checks run on stand-ins of the right shapes: what is checked is the metadata.
         k_cache, v_cache = kv_caches[0]
-        kv_rows = torch.empty((T, cfg.n_kv_head, cfg.head_dim), dtype=k_cache.dtype,
-                              device=k_cache.device)
+        kv_rows = torch.empty(
+            (T, cfg.n_kv_head, cfg.head_dim), dtype=k_cache.dtype, device=k_cache.device
+        )
         check_write_kv_cache(kv_rows, kv_rows, k_cache, v_cache, meta.slot_mapping)
         q_rows = torch.empty((T, cfg.n_head, cfg.head_dim), device=k_cache.device)
-        check_attention_metadata(q_rows, k_cache, v_cache, meta.query_start, meta.context_lens,
-                                 meta.block_tables)
+        check_attention_metadata(
+            q_rows, k_cache, v_cache, meta.query_start, meta.context_lens, meta.block_tables
+        )
         self.check_caches(kv_caches)
 
     @staticmethod
@@ -185,8 +238,15 @@ class GPT(nn.Module):
         """Every layer's K/V pools are contiguous and alike (layer 0 was checked by the ops)."""
         k_cache = kv_caches[0][0]
         for k, v in kv_caches[1:]:
-            if k.shape != k_cache.shape or v.shape != k_cache.shape or k.dtype != k_cache.dtype \
-                    or v.dtype != k_cache.dtype or k.device != k_cache.device \
-                    or v.device != k_cache.device or not (k.is_contiguous() and v.is_contiguous()):
-                raise ValueError("every layer's KV cache must match layer 0's shape, dtype "
-                                 "and device")
+            if (
+                k.shape != k_cache.shape
+                or v.shape != k_cache.shape
+                or k.dtype != k_cache.dtype
+                or v.dtype != k_cache.dtype
+                or k.device != k_cache.device
+                or v.device != k_cache.device
+                or not (k.is_contiguous() and v.is_contiguous())
+            ):
+                raise ValueError(
+                    "every layer's KV cache must match layer 0's shape, dtype and device"
+                )

@@ -166,10 +166,15 @@ def register(
     use_native = native()
     LIB.impl(name, cpu if (use_native and cpu is not None) else reference, "CPU")
     if cuda is not None:
-        check(cuda_entry.endswith("_cuda"), f"{qualname}: name the CUDA kernel entry its impl calls")
+        check(
+            cuda_entry.endswith("_cuda"), f"{qualname}: name the CUDA kernel entry its impl calls"
+        )
         CUDA_IMPLS[name] = cuda
-    LIB.impl(name, cuda if (use_native and cuda is not None and has_entry(cuda_entry)) else reference,
-             "CUDA")
+    LIB.impl(
+        name,
+        cuda if (use_native and cuda is not None and has_entry(cuda_entry)) else reference,
+        "CUDA",
+    )
 
 
 def check(cond: bool, message: str) -> None:

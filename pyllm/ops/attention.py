@@ -38,9 +38,16 @@ PAGED_ATTENTION = L.define(
 )
 
 
-def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        query_start: torch.Tensor, context_lens: torch.Tensor,
-                        block_tables: torch.Tensor, scale: float, sliding_window: int) -> torch.Tensor:
+def paged_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    query_start: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    scale: float,
+    sliding_window: int,
+) -> torch.Tensor:
     """The meaning of the op in plain PyTorch: gather each sequence's context, masked softmax."""
     T, Hq, D = q.shape
     block_size, Hkv = k_cache.shape[1], k_cache.shape[2]
@@ -55,10 +62,10 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         blocks = block_tables[b, : (ctx + block_size - 1) // block_size].long()
         k = k_cache[blocks].reshape(-1, Hkv, D)[:ctx].to(compute).repeat_interleave(group, dim=1)
         v = v_cache[blocks].reshape(-1, Hkv, D)[:ctx].to(compute).repeat_interleave(group, dim=1)
-        qb = q[s:e].to(compute)                                              # (q_len, Hq, D)
-        scores = torch.einsum("qhd,khd->hqk", qb, k) * scale                 # (Hq, q_len, ctx)
-        pos = torch.arange(ctx - (e - s), ctx, device=q.device)[:, None]    # (q_len, 1)
-        kpos = torch.arange(ctx, device=q.device)[None, :]                  # (1, ctx)
+        qb = q[s:e].to(compute)  # (q_len, Hq, D)
+        scores = torch.einsum("qhd,khd->hqk", qb, k) * scale  # (Hq, q_len, ctx)
+        pos = torch.arange(ctx - (e - s), ctx, device=q.device)[:, None]  # (q_len, 1)
+        kpos = torch.arange(ctx, device=q.device)[None, :]  # (1, ctx)
         allowed = kpos <= pos
         if sliding_window > 0:
             allowed &= kpos > pos - sliding_window
@@ -74,8 +81,9 @@ _FLOATS = L.FLOAT_DTYPES
 _fail = L.fail
 
 
-def _check_shapes(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
-                  sliding_window) -> None:
+def _check_shapes(
+    q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
+) -> None:
     # Plain ifs with the message built only on failure: this runs every step.
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         if t.dtype not in _FLOATS:
@@ -91,16 +99,21 @@ def _check_shapes(q, k_cache, v_cache, query_start, context_lens, block_tables, 
         _fail("k_cache's block_size must be positive")
     if hkv <= 0 or hq % hkv:
         _fail(f"q's {hq} heads must be a multiple of k_cache's {hkv} KV heads")
-    for name, t, rank in (("query_start", query_start, 1), ("context_lens", context_lens, 1),
-                          ("block_tables", block_tables, 2)):
+    for name, t, rank in (
+        ("query_start", query_start, 1),
+        ("context_lens", context_lens, 1),
+        ("block_tables", block_tables, 2),
+    ):
         if t.dtype != torch.int32:
             _fail(f"{name} must be int32, not {t.dtype}")
         if t.dim() != rank:
             _fail(f"{name} must have {rank} dimension(s), got {list(t.shape)}")
     b = context_lens.shape[0]
     if query_start.shape[0] != b + 1:
-        _fail(f"query_start must be [{b + 1}] (context_lens has {b} sequences), "
-              f"got {list(query_start.shape)}")
+        _fail(
+            f"query_start must be [{b + 1}] (context_lens has {b} sequences), "
+            f"got {list(query_start.shape)}"
+        )
     if block_tables.shape[0] != b:
         _fail(f"block_tables must have {b} rows (one per sequence), got {list(block_tables.shape)}")
     if not math.isfinite(scale):
@@ -108,16 +121,34 @@ def _check_shapes(q, k_cache, v_cache, query_start, context_lens, block_tables, 
     if sliding_window < 0:
         _fail(f"sliding_window must be >= 0 (0 = off), got {sliding_window}")
     device = q.device
-    if not (k_cache.device == v_cache.device == query_start.device == context_lens.device
-            == block_tables.device == device):
-        L.check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, query_start=query_start,
-                            context_lens=context_lens, block_tables=block_tables)
+    if not (
+        k_cache.device
+        == v_cache.device
+        == query_start.device
+        == context_lens.device
+        == block_tables.device
+        == device
+    ):
+        L.check_same_device(
+            q=q,
+            k_cache=k_cache,
+            v_cache=v_cache,
+            query_start=query_start,
+            context_lens=context_lens,
+            block_tables=block_tables,
+        )
 
 
-def check_attention_metadata(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                             query_start: torch.Tensor, context_lens: torch.Tensor,
-                             block_tables: torch.Tensor, scale: float = 1.0,
-                             sliding_window: int = 0) -> None:
+def check_attention_metadata(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    query_start: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    scale: float = 1.0,
+    sliding_window: int = 0,
+) -> None:
     """Every check the op makes (ValueError naming the argument), shapes and values.
 
     Values: query_start starts at 0, never decreases and ends at T; context_len >= q_len for
@@ -126,7 +157,9 @@ def check_attention_metadata(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     ops and a single host read, which synchronises. Run it once a step and pass
     `validated=True` to the per-layer calls.
     """
-    _check_shapes(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window)
+    _check_shapes(
+        q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
+    )
     b = context_lens.shape[0]
     if b == 0:
         if q.shape[0] != 0:
@@ -134,11 +167,13 @@ def check_attention_metadata(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         return
     num_blocks, block_size = k_cache.shape[0], k_cache.shape[1]
     if q.device.type == "cpu":
-        flags = _metadata_flags_cpu(query_start, context_lens, block_tables, q.shape[0], num_blocks,
-                                      block_size)
+        flags = _metadata_flags_cpu(
+            query_start, context_lens, block_tables, q.shape[0], num_blocks, block_size
+        )
     else:
-        flags = _metadata_flags_torch(query_start, context_lens, block_tables, q.shape[0], num_blocks,
-                                      block_size)
+        flags = _metadata_flags_torch(
+            query_start, context_lens, block_tables, q.shape[0], num_blocks, block_size
+        )
     if not any(flags):
         return
     max_blocks = block_tables.shape[1]
@@ -163,8 +198,14 @@ def _metadata_flags_cpu(query_start, context_lens, block_tables, T, num_blocks, 
     q_len = [e - s for s, e in itertools.pairwise(qs)]
     max_blocks = block_tables.shape[1]
     used_blocks = [(c + block_size - 1) // block_size for c in ctx]
-    flags = [qs[0] != 0, qs[-1] != T, min(q_len) < 0, any(c < n for c, n in zip(ctx, q_len)),
-             max(used_blocks) > max_blocks, False]
+    flags = [
+        qs[0] != 0,
+        qs[-1] != T,
+        min(q_len) < 0,
+        any(c < n for c, n in zip(ctx, q_len)),
+        max(used_blocks) > max_blocks,
+        False,
+    ]
     if not any(flags) and max_blocks:
         bt = block_tables.numpy()
         if int(bt.min()) < 0 or int(bt.max()) >= num_blocks:  # else every entry is fine
@@ -180,91 +221,161 @@ def _metadata_flags_torch(query_start, context_lens, block_tables, T, num_blocks
     used_blocks = (ctx + (block_size - 1)).div(block_size, rounding_mode="floor")
     used = torch.arange(block_tables.shape[1], device=ctx.device)[None, :] < used_blocks[:, None]
     bad_entry = used & ((block_tables < 0) | (block_tables >= num_blocks))
-    return torch.stack([
-        qs[0] != 0,
-        qs[-1] != T,
-        (q_len < 0).any(),
-        (ctx < q_len).any(),
-        (used_blocks > block_tables.shape[1]).any(),
-        bad_entry.any(),
-    ]).tolist()
+    return torch.stack(
+        [
+            qs[0] != 0,
+            qs[-1] != T,
+            (q_len < 0).any(),
+            (ctx < q_len).any(),
+            (used_blocks > block_tables.shape[1]).any(),
+            bad_entry.any(),
+        ]
+    ).tolist()
 
 
-def _run_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
-                sliding_window, out=None) -> torch.Tensor:
+def _run_kernel(
+    q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window, out=None
+) -> torch.Tensor:
     """Call the compiled kernel on already-checked metadata (shapes are re-compared: cheap)."""
     q = q.contiguous()
-    if (q.dim() != 3 or k_cache.dim() != 4 or q.shape[2] != k_cache.shape[3]
-            or q.shape[1] % k_cache.shape[2] or v_cache.shape != k_cache.shape
-            or v_cache.dtype != k_cache.dtype or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
-        _fail(f"q {list(q.shape)} does not fit the caches "
-              f"{list(k_cache.shape)} / {list(v_cache.shape)}")
+    if (
+        q.dim() != 3
+        or k_cache.dim() != 4
+        or q.shape[2] != k_cache.shape[3]
+        or q.shape[1] % k_cache.shape[2]
+        or v_cache.shape != k_cache.shape
+        or v_cache.dtype != k_cache.dtype
+        or not (k_cache.is_contiguous() and v_cache.is_contiguous())
+    ):
+        _fail(
+            f"q {list(q.shape)} does not fit the caches "
+            f"{list(k_cache.shape)} / {list(v_cache.shape)}"
+        )
     if not (query_start.dtype == context_lens.dtype == block_tables.dtype == torch.int32):
         _fail("query_start, context_lens and block_tables must be int32")
     if out is None:
         out = torch.empty_like(q)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or not out.is_contiguous():
-        _fail(f"out must be a contiguous {q.dtype} tensor of q's shape {list(q.shape)} on {q.device}")
+    elif (
+        out.shape != q.shape
+        or out.dtype != q.dtype
+        or out.device != q.device
+        or not out.is_contiguous()
+    ):
+        _fail(
+            f"out must be a contiguous {q.dtype} tensor of q's shape {list(q.shape)} on {q.device}"
+        )
     if not q.numel():
         return out
     query_start, context_lens = query_start.contiguous(), context_lens.contiguous()
     block_tables = block_tables.contiguous()
     T, Hq, D = q.shape
     if L.on_cuda(q):
-        _launch_cuda(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window, out)
+        _launch_cuda(
+            q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window, out
+        )
     else:  # raw addresses: seven TensorViews would cost more than a short decode's kernel
         codes = L._DTYPE_CODES
         L._C.paged_attention_cpu_ptr(
-            q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), query_start.data_ptr(),
-            context_lens.data_ptr(), block_tables.data_ptr(), out.data_ptr(), T, Hq, k_cache.shape[2], D,
-            k_cache.shape[1], context_lens.shape[0], block_tables.shape[1], codes[q.dtype],
-            codes[k_cache.dtype], float(scale), int(sliding_window))
+            q.data_ptr(),
+            k_cache.data_ptr(),
+            v_cache.data_ptr(),
+            query_start.data_ptr(),
+            context_lens.data_ptr(),
+            block_tables.data_ptr(),
+            out.data_ptr(),
+            T,
+            Hq,
+            k_cache.shape[2],
+            D,
+            k_cache.shape[1],
+            context_lens.shape[0],
+            block_tables.shape[1],
+            codes[q.dtype],
+            codes[k_cache.dtype],
+            float(scale),
+            int(sliding_window),
+        )
     return out
 
 
-def _launch_cuda(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window,
-                 out) -> None:
+def _launch_cuda(
+    q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window, out
+) -> None:
     """The CUDA kernel into `out`, on contiguous checked inputs, with its split-K workspace."""
     T, Hq, D = q.shape
     max_context = block_tables.shape[1] * k_cache.shape[1]
     n = L._C.paged_attention_cuda_workspace(T, Hq, k_cache.shape[2], D, max_context)
     workspace = torch.empty(max(n, 1), dtype=torch.float32, device=q.device)
-    L._C.paged_attention_cuda(L.view(q), L.view(k_cache), L.view(v_cache), L.view(query_start),
-                              L.view(context_lens), L.view(block_tables), L.view(out), float(scale),
-                              int(sliding_window), L.view(workspace), L.cuda_stream())
+    L._C.paged_attention_cuda(
+        L.view(q),
+        L.view(k_cache),
+        L.view(v_cache),
+        L.view(query_start),
+        L.view(context_lens),
+        L.view(block_tables),
+        L.view(out),
+        float(scale),
+        int(sliding_window),
+        L.view(workspace),
+        L.cuda_stream(),
+    )
 
 
-def _checked_ref(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window):
-    check_attention_metadata(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
-                             sliding_window)
-    return paged_attention_ref(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
-                               sliding_window)
+def _checked_ref(
+    q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
+):
+    check_attention_metadata(
+        q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
+    )
+    return paged_attention_ref(
+        q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
+    )
 
 
-def _checked_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window):
-    check_attention_metadata(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
-                             sliding_window)
-    return _run_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
-                       sliding_window)
+def _checked_kernel(
+    q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
+):
+    check_attention_metadata(
+        q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
+    )
+    return _run_kernel(
+        q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
+    )
 
 
 def _fake(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window):
-    _check_shapes(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window)
+    _check_shapes(
+        q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
+    )
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 _HAS_CPU = L.has_entry("paged_attention_cpu_ptr")
 _HAS_CUDA = L.has_entry("paged_attention_cuda")
 
-L.register(PAGED_ATTENTION, reference=_checked_ref, fake=_fake,
-           cpu=_checked_kernel if _HAS_CPU else None,
-           cuda=_checked_kernel, cuda_entry="paged_attention_cuda")
+L.register(
+    PAGED_ATTENTION,
+    reference=_checked_ref,
+    fake=_fake,
+    cpu=_checked_kernel if _HAS_CPU else None,
+    cuda=_checked_kernel,
+    cuda_entry="paged_attention_cuda",
+)
 
 
-def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    query_start: torch.Tensor, context_lens: torch.Tensor, block_tables: torch.Tensor,
-                    scale: float, sliding_window: int = 0, *, validated: bool = False,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    query_start: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    scale: float,
+    sliding_window: int = 0,
+    *,
+    validated: bool = False,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Causal varlen attention of q `[T, Hq, D]` over the paged cache; returns `[T, Hq, D]`.
 
     `validated=True` is the trusted hot path (see the module docstring): the caller has run
@@ -273,18 +384,21 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     out of bounds.
     """
     if not validated:
-        result = torch.ops.pyllm.paged_attention(q, k_cache, v_cache, query_start, context_lens,
-                                                 block_tables, scale, sliding_window)
+        result = torch.ops.pyllm.paged_attention(
+            q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
+        )
         if out is not None:
             out.copy_(result)
             return out
         return result
     native_here = _HAS_CUDA if L.on_cuda(q) else _HAS_CPU
     if L.native() and native_here:
-        return _run_kernel(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
-                           sliding_window, out)
-    result = paged_attention_ref(q, k_cache, v_cache, query_start, context_lens, block_tables,
-                                 scale, sliding_window)
+        return _run_kernel(
+            q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window, out
+        )
+    result = paged_attention_ref(
+        q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
+    )
     if out is not None:
         out.copy_(result)
         return out

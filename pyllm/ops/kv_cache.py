@@ -25,8 +25,13 @@ WRITE_KV_CACHE = L.define(
 )
 
 
-def write_kv_cache_ref_(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                        v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+def write_kv_cache_ref_(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
     """The meaning of the op, in plain PyTorch (writes into k_cache and v_cache in place)."""
     keep = slot_mapping >= 0
     slots = slot_mapping[keep]
@@ -43,7 +48,9 @@ def check_cache_pair(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     if k_cache.dim() != 4:
         _fail(f"k_cache must be [num_blocks, block_size, Hkv, D], got {list(k_cache.shape)}")
     if v_cache.shape != k_cache.shape:
-        _fail(f"v_cache must match k_cache's shape {list(k_cache.shape)}, got {list(v_cache.shape)}")
+        _fail(
+            f"v_cache must match k_cache's shape {list(k_cache.shape)}, got {list(v_cache.shape)}"
+        )
     if v_cache.dtype != k_cache.dtype:
         _fail(f"v_cache must have k_cache's dtype {k_cache.dtype}, got {v_cache.dtype}")
     if not k_cache.is_contiguous():
@@ -74,8 +81,13 @@ def _check_shapes(k, v, k_cache, v_cache, slot_mapping) -> None:
         L.check_same_device(k=k, v=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
 
 
-def check_write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                         v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+def check_write_kv_cache(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
     """Every check the op makes: shapes, dtypes, devices, and slots < num_blocks * block_size.
 
     The value check reads one number (the largest slot); on CUDA it synchronises.
@@ -84,27 +96,45 @@ def check_write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor
     if slot_mapping.numel():
         capacity = k_cache.shape[0] * k_cache.shape[1]
         top = int(slot_mapping.max())
-        L.check(top < capacity,
-                f"slot_mapping holds slot {top}, beyond the cache's {capacity} slots "
-                f"({k_cache.shape[0]} blocks of {k_cache.shape[1]})")
+        L.check(
+            top < capacity,
+            f"slot_mapping holds slot {top}, beyond the cache's {capacity} slots "
+            f"({k_cache.shape[0]} blocks of {k_cache.shape[1]})",
+        )
 
 
 def _write_cuda(k, v, k_cache, v_cache, slot_mapping) -> None:
     """The CUDA kernel on checked inputs; token rows may be strided (views of the fused QKV
     output), so they are not copied."""
     k, v = _dense_rows(k), _dense_rows(v)
-    L._C.write_kv_cache_cuda(L.view(k), L.view(v), L.view(k_cache), L.view(v_cache), L.view(slot_mapping),
-                             L.cuda_stream())
+    L._C.write_kv_cache_cuda(
+        L.view(k),
+        L.view(v),
+        L.view(k_cache),
+        L.view(v_cache),
+        L.view(slot_mapping),
+        L.cuda_stream(),
+    )
 
 
 def _kernel(k, v, k_cache, v_cache, slot_mapping) -> None:
     """Call the compiled kernel on already-checked slots (shapes are re-compared: cheap)."""
-    if (k.dim() != 3 or k_cache.dim() != 4 or k.shape[1:] != k_cache.shape[2:] or v.shape != k.shape
-            or v_cache.shape != k_cache.shape or slot_mapping.shape != k.shape[:1]
-            or v.dtype != k.dtype or v_cache.dtype != k_cache.dtype or slot_mapping.dtype != torch.int64
-            or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
-        _fail(f"k {list(k.shape)} / v {list(v.shape)} / slot_mapping {list(slot_mapping.shape)} "
-              f"do not fit the caches {list(k_cache.shape)} / {list(v_cache.shape)}")
+    if (
+        k.dim() != 3
+        or k_cache.dim() != 4
+        or k.shape[1:] != k_cache.shape[2:]
+        or v.shape != k.shape
+        or v_cache.shape != k_cache.shape
+        or slot_mapping.shape != k.shape[:1]
+        or v.dtype != k.dtype
+        or v_cache.dtype != k_cache.dtype
+        or slot_mapping.dtype != torch.int64
+        or not (k_cache.is_contiguous() and v_cache.is_contiguous())
+    ):
+        _fail(
+            f"k {list(k.shape)} / v {list(v.shape)} / slot_mapping {list(slot_mapping.shape)} "
+            f"do not fit the caches {list(k_cache.shape)} / {list(v_cache.shape)}"
+        )
     if not k.shape[0] or not k_cache.numel():
         return
     slot_mapping = slot_mapping.contiguous()
@@ -113,9 +143,17 @@ def _kernel(k, v, k_cache, v_cache, slot_mapping) -> None:
     else:  # raw addresses: building five TensorViews would cost more than the copy
         k, v = k.contiguous(), v.contiguous()
         codes = L._DTYPE_CODES
-        L._C.write_kv_cache_cpu_ptr(k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                                    slot_mapping.data_ptr(), k.shape[0], k.shape[1] * k.shape[2],
-                                    codes[k.dtype], codes[k_cache.dtype])
+        L._C.write_kv_cache_cpu_ptr(
+            k.data_ptr(),
+            v.data_ptr(),
+            k_cache.data_ptr(),
+            v_cache.data_ptr(),
+            slot_mapping.data_ptr(),
+            k.shape[0],
+            k.shape[1] * k.shape[2],
+            codes[k.dtype],
+            codes[k_cache.dtype],
+        )
 
 
 def _dense_rows(t: torch.Tensor) -> torch.Tensor:
@@ -144,13 +182,25 @@ def _fake(k, v, k_cache, v_cache, slot_mapping) -> None:
 _HAS_CPU = L.has_entry("write_kv_cache_cpu_ptr")
 _HAS_CUDA = L.has_entry("write_kv_cache_cuda")
 
-L.register(WRITE_KV_CACHE, reference=_checked_ref, fake=_fake,
-           cpu=_checked_kernel if _HAS_CPU else None,
-           cuda=_checked_kernel, cuda_entry="write_kv_cache_cuda")
+L.register(
+    WRITE_KV_CACHE,
+    reference=_checked_ref,
+    fake=_fake,
+    cpu=_checked_kernel if _HAS_CPU else None,
+    cuda=_checked_kernel,
+    cuda_entry="write_kv_cache_cuda",
+)
 
 
-def write_kv_cache_(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    slot_mapping: torch.Tensor, *, validated: bool = False) -> None:
+def write_kv_cache_(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    *,
+    validated: bool = False,
+) -> None:
     """Write k, v `[T, Hkv, D]` into the caches at `slot_mapping` `[T]` (int64; < 0 skipped).
 
     `validated=True` is for a trusted hot path that has already checked these arguments (with

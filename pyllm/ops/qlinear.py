@@ -100,8 +100,10 @@ def _check_weight(weight: torch.Tensor, qtype: int, out_features: int, in_featur
         _fail(f"out_features and in_features must be >= 0, got {out_features}, {in_features}")
     if name in BLOCK_BYTES:
         if in_features % BLOCK:
-            _fail(f"in_features (x's last dim) must be a multiple of {BLOCK} for {name}, "
-                  f"got {in_features}")
+            _fail(
+                f"in_features (x's last dim) must be a multiple of {BLOCK} for {name}, "
+                f"got {in_features}"
+            )
         if weight.dtype != torch.uint8:
             _fail(f"weight must be uint8 blocks for {name}, not {weight.dtype}")
         cols = in_features // BLOCK * BLOCK_BYTES[name]
@@ -110,12 +112,15 @@ def _check_weight(weight: torch.Tensor, qtype: int, out_features: int, in_featur
             _fail(f"weight must be {FLOAT_QTYPES[name]} for {name}, not {weight.dtype}")
         cols = in_features
     if weight.dim() != 2 or weight.shape[0] != out_features or weight.shape[1] != cols:
-        _fail(f"weight must be [{out_features}, {cols}] for {name} with in_features {in_features}, "
-              f"got {list(weight.shape)}")
+        _fail(
+            f"weight must be [{out_features}, {cols}] for {name} with in_features {in_features}, "
+            f"got {list(weight.shape)}"
+        )
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features: int,
-           bias: torch.Tensor | None) -> None:
+def _check(
+    x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features: int, bias: torch.Tensor | None
+) -> None:
     if x.dtype != torch.float32:
         _fail(f"x must be float32, not {x.dtype}")
     if x.dim() != 2:
@@ -145,8 +150,13 @@ def dequantize_weight(weight: torch.Tensor, qtype: int, in_features: int) -> tor
     return dequantize(weight, name, in_features)
 
 
-def qlinear_ref(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features: int,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
+def qlinear_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    qtype: int,
+    out_features: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The meaning of the op: float32 matmul with the dequantized weight (+ bias)."""
     w = dequantize_weight(weight, qtype, x.shape[-1])
     out = x.float() @ w.T
@@ -170,8 +180,13 @@ def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return codes, (amax / 127.0).squeeze(-1)
 
 
-def qlinear_int8_ref(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features: int,
-                     bias: torch.Tensor | None = None) -> torch.Tensor:
+def qlinear_int8_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    qtype: int,
+    out_features: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """What the int8-activation kernels compute, in float64: the exactly dequantized weight against
     the dequantized activations x_hat = scale * codes. Its distance from qlinear_ref is the whole
     error of the int8 path."""
@@ -198,13 +213,17 @@ def qlinear_int8(x: torch.Tensor, w: QWeight) -> torch.Tensor:
     x = x.float().contiguous()
     out = x.new_empty((x.shape[0], w.out_features))
     if out.numel():
-        L._C.qlinear_cpu(L.view(x), L.view(w.data.contiguous()), w.code, None, L.view(out), int8_act=True)
+        L._C.qlinear_cpu(
+            L.view(x), L.view(w.data.contiguous()), w.code, None, L.view(out), int8_act=True
+        )
     return out
 
 
 # ------------------------------------------------------------------ the op
 
-QLINEAR = L.define("qlinear(Tensor x, Tensor weight, int qtype, int out_features, Tensor? bias) -> Tensor")
+QLINEAR = L.define(
+    "qlinear(Tensor x, Tensor weight, int qtype, int out_features, Tensor? bias) -> Tensor"
+)
 
 
 def _fake(x, weight, qtype, out_features, bias):
@@ -225,8 +244,13 @@ def _cpu(x, weight, qtype, out_features, bias):
     if out.numel():
         if bias is not None:
             bias = bias.contiguous()
-        L._C.qlinear_cpu(L.view(x), L.view(weight), int(qtype),
-                         None if bias is None else L.view(bias), L.view(out))
+        L._C.qlinear_cpu(
+            L.view(x),
+            L.view(weight),
+            int(qtype),
+            None if bias is None else L.view(bias),
+            L.view(out),
+        )
     return out
 
 
@@ -253,19 +277,35 @@ def _cuda(x, weight, qtype, out_features, bias):
     if out.numel():
         if bias is not None:
             bias = bias.contiguous()
-        L._C.qlinear_cuda(L.view(x), L.view(weight), int(qtype),
-                          None if bias is None else L.view(bias), L.view(out),
-                          L.cuda_stream())
+        L._C.qlinear_cuda(
+            L.view(x),
+            L.view(weight),
+            int(qtype),
+            None if bias is None else L.view(bias),
+            L.view(out),
+            L.cuda_stream(),
+        )
     return out
 
 
 _HAVE_CPU = L.has_entry("qlinear_cpu")
-L.register(QLINEAR, reference=_reference, fake=_fake, cpu=_cpu if _HAVE_CPU else None,
-           cuda=_cuda, cuda_entry="qlinear_cuda")
+L.register(
+    QLINEAR,
+    reference=_reference,
+    fake=_fake,
+    cpu=_cpu if _HAVE_CPU else None,
+    cuda=_cuda,
+    cuda_entry="qlinear_cuda",
+)
 
 
-def qlinear(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features: int,
-            bias: torch.Tensor | None = None) -> torch.Tensor:
+def qlinear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    qtype: int,
+    out_features: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """x [T, K] float32 @ dequant(weight).T (+ bias) -> [T, out_features] float32."""
     return torch.ops.pyllm.qlinear(x, weight, qtype, out_features, bias)
 
@@ -277,25 +317,52 @@ def qlinear(x: torch.Tensor, weight: torch.Tensor, qtype: int, out_features: int
 _FAST = _HAVE_CPU and L.native() and os.environ.get("PYLLM_QLINEAR_FAST", "1") != "0"
 
 
-def _fast_ok(x: torch.Tensor, w: QWeight, bias: torch.Tensor | None, out: torch.Tensor | None) -> bool:
+def _fast_ok(
+    x: torch.Tensor, w: QWeight, bias: torch.Tensor | None, out: torch.Tensor | None
+) -> bool:
     """Whether linear() may call the kernel directly: eager CPU float32 work, every tensor
     contiguous and of the right shape. Only cheap attribute reads (each ~0.1 µs; a reshape or
     view would cost over 1 µs)."""
-    if not (_FAST and type(x) is torch.Tensor and x.ndim == 2 and x.is_cpu and x.dtype == torch.float32
-            and x.shape[1] == w.in_features and x.is_contiguous() and not x.requires_grad
-            and w.data.is_cpu and w.data.is_contiguous() and not torch.compiler.is_compiling()):
+    if not (
+        _FAST
+        and type(x) is torch.Tensor
+        and x.ndim == 2
+        and x.is_cpu
+        and x.dtype == torch.float32
+        and x.shape[1] == w.in_features
+        and x.is_contiguous()
+        and not x.requires_grad
+        and w.data.is_cpu
+        and w.data.is_contiguous()
+        and not torch.compiler.is_compiling()
+    ):
         return False
-    if bias is not None and not (type(bias) is torch.Tensor and bias.ndim == 1 and bias.is_cpu
-                                 and bias.dtype == torch.float32 and bias.shape[0] == w.out_features
-                                 and bias.is_contiguous()):
+    if bias is not None and not (
+        type(bias) is torch.Tensor
+        and bias.ndim == 1
+        and bias.is_cpu
+        and bias.dtype == torch.float32
+        and bias.shape[0] == w.out_features
+        and bias.is_contiguous()
+    ):
         return False
-    return out is None or (type(out) is torch.Tensor and out.ndim == 2 and out.is_cpu
-                           and out.dtype == torch.float32 and out.shape[0] == x.shape[0]
-                           and out.shape[1] == w.out_features and out.is_contiguous())
+    return out is None or (
+        type(out) is torch.Tensor
+        and out.ndim == 2
+        and out.is_cpu
+        and out.dtype == torch.float32
+        and out.shape[0] == x.shape[0]
+        and out.shape[1] == w.out_features
+        and out.is_contiguous()
+    )
 
 
-def linear(x: torch.Tensor, w: QWeight | torch.Tensor, bias: torch.Tensor | None = None,
-           out: torch.Tensor | None = None) -> torch.Tensor:
+def linear(
+    x: torch.Tensor,
+    w: QWeight | torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """y = x @ W.T + bias over the last dim of x [..., in] -> [..., out].
 
     `w` is a QWeight or a float tensor [out, in]. `out`, when given, is a float32 tensor of the
@@ -306,9 +373,16 @@ def linear(x: torch.Tensor, w: QWeight | torch.Tensor, bias: torch.Tensor | None
     if _fast_ok(x, w, bias, out):  # the decode hot path: ~2 µs of Python
         y = torch.empty((x.shape[0], w.out_features)) if out is None else out
         if x.shape[0] and w.out_features:
-            L._C.qlinear_cpu_ptr(x.data_ptr(), w.data.data_ptr(), w.code,
-                                 0 if bias is None else bias.data_ptr(), y.data_ptr(),
-                                 x.shape[0], w.in_features, w.out_features)
+            L._C.qlinear_cpu_ptr(
+                x.data_ptr(),
+                w.data.data_ptr(),
+                w.code,
+                0 if bias is None else bias.data_ptr(),
+                y.data_ptr(),
+                x.shape[0],
+                w.in_features,
+                w.out_features,
+            )
         return y
     if x.shape[-1] != w.in_features:
         _fail(f"x's last dim must be in_features {w.in_features}, got {list(x.shape)}")
@@ -318,27 +392,43 @@ def linear(x: torch.Tensor, w: QWeight | torch.Tensor, bias: torch.Tensor | None
         x2 = x2.float()
     if bias is not None and bias.dtype != torch.float32:
         bias = bias.float()
-    y = torch.ops.pyllm.qlinear(x2, w.data, w.code, w.out_features, bias).view(*lead, w.out_features)
+    y = torch.ops.pyllm.qlinear(x2, w.data, w.code, w.out_features, bias).view(
+        *lead, w.out_features
+    )
     if out is None:
         return y
     if out.shape != y.shape or out.dtype != torch.float32:
-        _fail(f"out must be a float32 tensor of shape {list(y.shape)}, "
-              f"got {out.dtype} {list(out.shape)}")
+        _fail(
+            f"out must be a float32 tensor of shape {list(y.shape)}, "
+            f"got {out.dtype} {list(out.shape)}"
+        )
     out.copy_(y)
     return out
 
 
-def plan(x: torch.Tensor, w: QWeight, out: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[[], None]:
+def plan(
+    x: torch.Tensor, w: QWeight, out: torch.Tensor, bias: torch.Tensor | None = None
+) -> Callable[[], None]:
     """Validate once, return a zero-argument callable that writes linear(x, w, bias) into `out`
     from whatever `x` holds at call time: for a decode loop with static buffers (~0.5 µs a call
     instead of ~3). The tensors must stay alive and in place (no resize) while the plan is used.
     """
     if not (type(w) is QWeight and _fast_ok(x, w, bias, out)):
-        _fail("plan() needs contiguous CPU float32 x [T, in_features], out [T, out_features], "
-              "bias [out_features] or None, and a QWeight (native kernels)")
+        _fail(
+            "plan() needs contiguous CPU float32 x [T, in_features], out [T, out_features], "
+            "bias [out_features] or None, and a QWeight (native kernels)"
+        )
     keep = (x, w.data, bias, out)  # referenced by the closure so the pointers stay valid
-    args = (x.data_ptr(), w.data.data_ptr(), w.code, 0 if bias is None else bias.data_ptr(), out.data_ptr(),
-            x.shape[0], w.in_features, w.out_features)
+    args = (
+        x.data_ptr(),
+        w.data.data_ptr(),
+        w.code,
+        0 if bias is None else bias.data_ptr(),
+        out.data_ptr(),
+        x.shape[0],
+        w.in_features,
+        w.out_features,
+    )
     if x.shape[0] == 0 or w.out_features == 0:
         return lambda: None
     return functools.partial(_call_planned, L._C.qlinear_cpu_ptr, args, keep)

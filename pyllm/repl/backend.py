@@ -124,11 +124,14 @@ class LLMBackend:
         at = with_marker.find(marker)
         if at < 0:
             return None
-        before, after = with_marker[:at], with_marker[at + len(marker):]
-        if len(without) <= len(before) + len(after) or not without.startswith(before) \
-                or not without.endswith(after):
+        before, after = with_marker[:at], with_marker[at + len(marker) :]
+        if (
+            len(without) <= len(before) + len(after)
+            or not without.startswith(before)
+            or not without.endswith(after)
+        ):
             return None
-        return without[len(before):len(without) - len(after)].strip() or None
+        return without[len(before) : len(without) - len(after)].strip() or None
 
     def info(self) -> list[tuple[str, str]]:
         """Rows for /show info: what the model is and how it was loaded."""
@@ -139,9 +142,14 @@ class LLMBackend:
             rows.append(("file", f"{loaded.path} ({loaded.kind})"))
         config = getattr(llm, "config", None)
         if config is not None:
-            rows.append(("architecture", f"{config.family}, {config.n_layer} layers, n_embd "
-                                         f"{config.n_embd}, {config.n_head} heads "
-                                         f"({config.n_kv_head} KV)"))
+            rows.append(
+                (
+                    "architecture",
+                    f"{config.family}, {config.n_layer} layers, n_embd "
+                    f"{config.n_embd}, {config.n_head} heads "
+                    f"({config.n_kv_head} KV)",
+                )
+            )
             rows.append(("vocabulary", f"{config.vocab_size} tokens"))
             rows.append(("context", f"{self.context_length} tokens"))
         else:

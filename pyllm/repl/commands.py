@@ -54,8 +54,16 @@ class CommandRegistry:
         self._commands: dict[str, Command] = {}
         self._lookup: dict[str, str] = {}
 
-    def register(self, name: str, handler: Handler, help: str, aliases: tuple[str, ...] = (), *,
-                 usage: str = "", source: str = "") -> Command:
+    def register(
+        self,
+        name: str,
+        handler: Handler,
+        help: str,
+        aliases: tuple[str, ...] = (),
+        *,
+        usage: str = "",
+        source: str = "",
+    ) -> Command:
         name = name.lstrip("/").lower()
         aliases = tuple(a.lstrip("/").lower() for a in aliases)
         taken = [n for n in (name, *aliases) if n in self._lookup]
@@ -67,8 +75,9 @@ class CommandRegistry:
             self._lookup[n] = name
         return command
 
-    def command(self, name: str, help: str, *, usage: str = "",
-                aliases: tuple[str, ...] = ()) -> Callable[[Handler], Handler]:
+    def command(
+        self, name: str, help: str, *, usage: str = "", aliases: tuple[str, ...] = ()
+    ) -> Callable[[Handler], Handler]:
         """Decorator: ``@registry.command("help", "Show the commands.", aliases=("?",))``."""
 
         def decorate(handler: Handler) -> Handler:
@@ -83,8 +92,9 @@ class CommandRegistry:
 
     def suggest(self, name: str) -> str | None:
         """The nearest command name or alias to a mistyped ``name``, if any is close."""
-        near = difflib.get_close_matches(name.lstrip("/").lower(), list(self._lookup), n=1,
-                                         cutoff=0.5)
+        near = difflib.get_close_matches(
+            name.lstrip("/").lower(), list(self._lookup), n=1, cutoff=0.5
+        )
         return near[0] if near else None
 
     def names(self) -> list[str]:
@@ -156,8 +166,9 @@ begins with /. Ctrl-C stops a reply; at the prompt it clears the line, and twice
 quits, like Ctrl-D and /exit."""
 
 
-@command("help", "Show the commands, or one command's help.", usage="/help [COMMAND]",
-         aliases=("?",))
+@command(
+    "help", "Show the commands, or one command's help.", usage="/help [COMMAND]", aliases=("?",)
+)
 def _help(session: ChatSession, arg: str) -> None:
     if arg:
         cmd = session.registry.get(arg)
@@ -167,14 +178,20 @@ def _help(session: ChatSession, arg: str) -> None:
         aliases = f"  (also {', '.join('/' + a for a in cmd.aliases)})" if cmd.aliases else ""
         session.echo(f"{cmd.synopsis}{aliases}\n  {cmd.help}")
         if cmd.name == "set":
-            session.echo("  REPL settings: " + ", ".join(SETTINGS) + "; sampling: "
-                         + ", ".join(SamplingParams.field_names()))
+            session.echo(
+                "  REPL settings: "
+                + ", ".join(SETTINGS)
+                + "; sampling: "
+                + ", ".join(SamplingParams.field_names())
+            )
         return
     commands = list(session.registry)
     screen = session.renderer.console.width
     width = min(max(len(c.synopsis) for c in commands) + 2, max(screen // 3, 12))
-    for heading, group in (("Commands", [c for c in commands if not c.source]),
-                           ("Plugin commands", [c for c in commands if c.source])):
+    for heading, group in (
+        ("Commands", [c for c in commands if not c.source]),
+        ("Plugin commands", [c for c in commands if c.source]),
+    ):
         if group:
             session.echo(f"{heading}:")
             for c in group:
@@ -186,16 +203,18 @@ def hanging(term: str, text: str, width: int, screen: int) -> str:
     """``  TERM  text`` with the text wrapped to the screen and its later lines indented under
     its first (a term longer than the column gets a line of its own)."""
     indent = " " * (2 + width)
-    lines = textwrap.wrap(text, width=max(screen - 1 - len(indent), 20),
-                          break_on_hyphens=False) or [""]
+    lines = textwrap.wrap(
+        text, width=max(screen - 1 - len(indent), 20), break_on_hyphens=False
+    ) or [""]
     head = f"  {term:<{width}}"
     if len(term) + 2 > width:
         return "\n".join([f"  {term}", *(indent + line for line in lines)])
     return "\n".join([head + lines[0], *(indent + line for line in lines[1:])])
 
 
-@command("system", "Set the system prompt (no text: show it; 'none' removes it).",
-         usage="/system [TEXT]")
+@command(
+    "system", "Set the system prompt (no text: show it; 'none' removes it).", usage="/system [TEXT]"
+)
 def _system(session: ChatSession, arg: str) -> None:
     if not arg:
         shown = system_prompt_shown(session)
@@ -203,13 +222,18 @@ def _system(session: ChatSession, arg: str) -> None:
         return
     session.conversation.system = None if arg.lower() in ("none", "off") else arg
     session.refresh_context()
-    session.notice("system prompt removed" if session.conversation.system is None
-                   else "system prompt set")
+    session.notice(
+        "system prompt removed" if session.conversation.system is None else "system prompt set"
+    )
 
 
-@command("set", "Set a sampling parameter (e.g. temperature 0.7, samplers ...) or a REPL "
-         "setting (markdown on/off); as in ollama, '/set parameter NAME VALUE' and "
-         "'/set system TEXT' work too.", usage="/set NAME VALUE")
+@command(
+    "set",
+    "Set a sampling parameter (e.g. temperature 0.7, samplers ...) or a REPL "
+    "setting (markdown on/off); as in ollama, '/set parameter NAME VALUE' and "
+    "'/set system TEXT' work too.",
+    usage="/set NAME VALUE",
+)
 def _set(session: ChatSession, arg: str) -> None:
     name, _, value = arg.partition(" ")
     name, value = name.strip().lower().replace("-", "_"), value.strip()
@@ -223,8 +247,10 @@ def _set(session: ChatSession, arg: str) -> None:
         _set(session, value)
         return
     if name == "n" and value and value.strip("\"' ") != "1":
-        session.error(f"n = {value}: the chat shows one reply per message, so n stays 1 "
-                      f"(pyllm run --set n={value} prints several completions)")
+        session.error(
+            f"n = {value}: the chat shows one reply per message, so n stays 1 "
+            f"(pyllm run --set n={value} prints several completions)"
+        )
         return
     if not name:
         for key in SETTINGS:
@@ -267,9 +293,12 @@ def _set(session: ChatSession, arg: str) -> None:
     session.notice(f"{name} = {_format_value(shown)}")
 
 
-@command("show", "Show the model, parameters, context use; '/show info' (the model), "
-         "'/show system', '/show template', '/show conversation', '/show params'.",
-         usage="/show [info|system|template|conversation|params]")
+@command(
+    "show",
+    "Show the model, parameters, context use; '/show info' (the model), "
+    "'/show system', '/show template', '/show conversation', '/show params'.",
+    usage="/show [info|system|template|conversation|params]",
+)
 def _show(session: ChatSession, arg: str) -> None:
     what = arg.lower()
     backend = session.backend
@@ -288,15 +317,19 @@ def _show(session: ChatSession, arg: str) -> None:
         return
     if what in ("info", "i"):
         info = getattr(backend, "info", None)
-        rows = info() if info is not None else [("model", backend.model_name),
-                                                ("context", f"{backend.context_length} tokens")]
+        rows = (
+            info()
+            if info is not None
+            else [("model", backend.model_name), ("context", f"{backend.context_length} tokens")]
+        )
         width = max(len(k) for k, _ in rows) + 2
         for key, value in rows:
             session.echo(hanging(key, str(value), width, session.renderer.console.width))
         return
     if what:
-        session.error(f"/show {what}: unknown topic; try info, system, template, conversation "
-                      f"or params")
+        session.error(
+            f"/show {what}: unknown topic; try info, system, template, conversation or params"
+        )
         return
     used, total = session.context_used, backend.context_length
     cut = sum(1 for m in session.conversation.messages if m.get("cut"))
@@ -307,8 +340,10 @@ def _show(session: ChatSession, arg: str) -> None:
         ("context", f"{used} / {total} tokens ({100 * used / max(total, 1):.0f}%)"),
         ("system", system_prompt_shown(session)),
         ("messages", f"{len(session.conversation.messages)}" + (f" ({cut} cut)" if cut else "")),
-        ("sampling", " ".join(f"{k}={_format_value(v)}" for k, v in changed.items())
-         or "(defaults)"),
+        (
+            "sampling",
+            " ".join(f"{k}={_format_value(v)}" for k, v in changed.items()) or "(defaults)",
+        ),
         ("settings", " ".join(f"{k}={_format_value(v)}" for k, v in session.settings.items())),
         ("template", first_line(backend.chat_template) + "  (/show template)"),
     ]
@@ -322,8 +357,11 @@ def system_prompt_shown(session: ChatSession) -> str:
     if session.conversation.system:
         return session.conversation.system
     default = getattr(session.backend, "template_system_prompt", None)
-    return f"{default}  (added by the chat template; /set system TEXT replaces it)" if default \
+    return (
+        f"{default}  (added by the chat template; /set system TEXT replaces it)"
+        if default
         else "(none)"
+    )
 
 
 def first_line(text: str, limit: int = 60) -> str:
@@ -338,8 +376,7 @@ def _reset(session: ChatSession, arg: str) -> None:
     session.notice("conversation cleared")
 
 
-@command("regen", "Answer the last message again (the last reply is replaced).",
-         aliases=("retry",))
+@command("regen", "Answer the last message again (the last reply is replaced).", aliases=("retry",))
 def _regen(session: ChatSession, arg: str) -> None:
     session.regenerate()
 
@@ -350,16 +387,18 @@ def _save(session: ChatSession, arg: str) -> None:
         session.error("usage: /save FILE")
         return
     try:
-        path = session.conversation.save(arg, model=session.backend.model_name,
-                                         sampling=changed_params(session.params))
+        path = session.conversation.save(
+            arg, model=session.backend.model_name, sampling=changed_params(session.params)
+        )
     except OSError as e:
         session.error(f"cannot save to {arg}: {e.strerror or e}")
         return
     session.notice(f"saved {len(session.conversation.messages)} messages to {path}")
 
 
-@command("load", "Load a conversation saved with /save (replaces the current one).",
-         usage="/load FILE")
+@command(
+    "load", "Load a conversation saved with /save (replaces the current one).", usage="/load FILE"
+)
 def _load(session: ChatSession, arg: str) -> None:
     if not arg:
         session.error("usage: /load FILE")
@@ -374,19 +413,25 @@ def _load(session: ChatSession, arg: str) -> None:
         return
     sampling = data.get("sampling") or {}
     try:
-        params = (SamplingParams.from_mapping(sampling, base=session.params)
-                  if isinstance(sampling, dict) and sampling else session.params)
+        params = (
+            SamplingParams.from_mapping(sampling, base=session.params)
+            if isinstance(sampling, dict) and sampling
+            else session.params
+        )
     except ValueError as e:
         session.error(f"not a conversation file: {arg}: 'sampling': {e}")
         return
     session.conversation, session.params = conversation, params
     session.refresh_context()
-    session.notice(f"loaded {len(conversation.messages)} messages from {Path(arg).expanduser()}"
-                   + (f"; sampling: {', '.join(sampling)}" if sampling else ""))
+    session.notice(
+        f"loaded {len(conversation.messages)} messages from {Path(arg).expanduser()}"
+        + (f"; sampling: {', '.join(sampling)}" if sampling else "")
+    )
 
 
-@command("read", "Put a text file's contents in the next prompt, to edit or send.",
-         usage="/read FILE")
+@command(
+    "read", "Put a text file's contents in the next prompt, to edit or send.", usage="/read FILE"
+)
 def _read(session: ChatSession, arg: str) -> None:
     if not arg:
         session.error("usage: /read FILE")
@@ -424,8 +469,10 @@ def _stats(session: ChatSession, arg: str) -> None:
         return
     tps = stats.tokens_per_s
     session.echo(f"  prompt tokens   {stats.prompt_tokens}")
-    session.echo(f"  reply tokens    {stats.tokens}"
-                 + (f" ({stats.finish_reason})" if stats.finish_reason else ""))
+    session.echo(
+        f"  reply tokens    {stats.tokens}"
+        + (f" ({stats.finish_reason})" if stats.finish_reason else "")
+    )
     session.echo("  first token     " + (f"{stats.ttft:.3f} s" if stats.ttft is not None else "-"))
     session.echo("  tokens/s        " + (f"{tps:.1f}" if tps is not None else "-"))
     session.echo(f"  total time      {stats.seconds:.2f} s")
@@ -486,6 +533,11 @@ def build_registry(*, with_plugins: bool = True) -> CommandRegistry:
 
     for name, adapter in task_adapters().items():
         if registry.get(name) is None:
-            registry.register(name, task_handler(adapter), adapter.description,
-                              usage=usage(adapter), source=f"task {name}")
+            registry.register(
+                name,
+                task_handler(adapter),
+                adapter.description,
+                usage=usage(adapter),
+                source=f"task {name}",
+            )
     return registry

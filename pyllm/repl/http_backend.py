@@ -39,9 +39,13 @@ class ServerError(PyllmError, ConnectionError):
 
 def request_body(messages: Sequence[Message], params: SamplingParams, model: str) -> dict[str, Any]:
     """The chat completions request for `messages` sampled with `params`."""
-    body: dict[str, Any] = {"model": model, "messages": [dict(m) for m in messages],
-                            "stream": True, "stream_options": {"include_usage": True},
-                            "max_tokens": params.max_tokens}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [dict(m) for m in messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": params.max_tokens,
+    }
     for name in _OPENAI_FIELDS:
         value = getattr(params, name)
         if value is not None and value != getattr(_DEFAULTS, name):
@@ -51,8 +55,11 @@ def request_body(messages: Sequence[Message], params: SamplingParams, model: str
     if params.logit_bias:
         body["logit_bias"] = {str(k): v for k, v in params.logit_bias.items()}
     for name, value in params.to_dict().items():
-        if name in body or name in _OPENAI_FIELDS or name in ("n", "stop", "logit_bias",
-                                                              "max_tokens", "logprobs"):
+        if (
+            name in body
+            or name in _OPENAI_FIELDS
+            or name in ("n", "stop", "logit_bias", "max_tokens", "logprobs")
+        ):
             continue
         if value != _DEFAULTS.to_dict()[name]:
             body[name] = value
@@ -64,8 +71,15 @@ class HTTPBackend:
 
     chat_template = "(the server applies the model's chat template)"
 
-    def __init__(self, url: str, *, api_key: str | None = None, model: str | None = None,
-                 context_length: int | None = None, timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        model: str | None = None,
+        context_length: int | None = None,
+        timeout: float = 600.0,
+    ) -> None:
         self.base = url.rstrip("/")
         self.base = self.base.removesuffix("/v1")
         self.api_key = api_key
@@ -98,8 +112,9 @@ class HTTPBackend:
         try:
             return urllib.request.urlopen(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
-            raise ServerError(f"{method} {self.base}{path}: HTTP {exc.code}: "
-                              f"{_error_message(exc.read())}") from None
+            raise ServerError(
+                f"{method} {self.base}{path}: HTTP {exc.code}: {_error_message(exc.read())}"
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ServerError(f"cannot reach {self.base}: {reason}") from None
@@ -118,8 +133,13 @@ class HTTPBackend:
             count = None
             if self._can_tokenize:
                 try:
-                    count = int(self._json("POST", "/tokenize", {
-                        "model": self.model_name, "messages": [dict(m) for m in messages]})["count"])
+                    count = int(
+                        self._json(
+                            "POST",
+                            "/tokenize",
+                            {"model": self.model_name, "messages": [dict(m) for m in messages]},
+                        )["count"]
+                    )
                 except (ServerError, KeyError, ValueError, TypeError):
                     self._can_tokenize = False
             if count is None:  # an estimate: about four characters a token, a few per message
@@ -129,8 +149,11 @@ class HTTPBackend:
 
     def tokenize(self, text: str) -> tuple[list[int], list[str]]:
         try:
-            out = self._json("POST", "/tokenize", {"model": self.model_name, "prompt": text,
-                                                   "add_special_tokens": False})
+            out = self._json(
+                "POST",
+                "/tokenize",
+                {"model": self.model_name, "prompt": text, "add_special_tokens": False},
+            )
         except ServerError as exc:
             raise ServerError(f"the server cannot tokenize ({exc})") from None
         ids = [int(i) for i in out.get("tokens", [])]
@@ -143,8 +166,9 @@ class HTTPBackend:
         usage: dict[str, Any] = {}
         finish: str | None = None
         pieces = 0
-        response = self._request("POST", "/v1/chat/completions",
-                                 request_body(messages, params, self.model_name))
+        response = self._request(
+            "POST", "/v1/chat/completions", request_body(messages, params, self.model_name)
+        )
         try:
             for raw in response:
                 line = raw.decode("utf-8").strip()
@@ -170,8 +194,11 @@ class HTTPBackend:
             prompt = usage.get("prompt_tokens")
             self.last_stats = ReplyStats(
                 int(prompt) if prompt is not None else self.count_tokens(messages),
-                int(usage.get("completion_tokens", pieces)), time.perf_counter() - start, first,
-                finish)
+                int(usage.get("completion_tokens", pieces)),
+                time.perf_counter() - start,
+                first,
+                finish,
+            )
 
 
 def _error_message(raw: bytes) -> str:

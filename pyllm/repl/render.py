@@ -96,8 +96,9 @@ class WordWrapper:
         prefix = ""
         if self.column > 0 and self.column + cells > self.width:
             prefix, self.column = "\n", 0
-        self.column = (self.column + cells) % self.width if cells > self.width \
-            else self.column + cells
+        self.column = (
+            (self.column + cells) % self.width if cells > self.width else self.column + cells
+        )
         return prefix + word
 
 
@@ -108,8 +109,14 @@ class Renderer:
     :param width, height: the screen size (tests); None asks the terminal.
     """
 
-    def __init__(self, file: IO[str] | None = None, *, force_terminal: bool | None = None,
-                 width: int | None = None, height: int | None = None) -> None:
+    def __init__(
+        self,
+        file: IO[str] | None = None,
+        *,
+        force_terminal: bool | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> None:
         self.no_color = no_color_requested()
         self.console = Console(
             file=file if file is not None else sys.stdout,

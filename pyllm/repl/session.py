@@ -47,9 +47,11 @@ def history_path() -> Path:
     try:
         from pyllm.weights.pull import pyllm_home
     except ImportError:  # the weights module is not there yet: same rule, done here
+
         def pyllm_home() -> Path:
             home = os.environ.get("PYLLM_HOME")
             return Path(home).expanduser() if home else Path.home() / ".cache" / "pyllm"
+
     home = Path(pyllm_home())
     home.mkdir(parents=True, exist_ok=True)
     return home / "history"
@@ -70,20 +72,28 @@ class ChatSession:
         ``messages`` the conversation the model was given (``pyllm chat`` logs the turn there).
     """
 
-    def __init__(self, backend: ChatBackend, *, params: SamplingParams | None = None,
-                 system: str | None = None, history: History | None = None,
-                 input: Input | None = None, output: Output | None = None,
-                 stdout: IO[str] | None = None, force_terminal: bool | None = None,
-                 width: int | None = None, height: int | None = None, markdown: bool = True,
-                 registry: CommandRegistry | None = None,
-                 on_reply: Callable[[ChatSession, list[Message], str, bool], None]
-                 | None = None) -> None:
+    def __init__(
+        self,
+        backend: ChatBackend,
+        *,
+        params: SamplingParams | None = None,
+        system: str | None = None,
+        history: History | None = None,
+        input: Input | None = None,
+        output: Output | None = None,
+        stdout: IO[str] | None = None,
+        force_terminal: bool | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        markdown: bool = True,
+        registry: CommandRegistry | None = None,
+        on_reply: Callable[[ChatSession, list[Message], str, bool], None] | None = None,
+    ) -> None:
         self.backend = backend
         self.on_reply = on_reply
         self.params = params if params is not None else SamplingParams()
         self.conversation = Conversation(system=system or None)
-        self.renderer = Renderer(stdout, force_terminal=force_terminal, width=width,
-                                 height=height)
+        self.renderer = Renderer(stdout, force_terminal=force_terminal, width=width, height=height)
         self.settings: dict[str, Any] = {"markdown": markdown, "stats": False}
         assert set(self.settings) == set(SETTINGS)
         self.registry = registry if registry is not None else build_registry()
@@ -145,8 +155,10 @@ class ChatSession:
     def run(self) -> None:
         """Read and handle lines until /exit, Ctrl-D or a double Ctrl-C."""
         backend = self.backend
-        self.notice(f"{backend.model_name}, {backend.context_length} tokens of context. "
-                    "/help for help, Ctrl-D to quit.")
+        self.notice(
+            f"{backend.model_name}, {backend.context_length} tokens of context. "
+            "/help for help, Ctrl-D to quit."
+        )
         prompt = self._prompt_session()
         while self.running:
             default, self.next_default = self.next_default, ""
@@ -229,16 +241,21 @@ class ChatSession:
         """Add ``text`` as the user's message and stream the reply (making room if needed)."""
         try:
             with request_scope():  # text the vocabulary loses is told here, once a turn
-                dropped, prompt_tokens = make_room(self.conversation, text,
-                                                   self.backend.count_tokens,
-                                                   self.backend.context_length,
-                                                   self.reply_reserve())
+                dropped, prompt_tokens = make_room(
+                    self.conversation,
+                    text,
+                    self.backend.count_tokens,
+                    self.backend.context_length,
+                    self.reply_reserve(),
+                )
         except MessageTooLong as e:
             self.error(str(e))
             return
         if dropped:
-            self.notice(f"context full: dropped the {dropped} oldest turn"
-                        f"{'s' if dropped > 1 else ''} (the system prompt is kept)")
+            self.notice(
+                f"context full: dropped the {dropped} oldest turn"
+                f"{'s' if dropped > 1 else ''} (the system prompt is kept)"
+            )
         self.conversation.add("user", text)
         before = len(self.conversation.messages)
         try:
@@ -255,8 +272,13 @@ class ChatSession:
             return
         try:
             with request_scope():  # text the vocabulary loses is told here, once a turn
-                _, prompt_tokens = make_room(self.conversation, None, self.backend.count_tokens,
-                                             self.backend.context_length, self.reply_reserve())
+                _, prompt_tokens = make_room(
+                    self.conversation,
+                    None,
+                    self.backend.count_tokens,
+                    self.backend.context_length,
+                    self.reply_reserve(),
+                )
         except MessageTooLong as e:
             self.error(str(e))
             return
@@ -300,7 +322,9 @@ class ChatSession:
         if self.settings["stats"] and self.backend.last_stats is not None:
             s = self.backend.last_stats
             tps = s.tokens_per_s
-            self.notice(f"[{s.tokens} tokens"
-                        + (f", {tps:.1f} tokens/s" if tps is not None else "")
-                        + (f", first token after {s.ttft:.2f} s" if s.ttft is not None else "")
-                        + "]")
+            self.notice(
+                f"[{s.tokens} tokens"
+                + (f", {tps:.1f} tokens/s" if tps is not None else "")
+                + (f", first token after {s.ttft:.2f} s" if s.ttft is not None else "")
+                + "]"
+            )

@@ -40,8 +40,15 @@ log = logging.getLogger("pyllm.server")
 class ServerState:
     """What the routes share: the model, its engine front door, limits and metrics."""
 
-    def __init__(self, llm: Any, *, model_name: str | None, api_key: str | None,
-                 limits: Limits, log_requests: bool = False) -> None:
+    def __init__(
+        self,
+        llm: Any,
+        *,
+        model_name: str | None,
+        api_key: str | None,
+        limits: Limits,
+        log_requests: bool = False,
+    ) -> None:
         self.llm = llm
         self.model_name = model_name or llm.name
         self.api_key = api_key
@@ -55,44 +62,61 @@ class ServerState:
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_name:
-            raise P.APIError(404, f"The model {model!r} does not exist; this server serves "
-                                  f"{self.model_name!r}", type="not_found_error", param="model",
-                             code="model_not_found")
+            raise P.APIError(
+                404,
+                f"The model {model!r} does not exist; this server serves {self.model_name!r}",
+                type="not_found_error",
+                param="model",
+                code="model_not_found",
+            )
 
     def token_text(self, token_id: int) -> tuple[str, list[int]]:
         raw = self.llm.tokenizer.token_bytes(token_id)
         return raw.decode("utf-8", "replace"), list(raw)
 
 
-def create_app(llm: Any, *, api_key: str | None = None, model_name: str | None = None,
-               cors_origins: Sequence[str] = (), limits: Limits | None = None,
-               log_requests: bool = False) -> FastAPI:
+def create_app(
+    llm: Any,
+    *,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    cors_origins: Sequence[str] = (),
+    limits: Limits | None = None,
+    log_requests: bool = False,
+) -> FastAPI:
     """The FastAPI app serving `llm` (a `pyllm.LLM`). With `api_key`, every /v1 route needs
     `Authorization: Bearer <api_key>`. CORS headers are sent only for `cors_origins`. With
     `log_requests`, every completion goes into the conversation log (pyllm/logs.py)."""
     limits = limits or Limits()
-    state = ServerState(llm, model_name=model_name, api_key=api_key, limits=limits,
-                        log_requests=log_requests)
+    state = ServerState(
+        llm, model_name=model_name, api_key=api_key, limits=limits, log_requests=log_requests
+    )
     app = FastAPI(title="pyllm", docs_url=None, redoc_url=None)
     app.state.pyllm = state
     install_error_handlers(app)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"],
-                           allow_headers=["*"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
 
     @app.middleware("http")
     async def count_and_drain(request: Request, call_next: Any) -> Response:
         if state.draining and request.url.path.startswith("/v1/"):
-            response: Response = error_response(503, "the server is shutting down",
-                                                code="draining", headers={"Retry-After": "5"})
+            response: Response = error_response(
+                503, "the server is shutting down", code="draining", headers={"Retry-After": "5"}
+            )
         else:
             response = await call_next(request)
         route = request.scope.get("route")
-        state.metrics.requests.labels(getattr(route, "path", "other"),
-                                      str(response.status_code)).inc()
+        state.metrics.requests.labels(
+            getattr(route, "path", "other"), str(response.status_code)
+        ).inc()
         return response
 
     auth = [Depends(_authorize)] if api_key else []
@@ -109,14 +133,20 @@ def create_app(llm: Any, *, api_key: str | None = None, model_name: str | None =
 
     @app.get("/v1/models", dependencies=auth)
     async def models() -> P.ModelList:
-        return P.ModelList(data=[P.ModelCard(id=state.model_name, created=state.started,
-                                             context_length=llm.context_length)])
+        return P.ModelList(
+            data=[
+                P.ModelCard(
+                    id=state.model_name, created=state.started, context_length=llm.context_length
+                )
+            ]
+        )
 
     @app.get("/v1/models/{model_id:path}", dependencies=auth)
     async def model(model_id: str) -> P.ModelCard:
         state.check_model(model_id)
-        return P.ModelCard(id=state.model_name, created=state.started,
-                           context_length=llm.context_length)
+        return P.ModelCard(
+            id=state.model_name, created=state.started, context_length=llm.context_length
+        )
 
     @app.post("/v1/chat/completions", dependencies=auth, response_model=None)
     async def chat_completions(req: P.ChatCompletionRequest, request: Request) -> Any:
@@ -137,12 +167,19 @@ def create_app(llm: Any, *, api_key: str | None = None, model_name: str | None =
         if (req.prompt is None) == (req.messages is None):
             raise P.APIError(400, "give either prompt or messages", param="prompt")
         if req.messages is not None:
-            ids = _encode(state, [{"role": m.role, "content": m.text(i)}
-                                  for i, m in enumerate(req.messages)], "messages")
+            ids = _encode(
+                state,
+                [{"role": m.role, "content": m.text(i)} for i, m in enumerate(req.messages)],
+                "messages",
+            )
         else:
             ids = llm.tokenizer.encode(req.prompt, add_bos=req.add_special_tokens)
-        return P.TokenizeResponse(tokens=ids, count=len(ids), max_model_len=llm.context_length,
-                                  pieces=[state.token_text(i)[0] for i in ids])
+        return P.TokenizeResponse(
+            tokens=ids,
+            count=len(ids),
+            max_model_len=llm.context_length,
+            pieces=[state.token_text(i)[0] for i in ids],
+        )
 
     from pyllm.server.tasks import install_task_routes
 
@@ -156,9 +193,13 @@ async def _authorize(request: Request) -> None:
     scheme, _, token = header.partition(" ")
     given = token.strip().encode() if scheme.lower() == "bearer" else b""
     if not hmac.compare_digest(given, (state.api_key or "").encode()):
-        raise P.APIError(401, "Missing or incorrect API key: send 'Authorization: Bearer <key>'",
-                         type="authentication_error", code="invalid_api_key",
-                         headers={"WWW-Authenticate": "Bearer"})
+        raise P.APIError(
+            401,
+            "Missing or incorrect API key: send 'Authorization: Bearer <key>'",
+            type="authentication_error",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 # ---------------------------------------------------------------------- chat
@@ -174,18 +215,26 @@ def _tool_call_mode(req: P.ChatCompletionRequest) -> ToolCallMode | None:
     try:
         return tool_call_mode(extra.get("tools"), extra.get("tool_choice"))
     except ValueError as exc:
-        raise P.APIError(400, str(exc), param="tools" if "tools" in str(exc) else "tool_choice",
-                         code="invalid_value") from None
+        raise P.APIError(
+            400,
+            str(exc),
+            param="tools" if "tools" in str(exc) else "tool_choice",
+            code="invalid_value",
+        ) from None
 
 
-def _with_tools_prompt(messages: list[dict[str, str]], tools: ToolCallMode | None
-                       ) -> list[dict[str, str]]:
+def _with_tools_prompt(
+    messages: list[dict[str, str]], tools: ToolCallMode | None
+) -> list[dict[str, str]]:
     """The tools described in the system message (the model must know what it may call)."""
     if tools is None:
         return messages
     note = tools_prompt(tools)
     if messages and messages[0]["role"] == "system":
-        return [{"role": "system", "content": note + "\n\n" + messages[0]["content"]}, *messages[1:]]
+        return [
+            {"role": "system", "content": note + "\n\n" + messages[0]["content"]},
+            *messages[1:],
+        ]
     return [{"role": "system", "content": note}, *messages]
 
 
@@ -207,8 +256,9 @@ def _chat_logprobs(state: ServerState, lps: Any) -> P.ChatChoiceLogprobs:
         for tid, value in lp.top:
             t, b = state.token_text(tid)
             top.append({"token": t, "logprob": value, "bytes": b})
-        entries.append(P.ChatLogprobEntry(token=text, logprob=lp.logprob, bytes=raw,
-                                          top_logprobs=top))
+        entries.append(
+            P.ChatLogprobEntry(token=text, logprob=lp.logprob, bytes=raw, top_logprobs=top)
+        )
     return P.ChatChoiceLogprobs(content=entries)
 
 
@@ -218,8 +268,9 @@ async def _chat(state: ServerState, req: P.ChatCompletionRequest, request: Reque
     tools = _tool_call_mode(req)
     messages = _chat_messages(req)
     ids = _encode(state, _with_tools_prompt(messages, tools), "messages")
-    requested = req.max_completion_tokens if req.max_completion_tokens is not None \
-        else req.max_tokens
+    requested = (
+        req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    )
     field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = max_new_tokens(requested, len(ids), state.llm.context_length, field)
     logprobs = None
@@ -230,8 +281,11 @@ async def _chat(state: ServerState, req: P.ChatCompletionRequest, request: Reque
     params = sampling_params(req, max_tokens=max_tokens, logprobs=logprobs, limits=state.limits)
     if tools is not None:  # the reply must be a call of one of the tools: a JSON constraint
         if req.stream:
-            raise P.APIError(400, "streaming is not supported with tool_choice required or a "
-                             "named function", param="stream")
+            raise P.APIError(
+                400,
+                "streaming is not supported with tool_choice required or a named function",
+                param="stream",
+            )
         try:
             params = params.replace(json_schema=tools.schema())
         except ValueError as exc:
@@ -242,27 +296,55 @@ async def _chat(state: ServerState, req: P.ChatCompletionRequest, request: Reque
     users = [m["content"] for m in messages if m.get("role") == "user"]
 
     async def log_replies(replies: list[tuple[str, str | None, int]]) -> None:
-        await state.request_log.replies(rid, prompt=users[-1] if users else "", replies=replies,
-                                        params=params, prompt_tokens=len(ids), started=started,
-                                        messages=messages)
+        await state.request_log.replies(
+            rid,
+            prompt=users[-1] if users else "",
+            replies=replies,
+            params=params,
+            prompt_tokens=len(ids),
+            started=started,
+            messages=messages,
+        )
 
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _sse(_chat_chunks(state, gen, rid, len(ids), params.n, include_usage,
-                                 logprobs is not None, log_replies))
+        return _sse(
+            _chat_chunks(
+                state,
+                gen,
+                rid,
+                len(ids),
+                params.n,
+                include_usage,
+                logprobs is not None,
+                log_replies,
+            )
+        )
     finals = await until_disconnected(request.receive, _collect(gen, params.n))
     await log_replies([(c.text, c.finish_reason, len(c.token_ids)) for c in finals[0]])
     choices = []
     for i, c in enumerate(finals[0]):
-        calls = (parse_tool_calls(c.text, P.new_id("call"))
-                 if tools is not None and c.finish_reason == "stop" else None)
-        message = (P.ChatResponseMessage(content=None, tool_calls=calls) if calls
-                   else P.ChatResponseMessage(content=c.text))
-        choices.append(P.ChatChoice(
-            index=i, message=message, finish_reason="tool_calls" if calls else c.finish_reason,
-            logprobs=_chat_logprobs(state, c.logprobs) if logprobs is not None else None))
-    return P.ChatCompletion(id=rid, model=state.model_name, choices=choices,
-                            usage=_usage(len(ids), finals))
+        calls = (
+            parse_tool_calls(c.text, P.new_id("call"))
+            if tools is not None and c.finish_reason == "stop"
+            else None
+        )
+        message = (
+            P.ChatResponseMessage(content=None, tool_calls=calls)
+            if calls
+            else P.ChatResponseMessage(content=c.text)
+        )
+        choices.append(
+            P.ChatChoice(
+                index=i,
+                message=message,
+                finish_reason="tool_calls" if calls else c.finish_reason,
+                logprobs=_chat_logprobs(state, c.logprobs) if logprobs is not None else None,
+            )
+        )
+    return P.ChatCompletion(
+        id=rid, model=state.model_name, choices=choices, usage=_usage(len(ids), finals)
+    )
 
 
 async def _collect(gen: Generation, n: int) -> list[list[EngineCompletion]]:
@@ -287,18 +369,36 @@ async def _closing(gen: Generation) -> AsyncIterator[Any]:
 
 def _usage(prompt_tokens: int, finals: list[list[EngineCompletion]]) -> P.Usage:
     completion = sum(len(c.token_ids) for group in finals for c in group)
-    return P.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion,
-                   total_tokens=prompt_tokens + completion)
+    return P.Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=prompt_tokens + completion,
+    )
 
 
-async def _chat_chunks(state: ServerState, gen: Generation, rid: str, prompt_tokens: int,
-                       n: int, include_usage: bool, want_logprobs: bool,
-                       log_replies: Callable[[list[tuple[str, str | None, int]]], Awaitable[None]]
-                       ) -> AsyncGenerator[BaseModel, None]:
-    def chunk(index: int, delta: P.ChatDelta, finish: str | None = None,
-              logprobs: P.ChatChoiceLogprobs | None = None) -> P.ChatCompletionChunk:
-        return P.ChatCompletionChunk(id=rid, model=state.model_name, choices=[P.ChatChunkChoice(
-            index=index, delta=delta, finish_reason=finish, logprobs=logprobs)])
+async def _chat_chunks(
+    state: ServerState,
+    gen: Generation,
+    rid: str,
+    prompt_tokens: int,
+    n: int,
+    include_usage: bool,
+    want_logprobs: bool,
+    log_replies: Callable[[list[tuple[str, str | None, int]]], Awaitable[None]],
+) -> AsyncGenerator[BaseModel, None]:
+    def chunk(
+        index: int,
+        delta: P.ChatDelta,
+        finish: str | None = None,
+        logprobs: P.ChatChoiceLogprobs | None = None,
+    ) -> P.ChatCompletionChunk:
+        return P.ChatCompletionChunk(
+            id=rid,
+            model=state.model_name,
+            choices=[
+                P.ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)
+            ],
+        )
 
     for i in range(n):
         yield chunk(i, P.ChatDelta(role="assistant", content=""))
@@ -308,21 +408,31 @@ async def _chat_chunks(state: ServerState, gen: Generation, rid: str, prompt_tok
     async for _, ev in _closing(gen):
         lp = None
         if want_logprobs and ev.completion.logprobs is not None:
-            new = ev.completion.logprobs[sent_lp[ev.output]:]
+            new = ev.completion.logprobs[sent_lp[ev.output] :]
             sent_lp[ev.output] += len(new)
             lp = _chat_logprobs(state, new) if new else None
         if ev.delta or lp is not None:
             yield chunk(ev.output, P.ChatDelta(content=ev.delta), logprobs=lp)
         if ev.finished:
             generated += len(ev.completion.token_ids)
-            finished[ev.output] = (ev.completion.text, ev.completion.finish_reason,
-                                   len(ev.completion.token_ids))
+            finished[ev.output] = (
+                ev.completion.text,
+                ev.completion.finish_reason,
+                len(ev.completion.token_ids),
+            )
             yield chunk(ev.output, P.ChatDelta(), finish=ev.completion.finish_reason)
     await log_replies([finished[i] for i in sorted(finished)])
     if include_usage:
-        yield P.ChatCompletionChunk(id=rid, model=state.model_name, choices=[], usage=P.Usage(
-            prompt_tokens=prompt_tokens, completion_tokens=generated,
-            total_tokens=prompt_tokens + generated))
+        yield P.ChatCompletionChunk(
+            id=rid,
+            model=state.model_name,
+            choices=[],
+            usage=P.Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=generated,
+                total_tokens=prompt_tokens + generated,
+            ),
+        )
 
 
 def _sse(chunks: AsyncGenerator[BaseModel, None]) -> StreamingResponse:
@@ -347,8 +457,11 @@ def _sse(chunks: AsyncGenerator[BaseModel, None]) -> StreamingResponse:
             await chunks.aclose()
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 # ---------------------------------------------------------------------- text completions
@@ -358,16 +471,27 @@ async def _completions(state: ServerState, req: P.CompletionRequest, request: Re
     state.check_model(req.model)
     started = time.perf_counter()
     if req.suffix:
-        raise P.APIError(400, "suffix is not supported: this server completes a prompt only at "
-                              "its end (put the text after the gap in the prompt instead)",
-                         param="suffix", code="unsupported_parameter")
+        raise P.APIError(
+            400,
+            "suffix is not supported: this server completes a prompt only at "
+            "its end (put the text after the gap in the prompt instead)",
+            param="suffix",
+            code="unsupported_parameter",
+        )
     prompts = req.prompts()
     if len(prompts) > state.limits.max_prompts:
-        raise P.APIError(400, f"prompt: at most {state.limits.max_prompts} prompts per request, "
-                              f"got {len(prompts)}", param="prompt")
+        raise P.APIError(
+            400,
+            f"prompt: at most {state.limits.max_prompts} prompts per request, got {len(prompts)}",
+            param="prompt",
+        )
     if req.logprobs is not None and not 0 <= req.logprobs <= 5:
-        raise P.APIError(400, f"logprobs must be an integer in 0..5, got {req.logprobs}",
-                         param="logprobs", code="invalid_value")
+        raise P.APIError(
+            400,
+            f"logprobs must be an integer in 0..5, got {req.logprobs}",
+            param="logprobs",
+            code="invalid_value",
+        )
     ids = [_encode(state, p, "prompt") for p in prompts]
     if req.max_tokens == 0 and req.echo:  # OpenAI's way to score a prompt: echo it, generate none
         return await _echo_only(state, req, ids)
@@ -375,8 +499,7 @@ async def _completions(state: ServerState, req: P.CompletionRequest, request: Re
     max_tokens = max_new_tokens(req.max_tokens, longest, state.llm.context_length, "max_tokens")
     if req.max_tokens is None:
         max_tokens = min(max_tokens, 16)  # OpenAI's default for /v1/completions
-    params = sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs,
-                             limits=state.limits)
+    params = sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs, limits=state.limits)
     state.metrics.prompt_tokens.inc(sum(len(x) for x in ids))
     echo_parts: list[Any] = [_echo_part(state, x) if req.echo else None for x in ids]
     if req.echo and req.logprobs is not None:
@@ -385,8 +508,20 @@ async def _completions(state: ServerState, req: P.CompletionRequest, request: Re
     rid = P.new_id("cmpl")
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _sse(_completion_chunks(state, gen, rid, ids, params.n, echo_parts, include_usage,
-                                       req.logprobs, params, started))
+        return _sse(
+            _completion_chunks(
+                state,
+                gen,
+                rid,
+                ids,
+                params.n,
+                echo_parts,
+                include_usage,
+                req.logprobs,
+                params,
+                started,
+            )
+        )
     finals = await until_disconnected(request.receive, _collect(gen, params.n))
     choices = []
     for p, group in enumerate(finals):
@@ -399,23 +534,33 @@ async def _completions(state: ServerState, req: P.CompletionRequest, request: Re
                     lp = _join_logprobs(echo[1], lp)
             if echo:
                 text = echo[0] + text
-            choices.append(P.CompletionChoice(index=p * params.n + j, text=text, logprobs=lp,
-                                              finish_reason=c.finish_reason))
+            choices.append(
+                P.CompletionChoice(
+                    index=p * params.n + j, text=text, logprobs=lp, finish_reason=c.finish_reason
+                )
+            )
     prompt_tokens = sum(len(x) for x in ids)
     for x, group in zip(ids, finals):
         await state.request_log.replies(
-            rid, prompt=state.llm.tokenizer.decode(x), params=params, prompt_tokens=len(x),
-            replies=[(c.text, c.finish_reason, len(c.token_ids)) for c in group], started=started)
-    return P.Completion(id=rid, model=state.model_name, choices=choices,
-                        usage=_usage(prompt_tokens, finals))
+            rid,
+            prompt=state.llm.tokenizer.decode(x),
+            params=params,
+            prompt_tokens=len(x),
+            replies=[(c.text, c.finish_reason, len(c.token_ids)) for c in group],
+            started=started,
+        )
+    return P.Completion(
+        id=rid, model=state.model_name, choices=choices, usage=_usage(prompt_tokens, finals)
+    )
 
 
 def _echo_part(state: ServerState, ids: list[int]) -> tuple[str, None]:
     return state.llm.tokenizer.decode(ids), None
 
 
-async def _prompt_logprobs(state: ServerState, ids: list[list[int]], top: int
-                           ) -> list[tuple[str, P.CompletionLogprobs]]:
+async def _prompt_logprobs(
+    state: ServerState, ids: list[list[int]], top: int
+) -> list[tuple[str, P.CompletionLogprobs]]:
     """The prompt's own tokens with their log-probs (None for the first), for echo + logprobs."""
     scored = await asyncio.to_thread(state.llm.score, ids, top)
     out = []
@@ -426,24 +571,34 @@ async def _prompt_logprobs(state: ServerState, ids: list[list[int]], top: int
             text, _ = state.token_text(s.token_id)
             lp.tokens.append(text)
             lp.token_logprobs.append(s.logprob)
-            lp.top_logprobs.append(None if s.logprob is None else
-                                   {state.token_text(t)[0]: v for t, v in s.top[:top]})
+            lp.top_logprobs.append(
+                None if s.logprob is None else {state.token_text(t)[0]: v for t, v in s.top[:top]}
+            )
             lp.text_offset.append(offset)
             offset += len(text)
         out.append((state.llm.tokenizer.decode(x), lp))
     return out
 
 
-async def _echo_only(state: ServerState, req: P.CompletionRequest, ids: list[list[int]]
-                     ) -> P.Completion:
-    parts = await _prompt_logprobs(state, ids, req.logprobs or 0) if req.logprobs is not None \
+async def _echo_only(
+    state: ServerState, req: P.CompletionRequest, ids: list[list[int]]
+) -> P.Completion:
+    parts = (
+        await _prompt_logprobs(state, ids, req.logprobs or 0)
+        if req.logprobs is not None
         else [(state.llm.tokenizer.decode(x), None) for x in ids]
-    choices = [P.CompletionChoice(index=i, text=text, logprobs=lp, finish_reason="length")
-               for i, (text, lp) in enumerate(parts)]
+    )
+    choices = [
+        P.CompletionChoice(index=i, text=text, logprobs=lp, finish_reason="length")
+        for i, (text, lp) in enumerate(parts)
+    ]
     prompt_tokens = sum(len(x) for x in ids)
-    return P.Completion(id=P.new_id("cmpl"), model=state.model_name, choices=choices,
-                        usage=P.Usage(prompt_tokens=prompt_tokens, completion_tokens=0,
-                                      total_tokens=prompt_tokens))
+    return P.Completion(
+        id=P.new_id("cmpl"),
+        model=state.model_name,
+        choices=choices,
+        usage=P.Usage(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens),
+    )
 
 
 def _completion_logprobs(state: ServerState, lps: Any, start: int) -> P.CompletionLogprobs:
@@ -462,20 +617,34 @@ def _completion_logprobs(state: ServerState, lps: Any, start: int) -> P.Completi
 def _join_logprobs(a: P.CompletionLogprobs | None, b: P.CompletionLogprobs) -> P.CompletionLogprobs:
     if a is None:
         return b
-    return P.CompletionLogprobs(tokens=a.tokens + b.tokens,
-                                token_logprobs=a.token_logprobs + b.token_logprobs,
-                                top_logprobs=a.top_logprobs + b.top_logprobs,
-                                text_offset=a.text_offset + b.text_offset)
+    return P.CompletionLogprobs(
+        tokens=a.tokens + b.tokens,
+        token_logprobs=a.token_logprobs + b.token_logprobs,
+        top_logprobs=a.top_logprobs + b.top_logprobs,
+        text_offset=a.text_offset + b.text_offset,
+    )
 
 
-async def _completion_chunks(state: ServerState, gen: Generation, rid: str, ids: list[list[int]],
-                             n: int, echo_parts: list[Any], include_usage: bool,
-                             logprobs: int | None, params: Any, started: float
-                             ) -> AsyncGenerator[BaseModel, None]:
-    def chunk(index: int, text: str, finish: str | None = None,
-              lp: P.CompletionLogprobs | None = None) -> P.Completion:
-        return P.Completion(id=rid, model=state.model_name, choices=[P.CompletionChoice(
-            index=index, text=text, finish_reason=finish, logprobs=lp)])
+async def _completion_chunks(
+    state: ServerState,
+    gen: Generation,
+    rid: str,
+    ids: list[list[int]],
+    n: int,
+    echo_parts: list[Any],
+    include_usage: bool,
+    logprobs: int | None,
+    params: Any,
+    started: float,
+) -> AsyncGenerator[BaseModel, None]:
+    def chunk(
+        index: int, text: str, finish: str | None = None, lp: P.CompletionLogprobs | None = None
+    ) -> P.Completion:
+        return P.Completion(
+            id=rid,
+            model=state.model_name,
+            choices=[P.CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=lp)],
+        )
 
     for p, echo in enumerate(echo_parts):
         if echo:
@@ -497,16 +666,31 @@ async def _completion_chunks(state: ServerState, gen: Generation, rid: str, ids:
         if ev.finished:
             generated += len(ev.completion.token_ids)
             finished.setdefault(p, {})[ev.output] = (
-                ev.completion.text, ev.completion.finish_reason, len(ev.completion.token_ids))
+                ev.completion.text,
+                ev.completion.finish_reason,
+                len(ev.completion.token_ids),
+            )
     for p, group in sorted(finished.items()):
         await state.request_log.replies(
-            rid, prompt=state.llm.tokenizer.decode(ids[p]), params=params, prompt_tokens=len(ids[p]),
-            replies=[group[j] for j in sorted(group)], started=started)
+            rid,
+            prompt=state.llm.tokenizer.decode(ids[p]),
+            params=params,
+            prompt_tokens=len(ids[p]),
+            replies=[group[j] for j in sorted(group)],
+            started=started,
+        )
     if include_usage:
         prompt_tokens = sum(len(x) for x in ids)
-        yield P.Completion(id=rid, model=state.model_name, choices=[], usage=P.Usage(
-            prompt_tokens=prompt_tokens, completion_tokens=generated,
-            total_tokens=prompt_tokens + generated))
+        yield P.Completion(
+            id=rid,
+            model=state.model_name,
+            choices=[],
+            usage=P.Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=generated,
+                total_tokens=prompt_tokens + generated,
+            ),
+        )
 
 
 # ---------------------------------------------------------------------- embeddings
@@ -516,18 +700,29 @@ async def _embeddings(state: ServerState, req: P.EmbeddingRequest) -> P.Embeddin
     state.check_model(req.model)
     texts = [req.input] if isinstance(req.input, str) else list(req.input)
     if not texts or len(texts) > state.limits.max_embedding_inputs:
-        raise P.APIError(400, f"input: give 1..{state.limits.max_embedding_inputs} strings, got "
-                              f"{len(texts)}", param="input")
+        raise P.APIError(
+            400,
+            f"input: give 1..{state.limits.max_embedding_inputs} strings, got {len(texts)}",
+            param="input",
+        )
     if req.dimensions is not None:
-        raise P.APIError(400, "dimensions is not supported (the size is the model's width, "
-                              f"{state.llm.config.n_embd})", param="dimensions",
-                         code="unsupported_parameter")
+        raise P.APIError(
+            400,
+            "dimensions is not supported (the size is the model's width, "
+            f"{state.llm.config.n_embd})",
+            param="dimensions",
+            code="unsupported_parameter",
+        )
     ids = [_encode(state, t, f"input[{i}]") for i, t in enumerate(texts)]
     for i, x in enumerate(ids):
         if len(x) > state.llm.context_length:
-            raise P.APIError(400, f"input[{i}] has {len(x)} tokens; the model's maximum context "
-                                  f"length is {state.llm.context_length}", param="input",
-                             code="context_length_exceeded")
+            raise P.APIError(
+                400,
+                f"input[{i}] has {len(x)} tokens; the model's maximum context "
+                f"length is {state.llm.context_length}",
+                param="input",
+                code="context_length_exceeded",
+            )
     vectors = await asyncio.to_thread(state.llm.embed, texts)
     data = []
     for i, v in enumerate(vectors):
@@ -539,5 +734,8 @@ async def _embeddings(state: ServerState, req: P.EmbeddingRequest) -> P.Embeddin
             value = base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
         data.append(P.EmbeddingData(index=i, embedding=value))
     tokens = sum(len(x) for x in ids)
-    return P.EmbeddingList(data=data, model=state.model_name,
-                           usage=P.EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
+    return P.EmbeddingList(
+        data=data,
+        model=state.model_name,
+        usage=P.EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+    )

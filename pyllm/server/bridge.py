@@ -26,8 +26,14 @@ T = TypeVar("T")
 class Generation:
     """Requests submitted together; iterate for `(prompt index, StreamEvent)` in arrival order."""
 
-    def __init__(self, frontend: EngineFrontend, prompts: Sequence[list[int]],
-                 params: SamplingParams, *, observer: Any = None) -> None:
+    def __init__(
+        self,
+        frontend: EngineFrontend,
+        prompts: Sequence[list[int]],
+        params: SamplingParams,
+        *,
+        observer: Any = None,
+    ) -> None:
         self.frontend = frontend
         self.observer = observer  # metrics: .first_token(s), .tokens(n, seconds), .finished()
         loop = asyncio.get_running_loop()
@@ -46,12 +52,22 @@ class Generation:
                 self._index[rid] = i
         except QueueFullError as exc:
             self._abort()
-            raise APIError(429, f"the server is busy: {exc}", type="rate_limit_error",
-                           code="queue_full", headers={"Retry-After": "1"}) from None
+            raise APIError(
+                429,
+                f"the server is busy: {exc}",
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            ) from None
         except (ContextLengthError, ValueError) as exc:
             self._abort()
-            raise APIError(400, str(exc), code="context_length_exceeded"
-                           if isinstance(exc, ContextLengthError) else "invalid_value") from None
+            raise APIError(
+                400,
+                str(exc),
+                code="context_length_exceeded"
+                if isinstance(exc, ContextLengthError)
+                else "invalid_value",
+            ) from None
 
     def _abort(self) -> None:
         if self._index:
@@ -79,8 +95,9 @@ class Generation:
             while self._remaining:
                 item = await self._queue.get()
                 if isinstance(item, BaseException):
-                    raise APIError(500, f"the engine failed: {item}", type="server_error",
-                                   code="engine_error")
+                    raise APIError(
+                        500, f"the engine failed: {item}", type="server_error", code="engine_error"
+                    )
                 self._observe(item)
                 if item.finished:
                     self._remaining -= 1

@@ -21,15 +21,33 @@ from pyllm.server.protocol import APIError, ErrorDetail, ErrorResponse
 
 log = logging.getLogger("pyllm.server")
 
-_HTTP_TYPES = {401: "authentication_error", 404: "not_found_error", 405: "invalid_request_error",
-               413: "invalid_request_error", 429: "rate_limit_error", 503: "server_unavailable"}
+_HTTP_TYPES = {
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "server_unavailable",
+}
 
 
-def error_response(status: int, message: str, *, type: str | None = None, param: str | None = None,
-                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorDetail(
-        message=message, type=type or _HTTP_TYPES.get(status, "invalid_request_error"),
-        param=param, code=code))
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorResponse(
+        error=ErrorDetail(
+            message=message,
+            type=type or _HTTP_TYPES.get(status, "invalid_request_error"),
+            param=param,
+            code=code,
+        )
+    )
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -52,17 +70,27 @@ def install_error_handlers(app: FastAPI) -> None:
         for e in errors:
             if e.get("type") == "json_invalid":
                 detail = (e.get("ctx") or {}).get("error", "")
-                return error_response(400, f"the body is not valid JSON: {detail}".rstrip(": "),
-                                      code="invalid_json")
+                return error_response(
+                    400, f"the body is not valid JSON: {detail}".rstrip(": "), code="invalid_json"
+                )
         e = errors[0] if errors else {}
         where = _loc(e.get("loc", ()))
         if e.get("type") == "missing" and not where:
             return error_response(400, "the request needs a JSON body", code="invalid_json")
         got = e.get("input")
-        shown = "" if e.get("type") == "missing" else f", got {json.dumps(got)[:200]}" \
-            if _jsonable(got) else ""
-        return error_response(422, f"{where or 'body'}: {e.get('msg', 'invalid value')}{shown}",
-                              param=where or None, code="invalid_type")
+        shown = (
+            ""
+            if e.get("type") == "missing"
+            else f", got {json.dumps(got)[:200]}"
+            if _jsonable(got)
+            else ""
+        )
+        return error_response(
+            422,
+            f"{where or 'body'}: {e.get('msg', 'invalid value')}{shown}",
+            param=where or None,
+            code="invalid_type",
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -76,8 +104,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error ({type(exc).__name__}); see the server log",
-                              type="server_error", code="internal_error")
+        return error_response(
+            500,
+            f"internal error ({type(exc).__name__}); see the server log",
+            type="server_error",
+            code="internal_error",
+        )
 
 
 def _jsonable(value: Any) -> bool:
@@ -136,6 +168,9 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: dict, receive: Any, send: Any, size: int) -> None:
-        response = error_response(413, f"the request body has {size} bytes or more; the limit is "
-                                       f"{self.limit} bytes", code="body_too_large")
+        response = error_response(
+            413,
+            f"the request body has {size} bytes or more; the limit is {self.limit} bytes",
+            code="body_too_large",
+        )
         await response(scope, receive, send)

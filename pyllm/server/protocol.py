@@ -38,13 +38,21 @@ class ErrorResponse(BaseModel):
 class APIError(Exception):
     """An error answered in OpenAI's shape with an HTTP status."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = ErrorResponse(error=ErrorDetail(message=message, type=type, param=param,
-                                                    code=code))
+        self.body = ErrorResponse(
+            error=ErrorDetail(message=message, type=type, param=param, code=code)
+        )
         self.headers = headers
 
 
@@ -60,11 +68,32 @@ UNSUPPORTED_FIELDS: dict[str, str] = {
     "best_of": "best_of is not supported (use n)",
 }
 # OpenAI fields accepted and ignored: they change nothing about the generated text.
-IGNORED_FIELDS = frozenset({"user", "store", "metadata", "service_tier", "parallel_tool_calls",
-                            "reasoning_effort", "web_search_options"})
+IGNORED_FIELDS = frozenset(
+    {
+        "user",
+        "store",
+        "metadata",
+        "service_tier",
+        "parallel_tool_calls",
+        "reasoning_effort",
+        "web_search_options",
+    }
+)
 # SamplingParams fields that OpenAI spells itself (so they are not pyllm extras).
-_OPENAI_SAMPLING = frozenset({"n", "max_tokens", "temperature", "top_p", "frequency_penalty",
-                              "presence_penalty", "logit_bias", "seed", "stop", "logprobs"})
+_OPENAI_SAMPLING = frozenset(
+    {
+        "n",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "seed",
+        "stop",
+        "logprobs",
+    }
+)
 PYLLM_EXTRA_FIELDS = tuple(f for f in SamplingParams.field_names() if f not in _OPENAI_SAMPLING)
 
 
@@ -97,14 +126,20 @@ class _SamplingRequest(BaseModel):
         out = {}
         for key, value in extras.items():
             if key in UNSUPPORTED_FIELDS:
-                raise APIError(400, UNSUPPORTED_FIELDS[key], param=key, code="unsupported_parameter")
+                raise APIError(
+                    400, UNSUPPORTED_FIELDS[key], param=key, code="unsupported_parameter"
+                )
             if key in IGNORED_FIELDS:
                 continue
             if key in ("tools", "tool_choice") and isinstance(self, ChatCompletionRequest):
                 continue  # read by the chat route (pyllm.constraints.openai.tool_call_mode)
             if key in ("tools", "tool_choice"):
-                raise APIError(400, f"{key} is a chat completions field", param=key,
-                               code="unsupported_parameter")
+                raise APIError(
+                    400,
+                    f"{key} is a chat completions field",
+                    param=key,
+                    code="unsupported_parameter",
+                )
             if key == "response_format":  # structured output (docs/structured.md)
                 from pyllm.constraints.openai import response_format_fields
 
@@ -117,8 +152,9 @@ class _SamplingRequest(BaseModel):
                 known = list(type(self).model_fields) + list(PYLLM_EXTRA_FIELDS)
                 near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
-                raise APIError(400, f"unknown field {key!r}{hint}", param=key,
-                               code="unknown_parameter")
+                raise APIError(
+                    400, f"unknown field {key!r}{hint}", param=key, code="unknown_parameter"
+                )
             out[key] = value
         return out
 
@@ -147,9 +183,12 @@ class ChatMessage(BaseModel):
         parts = []
         for j, part in enumerate(self.content):
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise APIError(400, f"messages[{index}].content[{j}]: only text parts are "
-                                    f"supported, got type {part.get('type')!r}",
-                               param=f"messages[{index}].content")
+                raise APIError(
+                    400,
+                    f"messages[{index}].content[{j}]: only text parts are "
+                    f"supported, got type {part.get('type')!r}",
+                    param=f"messages[{index}].content",
+                )
             parts.append(part["text"])
         return "".join(parts)
 

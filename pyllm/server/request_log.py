@@ -23,9 +23,17 @@ class RequestLog:
         self.model = model
         self.enabled = enabled
 
-    async def replies(self, request_id: str, *, prompt: str, replies: Sequence[tuple[str, str | None, int]],
-                      params: Any, prompt_tokens: int, started: float,
-                      messages: Sequence[Mapping[str, Any]] | None = None) -> None:
+    async def replies(
+        self,
+        request_id: str,
+        *,
+        prompt: str,
+        replies: Sequence[tuple[str, str | None, int]],
+        params: Any,
+        prompt_tokens: int,
+        started: float,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
         """Log each `(text, finish_reason, completion_tokens)` of one request."""
         if not self.enabled:
             return
@@ -34,9 +42,17 @@ class RequestLog:
 
         def write() -> None:
             for text, finish, tokens in replies:
-                logs.record(conversation_id=request_id, model=self.model, prompt=prompt,
-                            reply=text, messages=messages, settings=settings,
-                            prompt_tokens=prompt_tokens, completion_tokens=tokens,
-                            seconds=seconds, finish_reason=finish)
+                logs.record(
+                    conversation_id=request_id,
+                    model=self.model,
+                    prompt=prompt,
+                    reply=text,
+                    messages=messages,
+                    settings=settings,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=tokens,
+                    seconds=seconds,
+                    finish_reason=finish,
+                )
 
         await asyncio.to_thread(write)

@@ -27,15 +27,36 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def make_server(app: Any, *, host: str = "127.0.0.1", port: int = 8000, grace: float = 30.0,
-                log_level: str = "info", access_log: bool = False) -> _DrainingServer:
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
-                            timeout_graceful_shutdown=math.ceil(grace), lifespan="off")
+def make_server(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    grace: float = 30.0,
+    log_level: str = "info",
+    access_log: bool = False,
+) -> _DrainingServer:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=access_log,
+        timeout_graceful_shutdown=math.ceil(grace),
+        lifespan="off",
+    )
     return _DrainingServer(config, app)
 
 
-def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8000, grace: float = 30.0,
-          log_level: str = "info", sock: socket.socket | None = None) -> None:
+def serve(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    grace: float = 30.0,
+    log_level: str = "info",
+    sock: socket.socket | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT, then drain (see the module docstring) and return."""
     server = make_server(app, host=host, port=port, grace=grace, log_level=log_level)
     # uvicorn re-raises the signal it caught once it has shut down, under the handler that was

@@ -27,8 +27,9 @@ def _adapter(name: str) -> Any:
     try:
         return tasks.get(name)
     except KeyError as exc:
-        raise APIError(404, str(exc).strip("'\""), type="not_found_error", param="name",
-                       code="task_not_found") from None
+        raise APIError(
+            404, str(exc).strip("'\""), type="not_found_error", param="name", code="task_not_found"
+        ) from None
 
 
 def _records(adapter: Any, body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], bool]:
@@ -39,18 +40,24 @@ def _records(adapter: Any, body: Mapping[str, Any]) -> tuple[list[dict[str, Any]
     else:
         records = body["records"]
         if not isinstance(records, list) or not 1 <= len(records) <= MAX_RECORDS:
-            raise APIError(400, f"records must be a list of 1..{MAX_RECORDS} objects",
-                           param="records")
+            raise APIError(
+                400, f"records must be a list of 1..{MAX_RECORDS} objects", param="records"
+            )
     for i, rec in enumerate(records):
         where = "body" if single else f"records[{i}]"
         if not isinstance(rec, dict):
-            raise APIError(400, f"{where} must be an object with {', '.join(map(repr, fields))}",
-                           param=where)
+            raise APIError(
+                400, f"{where} must be an object with {', '.join(map(repr, fields))}", param=where
+            )
         missing = [f for f in fields if not isinstance(rec.get(f), str)]
         if missing:
-            raise APIError(400, f"{where}: task {adapter.name!r} needs a string {missing[0]!r} "
-                                f"(its fields: {', '.join(map(repr, fields))})",
-                           param=missing[0], code="invalid_record")
+            raise APIError(
+                400,
+                f"{where}: task {adapter.name!r} needs a string {missing[0]!r} "
+                f"(its fields: {', '.join(map(repr, fields))})",
+                param=missing[0],
+                code="invalid_record",
+            )
     return records, single
 
 
@@ -62,8 +69,13 @@ def install_task_routes(app: FastAPI, state: Any, auth: list[Any]) -> None:
         data = []
         for name in tasks.names():
             a = tasks.get(name)
-            data.append({"name": name, "description": getattr(a, "description", ""),
-                         "input_fields": list(getattr(a, "input_fields", ("text",)))})
+            data.append(
+                {
+                    "name": name,
+                    "description": getattr(a, "description", ""),
+                    "input_fields": list(getattr(a, "input_fields", ("text",))),
+                }
+            )
         return {"object": "list", "data": data}
 
     @app.post("/v1/tasks/{name}", dependencies=auth)
@@ -78,8 +90,9 @@ def install_task_routes(app: FastAPI, state: Any, auth: list[Any]) -> None:
         state.check_model(body.pop("model", None))
         options = body.get("options") or {}
         if not isinstance(options, dict):
-            raise APIError(400, "options must be an object of the task's keyword arguments",
-                           param="options")
+            raise APIError(
+                400, "options must be an object of the task's keyword arguments", param="options"
+            )
         records, single = _records(adapter, body)
 
         def work() -> list[dict[str, Any]]:
@@ -90,5 +103,7 @@ def install_task_routes(app: FastAPI, state: Any, auth: list[Any]) -> None:
             results = await asyncio.to_thread(work)
         except (ValueError, TypeError, ContextLengthError) as exc:
             raise APIError(400, f"task {name!r}: {exc}", code="invalid_request") from None
-        out = [{**({"id": r["id"]} if "id" in r else {}), **res} for r, res in zip(records, results)]
+        out = [
+            {**({"id": r["id"]} if "id" in r else {}), **res} for r, res in zip(records, results)
+        ]
         return out[0] if single else {"object": "list", "data": out}

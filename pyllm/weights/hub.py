@@ -86,14 +86,16 @@ def parse_name(spec: str) -> HubGGUFName:
     """``hf.co/ORG/REPO[:QUANT]`` (also huggingface.co/... and https://hf.co/...);
     HubNameError saying what is wrong otherwise."""
     s = spec.strip()
-    rest = next((s[len(p):] for p in HOST_PREFIXES if s.lower().startswith(p)), None)
+    rest = next((s[len(p) :] for p in HOST_PREFIXES if s.lower().startswith(p)), None)
     if rest is None:
         raise HubNameError(f"{spec!r} is not an hf.co name (hf.co/ORG/REPO[:QUANT])")
     path, _, quant = rest.partition(":")
     parts = path.strip("/").split("/")
     if len(parts) != 2 or not all(_PART.match(p) for p in parts):
-        raise HubNameError(f"{spec!r}: expected hf.co/ORG/REPO[:QUANT] (ORG and REPO are letters, "
-                           f"digits, '-', '_' and '.')")
+        raise HubNameError(
+            f"{spec!r}: expected hf.co/ORG/REPO[:QUANT] (ORG and REPO are letters, "
+            f"digits, '-', '_' and '.')"
+        )
     if quant and not _PART.match(quant):
         raise HubNameError(f"{spec!r}: the quant {quant!r} is not a quant type such as Q4_K_M")
     if not quant or quant.lower() == "latest":
@@ -108,24 +110,29 @@ def endpoint() -> str:
 
 # ------------------------------------------------------------------ the listing
 
+
 def list_files(name: HubGGUFName) -> tuple[str, list[HubFile]]:
     """(commit, files) of the repository, with their sizes and hashes."""
     try:
         from huggingface_hub import HfApi
     except ImportError as e:  # pragma: no cover - a core dependency
-        raise pull.PullError("pulling from the Hugging Face Hub needs the huggingface_hub "
-                             "package (pip install huggingface_hub)") from e
+        raise pull.PullError(
+            "pulling from the Hugging Face Hub needs the huggingface_hub "
+            "package (pip install huggingface_hub)"
+        ) from e
     try:
         info = HfApi(endpoint=endpoint()).model_info(name.repo_id, files_metadata=True)
     except Exception as e:
-        raise pull.PullError(f"cannot list the files of {name.repo_id} on {endpoint()}: "
-                             f"{_one_line(e)}") from e
+        raise pull.PullError(
+            f"cannot list the files of {name.repo_id} on {endpoint()}: {_one_line(e)}"
+        ) from e
     files = []
     for s in info.siblings or []:
         lfs = getattr(s, "lfs", None)
         sha = getattr(lfs, "sha256", None) if lfs is not None else None
-        files.append(HubFile(s.rfilename, getattr(s, "size", None), sha,
-                             getattr(s, "blob_id", None)))
+        files.append(
+            HubFile(s.rfilename, getattr(s, "size", None), sha, getattr(s, "blob_id", None))
+        )
     if not info.sha:
         raise pull.PullError(f"{name.repo_id}: the Hub gave no commit for the repository")
     return str(info.sha), files
@@ -135,43 +142,53 @@ def pick_file(name: HubGGUFName, files: list[HubFile]) -> HubFile:
     """The GGUF file of the wanted quant: its name holds the quant as a whole part
     (``-Q4_K_M.gguf``, ``.q4_k_m.gguf``), case-insensitively; projector (mmproj) files are
     skipped. HubNameError listing the quants there are when none or several match."""
-    ggufs = [f for f in files if f.path.lower().endswith(".gguf")
-             and not Path(f.path).name.lower().startswith("mmproj")]
+    ggufs = [
+        f
+        for f in files
+        if f.path.lower().endswith(".gguf") and not Path(f.path).name.lower().startswith("mmproj")
+    ]
     if not ggufs:
         raise HubNameError(f"{name.repo_id} has no .gguf files")
-    want = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(name.quant)}(?![A-Za-z0-9_])",
-                      re.IGNORECASE)
-    hits = [f for f in ggufs if want.search(Path(f.path).name[:-len(".gguf")])]
+    want = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(name.quant)}(?![A-Za-z0-9_])", re.IGNORECASE)
+    hits = [f for f in ggufs if want.search(Path(f.path).name[: -len(".gguf")])]
     if not hits:
-        raise HubNameError(f"{name.repo_id} has no {name.quant} GGUF file; it has: "
-                           f"{', '.join(sorted(quants_in(ggufs))) or 'none recognised'} "
-                           f"(files: {', '.join(f.path for f in ggufs[:8])})")
+        raise HubNameError(
+            f"{name.repo_id} has no {name.quant} GGUF file; it has: "
+            f"{', '.join(sorted(quants_in(ggufs))) or 'none recognised'} "
+            f"(files: {', '.join(f.path for f in ggufs[:8])})"
+        )
     if len(hits) > 1:
-        split = [f for f in hits
-                 if re.search(r"-\d{5}-of-\d{5}\.gguf$", f.path, re.IGNORECASE)]
+        split = [f for f in hits if re.search(r"-\d{5}-of-\d{5}\.gguf$", f.path, re.IGNORECASE)]
         if split:
-            raise HubNameError(f"{name.repo_id}: the {name.quant} model is split into "
-                               f"{len(split)} files, which pyllm does not load")
-        raise HubNameError(f"{name.repo_id}: several {name.quant} files match: "
-                           f"{', '.join(f.path for f in hits)}")
+            raise HubNameError(
+                f"{name.repo_id}: the {name.quant} model is split into "
+                f"{len(split)} files, which pyllm does not load"
+            )
+        raise HubNameError(
+            f"{name.repo_id}: several {name.quant} files match: {', '.join(f.path for f in hits)}"
+        )
     return hits[0]
 
 
-_QUANT_IN_NAME = re.compile(r"(?<![A-Za-z0-9])((?:I?Q\d+(?:_[A-Z0-9]+)*)|BF16|F16|F32)"
-                            r"(?![A-Za-z0-9])", re.IGNORECASE)
+_QUANT_IN_NAME = re.compile(
+    r"(?<![A-Za-z0-9])((?:I?Q\d+(?:_[A-Z0-9]+)*)|BF16|F16|F32)"
+    r"(?![A-Za-z0-9])",
+    re.IGNORECASE,
+)
 
 
 def quants_in(files: list[HubFile]) -> set[str]:
     """The quant types the file names mention."""
     out = set()
     for f in files:
-        m = _QUANT_IN_NAME.findall(Path(f.path).name[:-len(".gguf")])
+        m = _QUANT_IN_NAME.findall(Path(f.path).name[: -len(".gguf")])
         if m:
             out.add(m[-1].upper())
     return out
 
 
 # ------------------------------------------------------------------ the cache
+
 
 def cached_path(name: HubGGUFName) -> Path | None:
     """The cached file for this name (the quant compared case-insensitively), if pulled."""
@@ -189,8 +206,10 @@ def resolve_cached(name: HubGGUFName) -> Path:
     it is not there (running a name never downloads)."""
     path = cached_path(name)
     if path is None:
-        raise pull.PullError(f"{name.name} is not in {pull.models_dir()}: run "
-                             f"`pyllm pull {name.name}` first (pyllm downloads only when asked to)")
+        raise pull.PullError(
+            f"{name.name} is not in {pull.models_dir()}: run "
+            f"`pyllm pull {name.name}` first (pyllm downloads only when asked to)"
+        )
     sha = pull.recorded_sha256(path)
     if sha is None or not pull.check_cached(path, sha, None, name.name):
         raise pull.DamagedModelError(f"{path}: {pull.damaged_message(name.name)}")
@@ -198,6 +217,7 @@ def resolve_cached(name: HubGGUFName) -> Path:
 
 
 # ------------------------------------------------------------------ the pull
+
 
 def pull_gguf(spec: str, *, progress: bool = True, force: bool = False) -> tuple[Path, bool]:
     """Pull ``hf.co/ORG/REPO[:QUANT]`` into the cache: (path, whether it was downloaded).
@@ -218,8 +238,7 @@ def pull_gguf(spec: str, *, progress: bool = True, force: bool = False) -> tuple
     with pull._lock(folder / ".pull.lock"):
         if not force and f.sha256 and pull.sidecar_matches(dest, f.sha256):
             return dest, False  # another process pulled it while we waited
-        url = (f"{endpoint()}/{name.repo_id}/resolve/{commit}/"
-               f"{urllib.parse.quote(f.path)}")
+        url = f"{endpoint()}/{name.repo_id}/resolve/{commit}/{urllib.parse.quote(f.path)}"
         part = folder / f".{dest.name}.{(f.sha256 or f.blob_id or 'nohash')[:16]}{pull.PART_SUFFIX}"
         _download_resumable(url, part, f, progress=progress)
         os.chmod(part, 0o666 & ~pull._umask())
@@ -227,9 +246,16 @@ def pull_gguf(spec: str, *, progress: bool = True, force: bool = False) -> tuple
         pull._fsync_dir(folder)
         if path is not None and path != dest:  # the same name pointed at another file before
             remove_file(path)
-        pull.write_sidecar(dest, f.sha256 or pull.hash_file(dest), {
-            "model": name.name, "source": f"{endpoint()}/{name.repo_id}", "revision": commit,
-            "file": f.path})
+        pull.write_sidecar(
+            dest,
+            f.sha256 or pull.hash_file(dest),
+            {
+                "model": name.name,
+                "source": f"{endpoint()}/{name.repo_id}",
+                "revision": commit,
+                "file": f.path,
+            },
+        )
     return dest, True
 
 
@@ -273,8 +299,11 @@ class _Digests:
     def reset(self) -> None:
         self.sha256 = hashlib.sha256()
         f = self.file
-        self.blob = hashlib.sha1(f"blob {f.size}\0".encode()) \
-            if f.sha256 is None and f.size is not None else None
+        self.blob = (
+            hashlib.sha1(f"blob {f.size}\0".encode())
+            if f.sha256 is None and f.size is not None
+            else None
+        )
 
     def update(self, chunk: bytes) -> None:
         self.sha256.update(chunk)
@@ -282,8 +311,9 @@ class _Digests:
             self.blob.update(chunk)
 
 
-def _fetch(url: str, out: IO[bytes], have: int, f: HubFile, digests: _Digests,
-           progress: bool) -> int:
+def _fetch(
+    url: str, out: IO[bytes], have: int, f: HubFile, digests: _Digests, progress: bool
+) -> int:
     """Append the bytes from `have` on; returns the size now in `out`."""
     headers = {"User-Agent": USER_AGENT}
     if have:
@@ -312,9 +342,11 @@ def _fetch(url: str, out: IO[bytes], have: int, f: HubFile, digests: _Digests,
         raise pull.PullError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         out.flush()
-        raise pull.PullError(f"download of {url} was interrupted ({_one_line(e)}); {have} of "
-                             f"{f.size if f.size is not None else '?'} bytes are kept: pull "
-                             f"again to resume") from e
+        raise pull.PullError(
+            f"download of {url} was interrupted ({_one_line(e)}); {have} of "
+            f"{f.size if f.size is not None else '?'} bytes are kept: pull "
+            f"again to resume"
+        ) from e
     return have
 
 

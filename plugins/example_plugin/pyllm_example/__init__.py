@@ -36,9 +36,9 @@ class TopA:
         self.a = a
 
     def __call__(self, logits: Any, context: Any) -> Any:
-        probs = logits.softmax(dim=-1)                       # (B, V)
-        p_max = probs.max(dim=-1, keepdim=True).values       # (B, 1)
-        drop = probs < self.a * p_max * p_max                # (B, V)
+        probs = logits.softmax(dim=-1)  # (B, V)
+        p_max = probs.max(dim=-1, keepdim=True).values  # (B, 1)
+        drop = probs < self.a * p_max * p_max  # (B, V)
         return logits.masked_fill(drop, float("-inf"))
 
 
@@ -66,9 +66,14 @@ class Sentiment:
     def run(self, llm: Any, records: Any, **options: Any) -> list[dict[str, Any]]:
         from pyllm import tasks
 
-        results = tasks.run(llm, "classify", [r["text"] for r in records],
-                            labels=["positive", "negative"],
-                            instruction="Say whether the text is positive or negative.", **options)
+        results = tasks.run(
+            llm,
+            "classify",
+            [r["text"] for r in records],
+            labels=["positive", "negative"],
+            instruction="Say whether the text is positive or negative.",
+            **options,
+        )
         return [{"sentiment": r["label"], "positive": r["scores"]["positive"]} for r in results]
 
 
