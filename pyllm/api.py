@@ -153,12 +153,26 @@ class LLM:
     # ------------------------------------------------------------------ prompts
 
     def render_chat(
-        self, messages: Sequence[Message], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
-        """The prompt text the chat template makes of `messages`."""
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+        """The prompt text the chat template makes of `messages`; `tools` (OpenAI's function
+        tool objects) are handed to a template that reads them (`chat_template.supports_tools`)."""
+        extra: dict[str, Any] = {} if tools is None else {"tools": list(tools)}
+        return self.chat_template.render(
+            messages, add_generation_prompt=add_generation_prompt, **extra
+        )
 
-    def encode_prompt(self, prompt: Prompt, *, truncate: str | None = None) -> list[int]:
+    def encode_prompt(
+        self,
+        prompt: Prompt,
+        *,
+        truncate: str | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[int]:
         """Token ids of a prompt: text (the tokenizer's BOS default; special-token strings are
         plain text), chat messages (rendered, then tokenized with special tokens recognized and
         no extra BOS: templates write their own), or token ids (checked against the vocabulary).
@@ -173,13 +187,15 @@ class LLM:
             prompt, context_length=self.context_length, tokenizer=self.tokenizer, truncate=truncate
         )
         with request_scope():
-            return self._encode_prompt(prompt)
+            return self._encode_prompt(prompt, tools)
 
-    def _encode_prompt(self, prompt: Prompt) -> list[int]:
+    def _encode_prompt(
+        self, prompt: Prompt, tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[int]:
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt)
         if is_messages(prompt):
-            return self._encode_chat(prompt)
+            return self._encode_chat(prompt, tools)
         if isinstance(prompt, Sequence) and all(
             isinstance(t, int) and not isinstance(t, bool) for t in prompt
         ):
@@ -195,7 +211,9 @@ class LLM:
             f"a list of token ids; got {type(prompt).__name__}"
         )
 
-    def _encode_chat(self, messages: Sequence[Message]) -> list[int]:
+    def _encode_chat(
+        self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[int]:
         """Tokenize a rendered conversation: the template's special-token strings become special
         tokens, while message contents never do (text such as "<|im_end|>" typed by a user stays
         text, so it cannot end a turn or fake one).
@@ -205,7 +223,7 @@ class LLM:
         and tokenized as plain text; a template that altered such a content is refused.
         """
         tok = self.tokenizer
-        text = self.render_chat(messages)
+        text = self.render_chat(messages, tools=tools)
         contents = [m["content"] for m in messages]
         risky = [
             c

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from jinja2 import nodes
+from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -180,6 +180,7 @@ class ChatTemplate:
         self.bos_token, self.eos_token = bos_token, eos_token
         self.max_seconds, self.max_chars = max_seconds, max_chars
         self.error: ChatTemplateError | None = None  # set when a lenient load kept a refusal
+        self.supports_tools = False  # the template reads a `tools` variable (set below)
         if len(self.source) > MAX_TEMPLATE_SOURCE:
             raise ChatTemplateError(
                 f"chat template refused: {len(self.source):,} characters, "
@@ -198,6 +199,10 @@ class ChatTemplate:
         try:
             tree = env.parse(self.source)
             _check_tree(tree)
+            # Templates written for tool calling (Qwen, Llama 3.1, Hermes, ...) read a `tools`
+            # variable: the server then hands them the request's tools instead of describing
+            # the tools in a system message of its own.
+            self.supports_tools = "tools" in meta.find_undeclared_variables(tree)
             self._template = env.from_string(limits.guard_tree(tree))
         except ChatTemplateError:
             raise

@@ -122,3 +122,31 @@ def test_tool_choice_auto_answers_in_text(client):
 def test_bad_tools_are_a_400(client, kwargs, message):
     with pytest.raises(openai.BadRequestError, match=message):
         client.chat.completions.create(model="model.gguf", messages=CHAT, max_tokens=5, **kwargs)
+
+
+TOOL_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nYou may call: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_a_template_with_tool_support_is_given_the_tools(tmp_path, smollm2_path):
+    """A chat template that reads `tools` renders the offered tools itself; the server's system
+    note is only for templates without tool support (SmolLM2's)."""
+    from pyllm.chat import ChatTemplate
+
+    llm = pyllm.load(write_tiny_chat_model(tmp_path / "m.gguf", smollm2_path), progress=False)
+    assert not llm.chat_template.supports_tools
+    llm.chat_template = ChatTemplate(TOOL_TEMPLATE)
+    assert llm.chat_template.supports_tools
+    rendered = llm.render_chat(CHAT, tools=[WEATHER])
+    assert "get_weather" in rendered and "get_time" not in rendered
+    want = llm.encode_prompt(CHAT, tools=[WEATHER])
+    with serving(llm) as server:
+        r = server.client().chat.completions.create(
+            model=llm.name, messages=CHAT, tools=[WEATHER, TIME], seed=0, max_tokens=40,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert r.usage.prompt_tokens == len(want)  # the template's rendering, not a system note
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])

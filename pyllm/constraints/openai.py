@@ -56,6 +56,11 @@ class ToolCallMode:
         self.tools = tools  # every tool of the request, for the prompt
         self.names = names  # the ones the reply may call
 
+    def offered(self) -> list[dict[str, Any]]:
+        """The tools the reply may call, as OpenAI tool objects (what a chat template with tool
+        support is given)."""
+        return [t for t in self.tools if t["function"]["name"] in self.names]
+
     def schema(self) -> dict[str, Any]:
         options = []
         for tool in self.tools:

@@ -226,7 +226,8 @@ def _tool_call_mode(req: P.ChatCompletionRequest) -> ToolCallMode | None:
 def _with_tools_prompt(
     messages: list[dict[str, str]], tools: ToolCallMode | None
 ) -> list[dict[str, str]]:
-    """The tools described in the system message (the model must know what it may call)."""
+    """The tools described in a system message, for a chat template that has no tool support
+    of its own (the model must know what it may call)."""
     if tools is None:
         return messages
     note = tools_prompt(tools)
@@ -238,9 +239,15 @@ def _with_tools_prompt(
     return [{"role": "system", "content": note}, *messages]
 
 
-def _encode(state: ServerState, prompt: Any, param: str) -> list[int]:
+def _encode(
+    state: ServerState, prompt: Any, param: str, tools: list[dict[str, Any]] | None = None
+) -> list[int]:
     try:
-        ids = state.llm.encode_prompt(prompt)
+        ids = (
+            state.llm.encode_prompt(prompt)
+            if tools is None
+            else state.llm.encode_prompt(prompt, tools=tools)
+        )
     except (ValueError, TypeError) as exc:
         raise P.APIError(400, str(exc), param=param) from None
     if not ids:
@@ -267,7 +274,11 @@ async def _chat(state: ServerState, req: P.ChatCompletionRequest, request: Reque
     started = time.perf_counter()
     tools = _tool_call_mode(req)
     messages = _chat_messages(req)
-    ids = _encode(state, _with_tools_prompt(messages, tools), "messages")
+    if tools is not None and getattr(state.llm.chat_template, "supports_tools", False):
+        # the template's own tool format; the reply is still constrained to a call
+        ids = _encode(state, messages, "messages", tools=tools.offered())
+    else:
+        ids = _encode(state, _with_tools_prompt(messages, tools), "messages")
     requested = (
         req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     )
