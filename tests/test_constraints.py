@@ -305,3 +305,18 @@ def test_generate_job_records_carry_their_constraint(tiny_path, tmp_path):
     assert out["c"]["error"]["type"] == "invalid_record" and "regex" in out["c"]["error"]["message"]
     assert out["d"]["finish_reason"] == "length" and out["d"]["incomplete"] is True
     assert "incomplete" not in out["b"]
+
+
+def test_cli_says_when_structured_output_is_cut(tiny_path):
+    """A constrained reply cut by --max-tokens is printed as it is, with a warning on stderr that
+    it will not parse (and "incomplete": true with --json)."""
+    from click.testing import CliRunner
+
+    from pyllm.cli.main import cli
+
+    args = ["run", str(tiny_path), "x", "--format", "json", "--max-tokens", "2", "--device", "cpu"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "will not parse" in res.stderr and "will not parse" not in res.stdout
+    res = CliRunner().invoke(cli, [*args, "--json"])
+    assert json.loads(res.stdout)["incomplete"] is True

@@ -169,6 +169,12 @@ def run(
         finally:
             events.close()  # Ctrl-C or a closed pipe: the engine drops the request
         click.echo(wrapper.flush() if wrapper else "")
+    if completion is not None and getattr(completion, "incomplete", False):
+        click.echo(
+            f"warning: the output stopped ({completion.finish_reason}) before it satisfied "
+            "the constraint, so it will not parse; raise --max-tokens",
+            err=True,
+        )
     if logs.enabled(no_log) and completion is not None:
         logs.record(
             conversation_id=last.conversation_id if last else logs.new_conversation_id(),
