@@ -51,6 +51,20 @@ CASES = {
     "qwen2": lambda: transformers.Qwen2Config(
         **COMMON, num_key_value_heads=2, tie_word_embeddings=True,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    # Qwen3: per-head RMSNorm of q and k before RoPE (QK-norm), no QKV bias, GQA, tied head,
+    # head_dim (32) != hidden / heads (16).
+    "qwen3": lambda: transformers.Qwen3Config(
+        **COMMON, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    # Gemma 3: QK-norm, (1 + w) RMSNorms before and after attention and MLP, GeGLU, embeddings
+    # times sqrt(C), a sliding-window layer (base 10000) and a global one (base 1e6, linear
+    # scaling), softmax scale 1/sqrt(query_pre_attn_scalar), head_dim != hidden / heads.
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        **COMMON, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=24, sliding_window=5,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                            "rope_theta": 1000000.0}}),
     # Mistral: GQA and a sliding window shorter than the test sequence.
     "mistral-window": lambda: transformers.MistralConfig(**COMMON, num_key_value_heads=2,
                                                          head_dim=16, sliding_window=7),
@@ -152,7 +166,7 @@ def test_decode_with_cache_equals_full_forward(models, case):
     assert (stepped - _hf_logits(hf, ids)).abs().max().item() <= TOL
 
 
-@pytest.mark.parametrize("case", ["llama-gqa", "gpt2", "mistral-window"])
+@pytest.mark.parametrize("case", ["llama-gqa", "gpt2", "mistral-window", "qwen3", "gemma3"])
 def test_flattened_batch_equals_separate_sequences(models, case):
     """Three sequences of different lengths in one forward (shuffled, non-contiguous blocks),
     with logits only at each sequence's last token, equal each sequence run alone."""
@@ -264,7 +278,8 @@ def test_config_from_gguf_names_the_bad_key(key, value, match):
 def test_config_from_hf_families(case):
     d = CASES[case]().to_dict()
     cfg = ModelConfig.from_hf(d)
-    assert cfg.family == d["model_type"] and cfg.vocab_size == VOCAB
+    assert cfg.family == {"gemma3_text": "gemma3"}.get(d["model_type"], d["model_type"])
+    assert cfg.vocab_size == VOCAB
     assert cfg.rope_layout == "neox"
 
 
@@ -324,12 +339,29 @@ def _write_gguf(hf, path: Path, arch: str, qtypes: dict[str, str]) -> None:
     w.add_uint32(f"{a}.attention.head_count", n_head)
     w.add_uint32(f"{a}.attention.head_count_kv", n_kv)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps)
-    w.add_float32(f"{a}.rope.freq_base", cfg.rope_parameters["rope_theta"])
+    rope = cfg.rope_parameters.get("full_attention", cfg.rope_parameters)  # Gemma 3: per layer type
+    w.add_float32(f"{a}.rope.freq_base", rope["rope_theta"])
+    if rope.get("rope_type") == "linear":
+        w.add_string(f"{a}.rope.scaling.type", "linear")
+        w.add_float32(f"{a}.rope.scaling.factor", rope["factor"])
+    gemma = arch == "gemma3"
+    if gemma:
+        w.add_uint32(f"{a}.attention.sliding_window", cfg.sliding_window)
+        pattern = cfg.layer_types.index("full_attention") + 1
+        w.add_uint32(f"{a}.attention.sliding_window_pattern", pattern)
     w.add_uint32(f"{a}.vocab_size", cfg.vocab_size)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+    if head_dim * n_head != cfg.hidden_size:
+        w.add_uint32(f"{a}.attention.key_length", head_dim)
+        w.add_uint32(f"{a}.attention.value_length", head_dim)
 
     def put(name: str, param: torch.nn.Parameter, kind: str, heads: int = 0) -> None:
         qtype = qtypes.get(kind, "f32") if param.dim() == 2 else "f32"
         data = param.detach().float()
+        if gemma and kind == "norm":  # llama.cpp's converter stores Gemma's 1 + w
+            stored = data + 1.0
+            w.add_tensor(name, stored.numpy(), raw_dtype=types["f32"])
+            return
         if qtype not in ("f32", "f16"):
             raw = quant.quantize(data, qtype)
             param.data.copy_(quant.dequantize(raw, qtype, data.shape[1]))
@@ -349,7 +381,13 @@ def _write_gguf(hf, path: Path, arch: str, qtypes: dict[str, str]) -> None:
     for i, layer in enumerate(m.layers):
         at, mlp = layer.self_attn, layer.mlp
         put(f"blk.{i}.attn_norm.weight", layer.input_layernorm.weight, "norm")
-        put(f"blk.{i}.ffn_norm.weight", layer.post_attention_layernorm.weight, "norm")
+        if gemma:
+            put(f"blk.{i}.post_attention_norm.weight", layer.post_attention_layernorm.weight,
+                "norm")
+            put(f"blk.{i}.ffn_norm.weight", layer.pre_feedforward_layernorm.weight, "norm")
+            put(f"blk.{i}.post_ffw_norm.weight", layer.post_feedforward_layernorm.weight, "norm")
+        else:
+            put(f"blk.{i}.ffn_norm.weight", layer.post_attention_layernorm.weight, "norm")
         put(f"blk.{i}.attn_q.weight", at.q_proj.weight, "q", n_head)
         put(f"blk.{i}.attn_k.weight", at.k_proj.weight, "k", n_kv)
         put(f"blk.{i}.attn_v.weight", at.v_proj.weight, "v")
@@ -358,6 +396,9 @@ def _write_gguf(hf, path: Path, arch: str, qtypes: dict[str, str]) -> None:
             put(f"blk.{i}.attn_q.bias", at.q_proj.bias, "bias", n_head)
             put(f"blk.{i}.attn_k.bias", at.k_proj.bias, "bias", n_kv)
             put(f"blk.{i}.attn_v.bias", at.v_proj.bias, "bias")
+        if hasattr(at, "q_norm"):  # Qwen3's QK-norm
+            put(f"blk.{i}.attn_q_norm.weight", at.q_norm.weight, "norm")
+            put(f"blk.{i}.attn_k_norm.weight", at.k_norm.weight, "norm")
         put(f"blk.{i}.ffn_gate.weight", mlp.gate_proj.weight, "gate")
         put(f"blk.{i}.ffn_up.weight", mlp.up_proj.weight, "up")
         put(f"blk.{i}.ffn_down.weight", mlp.down_proj.weight, "down")
@@ -377,6 +418,12 @@ GGUF_CASES = {
     "qwen2": ("qwen2", "qwen2", {"q": "q8_0", "k": "q8_0", "v": "q8_0", "o": "f16",
                                 "gate": "q8_0", "up": "q8_0", "down": "q4_1", "embed": "f16",
                                 "head": "q8_0"}),
+    # Qwen3: NeoX RoPE, QK-norm vectors, no biases, head_dim from key_length, tied embedding.
+    "qwen3": ("qwen3", "qwen3", {"q": "q8_0", "k": "q4_0", "v": "q8_0", "o": "q4_1",
+                                "gate": "q8_0", "up": "q8_0", "down": "f16", "embed": "q8_0"}),
+    # Gemma 3: norms stored as 1 + w, post-norms, local/global layers, linear-scaled global RoPE.
+    "gemma3": ("gemma3", "gemma3", {"q": "q8_0", "k": "q4_0", "v": "q8_0", "o": "q4_1",
+                                   "gate": "q8_0", "up": "q4_0", "down": "f16", "embed": "q8_0"}),
 }
 
 
@@ -388,14 +435,17 @@ def test_gguf_quantized_model_matches_transformers(tmp_path, case):
     cfg = CASES[hf_case]()
     if case == "qwen2":
         cfg.tie_word_embeddings = False
+    if case == "gemma3":  # llama.cpp scales by 1/sqrt(head_dim): the file has no other scalar
+        cfg.query_pre_attn_scalar = cfg.head_dim
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
     _randomize(hf, seed=7)
     _write_gguf(hf, tmp_path / "tiny.gguf", arch, qtypes)
     loaded = load_model(tmp_path / "tiny.gguf")
     assert loaded.config.rope_layout == ("normal" if arch == "llama" else "neox")
+    assert loaded.config.qk_norm == (arch in ("qwen3", "gemma3"))
     qkv = loaded.model.gpt.blocks[0].attn.qkv
-    assert type(qkv).__name__ == ("ConcatLinear" if case == "llama" else "Linear")
+    assert type(qkv).__name__ == ("Linear" if case == "qwen2" else "ConcatLinear")
     ids = _ids(23, seed=4)
     ref = _hf_logits(hf, ids)
     assert (_full_forward(loaded, ids) - ref).abs().max().item() <= TOL
