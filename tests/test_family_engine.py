@@ -1,7 +1,8 @@
-"""The engine on the families the fused CPU runner does not build (QK-norm, Gemma 3's post-norms
-and two RoPE bases): the model
-runs op by op with a FastPathUnavailable warning, and continuous batching, chunked prefill and
-prefix sharing give the simple generation loop's greedy tokens."""
+"""The engine on the newer families. Qwen3 and Gemma 3 (QK-norm; Gemma 3's post-norms, GeGLU and
+two RoPE bases) are not built by the fused CPU runner: they run op by op with a
+FastPathUnavailable warning. Phi-3 (fused QKV and gate/up, LongRoPE on part of each head) runs
+on the fused runner. Either way continuous batching, chunked prefill, preemption and prefix
+sharing give the simple generation loop's greedy tokens."""
 
 from __future__ import annotations
 
@@ -33,7 +34,15 @@ CASES = {
     "gemma3": lambda: transformers.Gemma3TextConfig(
         **COMMON, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=24, sliding_window=6,
         layer_types=["sliding_attention", "full_attention"]),
+    "phi3": lambda: transformers.Phi3Config(
+        **COMMON, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        original_max_position_embeddings=128,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                         "partial_rotary_factor": 0.5, "short_factor": [1.0, 1.5, 2.0, 4.0],
+                         "long_factor": [1.0, 3.0, 7.0, 20.0],
+                         "original_max_position_embeddings": 128}),
 }
+FUSED = {"phi3"}  # the families the fused CPU runner builds
 
 
 def _model(case: str, folder: Path):
@@ -52,7 +61,9 @@ def _model(case: str, folder: Path):
 
 @pytest.fixture(scope="module", params=list(CASES))
 def runner(request, tmp_path_factory):
-    return _model(request.param, tmp_path_factory.mktemp(request.param))
+    model = _model(request.param, tmp_path_factory.mktemp(request.param))
+    model.family = request.param
+    return model
 
 
 def _reference(model, tok, prompts, params):
@@ -73,9 +84,15 @@ def _engine(model, tok, prompts, params, **config):
 
 
 @pytest.mark.skipif(not fast.available(), reason="the C++ runner is not built")
-def test_unsupported_family_runs_op_by_op_with_a_warning(runner):
-    runner._fast = None  # build (and refuse) again, whatever ran before
+def test_fused_runner_or_op_by_op_with_a_warning(runner):
+    runner._fast = None  # build (or refuse) again, whatever ran before
     runner.fast_unsupported = None
+    if runner.family in FUSED:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert runner._fast_forward() is not None
+        assert runner.fast_unsupported is None
+        return
     with pytest.warns(FastPathUnavailable, match="QK-norm"):
         assert runner._fast_forward() is None
     assert "QK-norm" in (runner.fast_unsupported or "")

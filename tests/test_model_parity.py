@@ -65,6 +65,16 @@ CASES = {
         rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                          "full_attention": {"rope_type": "linear", "factor": 2.0,
                                             "rope_theta": 1000000.0}}),
+    # Phi-3: fused qkv_proj and gate_up_proj, LongRoPE (short/long factors, original context 16:
+    # the 23-token inputs take the long ones) on half of each head (partial_rotary_factor 0.5).
+    "phi3": lambda: transformers.Phi3Config(
+        **COMMON, num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, original_max_position_embeddings=16,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                         "partial_rotary_factor": 0.5,
+                         "short_factor": [1.0, 1.3, 2.1, 3.7],
+                         "long_factor": [1.1, 2.5, 6.0, 17.0],
+                         "original_max_position_embeddings": 16}),
     # Mistral: GQA and a sliding window shorter than the test sequence.
     "mistral-window": lambda: transformers.MistralConfig(**COMMON, num_key_value_heads=2,
                                                          head_dim=16, sliding_window=7),
@@ -166,7 +176,7 @@ def test_decode_with_cache_equals_full_forward(models, case):
     assert (stepped - _hf_logits(hf, ids)).abs().max().item() <= TOL
 
 
-@pytest.mark.parametrize("case", ["llama-gqa", "gpt2", "mistral-window", "qwen3", "gemma3"])
+@pytest.mark.parametrize("case", ["llama-gqa", "gpt2", "mistral-window", "qwen3", "gemma3", "phi3"])
 def test_flattened_batch_equals_separate_sequences(models, case):
     """Three sequences of different lengths in one forward (shuffled, non-contiguous blocks),
     with logits only at each sequence's last token, equal each sequence run alone."""
@@ -199,6 +209,17 @@ def test_cuda_logits_match_transformers(models, case, family):
     ids = _ids(23, seed=1)
     with ops.using_cuda_kernels(family):
         assert (_full_forward(loaded, ids) - _hf_logits(hf, ids)).abs().max().item() <= TOL
+
+
+def test_phi3_short_factors_within_the_original_context(models, tmp_path):
+    """Phi-3 run with a context no longer than the original one takes the short factors, as
+    transformers does on an input that stays within it."""
+    hf, _ = models["phi3"]
+    loaded = load_model(FOLDERS["phi3"], context_length=16)
+    ids = _ids(14, seed=5)
+    assert (_full_forward(loaded, ids) - _hf_logits(hf, ids)).abs().max().item() <= TOL
+    long = load_model(FOLDERS["phi3"])  # context 64: the long factors, which differ here
+    assert (_full_forward(long, ids) - _hf_logits(hf, ids)).abs().max().item() > 1e-2
 
 
 def test_bf16_checkpoint_matches_transformers(tmp_path):
@@ -341,6 +362,18 @@ def _write_gguf(hf, path: Path, arch: str, qtypes: dict[str, str]) -> None:
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps)
     rope = cfg.rope_parameters.get("full_attention", cfg.rope_parameters)  # Gemma 3: per layer type
     w.add_float32(f"{a}.rope.freq_base", rope["rope_theta"])
+    phi3 = arch == "phi3"
+    if phi3:  # LongRoPE: the factors as tensors, the original context and attention factor
+        head_dim = cfg.hidden_size // n_head
+        w.add_uint32(f"{a}.rope.dimension_count", int(head_dim * rope["partial_rotary_factor"]))
+        orig = rope["original_max_position_embeddings"]
+        w.add_uint32(f"{a}.rope.scaling.original_context_length", orig)
+        factor = cfg.max_position_embeddings / orig
+        w.add_float32(f"{a}.rope.scaling.attn_factor",
+                      math.sqrt(1 + math.log(factor) / math.log(orig)))
+        for kind in ("long", "short"):
+            w.add_tensor(f"rope_factors_{kind}.weight",
+                         torch.tensor(rope[f"{kind}_factor"], dtype=torch.float32).numpy())
     if rope.get("rope_type") == "linear":
         w.add_string(f"{a}.rope.scaling.type", "linear")
         w.add_float32(f"{a}.rope.scaling.factor", rope["factor"])
@@ -388,6 +421,12 @@ def _write_gguf(hf, path: Path, arch: str, qtypes: dict[str, str]) -> None:
             put(f"blk.{i}.post_ffw_norm.weight", layer.post_feedforward_layernorm.weight, "norm")
         else:
             put(f"blk.{i}.ffn_norm.weight", layer.post_attention_layernorm.weight, "norm")
+        if phi3:  # fused in the checkpoint and in llama.cpp's file ([gate; up] as ffn_up)
+            put(f"blk.{i}.attn_qkv.weight", at.qkv_proj.weight, "q")
+            put(f"blk.{i}.attn_output.weight", at.o_proj.weight, "o")
+            put(f"blk.{i}.ffn_up.weight", mlp.gate_up_proj.weight, "up")
+            put(f"blk.{i}.ffn_down.weight", mlp.down_proj.weight, "down")
+            continue
         put(f"blk.{i}.attn_q.weight", at.q_proj.weight, "q", n_head)
         put(f"blk.{i}.attn_k.weight", at.k_proj.weight, "k", n_kv)
         put(f"blk.{i}.attn_v.weight", at.v_proj.weight, "v")
@@ -421,6 +460,9 @@ GGUF_CASES = {
     # Qwen3: NeoX RoPE, QK-norm vectors, no biases, head_dim from key_length, tied embedding.
     "qwen3": ("qwen3", "qwen3", {"q": "q8_0", "k": "q4_0", "v": "q8_0", "o": "q4_1",
                                 "gate": "q8_0", "up": "q8_0", "down": "f16", "embed": "q8_0"}),
+    # Phi-3: fused QKV and gate/up in the file, LongRoPE factors as tensors, untied head.
+    "phi3": ("phi3", "phi3", {"q": "q8_0", "o": "q4_1", "up": "q8_0", "down": "q4_0",
+                             "embed": "f16", "head": "q8_0"}),
     # Gemma 3: norms stored as 1 + w, post-norms, local/global layers, linear-scaled global RoPE.
     "gemma3": ("gemma3", "gemma3", {"q": "q8_0", "k": "q4_0", "v": "q8_0", "o": "q4_1",
                                    "gate": "q8_0", "up": "q4_0", "down": "f16", "embed": "q8_0"}),
@@ -445,7 +487,7 @@ def test_gguf_quantized_model_matches_transformers(tmp_path, case):
     assert loaded.config.rope_layout == ("normal" if arch == "llama" else "neox")
     assert loaded.config.qk_norm == (arch in ("qwen3", "gemma3"))
     qkv = loaded.model.gpt.blocks[0].attn.qkv
-    assert type(qkv).__name__ == ("Linear" if case == "qwen2" else "ConcatLinear")
+    assert type(qkv).__name__ == ("Linear" if case in ("qwen2", "phi3") else "ConcatLinear")
     ids = _ids(23, seed=4)
     ref = _hf_logits(hf, ids)
     assert (_full_forward(loaded, ids) - ref).abs().max().item() <= TOL

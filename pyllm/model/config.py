@@ -1,5 +1,5 @@
 """One ModelConfig for every decoder-only family pyllm runs (GPT-2, Llama, Mistral, Qwen2,
-Qwen3, Gemma 3).
+Qwen3, Gemma 3, Phi-3).
 
 Configs come from GGUF metadata (`ModelConfig.from_gguf`) or a Hugging Face `config.json`
 (`ModelConfig.from_hf`). Both validate every hyper-parameter before a tensor is allocated: a
@@ -16,7 +16,7 @@ from typing import Any, TypeGuard
 
 from pyllm.errors import ModelFormatError
 
-FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma3")
+FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3")
 # Hugging Face model_type -> family, where they differ
 _HF_MODEL_TYPES = {"gemma3_text": "gemma3"}
 
@@ -59,7 +59,10 @@ class ModelConfig:
     # None, {"type": "linear", "factor": f}, or {"type": "llama3", "factor", "low_freq_factor",
     # "high_freq_factor", "original_max_position_embeddings"} (as ops.rope_cos_sin takes it);
     # GGUF files may carry per-frequency factors as a `rope_freqs.weight` tensor instead
-    # ({"type": "freq_factors"}, applied by the loader).
+    # ({"type": "freq_factors"}, applied by the loader). Phi-3's LongRoPE: {"type": "longrope",
+    # "short_factor", "long_factor" (R/2 divisors each; a GGUF has them as rope_factors_short/long
+    # tensors), "original_max_position_embeddings", "attention_factor"}: the long factors apply
+    # when the context in use exceeds the original one (pyllm/model/loader.py).
     rope_scaling: dict[str, Any] | None = None
     rope_layout: str = "neox"  # "neox" (pairs i, i+R/2) | "normal" (pairs 2i, 2i+1)
     qkv_bias: bool = False
@@ -168,12 +171,35 @@ class ModelConfig:
         if s is None:
             return
         kind = s.get("type")
-        if kind not in ("linear", "llama3", "freq_factors"):
+        if kind not in ("linear", "llama3", "freq_factors", "longrope"):
             self._fail(
                 "rope_scaling",
                 f"type {kind!r} is not supported (supported: none, linear, "
-                "llama3, and GGUF rope_freqs factors)",
+                "llama3, longrope, and GGUF rope_freqs factors)",
             )
+        if kind == "longrope":
+            orig, af = s.get("original_max_position_embeddings"), s.get("attention_factor")
+            if not isinstance(orig, int) or not 1 <= orig <= _MAX_POSITION:
+                self._fail(
+                    "rope_scaling",
+                    f"original_max_position_embeddings must be a positive integer, got {orig!r}",
+                )
+            if not _finite(af) or not 0 < af <= 1e3:
+                self._fail("rope_scaling", f"attention_factor must be positive, got {af!r}")
+            for name in ("short_factor", "long_factor"):
+                f = s.get(name)
+                if f is None:
+                    continue  # a GGUF's tensors, checked by the loader
+                if (
+                    not isinstance(f, (list, tuple))
+                    or len(f) != self.rotary_dim // 2
+                    or not all(_finite(x) and x > 0 for x in f)
+                ):
+                    self._fail(
+                        "rope_scaling",
+                        f"{name} must be {self.rotary_dim // 2} positive numbers "
+                        f"(rotary_dim / 2), got {str(f)[:80]}",
+                    )
         if kind in ("linear", "llama3"):
             factor = s.get("factor")
             if not _finite(factor) or not 0 < factor <= 1e6:
@@ -305,6 +331,16 @@ class ModelConfig:
             )
         elif f"{a}.rope.scale_linear" in md:
             scaling = {"type": "linear", "factor": r.get(f"{a}.rope.scale_linear", float)}
+        if "rope_factors_long.weight" in tensors:  # Phi-3's LongRoPE
+            orig = r.get(f"{a}.rope.scaling.original_context_length", int)
+            factor = common["max_position"] / orig if isinstance(orig, int) and orig > 0 else 1.0
+            scaling = {
+                "type": "longrope",
+                "original_max_position_embeddings": orig,
+                "attention_factor": r.get(
+                    f"{a}.rope.scaling.attn_factor", float, _longrope_attention(factor, orig)
+                ),
+            }
         if "rope_freqs.weight" in tensors:
             if scaling is not None:
                 raise ModelFormatError(
@@ -319,7 +355,7 @@ class ModelConfig:
             rope_scaling=scaling,
             # llama.cpp's converter permutes Llama/Mistral Q and K rows for its "normal" (adjacent
             # pair) RoPE; Qwen2/Qwen3 are stored unpermuted and use NeoX (pyllm/model/loader.py).
-            rope_layout="neox" if a in ("qwen2", "qwen3", "gemma3") else "normal",
+            rope_layout="neox" if a in ("qwen2", "qwen3", "gemma3", "phi3") else "normal",
             qk_norm="blk.0.attn_q_norm.weight" in tensors,
             **(
                 _gemma3_gguf(r, a, n_embd, head_dim, get("n_layer", f"{a}.block_count", int))
@@ -336,7 +372,8 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, config: Mapping[str, Any], where: str = "config.json") -> ModelConfig:
-        """Read a Hugging Face config.json (model_type gpt2, llama, mistral, qwen2 or qwen3)."""
+        """Read a Hugging Face config.json (model_type gpt2, llama, mistral, qwen2, qwen3,
+        gemma3_text or phi3)."""
         r = _Reader(config, where)
         mt = config.get("model_type")
         mt = _HF_MODEL_TYPES.get(mt, mt) if isinstance(mt, str) else mt
@@ -379,6 +416,17 @@ class ModelConfig:
                 )
             head_dim = n_embd // n_head
         theta, scaling = _hf_rope(config, r, where)
+        rotary_dim = head_dim
+        params = config.get("rope_parameters")
+        partial = config.get("partial_rotary_factor")
+        if isinstance(params, Mapping) and "partial_rotary_factor" in params:
+            partial = params["partial_rotary_factor"]
+        if partial is not None:
+            if not _finite(partial) or not 0 < partial <= 1:
+                raise ModelFormatError(
+                    f"{where}: partial_rotary_factor must be in (0, 1], got {partial!r}"
+                )
+            rotary_dim = int(head_dim * partial)
         if mt in ("qwen2", "qwen3"):
             # Qwen2 always has QKV biases; Qwen3 has none unless attention_bias says so.
             if mt == "qwen2":
@@ -398,7 +446,7 @@ class ModelConfig:
                     window_layers = tuple(range(start, r.get("num_hidden_layers", int)))
         else:
             qkv_bias = o_bias = bool(config.get("attention_bias", False))
-            window = (r.get("sliding_window", int, 0) or 0) if mt == "mistral" else 0
+            window = (r.get("sliding_window", int, 0) or 0) if mt in ("mistral", "phi3") else 0
             window_layers = None
         return cls(
             family=mt,
@@ -412,6 +460,7 @@ class ModelConfig:
             max_position=r.get("max_position_embeddings", int),
             norm_eps=r.get("rms_norm_eps", float, 1e-6),
             rope_theta=theta,
+            rotary_dim=rotary_dim,
             rope_scaling=scaling,
             rope_layout="neox",
             qkv_bias=qkv_bias,
@@ -676,6 +725,37 @@ def _hf_rope(config: Mapping[str, Any], r: _Reader, where: str) -> tuple[float, 
             "high_freq_factor": sr.get("high_freq_factor", float),
             "original_max_position_embeddings": sr.get("original_max_position_embeddings", int),
         }
+    if kind in ("longrope", "su"):
+        orig = sr.get(
+            "original_max_position_embeddings",
+            int,
+            r.get("original_max_position_embeddings", int, None),
+        )
+        if orig is None or orig <= 0:
+            raise ModelFormatError(
+                f"{where}: longrope needs original_max_position_embeddings (a positive integer)"
+            )
+        for name in ("short_factor", "long_factor"):
+            if scaling_src.get(name) is None:
+                raise ModelFormatError(f"{where}: longrope needs {name}")
+        factor = sr.get("factor", float, r.get("max_position_embeddings", int) / orig)
+        return theta, {
+            "type": "longrope",
+            "short_factor": scaling_src.get("short_factor"),
+            "long_factor": scaling_src.get("long_factor"),
+            "original_max_position_embeddings": orig,
+            "attention_factor": sr.get(
+                "attention_factor", float, _longrope_attention(factor, orig)
+            ),
+        }
     raise ModelFormatError(
-        f"{where}: rope scaling type {kind!r} is not supported (supported: default, linear, llama3)"
+        f"{where}: rope scaling type {kind!r} is not supported "
+        "(supported: default, linear, llama3, longrope)"
     )
+
+
+def _longrope_attention(factor: float, original: int) -> float:
+    """LongRoPE's default scale of cos and sin: sqrt(1 + ln(factor) / ln(original context))."""
+    if factor <= 1.0 or original <= 1:
+        return 1.0
+    return math.sqrt(1 + math.log(factor) / math.log(original))

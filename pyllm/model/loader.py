@@ -157,6 +157,7 @@ class _Names:
     qkv: str = ""  # a fused [q; k; v] matrix in the file (GPT-2)
     gate: str = ""
     up: str = ""
+    gate_up: str = ""  # a fused [gate; up] matrix in the file (Phi-3)
     pos_embed: str = ""
     q_norm: str = ""  # per-head RMSNorm weights of q and k (QK-norm), when the family has them
     k_norm: str = ""
@@ -210,6 +211,27 @@ HF_LLAMA_NAMES = _Names(
     down="model.layers.{i}.mlp.down_proj.weight",
     q_norm="model.layers.{i}.self_attn.q_norm.weight",
     k_norm="model.layers.{i}.self_attn.k_norm.weight",
+)
+# Phi-3: fused qkv_proj and gate_up_proj (gate rows first), in the checkpoint and the GGUF.
+HF_PHI3_NAMES = replace(
+    HF_LLAMA_NAMES,
+    q="",
+    k="",
+    v="",
+    qkv="model.layers.{i}.self_attn.qkv_proj.weight",
+    gate="",
+    up="",
+    gate_up="model.layers.{i}.mlp.gate_up_proj.weight",
+)
+GGUF_PHI3_NAMES = replace(
+    GGUF_NAMES,
+    q="",
+    k="",
+    v="",
+    qkv="blk.{i}.attn_qkv.weight",
+    gate="",
+    up="",
+    gate_up="blk.{i}.ffn_up.weight",
 )
 # Gemma 3: post_attention_layernorm is the norm on the attention output; the MLP's pre-norm is
 # pre_feedforward_layernorm.
@@ -279,6 +301,7 @@ def build_gpt(
                 "gate",
                 "up",
                 "down",
+                "gate_up",
                 "q_norm",
                 "k_norm",
                 "post_attn_norm",
@@ -300,7 +323,10 @@ def build_gpt(
                 ],
             )
         o = Linear(w.matrix(n["o"], C, Q), bias(n["o"], C, cfg.o_bias))
-        if cfg.activation in ("swiglu", "geglu"):
+        up: Linear | ConcatLinear
+        if names.gate_up:
+            up = Linear(w.matrix(n["gate_up"], 2 * F, C), bias(n["gate_up"], 2 * F, cfg.mlp_bias))
+        elif cfg.activation in ("swiglu", "geglu"):
             up = w.fused(
                 [w.matrix(n["gate"], F, C), w.matrix(n["up"], F, C)],
                 [bias(n["gate"], F, cfg.mlp_bias), bias(n["up"], F, cfg.mlp_bias)],
@@ -339,14 +365,38 @@ def build_gpt(
         lm_head = Linear(w.matrix(names.lm_head, cfg.vocab_size, C))
     cos_sin = cos_sin_local = None
     if cfg.position == "rope":
-        cos_sin = _rope_table(
-            cfg, w.where, rope_scaling if rope_scaling is not None else cfg.rope_scaling
-        )
+        scaling = rope_scaling if rope_scaling is not None else cfg.rope_scaling
+        if scaling is not None and scaling.get("type") == "longrope":
+            cos_sin = _longrope_table(cfg, w, scaling)
+        else:
+            cos_sin = _rope_table(cfg, w.where, scaling)
         if cfg.rope_local_theta and cfg.sliding_window:
             cos_sin_local = _rope_table(cfg, w.where, None, cfg.rope_local_theta)
     return GPT(
         cfg, Embedding(embed), wpe, blocks, norm(names.norm_f), lm_head, cos_sin, cos_sin_local
     )
+
+
+def _longrope_table(cfg: ModelConfig, w: _Weights, scaling: dict[str, Any]) -> torch.Tensor:
+    """Phi-3's LongRoPE: each frequency divided by its short or long factor (the long ones when
+    the context in use is longer than the original context: llama.cpp's rule; transformers
+    switches on the longest position of the current input instead, so the two agree whenever
+    the input reaches past the original context or the context in use does not), and cos/sin
+    scaled by the attention factor. A GGUF holds the factors as two tensors."""
+    long = cfg.max_position > scaling["original_max_position_embeddings"]
+    key, tensor = (
+        ("long_factor", "rope_factors_long") if long else ("short_factor", "rope_factors_short")
+    )
+    half = cfg.rotary_dim // 2
+    factors = scaling.get(key)
+    if factors is None:
+        divisors = w.vector(f"{tensor}.weight", half)
+    else:
+        divisors = torch.tensor(factors, dtype=torch.float64)
+    if not bool(torch.isfinite(divisors).all()) or not bool((divisors > 0).all()):
+        raise ModelFormatError(f"{w.where}: the LongRoPE {key} must be positive numbers")
+    table = _rope_table(cfg, w.where, {"type": "none", "freq_factors": divisors})
+    return table * float(scaling["attention_factor"])
 
 
 def _rope_table(
@@ -378,7 +428,7 @@ def load_gguf_model(path: str | Path, *, context_length: int | None = None) -> L
     w = _Weights(
         str(g.path), set(g.tensors), lambda n: g.tensors[n].shape, g.weight, release=g.release
     )
-    names = GGUF_GPT2_NAMES if cfg.family == "gpt2" else GGUF_NAMES
+    names = {"gpt2": GGUF_GPT2_NAMES, "phi3": GGUF_PHI3_NAMES}.get(cfg.family, GGUF_NAMES)
     scaling = cfg.rope_scaling
     if scaling is not None and scaling.get("type") == "freq_factors":
         # Llama 3.x GGUFs carry the per-frequency divisors as a tensor instead of the formula.
@@ -426,7 +476,7 @@ def load_hf(folder: str | Path, *, context_length: int | None = None) -> LoadedM
         )
         transposed = lambda name: name.endswith(conv1d)  # noqa: E731 - paired with the one below
     else:
-        names = HF_GEMMA3_NAMES if cfg.family == "gemma3" else HF_LLAMA_NAMES
+        names = {"gemma3": HF_GEMMA3_NAMES, "phi3": HF_PHI3_NAMES}.get(cfg.family, HF_LLAMA_NAMES)
         transposed = lambda name: False  # noqa: E731 - paired with the one above
     w = _Weights(str(folder), set(tensors), lambda n: tuple(tensors[n].shape), fetch, transposed)
     shift = 1.0 if cfg.family == "gemma3" else 0.0  # Gemma's RMSNorm scales by (1 + weight)
