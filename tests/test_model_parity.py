@@ -320,6 +320,63 @@ def test_config_from_hf_names_the_bad_key(key, value, match):
         ModelConfig.from_hf(d)
 
 
+@pytest.mark.parametrize("case,key,value,match", [
+    ("gemma3", "final_logit_softcapping", 30.0, "final_logit_softcapping=30.0 is not supported"),
+    ("gemma3", "attn_logit_softcapping", 50.0, "attn_logit_softcapping=50.0 is not supported"),
+    ("gemma3", "hidden_activation", "relu", "hidden_activation 'relu'"),
+    ("gemma3", "query_pre_attn_scalar", -4, "query_pre_attn_scalar must be > 0"),
+    ("gemma3", "model_type", "gemma3", "only the text model"),
+    ("phi3", "rope_parameters", {"rope_type": "longrope", "rope_theta": 1e4,
+                                 "partial_rotary_factor": 0.5, "short_factor": [1.0, 2.0],
+                                 "long_factor": [1.0, 2.0, 3.0, 4.0],
+                                 "original_max_position_embeddings": 16},
+     "short_factor must be 4 positive numbers"),
+    ("phi3", "rope_parameters", {"rope_type": "longrope", "rope_theta": 1e4,
+                                 "long_factor": [1.0] * 8,
+                                 "original_max_position_embeddings": 16},
+     "longrope needs short_factor"),
+    ("phi3", "partial_rotary_factor", 1.5, "partial_rotary_factor must be in"),
+])
+def test_config_from_hf_new_families_name_the_bad_key(case, key, value, match):
+    d = CASES[case]().to_dict()
+    if key == "partial_rotary_factor":
+        d["rope_parameters"].pop(key)
+    d[key] = value
+    with pytest.raises(ModelFormatError, match=match):
+        ModelConfig.from_hf(d)
+
+
+def test_config_from_gguf_reads_new_families():
+    """qwen3 and gemma3 are NeoX-rotated with QK-norm (seen from the tensors); gemma3 gets its
+    layer pattern, softmax scale, sqrt(d) embedding scale and local RoPE base."""
+    tensors = {"token_embd.weight": SimpleNamespace(shape=(VOCAB, 64)),
+               "blk.0.attn_q_norm.weight": SimpleNamespace(shape=(32,))}
+
+    def file(arch: str, extra_tensors: dict | None = None, **extra) -> SimpleNamespace:
+        md = {f"{arch}.{k[6:]}" if k.startswith("llama.") else k: v
+              for k, v in _gguf().metadata.items()}
+        md.update({"general.architecture": arch, f"{arch}.attention.key_length": 32,
+                   f"{arch}.attention.value_length": 32, **extra})
+        return SimpleNamespace(path="x.gguf", metadata=md,
+                               tensors={**tensors, **(extra_tensors or {})})
+
+    q = ModelConfig.from_gguf(file("qwen3"))
+    assert (q.family, q.rope_layout, q.qk_norm, q.head_dim, q.post_norms) == (
+        "qwen3", "neox", True, 32, False)
+    g = ModelConfig.from_gguf(file("gemma3", **{"gemma3.attention.sliding_window": 8,
+                                                "gemma3.attention.sliding_window_pattern": 2}))
+    assert g.post_norms and g.activation == "geglu" and g.window_layers == (0,)
+    assert (g.window(0), g.window(1)) == (8, 0) and g.rope_local_theta == 10000.0
+    assert math.isclose(g.embed_scale, 8.0) and math.isclose(g.attn_scale, 32 ** -0.5)
+    factors = {"rope_factors_long.weight": SimpleNamespace(shape=(16,))}
+    with pytest.raises(ModelFormatError, match="original_context_length is missing"):
+        ModelConfig.from_gguf(file("phi3", factors))
+    p = ModelConfig.from_gguf(file("phi3", factors,
+                                   **{"phi3.rope.scaling.original_context_length": 16}))
+    assert p.rope_scaling is not None and p.rope_scaling["type"] == "longrope"
+    assert math.isclose(p.rope_scaling["attention_factor"], math.sqrt(1 + math.log(4) / math.log(16)))
+
+
 def test_config_old_style_rope_keys():
     """transformers 4.x configs: top-level rope_theta and rope_scaling."""
     d = {"model_type": "llama", **COMMON, "num_key_value_heads": 2, "rope_theta": 5e5,

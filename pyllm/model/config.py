@@ -376,6 +376,11 @@ class ModelConfig:
         gemma3_text or phi3)."""
         r = _Reader(config, where)
         mt = config.get("model_type")
+        if mt == "gemma3":  # Gemma3ForConditionalGeneration: the text model sits in text_config
+            raise ModelFormatError(
+                f"{where}: model_type 'gemma3' is the multimodal Gemma 3; only the text model "
+                "(model_type gemma3_text, Gemma3ForCausalLM) is supported"
+            )
         mt = _HF_MODEL_TYPES.get(mt, mt) if isinstance(mt, str) else mt
         if mt not in FAMILIES:
             raise ModelFormatError(
