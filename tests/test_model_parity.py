@@ -368,6 +368,8 @@ def test_config_from_gguf_reads_new_families():
     assert g.post_norms and g.activation == "geglu" and g.window_layers == (0,)
     assert (g.window(0), g.window(1)) == (8, 0) and g.rope_local_theta == 10000.0
     assert math.isclose(g.embed_scale, 8.0) and math.isclose(g.attn_scale, 32 ** -0.5)
+    big = ModelConfig.from_gguf(file("gemma3", **{"gemma3.block_count": 62}))  # llama.cpp's 27B
+    assert math.isclose(big.attn_scale, (64 / 4) ** -0.5)
     factors = {"rope_factors_long.weight": SimpleNamespace(shape=(16,))}
     with pytest.raises(ModelFormatError, match="original_context_length is missing"):
         ModelConfig.from_gguf(file("phi3", factors))

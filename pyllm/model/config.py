@@ -358,7 +358,9 @@ class ModelConfig:
             rope_layout="neox" if a in ("qwen2", "qwen3", "gemma3", "phi3") else "normal",
             qk_norm="blk.0.attn_q_norm.weight" in tensors,
             **(
-                _gemma3_gguf(r, a, n_embd, head_dim, get("n_layer", f"{a}.block_count", int))
+                _gemma3_gguf(
+                    r, a, n_embd, n_head, head_dim, get("n_layer", f"{a}.block_count", int)
+                )
                 if a == "gemma3"
                 else {}
             ),
@@ -622,16 +624,20 @@ class ModelConfig:
 _MISSING = object()
 
 
-def _gemma3_gguf(r: _Reader, a: str, n_embd: int, head_dim: int, n_layer: int) -> dict[str, Any]:
+def _gemma3_gguf(
+    r: _Reader, a: str, n_embd: int, n_head: int, head_dim: int, n_layer: int
+) -> dict[str, Any]:
     """Gemma 3's extra hyper-parameters in a GGUF. llama.cpp does not store the softmax scale,
-    the local RoPE base or (in most files) the layer pattern: it uses 1/sqrt(head_dim), 10000
-    and every sixth layer global, and so does this."""
+    the local RoPE base or (in most files) the layer pattern: it uses 1/sqrt(head_dim) (for the
+    62-layer 27B model 1/sqrt(n_embd / n_head), its query_pre_attn_scalar), 10000 and every
+    sixth layer global, and so does this."""
     pattern = r.get(f"{a}.attention.sliding_window_pattern", int, 6)
+    scalar = n_embd / n_head if n_layer == 62 and n_head > 0 else head_dim
     return dict(
         activation="geglu",
         post_norms=True,
         embed_scale=math.sqrt(n_embd) if n_embd > 0 else 1.0,
-        attn_scale=1.0 / math.sqrt(head_dim) if head_dim > 0 else 0.0,
+        attn_scale=1.0 / math.sqrt(scalar) if scalar > 0 else 0.0,
         rope_local_theta=10000.0,
         window_layers=tuple(i for i in range(n_layer) if (i + 1) % max(pattern, 1)),
     )
