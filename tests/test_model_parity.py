@@ -51,6 +51,30 @@ CASES = {
     "qwen2": lambda: transformers.Qwen2Config(
         **COMMON, num_key_value_heads=2, tie_word_embeddings=True,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    # Qwen3: per-head RMSNorm of q and k before RoPE (QK-norm), no QKV bias, GQA, tied head,
+    # head_dim (32) != hidden / heads (16).
+    "qwen3": lambda: transformers.Qwen3Config(
+        **COMMON, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    # Gemma 3: QK-norm, (1 + w) RMSNorms before and after attention and MLP, GeGLU, embeddings
+    # times sqrt(C), a sliding-window layer (base 10000) and a global one (base 1e6, linear
+    # scaling), softmax scale 1/sqrt(query_pre_attn_scalar), head_dim != hidden / heads.
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        **COMMON, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=24, sliding_window=5,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                            "rope_theta": 1000000.0}}),
+    # Phi-3: fused qkv_proj and gate_up_proj, LongRoPE (short/long factors, original context 16:
+    # the 23-token inputs take the long ones) on half of each head (partial_rotary_factor 0.5).
+    "phi3": lambda: transformers.Phi3Config(
+        **COMMON, num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, original_max_position_embeddings=16,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                         "partial_rotary_factor": 0.5,
+                         "short_factor": [1.0, 1.3, 2.1, 3.7],
+                         "long_factor": [1.1, 2.5, 6.0, 17.0],
+                         "original_max_position_embeddings": 16}),
     # Mistral: GQA and a sliding window shorter than the test sequence.
     "mistral-window": lambda: transformers.MistralConfig(**COMMON, num_key_value_heads=2,
                                                          head_dim=16, sliding_window=7),
@@ -152,7 +176,7 @@ def test_decode_with_cache_equals_full_forward(models, case):
     assert (stepped - _hf_logits(hf, ids)).abs().max().item() <= TOL
 
 
-@pytest.mark.parametrize("case", ["llama-gqa", "gpt2", "mistral-window"])
+@pytest.mark.parametrize("case", ["llama-gqa", "gpt2", "mistral-window", "qwen3", "gemma3", "phi3"])
 def test_flattened_batch_equals_separate_sequences(models, case):
     """Three sequences of different lengths in one forward (shuffled, non-contiguous blocks),
     with logits only at each sequence's last token, equal each sequence run alone."""
@@ -185,6 +209,17 @@ def test_cuda_logits_match_transformers(models, case, family):
     ids = _ids(23, seed=1)
     with ops.using_cuda_kernels(family):
         assert (_full_forward(loaded, ids) - _hf_logits(hf, ids)).abs().max().item() <= TOL
+
+
+def test_phi3_short_factors_within_the_original_context(models, tmp_path):
+    """Phi-3 run with a context no longer than the original one takes the short factors, as
+    transformers does on an input that stays within it."""
+    hf, _ = models["phi3"]
+    loaded = load_model(FOLDERS["phi3"], context_length=16)
+    ids = _ids(14, seed=5)
+    assert (_full_forward(loaded, ids) - _hf_logits(hf, ids)).abs().max().item() <= TOL
+    long = load_model(FOLDERS["phi3"])  # context 64: the long factors, which differ here
+    assert (_full_forward(long, ids) - _hf_logits(hf, ids)).abs().max().item() > 1e-2
 
 
 def test_bf16_checkpoint_matches_transformers(tmp_path):
@@ -264,7 +299,8 @@ def test_config_from_gguf_names_the_bad_key(key, value, match):
 def test_config_from_hf_families(case):
     d = CASES[case]().to_dict()
     cfg = ModelConfig.from_hf(d)
-    assert cfg.family == d["model_type"] and cfg.vocab_size == VOCAB
+    assert cfg.family == {"gemma3_text": "gemma3"}.get(d["model_type"], d["model_type"])
+    assert cfg.vocab_size == VOCAB
     assert cfg.rope_layout == "neox"
 
 
@@ -282,6 +318,65 @@ def test_config_from_hf_names_the_bad_key(key, value, match):
     d[key] = value
     with pytest.raises(ModelFormatError, match=match):
         ModelConfig.from_hf(d)
+
+
+@pytest.mark.parametrize("case,key,value,match", [
+    ("gemma3", "final_logit_softcapping", 30.0, "final_logit_softcapping=30.0 is not supported"),
+    ("gemma3", "attn_logit_softcapping", 50.0, "attn_logit_softcapping=50.0 is not supported"),
+    ("gemma3", "hidden_activation", "relu", "hidden_activation 'relu'"),
+    ("gemma3", "query_pre_attn_scalar", -4, "query_pre_attn_scalar must be > 0"),
+    ("gemma3", "model_type", "gemma3", "only the text model"),
+    ("phi3", "rope_parameters", {"rope_type": "longrope", "rope_theta": 1e4,
+                                 "partial_rotary_factor": 0.5, "short_factor": [1.0, 2.0],
+                                 "long_factor": [1.0, 2.0, 3.0, 4.0],
+                                 "original_max_position_embeddings": 16},
+     "short_factor must be 4 positive numbers"),
+    ("phi3", "rope_parameters", {"rope_type": "longrope", "rope_theta": 1e4,
+                                 "long_factor": [1.0] * 8,
+                                 "original_max_position_embeddings": 16},
+     "longrope needs short_factor"),
+    ("phi3", "partial_rotary_factor", 1.5, "partial_rotary_factor must be in"),
+])
+def test_config_from_hf_new_families_name_the_bad_key(case, key, value, match):
+    d = CASES[case]().to_dict()
+    if key == "partial_rotary_factor":
+        d["rope_parameters"].pop(key)
+    d[key] = value
+    with pytest.raises(ModelFormatError, match=match):
+        ModelConfig.from_hf(d)
+
+
+def test_config_from_gguf_reads_new_families():
+    """qwen3 and gemma3 are NeoX-rotated with QK-norm (seen from the tensors); gemma3 gets its
+    layer pattern, softmax scale, sqrt(d) embedding scale and local RoPE base."""
+    tensors = {"token_embd.weight": SimpleNamespace(shape=(VOCAB, 64)),
+               "blk.0.attn_q_norm.weight": SimpleNamespace(shape=(32,))}
+
+    def file(arch: str, extra_tensors: dict | None = None, **extra) -> SimpleNamespace:
+        md = {f"{arch}.{k[6:]}" if k.startswith("llama.") else k: v
+              for k, v in _gguf().metadata.items()}
+        md.update({"general.architecture": arch, f"{arch}.attention.key_length": 32,
+                   f"{arch}.attention.value_length": 32, **extra})
+        return SimpleNamespace(path="x.gguf", metadata=md,
+                               tensors={**tensors, **(extra_tensors or {})})
+
+    q = ModelConfig.from_gguf(file("qwen3"))
+    assert (q.family, q.rope_layout, q.qk_norm, q.head_dim, q.post_norms) == (
+        "qwen3", "neox", True, 32, False)
+    g = ModelConfig.from_gguf(file("gemma3", **{"gemma3.attention.sliding_window": 8,
+                                                "gemma3.attention.sliding_window_pattern": 2}))
+    assert g.post_norms and g.activation == "geglu" and g.window_layers == (0,)
+    assert (g.window(0), g.window(1)) == (8, 0) and g.rope_local_theta == 10000.0
+    assert math.isclose(g.embed_scale, 8.0) and math.isclose(g.attn_scale, 32 ** -0.5)
+    big = ModelConfig.from_gguf(file("gemma3", **{"gemma3.block_count": 62}))  # llama.cpp's 27B
+    assert math.isclose(big.attn_scale, (64 / 4) ** -0.5)
+    factors = {"rope_factors_long.weight": SimpleNamespace(shape=(16,))}
+    with pytest.raises(ModelFormatError, match="original_context_length is missing"):
+        ModelConfig.from_gguf(file("phi3", factors))
+    p = ModelConfig.from_gguf(file("phi3", factors,
+                                   **{"phi3.rope.scaling.original_context_length": 16}))
+    assert p.rope_scaling is not None and p.rope_scaling["type"] == "longrope"
+    assert math.isclose(p.rope_scaling["attention_factor"], math.sqrt(1 + math.log(4) / math.log(16)))
 
 
 def test_config_old_style_rope_keys():
@@ -324,12 +419,41 @@ def _write_gguf(hf, path: Path, arch: str, qtypes: dict[str, str]) -> None:
     w.add_uint32(f"{a}.attention.head_count", n_head)
     w.add_uint32(f"{a}.attention.head_count_kv", n_kv)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps)
-    w.add_float32(f"{a}.rope.freq_base", cfg.rope_parameters["rope_theta"])
+    rope = cfg.rope_parameters.get("full_attention", cfg.rope_parameters)  # Gemma 3: per layer type
+    w.add_float32(f"{a}.rope.freq_base", rope["rope_theta"])
+    phi3 = arch == "phi3"
+    if phi3:  # LongRoPE: the factors as tensors, the original context and attention factor
+        head_dim = cfg.hidden_size // n_head
+        w.add_uint32(f"{a}.rope.dimension_count", int(head_dim * rope["partial_rotary_factor"]))
+        orig = rope["original_max_position_embeddings"]
+        w.add_uint32(f"{a}.rope.scaling.original_context_length", orig)
+        factor = cfg.max_position_embeddings / orig
+        w.add_float32(f"{a}.rope.scaling.attn_factor",
+                      math.sqrt(1 + math.log(factor) / math.log(orig)))
+        for kind in ("long", "short"):
+            w.add_tensor(f"rope_factors_{kind}.weight",
+                         torch.tensor(rope[f"{kind}_factor"], dtype=torch.float32).numpy())
+    if rope.get("rope_type") == "linear":
+        w.add_string(f"{a}.rope.scaling.type", "linear")
+        w.add_float32(f"{a}.rope.scaling.factor", rope["factor"])
+    gemma = arch == "gemma3"
+    if gemma:
+        w.add_uint32(f"{a}.attention.sliding_window", cfg.sliding_window)
+        pattern = cfg.layer_types.index("full_attention") + 1
+        w.add_uint32(f"{a}.attention.sliding_window_pattern", pattern)
     w.add_uint32(f"{a}.vocab_size", cfg.vocab_size)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+    if head_dim * n_head != cfg.hidden_size:
+        w.add_uint32(f"{a}.attention.key_length", head_dim)
+        w.add_uint32(f"{a}.attention.value_length", head_dim)
 
     def put(name: str, param: torch.nn.Parameter, kind: str, heads: int = 0) -> None:
         qtype = qtypes.get(kind, "f32") if param.dim() == 2 else "f32"
         data = param.detach().float()
+        if gemma and kind == "norm":  # llama.cpp's converter stores Gemma's 1 + w
+            stored = data + 1.0
+            w.add_tensor(name, stored.numpy(), raw_dtype=types["f32"])
+            return
         if qtype not in ("f32", "f16"):
             raw = quant.quantize(data, qtype)
             param.data.copy_(quant.dequantize(raw, qtype, data.shape[1]))
@@ -349,7 +473,19 @@ def _write_gguf(hf, path: Path, arch: str, qtypes: dict[str, str]) -> None:
     for i, layer in enumerate(m.layers):
         at, mlp = layer.self_attn, layer.mlp
         put(f"blk.{i}.attn_norm.weight", layer.input_layernorm.weight, "norm")
-        put(f"blk.{i}.ffn_norm.weight", layer.post_attention_layernorm.weight, "norm")
+        if gemma:
+            put(f"blk.{i}.post_attention_norm.weight", layer.post_attention_layernorm.weight,
+                "norm")
+            put(f"blk.{i}.ffn_norm.weight", layer.pre_feedforward_layernorm.weight, "norm")
+            put(f"blk.{i}.post_ffw_norm.weight", layer.post_feedforward_layernorm.weight, "norm")
+        else:
+            put(f"blk.{i}.ffn_norm.weight", layer.post_attention_layernorm.weight, "norm")
+        if phi3:  # fused in the checkpoint and in llama.cpp's file ([gate; up] as ffn_up)
+            put(f"blk.{i}.attn_qkv.weight", at.qkv_proj.weight, "q")
+            put(f"blk.{i}.attn_output.weight", at.o_proj.weight, "o")
+            put(f"blk.{i}.ffn_up.weight", mlp.gate_up_proj.weight, "up")
+            put(f"blk.{i}.ffn_down.weight", mlp.down_proj.weight, "down")
+            continue
         put(f"blk.{i}.attn_q.weight", at.q_proj.weight, "q", n_head)
         put(f"blk.{i}.attn_k.weight", at.k_proj.weight, "k", n_kv)
         put(f"blk.{i}.attn_v.weight", at.v_proj.weight, "v")
@@ -358,6 +494,9 @@ def _write_gguf(hf, path: Path, arch: str, qtypes: dict[str, str]) -> None:
             put(f"blk.{i}.attn_q.bias", at.q_proj.bias, "bias", n_head)
             put(f"blk.{i}.attn_k.bias", at.k_proj.bias, "bias", n_kv)
             put(f"blk.{i}.attn_v.bias", at.v_proj.bias, "bias")
+        if hasattr(at, "q_norm"):  # Qwen3's QK-norm
+            put(f"blk.{i}.attn_q_norm.weight", at.q_norm.weight, "norm")
+            put(f"blk.{i}.attn_k_norm.weight", at.k_norm.weight, "norm")
         put(f"blk.{i}.ffn_gate.weight", mlp.gate_proj.weight, "gate")
         put(f"blk.{i}.ffn_up.weight", mlp.up_proj.weight, "up")
         put(f"blk.{i}.ffn_down.weight", mlp.down_proj.weight, "down")
@@ -377,6 +516,15 @@ GGUF_CASES = {
     "qwen2": ("qwen2", "qwen2", {"q": "q8_0", "k": "q8_0", "v": "q8_0", "o": "f16",
                                 "gate": "q8_0", "up": "q8_0", "down": "q4_1", "embed": "f16",
                                 "head": "q8_0"}),
+    # Qwen3: NeoX RoPE, QK-norm vectors, no biases, head_dim from key_length, tied embedding.
+    "qwen3": ("qwen3", "qwen3", {"q": "q8_0", "k": "q4_0", "v": "q8_0", "o": "q4_1",
+                                "gate": "q8_0", "up": "q8_0", "down": "f16", "embed": "q8_0"}),
+    # Phi-3: fused QKV and gate/up in the file, LongRoPE factors as tensors, untied head.
+    "phi3": ("phi3", "phi3", {"q": "q8_0", "o": "q4_1", "up": "q8_0", "down": "q4_0",
+                             "embed": "f16", "head": "q8_0"}),
+    # Gemma 3: norms stored as 1 + w, post-norms, local/global layers, linear-scaled global RoPE.
+    "gemma3": ("gemma3", "gemma3", {"q": "q8_0", "k": "q4_0", "v": "q8_0", "o": "q4_1",
+                                   "gate": "q8_0", "up": "q4_0", "down": "f16", "embed": "q8_0"}),
 }
 
 
@@ -388,14 +536,17 @@ def test_gguf_quantized_model_matches_transformers(tmp_path, case):
     cfg = CASES[hf_case]()
     if case == "qwen2":
         cfg.tie_word_embeddings = False
+    if case == "gemma3":  # llama.cpp scales by 1/sqrt(head_dim): the file has no other scalar
+        cfg.query_pre_attn_scalar = cfg.head_dim
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
     _randomize(hf, seed=7)
     _write_gguf(hf, tmp_path / "tiny.gguf", arch, qtypes)
     loaded = load_model(tmp_path / "tiny.gguf")
     assert loaded.config.rope_layout == ("normal" if arch == "llama" else "neox")
+    assert loaded.config.qk_norm == (arch in ("qwen3", "gemma3"))
     qkv = loaded.model.gpt.blocks[0].attn.qkv
-    assert type(qkv).__name__ == ("ConcatLinear" if case == "llama" else "Linear")
+    assert type(qkv).__name__ == ("Linear" if case in ("qwen2", "phi3") else "ConcatLinear")
     ids = _ids(23, seed=4)
     ref = _hf_logits(hf, ids)
     assert (_full_forward(loaded, ids) - ref).abs().max().item() <= TOL

@@ -1,4 +1,5 @@
-"""One ModelConfig for every decoder-only family pyllm runs (GPT-2, Llama, Mistral, Qwen2).
+"""One ModelConfig for every decoder-only family pyllm runs (GPT-2, Llama, Mistral, Qwen2,
+Qwen3, Gemma 3, Phi-3).
 
 Configs come from GGUF metadata (`ModelConfig.from_gguf`) or a Hugging Face `config.json`
 (`ModelConfig.from_hf`). Both validate every hyper-parameter before a tensor is allocated: a
@@ -15,7 +16,9 @@ from typing import Any, TypeGuard
 
 from pyllm.errors import ModelFormatError
 
-FAMILIES = ("gpt2", "llama", "mistral", "qwen2")
+FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3")
+# Hugging Face model_type -> family, where they differ
+_HF_MODEL_TYPES = {"gemma3_text": "gemma3"}
 
 # Sanity bounds: far above any real model, low enough that a corrupted value is caught before
 # it sizes an allocation.
@@ -36,7 +39,7 @@ class ModelConfig:
     field), so validation errors can name what is wrong in the user's file.
     """
 
-    family: str  # "gpt2" | "llama" | "mistral" | "qwen2"
+    family: str  # one of FAMILIES
     vocab_size: int
     n_layer: int
     n_head: int
@@ -49,20 +52,31 @@ class ModelConfig:
     max_position: int
     norm: str = "rms"  # "rms" | "layer"
     norm_eps: float = 1e-5
-    activation: str = "swiglu"  # "swiglu" | "gelu_tanh"
+    activation: str = "swiglu"  # "swiglu" | "geglu" (gelu_tanh(gate) * up) | "gelu_tanh"
     position: str = "rope"  # "rope" | "learned"
     rope_theta: float = 10000.0
     rotary_dim: int = 0  # 0 -> head_dim
     # None, {"type": "linear", "factor": f}, or {"type": "llama3", "factor", "low_freq_factor",
     # "high_freq_factor", "original_max_position_embeddings"} (as ops.rope_cos_sin takes it);
     # GGUF files may carry per-frequency factors as a `rope_freqs.weight` tensor instead
-    # ({"type": "freq_factors"}, applied by the loader).
+    # ({"type": "freq_factors"}, applied by the loader). Phi-3's LongRoPE: {"type": "longrope",
+    # "short_factor", "long_factor" (R/2 divisors each; a GGUF has them as rope_factors_short/long
+    # tensors), "original_max_position_embeddings", "attention_factor"}: the long factors apply
+    # when the context in use exceeds the original one (pyllm/model/loader.py).
     rope_scaling: dict[str, Any] | None = None
     rope_layout: str = "neox"  # "neox" (pairs i, i+R/2) | "normal" (pairs 2i, 2i+1)
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
     norm_bias: bool = False  # LayerNorm with a bias (GPT-2)
+    qk_norm: bool = False  # RMSNorm over each head of q and k before RoPE (Qwen3, Gemma 3)
+    # Gemma 3: RMSNorms after attention and after the MLP too (before their residual adds),
+    # embeddings times sqrt(n_embd), softmax scale 1/sqrt(query_pre_attn_scalar), and the
+    # sliding-window layers rotating with their own RoPE base (no scaling).
+    post_norms: bool = False
+    embed_scale: float = 1.0
+    attn_scale: float = 0.0  # 0 -> 1/sqrt(head_dim)
+    rope_local_theta: float = 0.0  # 0: window layers use rope_theta and rope_scaling too
     tied_embeddings: bool = False
     sliding_window: int = 0  # 0: full attention
     window_layers: tuple[int, ...] | None = None  # layers that use sliding_window (None: all)
@@ -124,7 +138,7 @@ class ModelConfig:
             )
         for name, allowed in (
             ("norm", ("rms", "layer")),
-            ("activation", ("swiglu", "gelu_tanh")),
+            ("activation", ("swiglu", "geglu", "gelu_tanh")),
             ("position", ("rope", "learned")),
             ("rope_layout", ("neox", "normal")),
         ):
@@ -141,6 +155,10 @@ class ModelConfig:
                     "rotary_dim", f"must be even and in [2, head_dim={self.head_dim}], got {r!r}"
                 )
             self._validate_rope_scaling()
+        for name in ("embed_scale", "attn_scale", "rope_local_theta"):
+            value = getattr(self, name)
+            if not _finite(value) or not 0 <= value <= 1e12:
+                self._fail(name, f"must be a number in [0, 1e12], got {value!r}")
         if self.sliding_window < 0:
             self._fail("sliding_window", f"must be >= 0, got {self.sliding_window}")
         if self.window_layers is not None and any(
@@ -153,12 +171,35 @@ class ModelConfig:
         if s is None:
             return
         kind = s.get("type")
-        if kind not in ("linear", "llama3", "freq_factors"):
+        if kind not in ("linear", "llama3", "freq_factors", "longrope"):
             self._fail(
                 "rope_scaling",
                 f"type {kind!r} is not supported (supported: none, linear, "
-                "llama3, and GGUF rope_freqs factors)",
+                "llama3, longrope, and GGUF rope_freqs factors)",
             )
+        if kind == "longrope":
+            orig, af = s.get("original_max_position_embeddings"), s.get("attention_factor")
+            if not isinstance(orig, int) or not 1 <= orig <= _MAX_POSITION:
+                self._fail(
+                    "rope_scaling",
+                    f"original_max_position_embeddings must be a positive integer, got {orig!r}",
+                )
+            if not _finite(af) or not 0 < af <= 1e3:
+                self._fail("rope_scaling", f"attention_factor must be positive, got {af!r}")
+            for name in ("short_factor", "long_factor"):
+                f = s.get(name)
+                if f is None:
+                    continue  # a GGUF's tensors, checked by the loader
+                if (
+                    not isinstance(f, (list, tuple))
+                    or len(f) != self.rotary_dim // 2
+                    or not all(_finite(x) and x > 0 for x in f)
+                ):
+                    self._fail(
+                        "rope_scaling",
+                        f"{name} must be {self.rotary_dim // 2} positive numbers "
+                        f"(rotary_dim / 2), got {str(f)[:80]}",
+                    )
         if kind in ("linear", "llama3"):
             factor = s.get("factor")
             if not _finite(factor) or not 0 < factor <= 1e6:
@@ -290,6 +331,16 @@ class ModelConfig:
             )
         elif f"{a}.rope.scale_linear" in md:
             scaling = {"type": "linear", "factor": r.get(f"{a}.rope.scale_linear", float)}
+        if "rope_factors_long.weight" in tensors:  # Phi-3's LongRoPE
+            orig = r.get(f"{a}.rope.scaling.original_context_length", int)
+            factor = common["max_position"] / orig if isinstance(orig, int) and orig > 0 else 1.0
+            scaling = {
+                "type": "longrope",
+                "original_max_position_embeddings": orig,
+                "attention_factor": r.get(
+                    f"{a}.rope.scaling.attn_factor", float, _longrope_attention(factor, orig)
+                ),
+            }
         if "rope_freqs.weight" in tensors:
             if scaling is not None:
                 raise ModelFormatError(
@@ -303,8 +354,16 @@ class ModelConfig:
             rotary_dim=get("rotary_dim", f"{a}.rope.dimension_count", int, head_dim),
             rope_scaling=scaling,
             # llama.cpp's converter permutes Llama/Mistral Q and K rows for its "normal" (adjacent
-            # pair) RoPE; Qwen2 is stored unpermuted and uses NeoX (see pyllm/model/loader.py).
-            rope_layout="neox" if a == "qwen2" else "normal",
+            # pair) RoPE; Qwen2/Qwen3 are stored unpermuted and use NeoX (pyllm/model/loader.py).
+            rope_layout="neox" if a in ("qwen2", "qwen3", "gemma3", "phi3") else "normal",
+            qk_norm="blk.0.attn_q_norm.weight" in tensors,
+            **(
+                _gemma3_gguf(
+                    r, a, n_embd, n_head, head_dim, get("n_layer", f"{a}.block_count", int)
+                )
+                if a == "gemma3"
+                else {}
+            ),
             qkv_bias="blk.0.attn_q.bias" in tensors,
             o_bias="blk.0.attn_output.bias" in tensors,
             mlp_bias="blk.0.ffn_up.bias" in tensors,
@@ -315,15 +374,24 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, config: Mapping[str, Any], where: str = "config.json") -> ModelConfig:
-        """Read a Hugging Face config.json (model_type gpt2, llama, mistral or qwen2)."""
+        """Read a Hugging Face config.json (model_type gpt2, llama, mistral, qwen2, qwen3,
+        gemma3_text or phi3)."""
         r = _Reader(config, where)
         mt = config.get("model_type")
+        if mt == "gemma3":  # Gemma3ForConditionalGeneration: the text model sits in text_config
+            raise ModelFormatError(
+                f"{where}: model_type 'gemma3' is the multimodal Gemma 3; only the text model "
+                "(model_type gemma3_text, Gemma3ForCausalLM) is supported"
+            )
+        mt = _HF_MODEL_TYPES.get(mt, mt) if isinstance(mt, str) else mt
         if mt not in FAMILIES:
             raise ModelFormatError(
                 f"{where}: model_type {mt!r} is not supported (supported: {', '.join(FAMILIES)})"
             )
         if mt == "gpt2":
             return cls._from_hf_gpt2(r, where)
+        if mt == "gemma3":
+            return cls._from_hf_gemma3(config, r, where)
         keys = {
             "vocab_size": "vocab_size",
             "n_layer": "num_hidden_layers",
@@ -355,8 +423,23 @@ class ModelConfig:
                 )
             head_dim = n_embd // n_head
         theta, scaling = _hf_rope(config, r, where)
-        if mt == "qwen2":
-            qkv_bias, o_bias = True, False
+        rotary_dim = head_dim
+        params = config.get("rope_parameters")
+        partial = config.get("partial_rotary_factor")
+        if isinstance(params, Mapping) and "partial_rotary_factor" in params:
+            partial = params["partial_rotary_factor"]
+        if partial is not None:
+            if not _finite(partial) or not 0 < partial <= 1:
+                raise ModelFormatError(
+                    f"{where}: partial_rotary_factor must be in (0, 1], got {partial!r}"
+                )
+            rotary_dim = int(head_dim * partial)
+        if mt in ("qwen2", "qwen3"):
+            # Qwen2 always has QKV biases; Qwen3 has none unless attention_bias says so.
+            if mt == "qwen2":
+                qkv_bias, o_bias = True, False
+            else:
+                qkv_bias = o_bias = bool(config.get("attention_bias", False))
             window, window_layers = 0, None
             if config.get("use_sliding_window"):
                 window = r.get("sliding_window", int, 0) or 0
@@ -370,7 +453,7 @@ class ModelConfig:
                     window_layers = tuple(range(start, r.get("num_hidden_layers", int)))
         else:
             qkv_bias = o_bias = bool(config.get("attention_bias", False))
-            window = (r.get("sliding_window", int, 0) or 0) if mt == "mistral" else 0
+            window = (r.get("sliding_window", int, 0) or 0) if mt in ("mistral", "phi3") else 0
             window_layers = None
         return cls(
             family=mt,
@@ -384,6 +467,7 @@ class ModelConfig:
             max_position=r.get("max_position_embeddings", int),
             norm_eps=r.get("rms_norm_eps", float, 1e-6),
             rope_theta=theta,
+            rotary_dim=rotary_dim,
             rope_scaling=scaling,
             rope_layout="neox",
             qkv_bias=qkv_bias,
@@ -392,6 +476,93 @@ class ModelConfig:
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
             sliding_window=window,
             window_layers=window_layers,
+            qk_norm=mt == "qwen3",
+            keys=keys,
+            source=where,
+        )
+
+    @classmethod
+    def _from_hf_gemma3(cls, config: Mapping[str, Any], r: _Reader, where: str) -> ModelConfig:
+        """Gemma 3's text model (model_type gemma3_text, Gemma3ForCausalLM)."""
+        act = r.get("hidden_activation", str, "gelu_pytorch_tanh")
+        if act not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast"):
+            raise ModelFormatError(
+                f"{where}: hidden_activation {act!r} is not supported (gelu_pytorch_tanh)"
+            )
+        if config.get("use_bidirectional_attention"):
+            raise ModelFormatError(f"{where}: use_bidirectional_attention=true is not supported")
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if config.get(key) is not None:
+                raise ModelFormatError(
+                    f"{where}: {key}={config[key]!r} is not supported (softcapping)"
+                )
+        n_embd, n_head = r.get("hidden_size", int), r.get("num_attention_heads", int)
+        n_layer = r.get("num_hidden_layers", int)
+        head_dim = r.get("head_dim", int, 256)
+        theta, scaling = _hf_rope(config, r, where)
+        params = config.get("rope_parameters")
+        local = params.get("sliding_attention") if isinstance(params, Mapping) else None
+        if isinstance(local, Mapping):
+            if local.get("rope_type", "default") != "default":
+                raise ModelFormatError(
+                    f"{where}: rope_parameters.sliding_attention rope_type "
+                    f"{local.get('rope_type')!r} is not supported (default)"
+                )
+            local_theta = _Reader(local, f"{where} rope_parameters.sliding_attention").get(
+                "rope_theta", float, 10000.0
+            )
+        else:
+            local_theta = r.get("rope_local_base_freq", float, 10000.0)
+        types = config.get("layer_types")
+        if isinstance(types, list):
+            window_layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+        else:
+            pattern = r.get("sliding_window_pattern", int, 6)
+            window_layers = tuple(i for i in range(n_layer) if (i + 1) % max(pattern, 1))
+        scalar = r.get("query_pre_attn_scalar", float, float(head_dim))
+        if scalar <= 0:
+            raise ModelFormatError(f"{where}: query_pre_attn_scalar must be > 0, got {scalar}")
+        keys = {
+            "vocab_size": "vocab_size",
+            "n_layer": "num_hidden_layers",
+            "n_head": "num_attention_heads",
+            "n_kv_head": "num_key_value_heads",
+            "n_embd": "hidden_size",
+            "head_dim": "head_dim",
+            "n_ff": "intermediate_size",
+            "max_position": "max_position_embeddings",
+            "norm_eps": "rms_norm_eps",
+            "rope_theta": "rope_theta",
+            "rope_scaling": "rope_scaling",
+            "sliding_window": "sliding_window",
+            "rope_local_theta": "rope_local_base_freq",
+            "attn_scale": "query_pre_attn_scalar",
+        }
+        return cls(
+            family="gemma3",
+            vocab_size=r.get("vocab_size", int),
+            n_layer=n_layer,
+            n_head=n_head,
+            n_kv_head=r.get("num_key_value_heads", int, n_head),
+            n_embd=n_embd,
+            head_dim=head_dim,
+            n_ff=r.get("intermediate_size", int),
+            max_position=r.get("max_position_embeddings", int),
+            norm_eps=r.get("rms_norm_eps", float, 1e-6),
+            activation="geglu",
+            rope_theta=theta,
+            rope_scaling=scaling,
+            rope_layout="neox",
+            qkv_bias=bool(config.get("attention_bias", False)),
+            o_bias=bool(config.get("attention_bias", False)),
+            tied_embeddings=bool(config.get("tie_word_embeddings", True)),
+            sliding_window=r.get("sliding_window", int, 0) or 0,
+            window_layers=window_layers,
+            qk_norm=True,
+            post_norms=True,
+            embed_scale=math.sqrt(n_embd) if isinstance(n_embd, int) and n_embd > 0 else 1.0,
+            attn_scale=scalar**-0.5,
+            rope_local_theta=local_theta,
             keys=keys,
             source=where,
         )
@@ -451,6 +622,25 @@ class ModelConfig:
 # ---------------------------------------------------------------------- helpers
 
 _MISSING = object()
+
+
+def _gemma3_gguf(
+    r: _Reader, a: str, n_embd: int, n_head: int, head_dim: int, n_layer: int
+) -> dict[str, Any]:
+    """Gemma 3's extra hyper-parameters in a GGUF. llama.cpp does not store the softmax scale,
+    the local RoPE base or (in most files) the layer pattern: it uses 1/sqrt(head_dim) (for the
+    62-layer 27B model 1/sqrt(n_embd / n_head), its query_pre_attn_scalar), 10000 and every
+    sixth layer global, and so does this."""
+    pattern = r.get(f"{a}.attention.sliding_window_pattern", int, 6)
+    scalar = n_embd / n_head if n_layer == 62 and n_head > 0 else head_dim
+    return dict(
+        activation="geglu",
+        post_norms=True,
+        embed_scale=math.sqrt(n_embd) if n_embd > 0 else 1.0,
+        attn_scale=1.0 / math.sqrt(scalar) if scalar > 0 else 0.0,
+        rope_local_theta=10000.0,
+        window_layers=tuple(i for i in range(n_layer) if (i + 1) % max(pattern, 1)),
+    )
 
 
 def _finite(x: Any) -> TypeGuard[float]:
@@ -546,6 +736,37 @@ def _hf_rope(config: Mapping[str, Any], r: _Reader, where: str) -> tuple[float, 
             "high_freq_factor": sr.get("high_freq_factor", float),
             "original_max_position_embeddings": sr.get("original_max_position_embeddings", int),
         }
+    if kind in ("longrope", "su"):
+        orig = sr.get(
+            "original_max_position_embeddings",
+            int,
+            r.get("original_max_position_embeddings", int, None),
+        )
+        if orig is None or orig <= 0:
+            raise ModelFormatError(
+                f"{where}: longrope needs original_max_position_embeddings (a positive integer)"
+            )
+        for name in ("short_factor", "long_factor"):
+            if scaling_src.get(name) is None:
+                raise ModelFormatError(f"{where}: longrope needs {name}")
+        factor = sr.get("factor", float, r.get("max_position_embeddings", int) / orig)
+        return theta, {
+            "type": "longrope",
+            "short_factor": scaling_src.get("short_factor"),
+            "long_factor": scaling_src.get("long_factor"),
+            "original_max_position_embeddings": orig,
+            "attention_factor": sr.get(
+                "attention_factor", float, _longrope_attention(factor, orig)
+            ),
+        }
     raise ModelFormatError(
-        f"{where}: rope scaling type {kind!r} is not supported (supported: default, linear, llama3)"
+        f"{where}: rope scaling type {kind!r} is not supported "
+        "(supported: default, linear, llama3, longrope)"
     )
+
+
+def _longrope_attention(factor: float, original: int) -> float:
+    """LongRoPE's default scale of cos and sin: sqrt(1 + ln(factor) / ln(original context))."""
+    if factor <= 1.0 or original <= 1:
+        return 1.0
+    return math.sqrt(1 + math.log(factor) / math.log(original))

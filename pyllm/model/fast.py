@@ -110,7 +110,7 @@ class FastForward:
     """One model's runner; raises `Unsupported` when the model cannot use it."""
 
     def __init__(self, model: GPT) -> None:
-        from pyllm.model.gpt import MLP
+        from pyllm.model.gpt import MLP, SandwichBlock
 
         cfg = model.config
         keep: list = []  # every tensor whose memory the runner reads
@@ -153,6 +153,10 @@ class FastForward:
             attn, mlp = block.attn, block.mlp
             if type(mlp) is not MLP or attn.scale != scale or not attn.rope == rope:
                 raise Unsupported("layers differ from one another")
+            if attn.q_norm is not None or attn.k_norm is not None:
+                raise Unsupported("the C++ runner has no per-head QK-norm")
+            if isinstance(block, SandwichBlock) or mlp.activation == "geglu" or attn.local_rope:
+                raise Unsupported("the C++ runner has no post-norms, GeGLU or second RoPE base")
             self.runner.add_layer(
                 _norm_args(block.attn_norm, C, keep),
                 _linear_args(attn.qkv, keep),

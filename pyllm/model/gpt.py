@@ -1,4 +1,4 @@
-"""The GPT: one decoder-only transformer for the GPT-2 and Llama families (nanoGPT-shaped).
+"""The GPT: one decoder-only transformer for every family (GPT-2, Llama-like, Gemma 3).
 
 The forward pass runs on a flattened batch (vLLM style): `input_ids [T]` are the new tokens of B
 sequences back to back, `AttentionMetadata` says which rows belong to which sequence and where
@@ -15,6 +15,7 @@ Shape legend: T tokens in the step, C = n_embd, Hq / Hkv heads, D head dim, V vo
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -28,14 +29,28 @@ from pyllm.ops.kv_cache import check_write_kv_cache
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, qkv: nn.Module, o: Linear) -> None:
+    """Multi-head attention over the paged KV cache. `q_norm` / `k_norm` (Qwen3's QK-norm): an
+    RMSNorm over each head's D values of q and k, applied before RoPE."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        layer: int,
+        qkv: nn.Module,
+        o: Linear,
+        q_norm: Norm | None = None,
+        k_norm: Norm | None = None,
+    ) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.qkv = qkv  # fused [Wq; Wk; Wv]: C -> (Hq + 2 Hkv) D
         self.o = o  # Hq D -> C
-        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self.q_norm, self.k_norm = q_norm, k_norm  # weights [D], or None
+        self.scale = cfg.attn_scale or 1.0 / math.sqrt(cfg.head_dim)
         self.window = cfg.window(layer)
         self.rope = cfg.position == "rope"
+        # Gemma 3: sliding-window layers rotate with their own base (the GPT's cos_sin_local)
+        self.local_rope = bool(self.window and cfg.rope_local_theta)
         self.neox = cfg.rope_layout == "neox"
 
     def forward(
@@ -51,6 +66,9 @@ class CausalSelfAttention(nn.Module):
         qkv = self.qkv(x)  # (T, (Hq + 2 Hkv) D)
         q, k, v = qkv.split([Hq * D, Hkv * D, Hkv * D], dim=-1)
         q, k, v = q.view(T, Hq, D), k.view(T, Hkv, D), v.view(T, Hkv, D)
+        if self.q_norm is not None and self.k_norm is not None:
+            q = self.q_norm(q.reshape(T * Hq, D)).view(T, Hq, D)
+            k = self.k_norm(k.reshape(T * Hkv, D)).view(T, Hkv, D)
         if self.rope:
             assert cos_sin is not None  # the loader builds the table for RoPE models
             q, k = ops.rope(
@@ -73,17 +91,24 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU (Llama: down(silu(gate x) * up x)) or GELU (GPT-2: proj(gelu(fc x)))."""
+    """SwiGLU (Llama: down(silu(gate x) * up x)), GeGLU (Gemma: down(gelu_tanh(gate x) * up x))
+    or GELU (GPT-2: proj(gelu(fc x)))."""
 
     def __init__(self, activation: str, up: nn.Module, down: Linear) -> None:
         super().__init__()
         self.activation = activation
-        self.up = up  # swiglu: fused [W_gate; W_up] C -> 2F; gelu: C -> F
+        self.up = up  # swiglu / geglu: fused [W_gate; W_up] C -> 2F; gelu: C -> F
         self.down = down  # F -> C
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)  # (T, 2F) or (T, F)
-        h = ops.silu_mul(h) if self.activation == "swiglu" else ops.gelu_tanh(h)  # (T, F)
+        if self.activation == "swiglu":
+            h = ops.silu_mul(h)  # (T, F)
+        elif self.activation == "geglu":
+            gate, up = h.chunk(2, dim=-1)  # (T, F) each
+            h = ops.gelu_tanh(gate.contiguous()) * up  # (T, F)
+        else:
+            h = ops.gelu_tanh(h)  # (T, F)
         return self.down(h)  # (T, C)
 
 
@@ -116,10 +141,47 @@ class Block(nn.Module):
         return self.mlp(h), residual
 
 
+class SandwichBlock(Block):
+    """Gemma 3's block: besides the pre-norms, a norm on the attention output and one on the MLP
+    output, each before its residual add:
+        s = s + post_attn_norm(attn(attn_norm(s)));  s = s + post_mlp_norm(mlp(mlp_norm(s)))
+    It keeps Block's (output, residual) protocol, so the GPT loop is the same."""
+
+    def __init__(
+        self,
+        attn_norm: Norm,
+        attn: CausalSelfAttention,
+        post_attn_norm: Norm,
+        mlp_norm: Norm,
+        mlp: MLP,
+        post_mlp_norm: Norm,
+    ) -> None:
+        super().__init__(attn_norm, attn, mlp_norm, mlp)
+        self.post_attn_norm, self.post_mlp_norm = post_attn_norm, post_mlp_norm
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        meta: AttentionMetadata,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        cos_sin: torch.Tensor | None,
+        validated: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            h, residual = self.attn_norm(x), x
+        else:
+            h, residual = self.attn_norm.add_forward(x, residual)  # (T, C), (T, C)
+        h = self.post_attn_norm(self.attn(h, meta, kv_cache, cos_sin, validated))  # (T, C)
+        h, residual = self.mlp_norm.add_forward(h, residual)  # (T, C), (T, C)
+        return self.post_mlp_norm(self.mlp(h)), residual
+
+
 class GPT(nn.Module):
     """Embeddings -> n_layer Blocks -> final norm -> lm_head, over a flattened batch."""
 
-    cos_sin: torch.Tensor | None  # a buffer (register_buffer), declared for type checkers
+    cos_sin: torch.Tensor | None  # buffers (register_buffer), declared for type checkers
+    cos_sin_local: torch.Tensor | None
 
     def __init__(
         self,
@@ -130,6 +192,7 @@ class GPT(nn.Module):
         norm_f: Norm,
         lm_head: Linear,
         cos_sin: torch.Tensor | None,
+        cos_sin_local: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.config = cfg
@@ -138,6 +201,9 @@ class GPT(nn.Module):
         self.norm_f = norm_f
         self.lm_head = lm_head  # C -> V (may share the embedding's storage)
         self.register_buffer("cos_sin", cos_sin, persistent=False)  # (max_position, R) or None
+        # the sliding-window layers' table when they have their own RoPE base (Gemma 3)
+        self.register_buffer("cos_sin_local", cos_sin_local, persistent=False)
+        self.embed_scale = cfg.embed_scale  # Gemma 3 scales the embeddings by sqrt(C)
 
     @property
     def device(self) -> torch.device:
@@ -159,11 +225,16 @@ class GPT(nn.Module):
         if not validated:  # True: the caller ran check_step on this step (a CUDA graph's replay)
             self.check_step(input_ids, meta, kv_caches)
         x = self.wte(input_ids)  # (T, C)
+        if self.embed_scale != 1.0:
+            x = x * self.embed_scale
         if self.wpe is not None:
             x = x + self.wpe(meta.positions)  # (T, C)
         residual = None
-        for block, kv_cache in zip(self.blocks, kv_caches):
-            x, residual = block(x, residual, meta, kv_cache, self.cos_sin, True)
+        blocks = cast("list[Block]", list(self.blocks))
+        for block, kv_cache in zip(blocks, kv_caches):
+            local = block.attn.local_rope and self.cos_sin_local is not None
+            table = self.cos_sin_local if local else self.cos_sin
+            x, residual = block(x, residual, meta, kv_cache, table, True)
         return x + residual  # (T, C)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ reference applying adjacent-pair RoPE to the stored weights agrees with transfor
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from pyllm import ops
 from pyllm.errors import ModelFormatError
 from pyllm.model.config import ModelConfig
 from pyllm.model.context import check_kv_memory, with_context
-from pyllm.model.gpt import GPT, MLP, Block, CausalSelfAttention
+from pyllm.model.gpt import GPT, MLP, Block, CausalSelfAttention, SandwichBlock
 from pyllm.model.layers import ConcatLinear, Embedding, Linear, Norm, as_qweight, fused_linear
 from pyllm.model.runtime import ModelRunner
 from pyllm.ops.qlinear import QWeight
@@ -157,7 +157,12 @@ class _Names:
     qkv: str = ""  # a fused [q; k; v] matrix in the file (GPT-2)
     gate: str = ""
     up: str = ""
+    gate_up: str = ""  # a fused [gate; up] matrix in the file (Phi-3)
     pos_embed: str = ""
+    q_norm: str = ""  # per-head RMSNorm weights of q and k (QK-norm), when the family has them
+    k_norm: str = ""
+    post_attn_norm: str = ""  # Gemma 3's norms on the attention and MLP outputs
+    post_mlp_norm: str = ""
     bias: Callable[[str], str] = lambda w: w.replace(".weight", ".bias")
 
 
@@ -174,6 +179,10 @@ GGUF_NAMES = _Names(
     gate="blk.{i}.ffn_gate.weight",
     up="blk.{i}.ffn_up.weight",
     down="blk.{i}.ffn_down.weight",
+    q_norm="blk.{i}.attn_q_norm.weight",
+    k_norm="blk.{i}.attn_k_norm.weight",
+    post_attn_norm="blk.{i}.post_attention_norm.weight",
+    post_mlp_norm="blk.{i}.post_ffw_norm.weight",
 )
 GGUF_GPT2_NAMES = _Names(
     embed="token_embd.weight",
@@ -200,6 +209,37 @@ HF_LLAMA_NAMES = _Names(
     gate="model.layers.{i}.mlp.gate_proj.weight",
     up="model.layers.{i}.mlp.up_proj.weight",
     down="model.layers.{i}.mlp.down_proj.weight",
+    q_norm="model.layers.{i}.self_attn.q_norm.weight",
+    k_norm="model.layers.{i}.self_attn.k_norm.weight",
+)
+# Phi-3: fused qkv_proj and gate_up_proj (gate rows first), in the checkpoint and the GGUF.
+HF_PHI3_NAMES = replace(
+    HF_LLAMA_NAMES,
+    q="",
+    k="",
+    v="",
+    qkv="model.layers.{i}.self_attn.qkv_proj.weight",
+    gate="",
+    up="",
+    gate_up="model.layers.{i}.mlp.gate_up_proj.weight",
+)
+GGUF_PHI3_NAMES = replace(
+    GGUF_NAMES,
+    q="",
+    k="",
+    v="",
+    qkv="blk.{i}.attn_qkv.weight",
+    gate="",
+    up="",
+    gate_up="blk.{i}.ffn_up.weight",
+)
+# Gemma 3: post_attention_layernorm is the norm on the attention output; the MLP's pre-norm is
+# pre_feedforward_layernorm.
+HF_GEMMA3_NAMES = replace(
+    HF_LLAMA_NAMES,
+    mlp_norm="model.layers.{i}.pre_feedforward_layernorm.weight",
+    post_attn_norm="model.layers.{i}.post_attention_layernorm.weight",
+    post_mlp_norm="model.layers.{i}.post_feedforward_layernorm.weight",
 )
 
 
@@ -223,9 +263,16 @@ def _hf_gpt2_names(prefix: str) -> _Names:
 
 
 def build_gpt(
-    cfg: ModelConfig, w: _Weights, names: _Names, rope_scaling: dict[str, Any] | None = None
+    cfg: ModelConfig,
+    w: _Weights,
+    names: _Names,
+    rope_scaling: dict[str, Any] | None = None,
+    norm_shift: float = 0.0,
 ) -> GPT:
-    """Assemble the GPT from checked weights (`rope_scaling`: the dict for ops.rope_cos_sin)."""
+    """Assemble the GPT from checked weights (`rope_scaling`: the dict for ops.rope_cos_sin).
+
+    `norm_shift` is added to every RMSNorm weight: Gemma checkpoints store w for a norm that
+    scales by (1 + w); llama.cpp's converter stores 1 + w in the GGUF, which is what we run."""
     C, F = cfg.n_embd, cfg.n_ff
     Q, KV = cfg.q_size, cfg.kv_size
     layer_norm = cfg.norm == "layer"
@@ -234,16 +281,32 @@ def build_gpt(
         bias = w.optional_vector(names.bias(name), n) if layer_norm else None
         if layer_norm and bias is None:
             raise ModelFormatError(f"{w.where}: tensor {names.bias(name)!r} is missing")
-        return Norm(cfg.norm, w.vector(name, n), bias, cfg.norm_eps)
+        return Norm(cfg.norm, w.vector(name, n) + norm_shift, bias, cfg.norm_eps)
 
     def bias(name: str, n: int, wanted: bool) -> torch.Tensor | None:
         return w.vector(names.bias(name), n) if wanted else None
 
-    blocks = []
+    blocks: list[Block] = []
     for i in range(cfg.n_layer):
         n = {
             k: getattr(names, k).format(i=i)
-            for k in ("attn_norm", "mlp_norm", "q", "k", "v", "qkv", "o", "gate", "up", "down")
+            for k in (
+                "attn_norm",
+                "mlp_norm",
+                "q",
+                "k",
+                "v",
+                "qkv",
+                "o",
+                "gate",
+                "up",
+                "down",
+                "gate_up",
+                "q_norm",
+                "k_norm",
+                "post_attn_norm",
+                "post_mlp_norm",
+            )
         }
         qkv: Linear | ConcatLinear
         if names.qkv:
@@ -260,7 +323,10 @@ def build_gpt(
                 ],
             )
         o = Linear(w.matrix(n["o"], C, Q), bias(n["o"], C, cfg.o_bias))
-        if cfg.activation == "swiglu":
+        up: Linear | ConcatLinear
+        if names.gate_up:
+            up = Linear(w.matrix(n["gate_up"], 2 * F, C), bias(n["gate_up"], 2 * F, cfg.mlp_bias))
+        elif cfg.activation in ("swiglu", "geglu"):
             up = w.fused(
                 [w.matrix(n["gate"], F, C), w.matrix(n["up"], F, C)],
                 [bias(n["gate"], F, cfg.mlp_bias), bias(n["up"], F, cfg.mlp_bias)],
@@ -268,14 +334,24 @@ def build_gpt(
         else:
             up = Linear(w.matrix(n["up"], F, C), bias(n["up"], F, cfg.mlp_bias))
         down = Linear(w.matrix(n["down"], C, F), bias(n["down"], C, cfg.mlp_bias))
-        blocks.append(
-            Block(
-                norm(n["attn_norm"]),
-                CausalSelfAttention(cfg, i, qkv, o),
-                norm(n["mlp_norm"]),
-                MLP(cfg.activation, up, down),
+        q_norm = k_norm = None
+        if cfg.qk_norm:
+            q_norm, k_norm = norm(n["q_norm"], cfg.head_dim), norm(n["k_norm"], cfg.head_dim)
+        attn = CausalSelfAttention(cfg, i, qkv, o, q_norm, k_norm)
+        mlp = MLP(cfg.activation, up, down)
+        if cfg.post_norms:
+            blocks.append(
+                SandwichBlock(
+                    norm(n["attn_norm"]),
+                    attn,
+                    norm(n["post_attn_norm"]),
+                    norm(n["mlp_norm"]),
+                    mlp,
+                    norm(n["post_mlp_norm"]),
+                )
             )
-        )
+        else:
+            blocks.append(Block(norm(n["attn_norm"]), attn, norm(n["mlp_norm"]), mlp))
 
     embed = w.matrix(names.embed, cfg.vocab_size, C)
     wpe = None
@@ -287,19 +363,49 @@ def build_gpt(
         lm_head = Linear(embed)
     else:
         lm_head = Linear(w.matrix(names.lm_head, cfg.vocab_size, C))
-    cos_sin = None
+    cos_sin = cos_sin_local = None
     if cfg.position == "rope":
-        cos_sin = _rope_table(
-            cfg, w.where, rope_scaling if rope_scaling is not None else cfg.rope_scaling
-        )
-    return GPT(cfg, Embedding(embed), wpe, blocks, norm(names.norm_f), lm_head, cos_sin)
+        scaling = rope_scaling if rope_scaling is not None else cfg.rope_scaling
+        if scaling is not None and scaling.get("type") == "longrope":
+            cos_sin = _longrope_table(cfg, w, scaling)
+        else:
+            cos_sin = _rope_table(cfg, w.where, scaling)
+        if cfg.rope_local_theta and cfg.sliding_window:
+            cos_sin_local = _rope_table(cfg, w.where, None, cfg.rope_local_theta)
+    return GPT(
+        cfg, Embedding(embed), wpe, blocks, norm(names.norm_f), lm_head, cos_sin, cos_sin_local
+    )
 
 
-def _rope_table(cfg: ModelConfig, where: str, scaling: dict[str, Any] | None) -> torch.Tensor:
-    """ops.rope_cos_sin for the context in use; running out of memory is a clear error that
-    names the size, not the allocator's message."""
+def _longrope_table(cfg: ModelConfig, w: _Weights, scaling: dict[str, Any]) -> torch.Tensor:
+    """Phi-3's LongRoPE: each frequency divided by its short or long factor (the long ones when
+    the context in use is longer than the original context: llama.cpp's rule; transformers
+    switches on the longest position of the current input instead, so the two agree whenever
+    the input reaches past the original context or the context in use does not), and cos/sin
+    scaled by the attention factor. A GGUF holds the factors as two tensors."""
+    long = cfg.max_position > scaling["original_max_position_embeddings"]
+    key, tensor = (
+        ("long_factor", "rope_factors_long") if long else ("short_factor", "rope_factors_short")
+    )
+    half = cfg.rotary_dim // 2
+    factors = scaling.get(key)
+    if factors is None:
+        divisors = w.vector(f"{tensor}.weight", half)
+    else:
+        divisors = torch.tensor(factors, dtype=torch.float64)
+    if not bool(torch.isfinite(divisors).all()) or not bool((divisors > 0).all()):
+        raise ModelFormatError(f"{w.where}: the LongRoPE {key} must be positive numbers")
+    table = _rope_table(cfg, w.where, {"type": "none", "freq_factors": divisors})
+    return table * float(scaling["attention_factor"])
+
+
+def _rope_table(
+    cfg: ModelConfig, where: str, scaling: dict[str, Any] | None, theta: float = 0.0
+) -> torch.Tensor:
+    """ops.rope_cos_sin for the context in use (base `theta`, default cfg.rope_theta); running
+    out of memory is a clear error that names the size, not the allocator's message."""
     try:
-        return ops.rope_cos_sin(cfg.max_position, cfg.rotary_dim, cfg.rope_theta, scaling)
+        return ops.rope_cos_sin(cfg.max_position, cfg.rotary_dim, theta or cfg.rope_theta, scaling)
     except (MemoryError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and "alloc" not in str(exc).lower():
             raise
@@ -322,7 +428,7 @@ def load_gguf_model(path: str | Path, *, context_length: int | None = None) -> L
     w = _Weights(
         str(g.path), set(g.tensors), lambda n: g.tensors[n].shape, g.weight, release=g.release
     )
-    names = GGUF_GPT2_NAMES if cfg.family == "gpt2" else GGUF_NAMES
+    names = {"gpt2": GGUF_GPT2_NAMES, "phi3": GGUF_PHI3_NAMES}.get(cfg.family, GGUF_NAMES)
     scaling = cfg.rope_scaling
     if scaling is not None and scaling.get("type") == "freq_factors":
         # Llama 3.x GGUFs carry the per-frequency divisors as a tensor instead of the formula.
@@ -370,7 +476,9 @@ def load_hf(folder: str | Path, *, context_length: int | None = None) -> LoadedM
         )
         transposed = lambda name: name.endswith(conv1d)  # noqa: E731 - paired with the one below
     else:
-        names, transposed = HF_LLAMA_NAMES, (lambda name: False)
+        names = {"gemma3": HF_GEMMA3_NAMES, "phi3": HF_PHI3_NAMES}.get(cfg.family, HF_LLAMA_NAMES)
+        transposed = lambda name: False  # noqa: E731 - paired with the one above
     w = _Weights(str(folder), set(tensors), lambda n: tuple(tensors[n].shape), fetch, transposed)
-    model = ModelRunner(build_gpt(cfg, w, names))
+    shift = 1.0 if cfg.family == "gemma3" else 0.0  # Gemma's RMSNorm scales by (1 + weight)
+    model = ModelRunner(build_gpt(cfg, w, names, norm_shift=shift))
     return LoadedModel(model, cfg, folder, "hf")

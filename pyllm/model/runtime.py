@@ -5,7 +5,9 @@
 
 - the fast CPU forward (pyllm/model/fast.py, the C++ runner): used when the kernels are native
   and built, the model is on the CPU and `fast_path` is on; anything it does not take runs op by
-  op, with the same results bit for bit;
+  op, with the same results bit for bit. A model the runner cannot build at all (Qwen3's per-head
+  QK-norm, say) runs op by op with a `FastPathUnavailable` warning saying why
+  (`fast_unsupported` keeps the reason);
 - int8 activations (`int8_activations`, opt-in): the runner's Q4_0/Q4_1/Q8_0 matrices run on
   int8-quantized activations, and, once their int8 panels are packed, the memory-mapped source
   pages of those matrices are released (`release_pages`, given by a loader whose weights are
@@ -22,6 +24,7 @@ on the next step whenever the model's tensors were replaced (checked cheaply eve
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,6 +40,10 @@ from pyllm.ops.qlinear import INT8_QTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyllm.model.cuda_graph import CudaGraphRunner
+
+
+class FastPathUnavailable(UserWarning):
+    """The fused CPU runner cannot run this model; it runs op by op (slower, same results)."""
 
 
 class ModelRunner:
@@ -56,6 +63,8 @@ class ModelRunner:
         self._built_config: ModelConfig | None = None
         self._built_norm: tuple[dict[str, torch.Tensor | None], torch.Tensor | None] = ({}, None)
         self._int8_activations = False
+        # Why the fused CPU runner could not be built for this model (None: it could, or not tried).
+        self.fast_unsupported: str | None = None
 
     # ------------------------------------------------------------------ the model's surface
 
@@ -133,8 +142,16 @@ class ModelRunner:
                 try:
                     fast = FastForward(self.gpt)
                     self._set_runner_int8(fast)
-                except Unsupported:
+                except Unsupported as exc:
                     fast = False
+                    if self.fast_unsupported != str(exc):
+                        warnings.warn(
+                            f"{self.config.family} model: the fused CPU runner does not support "
+                            f"it ({exc}); running op by op",
+                            FastPathUnavailable,
+                            stacklevel=2,
+                        )
+                    self.fast_unsupported = str(exc)
             self._fast = fast
             self._remember_build()
         return fast if (fast and self.fast_path and not torch.compiler.is_compiling()) else None
