@@ -141,9 +141,26 @@ def test_weight_keeps_kernel_types_as_stored(tiny_path, name, qtype):
     assert t.data_ptr() == g.raw(name).data_ptr()
 
 
-def test_weight_converts_k_quants_with_one_notice(tiny_path, capsys):
+def test_weight_keeps_k_quants_and_q5_as_stored(tiny_path, capsys):
     g = load_gguf(tiny_path)
-    for name, src in [("q4_k.weight", "q4_k"), ("q6_k.weight", "q6_k")]:
+    for name, qtype in [("q4_k.weight", "q4_k"), ("q6_k.weight", "q6_k")]:
+        t, q = g.weight(name)
+        assert q == qtype
+        assert t.data_ptr() == g.raw(name).data_ptr()  # the mapped bytes, never expanded
+    assert capsys.readouterr().err == ""
+
+
+def _low_k_quant_file(tmp_path):
+    rng = np.random.default_rng(5)
+    return load_bytes(tmp_path, B.build([], [
+        B.Tensor("q2_k.weight", (256, 2), 10, B._blocks(rng, 2, 84, [80, 82])),
+        B.Tensor("q3_k.weight", (256, 1), 11, B._blocks(rng, 1, 110, [108])),
+    ]).data)
+
+
+def test_weight_converts_q2_k_and_q3_k_with_one_notice(tmp_path, capsys):
+    g = _low_k_quant_file(tmp_path)
+    for name, src in [("q2_k.weight", "q2_k"), ("q3_k.weight", "q3_k")]:
         t, q = g.weight(name)
         assert q == "q8_0"
         exact = quant.dequantize(g.raw(name), src, 256)
@@ -155,7 +172,7 @@ def test_weight_converts_k_quants_with_one_notice(tiny_path, capsys):
         assert q16 == "f16" and t16.shape == (g.tensors[name].shape)
         torch.testing.assert_close(t16.float(), exact.reshape(t16.shape), rtol=1e-3, atol=1e-6)
     err = capsys.readouterr().err
-    assert err.count("pyllm:") == 1 and "Q4_K" in err and "Q6_K" in err
+    assert err.count("pyllm:") == 1 and "Q2_K" in err and "Q3_K" in err
 
 
 def test_missing_tensor_is_named(tiny_path):
@@ -411,12 +428,20 @@ def test_header_padding_past_end(tmp_path):
     expect_error(tmp_path, built.data[:built.offsets["header_end"] + 1], "data section|offset")
 
 
-def test_damaged_k_quant_scale_is_a_format_error(tmp_path, tiny):
-    data = bytearray(tiny.data)
-    data[tiny.offsets["data:q4_k.weight"]:tiny.offsets["data:q4_k.weight"] + 2] = b"\x00\x7c"
-    g = load_bytes(tmp_path, bytes(data))  # +inf scale: the header is fine
-    with pytest.raises(ModelFormatError, match="tensor 'q4_k.weight': cannot convert q4_k"):
-        g.weight("q4_k.weight")
+def test_damaged_k_quant_scale_is_a_format_error(tmp_path):
+    rng = np.random.default_rng(6)
+    blocks = bytearray(B._blocks(rng, 1, 84, [80, 82]))
+    blocks[80:82] = b"\x00\x7c"  # +inf scale: the header is fine, the conversion is not
+    g = load_bytes(tmp_path, B.build([], [B.Tensor("q2_k.weight", (256, 1), 10, bytes(blocks))]).data)
+    with pytest.raises(ModelFormatError, match="tensor 'q2_k.weight': cannot convert q2_k"):
+        g.weight("q2_k.weight")
+
+
+def test_k_quant_row_not_whole_super_blocks_is_a_format_error(tmp_path):
+    for qtype, ggml_id, nbytes in [("q4_k", 12, 144), ("q5_k", 13, 176), ("q6_k", 14, 210)]:
+        t = B.Tensor("w", (128, 2), ggml_id, bytes(nbytes))
+        expect_error(tmp_path, B.build([], [t]).data,
+                     f"row length 128 is not a multiple of the {qtype} block size 256")
 
 
 # ------------------------------------------------------------------ the default model

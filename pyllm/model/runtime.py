@@ -22,6 +22,7 @@ on the next step whenever the model's tensors were replaced (checked cheaply eve
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,7 +30,7 @@ import torch
 
 from pyllm.model.batch import AttentionMetadata, KVCaches
 from pyllm.model.config import ModelConfig
-from pyllm.model.fast import FastForward, Unsupported
+from pyllm.model.fast import FastForward, Unsupported, UnsupportedWeightType
 from pyllm.model.fast import available as fast_available
 from pyllm.model.gpt import GPT
 from pyllm.model.layers import Linear
@@ -133,6 +134,9 @@ class ModelRunner:
                 try:
                     fast = FastForward(self.gpt)
                     self._set_runner_int8(fast)
+                except UnsupportedWeightType as exc:
+                    print(f"pyllm: {exc}; the model runs op by op", file=sys.stderr)
+                    fast = False
                 except Unsupported:
                     fast = False
             self._fast = fast
