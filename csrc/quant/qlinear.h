@@ -50,8 +50,9 @@ static inline bool qlinear_qtype_known(int qtype) {
          qtype == kQ8_0;
 }
 
-// The block types only the CPU computes on (qlinear_superblock.cpp's portable kernel; the ISA
-// kernels, the int8 path, the C++ runner and CUDA take the types above).
+// The block types with plain exact kernels only (qlinear_superblock.cpp, portable, for every ISA;
+// qlinear_superblock.cu on CUDA); the ISA kernels, the int8 path, the C++ runner and the tuned
+// CUDA kernels take the types above.
 static inline bool qlinear_superblock_qtype(int qtype) {
   return qtype == kQ5_0 || qtype == kQ5_1 || qtype == kQ4_K || qtype == kQ5_K || qtype == kQ6_K;
 }
@@ -133,5 +134,12 @@ void qlinear_cuda(const TensorView& x, const TensorView& w, int qtype, const Ten
 // to the reference's dequantization. For prefill with the tuned kernels, which multiplies it
 // with cuBLAS (pyllm/ops/qlinear.py).
 void dequantize_cuda(const TensorView& w, int qtype, const TensorView& out, uintptr_t stream);
+// The qlinear_superblock_qtype types on CUDA (qlinear_superblock.cu; shapes checked by the two
+// entries above): out [T, N] from contiguous x [T, K] and weight rows of ldw bytes, and the
+// weight as float32 [N, K].
+void qlinear_superblock_cuda(int qtype, const float* x, const uint8_t* w, const float* bias, float* out, int64_t T,
+                             int64_t K, int64_t N, int64_t ldw, uintptr_t stream);
+void dequantize_superblock_cuda(int qtype, const uint8_t* w, float* out, int64_t K, int64_t N, int64_t ldw,
+                                uintptr_t stream);
 
 }  // namespace pyllm

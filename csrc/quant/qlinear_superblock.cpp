@@ -1,4 +1,4 @@
-// The exact (float-activation) qlinear kernel for the block types only the CPU computes on:
+// The exact (float-activation) CPU qlinear kernel for the block types without ISA-specific ones:
 // Q5_0 and Q5_1 (blocks of 32) and the K-quants Q4_K, Q5_K, Q6_K (super-blocks of 256). Portable
 // C++ (the compiler vectorizes the lane loops); every ISA's driver runs it for these types.
 //

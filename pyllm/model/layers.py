@@ -1,8 +1,9 @@
 """The model's building blocks, each a thin nn.Module over one pyllm.ops call.
 
 Weights are whatever the file holds: a `QWeight` of GGUF blocks (q4_0, q4_1, q8_0; on the CPU
-also q5_0, q5_1, q4_k, q5_k, q6_k) or a float matrix (f32, f16, bf16) wrapped in a QWeight too, so
-`ops.linear` never re-wraps it per call. Activations are float32 throughout.
+also q5_0, q5_1, q4_k, q5_k, q6_k, converted to q8_0 when moved to a GPU) or a float matrix
+(f32, f16, bf16) wrapped in a QWeight too, so `ops.linear` never re-wraps it per call.
+Activations are float32 throughout.
 """
 
 from __future__ import annotations
@@ -16,22 +17,23 @@ from torch import nn
 
 from pyllm import ops
 from pyllm.ops.qlinear import FLOAT_QTYPES, QWeight
-from pyllm.weights.quant import CPU_ONLY_QTYPES, dequantize, quantize
+from pyllm.weights.quant import PLAIN_KERNEL_QTYPES, dequantize, quantize
 
-_told_off_cpu = False  # the CPU-only conversion notice is given once a process
+_told_off_cpu = False  # the conversion notice is given once a process
 
 
 def _for_device(w: QWeight, device: torch.device) -> QWeight:
-    """A CPU-only block type (Q5_0/Q5_1/K-quants) moving to another device becomes Q8_0 first:
-    the kernels there take Q4_0/Q4_1/Q8_0 (Q8_0's error is far below the source format's)."""
+    """A Q5_0/Q5_1/K-quant weight moving off the CPU becomes Q8_0 first: the GPU's tuned kernels
+    take Q4_0/Q4_1/Q8_0 (the op's kernel for these types there is a plain, untuned one), and
+    Q8_0's error is far below the source format's."""
     global _told_off_cpu
-    if w.qtype not in CPU_ONLY_QTYPES or device.type == "cpu" or not w.data.is_cpu:
+    if w.qtype not in PLAIN_KERNEL_QTYPES or device.type == "cpu" or not w.data.is_cpu:
         return w
     if not _told_off_cpu:
         _told_off_cpu = True
         print(
             f"pyllm: {w.qtype} weights are converted to q8_0 for {device.type} "
-            f"(only the CPU computes on them)",
+            f"(its tuned kernels take q4_0/q4_1/q8_0)",
             file=sys.stderr,
         )
     data = quantize(dequantize(w.data, w.qtype, w.in_features), "q8_0")

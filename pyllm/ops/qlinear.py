@@ -12,8 +12,8 @@ Block layouts (32 weights a block, see docs/kernels.md):
     q4_1: fp16 d, fp16 m, 16 bytes as q4_0     -> q * d + m                     (20 bytes)
 
 The CPU also computes on Q5_0 / Q5_1 (blocks of 32) and the K-quants Q4_K / Q5_K / Q6_K
-(super-blocks of 256; layouts in pyllm/weights/quant.py) with a portable exact kernel; the int8
-path and the CUDA kernels refuse those types.
+(super-blocks of 256; layouts in pyllm/weights/quant.py) with a portable exact kernel, and CUDA
+with a plain exact one (csrc/quant/qlinear_superblock.cu); the int8 path refuses those types.
 
 The reference defines the behaviour for any bit pattern, non-finite fp16 scales included (they are
 not rejected): an output the reference makes non-finite is non-finite from the kernels too, and
@@ -33,15 +33,14 @@ import torch
 
 from pyllm.ops import _library as L
 from pyllm.weights.quant import (
-    CPU_ONLY_QTYPES,
     FLOAT_DTYPES,
     KERNEL_BLOCK,
     KERNEL_BLOCK_BYTES,
     OP_QTYPE_CODES,
-    QTYPE_CODES,
     TYPES_BY_NAME,
     dequantize,
 )
+from pyllm.weights.quant import QTYPE_CODES as QTYPE_CODES  # the runner's and int8 path's types
 
 # The kernels' types, all derived from pyllm/weights/quant.py's GGML table.
 QTYPE_NAMES = {code: name for name, code in OP_QTYPE_CODES.items()}
@@ -272,11 +271,6 @@ CUBLAS_MIN_TOKENS = 129
 
 def _cuda(x, weight, qtype, out_features, bias):
     _check(x, weight, qtype, out_features, bias)
-    if QTYPE_NAMES[qtype] in CPU_ONLY_QTYPES:
-        _fail(
-            f"qlinear: {QTYPE_NAMES[qtype]} weights run on the CPU only; the CUDA kernels take "
-            f"{sorted(QTYPE_CODES)}"
-        )
     x = x.contiguous()
     weight = weight.contiguous()
     if weight.data_ptr() % 16:  # the kernel reads 2- and 4-byte words of the blocks
