@@ -25,13 +25,20 @@ import gguf_builder as B
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import make_random_llama as M  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not L.native(), reason="the CPU-only block types need the native kernels")
+pytestmark = pytest.mark.skipif(
+    not L.native(), reason="the CPU-only block types need the native kernels"
+)
 
 SHAPE = dict(M.SHAPES["tiny"], n_embd=256, n_ff=512, n_head=4, n_kv_head=2, vocab=160)
 # fp16 scale fields of each block and the spread of the random scales written there (small
 # enough for weights of order 0.1).
-SCALES = {"q4_k": ([0, 2], 2e-3), "q5_k": ([0, 2], 1e-3), "q6_k": ([208], 2e-4),
-          "q5_0": ([0], 5e-3), "q5_1": ([0, 2], 5e-3)}
+SCALES = {
+    "q4_k": ([0, 2], 2e-3),
+    "q5_k": ([0, 2], 1e-3),
+    "q6_k": ([208], 2e-4),
+    "q5_0": ([0], 5e-3),
+    "q5_1": ([0, 2], 5e-3),
+}
 MATRICES = {  # name: (rows, cols, qtype)
     "token_embd.weight": (SHAPE["vocab"], 256, "q6_k"),
     "attn_q.weight": (256, 256, "q4_k"),
@@ -101,7 +108,8 @@ def linears(module) -> list[Linear]:
     return out
 
 
-def test_native_k_quants_match_the_dequantized_model(tmp_path, capsys):
+def test_native_k_quants_match_the_dequantized_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PYLLM_NATIVE_KQUANTS", "1")
     kq_path, dense_path = write_pair(tmp_path)
     kq = load_model(kq_path).model
     load_err = capsys.readouterr().err
