@@ -44,6 +44,7 @@ def expect_error(tmp_path, data: bytes, match: str):
 
 # ------------------------------------------------------------------ valid files
 
+
 def test_error_is_public_value_error():
     assert ModelFormatError is pyllm.ModelFormatError
     assert issubclass(ModelFormatError, ValueError)
@@ -81,8 +82,10 @@ def test_tiny_file_agrees_with_gguf_package_reader(tmp_path):
         assert mine.nbytes == rt.n_bytes
         assert mine.ggml_type == rt.tensor_type.value
         assert list(reversed(mine.shape)) == [int(d) for d in rt.shape]
-        np.testing.assert_array_equal(g.raw(rt.name).reshape(-1).view(torch.uint8).numpy(),
-                                      np.asarray(rt.data).reshape(-1).view(np.uint8))
+        np.testing.assert_array_equal(
+            g.raw(rt.name).reshape(-1).view(torch.uint8).numpy(),
+            np.asarray(rt.data).reshape(-1).view(np.uint8),
+        )
     assert {k for k in r.fields if not k.startswith("GGUF.")} == set(g.metadata)
     assert r.fields["tokenizer.ggml.tokens"].contents() == g.metadata["tokenizer.ggml.tokens"]
     assert r.fields["llama.block_count"].contents() == g.metadata["llama.block_count"]
@@ -121,7 +124,7 @@ def test_raw_is_zero_copy_view_of_the_file(tiny_path, tiny):
     # both are views into one mapping of the file: their addresses differ by the file offsets
     assert rb.data_ptr() - ra.data_ptr() == b.offset - a.offset
     assert g.raw(a.name).data_ptr() == ra.data_ptr()
-    assert bytes(ra.reshape(-1).numpy()) == tiny.data[a.offset:a.offset + a.nbytes]
+    assert bytes(ra.reshape(-1).numpy()) == tiny.data[a.offset : a.offset + a.nbytes]
     assert ra.shape == (2, quant.row_bytes("q8_0", 64)) and ra.dtype == torch.uint8
     n = g.raw("norm.weight")
     assert n.dtype == torch.float32 and n.shape == (8,)
@@ -131,9 +134,17 @@ def test_raw_is_zero_copy_view_of_the_file(tiny_path, tiny):
     assert tiny_path.read_bytes() == tiny.data
 
 
-@pytest.mark.parametrize("name,qtype", [("norm.weight", "f32"), ("f16.weight", "f16"),
-                                        ("bf16.weight", "bf16"), ("q8_0.weight", "q8_0"),
-                                        ("q4_0.weight", "q4_0"), ("q4_1.weight", "q4_1")])
+@pytest.mark.parametrize(
+    "name,qtype",
+    [
+        ("norm.weight", "f32"),
+        ("f16.weight", "f16"),
+        ("bf16.weight", "bf16"),
+        ("q8_0.weight", "q8_0"),
+        ("q4_0.weight", "q4_0"),
+        ("q4_1.weight", "q4_1"),
+    ],
+)
 def test_weight_keeps_kernel_types_as_stored(tiny_path, name, qtype):
     g = load_gguf(tiny_path)
     t, q = g.weight(name)
@@ -141,9 +152,46 @@ def test_weight_keeps_kernel_types_as_stored(tiny_path, name, qtype):
     assert t.data_ptr() == g.raw(name).data_ptr()
 
 
-def test_weight_converts_k_quants_with_one_notice(tiny_path, capsys):
+def test_weight_keeps_k_quants_and_q5_as_stored_when_asked(tiny_path, capsys, monkeypatch):
+    monkeypatch.setenv("PYLLM_NATIVE_KQUANTS", "1")
     g = load_gguf(tiny_path)
-    for name, src in [("q4_k.weight", "q4_k"), ("q6_k.weight", "q6_k")]:
+    for name, qtype in [("q4_k.weight", "q4_k"), ("q6_k.weight", "q6_k")]:
+        t, q = g.weight(name)
+        assert q == qtype
+        assert t.data_ptr() == g.raw(name).data_ptr()  # the mapped bytes, never expanded
+    assert capsys.readouterr().err == ""
+
+
+def test_weight_converts_k_quants_by_default_and_says_how_to_keep_them(
+    tiny_path, capsys, monkeypatch
+):
+    """Native K-quants run op by op on portable kernels so far: converting to Q8_0 (the fast
+    kernels' and the fused runner's type) stays the default, and the notice names the switch."""
+    monkeypatch.delenv("PYLLM_NATIVE_KQUANTS", raising=False)
+    g = load_gguf(tiny_path)
+    t, q = g.weight("q4_k.weight")
+    assert q == "q8_0" and t.data_ptr() != g.raw("q4_k.weight").data_ptr()
+    err = capsys.readouterr().err
+    assert "converting" in err and "PYLLM_NATIVE_KQUANTS=1" in err
+
+
+def _low_k_quant_file(tmp_path):
+    rng = np.random.default_rng(5)
+    return load_bytes(
+        tmp_path,
+        B.build(
+            [],
+            [
+                B.Tensor("q2_k.weight", (256, 2), 10, B._blocks(rng, 2, 84, [80, 82])),
+                B.Tensor("q3_k.weight", (256, 1), 11, B._blocks(rng, 1, 110, [108])),
+            ],
+        ).data,
+    )
+
+
+def test_weight_converts_q2_k_and_q3_k_with_one_notice(tmp_path, capsys):
+    g = _low_k_quant_file(tmp_path)
+    for name, src in [("q2_k.weight", "q2_k"), ("q3_k.weight", "q3_k")]:
         t, q = g.weight(name)
         assert q == "q8_0"
         exact = quant.dequantize(g.raw(name), src, 256)
@@ -155,7 +203,7 @@ def test_weight_converts_k_quants_with_one_notice(tiny_path, capsys):
         assert q16 == "f16" and t16.shape == (g.tensors[name].shape)
         torch.testing.assert_close(t16.float(), exact.reshape(t16.shape), rtol=1e-3, atol=1e-6)
     err = capsys.readouterr().err
-    assert err.count("pyllm:") == 1 and "Q4_K" in err and "Q6_K" in err
+    assert err.count("pyllm:") == 1 and "Q2_K" in err and "Q3_K" in err
 
 
 def test_missing_tensor_is_named(tiny_path):
@@ -167,6 +215,7 @@ def test_missing_tensor_is_named(tiny_path):
 
 
 # ------------------------------------------------------------------ hyper-parameter helpers
+
 
 def test_get_helpers(tiny_path):
     g = load_gguf(tiny_path)
@@ -216,16 +265,24 @@ def test_bad_magic(tmp_path, tiny):
     expect_error(tmp_path, b"GGML" + tiny.data[4:], "magic")
 
 
-@pytest.mark.parametrize("version,match", [(1, "version 1"), (4, "version 4"),
-                                           (0x03000000, "big-endian"), (U64_NEG1 >> 32, "version")])
+@pytest.mark.parametrize(
+    "version,match",
+    [(1, "version 1"), (4, "version 4"), (0x03000000, "big-endian"), (U64_NEG1 >> 32, "version")],
+)
 def test_bad_version(tmp_path, tiny, version, match):
     expect_error(tmp_path, tiny.patched("version", "<I", version), match)
 
 
 @pytest.mark.parametrize("field", ["tensor_count", "kv_count"])
-@pytest.mark.parametrize("value,match", [(U64_NEG1, "negative"), (1 << 63, "negative"),
-                                         ((1 << 63) - 1, "needs at least"),
-                                         (10**6, "needs at least")])
+@pytest.mark.parametrize(
+    "value,match",
+    [
+        (U64_NEG1, "negative"),
+        (1 << 63, "negative"),
+        ((1 << 63) - 1, "needs at least"),
+        (10**6, "needs at least"),
+    ],
+)
 def test_huge_counts(tmp_path, tiny, field, value, match):
     expect_error(tmp_path, tiny.patched(field, "<Q", value), f"{field}: count .*{match}")
 
@@ -257,8 +314,11 @@ def test_invalid_utf8(tmp_path):
 
 @pytest.mark.parametrize("value_type", [13, 255, U64_NEG1 >> 32])
 def test_unknown_value_type(tmp_path, tiny, value_type):
-    expect_error(tmp_path, tiny.patched("kv:general.name:type", "<I", value_type),
-                 "general.name: unknown value type")
+    expect_error(
+        tmp_path,
+        tiny.patched("kv:general.name:type", "<I", value_type),
+        "general.name: unknown value type",
+    )
 
 
 def test_bad_bool(tmp_path):
@@ -268,8 +328,9 @@ def test_bad_bool(tmp_path):
 
 
 @pytest.mark.parametrize("length", [U64_NEG1, 1 << 63, 1 << 62, 10**8])
-@pytest.mark.parametrize("key", ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
-                                 "general.tags"])
+@pytest.mark.parametrize(
+    "key", ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "general.tags"]
+)
 def test_array_length_huge(tmp_path, tiny, key, length):
     # the u64 length sits after the u32 element type
     data = tiny.patched(f"kv:{key}:value", "<Q", length, delta=4)
@@ -300,8 +361,13 @@ def test_nested_arrays_depth_bounded(tmp_path):
     expect_error(tmp_path, B.build([("x.n", B.ARRAY, _nested(4))], []).data, "nested deeper")
     # a deeply self-nested array header (as a fuzzer would make) fails fast
     bomb = struct.pack("<IQ", B.ARRAY, 1) * 10_000
-    data = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + B.enc_string("x.n") \
-        + struct.pack("<I", B.ARRAY) + bomb
+    data = (
+        b"GGUF"
+        + struct.pack("<IQQ", 3, 0, 1)
+        + B.enc_string("x.n")
+        + struct.pack("<I", B.ARRAY)
+        + bomb
+    )
     expect_error(tmp_path, data, "nested deeper")
 
 
@@ -323,10 +389,12 @@ def test_empty_key(tmp_path):
 
 # ------------------------------------------------------------------ alignment
 
+
 @pytest.mark.parametrize("alignment", [0, 3, 12, 4, 1 << 30])
 def test_bad_alignment(tmp_path, tiny, alignment):
-    expect_error(tmp_path, tiny.patched("kv:general.alignment:value", "<I", alignment),
-                 "general.alignment")
+    expect_error(
+        tmp_path, tiny.patched("kv:general.alignment:value", "<I", alignment), "general.alignment"
+    )
 
 
 def test_alignment_wrong_type(tmp_path):
@@ -348,14 +416,25 @@ def test_other_valid_alignment(tmp_path):
 
 # ------------------------------------------------------------------ tensor infos
 
+
 def test_n_dims(tmp_path, tiny):
     for n in (0, 5, 1000, U64_NEG1 >> 32):
-        expect_error(tmp_path, tiny.patched("tensor:q4_1.weight:n_dims", "<I", n),
-                     r"tensor 'q4_1.weight' n_dims: \d+ is outside 1..4")
+        expect_error(
+            tmp_path,
+            tiny.patched("tensor:q4_1.weight:n_dims", "<I", n),
+            r"tensor 'q4_1.weight' n_dims: \d+ is outside 1..4",
+        )
 
 
-@pytest.mark.parametrize("dim,match", [(0, "dimension 0"), (U64_NEG1, "dimension"),
-                                       (1 << 63, "dimension"), (1 << 40, "exceed|outside")])
+@pytest.mark.parametrize(
+    "dim,match",
+    [
+        (0, "dimension 0"),
+        (U64_NEG1, "dimension"),
+        (1 << 63, "dimension"),
+        (1 << 40, "exceed|outside"),
+    ],
+)
 def test_bad_dims(tmp_path, tiny, dim, match):
     data = tiny.patched("tensor:q4_1.weight:dims", "<Q", dim, delta=8)
     expect_error(tmp_path, data, rf"tensor 'q4_1.weight' .*({match})")
@@ -375,8 +454,11 @@ def test_row_not_whole_blocks(tmp_path, tiny):
 
 @pytest.mark.parametrize("gtype", [4, 5, 31, 99, U64_NEG1 >> 32])
 def test_unknown_tensor_type(tmp_path, tiny, gtype):
-    expect_error(tmp_path, tiny.patched("tensor:q4_1.weight:type", "<I", gtype),
-                 f"tensor 'q4_1.weight' type: unknown GGML type id {gtype}")
+    expect_error(
+        tmp_path,
+        tiny.patched("tensor:q4_1.weight:type", "<I", gtype),
+        f"tensor 'q4_1.weight' type: unknown GGML type id {gtype}",
+    )
 
 
 @pytest.mark.parametrize("offset", [U64_NEG1 - 31, 1 << 63, 1 << 40, 4096])
@@ -408,18 +490,32 @@ def test_duplicate_tensor_name(tmp_path):
 
 def test_header_padding_past_end(tmp_path):
     built = B.build([], [B.Tensor("w", (8,), 0, bytes(32))])
-    expect_error(tmp_path, built.data[:built.offsets["header_end"] + 1], "data section|offset")
+    expect_error(tmp_path, built.data[: built.offsets["header_end"] + 1], "data section|offset")
 
 
-def test_damaged_k_quant_scale_is_a_format_error(tmp_path, tiny):
-    data = bytearray(tiny.data)
-    data[tiny.offsets["data:q4_k.weight"]:tiny.offsets["data:q4_k.weight"] + 2] = b"\x00\x7c"
-    g = load_bytes(tmp_path, bytes(data))  # +inf scale: the header is fine
-    with pytest.raises(ModelFormatError, match="tensor 'q4_k.weight': cannot convert q4_k"):
-        g.weight("q4_k.weight")
+def test_damaged_k_quant_scale_is_a_format_error(tmp_path):
+    rng = np.random.default_rng(6)
+    blocks = bytearray(B._blocks(rng, 1, 84, [80, 82]))
+    blocks[80:82] = b"\x00\x7c"  # +inf scale: the header is fine, the conversion is not
+    g = load_bytes(
+        tmp_path, B.build([], [B.Tensor("q2_k.weight", (256, 1), 10, bytes(blocks))]).data
+    )
+    with pytest.raises(ModelFormatError, match="tensor 'q2_k.weight': cannot convert q2_k"):
+        g.weight("q2_k.weight")
+
+
+def test_k_quant_row_not_whole_super_blocks_is_a_format_error(tmp_path):
+    for qtype, ggml_id, nbytes in [("q4_k", 12, 144), ("q5_k", 13, 176), ("q6_k", 14, 210)]:
+        t = B.Tensor("w", (128, 2), ggml_id, bytes(nbytes))
+        expect_error(
+            tmp_path,
+            B.build([], [t]).data,
+            f"row length 128 is not a multiple of the {qtype} block size 256",
+        )
 
 
 # ------------------------------------------------------------------ the default model
+
 
 def test_default_model_facts(smollm2_path):
     g = load_gguf(smollm2_path)

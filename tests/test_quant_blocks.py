@@ -26,17 +26,26 @@ def header_sizes() -> dict[str, int]:
     return {name.lower(): int(size) for name, size in found}
 
 
+def header_constant(name: str) -> int:
+    found = re.search(rf"constexpr int {name} = (\d+);", HEADER.read_text(encoding="utf-8"))
+    assert found, name
+    return int(found.group(1))
+
+
 def test_the_header_states_every_kernel_block_type():
-    assert set(header_sizes()) == set(quant.KERNEL_BLOCK_BYTES) == {"q4_0", "q4_1", "q8_0"}
-    assert re.search(r"constexpr int kQK = (\d+);", HEADER.read_text()).group(1) == str(
-        quant.KERNEL_BLOCK
-    )
+    sizes = header_sizes()
+    assert set(quant.KERNEL_BLOCK_BYTES) <= set(sizes)
+    assert set(sizes) == {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"}
+    assert header_constant("kQK") == quant.KERNEL_BLOCK
 
 
 def test_header_sizes_match_the_ggml_table():
+    weights_per_block = {32: header_constant("kQK"), 256: header_constant("kQK_K")}
+    assert weights_per_block == {32: 32, 256: 256}
     for name, size in header_sizes().items():
         t = quant.TYPES_BY_NAME[name]
-        assert (t.block_bytes, t.block_size) == (size, quant.KERNEL_BLOCK), name
+        assert t.block_bytes == size, name
+        assert weights_per_block[t.block_size] == t.block_size, name
 
 
 def test_python_tables_derive_from_the_ggml_table():

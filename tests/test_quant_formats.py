@@ -45,6 +45,37 @@ def test_dequantize_matches_gguf_package(qtype, rows, nblocks, seed):
     np.testing.assert_array_equal(got.numpy(), ref.reshape(rows, cols))
 
 
+NATIVE_BLOCK_TYPES = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"]
+SPECIAL_HALVES = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 65504.0, 6e-8], dtype=np.float16)
+
+
+@pytest.mark.parametrize("qtype", NATIVE_BLOCK_TYPES)
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 4),
+    nblocks=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
+    specials=st.booleans(),
+)
+def test_dequantize_any_bytes_matches_gguf_package(qtype, rows, nblocks, seed, specials):
+    """Every bit pattern decodes as the gguf package decodes it: raw random bytes (so fp16 scales
+    of any exponent, NaN and infinity among them), and scales forced to inf/NaN/zero/extremes."""
+    t = Q.ggml_type(qtype)
+    cols = nblocks * t.block_size
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, (rows, Q.row_bytes(qtype, cols)), dtype=np.uint8)
+    if specials:
+        blocks = raw.reshape(-1, t.block_bytes)
+        for off in SCALE_FIELDS[qtype]:
+            pick = rng.choice(SPECIAL_HALVES, blocks.shape[0])
+            blocks[:, off : off + 2] = pick.view(np.uint8).reshape(-1, 2)
+    with np.errstate(all="ignore"):
+        ref = gguf_dequantize(raw, gguf.GGMLQuantizationType(t.id)).reshape(rows, cols)
+    got = Q.dequantize(torch.from_numpy(raw.copy()), qtype, cols).numpy()
+    assert got.shape == (rows, cols)
+    assert np.array_equal(got, ref, equal_nan=True), qtype
+
+
 @pytest.mark.parametrize("qtype,np_dtype", [("f32", np.float32), ("f16", np.float16)])
 def test_dequantize_float_bytes_matches_gguf(qtype, np_dtype):
     x = np.random.default_rng(1).standard_normal((3, 8)).astype(np_dtype)

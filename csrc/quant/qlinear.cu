@@ -400,7 +400,7 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ w, float* __restri
 
 void qlinear_cuda(const TensorView& x, const TensorView& w, int qtype, const TensorView* bias, const TensorView& out,
                   uintptr_t stream_handle) {
-  require(qlinear_qtype_known(qtype), "qlinear: unknown qtype");
+  require(qlinear_qtype_known(qtype) || qlinear_superblock_qtype(qtype), "qlinear: unknown qtype");
   require(x.ndim == 2 && w.ndim == 2 && out.ndim == 2, "qlinear: x, weight, out must be 2-D");
   require(x.device == Device::CUDA && w.device == Device::CUDA && out.device == Device::CUDA,
           "qlinear_cuda: tensors must be on the GPU");
@@ -414,6 +414,11 @@ void qlinear_cuda(const TensorView& x, const TensorView& w, int qtype, const Ten
   const float* xp = x.ptr<const float>();
   const auto* wp = static_cast<const uint8_t*>(w.data);
   float* op = out.ptr<float>();
+  if (qlinear_superblock_qtype(qtype)) {
+    require(K % superblock_weights(qtype) == 0, "qlinear: K must be a whole number of blocks");
+    qlinear_superblock_cuda(qtype, xp, wp, b, op, T, K, N, ldw, stream_handle);
+    return;
+  }
   switch (qtype) {
     case kQ4_0: launch<kQ4_0>(xp, wp, b, op, T, K, N, ldw, stream); break;
     case kQ4_1: launch<kQ4_1>(xp, wp, b, op, T, K, N, ldw, stream); break;
@@ -427,7 +432,7 @@ void qlinear_cuda(const TensorView& x, const TensorView& w, int qtype, const Ten
 }
 
 void dequantize_cuda(const TensorView& w, int qtype, const TensorView& out, uintptr_t stream_handle) {
-  require(qlinear_qtype_known(qtype), "dequantize_cuda: unknown qtype");
+  require(qlinear_qtype_known(qtype) || qlinear_superblock_qtype(qtype), "dequantize_cuda: unknown qtype");
   require(w.ndim == 2 && out.ndim == 2 && out.dtype == DType::F32 && out.is_contiguous(), "dequantize_cuda: layout");
   require(w.device == Device::CUDA && out.device == Device::CUDA, "dequantize_cuda: tensors must be on the GPU");
   const int64_t N = out.shape[0], K = out.shape[1];
@@ -441,6 +446,11 @@ void dequantize_cuda(const TensorView& w, int qtype, const TensorView& out, uint
   const auto* wp = static_cast<const uint8_t*>(w.data);
   float* op = out.ptr<float>();
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  if (qlinear_superblock_qtype(qtype)) {
+    require(K % superblock_weights(qtype) == 0, "dequantize_cuda: K must be a whole number of blocks");
+    dequantize_superblock_cuda(qtype, wp, op, K, N, ldw, stream_handle);
+    return;
+  }
   const int64_t parts = N * ((K + 31) / 32) * 4;
   const unsigned blocks = static_cast<unsigned>((parts + 255) / 256);
   switch (qtype) {

@@ -15,7 +15,19 @@
 namespace pyllm {
 
 // GGML type ids (the `qtype` argument).
-enum QType : int { kQF32 = 0, kQF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQBF16 = 30 };
+enum QType : int {
+  kQF32 = 0,
+  kQF16 = 1,
+  kQ4_0 = 2,
+  kQ4_1 = 3,
+  kQ5_0 = 6,
+  kQ5_1 = 7,
+  kQ8_0 = 8,
+  kQ4_K = 12,
+  kQ5_K = 13,
+  kQ6_K = 14,
+  kQBF16 = 30
+};
 
 constexpr int kQBlock = kQK;  // weights per block (float types are walked in the same chunks)
 
@@ -38,8 +50,28 @@ static inline bool qlinear_qtype_known(int qtype) {
          qtype == kQ8_0;
 }
 
-// Bytes of one weight row of `k` elements (k % 32 == 0 for the block types).
+// The block types with plain exact kernels only (qlinear_superblock.cpp, portable, for every ISA;
+// qlinear_superblock.cu on CUDA); the ISA kernels, the int8 path, the C++ runner and the tuned
+// CUDA kernels take the types above.
+static inline bool qlinear_superblock_qtype(int qtype) {
+  return qtype == kQ5_0 || qtype == kQ5_1 || qtype == kQ4_K || qtype == kQ5_K || qtype == kQ6_K;
+}
+
+// Weights and bytes of one block of a superblock type.
+static inline int superblock_weights(int qtype) { return qtype == kQ5_0 || qtype == kQ5_1 ? kQK : kQK_K; }
+static inline int64_t superblock_bytes(int qtype) {
+  switch (qtype) {
+    case kQ5_0: return kBlockBytes<BlockQ5_0>;
+    case kQ5_1: return kBlockBytes<BlockQ5_1>;
+    case kQ4_K: return kBlockBytes<BlockQ4_K>;
+    case kQ5_K: return kBlockBytes<BlockQ5_K>;
+    default: return kBlockBytes<BlockQ6_K>;
+  }
+}
+
+// Bytes of one weight row of `k` elements (k a whole number of blocks for the block types).
 static inline int64_t qlinear_row_bytes(int qtype, int64_t k) {
+  if (qlinear_superblock_qtype(qtype)) return k / superblock_weights(qtype) * superblock_bytes(qtype);
   switch (qtype) {
     case kQ4_0: case kQ4_1: case kQ8_0: return k / kQBlock * qchunk_bytes(qtype);
     case kQF16: case kQBF16: return k * 2;
@@ -68,6 +100,8 @@ using QLinearTileFn = void (*)(const QLinearArgs& a, int64_t t0, int64_t t1, int
 void qlinear_tile_baseline(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
 void qlinear_tile_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
 void qlinear_tile_avx512(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
+// Portable, for the qlinear_superblock_qtype types on every CPU.
+void qlinear_tile_superblock(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
 
 // Below this many tokens the kernels decode weights straight into registers (GEMV and small
 // register tiles); from it on they dequantize panels and run a GEMM micro-kernel.
@@ -100,5 +134,12 @@ void qlinear_cuda(const TensorView& x, const TensorView& w, int qtype, const Ten
 // to the reference's dequantization. For prefill with the tuned kernels, which multiplies it
 // with cuBLAS (pyllm/ops/qlinear.py).
 void dequantize_cuda(const TensorView& w, int qtype, const TensorView& out, uintptr_t stream);
+// The qlinear_superblock_qtype types on CUDA (qlinear_superblock.cu; shapes checked by the two
+// entries above): out [T, N] from contiguous x [T, K] and weight rows of ldw bytes, and the
+// weight as float32 [N, K].
+void qlinear_superblock_cuda(int qtype, const float* x, const uint8_t* w, const float* bias, float* out, int64_t T,
+                             int64_t K, int64_t N, int64_t ldw, uintptr_t stream);
+void dequantize_superblock_cuda(int qtype, const uint8_t* w, float* out, int64_t K, int64_t N, int64_t ldw,
+                                uintptr_t stream);
 
 }  // namespace pyllm

@@ -170,13 +170,13 @@ void qlinear_run(const QLinearArgs& a) {
     run_int8(a);
     return;
   }
-  const QLinearTileFn fn = pick_kernel();
+  const QLinearTileFn fn = qlinear_superblock_qtype(a.qtype) ? qlinear_tile_superblock : pick_kernel();
   run_split(a, 8, [&](int64_t t0, int64_t t1, int64_t n0, int64_t n1) { fn(a, t0, t1, n0, n1); });
 }
 
 void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const TensorView* bias,
                  const TensorView& out, bool int8_act) {
-  require(qlinear_qtype_known(qtype), "qlinear: unknown qtype");
+  require(qlinear_qtype_known(qtype) || qlinear_superblock_qtype(qtype), "qlinear: unknown qtype");
   require(x.ndim == 2 && w.ndim == 2 && out.ndim == 2, "qlinear: x, weight, out must be 2-D");
   require(x.dtype == DType::F32 && out.dtype == DType::F32, "qlinear: x and out must be float32");
   require((x.numel() == 0 || x.is_contiguous()) && (w.numel() == 0 || w.is_contiguous()) &&
@@ -189,6 +189,8 @@ void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const Tens
   a.qtype = qtype;
   const bool blocks = qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0;
   require(!blocks || a.K % kQBlock == 0, "qlinear: K must be a multiple of 32 for block types");
+  require(!qlinear_superblock_qtype(qtype) || a.K % superblock_weights(qtype) == 0,
+          "qlinear: K must be a whole number of blocks (32 for Q5_0/Q5_1, 256 for the K-quants)");
   const int64_t elem = w.dtype == DType::F32 ? 4 : (w.dtype == DType::U8 || w.dtype == DType::I8) ? 1 : 2;
   require(w.shape[1] * elem == qlinear_row_bytes(qtype, a.K), "qlinear: weight row bytes");
   require(out.shape[0] == a.T && out.shape[1] == a.N, "qlinear: out shape");
@@ -206,8 +208,10 @@ void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const Tens
 
 void qlinear_cpu_ptr(uintptr_t x, uintptr_t w, int qtype, uintptr_t bias, uintptr_t out, int64_t T,
                      int64_t K, int64_t N, bool int8_act) {
-  require(qlinear_qtype_known(qtype), "qlinear: unknown qtype");
+  require(qlinear_qtype_known(qtype) || qlinear_superblock_qtype(qtype), "qlinear: unknown qtype");
   require(T >= 0 && K >= 0 && N >= 0, "qlinear: negative size");
+  require(!qlinear_superblock_qtype(qtype) || K % superblock_weights(qtype) == 0,
+          "qlinear: K must be a whole number of blocks (32 for Q5_0/Q5_1, 256 for the K-quants)");
   require(!(qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0) || K % kQBlock == 0,
           "qlinear: K must be a multiple of 32 for block types");
   QLinearArgs a;

@@ -52,6 +52,11 @@ class Unsupported(Exception):
     """The model has something the runner does not take (it then runs op by op)."""
 
 
+class UnsupportedWeightType(Unsupported):
+    """A weight in a format only the op-by-op path computes on (Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: the
+    CPU qlinear op's portable kernel); the model says so once on stderr and runs op by op."""
+
+
 def _cpu_f32(t: torch.Tensor | None, n: int | None = None) -> int:
     """The address of a contiguous float32 CPU vector (0 for None)."""
     if t is None:
@@ -72,6 +77,11 @@ def _weight_args(w, keep: list) -> tuple[int, int, int]:
     data = w.data
     if not (data.is_cpu and data.is_contiguous()):
         raise Unsupported("a weight is not a contiguous CPU tensor")
+    if w.qtype not in QTYPE_CODES:
+        raise UnsupportedWeightType(
+            f"the fused CPU runner does not take {w.qtype} weights "
+            f"(it takes {', '.join(sorted(QTYPE_CODES))})"
+        )
     keep.append(data)
     return data.data_ptr(), QTYPE_CODES[w.qtype], w.out_features
 

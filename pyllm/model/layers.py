@@ -1,12 +1,14 @@
 """The model's building blocks, each a thin nn.Module over one pyllm.ops call.
 
-Weights are whatever the file holds: a `QWeight` of GGUF blocks (q4_0, q4_1, q8_0) or a float
-matrix (f32, f16, bf16) wrapped in a QWeight too, so `ops.linear` never re-wraps it per call.
+Weights are whatever the file holds: a `QWeight` of GGUF blocks (q4_0, q4_1, q8_0; on the CPU
+also q5_0, q5_1, q4_k, q5_k, q6_k, converted to q8_0 when moved to a GPU) or a float matrix
+(f32, f16, bf16) wrapped in a QWeight too, so `ops.linear` never re-wraps it per call.
 Activations are float32 throughout.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import cast
 
@@ -15,6 +17,27 @@ from torch import nn
 
 from pyllm import ops
 from pyllm.ops.qlinear import FLOAT_QTYPES, QWeight
+from pyllm.weights.quant import PLAIN_KERNEL_QTYPES, dequantize, quantize
+
+_told_off_cpu = False  # the conversion notice is given once a process
+
+
+def _for_device(w: QWeight, device: torch.device) -> QWeight:
+    """A Q5_0/Q5_1/K-quant weight moving off the CPU becomes Q8_0 first: the GPU's tuned kernels
+    take Q4_0/Q4_1/Q8_0 (the op's kernel for these types there is a plain, untuned one), and
+    Q8_0's error is far below the source format's."""
+    global _told_off_cpu
+    if w.qtype not in PLAIN_KERNEL_QTYPES or device.type == "cpu" or not w.data.is_cpu:
+        return w
+    if not _told_off_cpu:
+        _told_off_cpu = True
+        print(
+            f"pyllm: {w.qtype} weights are converted to q8_0 for {device.type} "
+            f"(its tuned kernels take q4_0/q4_1/q8_0)",
+            file=sys.stderr,
+        )
+    data = quantize(dequantize(w.data, w.qtype, w.in_features), "q8_0")
+    return QWeight(data, "q8_0", w.out_features, w.in_features)
 
 
 def as_qweight(w: QWeight | torch.Tensor) -> QWeight:
@@ -35,6 +58,9 @@ class _HoldsQWeight(nn.Module):
     def _apply(self, fn: Callable, recurse: bool = True):
         super()._apply(fn, recurse)
         w = self.weight
+        probe = fn(w.data[:0])  # where fn sends the weight (an empty view: nothing is copied)
+        if probe.device != w.data.device:
+            w = _for_device(w, probe.device)
         data = fn(w.data)
         if data.dtype != w.data.dtype:  # dtype casts (e.g. .float()) leave stored blocks alone
             data = w.data.to(data.device)

@@ -24,6 +24,7 @@ on the next step whenever the model's tensors were replaced (checked cheaply eve
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,7 +33,7 @@ import torch
 
 from pyllm.model.batch import AttentionMetadata, KVCaches
 from pyllm.model.config import ModelConfig
-from pyllm.model.fast import FastForward, Unsupported
+from pyllm.model.fast import FastForward, Unsupported, UnsupportedWeightType
 from pyllm.model.fast import available as fast_available
 from pyllm.model.gpt import GPT
 from pyllm.model.layers import Linear
@@ -142,6 +143,9 @@ class ModelRunner:
                 try:
                     fast = FastForward(self.gpt)
                     self._set_runner_int8(fast)
+                except UnsupportedWeightType as exc:  # blocks only the op-by-op qlinear takes
+                    print(f"pyllm: {exc}; the model runs op by op", file=sys.stderr)
+                    fast = False
                 except Unsupported as exc:
                     fast = False
                     if self.fast_unsupported != str(exc):

@@ -11,6 +11,10 @@ Block layouts (32 weights a block, see docs/kernels.md):
     q4_0: fp16 d, 16 bytes (j low, j+16 high)  -> (q - 8) * d                   (18 bytes)
     q4_1: fp16 d, fp16 m, 16 bytes as q4_0     -> q * d + m                     (20 bytes)
 
+The CPU also computes on Q5_0 / Q5_1 (blocks of 32) and the K-quants Q4_K / Q5_K / Q6_K
+(super-blocks of 256; layouts in pyllm/weights/quant.py) with a portable exact kernel, and CUDA
+with a plain exact one (csrc/quant/qlinear_superblock.cu); the int8 path refuses those types.
+
 The reference defines the behaviour for any bit pattern, non-finite fp16 scales included (they are
 not rejected): an output the reference makes non-finite is non-finite from the kernels too, and
 finite outputs agree. Which non-finite value (NaN or +-inf) may differ: the decode kernel applies a
@@ -32,28 +36,32 @@ from pyllm.weights.quant import (
     FLOAT_DTYPES,
     KERNEL_BLOCK,
     KERNEL_BLOCK_BYTES,
-    QTYPE_CODES,
+    OP_QTYPE_CODES,
+    TYPES_BY_NAME,
     dequantize,
 )
+from pyllm.weights.quant import QTYPE_CODES as QTYPE_CODES  # the runner's and int8 path's types
 
 # The kernels' types, all derived from pyllm/weights/quant.py's GGML table.
-QTYPE_NAMES = {code: name for name, code in QTYPE_CODES.items()}
+QTYPE_NAMES = {code: name for name, code in OP_QTYPE_CODES.items()}
 BLOCK_BYTES = KERNEL_BLOCK_BYTES  # {"q4_0": ..., "q4_1": ..., "q8_0": ...}
 FLOAT_QTYPES = FLOAT_DTYPES  # {"f32": torch.float32, "f16": ..., "bf16": ...}
 BLOCK = KERNEL_BLOCK
 
 
 def _row_bytes(qtype: str, cols: int) -> int:
-    if qtype in BLOCK_BYTES:
-        return cols // BLOCK * BLOCK_BYTES[qtype]
-    return cols * FLOAT_QTYPES[qtype].itemsize
+    if qtype in FLOAT_QTYPES:
+        return cols * FLOAT_QTYPES[qtype].itemsize
+    t = TYPES_BY_NAME[qtype]
+    return cols // t.block_size * t.block_bytes
 
 
 @dataclass(frozen=True)
 class QWeight:
     """A weight matrix [out_features, in_features] in its GGUF storage.
 
-    data: uint8 [out_features, row_bytes] of blocks (q4_0, q4_1, q8_0) or a float tensor
+    data: uint8 [out_features, row_bytes] of blocks (q4_0, q4_1, q8_0, and on the CPU q5_0,
+    q5_1, q4_k, q5_k, q6_k) or a float tensor
     [out_features, in_features] whose dtype matches qtype (f32, f16, bf16).
     """
 
@@ -63,14 +71,14 @@ class QWeight:
     in_features: int
 
     def __post_init__(self) -> None:
-        if self.qtype not in QTYPE_CODES:
-            raise ValueError(f"qtype must be one of {sorted(QTYPE_CODES)}, not {self.qtype!r}")
-        _check_weight(self.data, QTYPE_CODES[self.qtype], self.out_features, self.in_features)
+        if self.qtype not in OP_QTYPE_CODES:
+            raise ValueError(f"qtype must be one of {sorted(OP_QTYPE_CODES)}, not {self.qtype!r}")
+        _check_weight(self.data, OP_QTYPE_CODES[self.qtype], self.out_features, self.in_features)
 
     @property
     def code(self) -> int:
         """The GGML type id the op takes."""
-        return QTYPE_CODES[self.qtype]
+        return OP_QTYPE_CODES[self.qtype]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -98,15 +106,16 @@ def _check_weight(weight: torch.Tensor, qtype: int, out_features: int, in_featur
         _fail(f"qtype must be one of {sorted(QTYPE_NAMES)} (GGML ids), not {qtype}")
     if out_features < 0 or in_features < 0:
         _fail(f"out_features and in_features must be >= 0, got {out_features}, {in_features}")
-    if name in BLOCK_BYTES:
-        if in_features % BLOCK:
+    if name not in FLOAT_QTYPES:
+        t = TYPES_BY_NAME[name]
+        if in_features % t.block_size:
             _fail(
-                f"in_features (x's last dim) must be a multiple of {BLOCK} for {name}, "
+                f"in_features (x's last dim) must be a multiple of {t.block_size} for {name}, "
                 f"got {in_features}"
             )
         if weight.dtype != torch.uint8:
             _fail(f"weight must be uint8 blocks for {name}, not {weight.dtype}")
-        cols = in_features // BLOCK * BLOCK_BYTES[name]
+        cols = in_features // t.block_size * t.block_bytes
     else:
         if weight.dtype != FLOAT_QTYPES[name]:
             _fail(f"weight must be {FLOAT_QTYPES[name]} for {name}, not {weight.dtype}")
@@ -165,7 +174,7 @@ def qlinear_ref(
     return out
 
 
-INT8_QTYPES = tuple(BLOCK_BYTES)  # every block type: ("q4_0", "q4_1", "q8_0")
+INT8_QTYPES = tuple(BLOCK_BYTES)  # the 32-weight kernel block types: ("q4_0", "q4_1", "q8_0")
 
 
 def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

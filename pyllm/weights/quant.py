@@ -89,6 +89,14 @@ KERNEL_BLOCK_BYTES: dict[str, int] = {
     if TYPES_BY_NAME[name].block_size > 1
 }
 KERNEL_BLOCK = 32
+# Block types the qlinear op computes on with plain exact kernels only (portable C++,
+# csrc/quant/qlinear_superblock.cpp, and an untuned CUDA kernel, qlinear_superblock.cu); the
+# fused C++ runner, the int8-activation path and the tuned CUDA kernels take KERNEL_QTYPES.
+PLAIN_KERNEL_QTYPES = ("q5_0", "q5_1", "q4_k", "q5_k", "q6_k")
+# Every type the qlinear op takes: its code (the GGML id) by name.
+OP_QTYPE_CODES: dict[str, int] = {
+    name: TYPES_BY_NAME[name].id for name in KERNEL_QTYPES + PLAIN_KERNEL_QTYPES
+}
 FLOAT_DTYPES: dict[str, torch.dtype] = {
     "f32": torch.float32,
     "f16": torch.float16,

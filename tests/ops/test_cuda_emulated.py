@@ -37,10 +37,12 @@ from pyllm.ops import norm as N
 from pyllm.ops import sampling as S
 from pyllm.ops.qlinear import QTYPE_CODES, QWeight, dequantize_weight, qlinear_ref
 from pyllm.ops.sampling import sample_tokens_ref
+from pyllm.weights.quant import OP_QTYPE_CODES, block_size
 
 from test_attention import cases as attention_cases
 from test_attention import make_case, tolerance
 from test_qlinear import QTYPES, case_data, check_close, make_weight
+from test_qlinear_superblock import random_weight
 from test_sampling import params as sampling_params
 from test_sampling import random_mask
 from test_sampling import run as cpu_sample
@@ -276,6 +278,26 @@ def test_qlinear_matches_reference(E, family, qtype, t, kb, n, with_bias, seed):
     (9..128 tokens) and the 64x64 tile (the general family above 8 tokens)."""
     w, x, bias, ref, wf = case_data(qtype, t, 32 * kb, n, with_bias, seed, False)
     check_close(emulated_qlinear(E, x, w, QTYPE_CODES[qtype], n, bias, family), ref, x, wf, bias)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("qtype", ["q5_0", "q5_1", "q4_k", "q5_k", "q6_k"])
+@examples(4)
+@given(t=st.sampled_from([1, 3, 9, 129]), nblocks=st.integers(1, 2), n=st.integers(1, 9),
+       with_bias=st.booleans(), raw=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_qlinear_superblock_types_match_reference(E, family, qtype, t, nblocks, n, with_bias, raw, seed):
+    """Q5_0/Q5_1/K-quants (csrc/quant/qlinear_superblock.cu): the per-output kernel, and from 129
+    tokens with the tuned family the dequantize kernel then torch's matmul; raw blocks include
+    non-finite scales."""
+    k = nblocks * block_size(qtype)
+    w = random_weight(qtype, n, k, seed, raw)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(t, k, generator=gen)
+    bias = torch.randn(n, generator=gen) if with_bias else None
+    code = OP_QTYPE_CODES[qtype]
+    ref = qlinear_ref(x, w, code, n, bias)
+    wf = dequantize_weight(w, code, k)
+    check_close(emulated_qlinear(E, x, w, code, n, bias, family), ref, x, wf, bias)
 
 
 @pytest.mark.parametrize("qtype", ["q4_0", "q4_1", "q8_0"])

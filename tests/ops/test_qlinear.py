@@ -263,7 +263,7 @@ def test_bad_inputs_name_the_argument(kwargs, match):
 
 def test_qweight_validates():
     with pytest.raises(ValueError, match="qtype must be one of"):
-        QWeight(torch.zeros(2, 18, dtype=torch.uint8), "q5_0", 2, 32)
+        QWeight(torch.zeros(2, 84, dtype=torch.uint8), "q2_k", 2, 256)
     with pytest.raises(ValueError, match=r"weight must be \[2, 18\]"):
         QWeight(torch.zeros(2, 20, dtype=torch.uint8), "q4_0", 2, 32)
     with pytest.raises(ValueError, match="multiple of 32"):
