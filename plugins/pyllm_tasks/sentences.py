@@ -103,8 +103,3 @@ def chunk_sentences(
     if cur or cur_sep:
         out.append((cur, cur_sep))
     return out
-
-
-def rejoin(pieces: list[str], separators: list[str]) -> str:
-    """The translated pieces put back with the original separators."""
-    return "".join(p + s for p, s in zip(pieces, separators))

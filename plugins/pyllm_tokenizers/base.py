@@ -183,9 +183,6 @@ class BaseTokenizer:
     def id_to_piece(self, id: int) -> str:
         return self._pieces[self._check_id(id)]
 
-    def is_special(self, id: int) -> bool:
-        return self._check_id(id) in self.special_ids
-
     def decode_bytes(self, ids: Sequence[int], *, skip_special: bool = False) -> bytes:
         out = bytearray()
         first = True  # no non-special token seen yet
