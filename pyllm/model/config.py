@@ -31,6 +31,23 @@ _MAX_VOCAB = 1 << 22
 _MAX_POSITION = 1 << 24
 
 
+# Where a Llama-style Hugging Face config.json keeps each field (ModelConfig.keys, for errors).
+_HF_DECODER_KEYS: dict[str, str] = {
+    "vocab_size": "vocab_size",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "n_kv_head": "num_key_value_heads",
+    "n_embd": "hidden_size",
+    "head_dim": "head_dim",
+    "n_ff": "intermediate_size",
+    "max_position": "max_position_embeddings",
+    "norm_eps": "rms_norm_eps",
+    "rope_theta": "rope_theta",
+    "rope_scaling": "rope_scaling",
+    "sliding_window": "sliding_window",
+}
+
+
 @dataclass
 class ModelConfig:
     """Hyper-parameters of one decoder-only transformer.
@@ -392,21 +409,7 @@ class ModelConfig:
             return cls._from_hf_gpt2(r, where)
         if mt == "gemma3":
             return cls._from_hf_gemma3(config, r, where)
-        keys = {
-            "vocab_size": "vocab_size",
-            "n_layer": "num_hidden_layers",
-            "n_head": "num_attention_heads",
-            "n_kv_head": "num_key_value_heads",
-            "n_embd": "hidden_size",
-            "head_dim": "head_dim",
-            "n_ff": "intermediate_size",
-            "max_position": "max_position_embeddings",
-            "norm_eps": "rms_norm_eps",
-            "rope_theta": "rope_theta",
-            "rope_scaling": "rope_scaling",
-            "sliding_window": "sliding_window",
-            "activation": "hidden_act",
-        }
+        keys = dict(_HF_DECODER_KEYS, activation="hidden_act")
         act = r.get("hidden_act", str, "silu")
         if act != "silu":
             raise ModelFormatError(f"{where}: hidden_act {act!r} is not supported (silu)")
@@ -522,22 +525,11 @@ class ModelConfig:
         scalar = r.get("query_pre_attn_scalar", float, float(head_dim))
         if scalar <= 0:
             raise ModelFormatError(f"{where}: query_pre_attn_scalar must be > 0, got {scalar}")
-        keys = {
-            "vocab_size": "vocab_size",
-            "n_layer": "num_hidden_layers",
-            "n_head": "num_attention_heads",
-            "n_kv_head": "num_key_value_heads",
-            "n_embd": "hidden_size",
-            "head_dim": "head_dim",
-            "n_ff": "intermediate_size",
-            "max_position": "max_position_embeddings",
-            "norm_eps": "rms_norm_eps",
-            "rope_theta": "rope_theta",
-            "rope_scaling": "rope_scaling",
-            "sliding_window": "sliding_window",
-            "rope_local_theta": "rope_local_base_freq",
-            "attn_scale": "query_pre_attn_scalar",
-        }
+        keys = dict(
+            _HF_DECODER_KEYS,
+            rope_local_theta="rope_local_base_freq",
+            attn_scale="query_pre_attn_scalar",
+        )
         return cls(
             family="gemma3",
             vocab_size=r.get("vocab_size", int),

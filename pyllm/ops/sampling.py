@@ -60,6 +60,9 @@ same tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -463,18 +466,10 @@ def _launch_cuda(args: list[torch.Tensor], outs) -> None:
     )
 
 
-def _checked_kernel(
-    logits,
-    fparams,
-    iparams,
-    recent_ids,
-    bias_rows,
-    bias_ids,
-    bias_values,
-    num_logprobs,
-    token_mask=None,
-):
-    _check_shapes(
+def _with_checks(impl: Callable[..., Any]) -> Callable[..., Any]:
+    """`impl` (the kernel launch or the reference) behind the op's shape and value checks."""
+
+    def checked(
         logits,
         fparams,
         iparams,
@@ -483,56 +478,18 @@ def _checked_kernel(
         bias_ids,
         bias_values,
         num_logprobs,
-        token_mask,
-    )
-    _check_values(logits, fparams, iparams, recent_ids, bias_rows, bias_ids)
-    return launch_sample_tokens(
-        logits,
-        fparams,
-        iparams,
-        recent_ids,
-        bias_rows,
-        bias_ids,
-        bias_values,
-        num_logprobs,
-        token_mask,
-    )
+        token_mask=None,
+    ):
+        args = (logits, fparams, iparams, recent_ids, bias_rows, bias_ids, bias_values)
+        _check_shapes(*args, num_logprobs, token_mask)
+        _check_values(*args[:6])
+        return impl(*args, num_logprobs, token_mask)
+
+    return checked
 
 
-def _checked_reference(
-    logits,
-    fparams,
-    iparams,
-    recent_ids,
-    bias_rows,
-    bias_ids,
-    bias_values,
-    num_logprobs,
-    token_mask=None,
-):
-    _check_shapes(
-        logits,
-        fparams,
-        iparams,
-        recent_ids,
-        bias_rows,
-        bias_ids,
-        bias_values,
-        num_logprobs,
-        token_mask,
-    )
-    _check_values(logits, fparams, iparams, recent_ids, bias_rows, bias_ids)
-    return sample_tokens_ref(
-        logits,
-        fparams,
-        iparams,
-        recent_ids,
-        bias_rows,
-        bias_ids,
-        bias_values,
-        num_logprobs,
-        token_mask,
-    )
+_checked_kernel = _with_checks(launch_sample_tokens)
+_checked_reference = _with_checks(sample_tokens_ref)
 
 
 L.register(
