@@ -176,8 +176,15 @@ class ModelConfig:
             value = getattr(self, name)
             if not _finite(value) or not 0 <= value <= 1e12:
                 self._fail(name, f"must be a number in [0, 1e12], got {value!r}")
-        if self.sliding_window < 0:
-            self._fail("sliding_window", f"must be >= 0, got {self.sliding_window}")
+        # A window past the context masks nothing (Phi-3-mini-128k's file says 262144 for a
+        # 131072 context), so only values no context could reach are refused: the kernels take
+        # the window as a signed 64-bit integer.
+        sw = self.sliding_window
+        if isinstance(sw, bool) or not isinstance(sw, int) or not 0 <= sw <= _MAX_POSITION:
+            self._fail(
+                "sliding_window",
+                f"must be an integer in [0, {_MAX_POSITION}] (0: no window), got {sw!r}",
+            )
         if self.window_layers is not None and any(
             not 0 <= i < self.n_layer for i in self.window_layers
         ):
@@ -290,7 +297,7 @@ class ModelConfig:
         if value_dim != head_dim:
             raise ModelFormatError(
                 f"{where}: {a}.attention.value_length ({value_dim}) differs "
-                f"from key_length ({head_dim}); not supported"
+                f"from {a}.attention.key_length ({head_dim}); not supported"
             )
 
         vocab = r.get(f"{a}.vocab_size", int, None)
@@ -340,6 +347,7 @@ class ModelConfig:
         scaling = None
         kind = get("rope_scaling", f"{a}.rope.scaling.type", str, "none")
         if kind == "linear":
+            keys["rope_scaling"] = f"{a}.rope.scaling.factor"
             scaling = {"type": "linear", "factor": r.get(f"{a}.rope.scaling.factor", float)}
         elif kind not in ("none", ""):
             raise ModelFormatError(
@@ -347,16 +355,21 @@ class ModelConfig:
                 "(supported: none, linear)"
             )
         elif f"{a}.rope.scale_linear" in md:
+            keys["rope_scaling"] = f"{a}.rope.scale_linear"
             scaling = {"type": "linear", "factor": r.get(f"{a}.rope.scale_linear", float)}
         if "rope_factors_long.weight" in tensors:  # Phi-3's LongRoPE
-            orig = r.get(f"{a}.rope.scaling.original_context_length", int)
-            factor = common["max_position"] / orig if isinstance(orig, int) and orig > 0 else 1.0
+            # checked here, where the GGUF keys are known (validate() names rope_scaling)
+            orig_key = f"{a}.rope.scaling.original_context_length"
+            orig = _in_range(where, orig_key, r.get(orig_key, int), 1, _MAX_POSITION)
+            factor = common["max_position"] / orig
+            attn_key = f"{a}.rope.scaling.attn_factor"
+            attn = r.get(attn_key, float, _longrope_attention(factor, orig))
+            if not 0 < attn <= 1e3:
+                raise ModelFormatError(f"{where}: {attn_key} must be in (0, 1000], got {attn!r}")
             scaling = {
                 "type": "longrope",
                 "original_max_position_embeddings": orig,
-                "attention_factor": r.get(
-                    f"{a}.rope.scaling.attn_factor", float, _longrope_attention(factor, orig)
-                ),
+                "attention_factor": attn,
             }
         if "rope_freqs.weight" in tensors:
             if scaling is not None:
@@ -624,6 +637,7 @@ def _gemma3_gguf(
     62-layer 27B model 1/sqrt(n_embd / n_head), its query_pre_attn_scalar), 10000 and every
     sixth layer global, and so does this."""
     pattern = r.get(f"{a}.attention.sliding_window_pattern", int, 6)
+    _in_range(r.where, f"{a}.attention.sliding_window_pattern", pattern, 1, None)
     scalar = n_embd / n_head if n_layer == 62 and n_head > 0 else head_dim
     return dict(
         activation="geglu",
@@ -633,6 +647,14 @@ def _gemma3_gguf(
         rope_local_theta=10000.0,
         window_layers=tuple(i for i in range(n_layer) if (i + 1) % max(pattern, 1)),
     )
+
+
+def _in_range(where: str, key: str, value: Any, lo: Any, hi: Any) -> Any:
+    """value if lo <= value <= hi (None: unbounded), else a ModelFormatError naming key."""
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ModelFormatError(f"{where}: {key} must be {bounds}, got {value!r}")
+    return value
 
 
 def _finite(x: Any) -> TypeGuard[float]:
