@@ -50,9 +50,10 @@ static inline bool qlinear_qtype_known(int qtype) {
          qtype == kQ8_0;
 }
 
-// The block types with plain exact kernels only (qlinear_superblock.cpp, portable, for every ISA;
-// qlinear_superblock.cu on CUDA); the ISA kernels, the int8 path, the C++ runner and the tuned
-// CUDA kernels take the types above.
+// The block types outside the 32-weight kernel families above: Q5_0, Q5_1 and the K-quants. On
+// the CPU they have kernels of their own (qlinear_superblock_avx2.cpp on AVX2 and AVX-512 CPUs,
+// the portable qlinear_superblock.cpp elsewhere; the int8 path in qlinear_int8_superblock_avx2.cpp
+// and qlinear_int8_cpu.cpp); on CUDA a plain exact kernel (qlinear_superblock.cu).
 static inline bool qlinear_superblock_qtype(int qtype) {
   return qtype == kQ5_0 || qtype == kQ5_1 || qtype == kQ4_K || qtype == kQ5_K || qtype == kQ6_K;
 }
@@ -113,6 +114,20 @@ constexpr int64_t kPackedMinTokens = 10;
 void qlinear_small_t_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
 void qlinear_pack_panel_avx2(const QLinearArgs& a, int64_t n, int rows, int64_t k0, int64_t klen, float* buf,
                              int64_t ldb);
+
+// The AVX2 GEMM over dequantized panels (the many-token path of qlinear_avx2.cpp), with the panel
+// packer a parameter, so block formats with kernels of their own (qlinear_superblock_avx2.cpp)
+// reuse its micro-kernel. pack fills panels of kPanelRows = 16 rows x up to 768 k (k0 a multiple
+// of 768) as qlinear_pack_panel_avx2 does.
+using PanelPackFn = void (*)(const QLinearArgs& a, int64_t n, int rows, int64_t k0, int64_t klen, float* buf,
+                             int64_t ldb);
+void qlinear_gemm_panels_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1,
+                              PanelPackFn pack);
+// The qlinear_superblock_qtype types with AVX2 (qlinear_superblock_avx2.cpp), on AVX2 and AVX-512 CPUs.
+void qlinear_tile_superblock_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
+// One block of a qlinear_superblock_qtype type decoded into float32 as the reference decodes it
+// (portable; qlinear_superblock.cpp): the int8 baseline and the runner's embedding rows use it.
+void superblock_decode(int qtype, const uint8_t* block, float* out);
 
 // The driver: picks the kernel for cpu_isa() and splits rows/tokens over the OpenMP threads.
 void qlinear_run(const QLinearArgs& a);

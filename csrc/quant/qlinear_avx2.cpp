@@ -419,8 +419,7 @@ void panel_micro(const float* x, int64_t ldx, int64_t klen, const float* panel, 
   }
 }
 
-template <int QT>
-void gemm_packed(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+void gemm_panels(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1, PanelPackFn pack) {
   alignas(32) static thread_local float panel[kPanelK * kPanelRows];
   alignas(32) float tile_out[kMicroTokens * kPanelRows];
   for (int64_t t = t0; t < t1; ++t)
@@ -429,7 +428,7 @@ void gemm_packed(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64
     const int64_t klen = std::min<int64_t>(kPanelK, a.K - k0);
     for (int64_t n = n0; n < n1; n += kPanelRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kPanelRows, n1 - n));
-      pack_panel<QT>(a, n, rows, k0, klen, panel, kPanelRows);
+      pack(a, n, rows, k0, klen, panel, kPanelRows);
       for (int64_t t = t0; t < t1; t += kMicroTokens) {
         const int mt = static_cast<int>(std::min<int64_t>(kMicroTokens, t1 - t));
         const float* xp = a.x + t * a.ldx + k0;
@@ -467,7 +466,7 @@ void small_t(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n
 template <int QT>
 void tile(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
   if (t1 - t0 >= kPackedMinTokens) {
-    gemm_packed<QT>(a, t0, t1, n0, n1);
+    gemm_panels(a, t0, t1, n0, n1, pack_panel<QT>);
     return;
   }
   small_t<QT>(a, t0, t1, n0, n1);
@@ -510,6 +509,11 @@ void small_t(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n
 
 void qlinear_small_t_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
   PYLLM_QL_DISPATCH(small_t, a, t0, t1, n0, n1)
+}
+
+void qlinear_gemm_panels_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1,
+                              PanelPackFn pack) {
+  gemm_panels(a, t0, t1, n0, n1, pack);
 }
 
 void qlinear_pack_panel_avx2(const QLinearArgs& a, int64_t n, int rows, int64_t k0, int64_t klen, float* buf,

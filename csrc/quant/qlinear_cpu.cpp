@@ -154,11 +154,13 @@ void run_int8(const QLinearArgs& a) {
   const Isa isa = cpu_isa();
   if (isa == Isa::Avx512) quantize_acts_avx512(a.x, a.ldx, 0, a.T, acts);
   else quantize_acts_baseline(a.x, a.ldx, 0, a.T, acts);
-  const QLinearInt8TileFn fn = isa == Isa::Avx512 ? qlinear_int8_tile_avx512
-                               : isa == Isa::Avx2 ? qlinear_int8_tile_avx2
-                                                  : qlinear_int8_tile_baseline;
+  QLinearInt8TileFn fn = isa == Isa::Avx512 ? qlinear_int8_tile_avx512
+                         : isa == Isa::Avx2 ? qlinear_int8_tile_avx2
+                                            : qlinear_int8_tile_baseline;
+  if (qlinear_superblock_qtype(a.qtype))
+    fn = isa == Isa::Baseline ? qlinear_int8_tile_superblock_baseline : qlinear_int8_tile_superblock_avx2;
   QLinearArgs b = a;
-  if (isa != Isa::Avx512) b.packed = nullptr;  // the panels are the AVX-512 kernel's layout
+  if (isa != Isa::Avx512 || !qlinear_int8_packable(a.qtype)) b.packed = nullptr;  // the AVX-512 panels
   run_split(b, 16, [&](int64_t t0, int64_t t1, int64_t n0, int64_t n1) { fn(b, acts, t0, t1, n0, n1); });
 }
 
@@ -170,7 +172,9 @@ void qlinear_run(const QLinearArgs& a) {
     run_int8(a);
     return;
   }
-  const QLinearTileFn fn = qlinear_superblock_qtype(a.qtype) ? qlinear_tile_superblock : pick_kernel();
+  QLinearTileFn fn = pick_kernel();
+  if (qlinear_superblock_qtype(a.qtype))
+    fn = cpu_isa() == Isa::Baseline ? qlinear_tile_superblock : qlinear_tile_superblock_avx2;
   run_split(a, 8, [&](int64_t t0, int64_t t1, int64_t n0, int64_t n1) { fn(a, t0, t1, n0, n1); });
 }
 

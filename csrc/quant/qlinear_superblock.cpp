@@ -1,6 +1,7 @@
 // The exact (float-activation) CPU qlinear kernel for the block types without ISA-specific ones:
 // Q5_0 and Q5_1 (blocks of 32) and the K-quants Q4_K, Q5_K, Q6_K (super-blocks of 256). Portable
-// C++ (the compiler vectorizes the lane loops); every ISA's driver runs it for these types.
+// C++ (the compiler vectorizes the lane loops), for CPUs without AVX2 (qlinear_superblock_avx2.cpp
+// is the kernel elsewhere) and as the decoder of single blocks (superblock_decode).
 //
 // Each block is decoded into float32 exactly as pyllm/weights/quant.py's reference decodes it:
 // every weight is one exact product (d * sc * q, (q - 16) * d, (q - 32) * d * sc) or one rounding
@@ -13,19 +14,14 @@
 #include "common/half.h"
 #include "common/quant_blocks.h"
 #include "quant/qlinear.h"
+#include "quant/superblock_scales.h"
 
 namespace pyllm {
 
 namespace {
 
-float half_at(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return fp16_to_float(h);
-}
-
 void decode_q5_0(const uint8_t* p, float* out) {
-  const float d = half_at(p + offsetof(BlockQ5_0, d));
+  const float d = sb_load_f16(p + offsetof(BlockQ5_0, d));
   uint32_t qh;
   std::memcpy(&qh, p + offsetof(BlockQ5_0, qh), 4);
   const uint8_t* qs = p + offsetof(BlockQ5_0, qs);
@@ -38,7 +34,7 @@ void decode_q5_0(const uint8_t* p, float* out) {
 }
 
 void decode_q5_1(const uint8_t* p, float* out) {
-  const float d = half_at(p + offsetof(BlockQ5_1, d)), m = half_at(p + offsetof(BlockQ5_1, m));
+  const float d = sb_load_f16(p + offsetof(BlockQ5_1, d)), m = sb_load_f16(p + offsetof(BlockQ5_1, m));
   uint32_t qh;
   std::memcpy(&qh, p + offsetof(BlockQ5_1, qh), 4);
   const uint8_t* qs = p + offsetof(BlockQ5_1, qs);
@@ -47,24 +43,6 @@ void decode_q5_1(const uint8_t* p, float* out) {
     const int hi = (qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1u) << 4);
     out[j] = static_cast<float>(lo) * d + m;
     out[j + 16] = static_cast<float>(hi) * d + m;
-  }
-}
-
-// The 8 (scale, min) pairs of a Q4_K / Q5_K super-block, already multiplied by d and dmin.
-void k_scales(const uint8_t* p, float* scale, float* min) {
-  const float d = half_at(p), dmin = half_at(p + 2);
-  const uint8_t* s = p + offsetof(BlockQ4_K, scales);
-  for (int i = 0; i < 8; ++i) {
-    int sc, mn;
-    if (i < 4) {
-      sc = s[i] & 63;
-      mn = s[i + 4] & 63;
-    } else {
-      sc = (s[i + 4] & 0x0F) | ((s[i - 4] >> 6) << 4);
-      mn = (s[i + 4] >> 4) | ((s[i] >> 6) << 4);
-    }
-    scale[i] = d * static_cast<float>(sc);
-    min[i] = dmin * static_cast<float>(mn);
   }
 }
 
@@ -93,10 +71,8 @@ void decode_k4(const uint8_t* p, const uint8_t* qh, const uint8_t* qs, float* ou
 void decode_q6_k(const uint8_t* p, float* out) {
   const uint8_t* ql = p + offsetof(BlockQ6_K, ql);
   const uint8_t* qh = p + offsetof(BlockQ6_K, qh);
-  const uint8_t* sc = p + offsetof(BlockQ6_K, scales);
-  const float d = half_at(p + offsetof(BlockQ6_K, d));
   float scale[16];
-  for (int i = 0; i < 16; ++i) scale[i] = d * static_cast<float>(static_cast<int8_t>(sc[i]));
+  q6_scales(p, scale);
   for (int h = 0; h < 2; ++h) {
     for (int k = 0; k < 4; ++k) {
       const uint8_t* lo = ql + 64 * h + 32 * (k % 2);
@@ -124,6 +100,8 @@ constexpr int kTokens = 4;  // tokens per pass over a row's blocks
 constexpr int kLanes = 32;  // partial sums per token
 
 }  // namespace
+
+void superblock_decode(int qtype, const uint8_t* block, float* out) { decode_block(qtype, block, out); }
 
 void qlinear_tile_superblock(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
   const int bsize = superblock_weights(a.qtype);

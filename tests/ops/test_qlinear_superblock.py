@@ -1,11 +1,10 @@
-"""qlinear on the CPU for the block types with a portable kernel only: Q5_0, Q5_1 (blocks of
-32) and the K-quants Q4_K, Q5_K, Q6_K (super-blocks of 256), against the reference
+"""qlinear on the CPU for Q5_0, Q5_1 (blocks of 32) and the K-quants Q4_K, Q5_K, Q6_K (super-blocks of 256), against the reference
 (x @ dequantize(W).T). Their CUDA kernel is checked on the emulator by test_cuda_emulated.py.
 
 The weights are random bytes: with sane fp16 scales, or raw (any scale bit pattern, NaN and
 infinity included: outputs the reference makes non-finite must be non-finite from the kernel too).
-Every instruction-set cap runs the same portable kernel; each is checked, since the driver picks
-per call.
+Each instruction-set cap is checked (the portable kernel below AVX2, the AVX2 one above it), for
+the exact and the int8-activation kernels.
 """
 
 from __future__ import annotations
@@ -18,10 +17,16 @@ from hypothesis import strategies as st
 
 import pyllm.ops as ops
 from pyllm.ops import _library as L
-from pyllm.ops.qlinear import QWeight, qlinear_int8, qlinear_ref
+from pyllm.ops.qlinear import (
+    QWeight,
+    qlinear_int8,
+    qlinear_int8_ref,
+    qlinear_ref,
+    quantize_activations_int8,
+)
 from pyllm.weights.quant import OP_QTYPE_CODES, block_size, row_bytes
 
-from test_qlinear import ISAS, check_close, cpu_isa, native
+from test_qlinear import ISAS, check_close, cpu_isa, int8_error_bound, native
 
 # Offsets of each block's fp16 scale fields.
 SCALE_FIELDS = {"q5_0": [0], "q5_1": [0, 2], "q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208]}
@@ -98,9 +103,54 @@ def test_the_native_entry_rechecks_the_block_size():
         )
 
 
+@native
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("qtype", QTYPES)
-def test_int8_path_refuses_these_types(qtype):
-    k = block_size(qtype)
-    w = random_weight(qtype, 3, k, 1, False)
-    with pytest.raises(ValueError, match="the int8 path takes"):
-        qlinear_int8(torch.randn(2, k), QWeight(w, qtype, 3, k))
+@SETTINGS
+@given(
+    t=st.integers(1, 9),
+    nblocks=st.integers(1, 3),
+    n=st.integers(1, 24),
+    with_bias=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_int8_path_matches_its_reference(isa, qtype, t, nblocks, n, with_bias, seed):
+    """The int8-activation kernels compute qlinear_int8_ref (exact integer dot products per
+    32-weight group; only float32 rounding of the scaled sums differs) and stay within the
+    activations' quantization bound of the exact op."""
+    k = nblocks * block_size(qtype)
+    gen = torch.Generator().manual_seed(seed)
+    w = random_weight(qtype, n, k, seed, raw=False)
+    x = torch.randn(t, k, generator=gen) * torch.rand(t, 1, generator=gen) * 4
+    if seed % 3 == 0:
+        x[:, :32] = 0.0  # an all-zero activation block (scale 0)
+    bias = torch.randn(n, generator=gen) if with_bias else None
+    code = OP_QTYPE_CODES[qtype]
+    qw = QWeight(w, qtype, n, k)
+    wf = qw.dequantize()
+    out = torch.empty(t, n)
+    with cpu_isa(isa):
+        L._C.qlinear_cpu(
+            L.view(x), L.view(w), code, None if bias is None else L.view(bias), L.view(out),
+            int8_act=True,
+        )
+        if bias is None:
+            assert torch.equal(out, qlinear_int8(x, qw))
+    xq, scale = quantize_activations_int8(x)
+    xhat = (xq * scale.unsqueeze(-1)).reshape(t, k)
+    check_close(out, qlinear_int8_ref(x, w, code, n, bias), xhat.abs() + x.abs(), wf)
+    exact = qlinear_ref(x, w, code, n, bias)
+    slack = 1e-5 * (x.abs() @ wf.abs().T) + 1e-6
+    assert ((out - exact).abs() <= int8_error_bound(x, wf) + slack).all()
+
+
+@native
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_int8_threaded_prefill_shape(qtype):
+    """Many tokens over the threads (the token blocks of the kernel) against the reference."""
+    t, k, n = 70, 512, 40
+    w = random_weight(qtype, n, k, 3, raw=False)
+    x = torch.randn(t, k, generator=torch.Generator().manual_seed(3))
+    qw = QWeight(w, qtype, n, k)
+    out = qlinear_int8(x, qw)
+    check_close(out, qlinear_int8_ref(x, w, OP_QTYPE_CODES[qtype], n), x.abs() * 2, qw.dequantize())

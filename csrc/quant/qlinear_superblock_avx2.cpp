@@ -1,0 +1,296 @@
+// The exact (float-activation) qlinear for Q5_0, Q5_1 (blocks of 32) and the K-quants Q4_K, Q5_K,
+// Q6_K (super-blocks of 256) with AVX2 + FMA: the codes are unpacked 32 at a time into bytes
+// (superblock_codes_avx2.h), widened to float lanes and multiplied with the float32 activations.
+//
+//  * One token (decode, memory-bound): each 32-weight group's codes are dotted with x first and
+//    the sum scaled once (d for Q5_0/Q5_1, d*sc for a K-quant sub-block, two scales for a Q6_K
+//    quarter); offsets (Q5_1's m, the K-quants' mins) meet the activations' per-32 sums, made
+//    once per call. Q5_0 and Q6_K codes are centred (q - 16, q - 32) as signed bytes first.
+//  * 2..9 tokens: each block is decoded into float32 exactly as the reference decodes it (the
+//    same single products and roundings as pyllm/weights/quant.py) and reused for every token.
+//  * 10 tokens and more: panels of exactly decoded weights through the AVX2 GEMM micro-kernel
+//    (qlinear_gemm_panels_avx2 in qlinear_avx2.cpp).
+// So the result differs from x @ dequant(W).T only by float32 rounding (the one-token path also
+// reassociates each group's sum; tests/ops/test_qlinear_superblock.py bounds it as the other
+// kernels' errors are bounded).
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "common/thread_scratch.h"
+#include "quant/qlinear.h"
+#include "quant/superblock_codes_avx2.h"
+#include "quant/superblock_scales.h"
+
+namespace pyllm {
+
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// The 32 bytes of v as four vectors of 8 floats (bytes read as signed or unsigned integers).
+template <bool Signed>
+inline void widen(__m256i v, __m256 out[4]) {
+  const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+  const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+  for (int i = 0; i < 4; ++i)
+    out[i] = _mm256_cvtepi32_ps(Signed ? _mm256_cvtepi8_epi32(part[i]) : _mm256_cvtepu8_epi32(part[i]));
+}
+
+// Partial sums of w[0..n*8) * x[0..n*8), 8 lanes.
+template <int N>
+inline __m256 dot(const __m256* w, const float* x) {
+  __m256 s = _mm256_mul_ps(w[0], _mm256_loadu_ps(x));
+  for (int i = 1; i < N; ++i) s = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(x + 8 * i), s);
+  return s;
+}
+
+template <int QT>
+struct Format;
+template <>
+struct Format<kQ5_0> {
+  static constexpr int kWeights = kQK;
+  static constexpr int64_t kBytes = kBlockBytes<BlockQ5_0>;
+};
+template <>
+struct Format<kQ5_1> {
+  static constexpr int kWeights = kQK;
+  static constexpr int64_t kBytes = kBlockBytes<BlockQ5_1>;
+};
+template <>
+struct Format<kQ4_K> {
+  static constexpr int kWeights = kQK_K;
+  static constexpr int64_t kBytes = kBlockBytes<BlockQ4_K>;
+};
+template <>
+struct Format<kQ5_K> {
+  static constexpr int kWeights = kQK_K;
+  static constexpr int64_t kBytes = kBlockBytes<BlockQ5_K>;
+};
+template <>
+struct Format<kQ6_K> {
+  static constexpr int kWeights = kQK_K;
+  static constexpr int64_t kBytes = kBlockBytes<BlockQ6_K>;
+};
+
+// Q4_K / Q5_K chunk c's two sub-blocks of codes.
+template <int QT>
+inline void k_chunk(const uint8_t* p, int c, __m256i& lo, __m256i& hi) {
+  if constexpr (QT == kQ4_K) {
+    q4k_chunk_codes(p + offsetof(BlockQ4_K, qs), c, lo, hi);
+  } else {
+    q5k_chunk_codes(p + offsetof(BlockQ5_K, qh), p + offsetof(BlockQ5_K, qs), c, lo, hi);
+  }
+}
+
+// ------------------------------------------------------------------ exact block decode
+
+// One block into out[Format<QT>::kWeights], bit-identical to the reference's dequantization.
+template <int QT>
+void decode_exact(const uint8_t* p, float* out) {
+  __m256 f[4];
+  if constexpr (QT == kQ5_0) {
+    const __m256 d = _mm256_set1_ps(sb_load_f16(p + offsetof(BlockQ5_0, d)));
+    const __m256i q = q5_block_codes(p + offsetof(BlockQ5_0, qh), p + offsetof(BlockQ5_0, qs));
+    widen<true>(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), f);
+    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(f[i], d));
+  } else if constexpr (QT == kQ5_1) {
+    const __m256 d = _mm256_set1_ps(sb_load_f16(p + offsetof(BlockQ5_1, d)));
+    const __m256 m = _mm256_set1_ps(sb_load_f16(p + offsetof(BlockQ5_1, m)));
+    widen<false>(q5_block_codes(p + offsetof(BlockQ5_1, qh), p + offsetof(BlockQ5_1, qs)), f);
+    // q*d is exact (5-bit q, 11-bit d): the FMA rounds q*d + m once, as the reference does.
+    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_fmadd_ps(f[i], d, m));
+  } else if constexpr (QT == kQ4_K || QT == kQ5_K) {
+    float scale[8], min[8];
+    k_scales(p, scale, min);
+    for (int c = 0; c < 4; ++c) {
+      __m256i codes[2];
+      k_chunk<QT>(p, c, codes[0], codes[1]);
+      for (int s = 0; s < 2; ++s) {
+        const int sub = 2 * c + s;
+        const __m256 sc = _mm256_set1_ps(scale[sub]), neg_min = _mm256_set1_ps(-min[sub]);
+        widen<false>(codes[s], f);
+        // d*sc*q is exact (17-bit d*sc, 5-bit q), so fma(sc, q, -min) is the reference's one rounding.
+        for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + 32 * sub + 8 * i, _mm256_fmadd_ps(f[i], sc, neg_min));
+      }
+    }
+  } else {
+    float scale[16];
+    q6_scales(p, scale);
+    for (int h = 0; h < 2; ++h) {
+      for (int k = 0; k < 4; ++k) {
+        const int first = 128 * h + 32 * k;
+        widen<true>(_mm256_sub_epi8(q6k_quarter_codes(p, h, k), _mm256_set1_epi8(32)), f);
+        for (int i = 0; i < 4; ++i)
+          _mm256_storeu_ps(out + first + 8 * i, _mm256_mul_ps(f[i], _mm256_set1_ps(scale[(first + 8 * i) / 16])));
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ one token
+
+// Per-thread scratch: the activations' per-32 sums (the offsets' and mins' partner).
+struct SumsTag;
+float* sums_buffer(int64_t n) { return thread_scratch<float, SumsTag>(static_cast<size_t>(n), 32); }
+
+template <int QT>
+float gemv_row(const uint8_t* row, int64_t blocks, const float* x, const float* sums) {
+  __m256 acc = _mm256_setzero_ps(), acc_min = _mm256_setzero_ps();
+  float offsets = 0.f;
+  __m256 f[4];
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* p = row + b * Format<QT>::kBytes;
+    const float* xb = x + b * Format<QT>::kWeights;
+    if constexpr (QT == kQ5_0) {
+      const __m256i q = q5_block_codes(p + offsetof(BlockQ5_0, qh), p + offsetof(BlockQ5_0, qs));
+      widen<true>(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), f);
+      acc = _mm256_fmadd_ps(dot<4>(f, xb), _mm256_set1_ps(sb_load_f16(p)), acc);
+    } else if constexpr (QT == kQ5_1) {
+      widen<false>(q5_block_codes(p + offsetof(BlockQ5_1, qh), p + offsetof(BlockQ5_1, qs)), f);
+      acc = _mm256_fmadd_ps(dot<4>(f, xb), _mm256_set1_ps(sb_load_f16(p)), acc);
+      offsets += sb_load_f16(p + offsetof(BlockQ5_1, m)) * sums[b];
+    } else if constexpr (QT == kQ4_K || QT == kQ5_K) {
+      float scale[8], min[8];
+      k_scales(p, scale, min);
+      for (int c = 0; c < 4; ++c) {
+        __m256i lo, hi;
+        k_chunk<QT>(p, c, lo, hi);
+        widen<false>(lo, f);
+        acc = _mm256_fmadd_ps(dot<4>(f, xb + 64 * c), _mm256_set1_ps(scale[2 * c]), acc);
+        widen<false>(hi, f);
+        acc = _mm256_fmadd_ps(dot<4>(f, xb + 64 * c + 32), _mm256_set1_ps(scale[2 * c + 1]), acc);
+      }
+      acc_min = _mm256_fmadd_ps(_mm256_loadu_ps(min), _mm256_loadu_ps(sums + 8 * b), acc_min);
+    } else {
+      float scale[16];
+      q6_scales(p, scale);
+      for (int h = 0; h < 2; ++h) {
+        for (int k = 0; k < 4; ++k) {
+          const int first = 128 * h + 32 * k;
+          widen<true>(_mm256_sub_epi8(q6k_quarter_codes(p, h, k), _mm256_set1_epi8(32)), f);
+          acc = _mm256_fmadd_ps(dot<2>(f, xb + first), _mm256_set1_ps(scale[first / 16]), acc);
+          acc = _mm256_fmadd_ps(dot<2>(f + 2, xb + first + 16), _mm256_set1_ps(scale[first / 16 + 1]), acc);
+        }
+      }
+    }
+  }
+  return hsum(acc) - hsum(acc_min) + offsets;
+}
+
+template <int QT>
+void gemv(const QLinearArgs& a, int64_t t, int64_t n0, int64_t n1) {
+  const int64_t blocks = a.K / Format<QT>::kWeights;
+  const float* x = a.x + t * a.ldx;
+  const float* sums = nullptr;
+  if constexpr (QT == kQ5_1 || QT == kQ4_K || QT == kQ5_K) {
+    const int64_t groups = a.K / kQK;
+    float* buf = sums_buffer(groups);
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* xg = x + g * kQK;
+      const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xg), _mm256_loadu_ps(xg + 8)),
+                                     _mm256_add_ps(_mm256_loadu_ps(xg + 16), _mm256_loadu_ps(xg + 24)));
+      buf[g] = hsum(s);
+    }
+    sums = buf;
+  }
+  for (int64_t n = n0; n < n1; ++n) {
+    float s = gemv_row<QT>(a.w + n * a.ldw, blocks, x, sums);
+    if (a.bias) s += a.bias[n];
+    a.out[t * a.ldo + n] = s;
+  }
+}
+
+// ------------------------------------------------------------------ a few tokens
+
+constexpr int kTokens = 4;
+
+template <int QT, int MT>
+void few_tokens_row(const QLinearArgs& a, int64_t t, int64_t n) {
+  constexpr int W = Format<QT>::kWeights;
+  const int64_t blocks = a.K / W;
+  const uint8_t* row = a.w + n * a.ldw;
+  alignas(32) float w[W];
+  __m256 acc[MT][2];
+  for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    decode_exact<QT>(row + b * Format<QT>::kBytes, w);
+    for (int i = 0; i < MT; ++i) {
+      const float* xb = a.x + (t + i) * a.ldx + b * W;
+      for (int j = 0; j < W; j += 16) {
+        acc[i][0] = _mm256_fmadd_ps(_mm256_load_ps(w + j), _mm256_loadu_ps(xb + j), acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(_mm256_load_ps(w + j + 8), _mm256_loadu_ps(xb + j + 8), acc[i][1]);
+      }
+    }
+  }
+  for (int i = 0; i < MT; ++i) {
+    float s = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
+    if (a.bias) s += a.bias[n];
+    a.out[(t + i) * a.ldo + n] = s;
+  }
+}
+
+template <int QT>
+void few_tokens(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    int64_t t = t0;
+    for (; t + kTokens <= t1; t += kTokens) few_tokens_row<QT, kTokens>(a, t, n);
+    switch (t1 - t) {
+      case 3: few_tokens_row<QT, 3>(a, t, n); break;
+      case 2: few_tokens_row<QT, 2>(a, t, n); break;
+      case 1: few_tokens_row<QT, 1>(a, t, n); break;
+      default: break;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ many tokens
+
+// Rows [n, n + rows) (missing rows zero), weights [k0, k0 + klen) decoded into buf[k * ldb + r].
+// The GEMM's panels start at multiples of 768 (three super-blocks), so k0 and klen are whole blocks.
+template <int QT>
+void pack_panel(const QLinearArgs& a, int64_t n, int rows, int64_t k0, int64_t klen, float* buf, int64_t ldb) {
+  constexpr int W = Format<QT>::kWeights;
+  alignas(32) float w[W];
+  for (int r = 0; r < static_cast<int>(ldb); ++r) {
+    if (r >= rows) {
+      for (int64_t k = 0; k < klen; ++k) buf[k * ldb + r] = 0.f;
+      continue;
+    }
+    const uint8_t* row = a.w + (n + r) * a.ldw;
+    for (int64_t kb = 0; kb < klen; kb += W) {
+      decode_exact<QT>(row + (k0 + kb) / W * Format<QT>::kBytes, w);
+      for (int j = 0; j < W; ++j) buf[(kb + j) * ldb + r] = w[j];
+    }
+  }
+}
+
+template <int QT>
+void tile(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+  if (t1 - t0 >= kPackedMinTokens) {
+    qlinear_gemm_panels_avx2(a, t0, t1, n0, n1, pack_panel<QT>);
+  } else if (t1 - t0 == 1) {
+    gemv<QT>(a, t0, n0, n1);
+  } else {
+    few_tokens<QT>(a, t0, t1, n0, n1);
+  }
+}
+
+}  // namespace
+
+void qlinear_tile_superblock_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+  switch (a.qtype) {
+    case kQ5_0: tile<kQ5_0>(a, t0, t1, n0, n1); break;
+    case kQ5_1: tile<kQ5_1>(a, t0, t1, n0, n1); break;
+    case kQ4_K: tile<kQ4_K>(a, t0, t1, n0, n1); break;
+    case kQ5_K: tile<kQ5_K>(a, t0, t1, n0, n1); break;
+    default: tile<kQ6_K>(a, t0, t1, n0, n1); break;
+  }
+}
+
+}  // namespace pyllm
