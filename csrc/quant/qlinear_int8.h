@@ -1,4 +1,5 @@
-// The opt-in int8-activation path of qlinear (Q4_0, Q4_1, Q8_0 weights only).
+// The opt-in int8-activation path of qlinear: Q4_0, Q4_1, Q8_0 (this file's kernels) and Q5_0,
+// Q5_1, Q4_K, Q5_K, Q6_K (qlinear_int8_superblock_avx2.cpp states their sums).
 //
 // Each activation row is quantized per 32-element block, as llama.cpp's Q8 activations are:
 //   inv = 127 / max|x_b|,  q_k = round_half_even(x_k * inv),  scale_b = max|x_b| / 127
@@ -34,12 +35,22 @@ struct Int8Acts {
 };
 
 bool qlinear_int8_supported(int qtype);
+// The types whose matrices the AVX-512 kernel takes as prepacked panels (Q4_0, Q4_1, Q8_0); the
+// others are read straight from their blocks.
+bool qlinear_int8_packable(int qtype);
 
 // The fewest tokens for which the int8 kernels beat the exact ones (measured on Zen 4, 2 threads,
 // SmolLM2 shapes: Q4_1 3072x576 is even at T=1 and 1.9x faster at T=4; the Q8_0 49152x576 head
 // is 6x slower at T=1, even near T=8 and 1.45x faster at T=16, its panel gathers being dearer).
 // The model's runner uses them below these counts only on the exact path.
 int64_t qlinear_int8_min_tokens(int qtype);
+
+// Whether the runner's int8 mode takes the int8 kernel for a step of T tokens. The Q4_0/Q4_1/Q8_0
+// kernels pay from qlinear_int8_min_tokens (from one token with prepacked panels). The Q5_0/Q5_1/
+// K-quant kernels read rows straight from the blocks: they beat the exact kernels from one token
+// (SmolLM2's 576x1536 Q4_K at T=1: 1.3x faster on one Zen 4 core) but not the exact GEMM from
+// kPackedMinTokens on (T=64: 1.8x slower), so prefill stays exact for them.
+bool qlinear_int8_pays(int qtype, int64_t T, bool packed);
 
 // Quantize rows [t0, t1) of x (row stride ldx) into the buffers of `acts` (row r at r * K,
 // blocks at r * K / 32). The baseline and AVX-512 forms give the same bytes.
@@ -54,6 +65,12 @@ void qlinear_int8_tile_avx2(const QLinearArgs& a, const Int8Acts& q, int64_t t0,
                             int64_t n1);
 void qlinear_int8_tile_avx512(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
                               int64_t n1);
+
+// The qlinear_superblock_qtype types: AVX2 (also run on AVX-512 CPUs) and portable.
+void qlinear_int8_tile_superblock_avx2(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
+                                       int64_t n1);
+void qlinear_int8_tile_superblock_baseline(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1,
+                                           int64_t n0, int64_t n1);
 
 // Ahead-of-time panels for the AVX-512 kernel (QLinearArgs::packed): the whole matrix a.w [N, K]
 // packed into dst (qlinear_int8_packed_bytes, 64-byte aligned). Only the AVX-512 kernel reads them.

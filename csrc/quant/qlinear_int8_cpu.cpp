@@ -8,9 +8,17 @@
 
 namespace pyllm {
 
-bool qlinear_int8_supported(int qtype) { return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0; }
+bool qlinear_int8_packable(int qtype) { return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0; }
 
-int64_t qlinear_int8_min_tokens(int qtype) { return qtype == kQ8_0 ? 16 : 4; }
+bool qlinear_int8_supported(int qtype) { return qlinear_int8_packable(qtype) || qlinear_superblock_qtype(qtype); }
+
+// The superblock types' kernels read rows straight from the blocks: no gather to pay for.
+int64_t qlinear_int8_min_tokens(int qtype) { return qtype == kQ8_0 ? 16 : qlinear_superblock_qtype(qtype) ? 1 : 4; }
+
+bool qlinear_int8_pays(int qtype, int64_t T, bool packed) {
+  if (qlinear_superblock_qtype(qtype)) return T < kPackedMinTokens;
+  return packed || T >= qlinear_int8_min_tokens(qtype);
+}
 
 void quantize_acts_baseline(const float* x, int64_t ldx, int64_t t0, int64_t t1, const Int8Acts& acts) {
   for (int64_t t = t0; t < t1; ++t) {
@@ -59,6 +67,35 @@ void qlinear_int8_tile_baseline(const QLinearArgs& a, const Int8Acts& q, int64_t
           if (a.qtype == kQ4_0) dot -= 8 * q.qsum[at];
           acc += static_cast<float>(dot) * (d * q.scale[at]);
           if (a.qtype == kQ4_1) acc += load_f16(p + 2) * q.xsum[at];
+        }
+      }
+      if (a.bias) acc += a.bias[n];
+      a.out[t * a.ldo + n] = acc;
+    }
+  }
+}
+
+// Each block decoded exactly (superblock_decode), then each 32-weight group meets its activation
+// block: scale_b * sum_k w_k q_k, the group's sum taken in float32 rather than in int32 before
+// the scaling, so this agrees with the vector kernels and qlinear_int8_ref to float32 rounding.
+void qlinear_int8_tile_superblock_baseline(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1,
+                                           int64_t n0, int64_t n1) {
+  const int bsize = superblock_weights(a.qtype);
+  const int64_t bbytes = superblock_bytes(a.qtype);
+  const int64_t blocks = a.K / bsize;
+  float w[kQK_K];
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = a.w + n * a.ldw;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int8_t* xq = q.q + t * q.K;
+      float acc = 0.f;
+      for (int64_t b = 0; b < blocks; ++b) {
+        superblock_decode(a.qtype, row + b * bbytes, w);
+        for (int g = 0; g < bsize / kQBlock; ++g) {
+          const int64_t k0 = b * bsize + g * kQBlock;
+          float s = 0.f;
+          for (int i = 0; i < kQBlock; ++i) s += w[g * kQBlock + i] * static_cast<float>(xq[k0 + i]);
+          acc += s * q.scale[t * q.blocks + k0 / kQBlock];
         }
       }
       if (a.bias) acc += a.bias[n];
