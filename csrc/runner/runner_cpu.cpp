@@ -71,6 +71,12 @@ void table_row(const RunnerTable& t, int64_t r, float* out) {
       for (int64_t c = 0; c < t.cols / kQBlock; ++c) dequant_chunk(t.qtype, p + c * cb, out + c * kQBlock);
       break;
     }
+    case kQ5_0: case kQ5_1: case kQ4_K: case kQ5_K: case kQ6_K: {
+      const int bw = superblock_weights(t.qtype);
+      const int64_t bb = superblock_bytes(t.qtype);
+      for (int64_t b = 0; b < t.cols / bw; ++b) superblock_decode(t.qtype, p + b * bb, out + b * bw);
+      break;
+    }
     case kQF16:
       for (int64_t j = 0; j < t.cols; ++j) out[j] = load_as_float(p, 1, j);
       break;
@@ -80,6 +86,15 @@ void table_row(const RunnerTable& t, int64_t r, float* out) {
     default:
       std::memcpy(out, p, static_cast<size_t>(t.cols) * sizeof(float));
   }
+}
+
+// The weight types the runner takes: every type with a CPU qlinear kernel.
+bool runner_qtype(int qtype) { return qlinear_qtype_known(qtype) || qlinear_superblock_qtype(qtype); }
+
+// Weights a block of the type holds (1 for the float types).
+int64_t block_weights(int qtype) {
+  if (qlinear_superblock_qtype(qtype)) return superblock_weights(qtype);
+  return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0 ? kQBlock : 1;
 }
 
 // Columns [c0, c0 + n) of every row of x [T, ld] into out [T, n].
@@ -92,10 +107,10 @@ void check_linear(const RunnerLinear& lin, int64_t in, int64_t out, const char* 
   if (lin.in != in || lin.out != out) fail(std::string("runner: ") + what + " has the wrong shape");
   int64_t covered = 0;
   for (const RunnerLinearPart& p : lin.parts) {
-    if (!qlinear_qtype_known(p.qtype) || p.w == nullptr || p.rows < 0 || p.col0 != covered)
+    if (!runner_qtype(p.qtype) || p.w == nullptr || p.rows < 0 || p.col0 != covered)
       fail(std::string("runner: ") + what + " has a bad part");
-    if ((p.qtype == kQ4_0 || p.qtype == kQ4_1 || p.qtype == kQ8_0) && in % kQBlock)
-      fail(std::string("runner: ") + what + ": block formats need in_features % 32 == 0");
+    if (in % block_weights(p.qtype))
+      fail(std::string("runner: ") + what + ": in_features must be a whole number of the weight's blocks");
     covered += p.rows;
   }
   if (covered != out) fail(std::string("runner: ") + what + "'s parts do not cover its outputs");
@@ -107,8 +122,7 @@ void check_norm(const RunnerNorm& n, const char* what) {
 
 // A table of at least `rows` rows (the position table may be longer than a capped context).
 void check_table(const RunnerTable& t, int64_t rows, int64_t cols, const char* what) {
-  if (t.data == nullptr || t.rows < rows || t.cols != cols || !qlinear_qtype_known(t.qtype) ||
-      ((t.qtype == kQ4_0 || t.qtype == kQ4_1 || t.qtype == kQ8_0) && cols % kQBlock))
+  if (t.data == nullptr || t.rows < rows || t.cols != cols || !runner_qtype(t.qtype) || cols % block_weights(t.qtype))
     fail(std::string("runner: bad ") + what + " table");
 }
 
@@ -168,7 +182,7 @@ void Runner::set_head(const RunnerNorm& norm_f, const RunnerLinear& lm_head) {
 
 void Runner::pack_int8(RunnerLinear& lin) {
   for (RunnerLinearPart& p : lin.parts) {
-    if (p.packed || p.rows == 0 || !qlinear_int8_supported(p.qtype) || lin.in % kQBlock) continue;
+    if (p.packed || p.rows == 0 || !qlinear_int8_packable(p.qtype) || lin.in % kQBlock) continue;
     const int64_t bytes = qlinear_int8_packed_bytes(p.qtype, p.rows, lin.in);
     std::unique_ptr<uint8_t, FreeDeleter> buf(static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>(bytes))));
     if (!buf) throw std::bad_alloc();
@@ -303,7 +317,7 @@ void Runner::linear(const RunnerLinear& lin, const float* x, float* y, int64_t T
     a.N = p.rows;
     a.qtype = p.qtype;
     a.packed = p.packed;
-    a.int8_act = int8_act_ && (p.packed || T >= qlinear_int8_min_tokens(p.qtype));
+    a.int8_act = int8_act_ && qlinear_int8_pays(p.qtype, T, p.packed != nullptr);
     qlinear_run(a);
   }
 }

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from pyllm.ops import _library as L
-from pyllm.weights.quant import QTYPE_CODES
+from pyllm.weights.quant import OP_QTYPE_CODES
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyllm.model.batch import AttentionMetadata, KVCaches
@@ -52,11 +52,6 @@ class Unsupported(Exception):
     """The model has something the runner does not take (it then runs op by op)."""
 
 
-class UnsupportedWeightType(Unsupported):
-    """A weight in a format only the op-by-op path computes on (Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: the
-    CPU qlinear op's portable kernel); the model says so once on stderr and runs op by op."""
-
-
 def _cpu_f32(t: torch.Tensor | None, n: int | None = None) -> int:
     """The address of a contiguous float32 CPU vector (0 for None)."""
     if t is None:
@@ -77,13 +72,13 @@ def _weight_args(w, keep: list) -> tuple[int, int, int]:
     data = w.data
     if not (data.is_cpu and data.is_contiguous()):
         raise Unsupported("a weight is not a contiguous CPU tensor")
-    if w.qtype not in QTYPE_CODES:
-        raise UnsupportedWeightType(
+    if w.qtype not in OP_QTYPE_CODES:
+        raise Unsupported(
             f"the fused CPU runner does not take {w.qtype} weights "
-            f"(it takes {', '.join(sorted(QTYPE_CODES))})"
+            f"(it takes {', '.join(sorted(OP_QTYPE_CODES))})"
         )
     keep.append(data)
-    return data.data_ptr(), QTYPE_CODES[w.qtype], w.out_features
+    return data.data_ptr(), OP_QTYPE_CODES[w.qtype], w.out_features
 
 
 def _linear_args(module, keep: list) -> tuple[int, int, list[tuple[int, int, int, int]]]:

@@ -24,7 +24,6 @@ on the next step whenever the model's tensors were replaced (checked cheaply eve
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,11 +32,11 @@ import torch
 
 from pyllm.model.batch import AttentionMetadata, KVCaches
 from pyllm.model.config import ModelConfig
-from pyllm.model.fast import FastForward, Unsupported, UnsupportedWeightType
+from pyllm.model.fast import FastForward, Unsupported
 from pyllm.model.fast import available as fast_available
 from pyllm.model.gpt import GPT
 from pyllm.model.layers import Linear
-from pyllm.ops.qlinear import INT8_QTYPES
+from pyllm.ops.qlinear import INT8_PACKED_QTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyllm.model.cuda_graph import CudaGraphRunner
@@ -99,10 +98,11 @@ class ModelRunner:
 
     @property
     def int8_activations(self) -> bool:
-        """Opt-in: the fast CPU forward runs Q4_0/Q4_1/Q8_0 matrices on int8-quantized
-        activations (csrc/quant/qlinear_int8.h) when a step has enough tokens for it to pay
-        (prefill, batches). Faster, but no longer the exact float32 product: the op-by-op path
-        and the default stay exact. See docs/kernels.md for the measured error."""
+        """Opt-in: the fast CPU forward runs its block matrices on int8-quantized activations
+        (csrc/quant/qlinear_int8.h) where that pays: Q4_0/Q4_1/Q8_0 in steps of enough tokens
+        (every step with the panels prepacked on AVX-512), Q5_0/Q5_1 and the K-quants in steps
+        below 10 tokens (decode). Faster, but no longer the exact float32 product: the op-by-op
+        path and the default stay exact. See docs/kernels.md for the measured error."""
         return self._int8_activations
 
     @int8_activations.setter
@@ -114,12 +114,12 @@ class ModelRunner:
     def _set_runner_int8(self, fast: FastForward) -> None:
         fast.runner.int8_activations = self._int8_activations
         if self._int8_activations and fast.runner.packed_bytes and self.release_pages:
-            # The packed panels are a copy of every block matrix: their memory-mapped source
-            # pages are not read while int8 is on (a page touched again, e.g. an embedding row
-            # of a tied table, is read back from the file).
+            # The packed panels are a copy of every Q4_0/Q4_1/Q8_0 matrix: their memory-mapped
+            # source pages are not read while int8 is on (a page touched again, e.g. an
+            # embedding row of a tied table, is read back from the file).
             for module in self.gpt.modules():
                 w = module.weight if isinstance(module, Linear) else None
-                if w is not None and w.qtype in INT8_QTYPES and w.in_features % 32 == 0:
+                if w is not None and w.qtype in INT8_PACKED_QTYPES and w.in_features % 32 == 0:
                     self.release_pages(w.data)
 
     # ------------------------------------------------------------------ the fast forward
@@ -143,9 +143,6 @@ class ModelRunner:
                 try:
                     fast = FastForward(self.gpt)
                     self._set_runner_int8(fast)
-                except UnsupportedWeightType as exc:  # blocks only the op-by-op qlinear takes
-                    print(f"pyllm: {exc}; the model runs op by op", file=sys.stderr)
-                    fast = False
                 except Unsupported as exc:
                     fast = False
                     if self.fast_unsupported != str(exc):

@@ -37,10 +37,11 @@ from pyllm.weights.quant import (
     KERNEL_BLOCK,
     KERNEL_BLOCK_BYTES,
     OP_QTYPE_CODES,
+    PLAIN_KERNEL_QTYPES,
     TYPES_BY_NAME,
     dequantize,
 )
-from pyllm.weights.quant import QTYPE_CODES as QTYPE_CODES  # the runner's and int8 path's types
+from pyllm.weights.quant import QTYPE_CODES as QTYPE_CODES  # the tuned CUDA kernels' types
 
 # The kernels' types, all derived from pyllm/weights/quant.py's GGML table.
 QTYPE_NAMES = {code: name for name, code in OP_QTYPE_CODES.items()}
@@ -174,7 +175,10 @@ def qlinear_ref(
     return out
 
 
-INT8_QTYPES = tuple(BLOCK_BYTES)  # the 32-weight kernel block types: ("q4_0", "q4_1", "q8_0")
+# The int8 path's types: the 32-weight kernel block types (whose matrices an AVX-512 runner packs
+# into panels) and the Q5 / K-quant blocks (read as stored).
+INT8_PACKED_QTYPES = tuple(BLOCK_BYTES)  # ("q4_0", "q4_1", "q8_0")
+INT8_QTYPES = INT8_PACKED_QTYPES + PLAIN_KERNEL_QTYPES
 
 
 def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +216,7 @@ def qlinear_int8_ref(
 
 
 def qlinear_int8(x: torch.Tensor, w: QWeight) -> torch.Tensor:
-    """The opt-in int8-activation kernel on `x` [T, in] (CPU, Q4_0/Q4_1/Q8_0 only): what the fast
+    """The opt-in int8-activation kernel on `x` [T, in] (CPU, the INT8_QTYPES): what the fast
     model path runs with int8 activations on; for tests and benchmarks."""
     if w.qtype not in INT8_QTYPES:
         _fail(f"the int8 path takes {INT8_QTYPES} weights, not {w.qtype}")
