@@ -1,8 +1,8 @@
 """Damaged GGUF files with the block types added after Q4_0/Q4_1/Q8_0 and the metadata of the
 qwen3, gemma3 and phi3 families.
 
-Q5_0, Q5_1, Q4_K, Q5_K and Q6_K stay in their blocks with PYLLM_NATIVE_KQUANTS=1 and are
-converted otherwise; Q2_K, Q3_K and IQ4_XS are always converted. Every case runs both ways where
+Q5_0, Q5_1, Q4_K, Q5_K and Q6_K stay in their blocks by default and are converted with
+PYLLM_NATIVE_KQUANTS=0; Q2_K, Q3_K and IQ4_XS are always converted. Every case runs both ways where
 that matters, and must either load (every tensor then reads, converts and, for whole models, a
 few tokens generate) or raise ModelFormatError: never another exception, a hang or a read past
 the end of the file. The helpers (a hard timer, the mutator, the memory-capped child process)
@@ -56,7 +56,7 @@ SCALES = {
     "q3_k": [108],
     "iq4_xs": [0],
 }
-NATIVE_OPT_IN = ("q5_0", "q5_1", "q4_k", "q5_k", "q6_k")  # native with PYLLM_NATIVE_KQUANTS=1
+NATIVE_OPT_IN = ("q5_0", "q5_1", "q4_k", "q5_k", "q6_k")  # converted with PYLLM_NATIVE_KQUANTS=0
 NEW_TYPES = (*NATIVE_OPT_IN, "q2_k", "q3_k", "iq4_xs")
 FAMILIES = ("qwen3", "gemma3", "phi3")
 F32 = quant.TYPES_BY_NAME["f32"].id
@@ -64,10 +64,10 @@ F32 = quant.TYPES_BY_NAME["f32"].id
 
 @contextlib.contextmanager
 def native(on: bool) -> Iterator[None]:
-    """PYLLM_NATIVE_KQUANTS=1 (keep the blocks) or unset (convert them)."""
+    """Unset (keep the blocks) or PYLLM_NATIVE_KQUANTS=0 (convert them)."""
     env = {k: v for k, v in os.environ.items() if k != NATIVE_KQUANTS_ENV}
-    if on:
-        env[NATIVE_KQUANTS_ENV] = "1"
+    if not on:
+        env[NATIVE_KQUANTS_ENV] = "0"
     with mock.patch.dict(os.environ, env, clear=True):
         yield
 

@@ -152,8 +152,8 @@ def test_weight_keeps_kernel_types_as_stored(tiny_path, name, qtype):
     assert t.data_ptr() == g.raw(name).data_ptr()
 
 
-def test_weight_keeps_k_quants_and_q5_as_stored_when_asked(tiny_path, capsys, monkeypatch):
-    monkeypatch.setenv("PYLLM_NATIVE_KQUANTS", "1")
+def test_weight_keeps_k_quants_and_q5_as_stored(tiny_path, capsys, monkeypatch):
+    monkeypatch.delenv("PYLLM_NATIVE_KQUANTS", raising=False)
     g = load_gguf(tiny_path)
     for name, qtype in [("q4_k.weight", "q4_k"), ("q6_k.weight", "q6_k")]:
         t, q = g.weight(name)
@@ -162,17 +162,14 @@ def test_weight_keeps_k_quants_and_q5_as_stored_when_asked(tiny_path, capsys, mo
     assert capsys.readouterr().err == ""
 
 
-def test_weight_converts_k_quants_by_default_and_says_how_to_keep_them(
-    tiny_path, capsys, monkeypatch
-):
-    """Native K-quants run op by op on portable kernels so far: converting to Q8_0 (the fast
-    kernels' and the fused runner's type) stays the default, and the notice names the switch."""
-    monkeypatch.delenv("PYLLM_NATIVE_KQUANTS", raising=False)
+def test_weight_converts_k_quants_to_q8_0_when_asked(tiny_path, capsys, monkeypatch):
+    """PYLLM_NATIVE_KQUANTS=0: the Q8_0 conversion (twice the memory), with its notice."""
+    monkeypatch.setenv("PYLLM_NATIVE_KQUANTS", "0")
     g = load_gguf(tiny_path)
     t, q = g.weight("q4_k.weight")
     assert q == "q8_0" and t.data_ptr() != g.raw("q4_k.weight").data_ptr()
     err = capsys.readouterr().err
-    assert "converting" in err and "PYLLM_NATIVE_KQUANTS=1" in err
+    assert "converting" in err and "Q4_K" in err.split("converting")[1].split("tensors")[0]
 
 
 def _low_k_quant_file(tmp_path):

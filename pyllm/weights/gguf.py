@@ -108,19 +108,18 @@ _MIN_TENSOR_INFO = 8 + 4 + 4 + 8
 
 # Types the kernels compute on: the targets .weight() converts other types to.
 KERNEL_QTYPES = frozenset(quant.QTYPE_CODES)
-# Types .weight() may keep as stored (memory-mapped): KERNEL_QTYPES plus the block types only
-# the CPU's op-by-op qlinear computes on (Q5_0, Q5_1, Q4_K, Q5_K, Q6_K).
+# Types .weight() keeps as stored (memory-mapped): KERNEL_QTYPES plus the block types with CPU
+# kernels of their own (Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: exact and int8, AVX2 and portable, and the
+# fused runner takes them). PYLLM_NATIVE_KQUANTS=0 converts the latter to Q8_0 at load instead
+# (twice their memory; the way to compare against the conversion older versions always did).
 NATIVE_QTYPES = frozenset(quant.OP_QTYPE_CODES)
-# The latter stay native only with PYLLM_NATIVE_KQUANTS=1: their kernels are portable C++ so far
-# and the fused runner does not take them, so natively they use half the memory of the Q8_0
-# conversion but decode several times slower. Converting stays the default until that changes.
 NATIVE_KQUANTS_ENV = "PYLLM_NATIVE_KQUANTS"
 
 
 def kept_qtypes() -> frozenset[str]:
-    """The types .weight() returns as stored (PYLLM_NATIVE_KQUANTS=1 adds the K-quants and
-    Q5_0/Q5_1)."""
-    return NATIVE_QTYPES if os.environ.get(NATIVE_KQUANTS_ENV) == "1" else KERNEL_QTYPES
+    """The types .weight() returns as stored: every type a CPU kernel computes on, or only the
+    KERNEL_QTYPES with PYLLM_NATIVE_KQUANTS=0."""
+    return KERNEL_QTYPES if os.environ.get(NATIVE_KQUANTS_ENV) == "0" else NATIVE_QTYPES
 
 
 @dataclass(frozen=True)
@@ -459,9 +458,9 @@ class GGUFFile:
     def weight(self, name: str, convert_to: str = "q8_0") -> tuple[torch.Tensor, str]:
         """(tensor, qtype) in a type the kernels compute on.
 
-        f32/f16/bf16/q4_0/q4_1/q8_0 are returned as stored (zero-copy), and with
-        PYLLM_NATIVE_KQUANTS=1 q5_0/q5_1/q4_k/q5_k/q6_k too (`kept_qtypes`). Other types are
-        converted at load: block types (K-quants, Q5_0/Q5_1, Q2_K, Q3_K, IQ*, ...) to
+        f32/f16/bf16/q4_0/q4_1/q8_0/q5_0/q5_1/q4_k/q5_k/q6_k are returned as stored (zero-copy;
+        `kept_qtypes`: PYLLM_NATIVE_KQUANTS=0 keeps only the first six). Other types are
+        converted at load: block types (Q2_K, Q3_K, IQ*, ...) to
         `convert_to` ("q8_0" by default: its rounding error is an order of magnitude below the
         source format's, at a byte a weight; "f16" or "f32" on request), plain F64/integer
         tensors to f32. A one-line
@@ -507,15 +506,10 @@ class GGUFFile:
         kinds = sorted(
             {t.type_name.upper() for t in self.tensors.values() if t.type_name not in kept}
         )
-        hint = ""
-        if kept is not NATIVE_QTYPES and any(k.lower() in NATIVE_QTYPES for k in kinds):
-            hint = (
-                f"; {NATIVE_KQUANTS_ENV}=1 keeps Q4_K/Q5_K/Q6_K/Q5_0/Q5_1 native "
-                "(less memory, slower)"
-            )
+        computed_on = "/".join(sorted(k.upper() for k in kept))
         print(
             f"pyllm: {self.path.name}: converting {', '.join(kinds)} tensors to {target} at "
-            f"load (the fast kernels compute on Q4_0/Q4_1/Q8_0/F16/BF16/F32{hint})",
+            f"load (the kernels compute on {computed_on})",
             file=sys.stderr,
         )
 
