@@ -158,7 +158,9 @@ void run_int8(const QLinearArgs& a) {
                          : isa == Isa::Avx2 ? qlinear_int8_tile_avx2
                                             : qlinear_int8_tile_baseline;
   if (qlinear_superblock_qtype(a.qtype))
-    fn = isa == Isa::Baseline ? qlinear_int8_tile_superblock_baseline : qlinear_int8_tile_superblock_avx2;
+    fn = isa == Isa::Avx512 ? qlinear_int8_tile_superblock_avx512
+         : isa == Isa::Avx2 ? qlinear_int8_tile_superblock_avx2
+                            : qlinear_int8_tile_superblock_baseline;
   QLinearArgs b = a;
   if (isa != Isa::Avx512 || !qlinear_int8_packable(a.qtype)) b.packed = nullptr;  // the AVX-512 panels
   run_split(b, 16, [&](int64_t t0, int64_t t1, int64_t n0, int64_t n1) { fn(b, acts, t0, t1, n0, n1); });

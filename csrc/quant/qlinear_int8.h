@@ -47,9 +47,9 @@ int64_t qlinear_int8_min_tokens(int qtype);
 
 // Whether the runner's int8 mode takes the int8 kernel for a step of T tokens. The Q4_0/Q4_1/Q8_0
 // kernels pay from qlinear_int8_min_tokens (from one token with prepacked panels). The Q5_0/Q5_1/
-// K-quant kernels read rows straight from the blocks: they beat the exact kernels from one token
-// (SmolLM2's 576x1536 Q4_K at T=1: 1.3x faster on one Zen 4 core) but not the exact GEMM from
-// kPackedMinTokens on (T=64: 1.8x slower), so prefill stays exact for them.
+// K-quant kernels pay from one token; on AVX2 CPUs (no VNNI panels) only below kPackedMinTokens,
+// where the exact GEMM takes over (SmolLM2's 576x1536 Q4_K on one Zen 4 core: the AVX2 row
+// kernel 1.3x faster than exact at T=1, 1.8x slower at T=64).
 bool qlinear_int8_pays(int qtype, int64_t T, bool packed);
 
 // Quantize rows [t0, t1) of x (row stride ldx) into the buffers of `acts` (row r at r * K,
@@ -66,7 +66,10 @@ void qlinear_int8_tile_avx2(const QLinearArgs& a, const Int8Acts& q, int64_t t0,
 void qlinear_int8_tile_avx512(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
                               int64_t n1);
 
-// The qlinear_superblock_qtype types: AVX2 (also run on AVX-512 CPUs) and portable.
+// The qlinear_superblock_qtype types: AVX-512 VNNI panels (steps of 4+ tokens; fewer go to the
+// AVX2 row kernel), AVX2 rows, and portable.
+void qlinear_int8_tile_superblock_avx512(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1,
+                                         int64_t n0, int64_t n1);
 void qlinear_int8_tile_superblock_avx2(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
                                        int64_t n1);
 void qlinear_int8_tile_superblock_baseline(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1,

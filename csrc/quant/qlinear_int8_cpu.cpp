@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "common/cpu_features.h"
 #include "quant/qlinear_blocks.h"
 #include "quant/qlinear_int8.h"
 
@@ -16,7 +17,7 @@ bool qlinear_int8_supported(int qtype) { return qlinear_int8_packable(qtype) || 
 int64_t qlinear_int8_min_tokens(int qtype) { return qtype == kQ8_0 ? 16 : qlinear_superblock_qtype(qtype) ? 1 : 4; }
 
 bool qlinear_int8_pays(int qtype, int64_t T, bool packed) {
-  if (qlinear_superblock_qtype(qtype)) return T < kPackedMinTokens;
+  if (qlinear_superblock_qtype(qtype)) return cpu_isa() == Isa::Avx512 || T < kPackedMinTokens;
   return packed || T >= qlinear_int8_min_tokens(qtype);
 }
 

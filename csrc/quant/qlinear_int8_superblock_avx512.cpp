@@ -1,0 +1,213 @@
+// The int8-activation qlinear for Q5_0, Q5_1, Q4_K, Q5_K and Q6_K with AVX-512 VNNI, for steps of
+// several tokens (prefill, batched decode); fewer tokens go to the AVX2 row kernel
+// (qlinear_int8_superblock_avx2.cpp, which also states the sums computed).
+//
+// Per call, 16 weight rows at a time are unpacked into a panel: for each 32-weight group (a Q5
+// block, a K-quant sub-block, a Q6_K quarter), 8 vectors of codes as unsigned bytes (dword r of
+// vector j = codes 4j .. 4j+3 of row r) and two vectors of 16 floats: the group's scale and
+// offset per row (Q5_0: d; Q5_1: d, m; Q4_K/Q5_K: d*sc, -dmin*mn; Q6_K: the scales of its two
+// 16-weight halves). A micro-kernel then issues one vpdpbusd per code vector and token (64 exact
+// multiply-adds an instruction) and scales each group's int32 sums once. Centred codes are
+// corrected exactly as the Q4_0/Q8_0 panels are: the sum starts at -16 (Q5_0) or -32 (Q6_K, per
+// half) times the activation codes' sum, so it comes out as the sum of (q - centre) * q_x.
+// GCC 12's AVX-512 intrinsic headers trip -Wmaybe-uninitialized (their _mm512_undefined_*).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/thread_scratch.h"
+#include "quant/qlinear_int8.h"
+#include "quant/superblock_codes_avx2.h"
+#include "quant/superblock_scales.h"
+
+namespace pyllm {
+
+namespace {
+
+constexpr int kRows = 16, kTokens = 8;
+constexpr int kVecs = 10;  // per group: 8 code vectors, scales, offsets
+// Below this many tokens, unpacking a panel costs more than the row kernel's whole work.
+constexpr int64_t kPanelMinTokens = 4;
+
+struct PanelTag;
+struct HalfSumTag;
+
+// Row r of a group's panel vectors: its 32 codes, its scale f0 and offset (or second scale) f1.
+inline void put(__m512i* group, int r, __m256i codes, float f0, float f1) {
+  alignas(32) uint32_t c[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(c), codes);
+  uint32_t* v = reinterpret_cast<uint32_t*>(group);
+  for (int j = 0; j < 8; ++j) v[j * 16 + r] = c[j];
+  float* f = reinterpret_cast<float*>(group + 8);
+  f[r] = f0;
+  f[16 + r] = f1;
+}
+
+template <int QT>
+constexpr int64_t block_bytes() {
+  return QT == kQ5_0 ? kBlockBytes<BlockQ5_0>
+         : QT == kQ5_1 ? kBlockBytes<BlockQ5_1>
+         : QT == kQ4_K ? kBlockBytes<BlockQ4_K>
+         : QT == kQ5_K ? kBlockBytes<BlockQ5_K>
+                       : kBlockBytes<BlockQ6_K>;
+}
+
+// Row `row` (null: a missing row, all zero) into row r of the panel's groups.
+template <int QT>
+void pack_row(const uint8_t* row, int64_t groups, int r, __m512i* panel) {
+  if (!row) {
+    for (int64_t g = 0; g < groups; ++g) put(panel + g * kVecs, r, _mm256_setzero_si256(), 0.f, 0.f);
+    return;
+  }
+  constexpr int64_t kGroupsPerBlock = QT == kQ5_0 || QT == kQ5_1 ? 1 : 8;
+  for (int64_t b = 0; b < groups / kGroupsPerBlock; ++b) {
+    const uint8_t* p = row + b * block_bytes<QT>();
+    __m512i* out = panel + b * kGroupsPerBlock * kVecs;
+    if constexpr (QT == kQ5_0) {
+      put(out, r, q5_block_codes(p + offsetof(BlockQ5_0, qh), p + offsetof(BlockQ5_0, qs)), sb_load_f16(p), 0.f);
+    } else if constexpr (QT == kQ5_1) {
+      put(out, r, q5_block_codes(p + offsetof(BlockQ5_1, qh), p + offsetof(BlockQ5_1, qs)), sb_load_f16(p),
+          sb_load_f16(p + offsetof(BlockQ5_1, m)));
+    } else if constexpr (QT == kQ4_K || QT == kQ5_K) {
+      float scale[8], min[8];
+      k_scales(p, scale, min);
+      for (int c = 0; c < 4; ++c) {
+        __m256i lo, hi;
+        if constexpr (QT == kQ4_K) {
+          q4k_chunk_codes(p + offsetof(BlockQ4_K, qs), c, lo, hi);
+        } else {
+          q5k_chunk_codes(p + offsetof(BlockQ5_K, qh), p + offsetof(BlockQ5_K, qs), c, lo, hi);
+        }
+        put(out + (2 * c) * kVecs, r, lo, scale[2 * c], -min[2 * c]);
+        put(out + (2 * c + 1) * kVecs, r, hi, scale[2 * c + 1], -min[2 * c + 1]);
+      }
+    } else {
+      float scale[16];
+      q6_scales(p, scale);
+      for (int h = 0; h < 2; ++h)
+        for (int k = 0; k < 4; ++k) {
+          const int g = 4 * h + k;
+          put(out + g * kVecs, r, q6k_quarter_codes(p, h, k), scale[2 * g], scale[2 * g + 1]);
+        }
+    }
+  }
+}
+
+// out[t .. t+MT)[n .. n+16) (the `live` rows) from one panel. half_sums[(token - t0) * groups + g]:
+// the activation codes' sum over the first 16 values of block g (Q6_K's halves).
+template <int QT, int MT>
+void micro(const Int8Acts& q, int64_t t, int64_t groups, const __m512i* panel, const int32_t* half_sums, float* out,
+           int64_t ldo, __mmask16 live, const float* bias) {
+  __m512 accf[MT];
+  for (int i = 0; i < MT; ++i) accf[i] = _mm512_setzero_ps();
+  const int8_t* xs[MT];
+  for (int i = 0; i < MT; ++i) xs[i] = q.q + (t + i) * q.K;
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512i* pg = panel + g * kVecs;
+    const __m512 f0 = _mm512_load_ps(reinterpret_cast<const float*>(pg + 8));
+    const __m512 f1 = _mm512_load_ps(reinterpret_cast<const float*>(pg + 9));
+    if constexpr (QT == kQ6_K) {
+      __m512i lo[MT], hi[MT];
+      for (int i = 0; i < MT; ++i) {
+        const int32_t all = q.qsum[(t + i) * q.blocks + g], first = half_sums[i * groups + g];
+        lo[i] = _mm512_set1_epi32(-32 * first);
+        hi[i] = _mm512_set1_epi32(-32 * (all - first));
+      }
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const __m512i wl = _mm512_load_si512(pg + j), wh = _mm512_load_si512(pg + 4 + j);
+#pragma GCC unroll 8
+        for (int i = 0; i < MT; ++i) {
+          int32_t xl, xh;
+          std::memcpy(&xl, xs[i] + 32 * g + 4 * j, 4);
+          std::memcpy(&xh, xs[i] + 32 * g + 16 + 4 * j, 4);
+          lo[i] = _mm512_dpbusd_epi32(lo[i], wl, _mm512_set1_epi32(xl));
+          hi[i] = _mm512_dpbusd_epi32(hi[i], wh, _mm512_set1_epi32(xh));
+        }
+      }
+      for (int i = 0; i < MT; ++i) {
+        const __m512 sx = _mm512_set1_ps(q.scale[(t + i) * q.blocks + g]);
+        accf[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[i]), _mm512_mul_ps(f0, sx), accf[i]);
+        accf[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[i]), _mm512_mul_ps(f1, sx), accf[i]);
+      }
+    } else {
+      __m512i acc[MT];
+      for (int i = 0; i < MT; ++i)
+        acc[i] = QT == kQ5_0 ? _mm512_set1_epi32(-16 * q.qsum[(t + i) * q.blocks + g]) : _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const __m512i w = _mm512_load_si512(pg + j);
+#pragma GCC unroll 8
+        for (int i = 0; i < MT; ++i) {
+          int32_t x4;
+          std::memcpy(&x4, xs[i] + 32 * g + 4 * j, 4);
+          acc[i] = _mm512_dpbusd_epi32(acc[i], w, _mm512_set1_epi32(x4));
+        }
+      }
+      for (int i = 0; i < MT; ++i) {
+        const int64_t at = (t + i) * q.blocks + g;
+        accf[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i]), _mm512_mul_ps(f0, _mm512_set1_ps(q.scale[at])), accf[i]);
+        if constexpr (QT != kQ5_0) accf[i] = _mm512_fmadd_ps(f1, _mm512_set1_ps(q.xsum[at]), accf[i]);
+      }
+    }
+  }
+  const __m512 bv = bias ? _mm512_maskz_loadu_ps(live, bias) : _mm512_setzero_ps();
+  for (int i = 0; i < MT; ++i) _mm512_mask_storeu_ps(out + i * ldo, live, _mm512_add_ps(accf[i], bv));
+}
+
+template <int QT, int MT>
+void micro_upto(int mt, const Int8Acts& q, int64_t t, int64_t groups, const __m512i* panel, const int32_t* half_sums,
+                float* out, int64_t ldo, __mmask16 live, const float* bias) {
+  if constexpr (MT > 1) {
+    if (mt < MT) return micro_upto<QT, MT - 1>(mt, q, t, groups, panel, half_sums, out, ldo, live, bias);
+  }
+  micro<QT, MT>(q, t, groups, panel, half_sums, out, ldo, live, bias);
+}
+
+template <int QT>
+void tile(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+  const int64_t groups = a.K / kQK;
+  __m512i* panel = thread_scratch<__m512i, PanelTag>(static_cast<size_t>(std::max<int64_t>(groups, 1) * kVecs), 64);
+  int32_t* half_sums = nullptr;
+  if constexpr (QT == kQ6_K) {
+    half_sums = thread_scratch<int32_t, HalfSumTag>(static_cast<size_t>((t1 - t0) * groups), 64);
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t g = 0; g < groups; ++g) {
+        const int8_t* x = q.q + t * q.K + 32 * g;
+        int32_t s = 0;
+        for (int i = 0; i < 16; ++i) s += x[i];
+        half_sums[(t - t0) * groups + g] = s;
+      }
+  }
+  for (int64_t n = n0; n < n1; n += kRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, n1 - n));
+    for (int r = 0; r < kRows; ++r) pack_row<QT>(r < rows ? a.w + (n + r) * a.ldw : nullptr, groups, r, panel);
+    const __mmask16 live = rows >= kRows ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rows) - 1u);
+    for (int64_t t = t0; t < t1; t += kTokens) {
+      const int mt = static_cast<int>(std::min<int64_t>(kTokens, t1 - t));
+      micro_upto<QT, kTokens>(mt, q, t, groups, panel, half_sums ? half_sums + (t - t0) * groups : nullptr,
+                               a.out + t * a.ldo + n, a.ldo, live, a.bias ? a.bias + n : nullptr);
+    }
+  }
+}
+
+}  // namespace
+
+void qlinear_int8_tile_superblock_avx512(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
+                                         int64_t n1) {
+  if (t1 - t0 < kPanelMinTokens) {
+    qlinear_int8_tile_superblock_avx2(a, q, t0, t1, n0, n1);
+    return;
+  }
+  switch (a.qtype) {
+    case kQ5_0: tile<kQ5_0>(a, q, t0, t1, n0, n1); break;
+    case kQ5_1: tile<kQ5_1>(a, q, t0, t1, n0, n1); break;
+    case kQ4_K: tile<kQ4_K>(a, q, t0, t1, n0, n1); break;
+    case kQ5_K: tile<kQ5_K>(a, q, t0, t1, n0, n1); break;
+    default: tile<kQ6_K>(a, q, t0, t1, n0, n1); break;
+  }
+}
+
+}  // namespace pyllm
