@@ -12,10 +12,14 @@ noisy, then prints the median per engine, the ratios pyllm/llama.cpp and pyllm/t
 the issues' targets marked met or missed. A worker that fails or times out gives an error cell;
 the others go on.
 
-Same model for everyone: the default SmolLM2-135M-Instruct Q4_1 GGUF (pyllm's own pull). pyllm
-and llama.cpp run the GGUF; transformers runs it dequantized to float32 (loaded from the GGUF for
-the `load` task, and from a float32 safetensors copy made once under $PYLLM_HOME/bench for the
-other tasks, because its GGUF load takes ~20 s a process). Every engine sees the same token ids
+Same model for everyone: the default SmolLM2-135M-Instruct Q4_1 GGUF (pyllm's own pull), or the
+GGUF named by `--model` (such as the Q4_K_M and Q6_K files bench/make_kquant_models.py makes).
+pyllm and llama.cpp run the GGUF; transformers runs it dequantized to float32 (loaded from the GGUF
+for the `load` task, and from a float32 safetensors copy made once per GGUF file, named after the
+file and its size, under $PYLLM_HOME/bench for the other tasks, because its GGUF load takes ~20 s
+a process). PYLLM_NATIVE_KQUANTS=1 in the environment reaches the pyllm workers (K-quant and
+Q5_0/Q5_1 blocks kept native rather than converted to Q8_0 at load); the header says which.
+Every engine sees the same token ids
 (tokenized once by llama.cpp), decodes greedily and never stops early (ignore EOS), on `--threads`
 threads (default 2). Two pyllm columns: `pyllm` is the default, exact configuration (float32
 activations and KV-cache: the reference model's logits); `pyllm-int8` runs llama.cpp's numerics
@@ -906,9 +910,11 @@ def orchestrate(a: argparse.Namespace) -> int:
         return 2
     model = a.model or str(ensure_default_model(progress=True))
     info = _machine()
+    native_kquants = os.environ.get("PYLLM_NATIVE_KQUANTS") == "1"
     info.update(model=model, threads=a.threads, repeats=a.repeats, engines=engines, tasks=tasks,
-                full=a.full, command=" ".join(sys.argv))
-    print(f"model {Path(model).name}; {a.threads} threads; {a.repeats} repeats; "
+                full=a.full, command=" ".join(sys.argv), native_kquants=native_kquants)
+    print(f"model {Path(model).name}{' (PYLLM_NATIVE_KQUANTS=1)' if native_kquants else ''}; "
+          f"{a.threads} threads; {a.repeats} repeats; "
           f"cpu {info.get('cpu')}; load average {info['loadavg_start'][0]:.1f}", file=sys.stderr)
 
     # Everything heavy happens in workers: a worker's ru_maxrss starts at the orchestrator's
@@ -951,7 +957,9 @@ def orchestrate(a: argparse.Namespace) -> int:
     info["total_s"] = time.perf_counter() - t_start
     summary = summarize(records)
     labels = sorted({r.label for r in records})
-    print(f"\npyllm vs peers: {Path(model).name}, {a.threads} threads, medians of {a.repeats} "
+    print(f"\npyllm vs peers: {Path(model).name}"
+          f"{' (PYLLM_NATIVE_KQUANTS=1)' if native_kquants else ''}, {a.threads} threads, "
+          f"medians of {a.repeats} "
           f"fresh processes each; load average {info['loadavg_start'][0]:.1f} -> "
           f"{info['loadavg_end'][0]:.1f}; {info['total_s']:.0f} s in all\n")
     cores = os.cpu_count() or 1
