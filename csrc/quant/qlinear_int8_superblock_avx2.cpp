@@ -86,7 +86,7 @@ void row_tokens(const QLinearArgs& a, const Int8Acts& q, int64_t t, int64_t n) {
       }
     } else if constexpr (QT == kQ4_K || QT == kQ5_K) {
       alignas(32) float scale[8], min[8];
-      k_scales(p, scale, min);
+      k_scales_avx2(p, scale, min);
       const __m256 sc = _mm256_load_ps(scale), mn = _mm256_load_ps(min);
       alignas(32) float gs[MT][8];  // d sc_i * scale_b per token and sub-block
       for (int i = 0; i < MT; ++i) {
@@ -108,7 +108,7 @@ void row_tokens(const QLinearArgs& a, const Int8Acts& q, int64_t t, int64_t n) {
       }
     } else {
       float scale[16];
-      q6_scales(p, scale);
+      q6_scales_avx2(p, scale);
       for (int h = 0; h < 2; ++h) {
         for (int k = 0; k < 4; ++k) {
           const int group = 4 * h + k;  // the quarter's activation block within the super-block

@@ -107,7 +107,7 @@ void decode_exact(const uint8_t* p, float* out) {
     for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_fmadd_ps(f[i], d, m));
   } else if constexpr (QT == kQ4_K || QT == kQ5_K) {
     float scale[8], min[8];
-    k_scales(p, scale, min);
+    k_scales_avx2(p, scale, min);
     for (int c = 0; c < 4; ++c) {
       __m256i codes[2];
       k_chunk<QT>(p, c, codes[0], codes[1]);
@@ -121,7 +121,7 @@ void decode_exact(const uint8_t* p, float* out) {
     }
   } else {
     float scale[16];
-    q6_scales(p, scale);
+    q6_scales_avx2(p, scale);
     for (int h = 0; h < 2; ++h) {
       for (int k = 0; k < 4; ++k) {
         const int first = 128 * h + 32 * k;
@@ -157,7 +157,7 @@ float gemv_row(const uint8_t* row, int64_t blocks, const float* x, const float* 
       offsets += sb_load_f16(p + offsetof(BlockQ5_1, m)) * sums[b];
     } else if constexpr (QT == kQ4_K || QT == kQ5_K) {
       float scale[8], min[8];
-      k_scales(p, scale, min);
+      k_scales_avx2(p, scale, min);
       for (int c = 0; c < 4; ++c) {
         __m256i lo, hi;
         k_chunk<QT>(p, c, lo, hi);
@@ -169,7 +169,7 @@ float gemv_row(const uint8_t* row, int64_t blocks, const float* x, const float* 
       acc_min = _mm256_fmadd_ps(_mm256_loadu_ps(min), _mm256_loadu_ps(sums + 8 * b), acc_min);
     } else {
       float scale[16];
-      q6_scales(p, scale);
+      q6_scales_avx2(p, scale);
       for (int h = 0; h < 2; ++h) {
         for (int k = 0; k < 4; ++k) {
           const int first = 128 * h + 32 * k;

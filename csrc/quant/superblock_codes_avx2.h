@@ -64,4 +64,34 @@ static inline __m256i q6k_quarter_codes(const uint8_t* p, int h, int k) {
   return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
 }
 
+// k_scales (superblock_scales.h) without its per-sub-block loop: the 12 packed bytes read as three
+// little-endian words, byte i of each word belonging to sub-block i (or i + 4), so 32-bit masks
+// and shifts unpack all eight 6-bit scales and mins at once (shifted-in bits of the neighbouring
+// byte are masked off). scale[i] = d * sc_i and min[i] = dmin * mn_i, the same exact products.
+static inline void k_scales_avx2(const uint8_t* p, float* scale, float* min) {
+  uint32_t s[3];
+  std::memcpy(s, p + offsetof(BlockQ4_K, scales), 12);
+  const uint32_t sc_lo = s[0] & 0x3F3F3F3Fu, mn_lo = s[1] & 0x3F3F3F3Fu;
+  const uint32_t sc_hi = (s[2] & 0x0F0F0F0Fu) | (((s[0] >> 6) & 0x03030303u) << 4);
+  const uint32_t mn_hi = ((s[2] >> 4) & 0x0F0F0F0Fu) | (((s[1] >> 6) & 0x03030303u) << 4);
+  const __m128i v = _mm_setr_epi32(static_cast<int>(sc_lo), static_cast<int>(sc_hi), static_cast<int>(mn_lo),
+                                   static_cast<int>(mn_hi));
+  uint32_t dm;
+  std::memcpy(&dm, p, 4);
+  const __m128 dmf = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dm)));  // [d, dmin, 0, 0]
+  const __m256 d = _mm256_broadcastss_ps(dmf), dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dmf));
+  _mm256_storeu_ps(scale, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))));
+  _mm256_storeu_ps(min, _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)))));
+}
+
+// q6_scales (superblock_scales.h) vectorized: the 16 signed scales times d.
+static inline void q6_scales_avx2(const uint8_t* p, float* scale) {
+  uint16_t h;
+  std::memcpy(&h, p + offsetof(BlockQ6_K, d), 2);
+  const __m256 d = _mm256_set1_ps(_cvtsh_ss(h));
+  const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + offsetof(BlockQ6_K, scales)));
+  _mm256_storeu_ps(scale, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
+  _mm256_storeu_ps(scale + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))));
+}
+
 }  // namespace pyllm

@@ -6,15 +6,25 @@
 #include <cstdint>
 #include <cstring>
 
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+
 #include "common/half.h"
 #include "common/quant_blocks.h"
 
 namespace pyllm {
 
+// F16C's conversion in files built for AVX2 and above (one instruction instead of a branchy
+// bit-level decode: these loads sit in the kernels' per-block loops); both are exact.
 static inline float sb_load_f16(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
+#ifdef __F16C__
+  return _cvtsh_ss(h);
+#else
   return fp16_to_float(h);
+#endif
 }
 
 // The 8 (scale, min) pairs of a Q4_K / Q5_K super-block at p, multiplied by its d and dmin (each
