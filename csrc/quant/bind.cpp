@@ -11,14 +11,15 @@ void bind_quant(py::module_& m) {
   m.def(
       "qlinear_cpu",
       [](const TensorView& x, const TensorView& w, int qtype, const TensorView* bias, const TensorView& out,
-         bool int8_act) {
+         bool int8_act, bool prepack) {
         py::gil_scoped_release release;
-        qlinear_cpu(x, w, qtype, bias, out, int8_act);
+        qlinear_cpu(x, w, qtype, bias, out, int8_act, prepack);
       },
       py::arg("x"), py::arg("weight"), py::arg("qtype"), py::arg("bias").none(true), py::arg("out"),
-      py::arg("int8_act") = false,
+      py::arg("int8_act") = false, py::arg("prepack") = false,
       "out[T, N] = x[T, K] @ dequant(weight).T + bias (CPU; shapes checked in pyllm.ops.qlinear). "
-      "int8_act: quantize x per 32-block to int8 first (Q4_0/Q4_1/Q8_0 weights; approximate).");
+      "int8_act: quantize x per 32-block to int8 first (block weights; approximate). prepack: with "
+      "int8_act on AVX-512, use panels packed ahead as the model's runner does.");
   m.def(
       "qlinear_cpu_ptr",
       [](uintptr_t x, uintptr_t w, int qtype, uintptr_t bias, uintptr_t out, int64_t T, int64_t K, int64_t N,

@@ -51,8 +51,8 @@ static inline bool qlinear_qtype_known(int qtype) {
 }
 
 // The block types outside the 32-weight kernel families above: Q5_0, Q5_1 and the K-quants. On
-// the CPU they have kernels of their own (qlinear_superblock_avx2.cpp on AVX2 and AVX-512 CPUs,
-// the portable qlinear_superblock.cpp elsewhere; the int8 path in qlinear_int8_superblock_avx2.cpp
+// the CPU they have kernels of their own (qlinear_superblock_avx2.cpp and _avx512.cpp, the
+// portable qlinear_superblock.cpp without AVX2; the int8 path in qlinear_int8_superblock_avx2.cpp
 // and qlinear_int8_cpu.cpp); on CUDA a plain exact kernel (qlinear_superblock.cu).
 static inline bool qlinear_superblock_qtype(int qtype) {
   return qtype == kQ5_0 || qtype == kQ5_1 || qtype == kQ4_K || qtype == kQ5_K || qtype == kQ6_K;
@@ -123,7 +123,9 @@ using PanelPackFn = void (*)(const QLinearArgs& a, int64_t n, int rows, int64_t 
                              int64_t ldb);
 void qlinear_gemm_panels_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1,
                               PanelPackFn pack);
-// The qlinear_superblock_qtype types with AVX2 (qlinear_superblock_avx2.cpp), on AVX2 and AVX-512 CPUs.
+// The qlinear_superblock_qtype types with AVX2 (qlinear_superblock_avx2.cpp), and AVX-512's
+// one-token path (qlinear_superblock_avx512.cpp; other steps go to the AVX2 kernel).
+void qlinear_tile_superblock_avx512(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
 void qlinear_tile_superblock_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
 // One block of a qlinear_superblock_qtype type decoded into float32 as the reference decodes it
 // (portable; qlinear_superblock.cpp): the int8 baseline and the runner's embedding rows use it.
@@ -134,8 +136,10 @@ void qlinear_run(const QLinearArgs& a);
 
 // Entry points bound to Python. Shapes were checked in pyllm/ops/qlinear.py; these re-check the
 // few facts a kernel relies on to stay in bounds.
+// prepack (with int8_act on an AVX-512 CPU): run on panels packed for this call, as the model's
+// runner packs them once.
 void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const TensorView* bias,
-                 const TensorView& out, bool int8_act = false);
+                 const TensorView& out, bool int8_act = false, bool prepack = false);
 // Raw-pointer form for the decode hot path (contiguous x [T, K], w [N, row_bytes], out [T, N];
 // bias may be 0); the caller has validated shapes once.
 void qlinear_cpu_ptr(uintptr_t x, uintptr_t w, int qtype, uintptr_t bias, uintptr_t out, int64_t T,

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <memory>
+#include <new>
 #include <vector>
 
 #include "common/cpu_features.h"
@@ -176,12 +178,14 @@ void qlinear_run(const QLinearArgs& a) {
   }
   QLinearTileFn fn = pick_kernel();
   if (qlinear_superblock_qtype(a.qtype))
-    fn = cpu_isa() == Isa::Baseline ? qlinear_tile_superblock : qlinear_tile_superblock_avx2;
+    fn = cpu_isa() == Isa::Avx512 ? qlinear_tile_superblock_avx512
+         : cpu_isa() == Isa::Avx2 ? qlinear_tile_superblock_avx2
+                                  : qlinear_tile_superblock;
   run_split(a, 8, [&](int64_t t0, int64_t t1, int64_t n0, int64_t n1) { fn(a, t0, t1, n0, n1); });
 }
 
 void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const TensorView* bias,
-                 const TensorView& out, bool int8_act) {
+                 const TensorView& out, bool int8_act, bool prepack) {
   require(qlinear_qtype_known(qtype) || qlinear_superblock_qtype(qtype), "qlinear: unknown qtype");
   require(x.ndim == 2 && w.ndim == 2 && out.ndim == 2, "qlinear: x, weight, out must be 2-D");
   require(x.dtype == DType::F32 && out.dtype == DType::F32, "qlinear: x and out must be float32");
@@ -209,6 +213,16 @@ void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const Tens
   a.ldw = qlinear_row_bytes(qtype, a.K);
   a.ldo = a.N;
   a.int8_act = int8_act;
+  // The runner's prepacked AVX-512 panels, made here for this one call (tests reach the packed
+  // kernels through this).
+  std::unique_ptr<uint8_t, decltype(&std::free)> panels(nullptr, &std::free);
+  if (prepack && int8_act && cpu_isa() == Isa::Avx512 && qlinear_int8_packable(qtype) && a.N > 0 && a.K > 0) {
+    const int64_t bytes = (qlinear_int8_packed_bytes(qtype, a.N, a.K) + 63) / 64 * 64;
+    panels.reset(static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>(bytes))));
+    if (!panels) throw std::bad_alloc();
+    qlinear_int8_pack_avx512(a, panels.get());
+    a.packed = panels.get();
+  }
   qlinear_run(a);
 }
 

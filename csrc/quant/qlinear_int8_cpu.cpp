@@ -9,7 +9,9 @@
 
 namespace pyllm {
 
-bool qlinear_int8_packable(int qtype) { return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0; }
+bool qlinear_int8_packable(int qtype) {
+  return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0 || qtype == kQ5_0 || qtype == kQ5_1;
+}
 
 bool qlinear_int8_supported(int qtype) { return qlinear_int8_packable(qtype) || qlinear_superblock_qtype(qtype); }
 

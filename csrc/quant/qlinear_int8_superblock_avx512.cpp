@@ -10,6 +10,14 @@
 // multiply-adds an instruction) and scales each group's int32 sums once. Centred codes are
 // corrected exactly as the Q4_0/Q8_0 panels are: the sum starts at -16 (Q5_0) or -32 (Q6_K, per
 // half) times the activation codes' sum, so it comes out as the sum of (q - centre) * q_x.
+//
+// Q5_0 and Q5_1 matrices may also be prepacked once (qlinear_int8_pack_q5_avx512, when the
+// runner switches int8 on) into panels of exactly the GGUF blocks' bytes, which every step then
+// uses, from one token: per block and 16 rows, 4 vectors of nibble bytes (dword r of vector j =
+// row r's qs bytes 4j .. 4j+3: low nibbles are weights 4j.., high nibbles 16 + 4j..), one vector
+// of fifth bits rearranged so that bit 8b + j of dword r is weight 4j + b's and bit 8b + 4 + j
+// weight 16 + 4j + b's (a shift and a mask then put each at bit 4 of its code byte), and the
+// 16 rows' fp16 d (then m, Q5_1).
 // GCC 12's AVX-512 intrinsic headers trip -Wmaybe-uninitialized (their _mm512_undefined_*).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -72,7 +80,7 @@ void pack_row(const uint8_t* row, int64_t groups, int r, __m512i* panel) {
           sb_load_f16(p + offsetof(BlockQ5_1, m)));
     } else if constexpr (QT == kQ4_K || QT == kQ5_K) {
       float scale[8], min[8];
-      k_scales(p, scale, min);
+      k_scales_avx2(p, scale, min);
       for (int c = 0; c < 4; ++c) {
         __m256i lo, hi;
         if constexpr (QT == kQ4_K) {
@@ -85,7 +93,7 @@ void pack_row(const uint8_t* row, int64_t groups, int r, __m512i* panel) {
       }
     } else {
       float scale[16];
-      q6_scales(p, scale);
+      q6_scales_avx2(p, scale);
       for (int h = 0; h < 2; ++h)
         for (int k = 0; k < 4; ++k) {
           const int g = 4 * h + k;
@@ -193,10 +201,134 @@ void tile(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64
   }
 }
 
+// ------------------------------------------------------------------ prepacked Q5_0 / Q5_1
+
+template <int QT>
+constexpr int64_t q5_panel_bytes() {  // per block of 16 rows: the 16 blocks' bytes
+  return kRows * block_bytes<QT>();
+}
+
+// The fifth-bit word of a prepacked panel for one row's u32 qh (layout in the header comment).
+inline uint32_t spread_fifth_bits(uint32_t qh) {
+  uint32_t out = 0;
+  for (int j = 0; j < 4; ++j)
+    for (int b = 0; b < 4; ++b) {
+      out |= ((qh >> (4 * j + b)) & 1u) << (8 * b + j);
+      out |= ((qh >> (16 + 4 * j + b)) & 1u) << (8 * b + 4 + j);
+    }
+  return out;
+}
+
+template <int QT>
+void pack_q5(const QLinearArgs& a, uint8_t* dst) {
+  constexpr int64_t kQh = QT == kQ5_0 ? offsetof(BlockQ5_0, qh) : offsetof(BlockQ5_1, qh);
+  constexpr int64_t kQs = QT == kQ5_0 ? offsetof(BlockQ5_0, qs) : offsetof(BlockQ5_1, qs);
+  const int64_t blocks = a.K / kQK;
+  for (int64_t n = 0; n < a.N; n += kRows) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      uint8_t* o = dst + ((n / kRows) * blocks + b) * q5_panel_bytes<QT>();
+      std::memset(o, 0, static_cast<size_t>(q5_panel_bytes<QT>()));  // missing rows: all zero
+      for (int r = 0; r < kRows && n + r < a.N; ++r) {
+        const uint8_t* p = a.w + (n + r) * a.ldw + b * block_bytes<QT>();
+        for (int j = 0; j < 4; ++j) std::memcpy(o + 64 * j + 4 * r, p + kQs + 4 * j, 4);
+        uint32_t qh;
+        std::memcpy(&qh, p + kQh, 4);
+        const uint32_t bits = spread_fifth_bits(qh);
+        std::memcpy(o + 256 + 4 * r, &bits, 4);
+        std::memcpy(o + 320 + 2 * r, p, 2);                                                  // d
+        if constexpr (QT == kQ5_1) std::memcpy(o + 352 + 2 * r, p + offsetof(BlockQ5_1, m), 2);  // m
+      }
+    }
+  }
+}
+
+template <int QT, int MT>
+void micro_q5(const Int8Acts& q, int64_t t, int64_t blocks, const uint8_t* panel, float* out, int64_t ldo,
+              __mmask16 live, const float* bias) {
+  __m512 accf[MT];
+  for (int i = 0; i < MT; ++i) accf[i] = _mm512_setzero_ps();
+  const int8_t* xs[MT];
+  for (int i = 0; i < MT; ++i) xs[i] = q.q + (t + i) * q.K;
+  const __m512i low4 = _mm512_set1_epi8(0x0F), bit4 = _mm512_set1_epi8(0x10);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* pb = panel + b * q5_panel_bytes<QT>();
+    const __m512i fifth = _mm512_loadu_si512(pb + 256);
+    __m512i acc[MT];
+    for (int i = 0; i < MT; ++i)
+      acc[i] = QT == kQ5_0 ? _mm512_set1_epi32(-16 * q.qsum[(t + i) * q.blocks + b]) : _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const __m512i g = _mm512_loadu_si512(pb + 64 * j);
+      // 0xEA: (A & B) | C, here (nibbles & 0x0F) | (the fifth bit at bit 4)
+      const __m512i lo = _mm512_ternarylogic_epi32(g, low4, _mm512_and_si512(_mm512_slli_epi32(fifth, 4 - j), bit4), 0xEA);
+      const __m512i hi =
+          _mm512_ternarylogic_epi32(_mm512_srli_epi32(g, 4), low4, _mm512_and_si512(_mm512_srli_epi32(fifth, j), bit4), 0xEA);
+#pragma GCC unroll 8
+      for (int i = 0; i < MT; ++i) {
+        int32_t xl, xh;
+        std::memcpy(&xl, xs[i] + kQK * b + 4 * j, 4);
+        std::memcpy(&xh, xs[i] + kQK * b + 16 + 4 * j, 4);
+        acc[i] = _mm512_dpbusd_epi32(acc[i], lo, _mm512_set1_epi32(xl));
+        acc[i] = _mm512_dpbusd_epi32(acc[i], hi, _mm512_set1_epi32(xh));
+      }
+    }
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + 320)));
+    for (int i = 0; i < MT; ++i) {
+      const int64_t at = (t + i) * q.blocks + b;
+      accf[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i]), _mm512_mul_ps(d, _mm512_set1_ps(q.scale[at])), accf[i]);
+      if constexpr (QT == kQ5_1) {
+        const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + 352)));
+        accf[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(q.xsum[at]), accf[i]);
+      }
+    }
+  }
+  const __m512 bv = bias ? _mm512_maskz_loadu_ps(live, bias) : _mm512_setzero_ps();
+  for (int i = 0; i < MT; ++i) _mm512_mask_storeu_ps(out + i * ldo, live, _mm512_add_ps(accf[i], bv));
+}
+
+template <int QT, int MT>
+void micro_q5_upto(int mt, const Int8Acts& q, int64_t t, int64_t blocks, const uint8_t* panel, float* out,
+                   int64_t ldo, __mmask16 live, const float* bias) {
+  if constexpr (MT > 1) {
+    if (mt < MT) return micro_q5_upto<QT, MT - 1>(mt, q, t, blocks, panel, out, ldo, live, bias);
+  }
+  micro_q5<QT, MT>(q, t, blocks, panel, out, ldo, live, bias);
+}
+
+template <int QT>
+void tile_q5_packed(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+  const int64_t blocks = a.K / kQK;
+  for (int64_t n = n0; n < n1; n += kRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, n1 - n));
+    const uint8_t* panel = a.packed + (n / kRows) * blocks * q5_panel_bytes<QT>();
+    const __mmask16 live = rows >= kRows ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rows) - 1u);
+    for (int64_t t = t0; t < t1; t += kTokens) {
+      const int mt = static_cast<int>(std::min<int64_t>(kTokens, t1 - t));
+      micro_q5_upto<QT, kTokens>(mt, q, t, blocks, panel, a.out + t * a.ldo + n, a.ldo, live,
+                                  a.bias ? a.bias + n : nullptr);
+    }
+  }
+}
+
 }  // namespace
+
+int64_t qlinear_int8_q5_packed_bytes(int qtype, int64_t N, int64_t K) {
+  return (N + kRows - 1) / kRows * (K / kQK) * (qtype == kQ5_0 ? q5_panel_bytes<kQ5_0>() : q5_panel_bytes<kQ5_1>());
+}
+
+void qlinear_int8_pack_q5_avx512(const QLinearArgs& a, uint8_t* dst) {
+  if (a.qtype == kQ5_0) pack_q5<kQ5_0>(a, dst);
+  else pack_q5<kQ5_1>(a, dst);
+}
 
 void qlinear_int8_tile_superblock_avx512(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
                                          int64_t n1) {
+  // Prepacked panels need n0 on a panel boundary, which the driver's 16-row split guarantees.
+  if (a.packed && n0 % kRows == 0 && (a.qtype == kQ5_0 || a.qtype == kQ5_1)) {
+    if (a.qtype == kQ5_0) tile_q5_packed<kQ5_0>(a, q, t0, t1, n0, n1);
+    else tile_q5_packed<kQ5_1>(a, q, t0, t1, n0, n1);
+    return;
+  }
   if (t1 - t0 < kPanelMinTokens) {
     qlinear_int8_tile_superblock_avx2(a, q, t0, t1, n0, n1);
     return;

@@ -175,10 +175,10 @@ def qlinear_ref(
     return out
 
 
-# The int8 path's types: the 32-weight kernel block types (whose matrices an AVX-512 runner packs
-# into panels) and the Q5 / K-quant blocks (read as stored).
-INT8_PACKED_QTYPES = tuple(BLOCK_BYTES)  # ("q4_0", "q4_1", "q8_0")
-INT8_QTYPES = INT8_PACKED_QTYPES + PLAIN_KERNEL_QTYPES
+# The int8 path's types: every block type. An AVX-512 runner packs the INT8_PACKED_QTYPES'
+# matrices into panels once (csrc/quant/qlinear_int8.h); the K-quants are unpacked per call.
+INT8_QTYPES = tuple(BLOCK_BYTES) + PLAIN_KERNEL_QTYPES
+INT8_PACKED_QTYPES = (*BLOCK_BYTES, "q5_0", "q5_1")
 
 
 def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

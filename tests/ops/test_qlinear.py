@@ -394,6 +394,10 @@ def test_qlinear_int8_matches_its_reference(qtype, isa, t, kb, n, with_bias, see
         y(L.view(x), L.view(w), code, None if bias is None else L.view(bias), L.view(out), int8_act=True)
         if bias is None:
             assert torch.equal(out, qlinear_int8(x, qw))
+        packed = torch.empty(t, n)  # on panels packed ahead, as the runner packs them (AVX-512)
+        y(L.view(x), L.view(w), code, None if bias is None else L.view(bias), L.view(packed), int8_act=True,
+          prepack=True)
+        assert torch.equal(packed, out)
     ref = qlinear_int8_ref(x, w, code, n, bias)
     xq, scale = quantize_activations_int8(x)
     xhat = (xq * scale.unsqueeze(-1)).reshape(t, k)

@@ -110,7 +110,7 @@ def test_the_native_entry_rechecks_the_block_size():
 @given(
     t=st.integers(1, 9),
     nblocks=st.integers(1, 3),
-    n=st.integers(1, 24),
+    n=st.integers(1, 40),
     with_bias=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
@@ -128,20 +128,22 @@ def test_int8_path_matches_its_reference(isa, qtype, t, nblocks, n, with_bias, s
     code = OP_QTYPE_CODES[qtype]
     qw = QWeight(w, qtype, n, k)
     wf = qw.dequantize()
-    out = torch.empty(t, n)
-    with cpu_isa(isa):
-        L._C.qlinear_cpu(
-            L.view(x), L.view(w), code, None if bias is None else L.view(bias), L.view(out),
-            int8_act=True,
-        )
-        if bias is None:
-            assert torch.equal(out, qlinear_int8(x, qw))
     xq, scale = quantize_activations_int8(x)
     xhat = (xq * scale.unsqueeze(-1)).reshape(t, k)
-    check_close(out, qlinear_int8_ref(x, w, code, n, bias), xhat.abs() + x.abs(), wf)
+    ref = qlinear_int8_ref(x, w, code, n, bias)
     exact = qlinear_ref(x, w, code, n, bias)
     slack = 1e-5 * (x.abs() @ wf.abs().T) + 1e-6
-    assert ((out - exact).abs() <= int8_error_bound(x, wf) + slack).all()
+    for prepack in (False, True):  # per call, and on panels packed ahead (AVX-512: Q5_0/Q5_1)
+        out = torch.empty(t, n)
+        with cpu_isa(isa):
+            L._C.qlinear_cpu(
+                L.view(x), L.view(w), code, None if bias is None else L.view(bias), L.view(out),
+                int8_act=True, prepack=prepack,
+            )
+            if bias is None and not prepack:
+                assert torch.equal(out, qlinear_int8(x, qw))
+        check_close(out, ref, xhat.abs() + x.abs(), wf)
+        assert ((out - exact).abs() <= int8_error_bound(x, wf) + slack).all()
 
 
 @native
