@@ -2,6 +2,7 @@
 
     python bench/decode_profile.py                       # 1 and 2 threads, 3 repeats
     python bench/decode_profile.py --threads 2 --repeats 5 --no-op-by-op
+    python bench/decode_profile.py --threads 2 --model ~/.cache/pyllm/bench/SmolLM2-135M-Instruct.Q4_K_M.gguf
 
 For each thread count, repeated round-robin (the machine is noisy: both engines see the same
 minutes): pyllm's engine decodes 128 tokens greedily (EOS ignored) after a short prompt, with the
@@ -68,12 +69,14 @@ class _RunnerProxy:
 
 
 class Pyllm:
-    def __init__(self) -> None:
+    def __init__(self, model: str = "smollm2", int8: bool = False) -> None:
         import pyllm
         from pyllm.engine import llm_engine
         from pyllm.model.runtime import ModelRunner
 
-        self.llm = pyllm.load("smollm2", progress=False)
+        # --int8: llama.cpp's numerics (int8 activations, float16 KV-cache), as compare.py's pyllm-int8
+        kw = dict(int8_activations=True, kv_dtype="float16") if int8 else {}
+        self.llm = pyllm.load(model, progress=False, **kw)
         self.acc: dict[str, float] = {}
         # Instrument once: the model's forward, the sampler, the engine step.
         ModelRunner.forward = _Timed(self.acc, "forward").wrap(ModelRunner.forward)
@@ -180,13 +183,16 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=256, help="prefill prompt length")
     ap.add_argument("--no-llama", action="store_true", help="skip llama-cpp-python")
     ap.add_argument("--no-op-by-op", action="store_true", help="skip the op-by-op forward")
+    ap.add_argument("--model", default="smollm2", help="a model name or GGUF path (default smollm2)")
+    ap.add_argument("--int8", action="store_true",
+                    help="pyllm with int8 activations and a float16 KV-cache (llama.cpp's numerics)")
     args = ap.parse_args()
 
     import torch
 
     from pyllm import _C
 
-    py = Pyllm()
+    py = Pyllm(args.model, args.int8)
     ids_long = py.llm.tokenizer.encode(TEXT * 12)
     ids_long = (ids_long * (args.prompt // max(len(ids_long), 1) + 1))[:args.prompt]
     ids_short = ids_long[:32]
