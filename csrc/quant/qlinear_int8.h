@@ -35,8 +35,7 @@ struct Int8Acts {
 };
 
 bool qlinear_int8_supported(int qtype);
-// The types whose matrices the AVX-512 kernels take as prepacked panels (Q4_0, Q4_1, Q8_0, Q5_0,
-// Q5_1); the others are unpacked per call.
+// The types whose matrices the AVX-512 kernels take as prepacked panels: every int8 type.
 bool qlinear_int8_packable(int qtype);
 
 // The fewest tokens for which the int8 kernels beat the exact ones (measured on Zen 4, 2 threads,
@@ -70,10 +69,10 @@ void qlinear_int8_tile_avx512(const QLinearArgs& a, const Int8Acts& q, int64_t t
 // AVX2 row kernel), AVX2 rows, and portable.
 void qlinear_int8_tile_superblock_avx512(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1,
                                          int64_t n0, int64_t n1);
-// Q5_0 / Q5_1 matrices prepacked for the AVX-512 superblock kernel (QLinearArgs::packed): as
-// many bytes as the GGUF blocks (qlinear_int8_q5_packed_bytes; layout in its source file).
-int64_t qlinear_int8_q5_packed_bytes(int qtype, int64_t N, int64_t K);
-void qlinear_int8_pack_q5_avx512(const QLinearArgs& a, uint8_t* dst);
+// Q5_0/Q5_1/K-quant matrices prepacked for the AVX-512 superblock kernel (QLinearArgs::packed):
+// about as many bytes as the GGUF blocks (layouts in qlinear_int8_superblock_avx512.cpp).
+int64_t qlinear_int8_superblock_packed_bytes(int qtype, int64_t N, int64_t K);
+void qlinear_int8_pack_superblock_avx512(const QLinearArgs& a, uint8_t* dst);
 void qlinear_int8_tile_superblock_avx2(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
                                        int64_t n1);
 void qlinear_int8_tile_superblock_baseline(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1,

@@ -207,13 +207,13 @@ void quantize_acts_avx512(const float* x, int64_t ldx, int64_t t0, int64_t t1, c
 }
 
 int64_t qlinear_int8_packed_bytes(int qtype, int64_t N, int64_t K) {
-  if (qtype == kQ5_0 || qtype == kQ5_1) return qlinear_int8_q5_packed_bytes(qtype, N, K);
+  if (qlinear_superblock_qtype(qtype)) return qlinear_int8_superblock_packed_bytes(qtype, N, K);
   return (N + kRows - 1) / kRows * (K / kQBlock) * panel_vecs(qtype) * 64;
 }
 
 void qlinear_int8_pack_avx512(const QLinearArgs& a, uint8_t* dst) {
   switch (a.qtype) {
-    case kQ5_0: case kQ5_1: qlinear_int8_pack_q5_avx512(a, dst); break;
+    case kQ5_0: case kQ5_1: case kQ4_K: case kQ5_K: case kQ6_K: qlinear_int8_pack_superblock_avx512(a, dst); break;
     case kQ4_0: pack_all<kQ4_0>(a, dst); break;
     case kQ4_1: pack_all<kQ4_1>(a, dst); break;
     default: pack_all<kQ8_0>(a, dst); break;

@@ -9,11 +9,11 @@
 
 namespace pyllm {
 
-bool qlinear_int8_packable(int qtype) {
-  return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0 || qtype == kQ5_0 || qtype == kQ5_1;
-}
+bool qlinear_int8_packable(int qtype) { return qlinear_int8_supported(qtype); }
 
-bool qlinear_int8_supported(int qtype) { return qlinear_int8_packable(qtype) || qlinear_superblock_qtype(qtype); }
+bool qlinear_int8_supported(int qtype) {
+  return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0 || qlinear_superblock_qtype(qtype);
+}
 
 // The superblock types' kernels read rows straight from the blocks: no gather to pay for.
 int64_t qlinear_int8_min_tokens(int qtype) { return qtype == kQ8_0 ? 16 : qlinear_superblock_qtype(qtype) ? 1 : 4; }

@@ -175,10 +175,10 @@ def qlinear_ref(
     return out
 
 
-# The int8 path's types: every block type. An AVX-512 runner packs the INT8_PACKED_QTYPES'
-# matrices into panels once (csrc/quant/qlinear_int8.h); the K-quants are unpacked per call.
+# The int8 path's types: every block type. An AVX-512 runner packs their matrices into panels
+# once, when int8 is switched on (csrc/quant/qlinear_int8.h).
 INT8_QTYPES = tuple(BLOCK_BYTES) + PLAIN_KERNEL_QTYPES
-INT8_PACKED_QTYPES = (*BLOCK_BYTES, "q5_0", "q5_1")
+INT8_PACKED_QTYPES = INT8_QTYPES
 
 
 def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -140,8 +140,9 @@ def test_int8_path_matches_its_reference(isa, qtype, t, nblocks, n, with_bias, s
                 L.view(x), L.view(w), code, None if bias is None else L.view(bias), L.view(out),
                 int8_act=True, prepack=prepack,
             )
-            if bias is None and not prepack:
-                assert torch.equal(out, qlinear_int8(x, qw))
+            if bias is None and not prepack:  # the op entry (which kernel runs can depend on
+                # how the driver splits the tokens over its threads: equal up to rounding)
+                check_close(qlinear_int8(x, qw), ref, xhat.abs() + x.abs(), wf)
         check_close(out, ref, xhat.abs() + x.abs(), wf)
         assert ((out - exact).abs() <= int8_error_bound(x, wf) + slack).all()
 
