@@ -17,8 +17,8 @@ GGUF named by `--model` (such as the Q4_K_M and Q6_K files bench/make_kquant_mod
 pyllm and llama.cpp run the GGUF; transformers runs it dequantized to float32 (loaded from the GGUF
 for the `load` task, and from a float32 safetensors copy made once per GGUF file, named after the
 file and its size, under $PYLLM_HOME/bench for the other tasks, because its GGUF load takes ~20 s
-a process). PYLLM_NATIVE_KQUANTS=1 in the environment reaches the pyllm workers (K-quant and
-Q5_0/Q5_1 blocks kept native rather than converted to Q8_0 at load); the header says which.
+a process). PYLLM_NATIVE_KQUANTS=0 in the environment reaches the pyllm workers (K-quant and
+Q5_0/Q5_1 blocks converted to Q8_0 at load rather than kept native); the header says which.
 Every engine sees the same token ids
 (tokenized once by llama.cpp), decodes greedily and never stops early (ignore EOS), on `--threads`
 threads (default 2). Two pyllm columns: `pyllm` is the default, exact configuration (float32
@@ -910,10 +910,10 @@ def orchestrate(a: argparse.Namespace) -> int:
         return 2
     model = a.model or str(ensure_default_model(progress=True))
     info = _machine()
-    native_kquants = os.environ.get("PYLLM_NATIVE_KQUANTS") == "1"
+    native_kquants = os.environ.get("PYLLM_NATIVE_KQUANTS") != "0"
     info.update(model=model, threads=a.threads, repeats=a.repeats, engines=engines, tasks=tasks,
                 full=a.full, command=" ".join(sys.argv), native_kquants=native_kquants)
-    print(f"model {Path(model).name}{' (PYLLM_NATIVE_KQUANTS=1)' if native_kquants else ''}; "
+    print(f"model {Path(model).name}{'' if native_kquants else ' (PYLLM_NATIVE_KQUANTS=0)'}; "
           f"{a.threads} threads; {a.repeats} repeats; "
           f"cpu {info.get('cpu')}; load average {info['loadavg_start'][0]:.1f}", file=sys.stderr)
 
@@ -958,7 +958,7 @@ def orchestrate(a: argparse.Namespace) -> int:
     summary = summarize(records)
     labels = sorted({r.label for r in records})
     print(f"\npyllm vs peers: {Path(model).name}"
-          f"{' (PYLLM_NATIVE_KQUANTS=1)' if native_kquants else ''}, {a.threads} threads, "
+          f"{'' if native_kquants else ' (PYLLM_NATIVE_KQUANTS=0)'}, {a.threads} threads, "
           f"medians of {a.repeats} "
           f"fresh processes each; load average {info['loadavg_start'][0]:.1f} -> "
           f"{info['loadavg_end'][0]:.1f}; {info['total_s']:.0f} s in all\n")

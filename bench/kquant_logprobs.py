@@ -3,8 +3,8 @@
     python bench/kquant_logprobs.py                     # $PYLLM_HOME/bench/...Q4_K_M.gguf
     python bench/kquant_logprobs.py --model FILE.gguf --tol 1e-3
 
-The exact path keeps the file's blocks native (PYLLM_NATIVE_KQUANTS=1: Q4_K, Q5_K, Q6_K, Q5_0,
-Q5_1 computed on as stored, float32 activations and KV-cache) and runs the model as pyllm does
+The exact path keeps the file's blocks native (the default: Q4_K, Q5_K, Q6_K, Q5_0, Q5_1
+computed on as stored, float32 activations and KV-cache) and runs the model as pyllm does
 (`ModelRunner`: the fused CPU runner where it takes the weights, else `GPT.forward` op by op; the
 two give the same logits). The reference is transformers' Llama in float64
 on the same file dequantized by transformers' own GGUF loader, which decodes the blocks with the
@@ -14,8 +14,8 @@ dequantizers (pyllm/weights/quant.py).
 Both run teacher-forced over a few prompts (every position of each). At each position the tokens
 compared are the union of both sides' top-10, and the figure is the largest |log p_pyllm -
 log p_reference| in nats over all of them; the check is that it stays within `--tol` (1e-3 by
-default). For scale, the same figures for pyllm's default load of the file (K-quants and Q5_0/Q5_1
-converted to Q8_0 at load, PYLLM_NATIVE_KQUANTS unset) and for llama-cpp-python on the same file
+default). For scale, the same figures for pyllm's load of the file with the blocks
+converted to Q8_0 at load (PYLLM_NATIVE_KQUANTS=0) and for llama-cpp-python on the same file
 are printed too; those rows are not held to the tolerance. Make the file with
 bench/make_kquant_models.py.
 """
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-converted",
         action="store_true",
-        help="skip the informational row for the default (Q8_0-converting) load",
+        help="skip the informational row for the Q8_0-converting load (PYLLM_NATIVE_KQUANTS=0)",
     )
     p.add_argument(
         "--no-llama-cpp",
@@ -196,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     del llm
     if not a.no_converted:
         rows.append(
-            ("default (converted to Q8_0)", pyllm_logprobs(load_pyllm(path, native=False), prompts))
+            (
+                "converted to Q8_0 (PYLLM_NATIVE_KQUANTS=0)",
+                pyllm_logprobs(load_pyllm(path, native=False), prompts),
+            )
         )
     if not a.no_llama_cpp:
         rows.append(("llama.cpp (int8 activations)", llama_cpp_logprobs(path, prompts, a.threads)))
