@@ -49,9 +49,17 @@ def test_header_sizes_match_the_ggml_table():
 
 
 def test_python_tables_derive_from_the_ggml_table():
-    for name, code in quant.QTYPE_CODES.items():
+    assert set(quant.QTYPE_CODES) <= set(quant.OP_QTYPE_CODES)
+    for name, code in quant.OP_QTYPE_CODES.items():
         assert quant.TYPES_BY_NAME[name].id == code
     assert qlinear.BLOCK_BYTES == quant.KERNEL_BLOCK_BYTES
-    assert tuple(quant.KERNEL_BLOCK_BYTES) == qlinear.INT8_QTYPES
-    assert fast.QTYPE_CODES is quant.QTYPE_CODES
-    assert {qlinear.QTYPE_NAMES[c] for c in quant.QTYPE_CODES.values()} == set(quant.QTYPE_CODES)
+    # The int8 path takes every block type the header states (the 32-weight kernel blocks and
+    # the Q5 / K-quant blocks), each one the qlinear op has a code for, and no float type.
+    assert set(qlinear.INT8_QTYPES) == set(header_sizes())
+    assert set(qlinear.INT8_QTYPES) <= set(quant.OP_QTYPE_CODES)
+    assert qlinear.INT8_QTYPES[: len(quant.KERNEL_BLOCK_BYTES)] == tuple(quant.KERNEL_BLOCK_BYTES)
+    # The fused runner takes every type the qlinear op does (Q5 / K-quant blocks included).
+    assert fast.OP_QTYPE_CODES is quant.OP_QTYPE_CODES
+    assert {qlinear.QTYPE_NAMES[c] for c in quant.OP_QTYPE_CODES.values()} == set(
+        quant.OP_QTYPE_CODES
+    )
