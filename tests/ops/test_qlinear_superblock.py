@@ -1,10 +1,12 @@
-"""qlinear on the CPU for Q5_0, Q5_1 (blocks of 32) and the K-quants Q4_K, Q5_K, Q6_K (super-blocks of 256), against the reference
-(x @ dequantize(W).T). Their CUDA kernel is checked on the emulator by test_cuda_emulated.py.
+"""qlinear for Q5_0, Q5_1 (blocks of 32) and the K-quants Q4_K, Q5_K, Q6_K (super-blocks of 256)
+against the reference (x @ dequantize(W).T): the CPU kernels here, the CUDA kernel on a GPU at the
+end (and on the emulator by test_cuda_emulated.py).
 
 The weights are random bytes: with sane fp16 scales, or raw (any scale bit pattern, NaN and
 infinity included: outputs the reference makes non-finite must be non-finite from the kernel too).
-Each instruction-set cap is checked (the portable kernel below AVX2, the AVX2 one above it), for
-the exact and the int8-activation kernels.
+Each instruction-set cap is checked (the portable kernels without AVX2, the AVX2 ones, AVX-512's
+one-token exact and VNNI int8 kernels), for the exact and the int8-activation kernels, the latter
+per call and on panels packed ahead as the model's runner packs them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_qlinear import ISAS, check_close, cpu_isa, int8_error_bound, native
 
 import pyllm.ops as ops
 from pyllm.ops import _library as L
@@ -25,8 +28,6 @@ from pyllm.ops.qlinear import (
     quantize_activations_int8,
 )
 from pyllm.weights.quant import OP_QTYPE_CODES, block_size, row_bytes
-
-from test_qlinear import ISAS, check_close, cpu_isa, int8_error_bound, native
 
 # Offsets of each block's fp16 scale fields.
 SCALE_FIELDS = {"q5_0": [0], "q5_1": [0, 2], "q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208]}
@@ -157,3 +158,21 @@ def test_int8_threaded_prefill_shape(qtype):
     qw = QWeight(w, qtype, n, k)
     out = qlinear_int8(x, qw)
     check_close(out, qlinear_int8_ref(x, w, OP_QTYPE_CODES[qtype], n), x.abs() * 2, qw.dequantize())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.skipif(not L.cuda_built(), reason="pyllm built without CUDA")
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("raw", [False, True])
+@pytest.mark.parametrize("t,nblocks,n", [(1, 3, 70), (5, 1, 33), (40, 2, 129)])
+def test_cuda_kernel_matches_reference(qtype, raw, t, nblocks, n):
+    """The plain CUDA kernel (csrc/quant/qlinear_superblock.cu) on a real GPU: decode and
+    prefill-sized steps, sane and raw scale bytes (the emulator runs the same checks on the CPU)."""
+    k = nblocks * block_size(qtype)
+    w = random_weight(qtype, n, k, 5, raw)
+    x = torch.randn(t, k, generator=torch.Generator().manual_seed(5))
+    code = OP_QTYPE_CODES[qtype]
+    ref = qlinear_ref(x, w, code, n, None)
+    y = ops.qlinear(x.cuda(), w.cuda(), code, n, None).cpu()
+    check_close(y, ref, x, QWeight(w, qtype, n, k).dequantize())
