@@ -251,21 +251,48 @@ void few_tokens(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_
 
 // ------------------------------------------------------------------ many tokens
 
+// In-register transpose of an 8x8 float block: r[i] holds row i on entry, column i on return.
+inline void transpose8x8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
 // Rows [n, n + rows) (missing rows zero), weights [k0, k0 + klen) decoded into buf[k * ldb + r].
-// The GEMM's panels start at multiples of 768 (three super-blocks), so k0 and klen are whole blocks.
+// The GEMM's panels start at multiples of 768 (three super-blocks), so k0 and klen are whole
+// blocks. Eight rows at a time: each row's block is decoded into a row-major scratch, then 8x8
+// transposes store eight k's of the eight rows at once.
 template <int QT>
 void pack_panel(const QLinearArgs& a, int64_t n, int rows, int64_t k0, int64_t klen, float* buf, int64_t ldb) {
   constexpr int W = Format<QT>::kWeights;
-  alignas(32) float w[W];
-  for (int r = 0; r < static_cast<int>(ldb); ++r) {
-    if (r >= rows) {
-      for (int64_t k = 0; k < klen; ++k) buf[k * ldb + r] = 0.f;
-      continue;
-    }
-    const uint8_t* row = a.w + (n + r) * a.ldw;
+  alignas(32) float w[8][W];
+  for (int g = 0; g < static_cast<int>(ldb); g += 8) {
     for (int64_t kb = 0; kb < klen; kb += W) {
-      decode_exact<QT>(row + (k0 + kb) / W * Format<QT>::kBytes, w);
-      for (int j = 0; j < W; ++j) buf[(kb + j) * ldb + r] = w[j];
+      for (int r = 0; r < 8; ++r) {
+        if (g + r < rows) {
+          decode_exact<QT>(a.w + (n + g + r) * a.ldw + (k0 + kb) / W * Format<QT>::kBytes, w[r]);
+        } else {
+          for (int j = 0; j < W; j += 8) _mm256_store_ps(w[r] + j, _mm256_setzero_ps());
+        }
+      }
+      for (int j = 0; j < W; j += 8) {
+        __m256 v[8];
+        for (int r = 0; r < 8; ++r) v[r] = _mm256_load_ps(w[r] + j);
+        transpose8x8(v);
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(buf + (kb + j + i) * ldb + g, v[i]);
+      }
     }
   }
 }
