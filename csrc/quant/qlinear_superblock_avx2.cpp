@@ -90,21 +90,22 @@ inline void k_chunk(const uint8_t* p, int c, __m256i& lo, __m256i& hi) {
 
 // ------------------------------------------------------------------ exact block decode
 
-// One block into out[Format<QT>::kWeights], bit-identical to the reference's dequantization.
-template <int QT>
-void decode_exact(const uint8_t* p, float* out) {
+// One block's weights, bit-identical to the reference's dequantization, handed to visit(k, w8)
+// eight at a time (k: the first weight's index in the block, w8 its eight float32 values).
+template <int QT, typename Visit>
+inline void decode_visit(const uint8_t* p, Visit&& visit) {
   __m256 f[4];
   if constexpr (QT == kQ5_0) {
     const __m256 d = _mm256_set1_ps(sb_load_f16(p + offsetof(BlockQ5_0, d)));
     const __m256i q = q5_block_codes(p + offsetof(BlockQ5_0, qh), p + offsetof(BlockQ5_0, qs));
     widen<true>(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), f);
-    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(f[i], d));
+    for (int i = 0; i < 4; ++i) visit(8 * i, _mm256_mul_ps(f[i], d));
   } else if constexpr (QT == kQ5_1) {
     const __m256 d = _mm256_set1_ps(sb_load_f16(p + offsetof(BlockQ5_1, d)));
     const __m256 m = _mm256_set1_ps(sb_load_f16(p + offsetof(BlockQ5_1, m)));
     widen<false>(q5_block_codes(p + offsetof(BlockQ5_1, qh), p + offsetof(BlockQ5_1, qs)), f);
     // q*d is exact (5-bit q, 11-bit d): the FMA rounds q*d + m once, as the reference does.
-    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_fmadd_ps(f[i], d, m));
+    for (int i = 0; i < 4; ++i) visit(8 * i, _mm256_fmadd_ps(f[i], d, m));
   } else if constexpr (QT == kQ4_K || QT == kQ5_K) {
     float scale[8], min[8];
     k_scales_avx2(p, scale, min);
@@ -116,7 +117,7 @@ void decode_exact(const uint8_t* p, float* out) {
         const __m256 sc = _mm256_set1_ps(scale[sub]), neg_min = _mm256_set1_ps(-min[sub]);
         widen<false>(codes[s], f);
         // d*sc*q is exact (17-bit d*sc, 5-bit q), so fma(sc, q, -min) is the reference's one rounding.
-        for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + 32 * sub + 8 * i, _mm256_fmadd_ps(f[i], sc, neg_min));
+        for (int i = 0; i < 4; ++i) visit(32 * sub + 8 * i, _mm256_fmadd_ps(f[i], sc, neg_min));
       }
     }
   } else {
@@ -127,10 +128,16 @@ void decode_exact(const uint8_t* p, float* out) {
         const int first = 128 * h + 32 * k;
         widen<true>(_mm256_sub_epi8(q6k_quarter_codes(p, h, k), _mm256_set1_epi8(32)), f);
         for (int i = 0; i < 4; ++i)
-          _mm256_storeu_ps(out + first + 8 * i, _mm256_mul_ps(f[i], _mm256_set1_ps(scale[(first + 8 * i) / 16])));
+          visit(first + 8 * i, _mm256_mul_ps(f[i], _mm256_set1_ps(scale[(first + 8 * i) / 16])));
       }
     }
   }
+}
+
+// One block into out[Format<QT>::kWeights].
+template <int QT>
+void decode_exact(const uint8_t* p, float* out) {
+  decode_visit<QT>(p, [out](int k, __m256 w8) { _mm256_storeu_ps(out + k, w8); });
 }
 
 // ------------------------------------------------------------------ one token
@@ -208,28 +215,31 @@ void gemv(const QLinearArgs& a, int64_t t, int64_t n0, int64_t n1) {
 
 // ------------------------------------------------------------------ a few tokens
 
-constexpr int kTokens = 4;
+constexpr int kTokens = 8;  // tokens a pass over a row (the step has fewer than 10)
 
+// Tokens [t, t + MT) of row n: each decoded group of eight weights meets every token at once,
+// in registers (up to 4 tokens, two accumulators a token, alternating, for independent FMA
+// chains; more tokens, one each, to stay within the 16 vector registers).
 template <int QT, int MT>
 void few_tokens_row(const QLinearArgs& a, int64_t t, int64_t n) {
   constexpr int W = Format<QT>::kWeights;
+  constexpr int S = MT <= 4 ? 2 : 1;
   const int64_t blocks = a.K / W;
   const uint8_t* row = a.w + n * a.ldw;
-  alignas(32) float w[W];
-  __m256 acc[MT][2];
-  for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  const float* xs[MT];
+  for (int i = 0; i < MT; ++i) xs[i] = a.x + (t + i) * a.ldx;
+  __m256 acc[MT][S];
+  for (int i = 0; i < MT; ++i)
+    for (int s = 0; s < S; ++s) acc[i][s] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
-    decode_exact<QT>(row + b * Format<QT>::kBytes, w);
-    for (int i = 0; i < MT; ++i) {
-      const float* xb = a.x + (t + i) * a.ldx + b * W;
-      for (int j = 0; j < W; j += 16) {
-        acc[i][0] = _mm256_fmadd_ps(_mm256_load_ps(w + j), _mm256_loadu_ps(xb + j), acc[i][0]);
-        acc[i][1] = _mm256_fmadd_ps(_mm256_load_ps(w + j + 8), _mm256_loadu_ps(xb + j + 8), acc[i][1]);
-      }
-    }
+    const int64_t k0 = b * W;
+    decode_visit<QT>(row + b * Format<QT>::kBytes, [&](int k, __m256 w8) {
+      const int s = S == 2 ? (k >> 3) & 1 : 0;
+      for (int i = 0; i < MT; ++i) acc[i][s] = _mm256_fmadd_ps(w8, _mm256_loadu_ps(xs[i] + k0 + k), acc[i][s]);
+    });
   }
   for (int i = 0; i < MT; ++i) {
-    float s = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
+    float s = hsum(S == 2 ? _mm256_add_ps(acc[i][0], acc[i][S - 1]) : acc[i][0]);
     if (a.bias) s += a.bias[n];
     a.out[(t + i) * a.ldo + n] = s;
   }
@@ -241,6 +251,10 @@ void few_tokens(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_
     int64_t t = t0;
     for (; t + kTokens <= t1; t += kTokens) few_tokens_row<QT, kTokens>(a, t, n);
     switch (t1 - t) {
+      case 7: few_tokens_row<QT, 7>(a, t, n); break;
+      case 6: few_tokens_row<QT, 6>(a, t, n); break;
+      case 5: few_tokens_row<QT, 5>(a, t, n); break;
+      case 4: few_tokens_row<QT, 4>(a, t, n); break;
       case 3: few_tokens_row<QT, 3>(a, t, n); break;
       case 2: few_tokens_row<QT, 2>(a, t, n); break;
       case 1: few_tokens_row<QT, 1>(a, t, n); break;
