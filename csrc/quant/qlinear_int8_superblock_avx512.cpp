@@ -373,6 +373,14 @@ inline int32_t load4(const int8_t* p) {
   return v;
 }
 
+// Asks for the next block's panel bytes ahead. Q6_K's reads jump between its low-bit, high-bit
+// and scale areas, which the hardware prefetcher does not follow far enough ahead: at one token,
+// 30 of SmolLM2's 576x1536 matrices out of cache ran ~4x slower than one in cache, 2.5x faster
+// with this. (Q4_K, read mostly in order, measured no different with it.)
+inline void prefetch_next(const uint8_t* p, int64_t bytes) {
+  for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(reinterpret_cast<const char*>(p + off), _MM_HINT_T0);
+}
+
 // Q4_K / Q5_K: out[t .. t+MT)[16 rows] from a prepacked panel.
 template <int QT, int MT>
 void micro_k(const Int8Acts& q, int64_t t, int64_t blocks, const uint8_t* panel, float* out, int64_t ldo,
@@ -437,6 +445,7 @@ void micro_q6k(const Int8Acts& q, int64_t t, int64_t blocks, const uint8_t* pane
   const int64_t groups = blocks * 8;
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* pb = panel + b * panel_bytes<kQ6_K>();
+    prefetch_next(pb + panel_bytes<kQ6_K>(), panel_bytes<kQ6_K>());
     const __m512 d = row_halves(pb + 3328);
     for (int h = 0; h < 2; ++h) {
       for (int k = 0; k < 4; ++k) {
