@@ -7,13 +7,6 @@
 namespace pyllm {
 namespace {
 
-inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 inline float bf16_bits_to_float(uint16_t h) {
   return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(static_cast<int>(h) << 16)));
 }
@@ -30,7 +23,7 @@ struct Avx2Vec {
       s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
     }
     for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    float sum = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    float sum = hsum_avx2(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
     for (; i < n; ++i) sum += a[i] * b[i];
     return sum;
   }
@@ -149,7 +142,7 @@ struct Avx2Ops : Avx2Vec {
       _mm256_maskstore_ps(s + j, mask, p);
       sum = _mm256_add_ps(sum, p);
     }
-    return hsum256(sum);
+    return hsum_avx2(sum);
   }
 
   static inline void pv_row(const float* s, const float* vrows, int64_t vstride, int64_t a, int64_t e,

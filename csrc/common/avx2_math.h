@@ -1,10 +1,19 @@
-// Vector math shared by the AVX2 kernels. Include ONLY from *_avx2.cpp files (it needs AVX2 and
-// FMA); the functions are static inline so no copy of them is shared with baseline code.
+// Vector math shared by the AVX2 kernels. Include ONLY from *_avx2.cpp / *_avx512.cpp files (it
+// needs AVX2 and FMA); the functions are static inline so no copy of them is shared with baseline
+// code.
 #pragma once
 
 #include <immintrin.h>
 
 namespace pyllm {
+
+// The sum of 8 float lanes.
+static inline float hsum_avx2(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
 
 // e^x for 8 float lanes: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two so n ln2 is exact),
 // e^r by its Taylor series to r^7 (relative error < 1e-7 on that range), times 2^n built in the

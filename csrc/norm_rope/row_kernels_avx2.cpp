@@ -9,13 +9,6 @@ namespace norm_rope {
 
 namespace {
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 inline float exp1(float x) {  // the same approximation for a tail element
   return _mm_cvtss_f32(_mm256_castps256_ps128(exp_avx2(_mm256_set1_ps(x))));
 }
@@ -35,7 +28,7 @@ double sumsq(const float* x, int64_t n) {
     const __m256 v = _mm256_loadu_ps(x + j);
     a0 = _mm256_fmadd_ps(v, v, a0);
   }
-  double ss = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  double ss = hsum_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
   for (; j < n; ++j) ss += static_cast<double>(x[j]) * x[j];
   return ss;
 }
@@ -56,7 +49,7 @@ double add_sumsq(const float* a, const float* b, float* s, int64_t n) {
     _mm256_storeu_ps(s + j, v);
     acc0 = _mm256_fmadd_ps(v, v, acc0);
   }
-  double ss = hsum(_mm256_add_ps(acc0, acc1));
+  double ss = hsum_avx2(_mm256_add_ps(acc0, acc1));
   for (; j < n; ++j) {
     const float v = a[j] + b[j];
     s[j] = v;

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <new>
 
+#include "common/avx2_math.h"
 #include "common/thread_scratch.h"
 #include "quant/qlinear.h"
 #include "quant/qlinear_blocks.h"
@@ -16,13 +17,6 @@
 namespace pyllm {
 
 namespace {
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 inline __m256 bcast_f16(const uint8_t* p) {
   uint16_t h;
@@ -166,7 +160,7 @@ void micro(const QLinearArgs& a, int64_t t0, int64_t n0) {
 
   for (int t = 0; t < TT; ++t) {
     for (int r = 0; r < R; ++r) {
-      float s = hsum(S == 2 ? _mm256_add_ps(acc[0][t][r], acc[S - 1][t][r]) : acc[0][t][r]);
+      float s = hsum_avx2(S == 2 ? _mm256_add_ps(acc[0][t][r], acc[S - 1][t][r]) : acc[0][t][r]);
       if constexpr (is_float_type(QT)) {
         for (int64_t k = chunks * kQBlock; k < a.K; ++k) s += float_row_elem(QT, rows[r], k) * xs[t][k];
       }
@@ -203,7 +197,7 @@ inline void prepare_q4(const float* x, int64_t chunks, float* out) {
       sum = _mm256_add_ps(sum, _mm256_add_ps(lo, hi));
     }
     o[32] = 0.f;
-    o[33] = hsum(sum);
+    o[33] = hsum_avx2(sum);
     o[34] = o[35] = 0.f;
   }
 }
@@ -290,7 +284,7 @@ void gemv_micro(const QLinearArgs& a, const float* xp, int64_t xstride, int64_t 
   for (int r = 0; r < R; ++r) {
     __m128 m = macc[r];
     m = _mm_add_ss(m, _mm_movehdup_ps(m));  // lanes 0 and 1 hold d*0 and m*sum terms
-    float s = hsum(acc[r]) + _mm_cvtss_f32(m);
+    float s = hsum_avx2(acc[r]) + _mm_cvtss_f32(m);
     if (a.bias) s += a.bias[n0 + r];
     a.out[t * a.ldo + n0 + r] = s;
   }

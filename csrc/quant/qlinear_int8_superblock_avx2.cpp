@@ -16,6 +16,7 @@
 
 #include <algorithm>
 
+#include "common/avx2_math.h"
 #include "quant/qlinear_int8.h"
 #include "quant/superblock_codes_avx2.h"
 #include "quant/superblock_scales.h"
@@ -23,13 +24,6 @@
 namespace pyllm {
 
 namespace {
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // Eight int32 partial sums of codes (unsigned bytes) times the 32 activation codes at x.
 inline __m256i dot_u8(__m256i codes, const int8_t* x) {
@@ -41,15 +35,6 @@ inline __m256i dot_u8(__m256i codes, const int8_t* x) {
 inline __m256i dot_s8(__m256i w, const int8_t* x) {
   const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
   return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xq, w)), _mm256_set1_epi16(1));
-}
-
-template <int QT>
-constexpr int64_t block_bytes() {
-  return QT == kQ5_0 ? kBlockBytes<BlockQ5_0>
-         : QT == kQ5_1 ? kBlockBytes<BlockQ5_1>
-         : QT == kQ4_K ? kBlockBytes<BlockQ4_K>
-         : QT == kQ5_K ? kBlockBytes<BlockQ5_K>
-                       : kBlockBytes<BlockQ6_K>;
 }
 
 // out[t .. t + MT) for row n.
@@ -72,7 +57,7 @@ void row_tokens(const QLinearArgs& a, const Int8Acts& q, int64_t t, int64_t n) {
   float off[MT] = {};
 
   for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* p = row + b * block_bytes<QT>();
+    const uint8_t* p = row + b * sb_block_bytes<QT>();
     if constexpr (QT == kQ5_0 || QT == kQ5_1) {
       const int hq = QT == kQ5_0 ? offsetof(BlockQ5_0, qh) : offsetof(BlockQ5_1, qh);
       const int hs = QT == kQ5_0 ? offsetof(BlockQ5_0, qs) : offsetof(BlockQ5_1, qs);
@@ -125,7 +110,7 @@ void row_tokens(const QLinearArgs& a, const Int8Acts& q, int64_t t, int64_t n) {
     }
   }
   for (int i = 0; i < MT; ++i) {
-    float s = hsum(acc[i]) - hsum(acc_off[i]) + off[i];
+    float s = hsum_avx2(acc[i]) - hsum_avx2(acc_off[i]) + off[i];
     if (a.bias) s += a.bias[n];
     a.out[(t + i) * a.ldo + n] = s;
   }
@@ -156,13 +141,7 @@ void tile(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64
 
 void qlinear_int8_tile_superblock_avx2(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
                                        int64_t n1) {
-  switch (a.qtype) {
-    case kQ5_0: tile<kQ5_0>(a, q, t0, t1, n0, n1); break;
-    case kQ5_1: tile<kQ5_1>(a, q, t0, t1, n0, n1); break;
-    case kQ4_K: tile<kQ4_K>(a, q, t0, t1, n0, n1); break;
-    case kQ5_K: tile<kQ5_K>(a, q, t0, t1, n0, n1); break;
-    default: tile<kQ6_K>(a, q, t0, t1, n0, n1); break;
-  }
+  dispatch_superblock(a.qtype, [&](auto qt) { tile<decltype(qt)::value>(a, q, t0, t1, n0, n1); });
 }
 
 }  // namespace pyllm

@@ -55,15 +55,6 @@ inline void put(__m512i* group, int r, __m256i codes, float f0, float f1) {
   f[16 + r] = f1;
 }
 
-template <int QT>
-constexpr int64_t block_bytes() {
-  return QT == kQ5_0 ? kBlockBytes<BlockQ5_0>
-         : QT == kQ5_1 ? kBlockBytes<BlockQ5_1>
-         : QT == kQ4_K ? kBlockBytes<BlockQ4_K>
-         : QT == kQ5_K ? kBlockBytes<BlockQ5_K>
-                       : kBlockBytes<BlockQ6_K>;
-}
-
 // Row `row` (null: a missing row, all zero) into row r of the panel's groups.
 template <int QT>
 void pack_row(const uint8_t* row, int64_t groups, int r, __m512i* panel) {
@@ -73,7 +64,7 @@ void pack_row(const uint8_t* row, int64_t groups, int r, __m512i* panel) {
   }
   constexpr int64_t kGroupsPerBlock = QT == kQ5_0 || QT == kQ5_1 ? 1 : 8;
   for (int64_t b = 0; b < groups / kGroupsPerBlock; ++b) {
-    const uint8_t* p = row + b * block_bytes<QT>();
+    const uint8_t* p = row + b * sb_block_bytes<QT>();
     __m512i* out = panel + b * kGroupsPerBlock * kVecs;
     if constexpr (QT == kQ5_0) {
       put(out, r, q5_block_codes(p + offsetof(BlockQ5_0, qh), p + offsetof(BlockQ5_0, qs)), sb_load_f16(p), 0.f);
@@ -105,6 +96,18 @@ void pack_row(const uint8_t* row, int64_t groups, int r, __m512i* panel) {
   }
 }
 
+// Q6_K's integer sums start at -32 times the activation codes' sum over each 16-weight half of
+// block g (first[i] and second[i] for token t + i), so they come out as sums of (q - 32) q_x.
+template <int MT>
+inline void q6_centring_starts(const Int8Acts& q, int64_t t, int64_t g, const int32_t* half_sums, int64_t groups,
+                               __m512i* first, __m512i* second) {
+  for (int i = 0; i < MT; ++i) {
+    const int32_t all = q.qsum[(t + i) * q.blocks + g], lo = half_sums[i * groups + g];
+    first[i] = _mm512_set1_epi32(-32 * lo);
+    second[i] = _mm512_set1_epi32(-32 * (all - lo));
+  }
+}
+
 // out[t .. t+MT)[n .. n+16) (the `live` rows) from one panel. half_sums[(token - t0) * groups + g]:
 // the activation codes' sum over the first 16 values of block g (Q6_K's halves).
 template <int QT, int MT>
@@ -120,11 +123,7 @@ void micro(const Int8Acts& q, int64_t t, int64_t groups, const __m512i* panel, c
     const __m512 f1 = _mm512_load_ps(reinterpret_cast<const float*>(pg + 9));
     if constexpr (QT == kQ6_K) {
       __m512i lo[MT], hi[MT];
-      for (int i = 0; i < MT; ++i) {
-        const int32_t all = q.qsum[(t + i) * q.blocks + g], first = half_sums[i * groups + g];
-        lo[i] = _mm512_set1_epi32(-32 * first);
-        hi[i] = _mm512_set1_epi32(-32 * (all - first));
-      }
+      q6_centring_starts<MT>(q, t, g, half_sums, groups, lo, hi);
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
         const __m512i wl = _mm512_load_si512(pg + j), wh = _mm512_load_si512(pg + 4 + j);
@@ -219,7 +218,7 @@ void tile(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64
 // rows' fp16 d.
 template <int QT>
 constexpr int64_t panel_bytes() {
-  return QT == kQ4_K ? 32 * 64 + 64 + 256 : QT == kQ5_K ? 8 * 64 + 32 * 64 + 64 + 256 : kRows * block_bytes<QT>();
+  return QT == kQ4_K ? 32 * 64 + 64 + 256 : QT == kQ5_K ? 8 * 64 + 32 * 64 + 64 + 256 : kRows * sb_block_bytes<QT>();
 }
 
 
@@ -244,7 +243,7 @@ void pack_q5(const QLinearArgs& a, uint8_t* dst) {
       uint8_t* o = dst + ((n / kRows) * blocks + b) * panel_bytes<QT>();
       std::memset(o, 0, static_cast<size_t>(panel_bytes<QT>()));  // missing rows: all zero
       for (int r = 0; r < kRows && n + r < a.N; ++r) {
-        const uint8_t* p = a.w + (n + r) * a.ldw + b * block_bytes<QT>();
+        const uint8_t* p = a.w + (n + r) * a.ldw + b * sb_block_bytes<QT>();
         for (int j = 0; j < 4; ++j) std::memcpy(o + 64 * j + 4 * r, p + kQs + 4 * j, 4);
         uint32_t qh;
         std::memcpy(&qh, p + kQh, 4);
@@ -324,7 +323,7 @@ void pack_k(const QLinearArgs& a, uint8_t* dst) {
       uint8_t* o = dst + ((n / kRows) * blocks + b) * panel_bytes<QT>();
       std::memset(o, 0, static_cast<size_t>(panel_bytes<QT>()));  // missing rows: all zero
       for (int r = 0; r < kRows && n + r < a.N; ++r) {
-        const uint8_t* p = a.w + (n + r) * a.ldw + b * block_bytes<QT>();
+        const uint8_t* p = a.w + (n + r) * a.ldw + b * sb_block_bytes<QT>();
         if constexpr (QT == kQ6_K) {
           for (int v = 0; v < 32; ++v) std::memcpy(o + 64 * v + 4 * r, p + offsetof(BlockQ6_K, ql) + 4 * v, 4);
           for (int v = 0; v < 16; ++v) std::memcpy(o + 2048 + 64 * v + 4 * r, p + offsetof(BlockQ6_K, qh) + 4 * v, 4);
@@ -452,11 +451,7 @@ void micro_q6k(const Int8Acts& q, int64_t t, int64_t blocks, const uint8_t* pane
         const int group = 4 * h + k;
         const int64_t g_abs = 8 * b + group;
         __m512i acc_a[MT], acc_b[MT];
-        for (int i = 0; i < MT; ++i) {
-          const int32_t all = q.qsum[(t + i) * q.blocks + g_abs], first = half_sums[i * groups + g_abs];
-          acc_a[i] = _mm512_set1_epi32(-32 * first);
-          acc_b[i] = _mm512_set1_epi32(-32 * (all - first));
-        }
+        q6_centring_starts<MT>(q, t, g_abs, half_sums, groups, acc_a, acc_b);
 #pragma GCC unroll 8
         for (int j = 0; j < 8; ++j) {
           const __m512i ql = _mm512_loadu_si512(pb + 64 * (16 * h + 8 * (k % 2) + j));
@@ -497,7 +492,7 @@ void micro_packed(int mt, const Int8Acts& q, int64_t t, int64_t blocks, const ui
 
 template <int QT>
 void tile_packed(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
-  const int64_t blocks = a.K / (QT == kQ5_0 || QT == kQ5_1 ? kQK : kQK_K);
+  const int64_t blocks = a.K / sb_block_weights<QT>();
   const int32_t* half_sums = QT == kQ6_K ? first_half_sums(q, t0, t1) : nullptr;
   for (int64_t n = n0; n < n1; n += kRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kRows, n1 - n));
@@ -514,49 +509,31 @@ void tile_packed(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1
 }  // namespace
 
 int64_t qlinear_int8_superblock_packed_bytes(int qtype, int64_t N, int64_t K) {
-  const int64_t panels = (N + kRows - 1) / kRows;
-  switch (qtype) {
-    case kQ5_0: return panels * (K / kQK) * panel_bytes<kQ5_0>();
-    case kQ5_1: return panels * (K / kQK) * panel_bytes<kQ5_1>();
-    case kQ4_K: return panels * (K / kQK_K) * panel_bytes<kQ4_K>();
-    case kQ5_K: return panels * (K / kQK_K) * panel_bytes<kQ5_K>();
-    default: return panels * (K / kQK_K) * panel_bytes<kQ6_K>();
-  }
+  int64_t bytes = 0;
+  dispatch_superblock(qtype, [&](auto qt) {
+    constexpr int QT = decltype(qt)::value;
+    bytes = (N + kRows - 1) / kRows * (K / sb_block_weights<QT>()) * panel_bytes<QT>();
+  });
+  return bytes;
 }
 
 void qlinear_int8_pack_superblock_avx512(const QLinearArgs& a, uint8_t* dst) {
-  switch (a.qtype) {
-    case kQ5_0: pack_q5<kQ5_0>(a, dst); break;
-    case kQ5_1: pack_q5<kQ5_1>(a, dst); break;
-    case kQ4_K: pack_k<kQ4_K>(a, dst); break;
-    case kQ5_K: pack_k<kQ5_K>(a, dst); break;
-    default: pack_k<kQ6_K>(a, dst); break;
-  }
+  dispatch_superblock(a.qtype, [&](auto qt) {
+    constexpr int QT = decltype(qt)::value;
+    if constexpr (QT == kQ5_0 || QT == kQ5_1) pack_q5<QT>(a, dst);
+    else pack_k<QT>(a, dst);
+  });
 }
 
 void qlinear_int8_tile_superblock_avx512(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
                                          int64_t n1) {
   // Prepacked panels need n0 on a panel boundary, which the driver's 16-row split guarantees.
   if (a.packed && n0 % kRows == 0) {
-    switch (a.qtype) {
-      case kQ5_0: tile_packed<kQ5_0>(a, q, t0, t1, n0, n1); break;
-      case kQ5_1: tile_packed<kQ5_1>(a, q, t0, t1, n0, n1); break;
-      case kQ4_K: tile_packed<kQ4_K>(a, q, t0, t1, n0, n1); break;
-      case kQ5_K: tile_packed<kQ5_K>(a, q, t0, t1, n0, n1); break;
-      default: tile_packed<kQ6_K>(a, q, t0, t1, n0, n1); break;
-    }
-    return;
-  }
-  if (t1 - t0 < kPanelMinTokens) {
+    dispatch_superblock(a.qtype, [&](auto qt) { tile_packed<decltype(qt)::value>(a, q, t0, t1, n0, n1); });
+  } else if (t1 - t0 < kPanelMinTokens) {
     qlinear_int8_tile_superblock_avx2(a, q, t0, t1, n0, n1);
-    return;
-  }
-  switch (a.qtype) {
-    case kQ5_0: tile<kQ5_0>(a, q, t0, t1, n0, n1); break;
-    case kQ5_1: tile<kQ5_1>(a, q, t0, t1, n0, n1); break;
-    case kQ4_K: tile<kQ4_K>(a, q, t0, t1, n0, n1); break;
-    case kQ5_K: tile<kQ5_K>(a, q, t0, t1, n0, n1); break;
-    default: tile<kQ6_K>(a, q, t0, t1, n0, n1); break;
+  } else {
+    dispatch_superblock(a.qtype, [&](auto qt) { tile<decltype(qt)::value>(a, q, t0, t1, n0, n1); });
   }
 }
 

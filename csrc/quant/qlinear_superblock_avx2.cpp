@@ -17,6 +17,7 @@
 
 #include <algorithm>
 
+#include "common/avx2_math.h"
 #include "common/thread_scratch.h"
 #include "quant/qlinear.h"
 #include "quant/superblock_codes_avx2.h"
@@ -25,13 +26,6 @@
 namespace pyllm {
 
 namespace {
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // The 32 bytes of v as four vectors of 8 floats (bytes read as signed or unsigned integers).
 template <bool Signed>
@@ -49,34 +43,6 @@ inline __m256 dot(const __m256* w, const float* x) {
   for (int i = 1; i < N; ++i) s = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(x + 8 * i), s);
   return s;
 }
-
-template <int QT>
-struct Format;
-template <>
-struct Format<kQ5_0> {
-  static constexpr int kWeights = kQK;
-  static constexpr int64_t kBytes = kBlockBytes<BlockQ5_0>;
-};
-template <>
-struct Format<kQ5_1> {
-  static constexpr int kWeights = kQK;
-  static constexpr int64_t kBytes = kBlockBytes<BlockQ5_1>;
-};
-template <>
-struct Format<kQ4_K> {
-  static constexpr int kWeights = kQK_K;
-  static constexpr int64_t kBytes = kBlockBytes<BlockQ4_K>;
-};
-template <>
-struct Format<kQ5_K> {
-  static constexpr int kWeights = kQK_K;
-  static constexpr int64_t kBytes = kBlockBytes<BlockQ5_K>;
-};
-template <>
-struct Format<kQ6_K> {
-  static constexpr int kWeights = kQK_K;
-  static constexpr int64_t kBytes = kBlockBytes<BlockQ6_K>;
-};
 
 // Q4_K / Q5_K chunk c's two sub-blocks of codes.
 template <int QT>
@@ -134,7 +100,7 @@ inline void decode_visit(const uint8_t* p, Visit&& visit) {
   }
 }
 
-// One block into out[Format<QT>::kWeights].
+// One block into out[sb_block_weights<QT>()].
 template <int QT>
 void decode_exact(const uint8_t* p, float* out) {
   decode_visit<QT>(p, [out](int k, __m256 w8) { _mm256_storeu_ps(out + k, w8); });
@@ -152,8 +118,8 @@ float gemv_row(const uint8_t* row, int64_t blocks, const float* x, const float* 
   float offsets = 0.f;
   __m256 f[4];
   for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* p = row + b * Format<QT>::kBytes;
-    const float* xb = x + b * Format<QT>::kWeights;
+    const uint8_t* p = row + b * sb_block_bytes<QT>();
+    const float* xb = x + b * sb_block_weights<QT>();
     if constexpr (QT == kQ5_0) {
       const __m256i q = q5_block_codes(p + offsetof(BlockQ5_0, qh), p + offsetof(BlockQ5_0, qs));
       widen<true>(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), f);
@@ -187,12 +153,12 @@ float gemv_row(const uint8_t* row, int64_t blocks, const float* x, const float* 
       }
     }
   }
-  return hsum(acc) - hsum(acc_min) + offsets;
+  return hsum_avx2(acc) - hsum_avx2(acc_min) + offsets;
 }
 
 template <int QT>
 void gemv(const QLinearArgs& a, int64_t t, int64_t n0, int64_t n1) {
-  const int64_t blocks = a.K / Format<QT>::kWeights;
+  const int64_t blocks = a.K / sb_block_weights<QT>();
   const float* x = a.x + t * a.ldx;
   const float* sums = nullptr;
   if constexpr (QT == kQ5_1 || QT == kQ4_K || QT == kQ5_K) {
@@ -202,7 +168,7 @@ void gemv(const QLinearArgs& a, int64_t t, int64_t n0, int64_t n1) {
       const float* xg = x + g * kQK;
       const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xg), _mm256_loadu_ps(xg + 8)),
                                      _mm256_add_ps(_mm256_loadu_ps(xg + 16), _mm256_loadu_ps(xg + 24)));
-      buf[g] = hsum(s);
+      buf[g] = hsum_avx2(s);
     }
     sums = buf;
   }
@@ -222,7 +188,7 @@ constexpr int kTokens = 8;  // tokens a pass over a row (the step has fewer than
 // chains; more tokens, one each, to stay within the 16 vector registers).
 template <int QT, int MT>
 void few_tokens_row(const QLinearArgs& a, int64_t t, int64_t n) {
-  constexpr int W = Format<QT>::kWeights;
+  constexpr int W = sb_block_weights<QT>();
   constexpr int S = MT <= 4 ? 2 : 1;
   const int64_t blocks = a.K / W;
   const uint8_t* row = a.w + n * a.ldw;
@@ -233,13 +199,13 @@ void few_tokens_row(const QLinearArgs& a, int64_t t, int64_t n) {
     for (int s = 0; s < S; ++s) acc[i][s] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t k0 = b * W;
-    decode_visit<QT>(row + b * Format<QT>::kBytes, [&](int k, __m256 w8) {
+    decode_visit<QT>(row + b * sb_block_bytes<QT>(), [&](int k, __m256 w8) {
       const int s = S == 2 ? (k >> 3) & 1 : 0;
       for (int i = 0; i < MT; ++i) acc[i][s] = _mm256_fmadd_ps(w8, _mm256_loadu_ps(xs[i] + k0 + k), acc[i][s]);
     });
   }
   for (int i = 0; i < MT; ++i) {
-    float s = hsum(S == 2 ? _mm256_add_ps(acc[i][0], acc[i][S - 1]) : acc[i][0]);
+    float s = hsum_avx2(S == 2 ? _mm256_add_ps(acc[i][0], acc[i][S - 1]) : acc[i][0]);
     if (a.bias) s += a.bias[n];
     a.out[(t + i) * a.ldo + n] = s;
   }
@@ -290,13 +256,13 @@ inline void transpose8x8(__m256 r[8]) {
 // transposes store eight k's of the eight rows at once.
 template <int QT>
 void pack_panel(const QLinearArgs& a, int64_t n, int rows, int64_t k0, int64_t klen, float* buf, int64_t ldb) {
-  constexpr int W = Format<QT>::kWeights;
+  constexpr int W = sb_block_weights<QT>();
   alignas(32) float w[8][W];
   for (int g = 0; g < static_cast<int>(ldb); g += 8) {
     for (int64_t kb = 0; kb < klen; kb += W) {
       for (int r = 0; r < 8; ++r) {
         if (g + r < rows) {
-          decode_exact<QT>(a.w + (n + g + r) * a.ldw + (k0 + kb) / W * Format<QT>::kBytes, w[r]);
+          decode_exact<QT>(a.w + (n + g + r) * a.ldw + (k0 + kb) / W * sb_block_bytes<QT>(), w[r]);
         } else {
           for (int j = 0; j < W; j += 8) _mm256_store_ps(w[r] + j, _mm256_setzero_ps());
         }
@@ -325,13 +291,7 @@ void tile(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) 
 }  // namespace
 
 void qlinear_tile_superblock_avx2(const QLinearArgs& a, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
-  switch (a.qtype) {
-    case kQ5_0: tile<kQ5_0>(a, t0, t1, n0, n1); break;
-    case kQ5_1: tile<kQ5_1>(a, t0, t1, n0, n1); break;
-    case kQ4_K: tile<kQ4_K>(a, t0, t1, n0, n1); break;
-    case kQ5_K: tile<kQ5_K>(a, t0, t1, n0, n1); break;
-    default: tile<kQ6_K>(a, t0, t1, n0, n1); break;
-  }
+  dispatch_superblock(a.qtype, [&](auto qt) { tile<decltype(qt)::value>(a, t0, t1, n0, n1); });
 }
 
 }  // namespace pyllm

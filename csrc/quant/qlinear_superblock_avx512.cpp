@@ -27,22 +27,13 @@ inline __m512i widen16(const uint8_t* p) {  // 16 bytes -> 16 x int32 (zero-exte
 inline __m512 f32(__m512i v) { return _mm512_cvtepi32_ps(v); }
 
 template <int QT>
-constexpr int64_t block_bytes() {
-  return QT == kQ5_0 ? kBlockBytes<BlockQ5_0>
-         : QT == kQ5_1 ? kBlockBytes<BlockQ5_1>
-         : QT == kQ4_K ? kBlockBytes<BlockQ4_K>
-         : QT == kQ5_K ? kBlockBytes<BlockQ5_K>
-                       : kBlockBytes<BlockQ6_K>;
-}
-
-template <int QT>
 float gemv_row(const uint8_t* row, int64_t blocks, const float* x, const float* sums) {
   __m512 acc = _mm512_setzero_ps();
   __m256 acc_min = _mm256_setzero_ps();
   float offsets = 0.f;
   const __m512i low4 = _mm512_set1_epi32(0x0F), sixteen = _mm512_set1_epi32(16);
   for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* p = row + b * block_bytes<QT>();
+    const uint8_t* p = row + b * sb_block_bytes<QT>();
     if constexpr (QT == kQ5_0 || QT == kQ5_1) {
       const float* xb = x + b * kQK;
       uint32_t qh;
@@ -112,7 +103,7 @@ struct SumsTag;
 
 template <int QT>
 void gemv(const QLinearArgs& a, int64_t t, int64_t n0, int64_t n1) {
-  const int64_t blocks = a.K / (QT == kQ5_0 || QT == kQ5_1 ? kQK : kQK_K);
+  const int64_t blocks = a.K / sb_block_weights<QT>();
   const float* x = a.x + t * a.ldx;
   const float* sums = nullptr;
   if constexpr (QT == kQ5_1 || QT == kQ4_K || QT == kQ5_K) {
@@ -136,13 +127,7 @@ void qlinear_tile_superblock_avx512(const QLinearArgs& a, int64_t t0, int64_t t1
     qlinear_tile_superblock_avx2(a, t0, t1, n0, n1);
     return;
   }
-  switch (a.qtype) {
-    case kQ5_0: gemv<kQ5_0>(a, t0, n0, n1); break;
-    case kQ5_1: gemv<kQ5_1>(a, t0, n0, n1); break;
-    case kQ4_K: gemv<kQ4_K>(a, t0, n0, n1); break;
-    case kQ5_K: gemv<kQ5_K>(a, t0, n0, n1); break;
-    default: gemv<kQ6_K>(a, t0, n0, n1); break;
-  }
+  dispatch_superblock(a.qtype, [&](auto qt) { gemv<decltype(qt)::value>(a, t0, n0, n1); });
 }
 
 }  // namespace pyllm

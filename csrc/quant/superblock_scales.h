@@ -10,10 +10,40 @@
 #include <immintrin.h>
 #endif
 
+#include <type_traits>
+
 #include "common/half.h"
 #include "common/quant_blocks.h"
+#include "quant/qlinear.h"
 
 namespace pyllm {
+
+// Weights and bytes of one block of the qlinear_superblock_qtype type QT, at compile time.
+template <int QT>
+static constexpr int sb_block_weights() {
+  return QT == kQ5_0 || QT == kQ5_1 ? kQK : kQK_K;
+}
+template <int QT>
+static constexpr int64_t sb_block_bytes() {
+  return QT == kQ5_0 ? kBlockBytes<BlockQ5_0>
+         : QT == kQ5_1 ? kBlockBytes<BlockQ5_1>
+         : QT == kQ4_K ? kBlockBytes<BlockQ4_K>
+         : QT == kQ5_K ? kBlockBytes<BlockQ5_K>
+                       : kBlockBytes<BlockQ6_K>;
+}
+
+// Calls f(std::integral_constant<int, QT>()) for the run-time qtype (one of the
+// qlinear_superblock_qtype types), so a kernel templated on QT is written once per file.
+template <typename F>
+static inline void dispatch_superblock(int qtype, F&& f) {
+  switch (qtype) {
+    case kQ5_0: f(std::integral_constant<int, kQ5_0>()); break;
+    case kQ5_1: f(std::integral_constant<int, kQ5_1>()); break;
+    case kQ4_K: f(std::integral_constant<int, kQ4_K>()); break;
+    case kQ5_K: f(std::integral_constant<int, kQ5_K>()); break;
+    default: f(std::integral_constant<int, kQ6_K>()); break;
+  }
+}
 
 // F16C's conversion in files built for AVX2 and above (one instruction instead of a branchy
 // bit-level decode: these loads sit in the kernels' per-block loops); both are exact.
