@@ -134,40 +134,29 @@ def generate(
         raise click.UsageError(
             "--ctx and --system apply to local runs; --ray workers do not take them yet"
         )
-    base = pop_sampling_params(kwargs)
     show = sys.stderr.isatty() if progress is None else progress
-    if ray["ray_address"] is not None:  # the same job on a Ray cluster (pyllm/distributed/)
-        summary = generate_on_ray(
-            ray,
-            input_path,
-            output_path,
-            model=model,
-            base_params=base,
-            max_num_seqs=max_num_seqs,
-            int8_activations=int8,
-            kv_dtype=kv_dtype,
-            device=device,
-            retry_errors=retry_errors,
-            progress=show,
-        )
-        click.echo(summary.describe(), err=True)
-        sys.exit(exit_status(summary))
-    from pyllm.generate_job import run_job
-
-    summary = run_job(
-        input_path,
-        output_path,
+    job: dict[str, Any] = dict(  # what a local run and a Ray run both take
         model=model,
-        base_params=base,
+        base_params=pop_sampling_params(kwargs),
         max_num_seqs=max_num_seqs,
         int8_activations=int8,
         kv_dtype=kv_dtype,
-        device=resolve_device(device, int8),
         retry_errors=retry_errors,
         progress=show,
-        context_length=ctx,
-        system=system,
     )
+    if ray["ray_address"] is not None:  # the same job on a Ray cluster (pyllm/distributed/)
+        summary = generate_on_ray(ray, input_path, output_path, device=device, **job)
+    else:
+        from pyllm.generate_job import run_job
+
+        summary = run_job(
+            input_path,
+            output_path,
+            device=resolve_device(device, int8),
+            context_length=ctx,
+            system=system,
+            **job,
+        )
     click.echo(summary.describe(), err=True)
     sys.exit(exit_status(summary))
 

@@ -52,6 +52,17 @@ class Unsupported(Exception):
     """The model has something the runner does not take (it then runs op by op)."""
 
 
+def _cpu_int64_vector(t: object) -> bool:
+    """Whether t is a contiguous int64 CPU vector (what the runner reads ids and rows from)."""
+    return (
+        type(t) is torch.Tensor
+        and t.dtype == torch.int64
+        and t.dim() == 1
+        and t.is_cpu
+        and t.is_contiguous()
+    )
+
+
 def _cpu_f32(t: torch.Tensor | None, n: int | None = None) -> int:
     """The address of a contiguous float32 CPU vector (0 for None)."""
     if t is None:
@@ -234,13 +245,7 @@ class FastForward:
         the op-by-op path, whose checks name the problem)."""
         ids, pos, slots = input_ids, meta.positions, meta.slot_mapping
         qs, ctx, bt = meta.query_start, meta.context_lens, meta.block_tables
-        if not (
-            type(ids) is torch.Tensor
-            and ids.dtype == torch.int64
-            and ids.dim() == 1
-            and ids.is_cpu
-            and ids.is_contiguous()
-        ):
+        if not _cpu_int64_vector(ids):
             return None
         T = ids.shape[0]
         if T == 0:
@@ -305,13 +310,7 @@ class FastForward:
         if logits_at is None:
             rows, R = 0, args[6]
         else:
-            if not (
-                type(logits_at) is torch.Tensor
-                and logits_at.dtype == torch.int64
-                and logits_at.dim() == 1
-                and logits_at.is_cpu
-                and logits_at.is_contiguous()
-            ):
+            if not _cpu_int64_vector(logits_at):
                 return None
             rows, R = logits_at.data_ptr(), logits_at.shape[0]
         out = torch.empty((R, self.vocab))

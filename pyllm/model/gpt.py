@@ -131,14 +131,19 @@ class Block(nn.Module):
         cos_sin: torch.Tensor | None,
         validated: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # x: the previous block's output (the embeddings for block 0, with residual None)
-        if residual is None:
-            h, residual = self.attn_norm(x), x
-        else:
-            h, residual = self.attn_norm.add_forward(x, residual)  # (T, C), (T, C)
+        h, residual = self._attn_input(x, residual)  # (T, C), (T, C)
         h = self.attn(h, meta, kv_cache, cos_sin, validated)
         h, residual = self.mlp_norm.add_forward(h, residual)
         return self.mlp(h), residual
+
+    def _attn_input(
+        self, x: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normed attention input, residual stream) from the previous block's output x (the
+        embeddings for block 0, whose residual is None)."""
+        if residual is None:
+            return self.attn_norm(x), x
+        return self.attn_norm.add_forward(x, residual)
 
 
 class SandwichBlock(Block):
@@ -168,10 +173,7 @@ class SandwichBlock(Block):
         cos_sin: torch.Tensor | None,
         validated: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:
-            h, residual = self.attn_norm(x), x
-        else:
-            h, residual = self.attn_norm.add_forward(x, residual)  # (T, C), (T, C)
+        h, residual = self._attn_input(x, residual)  # (T, C), (T, C)
         h = self.post_attn_norm(self.attn(h, meta, kv_cache, cos_sin, validated))  # (T, C)
         h, residual = self.mlp_norm.add_forward(h, residual)  # (T, C), (T, C)
         return self.post_mlp_norm(self.mlp(h)), residual

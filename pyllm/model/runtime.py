@@ -208,6 +208,8 @@ class ModelRunner:
         *,
         validated: bool = False,
     ) -> torch.Tensor:
+        # Delegates rather than aliasing forward, so patching forward (bench/decode_profile.py
+        # times it) also changes what a call runs.
         return self.forward(input_ids, meta, kv_caches, logits_at, validated=validated)
 
     # ------------------------------------------------------------------ an engine's steps

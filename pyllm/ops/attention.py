@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -321,26 +322,18 @@ def _launch_cuda(
     )
 
 
-def _checked_ref(
-    q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
-):
-    check_attention_metadata(
-        q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
-    )
-    return paged_attention_ref(
-        q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
-    )
+def _with_checks(impl: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`impl` (the kernel launch or the reference) behind the op's metadata checks."""
+
+    def checked(*args):
+        check_attention_metadata(*args)
+        return impl(*args)
+
+    return checked
 
 
-def _checked_kernel(
-    q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
-):
-    check_attention_metadata(
-        q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
-    )
-    return _run_kernel(
-        q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window
-    )
+_checked_ref = _with_checks(paged_attention_ref)
+_checked_kernel = _with_checks(_run_kernel)
 
 
 def _fake(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, sliding_window):

@@ -386,16 +386,7 @@ def linear(
     if _fast_ok(x, w, bias, out):  # the decode hot path: ~2 µs of Python
         y = torch.empty((x.shape[0], w.out_features)) if out is None else out
         if x.shape[0] and w.out_features:
-            L._C.qlinear_cpu_ptr(
-                x.data_ptr(),
-                w.data.data_ptr(),
-                w.code,
-                0 if bias is None else bias.data_ptr(),
-                y.data_ptr(),
-                x.shape[0],
-                w.in_features,
-                w.out_features,
-            )
+            L._C.qlinear_cpu_ptr(*_ptr_args(x, w, bias, y))
         return y
     if x.shape[-1] != w.in_features:
         _fail(f"x's last dim must be in_features {w.in_features}, got {list(x.shape)}")
@@ -432,7 +423,15 @@ def plan(
             "bias [out_features] or None, and a QWeight (native kernels)"
         )
     keep = (x, w.data, bias, out)  # referenced by the closure so the pointers stay valid
-    args = (
+    args = _ptr_args(x, w, bias, out)
+    if x.shape[0] == 0 or w.out_features == 0:
+        return lambda: None
+    return functools.partial(_call_planned, L._C.qlinear_cpu_ptr, args, keep)
+
+
+def _ptr_args(x: torch.Tensor, w: QWeight, bias: torch.Tensor | None, out: torch.Tensor) -> tuple:
+    """qlinear_cpu_ptr's arguments for tensors _fast_ok accepted."""
+    return (
         x.data_ptr(),
         w.data.data_ptr(),
         w.code,
@@ -442,9 +441,6 @@ def plan(
         w.in_features,
         w.out_features,
     )
-    if x.shape[0] == 0 or w.out_features == 0:
-        return lambda: None
-    return functools.partial(_call_planned, L._C.qlinear_cpu_ptr, args, keep)
 
 
 def _call_planned(fn, args, keep) -> None:

@@ -379,11 +379,14 @@ async def _closing(gen: Generation) -> AsyncIterator[Any]:
 
 
 def _usage(prompt_tokens: int, finals: list[list[EngineCompletion]]) -> P.Usage:
-    completion = sum(len(c.token_ids) for group in finals for c in group)
+    return _usage_counts(prompt_tokens, sum(len(c.token_ids) for group in finals for c in group))
+
+
+def _usage_counts(prompt_tokens: int, completion_tokens: int) -> P.Usage:
     return P.Usage(
         prompt_tokens=prompt_tokens,
-        completion_tokens=completion,
-        total_tokens=prompt_tokens + completion,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
     )
 
 
@@ -438,11 +441,7 @@ async def _chat_chunks(
             id=rid,
             model=state.model_name,
             choices=[],
-            usage=P.Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=generated,
-                total_tokens=prompt_tokens + generated,
-            ),
+            usage=_usage_counts(prompt_tokens, generated),
         )
 
 
@@ -608,7 +607,7 @@ async def _echo_only(
         id=P.new_id("cmpl"),
         model=state.model_name,
         choices=choices,
-        usage=P.Usage(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens),
+        usage=_usage_counts(prompt_tokens, 0),
     )
 
 
@@ -696,11 +695,7 @@ async def _completion_chunks(
             id=rid,
             model=state.model_name,
             choices=[],
-            usage=P.Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=generated,
-                total_tokens=prompt_tokens + generated,
-            ),
+            usage=_usage_counts(prompt_tokens, generated),
         )
 
 
