@@ -59,8 +59,8 @@ static inline bool qlinear_superblock_qtype(int qtype) {
 }
 
 // Weights and bytes of one block of a superblock type.
-static inline int superblock_weights(int qtype) { return qtype == kQ5_0 || qtype == kQ5_1 ? kQK : kQK_K; }
-static inline int64_t superblock_bytes(int qtype) {
+static constexpr int superblock_weights(int qtype) { return qtype == kQ5_0 || qtype == kQ5_1 ? kQK : kQK_K; }
+static constexpr int64_t superblock_bytes(int qtype) {
   switch (qtype) {
     case kQ5_0: return kBlockBytes<BlockQ5_0>;
     case kQ5_1: return kBlockBytes<BlockQ5_1>;

@@ -164,7 +164,7 @@ void run_int8(const QLinearArgs& a) {
          : isa == Isa::Avx2 ? qlinear_int8_tile_superblock_avx2
                             : qlinear_int8_tile_superblock_baseline;
   QLinearArgs b = a;
-  if (isa != Isa::Avx512 || !qlinear_int8_packable(a.qtype)) b.packed = nullptr;  // the AVX-512 panels
+  if (isa != Isa::Avx512) b.packed = nullptr;  // the panels are the AVX-512 kernels' layout
   run_split(b, 16, [&](int64_t t0, int64_t t1, int64_t n0, int64_t n1) { fn(b, acts, t0, t1, n0, n1); });
 }
 
@@ -216,7 +216,7 @@ void qlinear_cpu(const TensorView& x, const TensorView& w, int qtype, const Tens
   // The runner's prepacked AVX-512 panels, made here for this one call (tests reach the packed
   // kernels through this).
   std::unique_ptr<uint8_t, decltype(&std::free)> panels(nullptr, &std::free);
-  if (prepack && int8_act && cpu_isa() == Isa::Avx512 && qlinear_int8_packable(qtype) && a.N > 0 && a.K > 0) {
+  if (prepack && int8_act && cpu_isa() == Isa::Avx512 && qlinear_int8_supported(qtype) && a.N > 0 && a.K > 0) {
     const int64_t bytes = (qlinear_int8_packed_bytes(qtype, a.N, a.K) + 63) / 64 * 64;
     panels.reset(static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>(bytes))));
     if (!panels) throw std::bad_alloc();

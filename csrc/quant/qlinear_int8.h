@@ -34,9 +34,8 @@ struct Int8Acts {
   int64_t K = 0, blocks = 0;
 };
 
+// The types the int8 path takes; on AVX-512 the runner prepacks all of their matrices.
 bool qlinear_int8_supported(int qtype);
-// The types whose matrices the AVX-512 kernels take as prepacked panels: every int8 type.
-bool qlinear_int8_packable(int qtype);
 
 // The fewest tokens for which the int8 kernels beat the exact ones (measured on Zen 4, 2 threads,
 // SmolLM2 shapes: Q4_1 3072x576 is even at T=1 and 1.9x faster at T=4; the Q8_0 49152x576 head
@@ -65,7 +64,7 @@ void qlinear_int8_tile_avx2(const QLinearArgs& a, const Int8Acts& q, int64_t t0,
 void qlinear_int8_tile_avx512(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0,
                               int64_t n1);
 
-// The qlinear_superblock_qtype types: AVX-512 VNNI panels (steps of 4+ tokens; fewer go to the
+// The qlinear_superblock_qtype types: AVX-512 VNNI on prepacked panels (unpacked calls go to the
 // AVX2 row kernel), AVX2 rows, and portable.
 void qlinear_int8_tile_superblock_avx512(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1,
                                          int64_t n0, int64_t n1);

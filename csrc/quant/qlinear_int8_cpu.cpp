@@ -9,8 +9,6 @@
 
 namespace pyllm {
 
-bool qlinear_int8_packable(int qtype) { return qlinear_int8_supported(qtype); }
-
 bool qlinear_int8_supported(int qtype) {
   return qtype == kQ4_0 || qtype == kQ4_1 || qtype == kQ8_0 || qlinear_superblock_qtype(qtype);
 }

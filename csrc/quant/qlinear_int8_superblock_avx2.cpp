@@ -57,7 +57,7 @@ void row_tokens(const QLinearArgs& a, const Int8Acts& q, int64_t t, int64_t n) {
   float off[MT] = {};
 
   for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* p = row + b * sb_block_bytes<QT>();
+    const uint8_t* p = row + b * superblock_bytes(QT);
     if constexpr (QT == kQ5_0 || QT == kQ5_1) {
       const int hq = QT == kQ5_0 ? offsetof(BlockQ5_0, qh) : offsetof(BlockQ5_1, qh);
       const int hs = QT == kQ5_0 ? offsetof(BlockQ5_0, qs) : offsetof(BlockQ5_1, qs);

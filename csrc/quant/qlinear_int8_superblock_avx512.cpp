@@ -1,25 +1,19 @@
-// The int8-activation qlinear for Q5_0, Q5_1, Q4_K, Q5_K and Q6_K with AVX-512 VNNI, for steps of
-// several tokens (prefill, batched decode); fewer tokens go to the AVX2 row kernel
+// The int8-activation qlinear for Q5_0, Q5_1, Q4_K, Q5_K and Q6_K with AVX-512 VNNI, on matrices
+// prepacked once (qlinear_int8_pack_superblock_avx512, when the model's runner switches int8 on,
+// or per call with qlinear_cpu's prepack flag); calls without panels go to the AVX2 row kernel
 // (qlinear_int8_superblock_avx2.cpp, which also states the sums computed).
 //
-// Per call, 16 weight rows at a time are unpacked into a panel: for each 32-weight group (a Q5
-// block, a K-quant sub-block, a Q6_K quarter), 8 vectors of codes as unsigned bytes (dword r of
-// vector j = codes 4j .. 4j+3 of row r) and two vectors of 16 floats: the group's scale and
-// offset per row (Q5_0: d; Q5_1: d, m; Q4_K/Q5_K: d*sc, -dmin*mn; Q6_K: the scales of its two
-// 16-weight halves). A micro-kernel then issues one vpdpbusd per code vector and token (64 exact
-// multiply-adds an instruction) and scales each group's int32 sums once. Centred codes are
-// corrected exactly as the Q4_0/Q8_0 panels are: the sum starts at -16 (Q5_0) or -32 (Q6_K, per
-// half) times the activation codes' sum, so it comes out as the sum of (q - centre) * q_x.
-//
-// The matrices may also be prepacked once (qlinear_int8_pack_superblock_avx512, when the runner
-// switches int8 on) into panels of about the GGUF blocks' bytes (panel_bytes below), which every
-// step then uses from one token: the code bytes of 16 rows interleaved a dword each, as they are
-// in the blocks (nibbles unmasked, high bits in their own vectors), split per use with shifts and
-// masks. Q5_0 / Q5_1: per block, 4 vectors of nibble bytes (dword r of vector j = row r's qs
-// bytes 4j .. 4j+3: low nibbles are weights 4j.., high nibbles 16 + 4j..), one vector of fifth
-// bits rearranged so that bit 8b + j of dword r is weight 4j + b's and bit 8b + 4 + j weight
-// 16 + 4j + b's (a shift and a mask then put each at bit 4 of its code byte), and the 16 rows'
-// fp16 d (then m, Q5_1).
+// The panels take about the GGUF blocks' bytes (panel_bytes below): the code bytes of 16 rows
+// interleaved a dword each, as they are in the blocks (nibbles unmasked, high bits in their own
+// vectors), split per use with shifts and masks. A micro-kernel issues one vpdpbusd per code
+// vector and token (64 exact multiply-adds an instruction) and scales each 32-weight group's
+// int32 sums once. Centred codes are corrected exactly as the Q4_0/Q8_0 panels are: the sum
+// starts at -16 (Q5_0) or -32 (Q6_K, per 16-weight half) times the activation codes' sum, so it
+// comes out as the sum of (q - centre) * q_x. Q5_0 / Q5_1: per block, 4 vectors of nibble bytes
+// (dword r of vector j = row r's qs bytes 4j .. 4j+3: low nibbles are weights 4j.., high nibbles
+// 16 + 4j..), one vector of fifth bits rearranged so that bit 8b + j of dword r is weight
+// 4j + b's and bit 8b + 4 + j weight 16 + 4j + b's (a shift and a mask then put each at bit 4
+// of its code byte), and the 16 rows' fp16 d (then m, Q5_1).
 // GCC 12's AVX-512 intrinsic headers trip -Wmaybe-uninitialized (their _mm512_undefined_*).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -37,64 +31,7 @@ namespace pyllm {
 namespace {
 
 constexpr int kRows = 16, kTokens = 8;
-constexpr int kVecs = 10;  // per group: 8 code vectors, scales, offsets
-// Below this many tokens, unpacking a panel costs more than the row kernel's whole work.
-constexpr int64_t kPanelMinTokens = 4;
-
-struct PanelTag;
 struct HalfSumTag;
-
-// Row r of a group's panel vectors: its 32 codes, its scale f0 and offset (or second scale) f1.
-inline void put(__m512i* group, int r, __m256i codes, float f0, float f1) {
-  alignas(32) uint32_t c[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(c), codes);
-  uint32_t* v = reinterpret_cast<uint32_t*>(group);
-  for (int j = 0; j < 8; ++j) v[j * 16 + r] = c[j];
-  float* f = reinterpret_cast<float*>(group + 8);
-  f[r] = f0;
-  f[16 + r] = f1;
-}
-
-// Row `row` (null: a missing row, all zero) into row r of the panel's groups.
-template <int QT>
-void pack_row(const uint8_t* row, int64_t groups, int r, __m512i* panel) {
-  if (!row) {
-    for (int64_t g = 0; g < groups; ++g) put(panel + g * kVecs, r, _mm256_setzero_si256(), 0.f, 0.f);
-    return;
-  }
-  constexpr int64_t kGroupsPerBlock = QT == kQ5_0 || QT == kQ5_1 ? 1 : 8;
-  for (int64_t b = 0; b < groups / kGroupsPerBlock; ++b) {
-    const uint8_t* p = row + b * sb_block_bytes<QT>();
-    __m512i* out = panel + b * kGroupsPerBlock * kVecs;
-    if constexpr (QT == kQ5_0) {
-      put(out, r, q5_block_codes(p + offsetof(BlockQ5_0, qh), p + offsetof(BlockQ5_0, qs)), sb_load_f16(p), 0.f);
-    } else if constexpr (QT == kQ5_1) {
-      put(out, r, q5_block_codes(p + offsetof(BlockQ5_1, qh), p + offsetof(BlockQ5_1, qs)), sb_load_f16(p),
-          sb_load_f16(p + offsetof(BlockQ5_1, m)));
-    } else if constexpr (QT == kQ4_K || QT == kQ5_K) {
-      float scale[8], min[8];
-      k_scales_avx2(p, scale, min);
-      for (int c = 0; c < 4; ++c) {
-        __m256i lo, hi;
-        if constexpr (QT == kQ4_K) {
-          q4k_chunk_codes(p + offsetof(BlockQ4_K, qs), c, lo, hi);
-        } else {
-          q5k_chunk_codes(p + offsetof(BlockQ5_K, qh), p + offsetof(BlockQ5_K, qs), c, lo, hi);
-        }
-        put(out + (2 * c) * kVecs, r, lo, scale[2 * c], -min[2 * c]);
-        put(out + (2 * c + 1) * kVecs, r, hi, scale[2 * c + 1], -min[2 * c + 1]);
-      }
-    } else {
-      float scale[16];
-      q6_scales_avx2(p, scale);
-      for (int h = 0; h < 2; ++h)
-        for (int k = 0; k < 4; ++k) {
-          const int g = 4 * h + k;
-          put(out + g * kVecs, r, q6k_quarter_codes(p, h, k), scale[2 * g], scale[2 * g + 1]);
-        }
-    }
-  }
-}
 
 // Q6_K's integer sums start at -32 times the activation codes' sum over each 16-weight half of
 // block g (first[i] and second[i] for token t + i), so they come out as sums of (q - 32) q_x.
@@ -106,73 +43,6 @@ inline void q6_centring_starts(const Int8Acts& q, int64_t t, int64_t g, const in
     first[i] = _mm512_set1_epi32(-32 * lo);
     second[i] = _mm512_set1_epi32(-32 * (all - lo));
   }
-}
-
-// out[t .. t+MT)[n .. n+16) (the `live` rows) from one panel. half_sums[(token - t0) * groups + g]:
-// the activation codes' sum over the first 16 values of block g (Q6_K's halves).
-template <int QT, int MT>
-void micro(const Int8Acts& q, int64_t t, int64_t groups, const __m512i* panel, const int32_t* half_sums, float* out,
-           int64_t ldo, __mmask16 live, const float* bias) {
-  __m512 accf[MT];
-  for (int i = 0; i < MT; ++i) accf[i] = _mm512_setzero_ps();
-  const int8_t* xs[MT];
-  for (int i = 0; i < MT; ++i) xs[i] = q.q + (t + i) * q.K;
-  for (int64_t g = 0; g < groups; ++g) {
-    const __m512i* pg = panel + g * kVecs;
-    const __m512 f0 = _mm512_load_ps(reinterpret_cast<const float*>(pg + 8));
-    const __m512 f1 = _mm512_load_ps(reinterpret_cast<const float*>(pg + 9));
-    if constexpr (QT == kQ6_K) {
-      __m512i lo[MT], hi[MT];
-      q6_centring_starts<MT>(q, t, g, half_sums, groups, lo, hi);
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        const __m512i wl = _mm512_load_si512(pg + j), wh = _mm512_load_si512(pg + 4 + j);
-#pragma GCC unroll 8
-        for (int i = 0; i < MT; ++i) {
-          int32_t xl, xh;
-          std::memcpy(&xl, xs[i] + 32 * g + 4 * j, 4);
-          std::memcpy(&xh, xs[i] + 32 * g + 16 + 4 * j, 4);
-          lo[i] = _mm512_dpbusd_epi32(lo[i], wl, _mm512_set1_epi32(xl));
-          hi[i] = _mm512_dpbusd_epi32(hi[i], wh, _mm512_set1_epi32(xh));
-        }
-      }
-      for (int i = 0; i < MT; ++i) {
-        const __m512 sx = _mm512_set1_ps(q.scale[(t + i) * q.blocks + g]);
-        accf[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[i]), _mm512_mul_ps(f0, sx), accf[i]);
-        accf[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[i]), _mm512_mul_ps(f1, sx), accf[i]);
-      }
-    } else {
-      __m512i acc[MT];
-      for (int i = 0; i < MT; ++i)
-        acc[i] = QT == kQ5_0 ? _mm512_set1_epi32(-16 * q.qsum[(t + i) * q.blocks + g]) : _mm512_setzero_si512();
-#pragma GCC unroll 8
-      for (int j = 0; j < 8; ++j) {
-        const __m512i w = _mm512_load_si512(pg + j);
-#pragma GCC unroll 8
-        for (int i = 0; i < MT; ++i) {
-          int32_t x4;
-          std::memcpy(&x4, xs[i] + 32 * g + 4 * j, 4);
-          acc[i] = _mm512_dpbusd_epi32(acc[i], w, _mm512_set1_epi32(x4));
-        }
-      }
-      for (int i = 0; i < MT; ++i) {
-        const int64_t at = (t + i) * q.blocks + g;
-        accf[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i]), _mm512_mul_ps(f0, _mm512_set1_ps(q.scale[at])), accf[i]);
-        if constexpr (QT != kQ5_0) accf[i] = _mm512_fmadd_ps(f1, _mm512_set1_ps(q.xsum[at]), accf[i]);
-      }
-    }
-  }
-  const __m512 bv = bias ? _mm512_maskz_loadu_ps(live, bias) : _mm512_setzero_ps();
-  for (int i = 0; i < MT; ++i) _mm512_mask_storeu_ps(out + i * ldo, live, _mm512_add_ps(accf[i], bv));
-}
-
-template <int QT, int MT>
-void micro_upto(int mt, const Int8Acts& q, int64_t t, int64_t groups, const __m512i* panel, const int32_t* half_sums,
-                float* out, int64_t ldo, __mmask16 live, const float* bias) {
-  if constexpr (MT > 1) {
-    if (mt < MT) return micro_upto<QT, MT - 1>(mt, q, t, groups, panel, half_sums, out, ldo, live, bias);
-  }
-  micro<QT, MT>(q, t, groups, panel, half_sums, out, ldo, live, bias);
 }
 
 // Each token's activation-code sums over the first 16 values of every 32-value block (Q6_K's
@@ -189,23 +59,6 @@ int32_t* first_half_sums(const Int8Acts& q, int64_t t0, int64_t t1) {
   return out;
 }
 
-template <int QT>
-void tile(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
-  const int64_t groups = a.K / kQK;
-  __m512i* panel = thread_scratch<__m512i, PanelTag>(static_cast<size_t>(std::max<int64_t>(groups, 1) * kVecs), 64);
-  const int32_t* half_sums = QT == kQ6_K ? first_half_sums(q, t0, t1) : nullptr;
-  for (int64_t n = n0; n < n1; n += kRows) {
-    const int rows = static_cast<int>(std::min<int64_t>(kRows, n1 - n));
-    for (int r = 0; r < kRows; ++r) pack_row<QT>(r < rows ? a.w + (n + r) * a.ldw : nullptr, groups, r, panel);
-    const __mmask16 live = rows >= kRows ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rows) - 1u);
-    for (int64_t t = t0; t < t1; t += kTokens) {
-      const int mt = static_cast<int>(std::min<int64_t>(kTokens, t1 - t));
-      micro_upto<QT, kTokens>(mt, q, t, groups, panel, half_sums ? half_sums + (t - t0) * groups : nullptr,
-                               a.out + t * a.ldo + n, a.ldo, live, a.bias ? a.bias + n : nullptr);
-    }
-  }
-}
-
 // ------------------------------------------------------------------ prepacked panels
 
 // Bytes of one block's panel (16 rows). Q5_0/Q5_1 and Q6_K: exactly the 16 blocks' bytes. Q4_K:
@@ -218,7 +71,7 @@ void tile(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64
 // rows' fp16 d.
 template <int QT>
 constexpr int64_t panel_bytes() {
-  return QT == kQ4_K ? 32 * 64 + 64 + 256 : QT == kQ5_K ? 8 * 64 + 32 * 64 + 64 + 256 : kRows * sb_block_bytes<QT>();
+  return QT == kQ4_K ? 32 * 64 + 64 + 256 : QT == kQ5_K ? 8 * 64 + 32 * 64 + 64 + 256 : kRows * superblock_bytes(QT);
 }
 
 
@@ -243,7 +96,7 @@ void pack_q5(const QLinearArgs& a, uint8_t* dst) {
       uint8_t* o = dst + ((n / kRows) * blocks + b) * panel_bytes<QT>();
       std::memset(o, 0, static_cast<size_t>(panel_bytes<QT>()));  // missing rows: all zero
       for (int r = 0; r < kRows && n + r < a.N; ++r) {
-        const uint8_t* p = a.w + (n + r) * a.ldw + b * sb_block_bytes<QT>();
+        const uint8_t* p = a.w + (n + r) * a.ldw + b * superblock_bytes(QT);
         for (int j = 0; j < 4; ++j) std::memcpy(o + 64 * j + 4 * r, p + kQs + 4 * j, 4);
         uint32_t qh;
         std::memcpy(&qh, p + kQh, 4);
@@ -323,7 +176,7 @@ void pack_k(const QLinearArgs& a, uint8_t* dst) {
       uint8_t* o = dst + ((n / kRows) * blocks + b) * panel_bytes<QT>();
       std::memset(o, 0, static_cast<size_t>(panel_bytes<QT>()));  // missing rows: all zero
       for (int r = 0; r < kRows && n + r < a.N; ++r) {
-        const uint8_t* p = a.w + (n + r) * a.ldw + b * sb_block_bytes<QT>();
+        const uint8_t* p = a.w + (n + r) * a.ldw + b * superblock_bytes(QT);
         if constexpr (QT == kQ6_K) {
           for (int v = 0; v < 32; ++v) std::memcpy(o + 64 * v + 4 * r, p + offsetof(BlockQ6_K, ql) + 4 * v, 4);
           for (int v = 0; v < 16; ++v) std::memcpy(o + 2048 + 64 * v + 4 * r, p + offsetof(BlockQ6_K, qh) + 4 * v, 4);
@@ -492,7 +345,7 @@ void micro_packed(int mt, const Int8Acts& q, int64_t t, int64_t blocks, const ui
 
 template <int QT>
 void tile_packed(const QLinearArgs& a, const Int8Acts& q, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
-  const int64_t blocks = a.K / sb_block_weights<QT>();
+  const int64_t blocks = a.K / superblock_weights(QT);
   const int32_t* half_sums = QT == kQ6_K ? first_half_sums(q, t0, t1) : nullptr;
   for (int64_t n = n0; n < n1; n += kRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kRows, n1 - n));
@@ -512,7 +365,7 @@ int64_t qlinear_int8_superblock_packed_bytes(int qtype, int64_t N, int64_t K) {
   int64_t bytes = 0;
   dispatch_superblock(qtype, [&](auto qt) {
     constexpr int QT = decltype(qt)::value;
-    bytes = (N + kRows - 1) / kRows * (K / sb_block_weights<QT>()) * panel_bytes<QT>();
+    bytes = (N + kRows - 1) / kRows * (K / superblock_weights(QT)) * panel_bytes<QT>();
   });
   return bytes;
 }
@@ -530,10 +383,8 @@ void qlinear_int8_tile_superblock_avx512(const QLinearArgs& a, const Int8Acts& q
   // Prepacked panels need n0 on a panel boundary, which the driver's 16-row split guarantees.
   if (a.packed && n0 % kRows == 0) {
     dispatch_superblock(a.qtype, [&](auto qt) { tile_packed<decltype(qt)::value>(a, q, t0, t1, n0, n1); });
-  } else if (t1 - t0 < kPanelMinTokens) {
-    qlinear_int8_tile_superblock_avx2(a, q, t0, t1, n0, n1);
   } else {
-    dispatch_superblock(a.qtype, [&](auto qt) { tile<decltype(qt)::value>(a, q, t0, t1, n0, n1); });
+    qlinear_int8_tile_superblock_avx2(a, q, t0, t1, n0, n1);
   }
 }
 

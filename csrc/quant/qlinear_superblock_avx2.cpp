@@ -100,7 +100,7 @@ inline void decode_visit(const uint8_t* p, Visit&& visit) {
   }
 }
 
-// One block into out[sb_block_weights<QT>()].
+// One block into out[superblock_weights(QT)].
 template <int QT>
 void decode_exact(const uint8_t* p, float* out) {
   decode_visit<QT>(p, [out](int k, __m256 w8) { _mm256_storeu_ps(out + k, w8); });
@@ -118,8 +118,8 @@ float gemv_row(const uint8_t* row, int64_t blocks, const float* x, const float* 
   float offsets = 0.f;
   __m256 f[4];
   for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* p = row + b * sb_block_bytes<QT>();
-    const float* xb = x + b * sb_block_weights<QT>();
+    const uint8_t* p = row + b * superblock_bytes(QT);
+    const float* xb = x + b * superblock_weights(QT);
     if constexpr (QT == kQ5_0) {
       const __m256i q = q5_block_codes(p + offsetof(BlockQ5_0, qh), p + offsetof(BlockQ5_0, qs));
       widen<true>(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), f);
@@ -158,7 +158,7 @@ float gemv_row(const uint8_t* row, int64_t blocks, const float* x, const float* 
 
 template <int QT>
 void gemv(const QLinearArgs& a, int64_t t, int64_t n0, int64_t n1) {
-  const int64_t blocks = a.K / sb_block_weights<QT>();
+  const int64_t blocks = a.K / superblock_weights(QT);
   const float* x = a.x + t * a.ldx;
   const float* sums = nullptr;
   if constexpr (QT == kQ5_1 || QT == kQ4_K || QT == kQ5_K) {
@@ -188,7 +188,7 @@ constexpr int kTokens = 8;  // tokens a pass over a row (the step has fewer than
 // chains; more tokens, one each, to stay within the 16 vector registers).
 template <int QT, int MT>
 void few_tokens_row(const QLinearArgs& a, int64_t t, int64_t n) {
-  constexpr int W = sb_block_weights<QT>();
+  constexpr int W = superblock_weights(QT);
   constexpr int S = MT <= 4 ? 2 : 1;
   const int64_t blocks = a.K / W;
   const uint8_t* row = a.w + n * a.ldw;
@@ -199,7 +199,7 @@ void few_tokens_row(const QLinearArgs& a, int64_t t, int64_t n) {
     for (int s = 0; s < S; ++s) acc[i][s] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t k0 = b * W;
-    decode_visit<QT>(row + b * sb_block_bytes<QT>(), [&](int k, __m256 w8) {
+    decode_visit<QT>(row + b * superblock_bytes(QT), [&](int k, __m256 w8) {
       const int s = S == 2 ? (k >> 3) & 1 : 0;
       for (int i = 0; i < MT; ++i) acc[i][s] = _mm256_fmadd_ps(w8, _mm256_loadu_ps(xs[i] + k0 + k), acc[i][s]);
     });
@@ -256,13 +256,13 @@ inline void transpose8x8(__m256 r[8]) {
 // transposes store eight k's of the eight rows at once.
 template <int QT>
 void pack_panel(const QLinearArgs& a, int64_t n, int rows, int64_t k0, int64_t klen, float* buf, int64_t ldb) {
-  constexpr int W = sb_block_weights<QT>();
+  constexpr int W = superblock_weights(QT);
   alignas(32) float w[8][W];
   for (int g = 0; g < static_cast<int>(ldb); g += 8) {
     for (int64_t kb = 0; kb < klen; kb += W) {
       for (int r = 0; r < 8; ++r) {
         if (g + r < rows) {
-          decode_exact<QT>(a.w + (n + g + r) * a.ldw + (k0 + kb) / W * sb_block_bytes<QT>(), w[r]);
+          decode_exact<QT>(a.w + (n + g + r) * a.ldw + (k0 + kb) / W * superblock_bytes(QT), w[r]);
         } else {
           for (int j = 0; j < W; j += 8) _mm256_store_ps(w[r] + j, _mm256_setzero_ps());
         }

@@ -33,7 +33,7 @@ float gemv_row(const uint8_t* row, int64_t blocks, const float* x, const float* 
   float offsets = 0.f;
   const __m512i low4 = _mm512_set1_epi32(0x0F), sixteen = _mm512_set1_epi32(16);
   for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* p = row + b * sb_block_bytes<QT>();
+    const uint8_t* p = row + b * superblock_bytes(QT);
     if constexpr (QT == kQ5_0 || QT == kQ5_1) {
       const float* xb = x + b * kQK;
       uint32_t qh;
@@ -103,7 +103,7 @@ struct SumsTag;
 
 template <int QT>
 void gemv(const QLinearArgs& a, int64_t t, int64_t n0, int64_t n1) {
-  const int64_t blocks = a.K / sb_block_weights<QT>();
+  const int64_t blocks = a.K / superblock_weights(QT);
   const float* x = a.x + t * a.ldx;
   const float* sums = nullptr;
   if constexpr (QT == kQ5_1 || QT == kQ4_K || QT == kQ5_K) {

@@ -18,20 +18,6 @@
 
 namespace pyllm {
 
-// Weights and bytes of one block of the qlinear_superblock_qtype type QT, at compile time.
-template <int QT>
-static constexpr int sb_block_weights() {
-  return QT == kQ5_0 || QT == kQ5_1 ? kQK : kQK_K;
-}
-template <int QT>
-static constexpr int64_t sb_block_bytes() {
-  return QT == kQ5_0 ? kBlockBytes<BlockQ5_0>
-         : QT == kQ5_1 ? kBlockBytes<BlockQ5_1>
-         : QT == kQ4_K ? kBlockBytes<BlockQ4_K>
-         : QT == kQ5_K ? kBlockBytes<BlockQ5_K>
-                       : kBlockBytes<BlockQ6_K>;
-}
-
 // Calls f(std::integral_constant<int, QT>()) for the run-time qtype (one of the
 // qlinear_superblock_qtype types), so a kernel templated on QT is written once per file.
 template <typename F>

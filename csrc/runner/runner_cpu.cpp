@@ -182,7 +182,7 @@ void Runner::set_head(const RunnerNorm& norm_f, const RunnerLinear& lm_head) {
 
 void Runner::pack_int8(RunnerLinear& lin) {
   for (RunnerLinearPart& p : lin.parts) {
-    if (p.packed || p.rows == 0 || !qlinear_int8_packable(p.qtype) || lin.in % kQBlock) continue;
+    if (p.packed || p.rows == 0 || !qlinear_int8_supported(p.qtype) || lin.in % kQBlock) continue;
     const int64_t bytes = qlinear_int8_packed_bytes(p.qtype, p.rows, lin.in);
     std::unique_ptr<uint8_t, FreeDeleter> buf(static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>(bytes))));
     if (!buf) throw std::bad_alloc();

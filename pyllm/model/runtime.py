@@ -36,7 +36,7 @@ from pyllm.model.fast import FastForward, Unsupported
 from pyllm.model.fast import available as fast_available
 from pyllm.model.gpt import GPT
 from pyllm.model.layers import Linear
-from pyllm.ops.qlinear import INT8_PACKED_QTYPES
+from pyllm.ops.qlinear import INT8_QTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyllm.model.cuda_graph import CudaGraphRunner
@@ -114,12 +114,12 @@ class ModelRunner:
     def _set_runner_int8(self, fast: FastForward) -> None:
         fast.runner.int8_activations = self._int8_activations
         if self._int8_activations and fast.runner.packed_bytes and self.release_pages:
-            # The packed panels are a copy of every Q4_0/Q4_1/Q8_0 matrix: their memory-mapped
+            # The packed panels are a copy of every block matrix: their memory-mapped
             # source pages are not read while int8 is on (a page touched again, e.g. an
             # embedding row of a tied table, is read back from the file).
             for module in self.gpt.modules():
                 w = module.weight if isinstance(module, Linear) else None
-                if w is not None and w.qtype in INT8_PACKED_QTYPES and w.in_features % 32 == 0:
+                if w is not None and w.qtype in INT8_QTYPES and w.in_features % 32 == 0:
                     self.release_pages(w.data)
 
     # ------------------------------------------------------------------ the fast forward

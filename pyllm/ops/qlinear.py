@@ -178,7 +178,6 @@ def qlinear_ref(
 # The int8 path's types: every block type. An AVX-512 runner packs their matrices into panels
 # once, when int8 is switched on (csrc/quant/qlinear_int8.h).
 INT8_QTYPES = tuple(BLOCK_BYTES) + PLAIN_KERNEL_QTYPES
-INT8_PACKED_QTYPES = INT8_QTYPES
 
 
 def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
